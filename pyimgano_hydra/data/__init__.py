@@ -1,0 +1,2 @@
+"""Sample records, image IO and one module per dataset layout."""
+
