@@ -1,0 +1,45 @@
+"""Typed schemas behind every config group, registered in Hydra's ConfigStore.
+
+Each group file in ``conf/<group>/`` starts with
+``defaults: [{/schema/<group>@_here_: <schema name>}, _self_]`` so a wrong type fails at
+compose time; ``__post_init__`` range checks run in :func:`pyimgano_hydra.schemas.validate`
+before any work starts.
+"""
+from __future__ import annotations
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from pyimgano_hydra.errors import ConfigError
+
+_REGISTERED = False
+GROUPS = ("dataset", "model", "recipe", "tiling", "postprocess", "defects")
+
+
+def register_configs() -> None:
+    """Store every schema under ``schema/<group>/<name>`` (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from pyimgano_hydra.schemas import dataset, defects, model, postprocess, recipe, tiling
+
+    cs = ConfigStore.instance()
+    for module in (dataset, model, recipe, tiling, postprocess, defects):
+        group = module.__name__.rsplit(".", 1)[-1]
+        for name, node in module.SCHEMAS.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
+    _REGISTERED = True
+
+
+def validate(cfg: DictConfig) -> None:
+    """Run each group's range checks (dataclass ``__post_init__``); raise ConfigError."""
+    for group in GROUPS:
+        node = cfg.get(group)
+        if node is None or OmegaConf.get_type(node) in (dict, None):
+            continue
+        try:
+            OmegaConf.to_object(node)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(str(exc).splitlines()[0]) from exc
