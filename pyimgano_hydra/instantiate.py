@@ -53,5 +53,5 @@ def build(node: DictConfig | dict, key: str, **kwargs: Any) -> Any:
         cause = exc.__cause__ or exc
         if isinstance(cause, UserError):
             raise cause
-        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        message = " ".join(line.strip() for line in str(cause).splitlines() if line.strip()) or type(cause).__name__
         raise ConfigError(f"{key}._target_={target}: {message}") from exc
