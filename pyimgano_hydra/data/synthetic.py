@@ -27,7 +27,7 @@ from pyimgano_hydra.data.images import write_png
 from pyimgano_hydra.data.mvtec import MVTecDataset
 from pyimgano_hydra.errors import DataError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 GENERATOR_SEED = 20240611
 STAMP_FILE = "pyimgano_synthetic.json"
 DEFECTS = {
@@ -165,15 +165,16 @@ def _defect(rng: np.random.Generator, category: str, defect: str, img: np.ndarra
         else:  # hole / missing
             shape = _blob(rng, size, centre, rng.uniform(0.06, 0.1) * size)
         mask = shape & part
-        if mask.sum() >= max(6, size * size // 4000):
+        inside = 0.3 if defect == "missing" else 0.85  # share of the shape on the part
+        if mask.sum() >= max(6, size * size // 4000, inside * shape.sum()):
             break
     if defect == "scratch":
-        _paint(img, mask, (0.97, 0.97, 0.95), 0.6)
+        _paint(img, mask, (0.97, 0.97, 0.95), 0.4)
     elif defect == "spot":
         colour = (0.55, 0.3, 0.12) if category == "washer" else (0.22, 0.2, 0.1)
-        _paint(img, mask, colour, 0.6)
+        _paint(img, mask, colour, 0.45)
     elif defect == "crack":
-        img[mask] *= 0.3
+        img[mask] *= 0.5
     elif defect == "hole":
         backing = 0.08 + rng.normal(0, 0.01, (int(mask.sum()), 1)).astype(np.float32)
         img[mask] = backing
