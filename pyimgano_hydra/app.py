@@ -13,6 +13,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 import pyimgano_hydra
+from pyimgano_hydra.adapt.tiling import maybe_tile
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.instantiate import build
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
@@ -82,9 +83,10 @@ def summary_table(results: list[CategoryResult]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def _detector_factory(cfg: DictConfig):
+def detector_factory(model_cfg: DictConfig, tiling_cfg: DictConfig | None):
+    """Zero-arg factory of a fresh detector, tiled when ``tiling.enabled``."""
     def make():
-        return build(cfg.model, "model")
+        return maybe_tile(lambda: build(model_cfg, "model"), tiling_cfg)
 
     return make
 
@@ -124,7 +126,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
             results: list[CategoryResult] = []
             for category in categories:
                 out = run_dir.category(category)
-                ctx = RecipeContext(dataset=dataset, category=category, make_detector=_detector_factory(cfg),
+                ctx = RecipeContext(dataset=dataset, category=category, make_detector=detector_factory(cfg.model, cfg.get("tiling")),
                                     out=out, tiling=_plain(cfg.get("tiling")),
                                     postprocess=_plain(cfg.get("postprocess")),
                                     defects=_plain(cfg.get("defects")), seed=int(cfg.get("seed", 0)))

@@ -14,8 +14,8 @@ class IndustrialAdaptSchema:
     calibration_quantile: Optional[float] = None  # overrides contamination; default 0.995
     calibration_holdout: float = 0.2  # share of train/good held out to score for the threshold
     pro_fpr_limit: float = 0.3
-    save_maps: bool = False
     predict_batch_size: int = 32
+    save_checkpoint: bool = True  # fitted detector state under categories/<cat>/checkpoints/
 
     def __post_init__(self) -> None:
         c, q = self.contamination, self.calibration_quantile
