@@ -13,9 +13,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 import pyimgano_hydra
-from pyimgano_hydra.adapt.tiling import maybe_tile
 from pyimgano_hydra.errors import UserError
-from pyimgano_hydra.instantiate import build
+from pyimgano_hydra.instantiate import build, build_detector_factory
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
 from pyimgano_hydra.runs.environment import environment, git_sha
 from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
@@ -83,12 +82,30 @@ def summary_table(results: list[CategoryResult]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def detector_factory(model_cfg: DictConfig, tiling_cfg: DictConfig | None):
-    """Zero-arg factory of a fresh detector, tiled when ``tiling.enabled``."""
-    def make():
-        return maybe_tile(lambda: build(model_cfg, "model"), tiling_cfg)
-
-    return make
+def infer_config(cfg: DictConfig, results: list[CategoryResult], run_dir: RunDir) -> dict:
+    """artifacts/infer_config.json: exactly what inference needs, nothing more."""
+    categories = {}
+    for r in results:
+        checkpoint = r.extra.get("checkpoint")
+        categories[r.category] = {
+            "checkpoint": str((run_dir.category(r.category).root / checkpoint).relative_to(run_dir.root))
+            if checkpoint else None,
+            "image_threshold": r.threshold,
+            "pixel_threshold": r.extra.get("pixel_threshold"),
+            "postprocess_state": r.extra.get("postprocess_state"),
+            "overrides": {},
+        }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "version": pyimgano_hydra.__version__,
+        "created_utc": utc_now(),
+        "model": _plain(cfg.model),
+        "tiling": _plain(cfg.get("tiling")),
+        "postprocess": _plain(cfg.get("postprocess")),
+        "defects": _plain(cfg.get("defects")),
+        "preprocessing": {"resize": cfg.dataset.get("resize"), "input_mode": cfg.dataset.get("input_mode", "rgb")},
+        "categories": categories,
+    }
 
 
 def _plain(node: Any) -> dict:
@@ -126,7 +143,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
             results: list[CategoryResult] = []
             for category in categories:
                 out = run_dir.category(category)
-                ctx = RecipeContext(dataset=dataset, category=category, make_detector=detector_factory(cfg.model, cfg.get("tiling")),
+                ctx = RecipeContext(dataset=dataset, category=category, make_detector=build_detector_factory(cfg.model, cfg.get("tiling")),
                                     out=out, tiling=_plain(cfg.get("tiling")),
                                     postprocess=_plain(cfg.get("postprocess")),
                                     defects=_plain(cfg.get("defects")), seed=int(cfg.get("seed", 0)))
@@ -158,6 +175,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
                  "fit_s": sum(r.timings["fit_s"] for r in results),
                  "predict_s": sum(r.timings["predict_s"] for r in results)},
     )
+    write_json_atomic(run_dir.infer_config, infer_config(cfg, results, run_dir))
     write_json_atomic(run_dir.report, report)
     write_status(run_dir.status, COMPLETED)
     print(summary_table(results))

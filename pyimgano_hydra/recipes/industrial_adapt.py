@@ -179,3 +179,4 @@ class IndustrialAdapt:
             "image_threshold": threshold,
         })
         extra["checkpoint"] = str(path.relative_to(ctx.out.root))
+        extra["postprocess_state"] = postprocessor.state_dict() if postprocessor is not None else None
