@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
-from pyimgano_hydra.data.images import load_image, load_mask, read_size
+from pyimgano_hydra.data.images import list_images, load_image, load_mask, mask_size, read_size
 from pyimgano_hydra.data.sample import ANOMALOUS, NORMAL, CategorySplit, Sample
 from pyimgano_hydra.errors import ConfigError, DataError
 
@@ -134,14 +134,14 @@ class ImageDataset:
         kept = []
         for s in samples:
             try:
-                if s.label == ANOMALOUS and s.mask_path is None and self.masks_expected:
+                if s.label == ANOMALOUS and s.mask_path is None and self.mask_required(s):
                     raise DataError(f"{s.path}: anomalous image has no ground-truth mask; "
                                     f"expected {self.mask_hint(s)}")
                 size = read_size(s.path)
                 if s.mask_path is not None:
-                    mask_size = read_size(s.mask_path)
-                    if mask_size != size:
-                        raise DataError(f"{s.mask_path}: mask is {mask_size[1]}x{mask_size[0]} "
+                    m_size = mask_size(s.mask_path)
+                    if m_size != size:
+                        raise DataError(f"{s.mask_path}: mask is {m_size[1]}x{m_size[0]} "
                                         f"but its image {s.path} is {size[1]}x{size[0]}")
                 if self.on_bad_image == "skip":
                     load_image(s.path, resize=64, input_mode=self.input_mode)
@@ -152,6 +152,10 @@ class ImageDataset:
                 continue
             kept.append(s)
         return kept
+
+    def mask_required(self, sample: Sample) -> bool:
+        """Whether an anomalous ``sample`` must come with a mask (else a DataError)."""
+        return self.masks_expected
 
     def mask_hint(self, sample: Sample) -> str:
         """Where the mask of ``sample`` should be (for error messages)."""
@@ -192,6 +196,17 @@ class ImageDataset:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={self.root!r}, category={self.category!r})"
+
+
+def find_mask(folder: Path, stem: str, suffix: str = "_mask", ext: str | None = ".png",
+              exclude: Path | None = None) -> Path | None:
+    """``folder/<stem><suffix><ext>``; with ``ext=None`` (or when absent) any image extension."""
+    if ext:
+        exact = folder / f"{stem}{suffix}{ext}"
+        if exact.is_file() and exact != exclude:
+            return exact
+    return next((p for p in list_images(folder) if p.stem == f"{stem}{suffix}" and p != exclude),
+                None)
 
 
 def _subset(samples: list[Sample], limit: int | None, rng: np.random.Generator,
