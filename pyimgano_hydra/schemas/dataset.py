@@ -19,8 +19,10 @@ class DatasetSchema:
     limit_train: Optional[int] = None
     limit_test: Optional[int] = None
     seed: int = 0
+    on_bad_image: str = "error"  # error | skip (skipped files are listed in dataset.skipped)
 
     def __post_init__(self) -> None:
+        check(self.on_bad_image in ("error", "skip"), "dataset.on_bad_image", "must be error or skip")
         check(self.resize is None or self.resize >= 16, "dataset.resize", "must be >= 16 or null")
         check(self.input_mode in ("rgb", "gray"), "dataset.input_mode", "must be rgb or gray")
         for key in ("limit_train", "limit_test"):
