@@ -77,7 +77,9 @@ class ImageDataset:
 
     def _check_root(self) -> None:
         if not self.root_path.is_dir():
-            raise DataError(f"dataset.root {self.root} does not exist; expected the "
+            where = str(Path(self.root).expanduser().absolute())
+            shown = self.root if where == self.root else f"{self.root} ({where})"
+            raise DataError(f"dataset.root {shown} does not exist; expected the "
                             f"{self.layout} layout: {self.expected_layout}")
 
     def categories(self) -> list[str]:
@@ -94,6 +96,7 @@ class ImageDataset:
                 raise DataError(f"dataset.root {self.root}: no {self.layout} category found; "
                                 f"expected the layout: {self.expected_layout}")
             return list(on_disk)
+        wanted = [self.normalize_category(c) for c in wanted]
         unknown = [c for c in wanted if c not in on_disk]
         if unknown:
             available = ", ".join(on_disk) if on_disk else "none"
@@ -101,9 +104,18 @@ class ImageDataset:
                             f"available: {available}")
         return list(dict.fromkeys(wanted))
 
+    def normalize_category(self, name: str) -> str:
+        """Map a user-given category name to its folder name (e.g. BTAD ``1`` -> ``01``)."""
+        return name
+
     def split(self, category: str) -> CategorySplit:
         """Train/test samples of ``category`` after limits and input checks."""
         self._check_root()
+        category = self.normalize_category(str(category))
+        on_disk = self.discover()
+        if category not in on_disk:
+            raise DataError(f"dataset.category {category!r} not found under {self.root}; "
+                            f"available: {', '.join(on_disk) if on_disk else 'none'}")
         full = self.collect(category)
         if not full.train:
             raise DataError(f"{self.train_dir_hint(category)}: empty train split (no normal "
