@@ -15,11 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from pyimgano_hydra.adapt.postprocess import MapPostprocessor
 from pyimgano_hydra.console import one_line_errors
-from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, is_image_file, load_image
+from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, read_size
+from pyimgano_hydra.defects.export import DefectsExporter, require_maps
+from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.instantiate import build_detector_factory
 from pyimgano_hydra.paths import conf_dir
 from pyimgano_hydra.runs.checkpoints import load_checkpoint
+from pyimgano_hydra.runs.layout import safe_name
 from pyimgano_hydra.runs.load import load_run
 from pyimgano_hydra.runs.status import COMPLETED, FAILED, RUNNING, write_status
 from pyimgano_hydra.runs.writers import save_npy_atomic, write_json_atomic, write_jsonl_atomic
@@ -66,7 +69,20 @@ def _batches(items: list, size: int) -> Iterable[tuple[int, list]]:
         yield start, items[start:start + size]
 
 
-def run_inference(cfg: DictConfig, output_dir: str | Path) -> dict:
+def defects_settings_for(run_defects: dict | None, cfg_defects: DictConfig, task_overrides: list[str]) -> dict:
+    """The run's defects settings, unless ``defects=<preset>`` was given; then ``defects.*`` overrides."""
+    if any(o.startswith("defects=") for o in task_overrides):
+        return OmegaConf.to_container(cfg_defects, resolve=True)
+    settings = dict(run_defects or {"enabled": False})
+    for override in task_overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.startswith("defects."):
+            name = key.split(".", 1)[1]
+            settings[name] = OmegaConf.to_container(cfg_defects, resolve=True).get(name)
+    return settings
+
+
+def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[str] | None = None) -> dict:
     """Score ``cfg.input`` with the run at ``cfg.run_dir``; write predictions to ``output_dir``."""
     out = Path(output_dir)
     if (out / "predictions.jsonl").exists() or (out / "status.json").exists():
@@ -79,8 +95,17 @@ def run_inference(cfg: DictConfig, output_dir: str | Path) -> dict:
     started = time.perf_counter()
     try:
         detector, postprocessor = load_detector(loaded, category)
-        threshold = loaded.infer_config["categories"][category]["image_threshold"]
+        spec = loaded.infer_config["categories"][category]
+        threshold = spec["image_threshold"]
         prep = loaded.infer_config["preprocessing"]
+        defects = defects_settings_for(loaded.infer_config.get("defects"), cfg.defects, task_overrides or [])
+        exporter = None
+        if defects.get("enabled"):
+            require_maps(detector)
+            stored = spec.get("pixel_threshold") or {}
+            pixel_threshold = resolve_pixel_threshold(defects, run_threshold=stored.get("value"),
+                                                      run_provenance=stored.get("provenance"))
+            exporter = DefectsExporter(defects, pixel_threshold, out / "masks", out)
         records = []
         for start, chunk in _batches(paths, int(cfg.batch_size)):
             images = np.stack([load_image(p, prep.get("resize"), prep.get("input_mode", "rgb")) for p in chunk])
@@ -92,15 +117,21 @@ def run_inference(cfg: DictConfig, output_dir: str | Path) -> dict:
                 record = {"index": start + j, "path": str(path), "category": category, "score": float(score),
                           "label": int(score > threshold["value"]), "threshold": threshold["value"]}
                 if maps is not None and cfg.save_maps:
-                    map_path = out / "maps" / f"{start + j:06d}_{path.stem}.npy"
+                    map_path = out / "maps" / f"{start + j:06d}_{safe_name(path.stem)}.npy"
                     save_npy_atomic(map_path, maps[j])
                     record["anomaly_map"] = {"path": str(map_path.relative_to(out)),
                                              "shape": list(maps[j].shape), "dtype": str(maps[j].dtype)}
+                if exporter is not None and maps is not None:
+                    record["defects"] = exporter(f"{start + j:06d}_{safe_name(path.stem)}", maps[j], read_size(path))
                 records.append(record)
         write_jsonl_atomic(out / "predictions.jsonl", records)
         n_anomalous = sum(r["label"] for r in records)
         summary = {"run_dir": str(loaded.run_dir.root), "category": category, "n_images": len(records),
-                   "n_anomalous": n_anomalous, "threshold": threshold, "seconds": time.perf_counter() - started}
+                   "n_anomalous": n_anomalous, "threshold": threshold, "seconds": time.perf_counter() - started,
+                   "defects": None if exporter is None else {
+                       "settings": defects, "pixel_threshold": exporter.threshold.value,
+                       "pixel_threshold_provenance": exporter.threshold.provenance,
+                       "images_with_defects": sum(1 for r in records if r.get("defects", {}).get("n_regions"))}}
         write_json_atomic(out / "summary.json", summary)
     except BaseException as exc:
         write_status(out / "status.json", FAILED, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -115,7 +146,8 @@ def run_inference(cfg: DictConfig, output_dir: str | Path) -> dict:
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="infer")
 def _job(cfg: DictConfig) -> dict:
     try:
-        return run_inference(cfg, HydraConfig.get().runtime.output_dir)
+        hc = HydraConfig.get()
+        return run_inference(cfg, hc.runtime.output_dir, task_overrides=list(hc.overrides.task))
     except UserError as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -54,3 +54,12 @@ class Sleepy(PixelZScore):
 
         time.sleep(self.seconds)
         return super().fit(images)
+
+
+class ScoresOnly(PixelZScore):
+    """Image scores without maps, like a PyOD model on pooled features."""
+
+    produces_maps = False
+
+    def predict(self, images):
+        return DetectorOutput(scores=super().predict(images).scores, maps=None)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Union
 
@@ -14,22 +13,10 @@ import cv2
 import numpy as np
 
 from pyimgano_hydra.errors import ConfigError, DataError
+from pyimgano_hydra.runs.writers import write_bytes_atomic
 from pyimgano_hydra.schemas.defects import MASK_FORMATS
 
 PathLike = Union[str, os.PathLike]
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_mask(mask: np.ndarray, stem: PathLike, mask_format: str = "png") -> Path:
@@ -49,7 +36,7 @@ def save_mask(mask: np.ndarray, stem: PathLike, mask_format: str = "png") -> Pat
         bio = io.BytesIO()
         np.save(bio, arr, allow_pickle=False)
         data = bio.getvalue()
-    _atomic_write_bytes(path, data)
+    write_bytes_atomic(path, data)
     return path
 
 

@@ -7,7 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from pyimgano_hydra.adapt.postprocess import MapPostprocessor
+from pyimgano_hydra.data.images import read_size
 from pyimgano_hydra.data.sample import Sample
+from pyimgano_hydra.defects.export import DefectsExporter, require_maps
+from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
 from pyimgano_hydra.errors import DataError
 from pyimgano_hydra.metrics.image import image_metrics
 from pyimgano_hydra.metrics.pixel import aupro, pixel_auroc
@@ -55,6 +58,8 @@ class IndustrialAdapt:
         train_images = ctx.dataset.load_images(fit_samples)
         timings["load_train_s"] = time.perf_counter() - t
         detector = ctx.make_detector()
+        if (ctx.defects or {}).get("enabled"):
+            require_maps(detector)
         t = time.perf_counter()
         detector.fit(train_images)
         timings["fit_s"] = time.perf_counter() - t
@@ -94,6 +99,10 @@ class IndustrialAdapt:
         elif not getattr(detector, "produces_maps", False):
             notes.append(f"{type(detector).__name__} produces no anomaly maps: pixel metrics skipped")
         save_maps = bool(pp_cfg.get("save_maps", False)) and has_maps
+        exporter = None
+        if (ctx.defects or {}).get("enabled") and has_maps:
+            pixel_threshold = resolve_pixel_threshold(ctx.defects, normal_maps=normal_maps, seed=ctx.seed)
+            exporter = DefectsExporter(ctx.defects, pixel_threshold, ctx.out.masks, ctx.out.root)
 
         t = time.perf_counter()
         test = split.test
@@ -137,8 +146,19 @@ class IndustrialAdapt:
             if save_maps:
                 record["anomaly_map"] = {"path": str(ctx.out.map_path(i, sample.path).relative_to(ctx.out.root)),
                                          "shape": list(maps[i].shape), "dtype": str(maps[i].dtype)}
+            if exporter is not None:
+                record["defects"] = exporter(
+                    f"{i:06d}_{safe_name(Path(sample.path).stem)}", maps[i], read_size(sample.path),
+                    gt_mask=None if masks is None else masks[i], label=int(sample.label))
             records.append(record)
         extra: dict = {"produces_maps": has_maps}
+        if exporter is not None:
+            extra["pixel_threshold"] = {"value": exporter.threshold.value,
+                                        "provenance": exporter.threshold.provenance}
+            figures = exporter.figures()
+            if figures:
+                metrics.update({f"defects_{k}": v for k, v in figures.items() if k != "counts"})
+                extra["defects_counts"] = figures["counts"]
         if maps is not None:
             self._overlays(ctx, test, scores, labels, maps, masks, pp_cfg, extra)
         if self.save_checkpoint:
