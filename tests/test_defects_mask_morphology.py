@@ -75,3 +75,13 @@ def test_close_keeps_blobs_on_the_map_edge_as_they_are():
     mask[5:8, 6:8] = 255  # touches bottom and right edges
     np.testing.assert_array_equal(open_close(mask, 0, 3), mask)
     np.testing.assert_array_equal(open_close(mask, 0, 5), mask)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_open_shrinks_and_close_grows_for_odd_and_even_kernels(k):
+    mask = (np.random.default_rng(k).random((30, 30)) > 0.6).astype(np.uint8) * 255
+    closed, opened = open_close(mask, 0, k), open_close(mask, k, 0)
+    assert ((mask > 0) <= (closed > 0)).all()  # closing only adds pixels
+    assert ((opened > 0) <= (mask > 0)).all()  # opening only removes pixels
+    np.testing.assert_array_equal(open_close(closed, 0, k), closed)  # both are idempotent
+    np.testing.assert_array_equal(open_close(opened, k, 0), opened)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+import cv2
 import numpy as np
 
 from pyimgano_hydra.defects.mask import as_map, binarize
@@ -70,17 +71,19 @@ def extract_defects(
     amap = as_map(anomaly_map)
     roi = clamp_roi(s.roi_xyxy_norm)
     mask = apply_roi(binarize(amap, threshold), roi)
-    if s.open_ksize or s.close_ksize:
-        mask = open_close(mask, s.open_ksize, s.close_ksize)  # stays inside the rectangular ROI
-    if s.fill_holes:
-        mask = fill_holes(mask)
-    components = label_components(mask)  # labelled once: min_area removal and regions share it
-    if s.min_area > 1:
-        kept_before = components.n_kept
-        components = drop_small(components, s.min_area)
-        if components.n_kept < kept_before:
-            mask = components_mask(components, mask)
-    regions, n_regions = regions_from_components(components, mask, amap, s.max_regions)
+    regions, n_regions = [], 0
+    if cv2.countNonZero(mask):  # normal images usually stop here
+        if s.open_ksize or s.close_ksize:
+            mask = open_close(mask, s.open_ksize, s.close_ksize)  # stays inside the rectangular ROI
+        if s.fill_holes:
+            mask = fill_holes(mask)
+        components = label_components(mask)  # labelled once: min_area removal and regions share it
+        if s.min_area > 1:
+            kept_before = components.n_kept
+            components = drop_small(components, s.min_area)
+            if components.n_kept < kept_before:
+                mask = components_mask(components, mask)
+        regions, n_regions = regions_from_components(components, mask, amap, s.max_regions)
     return DefectsResult(
         mask=mask,
         regions=regions,

@@ -9,20 +9,30 @@ import numpy as np
 CONNECTIVITY = 8
 
 
+def _kernel(k: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """Square kernel and the anchors of the first and second pass (mirrored for even sizes)."""
+    first = k // 2
+    second = k - 1 - first
+    return np.ones((k, k), np.uint8), (first, first), (second, second)
+
+
 def open_close(mask: np.ndarray, open_ksize: int = 0, close_ksize: int = 0) -> np.ndarray:
     """Opening with an ``open_ksize`` square kernel, then closing with ``close_ksize``; 0 skips.
 
     Opening removes specks thinner than the kernel; OpenCV's neutral border keeps blobs cut by
     the map edge from being eroded by it. Closing bridges gaps narrower than the kernel and is
-    computed on a zero-padded copy, so it never grows a blob towards the map edge.
+    computed on a zero-padded copy, so it never grows a blob towards the map edge. Even sizes
+    work too (the second pass mirrors the anchor, so nothing shifts).
     """
     out = mask.copy()
     if open_ksize > 0:
-        out = cv2.morphologyEx(out, cv2.MORPH_OPEN, np.ones((open_ksize, open_ksize), np.uint8))
+        kernel, a1, a2 = _kernel(open_ksize)
+        out = cv2.dilate(cv2.erode(out, kernel, anchor=a1), kernel, anchor=a2)
     if close_ksize > 0:
         k = close_ksize
+        kernel, a1, a2 = _kernel(k)
         padded = cv2.copyMakeBorder(out, k, k, k, k, cv2.BORDER_CONSTANT, value=0)
-        closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, np.ones((k, k), np.uint8))
+        closed = cv2.erode(cv2.dilate(padded, kernel, anchor=a1), kernel, anchor=a2)
         out = np.ascontiguousarray(closed[k:-k, k:-k])
     return out
 
