@@ -25,6 +25,8 @@ def _as_category_list(category: Any) -> list[str] | str:
     """"all" stays "all"; a name, "a,b" or a list becomes a list of names."""
     if category is None:
         return "all"
+    if isinstance(category, (int, float)):  # `category=01` reaches us as an int
+        category = str(category)
     if isinstance(category, str):
         names = [c.strip() for c in category.split(",") if c.strip()]
         if names == ["all"] or not names:
