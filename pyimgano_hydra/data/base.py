@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 import numpy as np
 
 from pyimgano_hydra.data.images import list_images, load_image, load_mask, mask_size, read_size
-from pyimgano_hydra.data.sample import ANOMALOUS, NORMAL, CategorySplit, Sample
+from pyimgano_hydra.data.sample import ANOMALOUS, CategorySplit, Sample
 from pyimgano_hydra.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -258,5 +258,3 @@ def _subset(samples: list[Sample], limit: int | None, rng: np.random.Generator,
         chosen.extend(idx[j] for j in rng.choice(len(idx), size=counts[lab], replace=False))
     return [samples[i] for i in sorted(chosen)]
 
-
-__all__ = ["ImageDataset", "NORMAL", "ANOMALOUS"]
