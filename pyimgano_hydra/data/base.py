@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 import numpy as np
 
 from pyimgano_hydra.data.images import list_images, load_image, load_mask, mask_size, read_size
-from pyimgano_hydra.data.sample import ANOMALOUS, NORMAL, CategorySplit, Sample
+from pyimgano_hydra.data.sample import ANOMALOUS, CategorySplit, Sample
 from pyimgano_hydra.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,8 @@ def _as_category_list(category: Any) -> list[str] | str:
     """"all" stays "all"; a name, "a,b" or a list becomes a list of names."""
     if category is None:
         return "all"
+    if isinstance(category, (int, float)):  # `category=01` reaches us as an int
+        category = str(category)
     if isinstance(category, str):
         names = [c.strip() for c in category.split(",") if c.strip()]
         if names == ["all"] or not names:
@@ -256,5 +258,3 @@ def _subset(samples: list[Sample], limit: int | None, rng: np.random.Generator,
         chosen.extend(idx[j] for j in rng.choice(len(idx), size=counts[lab], replace=False))
     return [samples[i] for i in sorted(chosen)]
 
-
-__all__ = ["ImageDataset", "NORMAL", "ANOMALOUS"]

@@ -169,7 +169,7 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
     arr = np.asarray(array)
     if arr.ndim == 3 and arr.shape[2] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", arr)
+    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 1])  # fast, lossless
     if not ok:
         raise DataError(f"{path}: cannot encode PNG")
     Path(path).write_bytes(buf.tobytes())

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from pyimgano_hydra.data.base import find_mask
-from pyimgano_hydra.data.images import IMAGE_EXTENSIONS
+from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, list_images
 from pyimgano_hydra.data.mvtec_loco import MVTecLocoDataset
-from pyimgano_hydra.data.images import list_images
 from pyimgano_hydra.data.sample import ANOMALOUS, NORMAL, UNKNOWN, CategorySplit, Sample
 from pyimgano_hydra.errors import ConfigError
 

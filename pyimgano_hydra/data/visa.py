@@ -7,7 +7,6 @@ relative to root.
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 from typing import Any
 
 from pyimgano_hydra.data.base import ImageDataset
