@@ -208,7 +208,9 @@ class TiledDetector(BaseDetector):
             if key in PARAM_NAMES:
                 setattr(self, key, value)
         self._check_params()
-        self.detector_ = self._new_inner().load_state_dict(state["inner"])
+        inner = self._new_inner()
+        inner.load_state_dict(state["inner"])
+        self.detector_ = inner
         return self
 
 
