@@ -82,7 +82,7 @@ def summary_table(results: list[CategoryResult]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def infer_config(cfg: DictConfig, results: list[CategoryResult], run_dir: RunDir) -> dict:
+def infer_config(cfg: DictConfig, model_cfg: DictConfig, results: list[CategoryResult], run_dir: RunDir) -> dict:
     """artifacts/infer_config.json: exactly what inference needs, nothing more."""
     categories = {}
     for r in results:
@@ -99,7 +99,7 @@ def infer_config(cfg: DictConfig, results: list[CategoryResult], run_dir: RunDir
         "schema_version": SCHEMA_VERSION,
         "version": pyimgano_hydra.__version__,
         "created_utc": utc_now(),
-        "model": _plain(cfg.model),
+        "model": _plain(model_cfg),
         "tiling": _plain(cfg.get("tiling")),
         "postprocess": _plain(cfg.get("postprocess")),
         "defects": _plain(cfg.get("defects")),
@@ -140,10 +140,13 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
             dataset = build(cfg.dataset, "dataset")
             recipe = build(cfg.recipe, "recipe")
             categories = dataset.categories()
+            # A recipe may set model params (e.g. training epochs); it checks the model first.
+            model_params = recipe.model_params(cfg.model) if hasattr(recipe, "model_params") else {}
+            model_cfg = OmegaConf.merge(cfg.model, model_params) if model_params else cfg.model
             results: list[CategoryResult] = []
             for category in categories:
                 out = run_dir.category(category)
-                ctx = RecipeContext(dataset=dataset, category=category, make_detector=build_detector_factory(cfg.model, cfg.get("tiling")),
+                ctx = RecipeContext(dataset=dataset, category=category, make_detector=build_detector_factory(model_cfg, cfg.get("tiling")),
                                     out=out, tiling=_plain(cfg.get("tiling")),
                                     postprocess=_plain(cfg.get("postprocess")),
                                     defects=_plain(cfg.get("defects")), seed=int(cfg.get("seed", 0)))
@@ -175,7 +178,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
                  "fit_s": sum(r.timings["fit_s"] for r in results),
                  "predict_s": sum(r.timings["predict_s"] for r in results)},
     )
-    write_json_atomic(run_dir.infer_config, infer_config(cfg, results, run_dir))
+    write_json_atomic(run_dir.infer_config, infer_config(cfg, model_cfg, results, run_dir))
     write_json_atomic(run_dir.report, report)
     write_status(run_dir.status, COMPLETED)
     print(summary_table(results))

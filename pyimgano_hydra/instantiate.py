@@ -57,11 +57,12 @@ def build(node: DictConfig | dict, key: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{key}._target_={target}: {message}") from exc
 
 
-def build_detector_factory(model_cfg: Any, tiling_cfg: Any = None):
-    """Zero-arg factory of a fresh detector from ``model``, tiled when ``tiling.enabled``."""
+def build_detector_factory(model_cfg: Any, tiling_cfg: Any = None, **params: Any):
+    """Zero-arg factory of a fresh detector from ``model`` (``params`` override its keys),
+    tiled when ``tiling.enabled``."""
     from pyimgano_hydra.adapt.tiling import maybe_tile
 
     def make():
-        return maybe_tile(lambda: build(model_cfg, "model"), tiling_cfg)
+        return maybe_tile(lambda: build(model_cfg, "model", **params), tiling_cfg)
 
     return make
