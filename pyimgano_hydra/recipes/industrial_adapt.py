@@ -90,6 +90,7 @@ class IndustrialAdapt:
             raise DataError(f"category {ctx.category}: the train split is empty; "
                             "add normal images under its train folder")
         detector, threshold, normal_maps, counts = self._fit(ctx, split, timings, notes)
+        fit_details = self.describe_fit(ctx, detector)
         has_maps = normal_maps is not None
         pp_cfg = ctx.postprocess or {}
         postprocessor = None
@@ -151,7 +152,7 @@ class IndustrialAdapt:
                     f"{i:06d}_{safe_name(Path(sample.path).stem)}", maps[i], read_size(sample.path),
                     gt_mask=None if masks is None else masks[i], label=int(sample.label))
             records.append(record)
-        extra: dict = {"produces_maps": has_maps}
+        extra: dict = {"produces_maps": has_maps, **fit_details}
         if exporter is not None:
             extra["pixel_threshold"] = {"value": exporter.threshold.value,
                                         "provenance": exporter.threshold.provenance}
@@ -169,6 +170,10 @@ class IndustrialAdapt:
         counts.update(test=len(test), test_normal=int((labels == 0).sum()),
                       test_anomalous=int((labels == 1).sum()), test_unlabelled=int((labels < 0).sum()))
         return CategoryResult(ctx.category, metrics, threshold, timings, counts, notes, extra=extra)
+
+    def describe_fit(self, ctx: RecipeContext, detector) -> dict:
+        """Extra report fields about the fitted detector (recipes that train add loss curves)."""
+        return {}
 
     @staticmethod
     def _overlays(ctx, test, scores, labels, maps, masks, pp_cfg, extra) -> None:
