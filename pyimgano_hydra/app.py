@@ -174,6 +174,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
         aggregate=aggregate(results),
         categories={r.category: {"metrics": r.metrics, "timings": r.timings, "counts": r.counts,
                                  "notes": r.notes} for r in results},
+        skipped_images=list(getattr(dataset, "skipped", [])),
         timings={"total_s": time.perf_counter() - started,
                  "fit_s": sum(r.timings["fit_s"] for r in results),
                  "predict_s": sum(r.timings["predict_s"] for r in results)},
@@ -182,5 +183,8 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
     write_json_atomic(run_dir.report, report)
     write_status(run_dir.status, COMPLETED)
     print(summary_table(results))
+    if report["skipped_images"]:
+        print(f"skipped {len(report['skipped_images'])} unreadable image(s) (dataset.on_bad_image=skip); "
+              f"listed under skipped_images in {run_dir.report}")
     print(f"run dir: {run_dir.root}")
     return report
