@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from pyimgano_hydra.console import one_line_errors
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.paths import conf_dir
 from pyimgano_hydra.schemas import register_configs
@@ -40,7 +41,8 @@ def main() -> None:
 
         print(f"pyimgano_hydra {__version__}")
         return
-    _job()
+    with one_line_errors():
+        _job()
 
 
 if __name__ == "__main__":
