@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pyimgano_hydra.errors import ConfigError
 from pyimgano_hydra.features.cache import FeatureCache, configure, active_cache, make_key, weights_identity
 
 
@@ -102,6 +103,14 @@ def test_configure_off_leaves_no_active_cache(tmp_path):
     assert active_cache() is not None
     configure(enabled=False, dir=tmp_path)
     assert active_cache() is None
+
+
+@pytest.mark.parametrize("kwargs,key", [({"max_gb": -1}, "cache.max_gb"), ({"dir": ""}, "cache.dir"),
+                                         ({"enabled": "yes"}, "cache.enabled")])
+def test_bad_cache_settings_name_the_key(tmp_path, kwargs, key):
+    with pytest.raises(ConfigError) as info:
+        configure(**{"enabled": True, "dir": tmp_path, "max_gb": 1.0, **kwargs})
+    assert str(info.value).startswith(key)
 
 
 def test_size_limit_evicts_least_recently_used(tmp_path):

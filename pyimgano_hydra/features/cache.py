@@ -27,12 +27,14 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from pyimgano_hydra.errors import check
 from pyimgano_hydra.runs.writers import write_bytes_atomic
 
 ArrayDict = dict[str, np.ndarray]
 SINGLE = "__array__"
 SUFFIX = ".npz"
 LOCK_DIR = ".locks"
+LOCK_STRIPE_CHARS = 3
 CACHE_VERSION = 1
 
 
@@ -128,12 +130,13 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}{SUFFIX}"
 
-    def _lock(self, name: str):
+    def _lock(self, key: str):
+        """A lock file per key stripe (4096 at most, so lock files never pile up)."""
         from filelock import FileLock
 
         folder = self.root / LOCK_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(folder / f"{name}.lock"), timeout=self.lock_timeout_s)
+        return FileLock(str(folder / f"{key[:LOCK_STRIPE_CHARS]}.lock"), timeout=self.lock_timeout_s)
 
     # -- single entries
     def get(self, key: str) -> np.ndarray | ArrayDict | None:
@@ -246,7 +249,7 @@ class FeatureCache:
         limit = max_bytes if max_bytes is not None else self.max_bytes
         if not limit:
             return 0
-        with self._lock("evict"):
+        with self._lock("evict-all"):
             entries = self.entries()
             total = sum(size for _, size, _ in entries)
             if total <= limit:
@@ -276,13 +279,17 @@ class FeatureCache:
 _ACTIVE: FeatureCache | None = None
 
 
-def configure(enabled: bool = True, dir: str | Path | None = None, max_gb: float | None = 2.0) -> FeatureCache | None:
-    """Set (or, with ``enabled=False`` / no ``dir``, unset) the process-wide cache; return it."""
+def configure(enabled: bool = True, dir: str | Path | None = None, max_gb: float | None = 4.0) -> FeatureCache | None:
+    """Set (or, with ``enabled=False``, unset) the process-wide cache from the ``cache:`` node."""
     global _ACTIVE
-    if not enabled or not dir:
+    check(isinstance(enabled, bool), "cache.enabled", "must be true or false")
+    check(max_gb is None or (isinstance(max_gb, (int, float)) and max_gb > 0), "cache.max_gb",
+          "must be a positive number of GB or null (no limit)")
+    if not enabled:
         _ACTIVE = None
-    else:
-        _ACTIVE = FeatureCache(dir, max_bytes=int(max_gb * 1024**3) if max_gb else None)
+        return None
+    check(bool(dir), "cache.dir", "must name a folder (or set cache.enabled=false)")
+    _ACTIVE = FeatureCache(Path(str(dir)).expanduser(), max_bytes=int(max_gb * 1024**3) if max_gb else None)
     return _ACTIVE
 
 
