@@ -94,6 +94,37 @@ def test_failed_job_row_carries_its_error_line(tmp_path):
     assert "model.coreset_ratio: must be in (0, 1]" in md
 
 
+def _job_config(tmp_path: Path, job: str, sweeper: str = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"):
+    return OmegaConf.create({"hydra": {"mode": "MULTIRUN", "sweep": {"dir": str(tmp_path)}, "sweeper": {"_target_": sweeper},
+                                       "runtime": {"output_dir": str(tmp_path / job), "cwd": str(tmp_path)}}})
+
+
+def test_a_job_that_died_before_writing_status_is_recorded_as_failed(tmp_path):
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from pyimgano_hydra.sweep.callbacks import LeaderboardCallback
+
+    (tmp_path / "0_a" / ".hydra").mkdir(parents=True)
+    (tmp_path / "0_a" / ".hydra" / "overrides.yaml").write_text("- model=a\n")
+    ret = JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("cannot import detector\ntraceback..."))
+    LeaderboardCallback(chart=False).on_job_end(_job_config(tmp_path, "0_a"), ret)
+    (row,) = json.loads((tmp_path / "leaderboard.json").read_text())["jobs"]
+    assert row["status"] == FAILED and row["error"] == "RuntimeError: cannot import detector"
+
+
+def test_optuna_gets_the_metric_as_the_job_return_value(tmp_path):
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from pyimgano_hydra.sweep.callbacks import LeaderboardCallback
+
+    _fake_job(tmp_path, "0_a", COMPLETED, 0.75)
+    report = json.loads((tmp_path / "0_a" / "report.json").read_text())
+    ret = JobReturn(status=JobStatus.COMPLETED, _return_value=report)
+    cfg = _job_config(tmp_path, "0_a", sweeper="hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper")
+    LeaderboardCallback(metric="image_auroc", chart=False).on_job_end(cfg, ret)
+    assert ret.return_value == 0.75
+
+
 # ---- the real CLI ------------------------------------------------------------------------
 def _sweep_roots(cwd: Path) -> list[Path]:
     return sorted((cwd / "outputs" / "multirun").iterdir())
