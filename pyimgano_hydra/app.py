@@ -130,6 +130,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
         "overrides": list(overrides),
         "choices": dict(choices or {}),
         "config_hash": config_hash(cfg),
+        "tag": cfg.get("tag", ""),
         "status": RUNNING,
     }
     write_status(run_dir.status, RUNNING, started_utc=report["timestamp_utc"])
