@@ -21,11 +21,11 @@ def register_configs() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from pyimgano_hydra.schemas import dataset, defects, model, postprocess, recipe, tiling
+    from pyimgano_hydra.schemas import dataset, defects, model, model_zoo, postprocess, recipe, tiling
 
     cs = ConfigStore.instance()
-    for module in (dataset, model, recipe, tiling, postprocess, defects):
-        group = module.__name__.rsplit(".", 1)[-1]
+    for module in (dataset, model, model_zoo, recipe, tiling, postprocess, defects):
+        group = getattr(module, "GROUP", module.__name__.rsplit(".", 1)[-1])
         for name, node in module.SCHEMAS.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
     _REGISTERED = True

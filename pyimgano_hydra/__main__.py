@@ -1,0 +1,46 @@
+"""``python -m pyimgano_hydra`` / ``pyimgano-hydra``: the Hydra app."""
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from pyimgano_hydra.console import one_line_errors
+from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.paths import conf_dir
+from pyimgano_hydra.schemas import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
+def _job(cfg: DictConfig) -> dict:
+    from pyimgano_hydra import app
+
+    hc = HydraConfig.get()
+    try:
+        return app.run(cfg, hc.runtime.output_dir, overrides=list(hc.overrides.task),
+                       choices={k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")})
+    except UserError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or hc.mode == RunMode.MULTIRUN:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+def main() -> None:
+    if "--version" in sys.argv[1:]:
+        from pyimgano_hydra import __version__
+
+        print(f"pyimgano_hydra {__version__}")
+        return
+    with one_line_errors():
+        _job()
+
+
+if __name__ == "__main__":
+    main()

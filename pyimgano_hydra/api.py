@@ -1,0 +1,49 @@
+"""Python API: compose a config from overrides and run it from code.
+
+    from pyimgano_hydra.api import compose_config, run
+    report = run(["dataset.category=weave", "model.coreset_ratio=0.05"])
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from pyimgano_hydra.paths import conf_dir
+from pyimgano_hydra.schemas import register_configs
+
+
+def compose_with_choices(overrides: Sequence[str] = (), config_name: str = "config") -> tuple[DictConfig, dict]:
+    """The composed config (hydra node removed) and the chosen option of each group."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="api"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items()
+               if not k.startswith("hydra/")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, choices
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    """The composed config the CLI would run with these overrides (no job started)."""
+    return compose_with_choices(overrides, config_name)[0]
+
+
+def default_run_dir(choices: dict, base: str | Path = "outputs/runs") -> Path:
+    """Same naming as the CLI: <date>/<time with microseconds>_<recipe>_<dataset>_<model>."""
+    now = datetime.now()
+    name = f"{now:%H-%M-%S-%f}_{choices.get('recipe')}_{choices.get('dataset')}_{choices.get('model')}"
+    return Path(base) / f"{now:%Y-%m-%d}" / name
+
+
+def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> dict:
+    """Compose and run one job; returns report.json's content."""
+    from pyimgano_hydra import app
+
+    cfg, choices = compose_with_choices(overrides)
+    out = Path(output_dir) if output_dir else default_run_dir(choices)
+    return app.run(cfg, out, overrides=list(overrides), choices=choices)

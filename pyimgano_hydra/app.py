@@ -1,0 +1,191 @@
+"""One job: categories -> recipe per category -> aggregate -> run directory and summary."""
+from __future__ import annotations
+
+import hashlib
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+import pyimgano_hydra
+from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.instantiate import build, build_detector_factory
+from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
+from pyimgano_hydra.runs.environment import environment, git_sha
+from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
+from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, RUNNING, utc_now, write_status
+from pyimgano_hydra.runs.writers import write_json_atomic
+from pyimgano_hydra.schemas import validate
+
+SUMMARY_METRICS = ("image_auroc", "image_ap", "image_f1", "image_f1_max", "pixel_auroc", "pixel_aupro")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or Ctrl-C) during a run."""
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    def handler(signum, frame):
+        raise Interrupted(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    text = OmegaConf.to_yaml(cfg, resolve=True, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def aggregate(results: list[CategoryResult]) -> dict:
+    """Mean and std of each metric over categories (NaN-free values only)."""
+    keys = sorted({k for r in results for k, v in r.metrics.items() if isinstance(v, (int, float))})
+    out = {}
+    for key in keys:
+        values = np.array([r.metrics.get(key, np.nan) for r in results], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if len(values):
+            out[key] = {"mean": float(values.mean()), "std": float(values.std()), "n": int(len(values))}
+    return out
+
+
+def summary_table(results: list[CategoryResult]) -> str:
+    """Plain-text table: per category AUROCs, threshold and time."""
+    head = ["category", "img_AUROC", "img_AP", "F1@thr", "px_AUROC", "AUPRO", "threshold", "fit_s", "total_s"]
+    rows = []
+    for r in results:
+        m = r.metrics
+        rows.append([r.category] + [f"{m.get(k, float('nan')):.4f}" for k in
+                                    ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_aupro")]
+                    + [f"{r.threshold['value']:.4g}", f"{r.timings['fit_s']:.1f}", f"{r.timings['total_s']:.1f}"])
+    if len(results) > 1:
+        agg = aggregate(results)
+        rows.append(["mean"] + [f"{agg[k]['mean']:.4f}" if k in agg else "nan" for k in
+                                ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_aupro")]
+                    + ["", f"{sum(r.timings['fit_s'] for r in results):.1f}",
+                       f"{sum(r.timings['total_s'] for r in results):.1f}"])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt = lambda row: "  ".join(str(x).ljust(w) for x, w in zip(row, widths))  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def infer_config(cfg: DictConfig, model_cfg: DictConfig, results: list[CategoryResult], run_dir: RunDir) -> dict:
+    """artifacts/infer_config.json: exactly what inference needs, nothing more."""
+    categories = {}
+    for r in results:
+        checkpoint = r.extra.get("checkpoint")
+        categories[r.category] = {
+            "checkpoint": str((run_dir.category(r.category).root / checkpoint).relative_to(run_dir.root))
+            if checkpoint else None,
+            "image_threshold": r.threshold,
+            "pixel_threshold": r.extra.get("pixel_threshold"),
+            "postprocess_state": r.extra.get("postprocess_state"),
+            "overrides": {},
+        }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "version": pyimgano_hydra.__version__,
+        "created_utc": utc_now(),
+        "model": _plain(model_cfg),
+        "tiling": _plain(cfg.get("tiling")),
+        "postprocess": _plain(cfg.get("postprocess")),
+        "defects": _plain(cfg.get("defects")),
+        "preprocessing": {"resize": cfg.dataset.get("resize"), "input_mode": cfg.dataset.get("input_mode", "rgb")},
+        "categories": categories,
+    }
+
+
+def _plain(node: Any) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
+        choices: dict | None = None) -> dict:
+    """Run one job into ``output_dir`` (must not hold an earlier run); return report.json's dict."""
+    run_dir = RunDir(Path(output_dir))
+    if run_dir.status.exists() or run_dir.report.exists():
+        raise UserError(f"{run_dir.root} already holds a run; runs are never overwritten: pick a new hydra.run.dir")
+    validate(cfg)
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    report: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "timestamp_utc": utc_now(),
+        "package": "pyimgano_hydra",
+        "version": pyimgano_hydra.__version__,
+        "git_sha": git_sha(),
+        "overrides": list(overrides),
+        "choices": dict(choices or {}),
+        "config_hash": config_hash(cfg),
+        "tag": cfg.get("tag", ""),
+        "status": RUNNING,
+    }
+    write_status(run_dir.status, RUNNING, started_utc=report["timestamp_utc"])
+    try:
+        with _sigterm_as_interrupt():
+            write_json_atomic(run_dir.config, OmegaConf.to_container(cfg, resolve=True))
+            write_json_atomic(run_dir.environment, environment())
+            dataset = build(cfg.dataset, "dataset")
+            recipe = build(cfg.recipe, "recipe")
+            categories = dataset.categories()
+            # A recipe may set model params (e.g. training epochs); it checks the model first.
+            model_params = recipe.model_params(cfg.model) if hasattr(recipe, "model_params") else {}
+            model_cfg = OmegaConf.merge(cfg.model, model_params) if model_params else cfg.model
+            results: list[CategoryResult] = []
+            for category in categories:
+                out = run_dir.category(category)
+                ctx = RecipeContext(dataset=dataset, category=category, make_detector=build_detector_factory(model_cfg, cfg.get("tiling")),
+                                    out=out, tiling=_plain(cfg.get("tiling")),
+                                    postprocess=_plain(cfg.get("postprocess")),
+                                    defects=_plain(cfg.get("defects")), seed=int(cfg.get("seed", 0)))
+                result = recipe(ctx)
+                write_json_atomic(out.report, result.to_dict())
+                results.append(result)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        write_status(run_dir.status, INTERRUPTED, error=f"interrupted ({exc or 'Ctrl-C'})")
+        raise
+    except BaseException as exc:
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        write_status(run_dir.status, FAILED, error=line)
+        report.update(status=FAILED, error=line)
+        write_json_atomic(run_dir.report, report)
+        raise
+    report.update(
+        status=COMPLETED,
+        dataset={"target": cfg.dataset._target_, "categories": categories},
+        model={"target": cfg.model._target_},
+        recipe={"target": cfg.recipe._target_},
+        tiling=_plain(cfg.get("tiling")),
+        postprocess=_plain(cfg.get("postprocess")),
+        defects=_plain(cfg.get("defects")),
+        thresholds={r.category: r.threshold for r in results},
+        aggregate=aggregate(results),
+        categories={r.category: {"metrics": r.metrics, "timings": r.timings, "counts": r.counts,
+                                 "notes": r.notes} for r in results},
+        skipped_images=list(getattr(dataset, "skipped", [])),
+        timings={"total_s": time.perf_counter() - started,
+                 "fit_s": sum(r.timings["fit_s"] for r in results),
+                 "predict_s": sum(r.timings["predict_s"] for r in results)},
+    )
+    write_json_atomic(run_dir.infer_config, infer_config(cfg, model_cfg, results, run_dir))
+    write_json_atomic(run_dir.report, report)
+    write_status(run_dir.status, COMPLETED)
+    print(summary_table(results))
+    if report["skipped_images"]:
+        print(f"skipped {len(report['skipped_images'])} unreadable image(s) (dataset.on_bad_image=skip); "
+              f"listed under skipped_images in {run_dir.report}")
+    print(f"run dir: {run_dir.root}")
+    return report

@@ -1,0 +1,64 @@
+"""Entry-point helpers: Hydra's error reports folded into one line (unless HYDRA_FULL_ERROR=1)."""
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
+
+
+def fold_error(text: str) -> str:
+    """Hydra's multi-line error report -> 'error: <first line>: <detail>'."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(_HINT)]
+    lines = [line for line in lines if not line.startswith(("object_type=", "Traceback", "File \""))]
+    if not lines:
+        return "error: failed (set HYDRA_FULL_ERROR=1 for details)"
+    head = lines[0][len("error: "):] if lines[0].startswith("error: ") else lines[0]
+    head = head.replace("'.:", "':").rstrip(".")
+    detail = []
+    for line in lines[1:]:
+        if line.startswith("Config search path"):
+            break
+        if not line.startswith(("full_key:", "To append")):
+            detail.append(line)
+    return "error: " + " ".join([head.rstrip(":") + (":" if detail else "")] + detail)
+
+
+class _HydraReportCatcher:
+    """stderr proxy: holds back what Hydra's ``run_and_report`` writes, passes everything else."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.held: list[str] = []
+
+    def write(self, text: str) -> int:
+        frame = sys._getframe(1)  # noqa: SLF001 - identify Hydra's reporter by its frame
+        if frame.f_code.co_name == "run_and_report" and "hydra" in frame.f_code.co_filename:
+            self.held.append(text)
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Run a Hydra entry point; on failure print one line and exit with the same code."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        yield
+        return
+    real = sys.stderr
+    catcher = _HydraReportCatcher(real)
+    sys.stderr = catcher
+    try:
+        yield
+    except SystemExit as exc:
+        sys.stderr = real
+        if catcher.held and exc.code not in (0, None):
+            print(fold_error("".join(catcher.held)), file=real)
+        raise
+    finally:
+        sys.stderr = real

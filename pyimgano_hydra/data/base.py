@@ -1,0 +1,260 @@
+"""What every dataset layout shares: category resolution, limits, checks and loading.
+
+A layout subclasses :class:`ImageDataset` and implements ``discover()`` (category names on
+disk) and ``collect(category)`` (the full, unlimited :class:`CategorySplit`). Everything
+else — ``categories()``, ``split()`` with ``limit_train``/``limit_test``, bad-input checks,
+``on_bad_image``, ``load_images()``/``load_masks()`` — lives here.
+"""
+from __future__ import annotations
+
+import logging
+import zlib
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Sequence
+
+import numpy as np
+
+from pyimgano_hydra.data.images import list_images, load_image, load_mask, mask_size, read_size
+from pyimgano_hydra.data.sample import ANOMALOUS, CategorySplit, Sample
+from pyimgano_hydra.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def _as_category_list(category: Any) -> list[str] | str:
+    """"all" stays "all"; a name, "a,b" or a list becomes a list of names."""
+    if category is None:
+        return "all"
+    if isinstance(category, (int, float)):  # `category=01` reaches us as an int
+        category = str(category)
+    if isinstance(category, str):
+        names = [c.strip() for c in category.split(",") if c.strip()]
+        if names == ["all"] or not names:
+            return "all"
+        return names
+    names = [str(c) for c in category]
+    return "all" if names == ["all"] or not names else names
+
+
+class ImageDataset:
+    """Base of every layout. Subclasses set ``layout``, ``known_categories``, ``expected_layout``."""
+
+    layout: ClassVar[str] = "dataset"
+    known_categories: ClassVar[tuple[str, ...]] = ()
+    expected_layout: ClassVar[str] = ""
+    masks_expected: ClassVar[bool] = True  # anomalous test images must have a mask
+
+    def __init__(self, root: str, category: Any = "all", resize: int | None = 256,
+                 input_mode: str = "rgb", limit_train: int | None = None,
+                 limit_test: int | None = None, seed: int = 0, on_bad_image: str = "error",
+                 **extra: Any) -> None:
+        if on_bad_image not in ("error", "skip"):
+            raise ConfigError("dataset.on_bad_image: must be error or skip")
+        if input_mode not in ("rgb", "gray"):
+            raise ConfigError("dataset.input_mode: must be rgb or gray")
+        self.root = str(root)
+        self.category = category
+        self.resize = resize
+        self.input_mode = input_mode
+        self.limit_train = limit_train
+        self.limit_test = limit_test
+        self.seed = int(seed)
+        self.on_bad_image = on_bad_image
+        self.extra = dict(extra)
+        self.skipped: list[dict] = []  # {path, reason, category} of every file left out
+
+    # ---- to implement per layout -------------------------------------------------------
+    def discover(self) -> list[str]:
+        """Category names present under ``root``."""
+        raise NotImplementedError
+
+    def collect(self, category: str) -> CategorySplit:
+        """All train and test samples of ``category`` (no limits, no checks)."""
+        raise NotImplementedError
+
+    # ---- shared behaviour --------------------------------------------------------------
+    @property
+    def root_path(self) -> Path:
+        return Path(self.root).expanduser()
+
+    def _check_root(self) -> None:
+        if not self.root_path.is_dir():
+            where = str(Path(self.root).expanduser().absolute())
+            shown = self.root if where == self.root else f"{self.root} ({where})"
+            raise DataError(f"dataset.root {shown} does not exist; expected the "
+                            f"{self.layout} layout: {self.expected_layout}")
+
+    def categories(self) -> list[str]:
+        """Resolve ``category`` (a name, a list or "all") against what is on disk."""
+        self._check_root()
+        on_disk = self.discover()
+        wanted = _as_category_list(self.category)
+        if wanted == "all":
+            missing = [c for c in self.known_categories if c not in on_disk]
+            if missing and on_disk:
+                log.warning("%s: %d known %s categories not found under %s: %s", self.layout,
+                            len(missing), self.layout, self.root, ", ".join(missing))
+            if not on_disk:
+                raise DataError(f"dataset.root {self.root}: no {self.layout} category found; "
+                                f"expected the layout: {self.expected_layout}")
+            return list(on_disk)
+        wanted = [self.normalize_category(c) for c in wanted]
+        unknown = [c for c in wanted if c not in on_disk]
+        if unknown:
+            available = ", ".join(on_disk) if on_disk else "none"
+            raise DataError(f"dataset.category {unknown[0]!r} not found under {self.root}; "
+                            f"available: {available}")
+        return list(dict.fromkeys(wanted))
+
+    def normalize_category(self, name: str) -> str:
+        """Map a user-given category name to its folder name (e.g. BTAD ``1`` -> ``01``)."""
+        return name
+
+    def split(self, category: str) -> CategorySplit:
+        """Train/test samples of ``category`` after limits and input checks."""
+        self._check_root()
+        category = self.normalize_category(str(category))
+        on_disk = self.discover()
+        if category not in on_disk:
+            raise DataError(f"dataset.category {category!r} not found under {self.root}; "
+                            f"available: {', '.join(on_disk) if on_disk else 'none'}")
+        full = self.collect(category)
+        if not full.train:
+            raise DataError(f"{self.train_dir_hint(category)}: empty train split (no normal "
+                            f"training images); expected the {self.layout} layout: "
+                            f"{self.expected_layout}")
+        rng = np.random.default_rng([self.seed, zlib.crc32(category.encode())])
+        train = _subset(full.train, self.limit_train, rng, stratify=False)
+        test = _subset(full.test, self.limit_test, rng, stratify=True)
+        train = self._checked(train, category)
+        test = self._checked(test, category)
+        if not train:
+            raise DataError(f"{self.train_dir_hint(category)}: every train image was skipped "
+                            f"as unreadable; see dataset.skipped")
+        return CategorySplit(category=category, train=train, test=test)
+
+    def train_dir_hint(self, category: str) -> str:
+        """Path shown in the empty-train error."""
+        return str(self.root_path / category / "train")
+
+    def _skip_or_raise(self, sample: Sample, error: DataError, category: str) -> None:
+        if self.on_bad_image == "error":
+            raise error
+        self.skipped.append({"path": sample.path, "reason": str(error), "category": category})
+        log.warning("skipped %s", error)
+
+    def _checked(self, samples: Iterable[Sample], category: str) -> list[Sample]:
+        """Cheap header checks always; a full decode when ``on_bad_image=skip``."""
+        kept = []
+        for s in samples:
+            try:
+                if s.label == ANOMALOUS and s.mask_path is None and self.mask_required(s):
+                    raise DataError(f"{s.path}: anomalous image has no ground-truth mask; "
+                                    f"expected {self.mask_hint(s)}")
+                size = read_size(s.path)
+                if s.mask_path is not None:
+                    m_size = mask_size(s.mask_path)
+                    if m_size != size:
+                        raise DataError(f"{s.mask_path}: mask is {m_size[1]}x{m_size[0]} "
+                                        f"but its image {s.path} is {size[1]}x{size[0]}")
+                if self.on_bad_image == "skip":
+                    load_image(s.path, resize=64, input_mode=self.input_mode)
+                    if s.mask_path is not None:
+                        load_mask(s.mask_path)
+            except DataError as exc:
+                self._skip_or_raise(s, exc, category)
+                continue
+            kept.append(s)
+        return kept
+
+    def mask_required(self, sample: Sample) -> bool:
+        """Whether an anomalous ``sample`` must come with a mask (else a DataError)."""
+        return self.masks_expected
+
+    def mask_hint(self, sample: Sample) -> str:
+        """Where the mask of ``sample`` should be (for error messages)."""
+        return "a mask file next to the layout's ground truth"
+
+    def load_images(self, samples: Sequence[Sample]) -> np.ndarray:
+        """uint8 (N, H, W, C) at ``resize``×``resize`` in ``input_mode``."""
+        channels = 3 if self.input_mode == "rgb" else 1
+        if not samples:
+            side = self.resize or 0
+            return np.zeros((0, side, side, channels), np.uint8)
+        first = load_image(samples[0].path, self.resize, self.input_mode)
+        out = np.empty((len(samples),) + first.shape, np.uint8)
+        out[0] = first
+        for i, s in enumerate(samples[1:], start=1):
+            img = load_image(s.path, self.resize, self.input_mode)
+            if img.shape != first.shape:
+                raise DataError(f"{s.path}: size {img.shape[1]}x{img.shape[0]} differs from "
+                                f"{samples[0].path} ({first.shape[1]}x{first.shape[0]}); "
+                                f"set dataset.resize to a size")
+            out[i] = img
+        return out
+
+    def load_masks(self, samples: Sequence[Sample]) -> np.ndarray:
+        """bool (N, H, W) matching ``load_images``; all-False where a sample has no mask."""
+        if not samples:
+            side = self.resize or 0
+            return np.zeros((0, side, side), bool)
+        sizes = [(self.resize, self.resize) if self.resize else read_size(s.path) for s in samples]
+        out = np.zeros((len(samples),) + tuple(sizes[0]), bool)
+        for i, s in enumerate(samples):
+            if tuple(sizes[i]) != out.shape[1:]:
+                raise DataError(f"{s.path}: image sizes differ within the split; "
+                                f"set dataset.resize to a size")
+            if s.mask_path is not None:
+                out[i] = load_mask(s.mask_path, sizes[i])
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={self.root!r}, category={self.category!r})"
+
+
+def find_mask(folder: Path, stem: str, suffix: str = "_mask", ext: str | None = ".png",
+              exclude: Path | None = None) -> Path | None:
+    """``folder/<stem><suffix><ext>``; with ``ext=None`` (or when absent) any image extension."""
+    if ext:
+        exact = folder / f"{stem}{suffix}{ext}"
+        if exact.is_file() and exact != exclude:
+            return exact
+    return next((p for p in list_images(folder) if p.stem == f"{stem}{suffix}" and p != exclude),
+                None)
+
+
+def _subset(samples: list[Sample], limit: int | None, rng: np.random.Generator,
+            stratify: bool) -> list[Sample]:
+    """A seeded subset of at most ``limit`` samples, original order kept.
+
+    With ``stratify`` normal and anomalous images are drawn in proportion, at least one of
+    each when both exist and ``limit >= 2``.
+    """
+    if limit is None or len(samples) <= limit:
+        return list(samples)
+    if not stratify:
+        chosen = rng.choice(len(samples), size=limit, replace=False)
+        return [samples[i] for i in sorted(chosen)]
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(s.label, []).append(i)
+    labels = sorted(groups)
+    if len(labels) == 1:
+        chosen = rng.choice(len(samples), size=limit, replace=False)
+        return [samples[i] for i in sorted(chosen)]
+    # proportional share per label, at least one each while the limit allows
+    shares = {lab: len(groups[lab]) * limit / len(samples) for lab in labels}
+    counts = {lab: min(len(groups[lab]), max(1, int(np.floor(shares[lab])))) for lab in labels}
+    while sum(counts.values()) > limit:  # limit < number of labels
+        biggest = max(labels, key=lambda lab: counts[lab])
+        counts[biggest] -= 1
+    while sum(counts.values()) < limit:
+        room = [lab for lab in labels if counts[lab] < len(groups[lab])]
+        best = max(room, key=lambda lab: shares[lab] - counts[lab])
+        counts[best] += 1
+    chosen = []
+    for lab in labels:
+        idx = groups[lab]
+        chosen.extend(idx[j] for j in rng.choice(len(idx), size=counts[lab], replace=False))
+    return [samples[i] for i in sorted(chosen)]
+

@@ -1,0 +1,188 @@
+"""Image and mask IO: decode any common file into uint8 HxWxC / bool HxW at a fixed size.
+
+Decoding goes through Pillow (it names truncated and unknown files, applies EXIF
+orientation and shrinks large JPEGs while decoding); resizing through OpenCV
+(INTER_AREA for images, nearest for masks).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Sequence, Union
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pyimgano_hydra.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+Size = Union[int, Sequence[int], None]  # side of a square, (height, width), or None = native
+
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
+
+
+def _hw(size: Size) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    height, width = size
+    return int(height), int(width)
+
+
+def _open(path: str | Path, draft_to: tuple[int, int] | None = None) -> Image.Image:
+    """Open and fully decode ``path`` with EXIF orientation applied; DataError names the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            if draft_to is not None and img.format == "JPEG":
+                img.draft(img.mode, (draft_to[1], draft_to[0]))  # decode large JPEGs at 1/2..1/8
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except _DECODE_ERRORS as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: cannot decode image ({reason}); replace or remove the file, "
+                        f"or set dataset.on_bad_image=skip") from None
+
+
+def read_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) after EXIF orientation, from the header only (cheap)."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            try:
+                orientation = img.getexif().get(0x0112, 1)
+            except Exception:  # a broken EXIF block must not hide a readable image
+                orientation = 1
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except _DECODE_ERRORS as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: not a readable image ({reason}); replace or remove the file, "
+                        f"or set dataset.on_bad_image=skip") from None
+    if orientation in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
+    return height, width
+
+
+def _to_uint8(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> uint8 array HxW (gray) or HxWx3 (colour); alpha is dropped."""
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(img).astype(np.float64)
+        # 16-bit data is scaled by 65535 -> 255 (a fixed scale keeps images comparable).
+        if mode != "I" or arr.max(initial=0) > 255:
+            arr = arr / 257.0
+        return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
+    elif mode == "1":
+        img = img.convert("L")
+    elif mode == "LA":
+        img = img.getchannel("L")
+    elif mode not in ("L", "RGB", "RGBA"):
+        img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
+    arr = np.asarray(img)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    return np.ascontiguousarray(arr)
+
+
+def load_image(path: str | Path, resize: Size = None, input_mode: str = "rgb") -> np.ndarray:
+    """Decode ``path`` into uint8 (H, W, C): C=3 for ``rgb``, C=1 for ``gray``.
+
+    ``resize``: an int (square side), (height, width), or None to keep the native size.
+    Gray, RGB, RGBA, palette, 1-bit and 16-bit files and EXIF-rotated JPEGs all load.
+    """
+    if input_mode not in ("rgb", "gray"):
+        raise ValueError(f"input_mode must be rgb or gray, got {input_mode!r}")
+    target = _hw(resize)
+    arr = _to_uint8(_open(path, draft_to=target))
+    if input_mode == "rgb" and arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    elif input_mode == "gray" and arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
+    if target is not None and arr.shape[:2] != target:
+        arr = cv2.resize(arr, (target[1], target[0]), interpolation=cv2.INTER_AREA)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return np.ascontiguousarray(arr)
+
+
+def mask_files(path: str | Path) -> list[Path]:
+    """The file(s) behind a mask path: the file itself, or every image in a mask folder."""
+    path = Path(path)
+    if path.is_dir():
+        files = list_images(path)
+        if not files:
+            raise DataError(f"{path}: mask folder holds no image files")
+        return files
+    return [path]
+
+
+def mask_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of a mask file or of every file in a mask folder (which must agree)."""
+    files = mask_files(path)
+    size = read_size(files[0])
+    for f in files[1:]:
+        other = read_size(f)
+        if other != size:
+            raise DataError(f"{f}: mask is {other[1]}x{other[0]} but {files[0].name} in the same "
+                            f"folder is {size[1]}x{size[0]}")
+    return size
+
+
+def load_mask(path: str | Path, size: Size = None) -> np.ndarray:
+    """Decode a ground-truth mask into bool (H, W): any non-zero pixel is defect.
+
+    ``path`` may be a folder of masks (MVTec LOCO): their union is returned. Colour masks
+    count a pixel as defect when any colour channel is non-zero; resizing uses nearest
+    neighbour so the mask stays exact.
+    """
+    mask = None
+    for f in mask_files(path):
+        arr = _to_uint8(_open(f))
+        part = arr.any(axis=2) if arr.ndim == 3 else arr > 0
+        if mask is not None and part.shape != mask.shape:
+            raise DataError(f"{f}: mask size {part.shape[1]}x{part.shape[0]} differs from the "
+                            f"other masks in {path}")
+        mask = part if mask is None else mask | part
+    target = _hw(size)
+    if target is not None and mask.shape != target:
+        mask = cv2.resize(mask.astype(np.uint8), (target[1], target[0]),
+                          interpolation=cv2.INTER_NEAREST).astype(bool)
+    return mask
+
+
+def write_png(path: str | Path, array: np.ndarray) -> None:
+    """Write uint8 gray (H, W) / (H, W, 1) or RGB (H, W, 3) as PNG (any path characters)."""
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 1])  # fast, lossless
+    if not ok:
+        raise DataError(f"{path}: cannot encode PNG")
+    Path(path).write_bytes(buf.tobytes())
+
+
+def is_image_file(path: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
+    return path.is_file() and path.suffix.lower() in extensions and not path.name.startswith(".")
+
+
+def list_images(folder: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files directly inside ``folder`` (hidden files skipped), sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    return sorted(p for p in folder.iterdir() if is_image_file(p, exts))

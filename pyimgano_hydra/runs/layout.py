@@ -1,0 +1,84 @@
+"""Run-directory layout: every path a run writes, in one place."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of ``text`` (category names, image stems)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "item"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def environment(self) -> Path:
+        return self.root / "environment.json"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status.json"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def infer_config(self) -> Path:
+        return self.artifacts / "infer_config.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    def category(self, name: str) -> "CategoryDir":
+        return CategoryDir(self.root / "categories" / safe_name(name))
+
+
+@dataclass(frozen=True)
+class CategoryDir:
+    root: Path
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def per_image(self) -> Path:
+        return self.root / "per_image.jsonl"
+
+    @property
+    def maps(self) -> Path:
+        return self.root / "maps"
+
+    @property
+    def masks(self) -> Path:
+        return self.root / "masks"
+
+    @property
+    def overlays(self) -> Path:
+        return self.root / "overlays"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def map_path(self, index: int, image_path: str) -> Path:
+        return self.maps / f"{index:06d}_{safe_name(Path(image_path).stem)}.npy"
+
+    def mask_path(self, index: int, image_path: str, ext: str) -> Path:
+        return self.masks / f"{index:06d}_{safe_name(Path(image_path).stem)}.{ext}"

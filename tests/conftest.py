@@ -1,0 +1,44 @@
+"""Shared fixtures: an isolated synthetic-data cache and a helper to run the real CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MTD_ROOT = REPO.parent / "shared" / "datasets" / "mtd"
+
+# Small, fast settings for end-to-end runs on the embedded synthetic dataset.
+TINY = [
+    "dataset.category=weave",
+    "dataset.limit_train=12",
+    "dataset.limit_test=12",
+    "model.coreset_ratio=0.2",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def synthetic_cache(tmp_path_factory):
+    """Generated datasets go to a per-session cache, never the user's home."""
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("PYIMGANO_CACHE")
+    os.environ["PYIMGANO_CACHE"] = str(cache)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    yield cache
+    if old is None:
+        os.environ.pop("PYIMGANO_CACHE", None)
+    else:
+        os.environ["PYIMGANO_CACHE"] = old
+
+
+def run_cli(args, cwd=None, module="pyimgano_hydra", env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> args`` in a subprocess, importing this checkout."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
