@@ -118,7 +118,6 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
     run_dir = RunDir(Path(output_dir))
     if run_dir.status.exists() or run_dir.report.exists():
         raise UserError(f"{run_dir.root} already holds a run; runs are never overwritten: pick a new hydra.run.dir")
-    validate(cfg)
     run_dir.root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     report: dict[str, Any] = {
@@ -136,6 +135,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
     write_status(run_dir.status, RUNNING, started_utc=report["timestamp_utc"])
     try:
         with _sigterm_as_interrupt():
+            validate(cfg)  # range checks, before any work; a failure is recorded in status.json
             write_json_atomic(run_dir.config, OmegaConf.to_container(cfg, resolve=True))
             write_json_atomic(run_dir.environment, environment())
             dataset = build(cfg.dataset, "dataset")
