@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import signal
 import sys
 import time
@@ -112,9 +113,15 @@ def _plain(node: Any) -> dict:
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
+def _quiet_third_party_logs() -> None:
+    for name in ("faiss", "faiss.loader", "timm", "matplotlib"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
         choices: dict | None = None) -> dict:
     """Run one job into ``output_dir`` (must not hold an earlier run); return report.json's dict."""
+    _quiet_third_party_logs()
     run_dir = RunDir(Path(output_dir))
     if run_dir.status.exists() or run_dir.report.exists():
         raise UserError(f"{run_dir.root} already holds a run; runs are never overwritten: pick a new hydra.run.dir")
