@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import pyimgano_hydra
 from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.features.cache import feature_cache
 from pyimgano_hydra.instantiate import build, build_detector_factory
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
 from pyimgano_hydra.runs.environment import environment, git_sha
@@ -141,7 +142,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
     }
     write_status(run_dir.status, RUNNING, started_utc=report["timestamp_utc"])
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), feature_cache(cfg.get("cache")):
             validate(cfg)  # range checks, before any work; a failure is recorded in status.json
             write_json_atomic(run_dir.config, OmegaConf.to_container(cfg, resolve=True))
             write_json_atomic(run_dir.environment, environment())
