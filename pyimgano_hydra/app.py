@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import signal
 import sys
 import time
@@ -14,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import pyimgano_hydra
 from pyimgano_hydra.errors import UserError
-from pyimgano_hydra.instantiate import build
+from pyimgano_hydra.features.cache import feature_cache
+from pyimgano_hydra.instantiate import build, build_detector_factory
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
 from pyimgano_hydra.runs.environment import environment, git_sha
 from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
@@ -82,24 +84,48 @@ def summary_table(results: list[CategoryResult]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def _detector_factory(cfg: DictConfig):
-    def make():
-        return build(cfg.model, "model")
-
-    return make
+def infer_config(cfg: DictConfig, model_cfg: DictConfig, results: list[CategoryResult], run_dir: RunDir) -> dict:
+    """artifacts/infer_config.json: exactly what inference needs, nothing more."""
+    categories = {}
+    for r in results:
+        checkpoint = r.extra.get("checkpoint")
+        categories[r.category] = {
+            "checkpoint": str((run_dir.category(r.category).root / checkpoint).relative_to(run_dir.root))
+            if checkpoint else None,
+            "image_threshold": r.threshold,
+            "pixel_threshold": r.extra.get("pixel_threshold"),
+            "postprocess_state": r.extra.get("postprocess_state"),
+            "overrides": {},
+        }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "version": pyimgano_hydra.__version__,
+        "created_utc": utc_now(),
+        "model": _plain(model_cfg),
+        "tiling": _plain(cfg.get("tiling")),
+        "postprocess": _plain(cfg.get("postprocess")),
+        "defects": _plain(cfg.get("defects")),
+        "preprocessing": {"resize": cfg.dataset.get("resize"), "input_mode": cfg.dataset.get("input_mode", "rgb")},
+        "categories": categories,
+    }
 
 
 def _plain(node: Any) -> dict:
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
+def _quiet_third_party_logs() -> None:
+    for name in ("faiss", "faiss.loader", "timm", "matplotlib"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
         choices: dict | None = None) -> dict:
     """Run one job into ``output_dir`` (must not hold an earlier run); return report.json's dict."""
+    _quiet_third_party_logs()
     run_dir = RunDir(Path(output_dir))
     if run_dir.status.exists() or run_dir.report.exists():
         raise UserError(f"{run_dir.root} already holds a run; runs are never overwritten: pick a new hydra.run.dir")
-    validate(cfg)
     run_dir.root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     report: dict[str, Any] = {
@@ -111,20 +137,25 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
         "overrides": list(overrides),
         "choices": dict(choices or {}),
         "config_hash": config_hash(cfg),
+        "tag": cfg.get("tag", ""),
         "status": RUNNING,
     }
     write_status(run_dir.status, RUNNING, started_utc=report["timestamp_utc"])
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), feature_cache(cfg.get("cache")):
+            validate(cfg)  # range checks, before any work; a failure is recorded in status.json
             write_json_atomic(run_dir.config, OmegaConf.to_container(cfg, resolve=True))
             write_json_atomic(run_dir.environment, environment())
             dataset = build(cfg.dataset, "dataset")
             recipe = build(cfg.recipe, "recipe")
             categories = dataset.categories()
+            # A recipe may set model params (e.g. training epochs); it checks the model first.
+            model_params = recipe.model_params(cfg.model) if hasattr(recipe, "model_params") else {}
+            model_cfg = OmegaConf.merge(cfg.model, model_params) if model_params else cfg.model
             results: list[CategoryResult] = []
             for category in categories:
                 out = run_dir.category(category)
-                ctx = RecipeContext(dataset=dataset, category=category, make_detector=_detector_factory(cfg),
+                ctx = RecipeContext(dataset=dataset, category=category, make_detector=build_detector_factory(model_cfg, cfg.get("tiling")),
                                     out=out, tiling=_plain(cfg.get("tiling")),
                                     postprocess=_plain(cfg.get("postprocess")),
                                     defects=_plain(cfg.get("defects")), seed=int(cfg.get("seed", 0)))
@@ -152,12 +183,17 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
         aggregate=aggregate(results),
         categories={r.category: {"metrics": r.metrics, "timings": r.timings, "counts": r.counts,
                                  "notes": r.notes} for r in results},
+        skipped_images=list(getattr(dataset, "skipped", [])),
         timings={"total_s": time.perf_counter() - started,
                  "fit_s": sum(r.timings["fit_s"] for r in results),
                  "predict_s": sum(r.timings["predict_s"] for r in results)},
     )
+    write_json_atomic(run_dir.infer_config, infer_config(cfg, model_cfg, results, run_dir))
     write_json_atomic(run_dir.report, report)
     write_status(run_dir.status, COMPLETED)
     print(summary_table(results))
+    if report["skipped_images"]:
+        print(f"skipped {len(report['skipped_images'])} unreadable image(s) (dataset.on_bad_image=skip); "
+              f"listed under skipped_images in {run_dir.report}")
     print(f"run dir: {run_dir.root}")
     return report

@@ -55,3 +55,14 @@ def build(node: DictConfig | dict, key: str, **kwargs: Any) -> Any:
             raise cause
         message = " ".join(line.strip() for line in str(cause).splitlines() if line.strip()) or type(cause).__name__
         raise ConfigError(f"{key}._target_={target}: {message}") from exc
+
+
+def build_detector_factory(model_cfg: Any, tiling_cfg: Any = None, **params: Any):
+    """Zero-arg factory of a fresh detector from ``model`` (``params`` override its keys),
+    tiled when ``tiling.enabled``."""
+    from pyimgano_hydra.adapt.tiling import maybe_tile
+
+    def make():
+        return maybe_tile(lambda: build(model_cfg, "model", **params), tiling_cfg)
+
+    return make

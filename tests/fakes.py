@@ -40,3 +40,26 @@ class Broken(BaseDetector):
 
     def fit(self, images):
         raise RuntimeError(self.message)
+
+
+class Sleepy(PixelZScore):
+    """Sleeps in fit, so a test can interrupt a run mid-way."""
+
+    def __init__(self, seconds: float = 60.0):
+        super().__init__()
+        self.seconds = seconds
+
+    def fit(self, images):
+        import time
+
+        time.sleep(self.seconds)
+        return super().fit(images)
+
+
+class ScoresOnly(PixelZScore):
+    """Image scores without maps, like a PyOD model on pooled features."""
+
+    produces_maps = False
+
+    def predict(self, images):
+        return DetectorOutput(scores=super().predict(images).scores, maps=None)

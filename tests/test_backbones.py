@@ -57,21 +57,33 @@ def test_missing_torchvision_weights_name_cache_path_and_weights_path(tmp_path, 
     assert "model.weights_path" in message
 
 
+def _random_state_dict(name: str, seed: int) -> dict:
+    from pyimgano_hydra.features.backbones import BACKBONES as specs
+
+    torch.manual_seed(seed)
+    return specs[name]().build().state_dict()
+
+
+def _same_features(a, b) -> bool:
+    images = _images(2, 64)
+    fa, fb = extract_features(a, images), extract_features(b, images)
+    return all(torch.allclose(fa[k], fb[k], rtol=1e-4, atol=1e-5) for k in fa)
+
+
 def test_weights_found_in_hub_cache_are_loaded(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    source = build_backbone("resnet18", pretrained=False, seed=7, device="cpu")
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    torch.save(source.net.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    torch.save(_random_state_dict("resnet18", 7), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
     loaded = build_backbone("resnet18", pretrained=True, device="cpu")
-    assert torch.equal(loaded.net.conv1.weight, source.net.conv1.weight)
+    assert _same_features(loaded, build_backbone("resnet18", pretrained=False, seed=7, device="cpu"))
+    assert not _same_features(loaded, build_backbone("resnet18", pretrained=False, seed=8, device="cpu"))
 
 
 def test_weights_path_loads_a_local_file_and_rejects_a_wrong_one(tmp_path):
-    source = build_backbone("resnet18", pretrained=False, seed=3, device="cpu")
     path = tmp_path / "r18.pt"
-    torch.save({"state_dict": source.net.state_dict()}, path)
+    torch.save({"state_dict": _random_state_dict("resnet18", 3)}, path)
     loaded = build_backbone("resnet18", weights_path=str(path), device="cpu")
-    assert torch.equal(loaded.net.layer2[0].conv1.weight, source.net.layer2[0].conv1.weight)
+    assert _same_features(loaded, build_backbone("resnet18", pretrained=False, seed=3, device="cpu"))
 
     with pytest.raises(UserError, match="model.weights_path"):
         build_backbone("mobilenet_v2", weights_path=str(path), device="cpu")
@@ -83,8 +95,8 @@ def test_random_weights_are_deterministic_for_a_seed():
     a = build_backbone("resnet18", pretrained=False, seed=1, device="cpu")
     b = build_backbone("resnet18", pretrained=False, seed=1, device="cpu")
     c = build_backbone("resnet18", pretrained=False, seed=2, device="cpu")
-    assert torch.equal(a.net.conv1.weight, b.net.conv1.weight)
-    assert not torch.equal(a.net.conv1.weight, c.net.conv1.weight)
+    assert _same_features(a, b)
+    assert not _same_features(a, c)
 
 
 def test_unknown_backbone_layer_and_device_are_config_errors():
@@ -125,3 +137,24 @@ def test_bad_images_are_data_errors(lite0):
         extract_features(lite0, _images(1, 64).astype(np.float32))
     with pytest.raises(DataError, match="shape"):
         extract_features(lite0, np.zeros((64, 64, 3), np.uint8))
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_batchnorm_folding_keeps_outputs(name):
+    """Folding BatchNorm into convolutions must not change what the layers output."""
+    from pyimgano_hydra.features.backbones import BACKBONES as specs, fold_batchnorm
+
+    torch.manual_seed(0)
+    net = specs[name]().build().eval()
+    for module in net.modules():  # non-trivial statistics, so the fold has work to do
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = net(x)
+        folded = fold_batchnorm(net)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        torch.testing.assert_close(folded(x), expected, rtol=1e-3, atol=1e-3)

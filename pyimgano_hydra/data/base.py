@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
-from pyimgano_hydra.data.images import load_image, load_mask, read_size
-from pyimgano_hydra.data.sample import ANOMALOUS, NORMAL, CategorySplit, Sample
+from pyimgano_hydra.data.images import list_images, load_image, load_mask, mask_size, read_size
+from pyimgano_hydra.data.sample import ANOMALOUS, CategorySplit, Sample
 from pyimgano_hydra.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,8 @@ def _as_category_list(category: Any) -> list[str] | str:
     """"all" stays "all"; a name, "a,b" or a list becomes a list of names."""
     if category is None:
         return "all"
+    if isinstance(category, (int, float)):  # `category=01` reaches us as an int
+        category = str(category)
     if isinstance(category, str):
         names = [c.strip() for c in category.split(",") if c.strip()]
         if names == ["all"] or not names:
@@ -77,7 +79,9 @@ class ImageDataset:
 
     def _check_root(self) -> None:
         if not self.root_path.is_dir():
-            raise DataError(f"dataset.root {self.root} does not exist; expected the "
+            where = str(Path(self.root).expanduser().absolute())
+            shown = self.root if where == self.root else f"{self.root} ({where})"
+            raise DataError(f"dataset.root {shown} does not exist; expected the "
                             f"{self.layout} layout: {self.expected_layout}")
 
     def categories(self) -> list[str]:
@@ -94,6 +98,7 @@ class ImageDataset:
                 raise DataError(f"dataset.root {self.root}: no {self.layout} category found; "
                                 f"expected the layout: {self.expected_layout}")
             return list(on_disk)
+        wanted = [self.normalize_category(c) for c in wanted]
         unknown = [c for c in wanted if c not in on_disk]
         if unknown:
             available = ", ".join(on_disk) if on_disk else "none"
@@ -101,9 +106,18 @@ class ImageDataset:
                             f"available: {available}")
         return list(dict.fromkeys(wanted))
 
+    def normalize_category(self, name: str) -> str:
+        """Map a user-given category name to its folder name (e.g. BTAD ``1`` -> ``01``)."""
+        return name
+
     def split(self, category: str) -> CategorySplit:
         """Train/test samples of ``category`` after limits and input checks."""
         self._check_root()
+        category = self.normalize_category(str(category))
+        on_disk = self.discover()
+        if category not in on_disk:
+            raise DataError(f"dataset.category {category!r} not found under {self.root}; "
+                            f"available: {', '.join(on_disk) if on_disk else 'none'}")
         full = self.collect(category)
         if not full.train:
             raise DataError(f"{self.train_dir_hint(category)}: empty train split (no normal "
@@ -134,14 +148,14 @@ class ImageDataset:
         kept = []
         for s in samples:
             try:
-                if s.label == ANOMALOUS and s.mask_path is None and self.masks_expected:
+                if s.label == ANOMALOUS and s.mask_path is None and self.mask_required(s):
                     raise DataError(f"{s.path}: anomalous image has no ground-truth mask; "
                                     f"expected {self.mask_hint(s)}")
                 size = read_size(s.path)
                 if s.mask_path is not None:
-                    mask_size = read_size(s.mask_path)
-                    if mask_size != size:
-                        raise DataError(f"{s.mask_path}: mask is {mask_size[1]}x{mask_size[0]} "
+                    m_size = mask_size(s.mask_path)
+                    if m_size != size:
+                        raise DataError(f"{s.mask_path}: mask is {m_size[1]}x{m_size[0]} "
                                         f"but its image {s.path} is {size[1]}x{size[0]}")
                 if self.on_bad_image == "skip":
                     load_image(s.path, resize=64, input_mode=self.input_mode)
@@ -152,6 +166,10 @@ class ImageDataset:
                 continue
             kept.append(s)
         return kept
+
+    def mask_required(self, sample: Sample) -> bool:
+        """Whether an anomalous ``sample`` must come with a mask (else a DataError)."""
+        return self.masks_expected
 
     def mask_hint(self, sample: Sample) -> str:
         """Where the mask of ``sample`` should be (for error messages)."""
@@ -194,6 +212,17 @@ class ImageDataset:
         return f"{type(self).__name__}(root={self.root!r}, category={self.category!r})"
 
 
+def find_mask(folder: Path, stem: str, suffix: str = "_mask", ext: str | None = ".png",
+              exclude: Path | None = None) -> Path | None:
+    """``folder/<stem><suffix><ext>``; with ``ext=None`` (or when absent) any image extension."""
+    if ext:
+        exact = folder / f"{stem}{suffix}{ext}"
+        if exact.is_file() and exact != exclude:
+            return exact
+    return next((p for p in list_images(folder) if p.stem == f"{stem}{suffix}" and p != exclude),
+                None)
+
+
 def _subset(samples: list[Sample], limit: int | None, rng: np.random.Generator,
             stratify: bool) -> list[Sample]:
     """A seeded subset of at most ``limit`` samples, original order kept.
@@ -229,5 +258,3 @@ def _subset(samples: list[Sample], limit: int | None, rng: np.random.Generator,
         chosen.extend(idx[j] for j in rng.choice(len(idx), size=counts[lab], replace=False))
     return [samples[i] for i in sorted(chosen)]
 
-
-__all__ = ["ImageDataset", "NORMAL", "ANOMALOUS"]

@@ -119,14 +119,44 @@ def load_image(path: str | Path, resize: Size = None, input_mode: str = "rgb") -
     return np.ascontiguousarray(arr)
 
 
+def mask_files(path: str | Path) -> list[Path]:
+    """The file(s) behind a mask path: the file itself, or every image in a mask folder."""
+    path = Path(path)
+    if path.is_dir():
+        files = list_images(path)
+        if not files:
+            raise DataError(f"{path}: mask folder holds no image files")
+        return files
+    return [path]
+
+
+def mask_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of a mask file or of every file in a mask folder (which must agree)."""
+    files = mask_files(path)
+    size = read_size(files[0])
+    for f in files[1:]:
+        other = read_size(f)
+        if other != size:
+            raise DataError(f"{f}: mask is {other[1]}x{other[0]} but {files[0].name} in the same "
+                            f"folder is {size[1]}x{size[0]}")
+    return size
+
+
 def load_mask(path: str | Path, size: Size = None) -> np.ndarray:
     """Decode a ground-truth mask into bool (H, W): any non-zero pixel is defect.
 
-    Colour masks count a pixel as defect when any colour channel is non-zero; resizing
-    uses nearest neighbour so the mask stays exact.
+    ``path`` may be a folder of masks (MVTec LOCO): their union is returned. Colour masks
+    count a pixel as defect when any colour channel is non-zero; resizing uses nearest
+    neighbour so the mask stays exact.
     """
-    arr = _to_uint8(_open(path))
-    mask = arr.any(axis=2) if arr.ndim == 3 else arr > 0
+    mask = None
+    for f in mask_files(path):
+        arr = _to_uint8(_open(f))
+        part = arr.any(axis=2) if arr.ndim == 3 else arr > 0
+        if mask is not None and part.shape != mask.shape:
+            raise DataError(f"{f}: mask size {part.shape[1]}x{part.shape[0]} differs from the "
+                            f"other masks in {path}")
+        mask = part if mask is None else mask | part
     target = _hw(size)
     if target is not None and mask.shape != target:
         mask = cv2.resize(mask.astype(np.uint8), (target[1], target[0]),
@@ -139,7 +169,7 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
     arr = np.asarray(array)
     if arr.ndim == 3 and arr.shape[2] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", arr)
+    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 1])  # fast, lossless
     if not ok:
         raise DataError(f"{path}: cannot encode PNG")
     Path(path).write_bytes(buf.tobytes())

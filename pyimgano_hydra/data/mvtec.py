@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyimgano_hydra.data.base import ImageDataset
+from pyimgano_hydra.data.base import ImageDataset, find_mask
 from pyimgano_hydra.data.images import list_images
 from pyimgano_hydra.data.sample import ANOMALOUS, NORMAL, CategorySplit, Sample
 
@@ -11,14 +11,6 @@ MVTEC_CATEGORIES = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
     "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
 )
-
-
-def find_mask(folder: Path, stem: str, suffix: str = "_mask") -> Path | None:
-    """``folder/<stem><suffix>.<any image ext>``, PNG first; None when absent."""
-    png = folder / f"{stem}{suffix}.png"
-    if png.is_file():
-        return png
-    return next((p for p in list_images(folder) if p.stem == f"{stem}{suffix}"), None)
 
 
 class MVTecDataset(ImageDataset):

@@ -27,7 +27,7 @@ from pyimgano_hydra.data.images import write_png
 from pyimgano_hydra.data.mvtec import MVTecDataset
 from pyimgano_hydra.errors import DataError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 GENERATOR_SEED = 20240611
 STAMP_FILE = "pyimgano_synthetic.json"
 DEFECTS = {
@@ -165,15 +165,16 @@ def _defect(rng: np.random.Generator, category: str, defect: str, img: np.ndarra
         else:  # hole / missing
             shape = _blob(rng, size, centre, rng.uniform(0.06, 0.1) * size)
         mask = shape & part
-        if mask.sum() >= max(6, size * size // 4000):
+        inside = 0.3 if defect == "missing" else 0.85  # share of the shape on the part
+        if mask.sum() >= max(6, size * size // 4000, inside * shape.sum()):
             break
     if defect == "scratch":
-        _paint(img, mask, (0.97, 0.97, 0.95), 0.6)
+        _paint(img, mask, (0.97, 0.97, 0.95), 0.4)
     elif defect == "spot":
         colour = (0.55, 0.3, 0.12) if category == "washer" else (0.22, 0.2, 0.1)
-        _paint(img, mask, colour, 0.6)
+        _paint(img, mask, colour, 0.45)
     elif defect == "crack":
-        img[mask] *= 0.3
+        img[mask] *= 0.5
     elif defect == "hole":
         backing = 0.08 + rng.normal(0, 0.01, (int(mask.sum()), 1)).astype(np.float32)
         img[mask] = backing
@@ -190,29 +191,45 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
 
 
+def _jobs(category: str, n_train: int, n_test_good: int, n_test_defect: int):
+    """(split, defect, count) in generation order; the index seeds each image."""
+    jobs = [("train", "good", n_train), ("test", "good", n_test_good)]
+    return jobs + [("test", defect, n_test_defect) for defect in DEFECTS[category]]
+
+
+def render_sample(category: str, split: str, defect: str, index: int, image_size: int = 256,
+                  clean: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """One image (uint8 H×W×3) and its mask (bool, None for good) exactly as ``generate`` writes it.
+
+    ``clean=True`` returns the same image before its defect is painted (for checking masks).
+    """
+    c_idx = sorted(DEFECTS).index(category)
+    j_idx = [(sp, d) for sp, d, _ in _jobs(category, 1, 1, 1)].index((split, defect))
+    rng = np.random.default_rng([GENERATOR_SEED, GENERATOR_VERSION, c_idx, j_idx, index])
+    img, part = _MAKERS[category](rng, image_size)
+    mask = None
+    if defect != "good" and not clean:
+        mask = _defect(rng, category, defect, img, part, image_size)
+    return _to_uint8(img), mask
+
+
 def generate(out_dir: str | Path, image_size: int = 256, n_train: int = 40,
              n_test_good: int = 12, n_test_defect: int = 4) -> None:
     """Write every synthetic category under ``out_dir`` in the MVTec AD layout."""
     out = Path(out_dir)
-    for c_idx, category in enumerate(sorted(DEFECTS)):
-        make = _MAKERS[category]
+    for category in sorted(DEFECTS):
         base = out / category
-        jobs = [("train", "good", n_train), ("test", "good", n_test_good)]
-        jobs += [("test", defect, n_test_defect) for defect in DEFECTS[category]]
-        for j_idx, (split, defect, count) in enumerate(jobs):
+        for split, defect, count in _jobs(category, n_train, n_test_good, n_test_defect):
             folder = base / split / defect
             folder.mkdir(parents=True, exist_ok=True)
             if defect != "good":
                 (base / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                rng = np.random.default_rng([GENERATOR_SEED, GENERATOR_VERSION, c_idx, j_idx, i])
-                img, part = make(rng, image_size)
-                stem = f"{i:03d}"
-                if defect != "good":
-                    mask = _defect(rng, category, defect, img, part, image_size)
-                    write_png(base / "ground_truth" / defect / f"{stem}_mask.png",
+                img, mask = render_sample(category, split, defect, i, image_size)
+                if mask is not None:
+                    write_png(base / "ground_truth" / defect / f"{i:03d}_mask.png",
                               mask.astype(np.uint8) * 255)
-                write_png(folder / f"{stem}.png", _to_uint8(img))
+                write_png(folder / f"{i:03d}.png", img)
 
 
 def ensure_generated(root: str | Path, image_size: int = 256, n_train: int = 40,

@@ -170,6 +170,41 @@ class Backbone(nn.Module):
             return {k: v.shape[1] for k, v in self(probe).items()}
 
 
+@torch.no_grad()
+def fold_batchnorm(net: nn.Module) -> nn.Module:
+    """Fold each eval-mode BatchNorm2d into the Conv2d registered right before it (exact).
+
+    The BatchNorm module is replaced by its activation (timm ``BatchNormAct2d``) or an
+    Identity, saving one full pass over every activation map at inference.
+    """
+    previous: nn.Conv2d | None = None
+    for name, module in list(net.named_modules()):
+        if isinstance(module, nn.Conv2d):
+            previous = module
+            continue
+        if isinstance(module, nn.BatchNorm2d):
+            conv = previous
+            previous = None
+            if conv is None or conv.out_channels != module.num_features or not module.track_running_stats:
+                continue
+            scale = (module.running_var + module.eps).rsqrt()
+            if module.affine:
+                scale = scale * module.weight
+            shift = -module.running_mean * scale
+            if module.affine:
+                shift = shift + module.bias
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
+            act = getattr(module, "act", None)
+            replacement = act if isinstance(act, nn.Module) else nn.Identity()
+            parent_name, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent_name) if parent_name else net, child, replacement)
+        elif not list(module.children()) and not isinstance(module, nn.Identity):
+            previous = None  # any other leaf between a conv and a BN breaks the pair
+    return net
+
+
 def _read_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -239,6 +274,8 @@ def build_backbone(
                 f"(no download); copy the file there or set model.weights_path=<file>"
             )
         _load_into(net, _read_state_dict(found, "model.pretrained"), found, "model.pretrained")
+    net.eval()
+    fold_batchnorm(net)
     backbone = Backbone(net, name, list(layers) if layers else list(spec.default_layers))
     backbone.eval().requires_grad_(False)
     return backbone.to(resolve_device(device), memory_format=torch.channels_last)

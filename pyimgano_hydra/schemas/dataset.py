@@ -1,8 +1,8 @@
 """Schemas of the ``dataset`` group."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
 
 from pyimgano_hydra.errors import check
 
@@ -40,6 +40,66 @@ class SyntheticDatasetSchema(DatasetSchema):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.image_size >= 64, "dataset.image_size", "must be >= 64")
+        check(self.n_train >= 1, "dataset.n_train", "must be >= 1")
+        check(self.n_test_good >= 0, "dataset.n_test_good", "must be >= 0")
+        check(self.n_test_defect >= 0, "dataset.n_test_defect", "must be >= 0")
 
 
-SCHEMAS = {"base": DatasetSchema, "synthetic": SyntheticDatasetSchema}
+@dataclass
+class FolderDatasetSchema(DatasetSchema):
+    """Custom folders (explicit dirs) or the simple train/normal, test/{normal,anomaly} layout."""
+
+    name: str = "custom"  # category name of an explicit-dirs / root-level simple dataset
+    normal_dir: Optional[str] = None  # null = simple layout under root
+    abnormal_dirs: Any = None  # [dir, ...] or {defect_name: dir}
+    normal_test_dir: Optional[str] = None  # null = split normal_dir by seed
+    test_ratio: float = 0.2  # share of normal_dir moved to test when normal_test_dir is null
+    mask_dir: Optional[str] = None  # searched as mask_dir/<defect>/ then mask_dir/
+    masks_beside_images: bool = False
+    mask_suffix: str = "_mask"  # mask name = <stem><mask_suffix><mask_ext>
+    mask_ext: Optional[str] = ".png"  # null = any image extension
+    extensions: List[str] = field(
+        default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(0 <= self.test_ratio < 1, "dataset.test_ratio", "must be in [0, 1)")
+        check(len(self.extensions) > 0, "dataset.extensions", "must list at least one extension")
+
+
+@dataclass
+class VisaDatasetSchema(DatasetSchema):
+    split_csv: str = "split_csv/1cls.csv"  # relative to root
+
+
+@dataclass
+class MVTecLocoDatasetSchema(DatasetSchema):
+    validation: str = "ignore"  # ignore | train (add validation/good to the train split)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.validation in ("ignore", "train"), "dataset.validation", "must be ignore or train")
+
+
+@dataclass
+class MVTecAD2DatasetSchema(MVTecLocoDatasetSchema):
+    # test_public has labels and masks; the private splits are predicted without metrics
+    test_split: str = "test_public"  # test_public | test_private | test_private_mixed
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.test_split in ("test_public", "test_private", "test_private_mixed"),
+              "dataset.test_split", "must be test_public, test_private or test_private_mixed")
+
+
+SCHEMAS = {
+    "base": DatasetSchema,
+    "synthetic": SyntheticDatasetSchema,
+    "mvtec": DatasetSchema,
+    "folder": FolderDatasetSchema,
+    "mtd": FolderDatasetSchema,
+    "visa": VisaDatasetSchema,
+    "btad": DatasetSchema,
+    "mvtec_loco": MVTecLocoDatasetSchema,
+    "mvtec_ad2": MVTecAD2DatasetSchema,
+}

@@ -1,7 +1,7 @@
 """Schemas of the ``recipe`` group."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from pyimgano_hydra.errors import check
@@ -14,8 +14,8 @@ class IndustrialAdaptSchema:
     calibration_quantile: Optional[float] = None  # overrides contamination; default 0.995
     calibration_holdout: float = 0.2  # share of train/good held out to score for the threshold
     pro_fpr_limit: float = 0.3
-    save_maps: bool = False
     predict_batch_size: int = 32
+    save_checkpoint: bool = True  # fitted detector state under categories/<cat>/checkpoints/
 
     def __post_init__(self) -> None:
         c, q = self.contamination, self.calibration_quantile
@@ -26,4 +26,23 @@ class IndustrialAdaptSchema:
         check(self.predict_batch_size >= 1, "recipe.predict_batch_size", "must be >= 1")
 
 
-SCHEMAS = {"industrial_adapt": IndustrialAdaptSchema}
+@dataclass
+class TrainingSchema:
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "recipe.training.epochs", "must be >= 1")
+        check(self.lr > 0, "recipe.training.lr", "must be > 0")
+        check(self.batch_size >= 1, "recipe.training.batch_size", "must be >= 1")
+
+
+@dataclass
+class MicroFinetuneSchema(IndustrialAdaptSchema):
+    _target_: str = "pyimgano_hydra.recipes.micro_finetune_autoencoder.MicroFinetuneAutoencoder"
+    training: TrainingSchema = field(default_factory=TrainingSchema)
+
+
+SCHEMAS = {"industrial_adapt": IndustrialAdaptSchema, "micro_finetune_autoencoder": MicroFinetuneSchema}

@@ -1,0 +1,86 @@
+"""VisA: the official ``split_csv/1cls.csv`` (object, split, label, image, mask) under root.
+
+Images live under ``<cat>/Data/Images/{Normal,Anomaly}``, masks under
+``<cat>/Data/Masks/Anomaly`` (0/1 or 0/255: any non-zero pixel is defect); CSV paths are
+relative to root.
+"""
+from __future__ import annotations
+
+import csv
+from typing import Any
+
+from pyimgano_hydra.data.base import ImageDataset
+from pyimgano_hydra.data.sample import ANOMALOUS, NORMAL, CategorySplit, Sample
+from pyimgano_hydra.errors import DataError
+
+VISA_CATEGORIES = (
+    "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2",
+    "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
+)
+CSV_COLUMNS = ("object", "split", "label", "image", "mask")
+
+
+class VisaDataset(ImageDataset):
+    """VisA as downloaded, split by its official 1-class CSV."""
+
+    layout = "visa"
+    known_categories = VISA_CATEGORIES
+    expected_layout = ("<root>/split_csv/1cls.csv (object,split,label,image,mask), "
+                       "<root>/<category>/Data/Images/{Normal,Anomaly}/*.JPG, "
+                       "<root>/<category>/Data/Masks/Anomaly/*.png")
+
+    def __init__(self, root: str, category: Any = "all", resize: int | None = 256,
+                 input_mode: str = "rgb", limit_train: int | None = None,
+                 limit_test: int | None = None, seed: int = 0, on_bad_image: str = "error",
+                 split_csv: str = "split_csv/1cls.csv", **extra: Any) -> None:
+        super().__init__(root, category, resize, input_mode, limit_train, limit_test, seed,
+                         on_bad_image, **extra)
+        self.split_csv = split_csv
+        self._rows: list[dict] | None = None
+
+    def rows(self) -> list[dict]:
+        """The CSV rows (read once)."""
+        if self._rows is None:
+            path = self.root_path / self.split_csv
+            if not path.is_file():
+                raise DataError(f"{path}: VisA split CSV not found; expected the visa layout: "
+                                f"{self.expected_layout}")
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                header = [h.strip() for h in (reader.fieldnames or [])]
+                missing = [c for c in CSV_COLUMNS if c not in header]
+                if missing:
+                    raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected "
+                                    f"the header {','.join(CSV_COLUMNS)}")
+                self._rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k}
+                              for row in reader]
+        return self._rows
+
+    def discover(self) -> list[str]:
+        names = dict.fromkeys(r["object"] for r in self.rows())
+        return sorted(n for n in names if (self.root_path / n).is_dir())
+
+    def collect(self, category: str) -> CategorySplit:
+        train: list[Sample] = []
+        test: list[Sample] = []
+        for r in self.rows():
+            if r["object"] != category:
+                continue
+            path = str(self.root_path / r["image"])
+            anomalous = r["label"].lower() in ("anomaly", "1", "abnormal", "bad")
+            if r["split"].lower() == "train":
+                if not anomalous:
+                    train.append(Sample(path, NORMAL, None, category, "good", "train"))
+                continue
+            if anomalous:
+                mask = str(self.root_path / r["mask"]) if r["mask"] else None
+                test.append(Sample(path, ANOMALOUS, mask, category, "anomaly", "test"))
+            else:
+                test.append(Sample(path, NORMAL, None, category, "good", "test"))
+        return CategorySplit(category, train, test)
+
+    def train_dir_hint(self, category: str) -> str:
+        return f"{self.root_path / self.split_csv} (rows of {category} with split=train)"
+
+    def mask_hint(self, sample: Sample) -> str:
+        return f"a mask column entry in {self.root_path / self.split_csv}"

@@ -1,0 +1,164 @@
+"""``python -m pyimgano_hydra.infer run_dir=<dir> input=<file|dir|glob>``: score new images."""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from pyimgano_hydra.adapt.postprocess import MapPostprocessor
+from pyimgano_hydra.console import one_line_errors
+from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, read_size
+from pyimgano_hydra.defects.export import DefectsExporter, require_maps
+from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
+from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.instantiate import build_detector_factory
+from pyimgano_hydra.paths import conf_dir
+from pyimgano_hydra.runs.checkpoints import load_checkpoint
+from pyimgano_hydra.runs.layout import safe_name
+from pyimgano_hydra.runs.load import load_run
+from pyimgano_hydra.runs.status import COMPLETED, FAILED, RUNNING, write_status
+from pyimgano_hydra.runs.writers import save_npy_atomic, write_json_atomic, write_jsonl_atomic
+from pyimgano_hydra.schemas import register_configs
+
+register_configs()
+
+
+def collect_inputs(spec: str) -> list[Path]:
+    """Image files named by a file, a directory (recursively) or a glob pattern, sorted."""
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = [p for p in sorted(path.rglob("*")) if is_image_file(p)]
+    else:
+        found = [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if is_image_file(Path(p))]
+    if not found:
+        raise UserError(f"input={spec}: matches no image ({', '.join(IMAGE_EXTENSIONS)}); "
+                        "pass a file, a folder or a quoted glob")
+    return found
+
+
+def load_detector(loaded, category: str):
+    """Rebuild the fitted detector of ``category`` from the run's config and checkpoint."""
+    spec = loaded.infer_config["categories"][category]
+    overrides = spec.get("overrides") or {}
+    model_cfg = OmegaConf.merge(loaded.infer_config["model"], overrides.get("model", {}))
+    tiling_cfg = {**(loaded.infer_config.get("tiling") or {}), **overrides.get("tiling", {})}
+    if not spec.get("checkpoint"):
+        raise UserError(f"run_dir={loaded.run_dir.root}: category {category} has no checkpoint "
+                        "(its detector cannot be saved); re-run with a saveable model")
+    checkpoint = load_checkpoint(loaded.run_dir.root / spec["checkpoint"])
+    detector = build_detector_factory(model_cfg, tiling_cfg)()
+    detector.load_state_dict(checkpoint["state"])
+    postprocessor = None
+    if spec.get("postprocess_state"):
+        postprocessor = MapPostprocessor().load_state_dict(spec["postprocess_state"])
+    return detector, postprocessor
+
+
+def _batches(items: list, size: int) -> Iterable[tuple[int, list]]:
+    for start in range(0, len(items), size):
+        yield start, items[start:start + size]
+
+
+def defects_settings_for(run_defects: dict | None, cfg_defects: DictConfig, task_overrides: list[str]) -> dict:
+    """The run's defects settings, unless ``defects=<preset>`` was given; then ``defects.*`` overrides."""
+    if any(o.startswith("defects=") for o in task_overrides):
+        return OmegaConf.to_container(cfg_defects, resolve=True)
+    settings = dict(run_defects or {"enabled": False})
+    for override in task_overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.startswith("defects."):
+            name = key.split(".", 1)[1]
+            settings[name] = OmegaConf.to_container(cfg_defects, resolve=True).get(name)
+    return settings
+
+
+def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[str] | None = None) -> dict:
+    """Score ``cfg.input`` with the run at ``cfg.run_dir``; write predictions to ``output_dir``."""
+    out = Path(output_dir)
+    if (out / "predictions.jsonl").exists() or (out / "status.json").exists():
+        raise UserError(f"{out} already holds an inference run; pick a new hydra.run.dir")
+    loaded = load_run(cfg.run_dir, trust_targets=bool(cfg.trust_targets))
+    category = loaded.category(cfg.category)
+    paths = collect_inputs(str(cfg.input))
+    out.mkdir(parents=True, exist_ok=True)
+    write_status(out / "status.json", RUNNING)
+    started = time.perf_counter()
+    try:
+        detector, postprocessor = load_detector(loaded, category)
+        spec = loaded.infer_config["categories"][category]
+        threshold = spec["image_threshold"]
+        prep = loaded.infer_config["preprocessing"]
+        defects = defects_settings_for(loaded.infer_config.get("defects"), cfg.defects, task_overrides or [])
+        exporter = None
+        if defects.get("enabled"):
+            require_maps(detector)
+            stored = spec.get("pixel_threshold") or {}
+            pixel_threshold = resolve_pixel_threshold(defects, run_threshold=stored.get("value"),
+                                                      run_provenance=stored.get("provenance"))
+            exporter = DefectsExporter(defects, pixel_threshold, out / "masks", out)
+        records = []
+        for start, chunk in _batches(paths, int(cfg.batch_size)):
+            images = np.stack([load_image(p, prep.get("resize"), prep.get("input_mode", "rgb")) for p in chunk])
+            output = detector.predict(images)
+            maps = output.maps
+            if maps is not None and postprocessor is not None:
+                maps = postprocessor.transform(maps)
+            for j, (path, score) in enumerate(zip(chunk, np.asarray(output.scores, np.float64).reshape(-1))):
+                record = {"index": start + j, "path": str(path), "category": category, "score": float(score),
+                          "label": int(score > threshold["value"]), "threshold": threshold["value"]}
+                if maps is not None and cfg.save_maps:
+                    map_path = out / "maps" / f"{start + j:06d}_{safe_name(path.stem)}.npy"
+                    save_npy_atomic(map_path, maps[j])
+                    record["anomaly_map"] = {"path": str(map_path.relative_to(out)),
+                                             "shape": list(maps[j].shape), "dtype": str(maps[j].dtype)}
+                if exporter is not None and maps is not None:
+                    record["defects"] = exporter(f"{start + j:06d}_{safe_name(path.stem)}", maps[j], read_size(path))
+                records.append(record)
+        write_jsonl_atomic(out / "predictions.jsonl", records)
+        n_anomalous = sum(r["label"] for r in records)
+        summary = {"run_dir": str(loaded.run_dir.root), "category": category, "n_images": len(records),
+                   "n_anomalous": n_anomalous, "threshold": threshold, "seconds": time.perf_counter() - started,
+                   "defects": None if exporter is None else {
+                       "settings": defects, "pixel_threshold": exporter.threshold.value,
+                       "pixel_threshold_provenance": exporter.threshold.provenance,
+                       "images_with_defects": sum(1 for r in records if r.get("defects", {}).get("n_regions"))}}
+        write_json_atomic(out / "summary.json", summary)
+    except BaseException as exc:
+        write_status(out / "status.json", FAILED, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
+    write_status(out / "status.json", COMPLETED)
+    print(f"{len(records)} images scored with {category} from {loaded.run_dir.root}: "
+          f"{n_anomalous} anomalous, {len(records) - n_anomalous} normal (threshold {threshold['value']:.4g})")
+    print(f"predictions: {out / 'predictions.jsonl'}")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="infer")
+def _job(cfg: DictConfig) -> dict:
+    try:
+        hc = HydraConfig.get()
+        return run_inference(cfg, hc.runtime.output_dir, task_overrides=list(hc.overrides.task))
+    except UserError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+def main() -> None:
+    with one_line_errors():
+        _job()
+
+
+if __name__ == "__main__":
+    main()

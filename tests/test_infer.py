@@ -1,0 +1,128 @@
+"""Hand-off: a run dir reloads and reproduces its scores; untrusted run dirs are refused."""
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import run_cli
+from pyimgano_hydra import app
+from pyimgano_hydra.api import compose_with_choices
+from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.runs.load import load_run
+from pyimgano_hydra.runs.writers import read_json, read_jsonl, write_json_atomic
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory):
+    """A completed run of the fast pixel z-score detector on two synthetic categories."""
+    cfg, choices = compose_with_choices(["dataset.category=all", "dataset.limit_test=10", "postprocess=inspect"])
+    cfg.model = OmegaConf.create({"_target_": "fakes.PixelZScore"})
+    out = tmp_path_factory.mktemp("handoff") / "run"
+    app.run(cfg, out, choices=choices)
+    return out
+
+
+def _infer(run_dir, input_, tmp_path, *extra):
+    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / f"infer{len(list(tmp_path.iterdir()))}"
+    proc = run_cli([f"run_dir={run_dir}", f"input={input_}", f"hydra.run.dir={out}", *extra],
+                   module="pyimgano_hydra.infer", env=env)
+    return proc, out
+
+
+def test_infer_reproduces_run_scores_and_labels(fake_run, tmp_path):
+    records = read_jsonl(fake_run / "categories" / "weave" / "per_image.jsonl")
+    folder = Path(records[0]["path"]).parents[1]  # .../weave/test
+    proc, out = _infer(fake_run, folder, tmp_path, "category=weave", "trust_targets=true")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    predicted = {r["path"]: r for r in read_jsonl(out / "predictions.jsonl")}
+    for r in records:
+        assert predicted[r["path"]]["score"] == pytest.approx(r["score"], abs=1e-6)
+        assert predicted[r["path"]]["label"] == r["pred_label"]
+    assert read_json(out / "status.json")["status"] == "completed"
+    assert "images scored" in proc.stdout
+
+
+def test_infer_config_holds_what_inference_needs(fake_run):
+    ic = read_json(fake_run / "artifacts" / "infer_config.json")
+    assert ic["model"]["_target_"] == "fakes.PixelZScore"
+    assert ic["preprocessing"]["resize"] == 128
+    for cat in ("weave", "washer"):
+        spec = ic["categories"][cat]
+        assert (fake_run / spec["checkpoint"]).is_file()
+        assert spec["image_threshold"]["provenance"]["method"] == "quantile"
+        assert spec["postprocess_state"]["normalize"] == "minmax"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["category=weave"], "not an allowed target"),
+    (["trust_targets=true"], "pick one with category="),
+    (["trust_targets=true", "category=nope"], "category=nope is not in this run"),
+])
+def test_infer_refusals(fake_run, tmp_path, args, needle):
+    folder = Path(read_jsonl(fake_run / "categories" / "weave" / "per_image.jsonl")[0]["path"]).parent
+    proc, _ = _infer(fake_run, folder, tmp_path, *args)
+    assert proc.returncode != 0 and needle in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_infer_input_matching_nothing(fake_run, tmp_path):
+    proc, _ = _infer(fake_run, tmp_path / "none" / "*.png", tmp_path, "category=weave", "trust_targets=true")
+    assert proc.returncode != 0 and "matches no image" in proc.stderr
+
+
+def test_infer_missing_run_dir(tmp_path):
+    proc, _ = _infer(tmp_path / "missing", tmp_path, tmp_path)
+    assert proc.returncode != 0 and "no such directory" in proc.stderr
+
+
+def _copy(run, tmp_path, name):
+    dst = tmp_path / name
+    shutil.copytree(run, dst)
+    return dst
+
+
+def test_planted_os_system_target_is_refused(fake_run, tmp_path):
+    planted = _copy(fake_run, tmp_path, "planted")
+    ic_path = planted / "artifacts" / "infer_config.json"
+    ic = read_json(ic_path)
+    ic["model"] = {"_target_": "os.system", "command": "echo PWNED > " + str(tmp_path / "pwned")}
+    write_json_atomic(ic_path, ic)
+    with pytest.raises(UserError, match="os.system is not an allowed target"):
+        load_run(planted)
+    proc, _ = _infer(planted, tmp_path, tmp_path, "category=weave")
+    assert proc.returncode != 0 and "os.system" in proc.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_planted_pickle_checkpoint_is_refused(fake_run, tmp_path):
+    planted = _copy(fake_run, tmp_path, "pickled")
+    ckpt = planted / "categories" / "weave" / "checkpoints" / "model.pt"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo PWNED > " + str(tmp_path / "pwned"),))
+
+    torch.save({"format": "pyimgano_hydra.checkpoint/1", "state": Evil()}, ckpt)
+    folder = Path(read_jsonl(planted / "categories" / "weave" / "per_image.jsonl")[0]["path"]).parent
+    proc, _ = _infer(planted, folder, tmp_path, "category=weave", "trust_targets=true")
+    assert proc.returncode != 0 and "refused" in proc.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_unfinished_and_newer_runs_are_refused(fake_run, tmp_path):
+    running = _copy(fake_run, tmp_path, "running")
+    write_json_atomic(running / "status.json", {"status": "interrupted"})
+    with pytest.raises(UserError, match="interrupted, not completed"):
+        load_run(running)
+    newer = _copy(fake_run, tmp_path, "newer")
+    report = read_json(newer / "report.json")
+    report["schema_version"] = 999
+    write_json_atomic(newer / "report.json", report)
+    with pytest.raises(UserError, match="newer"):
+        load_run(newer, trust_targets=True)
