@@ -42,6 +42,7 @@ class PaDiM(BaseDetector):
         eps: float = 0.01,
         smoothing_sigma: float = 4.0,
         max_memory_gb: float = 4.0,
+        image_norm: str = "none",
         seed: int = 0,
     ) -> None:
         self.backbone = backbone
@@ -55,12 +56,14 @@ class PaDiM(BaseDetector):
         self.eps = eps
         self.smoothing_sigma = smoothing_sigma
         self.max_memory_gb = max_memory_gb
+        self.image_norm = image_norm
         self.seed = seed
 
     def _backbone(self):
         if getattr(self, "backbone_", None) is None:
             self.backbone_ = build_backbone(
-                self.backbone, list(self.layers), self.pretrained, self.weights_path, self.device, self.seed
+                self.backbone, list(self.layers), self.pretrained, self.weights_path, self.device,
+                self.seed, self.image_norm,
             )
         return self.backbone_
 

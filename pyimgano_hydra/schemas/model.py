@@ -6,6 +6,7 @@ from typing import List, Optional
 
 from pyimgano_hydra.errors import check
 
+IMAGE_NORMS = ("none", "standardize")
 BACKBONE_NAMES = ("efficientnet_lite0", "resnet18", "wide_resnet50_2", "mobilenet_v2", "efficientnet_b0")
 
 
@@ -34,9 +35,10 @@ class PatchCoreSchema(BackboneSchema):
     coreset_ratio: float = 0.1  # memory bank = this share of all training patches
     projection_dim: int = 128  # random projection used only to pick the coreset
     num_neighbors: int = 9  # k of PatchCore's image-score reweighting; 1 turns it off
-    score: str = "max"  # max (reweighted max patch) | topk (mean of the top patches)
+    score: str = "max"  # max (reweighted max patch) | topk (mean of the top patches) | map_max
     topk_ratio: float = 0.01  # share of patches averaged when score=topk
     smoothing_sigma: float = 4.0  # Gaussian blur of the map, in input pixels; 0 = off
+    image_norm: str = "none"  # none | standardize (each image to a fixed intensity mean/std)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -46,9 +48,10 @@ class PatchCoreSchema(BackboneSchema):
         check(self.embed_dim is None or self.embed_dim >= 1, "model.embed_dim", "must be >= 1 or null")
         check(self.projection_dim >= 0, "model.projection_dim", "must be >= 0 (0 = no projection)")
         check(self.num_neighbors >= 1, "model.num_neighbors", "must be >= 1")
-        check(self.score in ("max", "topk"), "model.score", "must be max or topk")
+        check(self.score in ("max", "topk", "map_max"), "model.score", "must be max, topk or map_max")
         check(0 < self.topk_ratio <= 1, "model.topk_ratio", "must be in (0, 1]")
         check(self.smoothing_sigma >= 0, "model.smoothing_sigma", "must be >= 0")
+        check(self.image_norm in IMAGE_NORMS, "model.image_norm", "must be none or standardize")
 
 
 @dataclass
@@ -60,6 +63,7 @@ class PaDiMSchema(BackboneSchema):
     eps: float = 0.01  # covariance regulariser eps * I
     smoothing_sigma: float = 4.0
     max_memory_gb: float = 4.0  # refuse up front when the Gaussians would need more
+    image_norm: str = "none"  # none | standardize
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -69,6 +73,7 @@ class PaDiMSchema(BackboneSchema):
         check(self.eps > 0, "model.eps", "must be > 0")
         check(self.smoothing_sigma >= 0, "model.smoothing_sigma", "must be >= 0")
         check(self.max_memory_gb > 0, "model.max_memory_gb", "must be > 0")
+        check(self.image_norm in IMAGE_NORMS, "model.image_norm", "must be none or standardize")
 
 
 SCHEMAS = {"patchcore": PatchCoreSchema, "padim": PaDiMSchema}
