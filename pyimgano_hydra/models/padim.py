@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from pyimgano_hydra.errors import ConfigError, check
-from pyimgano_hydra.features import build_backbone, iter_features
-from pyimgano_hydra.models.base import BaseDetector, DetectorOutput
+from pyimgano_hydra.features import iter_features
+from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutput
 from pyimgano_hydra.models.patchcore import gaussian_blur
 
 
-class PaDiM(BaseDetector):
+class PaDiM(BackboneMixin, BaseDetector):
     """PaDiM anomaly detector with anomaly maps; see the module docstring for the knobs."""
 
     produces_maps = True
@@ -58,14 +58,6 @@ class PaDiM(BaseDetector):
         self.max_memory_gb = max_memory_gb
         self.image_norm = image_norm
         self.seed = seed
-
-    def _backbone(self):
-        if getattr(self, "backbone_", None) is None:
-            self.backbone_ = build_backbone(
-                self.backbone, list(self.layers), self.pretrained, self.weights_path, self.device,
-                self.seed, self.image_norm,
-            )
-        return self.backbone_
 
     def _choose_channels(self) -> dict[str, torch.Tensor]:
         """Seeded random subset of ``d`` channels over all layers, as per-layer indices."""

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from pyimgano_hydra.errors import check
-from pyimgano_hydra.features import build_backbone, iter_features
-from pyimgano_hydra.models.base import BaseDetector, DetectorOutput
+from pyimgano_hydra.features import iter_features
+from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutput
 from pyimgano_hydra.models.coreset import StreamingCoreset
 
 
@@ -71,7 +71,7 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 SCORES = ("max", "topk", "map_max")
 
 
-class PatchCore(BaseDetector):
+class PatchCore(BackboneMixin, BaseDetector):
     """PatchCore anomaly detector with anomaly maps; see the module docstring for the knobs."""
 
     produces_maps = True
@@ -113,14 +113,6 @@ class PatchCore(BaseDetector):
         self.seed = seed
 
     # -- internals -------------------------------------------------------------------
-    def _backbone(self):
-        if getattr(self, "backbone_", None) is None:
-            self.backbone_ = build_backbone(
-                self.backbone, list(self.layers), self.pretrained, self.weights_path, self.device,
-                self.seed, self.image_norm,
-            )
-        return self.backbone_
-
     def _embed(self, images: np.ndarray, desc: str):
         """Yield (B, h, w, D) float32 CPU patch embeddings batch by batch."""
         backbone = self._backbone()
