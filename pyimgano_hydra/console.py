@@ -9,8 +9,20 @@ from typing import Iterator
 _HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
 
 
+def _fold_traceback(text: str) -> str:
+    """'Error executing job ... / Traceback ... / Exc: msg' -> one line."""
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith(_HINT)]
+    exception = next((line.strip() for line in reversed(lines) if not line.startswith((" ", "\t"))
+                      and not line.startswith(("Traceback", "Error executing job"))), "failed")
+    job = next((line.strip() for line in lines if line.startswith("Error executing job")), "")
+    job = job.replace("Error executing job with overrides: ", "job ")
+    return f"error: {job + ': ' if job else ''}{exception}"
+
+
 def fold_error(text: str) -> str:
     """Hydra's multi-line error report -> 'error: <first line>: <detail>'."""
+    if "Traceback (most recent call last)" in text:
+        return _fold_traceback(text)
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(_HINT)]
     lines = [line for line in lines if not line.startswith(("object_type=", "Traceback", "File \""))]
     if not lines:
@@ -33,9 +45,22 @@ class _HydraReportCatcher:
         self._stream = stream
         self.held: list[str] = []
 
+    @staticmethod
+    def _reporting() -> bool:
+        """True while Hydra reports an error: its reporter (or a traceback printer it called)
+        writes, as opposed to the job itself running inside the reporter's ``try``."""
+        frame = sys._getframe(2)  # noqa: SLF001 - identify Hydra's reporter by its frames
+        caller = frame.f_code
+        if "hydra" in caller.co_filename and caller.co_name in ("run_and_report", "return_value"):
+            return True
+        while frame is not None:
+            if frame.f_code.co_filename.endswith("traceback.py"):
+                return True
+            frame = frame.f_back
+        return False
+
     def write(self, text: str) -> int:
-        frame = sys._getframe(1)  # noqa: SLF001 - identify Hydra's reporter by its frame
-        if frame.f_code.co_name == "run_and_report" and "hydra" in frame.f_code.co_filename:
+        if self._reporting():
             self.held.append(text)
             return len(text)
         return self._stream.write(text)

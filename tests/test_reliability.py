@@ -57,3 +57,11 @@ def test_same_config_and_seed_give_identical_scores(tmp_path):
         scores.append([r["score"] for r in read_jsonl(out / "categories" / "weave" / "per_image.jsonl")])
         metrics = read_json(out / "report.json")["aggregate"]
     assert scores[0] == scores[1]
+
+
+def test_failed_job_in_a_sweep_is_one_line_and_nonzero(tmp_path):
+    proc = run_cli(["--multirun", SEARCH, "model=zscore,broken", *FAST, f"hydra.sweep.dir={tmp_path / 'sweep'}"], env=ENV)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "detector exploded" in errors[0]

@@ -258,3 +258,23 @@ def test_small_defect_found_with_tiling_and_missed_with_resizing():
     for amap, (y, x, s) in zip(plain.maps[2:], defects):
         full = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
         assert full[y:y + s, x:x + s].max() < np.percentile(full, 99)  # not localised
+
+
+def test_multirun_over_tiling_options_gives_one_run_dir_each(tmp_path):
+    import os
+    from pathlib import Path
+
+    from conftest import REPO, run_cli
+
+    tests = Path(__file__).resolve().parent
+    proc = run_cli(["--multirun", f"hydra.searchpath=[file://{tests / 'conf'}]", "model=zscore",
+                    "dataset.category=weave", "dataset.limit_train=6", "dataset.limit_test=4", "dataset.resize=256",
+                    "tiling=none,tile128,tile256", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                   env={"PYTHONPATH": os.pathsep.join([str(REPO), str(tests)])})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/report.json"))
+    assert runs == ["0_none", "1_tile128", "2_tile256"]
+    import json
+
+    tilings = [json.loads((tmp_path / "sweep" / r / "report.json").read_text())["tiling"] for r in runs]
+    assert [t.get("tile_size") for t in tilings[1:]] == [128, 256] and tilings[0]["enabled"] is False

@@ -31,6 +31,9 @@ from pyimgano_hydra.errors import ConfigError, UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_NORMS = ("none", "standardize")
+# ``image_norm: standardize`` maps each image's intensities to this mean / std (0..1 scale)
+STANDARD_MEAN, STANDARD_STD = 0.5, 0.16
 
 
 @dataclass(frozen=True)
@@ -109,11 +112,14 @@ class _Stop(Exception):
 class Backbone(nn.Module):
     """Wraps a network; ``forward`` returns the outputs of ``layers`` as a dict."""
 
-    def __init__(self, net: nn.Module, name: str, layers: list[str]) -> None:
+    def __init__(self, net: nn.Module, name: str, layers: list[str], image_norm: str = "none") -> None:
         super().__init__()
+        if image_norm not in IMAGE_NORMS:
+            raise ConfigError(f"model.image_norm: {image_norm!r} is not one of {', '.join(IMAGE_NORMS)}")
         self.net = net
         self.name = name
         self.layers = list(layers)
+        self.image_norm = image_norm
         modules = dict(net.named_modules())
         missing = [layer for layer in self.layers if layer not in modules]
         if missing:
@@ -145,8 +151,16 @@ class Backbone(nn.Module):
         return self.mean.device
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, H, W, C) with C in {1, 3} → normalised float (N, 3, H, W) on device."""
+        """uint8 (N, H, W, C) with C in {1, 3} → normalised float (N, 3, H, W) on device.
+
+        ``image_norm=standardize`` first maps each image to a fixed intensity mean and
+        spread (over all its pixels and channels), which removes exposure differences.
+        """
         x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        if self.image_norm == "standardize":
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min_(1e-3)
+            x = ((x - mean) / std * STANDARD_STD + STANDARD_MEAN).clamp_(0.0, 1.0)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         x = (x - self.mean) / self.std
@@ -248,11 +262,13 @@ def build_backbone(
     weights_path: str | None = None,
     device: str = "auto",
     seed: int = 0,
+    image_norm: str = "none",
 ) -> Backbone:
     """Build backbone ``name`` in eval mode on ``device``; see the module docstring.
 
     ``weights_path`` (a local state_dict file) wins over ``pretrained``. Without either,
-    weights are random but deterministic for ``seed``.
+    weights are random but deterministic for ``seed``. ``image_norm``: ``none`` (ImageNet
+    normalisation only) or ``standardize`` (each image to a fixed intensity mean / std first).
     """
     if name not in BACKBONES:
         raise ConfigError(f"model.backbone: {name!r} is unknown; choose from {', '.join(BACKBONES)}")
@@ -276,6 +292,6 @@ def build_backbone(
         _load_into(net, _read_state_dict(found, "model.pretrained"), found, "model.pretrained")
     net.eval()
     fold_batchnorm(net)
-    backbone = Backbone(net, name, list(layers) if layers else list(spec.default_layers))
+    backbone = Backbone(net, name, list(layers) if layers else list(spec.default_layers), image_norm)
     backbone.eval().requires_grad_(False)
     return backbone.to(resolve_device(device), memory_format=torch.channels_last)

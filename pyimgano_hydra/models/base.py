@@ -44,3 +44,17 @@ class BaseDetector:
 
     def load_state_dict(self, state: dict[str, Any]) -> "BaseDetector":
         raise NotImplementedError(f"{type(self).__name__} cannot be loaded yet")
+
+
+class BackboneMixin:
+    """Builds the feature backbone named by the detector's params once, on first use."""
+
+    def _backbone(self):
+        if getattr(self, "backbone_", None) is None:
+            from pyimgano_hydra.features import build_backbone
+
+            kwargs = {"image_norm": self.image_norm} if hasattr(self, "image_norm") else {}
+            self.backbone_ = build_backbone(self.backbone, list(self.layers), pretrained=self.pretrained,
+                                            weights_path=self.weights_path, device=self.device,
+                                            seed=self.seed, **kwargs)
+        return self.backbone_

@@ -8,9 +8,12 @@ the union; see :mod:`pyimgano_hydra.models.coreset`) → faiss ``IndexFlatL2``.
 
 Predict: each patch's distance to its nearest bank entry is its score. The image score is
 the max patch score, reweighted as in the paper by how isolated the matched bank entry is
-among its ``num_neighbors`` neighbours (``score: max``) or the mean of the top
-``topk_ratio`` share of patch scores (``score: topk``). The map is upsampled bilinearly to
-the input size and Gaussian-smoothed (``smoothing_sigma`` pixels), float32.
+among its ``num_neighbors`` neighbours (``score: max``), the mean of the top
+``topk_ratio`` share of patch scores (``score: topk``), or the max of the smoothed map
+(``score: map_max``). The map is upsampled bilinearly to the input size and
+Gaussian-smoothed (``smoothing_sigma`` pixels), float32. ``image_norm: standardize``
+maps each image to a fixed intensity mean / spread before the backbone (removes exposure
+differences; see docs/MODELS.md for its effect on MTD).
 """
 from __future__ import annotations
 
@@ -23,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from pyimgano_hydra.errors import check
-from pyimgano_hydra.features import build_backbone, iter_features
-from pyimgano_hydra.models.base import BaseDetector, DetectorOutput
+from pyimgano_hydra.features import iter_features
+from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutput
 from pyimgano_hydra.models.coreset import StreamingCoreset
 
 
@@ -65,7 +68,10 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return out[:, 0]
 
 
-class PatchCore(BaseDetector):
+SCORES = ("max", "topk", "map_max")
+
+
+class PatchCore(BackboneMixin, BaseDetector):
     """PatchCore anomaly detector with anomaly maps; see the module docstring for the knobs."""
 
     produces_maps = True
@@ -86,6 +92,7 @@ class PatchCore(BaseDetector):
         score: str = "max",
         topk_ratio: float = 0.01,
         smoothing_sigma: float = 4.0,
+        image_norm: str = "none",
         seed: int = 0,
     ) -> None:
         self.backbone = backbone
@@ -102,16 +109,10 @@ class PatchCore(BaseDetector):
         self.score = score
         self.topk_ratio = topk_ratio
         self.smoothing_sigma = smoothing_sigma
+        self.image_norm = image_norm
         self.seed = seed
 
     # -- internals -------------------------------------------------------------------
-    def _backbone(self):
-        if getattr(self, "backbone_", None) is None:
-            self.backbone_ = build_backbone(
-                self.backbone, list(self.layers), self.pretrained, self.weights_path, self.device, self.seed
-            )
-        return self.backbone_
-
     def _embed(self, images: np.ndarray, desc: str):
         """Yield (B, h, w, D) float32 CPU patch embeddings batch by batch."""
         backbone = self._backbone()
@@ -129,7 +130,7 @@ class PatchCore(BaseDetector):
     # -- estimator API ---------------------------------------------------------------
     def fit(self, images: np.ndarray) -> "PatchCore":
         check(0 < self.coreset_ratio <= 1, "model.coreset_ratio", "must be in (0, 1]")
-        check(self.score in ("max", "topk"), "model.score", "must be max or topk")
+        check(self.score in SCORES, "model.score", f"must be one of {', '.join(SCORES)}")
         coreset = StreamingCoreset(self.coreset_ratio, self.projection_dim, self.seed)
         for emb in self._embed(images, "patchcore fit"):
             b, h, w, d = emb.shape
@@ -170,10 +171,14 @@ class PatchCore(BaseDetector):
             flat = emb.reshape(-1, d).numpy()
             patch, nn_idx = self._patch_scores(flat)
             patch, nn_idx = patch.reshape(b, h * w), nn_idx.reshape(b, h * w)
-            all_scores.append(self._image_scores(flat.reshape(b, h * w, d), patch, nn_idx))
             maps = torch.from_numpy(patch.reshape(b, 1, h, w))
             maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
-            all_maps.append(gaussian_blur(maps, self.smoothing_sigma).numpy().astype(np.float32))
+            maps = gaussian_blur(maps, self.smoothing_sigma).numpy().astype(np.float32)
+            all_maps.append(maps)
+            if self.score == "map_max":
+                all_scores.append(maps.reshape(b, -1).max(axis=1))
+            else:
+                all_scores.append(self._image_scores(flat.reshape(b, h * w, d), patch, nn_idx))
         return DetectorOutput(
             scores=np.concatenate(all_scores).astype(np.float64), maps=np.concatenate(all_maps)
         )

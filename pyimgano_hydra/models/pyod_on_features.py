@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from pyimgano_hydra.errors import ConfigError, UserError
-from pyimgano_hydra.models.base import BaseDetector, DetectorOutput
+from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutput
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _is_json(value: Any) -> bool:
         return False
 
 
-class PyODOnFeatures(BaseDetector):
+class PyODOnFeatures(BackboneMixin, BaseDetector):
     """A PyOD detector fitted on pooled backbone embeddings (image-level; no maps)."""
 
     produces_maps = False
@@ -102,16 +102,6 @@ class PyODOnFeatures(BaseDetector):
         self.seed = seed
 
     # ------------------------------------------------------------------ embedding
-    def _backbone(self):
-        if getattr(self, "backbone_", None) is None:
-            from pyimgano_hydra.features import build_backbone
-
-            self.backbone_ = build_backbone(
-                self.backbone, list(self.layers), pretrained=self.pretrained,
-                weights_path=self.weights_path, device=self.device, seed=self.seed,
-            )
-        return self.backbone_
-
     def embed(self, images: np.ndarray, desc: str = "embedding") -> np.ndarray:
         """(N, D) float32 pooled embeddings, before standardisation."""
         import torch
