@@ -1,0 +1,64 @@
+"""The one MTD split every bench uses: seeded 80/20 normal split, limits, ground truth.
+
+``make_split`` returns plain data (paths, labels, mask paths) that any tool can read, so
+anomalib, pyimgano and ours see the very same train and test images. The split comes
+from :class:`pyimgano_hydra.data.mtd.MTDDataset` (normals permuted by ``seed``, 20 % to
+test, all defect images to test; ``train_limit`` / ``test_limit`` pick seeded subsets).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pyimgano_hydra.data.mtd import MTDDataset
+from pyimgano_hydra.data.sample import Sample
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_mtd_root() -> Path:
+    """``$PYIMGANO_DATA_ROOT/mtd`` if set, else ``../shared/datasets/mtd`` beside the repo."""
+    env = os.environ.get("PYIMGANO_DATA_ROOT")
+    if env:
+        return Path(env) / "mtd"
+    for base in (REPO.parent / "shared", REPO.parents[1] / "shared", Path("/work/shared")):
+        if (base / "datasets" / "mtd").is_dir():
+            return base / "datasets" / "mtd"
+    return REPO.parent / "shared" / "datasets" / "mtd"
+
+
+def mtd_dataset(root: Path, resize: int = 256, seed: int = 0, train_limit: int | None = 100,
+                test_limit: int | None = None) -> MTDDataset:
+    return MTDDataset(root=str(root), resize=resize, seed=seed, limit_train=train_limit,
+                      limit_test=test_limit)
+
+
+def make_split(root: Path, resize: int = 256, seed: int = 0, train_limit: int | None = 100,
+               test_limit: int | None = None) -> dict:
+    """JSON-able split: ``train`` paths, ``test`` records (path, label, mask, defect)."""
+    split = mtd_dataset(root, resize, seed, train_limit, test_limit).split("mtd")
+    return {
+        "root": str(root), "resize": resize, "seed": seed,
+        "train_limit": train_limit, "test_limit": test_limit,
+        "train": [s.path for s in split.train],
+        "test": [{"path": s.path, "label": int(s.label), "mask": s.mask_path,
+                  "defect": s.defect_type} for s in split.test],
+    }
+
+
+def test_samples(split: dict) -> list[Sample]:
+    return [Sample(t["path"], t["label"], t["mask"], "mtd", t["defect"], "test")
+            for t in split["test"]]
+
+
+def train_samples(split: dict) -> list[Sample]:
+    return [Sample(p, 0, None, "mtd", "good", "train") for p in split["train"]]
+
+
+def ground_truth(split: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Test labels (N,) and masks bool (N, resize, resize), as our loader resizes them."""
+    ds = mtd_dataset(Path(split["root"]), split["resize"], split["seed"])
+    samples = test_samples(split)
+    return np.array([s.label for s in samples]), ds.load_masks(samples)
