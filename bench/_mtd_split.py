@@ -62,3 +62,29 @@ def ground_truth(split: dict) -> tuple[np.ndarray, np.ndarray]:
     ds = mtd_dataset(Path(split["root"]), split["resize"], split["seed"])
     samples = test_samples(split)
     return np.array([s.label for s in samples]), ds.load_masks(samples)
+
+
+def scaling_split(root: Path, resize: int = 256, seed: int = 0, n_test_normal: int = 20,
+                  n_test_defect: int = 20) -> tuple[list[str], dict]:
+    """A large train pool and one fixed small test set, for growth-with-data benches.
+
+    Holds ``n_test_normal`` normals out (seeded), picks ``n_test_defect`` defect images
+    (seeded, all defect kinds); the pool is every other normal image in a seeded order,
+    so ``pool[:n]`` are nested training sets.
+    """
+    n_normal = len(list((Path(root) / "MT_Free" / "Imgs").glob("*.jpg")))
+    ds = MTDDataset(root=str(root), resize=resize, seed=seed,
+                    test_ratio=n_test_normal / max(n_normal, 1))
+    split = ds.split("mtd")
+    rng = np.random.default_rng(seed)
+    pool = [split.train[i].path for i in rng.permutation(len(split.train))]
+    normals = [s for s in split.test if s.label == 0]
+    defects = [s for s in split.test if s.label == 1]
+    picked = sorted(rng.choice(len(defects), size=min(n_test_defect, len(defects)),
+                               replace=False))
+    test = normals + [defects[i] for i in picked]
+    return pool, {
+        "root": str(root), "resize": resize, "seed": seed, "train": [],
+        "test": [{"path": s.path, "label": int(s.label), "mask": s.mask_path,
+                  "defect": s.defect_type} for s in test],
+    }

@@ -40,7 +40,6 @@ TOOLS = ("ours", "anomalib", "pyimgano")
 MODELS = ("patchcore", "padim")
 DOC = REPO / "docs" / "BENCHMARKS.md"
 SECTION = "## Side by side with anomalib and pyimgano"
-BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
 
 
 # ---- settings: ours from its composed config, the peers translated from it -----------------
@@ -214,19 +213,22 @@ def notes(rows: list[tuple[str, dict, dict]]) -> str:
     return "\n".join(dict.fromkeys(out))
 
 
-def write_doc(text: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    doc = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    if BEGIN in doc and END in doc:
-        pre, rest = doc.split(BEGIN, 1)
-        doc = pre + block + rest.split(END, 1)[1]
-    elif SECTION in doc:
-        pre, post = doc.split(SECTION, 1)
-        doc = pre + SECTION + "\n\n" + block + "\n" + post
+def write_section(title: str, marker: str, text: str, doc_path: Path = DOC) -> None:
+    """Put ``text`` into section ``title`` of docs/BENCHMARKS.md between ``marker`` comments,
+    replacing what an earlier run wrote there and leaving other sections alone."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    doc_path.parent.mkdir(parents=True, exist_ok=True)
+    doc = doc_path.read_text() if doc_path.is_file() else "# Benchmarks\n"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in doc and end in doc:
+        pre, rest = doc.split(begin, 1)
+        doc = pre + block + rest.split(end, 1)[1]
+    elif title in doc:
+        pre, post = doc.split(title, 1)
+        doc = pre + title + "\n\n" + block + "\n" + post
     else:
-        doc = doc.rstrip() + f"\n\n{SECTION}\n\n{block}\n"
-    DOC.write_text(doc)
+        doc = doc.rstrip() + f"\n\n{title}\n\n{block}\n"
+    doc_path.write_text(doc)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -280,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
                for _, r, m in rows]
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if not args.no_write:
-        write_doc(report)
+        write_section(SECTION, "peers", report)
         print(f"[doc] wrote {DOC}")
 
 

@@ -35,7 +35,46 @@ def link_split(split: dict, root: Path) -> dict[str, int]:
     return index
 
 
-def build_backbone(params: dict):
+def static_same_padding(net, side: int):
+    """Swap timm's dynamic 'same'-padding convs for ZeroPad2d + Conv2d fixed for ``side``.
+
+    anomalib traces an ``nn.Module`` backbone with torch.fx, which cannot trace timm's
+    shape-dependent padding. At one input size the padding is constant, so the swap is
+    exact (checked on a random input).
+    """
+    import torch
+    from torch import nn
+
+    try:
+        from timm.layers.conv2d_same import Conv2dSame
+        from timm.layers.padding import get_same_padding
+    except ImportError:
+        return net
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=name: sizes.__setitem__(n, a[0].shape[-2:]))
+             for name, m in net.named_modules() if isinstance(m, Conv2dSame)]
+    probe = torch.randn(1, 3, side, side)
+    with torch.no_grad():
+        reference = net(probe)
+    for h in hooks:
+        h.remove()
+    for name, (ih, iw) in sizes.items():
+        conv = net.get_submodule(name)
+        ph = get_same_padding(ih, conv.kernel_size[0], conv.stride[0], conv.dilation[0])
+        pw = get_same_padding(iw, conv.kernel_size[1], conv.stride[1], conv.dilation[1])
+        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
+                          conv.dilation, conv.groups, conv.bias is not None)
+        plain.load_state_dict(conv.state_dict())
+        parent, _, leaf = name.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, leaf, nn.Sequential(
+            nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)), plain))
+    with torch.no_grad():
+        if not torch.allclose(net(probe), reference, atol=1e-4):
+            raise SystemExit("static padding changed the backbone's output")
+    return net
+
+
+def build_backbone(params: dict, side: int):
     """timm tf_efficientnet_lite0 or a torchvision net, with the offline weights loaded."""
     import torch
 
@@ -46,6 +85,7 @@ def build_backbone(params: dict):
         net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
         if params["pretrained"]:
             lite0_into_timm(net, weights)
+        net = static_same_padding(net.eval(), side)
     else:
         import torchvision.models as tvm
 
@@ -74,7 +114,7 @@ def main() -> None:
     clock = Clock()
 
     with clock("fit"):
-        backbone = build_backbone(params)
+        backbone = build_backbone(params, side)
         common = dict(backbone=backbone, layers=list(params["layers"]), pre_trained=False,
                       post_processor=False, evaluator=False, visualizer=False)
         if job["model"] == "patchcore":
@@ -89,9 +129,10 @@ def main() -> None:
             abnormal_dir=[f"test/{d}" for d in defects], normal_test_dir="test/good",
             train_batch_size=params.get("batch_size", 32),
             eval_batch_size=params.get("batch_size", 32), num_workers=0,
-            test_split_mode="from_dir", val_split_mode="none", seed=job["seed"])
+            test_split_mode="from_dir", val_split_mode="same_as_test", seed=job["seed"])
         engine = Engine(accelerator="cpu", devices=1, default_root_dir=out / "anomalib_results",
-                        logger=False, enable_progress_bar=False, enable_model_summary=False)
+                        logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)  # no validation pass: its scores are not used
         engine.fit(model=model, datamodule=datamodule)
 
     with clock("test"):
