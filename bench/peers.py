@@ -174,7 +174,7 @@ def table(rows: list[tuple[str, dict, dict]]) -> str:
         group = [(t, r, m) for t, r, m in rows if r.get("model") == model]
         ours = next(((r, m) for t, r, m in group if t == "ours" and m), None)
         for tool, r, m in group:
-            label = {"ours": "**ours**"}.get(tool, f"{tool} {PEERS[tool]['version']}")
+            label = "**ours**" if tool == "ours" else f"{tool} {PEERS[tool]['version']}"
             if r.get("failed"):
                 lines.append(f"| {model} | {label} | failed: {r.get('error', '')[:80]} "
                              "| | | | | | | |")
@@ -270,7 +270,9 @@ def main(argv: list[str] | None = None) -> None:
             rows.append((tool, result, score(result, labels, masks)))
     text = table(rows)
     cmd = "nice -n 10 python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    header = (f"Command: `{cmd.strip()}`  \n"
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                         text=True).stdout.strip() or "unknown"
+    header = (f"Command: `{cmd.strip()}` (ours at commit {sha})  \n"
               f"Date: {date.today().isoformat()}; machine: {os.cpu_count()} CPU cores "
               f"({platform.processor() or platform.machine()}), no GPU; torch threads: default. "
               f"Split: MTD, {len(split['train'])} training normals (seeded subset of the 80 % "
