@@ -8,14 +8,17 @@ test, all defect images to test; ``train_limit`` / ``test_limit`` pick seeded su
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from pyimgano_hydra.data.mtd import MTDDataset
-from pyimgano_hydra.data.sample import Sample
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # benches run as scripts from anywhere
+    sys.path.insert(0, str(REPO))
+
+from pyimgano_hydra.data.mtd import MTDDataset  # noqa: E402
+from pyimgano_hydra.data.sample import Sample  # noqa: E402
 
 
 def default_mtd_root() -> Path:
