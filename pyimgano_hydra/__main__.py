@@ -13,6 +13,9 @@ from pyimgano_hydra.console import one_line_errors
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.paths import conf_dir
 from pyimgano_hydra.schemas import register_configs
+from pyimgano_hydra.sweep import register_resolvers
+
+register_resolvers()  # hydra.sweep.dir / subdir use them
 
 register_configs()
 

@@ -118,7 +118,6 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
     run_dir = RunDir(Path(output_dir))
     if run_dir.status.exists() or run_dir.report.exists():
         raise UserError(f"{run_dir.root} already holds a run; runs are never overwritten: pick a new hydra.run.dir")
-    validate(cfg)
     run_dir.root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     report: dict[str, Any] = {
@@ -130,11 +129,13 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
         "overrides": list(overrides),
         "choices": dict(choices or {}),
         "config_hash": config_hash(cfg),
+        "tag": cfg.get("tag", ""),
         "status": RUNNING,
     }
     write_status(run_dir.status, RUNNING, started_utc=report["timestamp_utc"])
     try:
         with _sigterm_as_interrupt():
+            validate(cfg)  # range checks, before any work; a failure is recorded in status.json
             write_json_atomic(run_dir.config, OmegaConf.to_container(cfg, resolve=True))
             write_json_atomic(run_dir.environment, environment())
             dataset = build(cfg.dataset, "dataset")
@@ -174,6 +175,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
         aggregate=aggregate(results),
         categories={r.category: {"metrics": r.metrics, "timings": r.timings, "counts": r.counts,
                                  "notes": r.notes} for r in results},
+        skipped_images=list(getattr(dataset, "skipped", [])),
         timings={"total_s": time.perf_counter() - started,
                  "fit_s": sum(r.timings["fit_s"] for r in results),
                  "predict_s": sum(r.timings["predict_s"] for r in results)},
@@ -182,5 +184,8 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
     write_json_atomic(run_dir.report, report)
     write_status(run_dir.status, COMPLETED)
     print(summary_table(results))
+    if report["skipped_images"]:
+        print(f"skipped {len(report['skipped_images'])} unreadable image(s) (dataset.on_bad_image=skip); "
+              f"listed under skipped_images in {run_dir.report}")
     print(f"run dir: {run_dir.root}")
     return report

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -24,7 +25,7 @@ SIZE = (24, 32)  # height, width of every tiny image
 
 def put_image(path: Path, value: int = 128, size=SIZE, mode: str = "RGB") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(path.name.encode()))
     arr = np.clip(value + rng.integers(-20, 20, size + (3,)), 0, 255).astype(np.uint8)
     img = Image.fromarray(arr)
     img = img.convert(mode) if mode != "RGB" else img

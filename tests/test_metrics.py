@@ -56,3 +56,19 @@ def test_calibration_quantile_precedence():
     assert calibration_quantile(0.1, 0.5) == (0.5, "recipe.calibration_quantile")
     t = calibrate_threshold(np.arange(101, dtype=float), 0.9, "x", "y")
     assert t["value"] == pytest.approx(90.0) and t["provenance"]["n_scores"] == 101
+
+
+def test_streaming_pixel_metrics_match_in_memory_ones():
+    from pyimgano_hydra.metrics.pixel import StreamingPixelMetrics
+
+    rng = np.random.default_rng(3)
+    masks = np.zeros((6, 40, 40), bool)
+    masks[1, 5:12, 5:15] = True
+    masks[3, 20:35, 22:26] = True
+    masks[3, 1:3, 1:3] = True
+    maps = rng.normal(size=masks.shape).astype(np.float32) + 1.5 * masks
+    stream = StreamingPixelMetrics(lo=float(maps.min()), hi=float(maps.max()), bins=1 << 16)
+    for start in range(0, 6, 4):  # two batches
+        stream.update(masks[start:start + 4], maps[start:start + 4])
+    assert stream.pixel_auroc() == pytest.approx(pixel_auroc(masks, maps), abs=1e-4)
+    assert stream.aupro() == pytest.approx(aupro(masks, maps, bins=1 << 16), abs=2e-3)

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from pyimgano_hydra.errors import check
-from pyimgano_hydra.schemas.postprocess import NORMALIZES
+from pyimgano_hydra.schemas.postprocess import PostprocessSchema
 
 PARAM_NAMES = ("enabled", "sigma", "normalize", "percentile", "percentile_low", "clip")
 
@@ -53,11 +53,8 @@ class MapPostprocessor:
         return cls(**{k: get(k) for k in PARAM_NAMES if get(k) is not None})
 
     def _check_params(self) -> None:
-        check(self.sigma >= 0, "postprocess.sigma", "must be >= 0 (0 = no smoothing)")
-        check(self.normalize in NORMALIZES, "postprocess.normalize",
-              f"must be one of {', '.join(NORMALIZES)}")
-        check(0 <= self.percentile_low < self.percentile <= 100, "postprocess.percentile",
-              "need 0 <= percentile_low < percentile <= 100")
+        """The schema's range checks, on this object's params."""
+        PostprocessSchema(**{k: getattr(self, k) for k in ("sigma", "normalize", "percentile", "percentile_low")})
 
     def fit(self, train_maps: np.ndarray) -> "MapPostprocessor":
         """Learn ``low``/``high`` from maps (N, H, W) of normal training images."""

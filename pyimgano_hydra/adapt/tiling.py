@@ -15,7 +15,7 @@ import numpy as np
 
 from pyimgano_hydra.errors import check
 from pyimgano_hydra.models.base import BaseDetector, DetectorOutput
-from pyimgano_hydra.schemas.tiling import MAP_REDUCES, SCORE_REDUCES
+from pyimgano_hydra.schemas.tiling import MAP_REDUCES, SCORE_REDUCES, TilingSchema
 
 DetectorLike = Union[BaseDetector, Callable[[], BaseDetector]]
 PARAM_NAMES = ("tile_size", "stride", "score_reduce", "score_topk", "map_reduce",
@@ -113,14 +113,8 @@ class TiledDetector(BaseDetector):
         return inner
 
     def _check_params(self) -> None:
-        check(self.tile_size >= 16, "tiling.tile_size", "must be >= 16 pixels")
-        check(self.stride is None or self.stride >= 1, "tiling.stride", "must be >= 1 or null")
-        check(self.score_reduce in SCORE_REDUCES, "tiling.score_reduce",
-              f"must be one of {', '.join(SCORE_REDUCES)}")
-        check(self.score_topk >= 1, "tiling.score_topk", "must be >= 1")
-        check(self.map_reduce in MAP_REDUCES, "tiling.map_reduce",
-              f"must be one of {', '.join(MAP_REDUCES)}")
-        check(self.batch_size >= 1, "tiling.batch_size", "must be >= 1")
+        """The schema's range checks, on this object's params."""
+        TilingSchema(enabled=True, **{k: getattr(self, k) for k in PARAM_NAMES})
 
     @property
     def _stride(self) -> int:

@@ -67,3 +67,59 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, bins: int
             fpr = np.concatenate([fpr[:cut], [fpr_limit]])
             pro = np.concatenate([pro[:cut], [y_lim]])
     return float(auc(fpr, pro) / fpr_limit)
+
+
+class StreamingPixelMetrics:
+    """Pixel AUROC and AUPRO from fixed-size histograms, fed one batch at a time.
+
+    Scores are binned on [lo, hi] (values outside go to the end bins), so memory stays
+    O(bins) however many test images stream through. Pick ``lo``/``hi`` from normal maps
+    (e.g. calibration maps): thresholds that matter for AUPRO lie inside the normal range.
+    Per-region overlap is accumulated as each region's pixel share per bin, so the PRO curve
+    is one reverse cumulative sum at the end.
+    """
+
+    def __init__(self, lo: float, hi: float, bins: int = 1 << 16, fpr_limit: float = 0.3):
+        if not hi > lo:
+            hi = lo + 1.0
+        self.lo, self.hi, self.bins, self.fpr_limit = float(lo), float(hi), int(bins), float(fpr_limit)
+        self.normal = np.zeros(self.bins, np.int64)
+        self.anomalous = np.zeros(self.bins, np.int64)
+        self.region_share = np.zeros(self.bins, np.float64)
+        self.n_regions = 0
+
+    def _bin(self, values: np.ndarray) -> np.ndarray:
+        scaled = (values.astype(np.float64) - self.lo) * (self.bins / (self.hi - self.lo))
+        return np.clip(scaled, 0, self.bins - 1).astype(np.int64)
+
+    def update(self, masks: np.ndarray, maps: np.ndarray) -> None:
+        for mask, amap in zip(np.asarray(masks, bool), np.asarray(maps, np.float32)):
+            idx = self._bin(amap)
+            self.normal += np.bincount(idx[~mask], minlength=self.bins)
+            if mask.any():
+                self.anomalous += np.bincount(idx[mask], minlength=self.bins)
+                labelled, n = ndimage.label(mask)
+                sizes = np.bincount(labelled.ravel())[1:].astype(np.float64)
+                weights = (1.0 / sizes)[labelled[mask] - 1]
+                self.region_share += np.bincount(idx[mask], weights=weights, minlength=self.bins)
+                self.n_regions += n
+
+    def pixel_auroc(self) -> float:
+        if not self.anomalous.any() or not self.normal.any():
+            return float("nan")
+        tpr = np.concatenate([[0.0], np.cumsum(self.anomalous[::-1]) / self.anomalous.sum()])
+        fpr = np.concatenate([[0.0], np.cumsum(self.normal[::-1]) / self.normal.sum()])
+        return float(auc(fpr, tpr))
+
+    def aupro(self) -> float:
+        if not self.n_regions or not self.normal.any():
+            return float("nan")
+        fpr = np.concatenate([[0.0], np.cumsum(self.normal[::-1]) / self.normal.sum()])
+        pro = np.concatenate([[0.0], np.cumsum(self.region_share[::-1]) / self.n_regions])
+        cut = np.searchsorted(fpr, self.fpr_limit, side="right")
+        if cut < len(fpr):
+            x0, x1, y0, y1 = fpr[cut - 1], fpr[cut], pro[cut - 1], pro[cut]
+            y_lim = y0 + (y1 - y0) * (self.fpr_limit - x0) / max(x1 - x0, 1e-12)
+            fpr = np.concatenate([fpr[:cut], [self.fpr_limit]])
+            pro = np.concatenate([pro[:cut], [y_lim]])
+        return float(auc(fpr, pro) / self.fpr_limit)

@@ -13,7 +13,7 @@ from pyimgano_hydra.defects.export import DefectsExporter, require_maps
 from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
 from pyimgano_hydra.errors import DataError
 from pyimgano_hydra.metrics.image import image_metrics
-from pyimgano_hydra.metrics.pixel import aupro, pixel_auroc
+from pyimgano_hydra.metrics.pixel import StreamingPixelMetrics
 from pyimgano_hydra.recipes.calibration import calibrate_threshold, calibration_quantile
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
 from pyimgano_hydra.runs.checkpoints import save_checkpoint
@@ -31,6 +31,20 @@ def holdout_split(samples: list[Sample], fraction: float, seed: int) -> tuple[li
     hold = set(order[:n_hold].tolist())
     return ([s for i, s in enumerate(samples) if i not in hold],
             [s for i, s in enumerate(samples) if i in hold])
+
+
+def per_defect_type(test: list[Sample], labels: np.ndarray, scores: np.ndarray) -> dict:
+    """Image AUROC of the normal images against each defect type alone (e.g. LOCO's logical
+    vs structural anomalies), with counts."""
+    types = np.array([s.defect_type for s in test])
+    normal = labels == 0
+    out = {}
+    for name in sorted(set(types[labels == 1])):
+        chosen = normal | ((labels == 1) & (types == name))
+        m = image_metrics(labels[chosen], scores[chosen], None)
+        out[name] = {"n": int(((labels == 1) & (types == name)).sum()), "image_auroc": m["image_auroc"],
+                     "image_ap": m["image_ap"]}
+    return out
 
 
 class IndustrialAdapt:
@@ -105,54 +119,59 @@ class IndustrialAdapt:
             pixel_threshold = resolve_pixel_threshold(ctx.defects, normal_maps=normal_maps, seed=ctx.seed)
             exporter = DefectsExporter(ctx.defects, pixel_threshold, ctx.out.masks, ctx.out.root)
 
+        # Stream the test split: per batch predict, postprocess, save, export defects and
+        # accumulate pixel metrics; no map is held beyond its batch.
         t = time.perf_counter()
         test = split.test
+        labels = np.array([s.label for s in test], dtype=int)
         scores = np.zeros(len(test))
-        maps = None
+        has_masks = has_maps and any(s.mask_path for s in test)
+        pixel = (StreamingPixelMetrics(float(normal_maps.min()),
+                                       float(normal_maps.max()) * 3 - 2 * float(normal_maps.min()),
+                                       fpr_limit=self.pro_fpr_limit) if has_masks else None)
+        records = []
         for start, _, out in self._batches(detector, ctx.dataset, test):
-            scores[start:start + len(out.scores)] = np.asarray(out.scores, np.float64).reshape(-1)
-            if has_maps and out.maps is not None:
-                batch_maps = postprocessor.transform(out.maps)
-                if maps is None:
-                    maps = np.zeros((len(test),) + batch_maps.shape[1:], np.float32)
-                maps[start:start + len(batch_maps)] = batch_maps
+            chunk = test[start:start + len(out.scores)]
+            batch_scores = np.asarray(out.scores, np.float64).reshape(-1)
+            scores[start:start + len(chunk)] = batch_scores
+            batch_maps = postprocessor.transform(out.maps) if has_maps else None
+            batch_masks = ctx.dataset.load_masks(chunk) if has_masks else None
+            if pixel is not None:
+                known = labels[start:start + len(chunk)] >= 0
+                pixel.update(batch_masks[known], batch_maps[known])
+            for j, (sample, score) in enumerate(zip(chunk, batch_scores)):
+                i = start + j
+                record = {
+                    "index": i, "path": sample.path, "category": sample.category,
+                    "defect_type": sample.defect_type, "label": int(sample.label), "score": float(score),
+                    "pred_label": int(score > threshold["value"]), "threshold": threshold["value"],
+                }
                 if save_maps:
-                    for j, amap in enumerate(batch_maps):
-                        save_npy_atomic(ctx.out.map_path(start + j, test[start + j].path), amap)
+                    path = save_npy_atomic(ctx.out.map_path(i, sample.path), batch_maps[j])
+                    record["anomaly_map"] = {"path": str(path.relative_to(ctx.out.root)),
+                                             "shape": list(batch_maps[j].shape), "dtype": str(batch_maps[j].dtype)}
+                if exporter is not None:
+                    record["defects"] = exporter(
+                        f"{i:06d}_{safe_name(Path(sample.path).stem)}", batch_maps[j], read_size(sample.path),
+                        gt_mask=None if batch_masks is None else batch_masks[j], label=int(sample.label))
+                records.append(record)
         timings["predict_s"] = time.perf_counter() - t
         timings["test_images_per_s"] = len(test) / max(timings["predict_s"], 1e-9)
 
         t = time.perf_counter()
-        labels = np.array([s.label for s in test], dtype=int)
         metrics = image_metrics(labels, scores, threshold["value"])
-        has_masks = any(s.mask_path for s in test)
-        masks = None
-        if maps is not None and has_masks:
-            masks = ctx.dataset.load_masks(test)
-            known = labels >= 0
-            metrics["pixel_auroc"] = pixel_auroc(masks[known], maps[known], seed=ctx.seed)
-            metrics["pixel_aupro"] = aupro(masks[known], maps[known], fpr_limit=self.pro_fpr_limit)
-        elif maps is not None:
+        by_type = per_defect_type(test, labels, scores)
+        if (labels < 0).any():
+            notes.append(f"{int((labels < 0).sum())} unlabelled test images (e.g. a private split): "
+                         "scored and recorded, left out of the metrics")
+        if pixel is not None:
+            metrics["pixel_auroc"] = pixel.pixel_auroc()
+            metrics["pixel_aupro"] = pixel.aupro()
+        elif has_maps:
             notes.append("no ground-truth masks in the test split: pixel metrics skipped")
         timings["metrics_s"] = time.perf_counter() - t
-
         t = time.perf_counter()
-        records = []
-        for i, (sample, score) in enumerate(zip(test, scores)):
-            record = {
-                "index": i, "path": sample.path, "category": sample.category,
-                "defect_type": sample.defect_type, "label": int(sample.label), "score": float(score),
-                "pred_label": int(score > threshold["value"]), "threshold": threshold["value"],
-            }
-            if save_maps:
-                record["anomaly_map"] = {"path": str(ctx.out.map_path(i, sample.path).relative_to(ctx.out.root)),
-                                         "shape": list(maps[i].shape), "dtype": str(maps[i].dtype)}
-            if exporter is not None:
-                record["defects"] = exporter(
-                    f"{i:06d}_{safe_name(Path(sample.path).stem)}", maps[i], read_size(sample.path),
-                    gt_mask=None if masks is None else masks[i], label=int(sample.label))
-            records.append(record)
-        extra: dict = {"produces_maps": has_maps, **fit_details}
+        extra: dict = {"produces_maps": has_maps, "per_defect_type": by_type, **fit_details}
         if exporter is not None:
             extra["pixel_threshold"] = {"value": exporter.threshold.value,
                                         "provenance": exporter.threshold.provenance}
@@ -160,8 +179,8 @@ class IndustrialAdapt:
             if figures:
                 metrics.update({f"defects_{k}": v for k, v in figures.items() if k != "counts"})
                 extra["defects_counts"] = figures["counts"]
-        if maps is not None:
-            self._overlays(ctx, test, scores, labels, maps, masks, pp_cfg, extra)
+        if has_maps:
+            self._overlays(ctx, detector, postprocessor, test, scores, labels, pp_cfg, extra)
         if self.save_checkpoint:
             self._checkpoint(ctx, detector, postprocessor, threshold, notes, extra)
         write_jsonl_atomic(ctx.out.per_image, records)
@@ -176,17 +195,20 @@ class IndustrialAdapt:
         return {}
 
     @staticmethod
-    def _overlays(ctx, test, scores, labels, maps, masks, pp_cfg, extra) -> None:
+    def _overlays(ctx, detector, postprocessor, test, scores, labels, pp_cfg, extra) -> None:
+        """Overlays of the top-N and a few normal images; their maps are recomputed (few images)."""
         top_n, normal_n = int(pp_cfg.get("overlays_top_n", 0)), int(pp_cfg.get("overlays_normal_n", 0))
         chosen = [i for _, i in select_overlays(scores, labels, top_n, normal_n)]
         if not chosen:
             return
         picked = [test[i] for i in chosen]
+        images = ctx.dataset.load_images(picked)
+        maps = postprocessor.transform(detector.predict(images).maps)
+        masks = ctx.dataset.load_masks(picked) if any(s.mask_path for s in picked) else None
         paths = write_overlays(
-            ctx.out.overlays, ctx.dataset.load_images(picked), maps[chosen], scores[chosen], labels[chosen],
+            ctx.out.overlays, images, maps, scores[chosen], labels[chosen],
             [f"{i:06d}_{safe_name(Path(s.path).stem)}" for i, s in zip(chosen, picked)],
-            masks=None if masks is None else masks[chosen],
-            top_n=min(top_n, len(chosen)), normal_n=normal_n)
+            masks=masks, top_n=min(top_n, len(chosen)), normal_n=normal_n)
         extra["overlays"] = [str(p.relative_to(ctx.out.root)) for p in paths]
 
     @staticmethod

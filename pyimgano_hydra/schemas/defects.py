@@ -5,6 +5,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, List, Optional
 
+import numpy as np
+
 from pyimgano_hydra.defects.roi import clamp_roi
 from pyimgano_hydra.errors import ConfigError, check
 
@@ -15,16 +17,8 @@ STRATEGIES = ("normal_pixel_quantile", "fixed")
 
 def check_threshold_value(value: Any, key: str = "defects.pixel_threshold") -> float:
     """The threshold as a float; ConfigError naming ``key`` if non-numeric, NaN, inf or negative."""
-    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not numeric:
-        try:  # numpy scalars and 0-d arrays
-            import numpy as np
-
-            numeric = isinstance(value, (np.integer, np.floating)) or (
-                isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "iuf"
-            )
-        except ImportError:  # pragma: no cover
-            numeric = False
+    numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    numeric = numeric or (isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "iuf")
     check(numeric, key, f"must be a number >= 0, got {value!r}")
     number = float(value)
     check(math.isfinite(number) and number >= 0, key, f"must be a finite number >= 0, got {value!r}")

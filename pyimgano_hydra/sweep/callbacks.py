@@ -1,0 +1,128 @@
+"""Hydra callback that keeps a multirun's leaderboard up to date at the sweep root.
+
+Registered in ``conf/config.yaml`` under ``hydra.callbacks.leaderboard``. Hydra 1.3's
+BasicSweeper re-raises a failed job's exception after its batch, so ``on_multirun_end`` is
+never reached when a job failed: the board is therefore rewritten after *every* job
+(``on_job_end``, which runs wherever the job ran: in-process, a joblib worker, a SLURM
+node) under a file lock at the sweep root, and once more at multirun end when reached.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pyimgano_hydra.runs.layout import RunDir
+from pyimgano_hydra.runs.status import FAILED, write_status
+from pyimgano_hydra.sweep.leaderboard import main_value, write_leaderboard
+from pyimgano_hydra.sweep.naming import register_resolvers, varying_keys, write_sweep_file
+
+try:  # Hydra is always there; keep the class importable without it for docs tools
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object  # type: ignore[misc,assignment]
+
+log = logging.getLogger(__name__)
+LOCK_FILE = ".leaderboard.lock"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+register_resolvers()
+
+
+def _is_multirun(config: DictConfig) -> bool:
+    return str(OmegaConf.select(config, "hydra.mode", default="")).endswith("MULTIRUN")
+
+
+def sweep_root(config: DictConfig) -> Path:
+    root = Path(str(config.hydra.sweep.dir))
+    if not root.is_absolute():
+        root = Path(str(OmegaConf.select(config, "hydra.runtime.cwd", default=".") or ".")) / root
+    return root
+
+
+def planned_jobs(config: DictConfig) -> list[list[str]] | None:
+    """Every job's overrides in BasicSweeper order (job number = index); None for other sweepers."""
+    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) != BASIC_SWEEPER:
+        return None
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+        args = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+        parsed = OverridesParser.create().parse_overrides(args)
+        return [list(job) for job in BasicSweeper.split_arguments(parsed, None)[0]]
+    except Exception:  # e.g. glob() sweeps need the config loader: no plan, rows appear as jobs start
+        return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+class LeaderboardCallback(Callback):
+    """Writes ``leaderboard.{csv,md,json,png}`` at the sweep root, ranked by ``metric``.
+
+    With an Optuna sweeper, a completed job's return value (report.json's dict) is replaced
+    by its mean ``metric`` so the sweeper gets the float it optimises.
+    """
+
+    def __init__(self, metric: str = "image_auroc", chart: bool = True, lock_timeout_s: float = 120.0) -> None:
+        self.metric = metric
+        self.chart = chart
+        self.lock_timeout_s = lock_timeout_s
+
+    # ---- writing -----------------------------------------------------------------------
+    def write(self, root: Path) -> dict | None:
+        from filelock import FileLock, Timeout
+
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(str(root / LOCK_FILE), timeout=self.lock_timeout_s):
+                return write_leaderboard(root, self.metric, chart=self.chart)
+        except Timeout:
+            log.warning("leaderboard lock %s busy for %ss; board not rewritten by this job",
+                        root / LOCK_FILE, self.lock_timeout_s)
+        except Exception as exc:  # never turn a finished job into a failure because of the board
+            log.warning("could not write the leaderboard in %s: %s", root, _one_line(exc))
+        return None
+
+    # ---- Hydra hooks -------------------------------------------------------------------
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        root = sweep_root(config)
+        root.mkdir(parents=True, exist_ok=True)
+        plan = planned_jobs(config)
+        record = write_sweep_file(root, config, extra={"planned": plan} if plan is not None else None)
+        log.info("sweep varies %s; leaderboard: %s", ", ".join(record["varying"]) or "nothing",
+                 root / "leaderboard.md")
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if not _is_multirun(config):
+            return
+        job_dir = Path(str(config.hydra.runtime.output_dir))
+        status = getattr(getattr(job_return, "status", None), "name", "")
+        value = getattr(job_return, "_return_value", None)
+        if status == "FAILED" and not RunDir(job_dir).status.exists():
+            # the job failed before the app could record it: record it, so every board sees it
+            error = _one_line(value) if isinstance(value, BaseException) else "failed"
+            write_status(RunDir(job_dir).status, FAILED, error=error)
+        if (status == "COMPLETED" and isinstance(value, dict)
+                and "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).lower()):
+            row = {"aggregate": value.get("aggregate") or {}}
+            score = main_value(row, self.metric)
+            job_return.return_value = float(score) if score is not None else math.nan
+        self.write(sweep_root(config))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        root = sweep_root(config)
+        board = self.write(root)
+        if board:
+            counts = ", ".join(f"{n} {s}" for s, n in sorted(board["counts"].items()))
+            log.info("leaderboard (%s): %s; best: %s", counts, root / "leaderboard.md", board["best"])
+
+
+__all__ = ["LeaderboardCallback", "planned_jobs", "sweep_root", "varying_keys"]

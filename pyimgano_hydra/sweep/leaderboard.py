@@ -1,0 +1,244 @@
+"""Sweep leaderboard: one row per job, read from each job's run dir, written at the sweep root.
+
+Rows come only from files on disk (``status.json``, ``report.json``, ``.hydra/overrides.yaml``),
+so any process can rebuild the board at any time. A run dir counts as a result only when its
+``status.json`` says ``completed``; other states give a row with the status and its error line.
+Jobs planned in ``sweep.json`` that have no run dir yet are ``not_started`` rows.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from pyimgano_hydra.runs.layout import RunDir
+from pyimgano_hydra.runs.status import COMPLETED, RUNNING, utc_now
+from pyimgano_hydra.runs.writers import read_json, to_json, write_bytes_atomic, write_text_atomic
+from pyimgano_hydra.sweep.naming import read_sweep_file, split_override
+
+LEADERBOARD_VERSION = 1
+IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1", "image_f1_max")
+PIXEL_METRICS = ("pixel_auroc", "pixel_aupro")
+METRICS = IMAGE_METRICS + PIXEL_METRICS
+NOT_STARTED = "not_started"
+FILES = ("leaderboard.csv", "leaderboard.md", "leaderboard.json", "leaderboard.png")
+
+
+def _read_overrides(job_dir: Path) -> list[str] | None:
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    try:
+        return [str(o) for o in OmegaConf.load(path)]
+    except Exception:  # a half-written file from a job still starting
+        return None
+
+
+def _job_number(job_dir: Path) -> int | None:
+    match = re.match(r"^(\d+)(?:_|$)", job_dir.name)
+    if match:
+        return int(match.group(1))
+    path = job_dir / ".hydra" / "hydra.yaml"
+    if path.is_file():
+        from omegaconf import OmegaConf
+
+        try:
+            return int(OmegaConf.load(path).hydra.job.num)
+        except Exception:
+            return None
+    return None
+
+
+def _is_job_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / ".hydra" / "overrides.yaml").is_file() or (path / "status.json").is_file())
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def job_row(job_dir: Path, varying: list[str] | None) -> dict:
+    """One job's row: identity, overrides, status (+ error), metrics and timings when completed."""
+    run = RunDir(job_dir)
+    status_record: dict = {}
+    try:
+        status_record = read_json(run.status)
+    except (OSError, ValueError):
+        pass
+    status = status_record.get("status") or RUNNING
+    overrides = _read_overrides(job_dir)
+    report: dict = {}
+    if overrides is None or status == COMPLETED:
+        try:
+            report = read_json(run.report)
+        except (OSError, ValueError):
+            report = {}
+    if overrides is None:
+        overrides = list(report.get("overrides") or [])
+    keep = set(varying) if varying is not None else None
+    row: dict[str, Any] = {
+        "job": _job_number(job_dir),
+        "name": job_dir.name,
+        "run_dir": job_dir.name,
+        "status": status,
+        "error": status_record.get("error"),
+        "overrides": overrides,
+        "varying": {k: v for k, v in map(split_override, overrides) if keep is None or k in keep},
+        "aggregate": {},
+        "categories": {},
+        "timings": {},
+    }
+    if status != COMPLETED:
+        return row
+    if report.get("status") != COMPLETED:  # status.json and report.json disagree: not a result
+        row.update(status="failed", error="status.json says completed but report.json is missing or incomplete")
+        return row
+    row["aggregate"] = {k: {"mean": _number(v.get("mean")), "std": _number(v.get("std")), "n": v.get("n")}
+                        for k, v in (report.get("aggregate") or {}).items() if isinstance(v, dict)}
+    row["categories"] = {cat: {k: _number(v) for k, v in (entry.get("metrics") or {}).items()
+                               if _number(v) is not None or v is None}
+                         for cat, entry in (report.get("categories") or {}).items()}
+    timings = report.get("timings") or {}
+    row["timings"] = {"fit_s": _number(timings.get("fit_s")), "test_s": _number(timings.get("predict_s")),
+                      "total_s": _number(timings.get("total_s"))}
+    return row
+
+
+def main_value(row: dict, metric: str) -> float | None:
+    return (row.get("aggregate", {}).get(metric) or {}).get("mean")
+
+
+def collect(sweep_dir: str | Path, metric: str = "image_auroc") -> dict:
+    """The whole board as plain data: rows ranked by ``metric`` (completed first), then the rest by job."""
+    sweep_dir = Path(sweep_dir)
+    plan = read_sweep_file(sweep_dir) or {}
+    varying = plan.get("varying")
+    rows = [job_row(p, varying) for p in sorted(sweep_dir.iterdir()) if _is_job_dir(p)] if sweep_dir.is_dir() else []
+    seen = {r["job"] for r in rows}
+    for num, overrides in enumerate(plan.get("planned") or []):
+        if num not in seen:
+            keep = set(varying) if varying is not None else None
+            rows.append({"job": num, "name": None, "run_dir": None, "status": NOT_STARTED, "error": None,
+                         "overrides": list(overrides),
+                         "varying": {k: v for k, v in map(split_override, overrides) if keep is None or k in keep},
+                         "aggregate": {}, "categories": {}, "timings": {}})
+    scored = [r for r in rows if main_value(r, metric) is not None]
+    scored.sort(key=lambda r: (-main_value(r, metric), r["job"] if r["job"] is not None else 1 << 30))
+    rest = [r for r in rows if main_value(r, metric) is None]
+    rest.sort(key=lambda r: (r["job"] if r["job"] is not None else 1 << 30, r["name"] or ""))
+    for rank, row in enumerate(scored, 1):
+        row["rank"] = rank
+    for row in rest:
+        row["rank"] = None
+    rows = scored + rest
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return {
+        "schema_version": LEADERBOARD_VERSION,
+        "updated_utc": utc_now(),
+        "sweep_dir": str(sweep_dir),
+        "metric": metric,
+        "varying": varying,
+        "counts": counts,
+        "best": rows[0]["name"] if scored else None,
+        "jobs": rows,
+    }
+
+
+def _categories(board: dict) -> list[str]:
+    return sorted({c for row in board["jobs"] for c in row["categories"]})
+
+
+def _overrides_text(row: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in row["varying"].items()) or " ".join(row["overrides"])
+
+
+def flat_rows(board: dict) -> tuple[list[str], list[dict]]:
+    """CSV columns and one flat dict per job (mean metrics, then ``<category>/<metric>``)."""
+    cats = _categories(board)
+    columns = ["rank", "job", "name", "status", "overrides", board["metric"]]
+    columns += [m for m in METRICS if m != board["metric"]]
+    columns += [f"{c}/{m}" for c in cats for m in METRICS]
+    columns += ["fit_s", "test_s", "total_s", "error", "all_overrides"]
+    rows = []
+    for row in board["jobs"]:
+        flat = {"rank": row["rank"], "job": row["job"], "name": row["name"], "status": row["status"],
+                "overrides": _overrides_text(row), "error": row["error"],
+                "all_overrides": " ".join(row["overrides"])}
+        for m in METRICS:
+            flat[m] = main_value(row, m)
+        for c in cats:
+            for m in METRICS:
+                flat[f"{c}/{m}"] = row["categories"].get(c, {}).get(m)
+        flat.update({k: row["timings"].get(k) for k in ("fit_s", "test_s", "total_s")})
+        rows.append(flat)
+    return columns, rows
+
+
+def to_csv(board: dict) -> str:
+    columns, rows = flat_rows(board)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(board: dict) -> str:
+    metric = board["metric"]
+    cats = _categories(board)
+    head = ["#", "job", "overrides", "status", f"**{metric}**"]
+    head += [m for m in METRICS if m != metric]
+    head += [f"{c} {metric}" for c in cats] if len(cats) > 1 else []
+    head += ["fit s", "test s", "error"]
+    lines = [f"# Sweep leaderboard — `{Path(board['sweep_dir']).name}`", "",
+             f"Ranked by mean `{metric}` over categories. "
+             + ", ".join(f"{n} {s}" for s, n in sorted(board["counts"].items())) + ".", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in board["jobs"]:
+        cells = [_fmt(row["rank"]), _fmt(row["job"]), _overrides_text(row), row["status"],
+                 _fmt(main_value(row, metric))]
+        cells += [_fmt(main_value(row, m)) for m in METRICS if m != metric]
+        cells += [_fmt(row["categories"].get(c, {}).get(metric)) for c in cats] if len(cats) > 1 else []
+        cells += [_fmt(row["timings"].get("fit_s"), 1), _fmt(row["timings"].get("test_s"), 1),
+                  (row["error"] or "")[:160]]
+        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(sweep_dir: str | Path, metric: str = "image_auroc", chart: bool = True) -> dict:
+    """(Re)write ``leaderboard.{csv,md,json}`` (and ``leaderboard.png``) atomically; return the board."""
+    sweep_dir = Path(sweep_dir)
+    board = collect(sweep_dir, metric)
+    write_text_atomic(sweep_dir / "leaderboard.json", to_json(board) + "\n")
+    write_text_atomic(sweep_dir / "leaderboard.csv", to_csv(board))
+    write_text_atomic(sweep_dir / "leaderboard.md", to_markdown(board))
+    if chart:
+        from pyimgano_hydra.sweep.chart import chart_png
+
+        write_bytes_atomic(sweep_dir / "leaderboard.png", chart_png(board))
+    return board
+
+
+__all__ = ["collect", "write_leaderboard", "job_row", "to_csv", "to_markdown"]

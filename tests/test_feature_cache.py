@@ -1,0 +1,183 @@
+"""Feature cache: reuse across calls and processes, keys that change with every input, size limit."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pyimgano_hydra.errors import ConfigError
+from pyimgano_hydra.features.cache import FeatureCache, configure, active_cache, make_key, weights_identity
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 8, 8, 3), dtype=np.uint8)
+
+
+def _features(images: np.ndarray) -> dict[str, np.ndarray]:
+    """A deterministic stand-in for a backbone: two 'layers' per image."""
+    x = images.astype(np.float32) / 255.0
+    return {"layer1": x.mean(axis=-1), "layer2": x.reshape(len(x), -1).sum(axis=1, keepdims=True)}
+
+
+class Counting:
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def __call__(self, images):
+        self.calls.append(len(images))
+        return _features(images)
+
+
+def test_get_or_compute_computes_once_then_reads(tmp_path):
+    cache = FeatureCache(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"a": np.arange(6, dtype=np.float32).reshape(2, 3)}
+
+    first = cache.get_or_compute(["backbone", "layer"], compute)
+    second = FeatureCache(tmp_path).get_or_compute(["backbone", "layer"], compute)  # a new job, same dir
+    assert len(calls) == 1
+    np.testing.assert_array_equal(first["a"], second["a"])
+
+
+def test_single_array_round_trips(tmp_path):
+    cache = FeatureCache(tmp_path)
+    value = np.linspace(0, 1, 5, dtype=np.float32)
+    out = cache.get_or_compute("k", lambda: value)
+    again = cache.get_or_compute("k", lambda: pytest.fail("should be cached"))
+    assert isinstance(again, np.ndarray) and again.dtype == np.float32
+    np.testing.assert_array_equal(out, again)
+
+
+def test_map_images_reads_hits_and_computes_only_missing_rows(tmp_path):
+    cache = FeatureCache(tmp_path)
+    images = _images(6)
+    compute = Counting()
+    parts = {"backbone": "lite0", "layers": ["blocks.2"], "weights": "w1", "preprocess": "imagenet"}
+    cache.map_images(images[:4], parts, compute)
+    out = cache.map_images(images, parts, compute)  # 4 cached + 2 new, in a new order below
+    assert compute.calls == [4, 2]
+    expected = _features(images)
+    for name in expected:
+        np.testing.assert_allclose(out[name], expected[name])
+    shuffled = images[[5, 0, 3]]
+    out = cache.map_images(shuffled, parts, compute)
+    assert compute.calls == [4, 2]
+    np.testing.assert_allclose(out["layer1"], _features(shuffled)["layer1"])
+
+
+@pytest.mark.parametrize("change", ["image", "backbone", "layers", "weights", "preprocess"])
+def test_any_change_of_key_part_misses(tmp_path, change):
+    cache = FeatureCache(tmp_path)
+    images = _images(3)
+    parts = {"backbone": "lite0", "layers": ["blocks.2"], "weights": "w1", "preprocess": "imagenet"}
+    compute = Counting()
+    cache.map_images(images, parts, compute)
+    if change == "image":
+        images = images.copy()
+        images[1, 0, 0, 0] ^= 1
+        expected_calls = [3, 1]
+    else:
+        parts = dict(parts, **{change: ["blocks.3"] if change == "layers" else "other"})
+        expected_calls = [3, 3]
+    cache.map_images(images, parts, compute)
+    assert compute.calls == expected_calls
+
+
+def test_disabled_cache_always_computes_and_writes_nothing(tmp_path):
+    cache = FeatureCache(tmp_path / "c", enabled=False)
+    compute = Counting()
+    cache.map_images(_images(2), "parts", compute)
+    cache.map_images(_images(2), "parts", compute)
+    assert compute.calls == [2, 2]
+    assert not (tmp_path / "c").exists()
+
+
+def test_configure_off_leaves_no_active_cache(tmp_path):
+    assert configure(enabled=True, dir=tmp_path, max_gb=0.5).max_bytes == int(0.5 * 1024**3)
+    assert active_cache() is not None
+    configure(enabled=False, dir=tmp_path)
+    assert active_cache() is None
+
+
+@pytest.mark.parametrize("kwargs,key", [({"max_gb": -1}, "cache.max_gb"), ({"dir": ""}, "cache.dir"),
+                                         ({"enabled": "yes"}, "cache.enabled")])
+def test_bad_cache_settings_name_the_key(tmp_path, kwargs, key):
+    with pytest.raises(ConfigError) as info:
+        configure(**{"enabled": True, "dir": tmp_path, "max_gb": 1.0, **kwargs})
+    assert str(info.value).startswith(key)
+
+
+def test_size_limit_evicts_least_recently_used(tmp_path):
+    entry = np.zeros(1000, dtype=np.float64)  # ~8 KB per entry
+    cache = FeatureCache(tmp_path, max_bytes=None)
+    for i in range(10):
+        cache.put(make_key(i), entry)
+        os.utime(cache.path(make_key(i)), (1000 + i, 1000 + i))  # entry i used at time 1000 + i
+    assert cache.get(make_key(0)) is not None  # a hit refreshes entry 0: now the most recent
+    one = cache.path(make_key(1)).stat().st_size
+    freed = cache.evict(max_bytes=5 * one)
+    assert freed > 0 and cache.size_bytes() <= 5 * one
+    assert cache.get(make_key(0)) is not None  # recently used: kept
+    assert cache.get(make_key(1)) is None  # oldest: gone
+    assert cache.get(make_key(9)) is not None
+
+
+def test_puts_past_the_limit_trigger_eviction(tmp_path):
+    entry = np.zeros(1000, dtype=np.float64)
+    cache = FeatureCache(tmp_path, max_bytes=40_000)
+    for i in range(20):
+        cache.put(make_key(i), entry)
+    assert cache.size_bytes() <= 40_000
+    assert cache.get(make_key(19)) is not None
+
+
+def test_corrupt_entry_is_a_miss_and_gets_rewritten(tmp_path):
+    cache = FeatureCache(tmp_path)
+    key = make_key("x")
+    cache.path(key).parent.mkdir(parents=True)
+    cache.path(key).write_bytes(b"not an npz")
+    assert cache.get(key) is None
+    value = cache.get_or_compute("x", lambda: np.ones(3))
+    np.testing.assert_array_equal(cache.get(key), value)
+
+
+def test_weights_identity_follows_file_content(tmp_path):
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"weights-1")
+    first = weights_identity([path])
+    assert weights_identity([path]) == first
+    path.write_bytes(b"weights-2")
+    os.utime(path, (1, 1))  # different mtime as well: a fresh digest is taken
+    assert weights_identity([path]) != first
+
+
+def _parallel_job(args):
+    root, log = args
+    images = _images(5, seed=1)
+
+    def slow_compute(batch):
+        with open(log, "a") as handle:
+            handle.write(f"{len(batch)}\n")
+        import time
+
+        time.sleep(0.5)
+        return _features(batch)
+
+    out = FeatureCache(root).map_images(images, {"backbone": "b"}, slow_compute)
+    return float(out["layer2"].sum())
+
+
+def test_parallel_jobs_share_one_computation(tmp_path):
+    log = tmp_path / "computed.txt"
+    with ProcessPoolExecutor(max_workers=3) as pool:
+        sums = list(pool.map(_parallel_job, [(str(tmp_path / "cache"), str(log))] * 3))
+    assert len(set(sums)) == 1
+    assert log.read_text().split() == ["5"]  # one job computed, the others waited and read
+    leftovers = [p for p in Path(tmp_path / "cache").rglob("*.tmp")]
+    assert leftovers == []
