@@ -162,7 +162,16 @@ def _setting(result: dict) -> str:
     name = s.get("model_name", "")
     weights = "ImageNet (offline)" if s.get("pretrained") else "random"
     layers = "+".join(s.get("layers", []))
-    return f"{(name + ': ') if name else ''}{s.get('backbone')} [{layers}], {weights}"
+    extra = []
+    if s.get("coreset_ratio") is not None:
+        extra.append(f"coreset {s['coreset_ratio']:g}")
+    if s.get("num_neighbors") is not None:
+        extra.append(f"k {s['num_neighbors']}")
+    d = s.get("d", s.get("n_features"))
+    if d is not None:
+        extra.append(f"d {d}")
+    return (f"{(name + ': ') if name else ''}{s.get('backbone')} [{layers}], {weights}"
+            + (f", {', '.join(extra)}" if extra else ""))
 
 
 def table(rows: list[tuple[str, dict, dict]]) -> str:
