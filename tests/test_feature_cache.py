@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pyimgano_hydra.errors import ConfigError
-from pyimgano_hydra.features.cache import FeatureCache, configure, active_cache, make_key, weights_identity
+from pyimgano_hydra.features.cache import FeatureCache, active_cache, configure, make_key
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:
@@ -147,14 +147,18 @@ def test_corrupt_entry_is_a_miss_and_gets_rewritten(tmp_path):
     np.testing.assert_array_equal(cache.get(key), value)
 
 
-def test_weights_identity_follows_file_content(tmp_path):
-    path = tmp_path / "w.pth"
-    path.write_bytes(b"weights-1")
-    first = weights_identity([path])
-    assert weights_identity([path]) == first
-    path.write_bytes(b"weights-2")
-    os.utime(path, (1, 1))  # different mtime as well: a fresh digest is taken
-    assert weights_identity([path]) != first
+def test_backbone_key_changes_with_weights_and_layers():
+    from pyimgano_hydra.features import build_backbone
+    from pyimgano_hydra.features.cache import backbone_key_parts
+
+    a = build_backbone("efficientnet_lite0", ["blocks.2"], device="cpu")
+    same = build_backbone("efficientnet_lite0", ["blocks.2"], device="cpu")
+    other_weights = build_backbone("efficientnet_lite0", ["blocks.2"], pretrained=False, device="cpu")
+    other_layers = build_backbone("efficientnet_lite0", ["blocks.3"], device="cpu")
+    key = make_key(backbone_key_parts(a))
+    assert make_key(backbone_key_parts(same)) == key
+    assert make_key(backbone_key_parts(other_weights)) != key
+    assert make_key(backbone_key_parts(other_layers)) != key
 
 
 def _parallel_job(args):
@@ -181,3 +185,47 @@ def test_parallel_jobs_share_one_computation(tmp_path):
     assert log.read_text().split() == ["5"]  # one job computed, the others waited and read
     leftovers = [p for p in Path(tmp_path / "cache").rglob("*.tmp")]
     assert leftovers == []
+
+
+# ---- wired into real jobs ------------------------------------------------------------------
+TINY_JOB = ["dataset.category=weave", "dataset.limit_train=8", "dataset.limit_test=8", "model.device=cpu"]
+
+
+def _count_backbone_images(monkeypatch) -> list[int]:
+    from pyimgano_hydra.features.backbones import Backbone
+
+    seen: list[int] = []
+    forward = Backbone.forward
+
+    def counting(self, x):
+        seen.append(int(x.shape[0]))
+        return forward(self, x)
+
+    monkeypatch.setattr(Backbone, "forward", counting)
+    return seen
+
+
+def test_jobs_sharing_backbone_and_data_reuse_features(tmp_path, monkeypatch):
+    from pyimgano_hydra.api import run
+
+    seen = _count_backbone_images(monkeypatch)
+    cache = [f"cache.dir={tmp_path / 'features'}"]
+    first = run(["model=ecod", *TINY_JOB, *cache], output_dir=tmp_path / "r1")
+    extracted = sum(seen)
+    assert extracted > 0
+    entries = len(FeatureCache(tmp_path / "features").entries())
+    second = run(["model=knn", *TINY_JOB, *cache], output_dir=tmp_path / "r2")  # same backbone and layers
+    assert sum(seen) == extracted  # nothing extracted again
+    assert len(FeatureCache(tmp_path / "features").entries()) == entries
+    off = run(["model=ecod", *TINY_JOB, *cache, "cache.enabled=false"], output_dir=tmp_path / "r3")
+    assert sum(seen) > extracted
+    assert off["aggregate"]["image_auroc"] == first["aggregate"]["image_auroc"]
+    assert second["status"] == "completed" and active_cache() is None  # the job's cache is not left on
+
+
+def test_cache_disabled_writes_nothing(tmp_path):
+    from pyimgano_hydra.api import run
+
+    run(["model=ecod", *TINY_JOB, f"cache.dir={tmp_path / 'features'}", "cache.enabled=false"],
+        output_dir=tmp_path / "r")
+    assert not (tmp_path / "features").exists()

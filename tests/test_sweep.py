@@ -18,12 +18,8 @@ from pyimgano_hydra.sweep.naming import job_name, varying_keys, write_sweep_file
 
 from conftest import REPO, run_cli
 
-# Small, fast jobs on the embedded synthetic dataset.
-FAST = [
-    "model._target_=tests.test_sweep_fakes.MeanImageDetector",
-    "dataset.limit_train=10",
-    "dataset.limit_test=10",
-]
+# Small, fast jobs on the embedded synthetic dataset (real detectors, real CLI).
+DATA = ["dataset.limit_train=10", "dataset.limit_test=10"]
 
 
 # ---- naming ------------------------------------------------------------------------------
@@ -135,11 +131,11 @@ def _board(root: Path) -> dict:
 
 
 def test_joblib_2x2_sweep_writes_four_run_dirs_and_a_leaderboard(tmp_path):
-    proc = run_cli(["--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST,
-                    "dataset.category=weave,washer", "recipe.calibration_quantile=0.9,0.99"], cwd=tmp_path)
+    proc = run_cli(["--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *DATA,
+                    "model=patchcore,ecod", "dataset.category=weave,washer"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (root,) = _sweep_roots(tmp_path)
-    expected = {"0_weave_0.9", "1_weave_0.99", "2_washer_0.9", "3_washer_0.99"}
+    expected = {"0_patchcore_weave", "1_patchcore_washer", "2_ecod_weave", "3_ecod_washer"}
     assert {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")} == expected
     for name in expected:
         assert json.loads((root / name / "status.json").read_text())["status"] == COMPLETED
@@ -151,8 +147,10 @@ def test_joblib_2x2_sweep_writes_four_run_dirs_and_a_leaderboard(tmp_path):
     assert values == sorted(values, reverse=True)
     for row in board["jobs"]:
         category = row["varying"]["dataset.category"]
-        assert set(row["categories"]) == {category}
-        assert "pixel_auroc" in row["aggregate"] and row["timings"]["fit_s"] is not None
+        assert set(row["categories"]) == {category} and row["categories"][category]["image_auroc"] is not None
+        # pixel metrics where the detector makes anomaly maps (PatchCore), none for PyOD
+        assert ("pixel_auroc" in row["aggregate"]) == (row["varying"]["model"] == "patchcore")
+        assert row["timings"]["fit_s"] > 0 and row["timings"]["test_s"] > 0
     with open(root / "leaderboard.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 4 and {"weave/image_auroc", "washer/pixel_aupro", "fit_s", "test_s"} <= set(rows[0])
@@ -161,7 +159,7 @@ def test_joblib_2x2_sweep_writes_four_run_dirs_and_a_leaderboard(tmp_path):
 
 
 def test_a_failed_job_is_a_row_others_are_kept_and_the_exit_code_is_nonzero(tmp_path):
-    proc = run_cli(["--multirun", *FAST, "dataset.category=weave", "recipe.calibration_quantile=0.9,2"],
+    proc = run_cli(["--multirun", "model=ecod", *DATA, "dataset.category=weave", "recipe.calibration_quantile=0.9,2"],
                    cwd=tmp_path)
     assert proc.returncode != 0
     (root,) = _sweep_roots(tmp_path)
@@ -175,7 +173,7 @@ def test_a_failed_job_is_a_row_others_are_kept_and_the_exit_code_is_nonzero(tmp_
 
 
 def test_two_sweeps_started_together_get_separate_roots(tmp_path):
-    args = ["--multirun", *FAST, "dataset.category=weave", "recipe.calibration_quantile=2,3"]
+    args = ["--multirun", "model=ecod", *DATA, "dataset.category=weave", "recipe.calibration_quantile=2,3"]
     env = dict(__import__("os").environ, PYTHONPATH=str(REPO))
     procs = [subprocess.Popen([sys.executable, "-m", "pyimgano_hydra", *args], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
@@ -189,8 +187,8 @@ def test_two_sweeps_started_together_get_separate_roots(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
                     reason="hydra-submitit-launcher not installed (pip install 'pyimgano_hydra[slurm]')")
 def test_submitit_local_launcher_runs_jobs_and_fills_the_leaderboard(tmp_path):
-    proc = run_cli(["--multirun", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", *FAST,
-                    "dataset.category=weave", "recipe.calibration_quantile=0.9,0.99"], cwd=tmp_path)
+    proc = run_cli(["--multirun", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "model=ecod",
+                    *DATA, "dataset.category=weave", "recipe.calibration_quantile=0.9,0.99"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (root,) = _sweep_roots(tmp_path)
     board = _board(root)
@@ -201,8 +199,8 @@ def test_submitit_local_launcher_runs_jobs_and_fills_the_leaderboard(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
                     reason="hydra-optuna-sweeper not installed (pip install 'pyimgano_hydra[optuna]')")
 def test_optuna_preset_optimises_the_leaderboard_metric(tmp_path):
-    proc = run_cli(["--multirun", "hydra/sweeper=optuna_patchcore", "hydra.sweeper.n_trials=2", *FAST,
-                    "dataset.category=washer", "hydra.callbacks.leaderboard.metric=pixel_aupro"], cwd=tmp_path)
+    proc = run_cli(["--multirun", "hydra/sweeper=optuna_patchcore", "hydra.sweeper.n_trials=2", "model=patchcore",
+                    *DATA, "dataset.category=washer", "hydra.callbacks.leaderboard.metric=pixel_aupro"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (root,) = _sweep_roots(tmp_path)
     board = _board(root)

@@ -3,7 +3,8 @@
 
 * Keys are SHA-256 digests of their parts (strings, numbers, bytes, arrays, dicts/lists of
   them); :func:`image_digest` hashes an image's bytes, shape and dtype, and
-  :func:`weights_identity` hashes weight files' contents.
+  :func:`backbone_key_parts` describes a backbone: name, layers, a digest of its loaded
+  weights, its preprocessing, device type and torch version.
 * One entry = one ``.npz`` file (a dict of arrays) under ``<dir>/<key[:2]>/``, written to a
   temp file in the same folder and renamed into place, so readers never see half a file and
   parallel jobs (joblib workers, SLURM tasks on a shared disk) can share one directory.
@@ -13,15 +14,20 @@
   mtime, refreshed on every hit) are deleted down to 90 % of the limit.
 
 Use ``FeatureCache(dir, max_bytes).get_or_compute(key_parts, compute_fn)`` for one value, or
-``map_images(images, key_parts, compute_fn)`` for per-image features of a batch.
+``map_images(images, key_parts, compute_fn)`` for per-image features of a batch. A job turns
+the cache on with ``with feature_cache(cfg.cache): ...`` (the ``cache:`` config node);
+``features.extract.iter_features`` then reads and fills it through
+:func:`cached_backbone_features`.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import logging
 import os
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -30,6 +36,7 @@ import numpy as np
 from pyimgano_hydra.errors import check
 from pyimgano_hydra.runs.writers import write_bytes_atomic
 
+log = logging.getLogger(__name__)
 ArrayDict = dict[str, np.ndarray]
 SINGLE = "__array__"
 SUFFIX = ".npz"
@@ -78,24 +85,15 @@ def image_digest(image: np.ndarray) -> str:
     return make_key(np.asarray(image))
 
 
-_WEIGHTS_DIGESTS: dict[tuple[str, int, int], str] = {}
+def module_digest(module: Any) -> str:
+    """Digest of a torch module's parameters and buffers (names, shapes, dtypes, values)."""
+    import torch
 
-
-def weights_identity(paths: Iterable[str | Path]) -> list[str]:
-    """Content digests of weight files (memoised per path, size and mtime within a process)."""
-    out = []
-    for path in paths:
-        path = Path(path)
-        stat = path.stat()
-        memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        if memo not in _WEIGHTS_DIGESTS:
-            h = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    h.update(block)
-            _WEIGHTS_DIGESTS[memo] = h.hexdigest()
-        out.append(_WEIGHTS_DIGESTS[memo])
-    return out
+    arrays = {}
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu()
+        arrays[name] = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+    return make_key(arrays)
 
 
 # ---- the cache -----------------------------------------------------------------------
@@ -298,4 +296,60 @@ def active_cache() -> FeatureCache | None:
     return _ACTIVE
 
 
-__all__ = ["FeatureCache", "make_key", "image_digest", "weights_identity", "configure", "active_cache"]
+# ---- glue for features/extract.py ------------------------------------------------------
+def backbone_key_parts(backbone: Any) -> dict:
+    """What a backbone's features depend on besides the image: name, layers, weights (digest of
+    the loaded, BatchNorm-folded network), preprocessing (its constants and code), device type
+    and torch version. Memoised on the backbone object."""
+    parts = getattr(backbone, "_feature_cache_parts", None)
+    if parts is None:
+        import torch
+
+        preprocess = type(backbone).preprocess.__code__
+        parts = {
+            "backbone": backbone.name,
+            "layers": list(backbone.layers),
+            "weights": module_digest(backbone.net),
+            "preprocess": {"mean": backbone.mean.detach().cpu().numpy(), "std": backbone.std.detach().cpu().numpy(),
+                           "code": preprocess.co_code, "consts": repr(preprocess.co_consts)},
+            "device": backbone.device.type,
+            "torch": torch.__version__,
+        }
+        backbone._feature_cache_parts = parts
+    return parts
+
+
+def cached_backbone_features(cache: FeatureCache, backbone: Any, chunk: np.ndarray) -> dict:
+    """``backbone(backbone.preprocess(chunk))`` through the cache: ``{layer: tensor}`` on the
+    backbone's device, one cache entry per image."""
+    import torch
+
+    def compute(images: np.ndarray) -> ArrayDict:
+        feats = backbone(backbone.preprocess(torch.from_numpy(np.ascontiguousarray(images))))
+        return {layer: (v.float() if v.dtype == torch.bfloat16 else v).cpu().numpy() for layer, v in feats.items()}
+
+    arrays = cache.map_images(chunk, backbone_key_parts(backbone), compute)
+    return {layer: torch.from_numpy(arrays[layer]).to(backbone.device) for layer in backbone.layers}
+
+
+@contextmanager
+def feature_cache(settings: Any):
+    """Activate the cache described by a ``cache:`` config node (or dict; None = off) for the
+    duration of a job, then restore whatever was active before."""
+    global _ACTIVE
+    if settings is not None and not isinstance(settings, Mapping):
+        from omegaconf import OmegaConf
+
+        settings = OmegaConf.to_container(settings, resolve=True)
+    previous = _ACTIVE
+    cache = configure(**(dict(settings) if settings else {"enabled": False}))
+    try:
+        yield cache
+    finally:
+        if cache is not None and (cache.hits or cache.misses):
+            log.info("feature cache %s: %d images read, %d extracted", cache.root, cache.hits, cache.misses)
+        _ACTIVE = previous
+
+
+__all__ = ["FeatureCache", "make_key", "image_digest", "module_digest", "configure", "active_cache",
+           "feature_cache", "backbone_key_parts", "cached_backbone_features"]

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from pyimgano_hydra.errors import DataError
 from pyimgano_hydra.features.backbones import Backbone
+from pyimgano_hydra.features.cache import active_cache, cached_backbone_features
 
 
 def _check_images(images: np.ndarray) -> None:
@@ -31,14 +32,19 @@ def _check_images(images: np.ndarray) -> None:
 def iter_features(
     backbone: Backbone, images: np.ndarray, batch_size: int = 16, desc: str = "features"
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield each batch's ``{layer: feature map}`` (device tensors, inference mode)."""
+    """Yield each batch's ``{layer: feature map}`` (device tensors, inference mode); through
+    the feature cache when a job activated one (``cache:`` config node)."""
     _check_images(images)
     n = len(images)
+    cache = active_cache()
     with torch.inference_mode(), tqdm(total=n, desc=desc, unit="img", leave=False) as bar:
         for start in range(0, n, batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-            yield backbone(backbone.preprocess(batch))
-            bar.update(len(batch))
+            chunk = np.ascontiguousarray(images[start : start + batch_size])
+            if cache is not None:
+                yield cached_backbone_features(cache, backbone, chunk)
+            else:
+                yield backbone(backbone.preprocess(torch.from_numpy(chunk)))
+            bar.update(len(chunk))
 
 
 def extract_features(

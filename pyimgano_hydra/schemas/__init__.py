@@ -43,3 +43,12 @@ def validate(cfg: DictConfig) -> None:
             raise
         except (ValueError, TypeError) as exc:
             raise ConfigError(str(exc).splitlines()[0]) from exc
+    _check_across_groups(cfg)
+
+
+def _check_across_groups(cfg: DictConfig) -> None:
+    tiling, dataset = cfg.get("tiling") or {}, cfg.get("dataset") or {}
+    resize, tile = dataset.get("resize"), tiling.get("tile_size")
+    if tiling.get("enabled") and resize is not None and tile is not None and tile > resize:
+        raise ConfigError(f"tiling.tile_size: {tile} is larger than the images (dataset.resize={resize}); "
+                          "use a smaller tile, or dataset.resize=null to tile the original images")

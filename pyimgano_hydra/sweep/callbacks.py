@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.runs.layout import RunDir
 from pyimgano_hydra.runs.status import FAILED, write_status
 from pyimgano_hydra.sweep.leaderboard import main_value, write_leaderboard
@@ -60,8 +61,11 @@ def planned_jobs(config: DictConfig) -> list[list[str]] | None:
 
 
 def _one_line(exc: BaseException) -> str:
+    """A user error's own line (it names the key); other errors prefixed by their type."""
     text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    return text.splitlines()[0] if isinstance(exc, UserError) else f"{type(exc).__name__}: {text.splitlines()[0]}"
 
 
 class LeaderboardCallback(Callback):

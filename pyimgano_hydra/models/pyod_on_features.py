@@ -1,0 +1,254 @@
+"""Any PyOD detector on pooled deep features: one adapter, image-level scores, no maps.
+
+``PyODOnFeatures(detector=<PyOD object>, backbone=..., layers=...)`` embeds each image as
+the per-layer global pooling of backbone feature maps (``pooling``: avg, max or both),
+optionally z-scores each dimension with train statistics, and fits a clone of the PyOD
+detector on the training embeddings. Scores are PyOD's ``decision_function``.
+
+Config (Hydra builds the nested ``_target_`` first, so ``detector`` arrives as an object)::
+
+    detector: {_target_: pyod.models.knn.KNN, n_neighbors: 5}
+
+Two PyOD behaviours are handled here:
+
+* Small training sets: ``n_neighbors`` larger than ``n_train - 1`` is clamped (with a
+  warning and a note in ``notes_``) instead of failing inside scikit-learn.
+* Batch dependence: ECOD and COPOD score a batch together with the training set, so one
+  image's score would depend on which images share its batch. ``fit`` probes for this and,
+  where found, scores test images one at a time (``scores_each_row_``), so a score never
+  depends on batching (the hand-off parity requirement).
+
+Hand-off: ``state_dict()`` is plain data — the training embeddings, the standardiser
+statistics and the detector's class name and parameters. ``load_state_dict`` re-fits a
+clone of the configured detector on the stored embeddings. This is deterministic because
+a detector's ``random_state`` left unset is fixed to ``seed`` at fit time.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+
+from pyimgano_hydra.errors import ConfigError, UserError
+from pyimgano_hydra.models.base import BaseDetector, DetectorOutput
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+def class_path(obj: Any) -> str:
+    """``module.Class`` of an object (the ``_target_`` that builds it)."""
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _json_params(detector: Any) -> dict[str, Any]:
+    """The detector's constructor params, checked to be JSON-able (plain data only)."""
+    params = detector.get_params(deep=False)
+    try:
+        return json.loads(json.dumps(params))
+    except TypeError as exc:
+        bad = [k for k, v in params.items() if not _is_json(v)]
+        raise UserError(
+            f"model.detector: {class_path(detector)} params {bad} are objects, not plain data, "
+            f"so this detector cannot be saved; pass plain values for them"
+        ) from exc
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except TypeError:
+        return False
+
+
+class PyODOnFeatures(BaseDetector):
+    """A PyOD detector fitted on pooled backbone embeddings (image-level; no maps)."""
+
+    produces_maps = False
+
+    def __init__(
+        self,
+        detector: Any = None,
+        backbone: str = "efficientnet_lite0",
+        layers: list[str] | tuple[str, ...] = ("blocks.4", "blocks.6"),
+        pretrained: bool = True,
+        weights_path: str | None = None,
+        device: str = "auto",
+        batch_size: int = 16,
+        pooling: str = "avgmax",
+        standardize: bool = True,
+        seed: int = 0,
+    ):
+        self.detector = detector
+        self.backbone = backbone
+        self.layers = layers
+        self.pretrained = pretrained
+        self.weights_path = weights_path
+        self.device = device
+        self.batch_size = batch_size
+        self.pooling = pooling
+        self.standardize = standardize
+        self.seed = seed
+
+    # ------------------------------------------------------------------ embedding
+    def _backbone(self):
+        if getattr(self, "backbone_", None) is None:
+            from pyimgano_hydra.features import build_backbone
+
+            self.backbone_ = build_backbone(
+                self.backbone, list(self.layers), pretrained=self.pretrained,
+                weights_path=self.weights_path, device=self.device, seed=self.seed,
+            )
+        return self.backbone_
+
+    def embed(self, images: np.ndarray, desc: str = "embedding") -> np.ndarray:
+        """(N, D) float32 pooled embeddings, before standardisation."""
+        import torch
+
+        from pyimgano_hydra.features import iter_features
+
+        if self.pooling not in ("avg", "max", "avgmax"):
+            raise ConfigError(f"model.pooling: {self.pooling!r} is not avg, max or avgmax")
+        rows = []
+        for feats in iter_features(self._backbone(), images, self.batch_size, desc):
+            parts = []
+            for value in feats.values():
+                value = value.float()
+                if self.pooling in ("avg", "avgmax"):
+                    parts.append(value.mean(dim=(2, 3)))
+                if self.pooling in ("max", "avgmax"):
+                    parts.append(value.amax(dim=(2, 3)))
+            rows.append(torch.cat(parts, dim=1).cpu().numpy())
+        return np.concatenate(rows).astype(np.float32, copy=False)
+
+    def _standardized(self, emb: np.ndarray) -> np.ndarray:
+        if not self.standardize:
+            return emb.astype(np.float64)
+        return (emb.astype(np.float64) - self.mean_) / self.scale_
+
+    # ------------------------------------------------------------------ fit / predict
+    def _prototype(self) -> Any:
+        """The configured PyOD object (or one built from a ``{_target_: ...}`` dict)."""
+        det = self.detector
+        if det is None:
+            raise ConfigError("model.detector: no PyOD detector given; set model.detector._target_")
+        if isinstance(det, dict):
+            from hydra.utils import instantiate
+
+            det = instantiate(det)
+        if not (hasattr(det, "fit") and hasattr(det, "decision_function") and hasattr(det, "get_params")):
+            raise ConfigError(
+                f"model.detector: {class_path(det)} is not a PyOD detector "
+                f"(needs fit, decision_function, get_params)"
+            )
+        return det
+
+    def _configured_clone(self, params: dict[str, Any] | None, n_train: int) -> Any:
+        from sklearn.base import clone
+
+        detector = clone(self._prototype())
+        if params is not None:
+            detector.set_params(**params)
+            return detector
+        own = detector.get_params(deep=False)
+        if "random_state" in own and own["random_state"] is None:
+            detector.set_params(random_state=int(self.seed))
+        k = own.get("n_neighbors")
+        if isinstance(k, int) and k > n_train - 1:
+            if n_train < 2:
+                raise ConfigError(
+                    f"model.detector.n_neighbors: {class_path(detector)} needs at least 2 training "
+                    f"images, got {n_train}"
+                )
+            note = (f"model.detector.n_neighbors={k} lowered to {n_train - 1}: "
+                    f"only {n_train} training images")
+            warnings.warn(note, stacklevel=3)
+            self.notes_.append(note)
+            detector.set_params(n_neighbors=n_train - 1)
+        return detector
+
+    def _fit_embeddings(self, train_emb: np.ndarray, params: dict[str, Any] | None = None,
+                        stats: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        self.train_embeddings_ = np.asarray(train_emb, dtype=np.float32)
+        if stats is None:
+            x = self.train_embeddings_.astype(np.float64)
+            mean, scale = x.mean(axis=0), x.std(axis=0)
+            scale[scale < 1e-12] = 1.0  # constant dimensions stay as they are (like scikit-learn)
+            stats = (mean, scale)
+        self.mean_, self.scale_ = (np.asarray(a, dtype=np.float64) for a in stats)
+        z = self._standardized(self.train_embeddings_)
+        self.detector_ = self._configured_clone(params, len(z))
+        try:
+            self.detector_.fit(z)
+        except ValueError as exc:
+            message = " ".join(str(exc).split())
+            raise UserError(
+                f"model.detector: {class_path(self.detector_)} could not fit {len(z)} training "
+                f"embeddings of size {z.shape[1]}: {message}"
+            ) from exc
+        self.scores_each_row_ = not self._batch_independent(z)
+
+    def _batch_independent(self, z: np.ndarray) -> bool:
+        """Does scoring rows together give the same scores as scoring them one by one?"""
+        rng = np.random.default_rng(self.seed)
+        probe = z[: min(len(z), 3)] + rng.normal(0.0, 0.5, size=(min(len(z), 3), z.shape[1]))
+        probe = np.concatenate([probe, probe + 3.0])
+        together = np.asarray(self.detector_.decision_function(probe), dtype=np.float64)
+        single = np.array([self.detector_.decision_function(row[None])[0] for row in probe], dtype=np.float64)
+        return bool(np.allclose(together, single, rtol=1e-9, atol=1e-9))
+
+    def fit(self, images: np.ndarray) -> "PyODOnFeatures":
+        self.notes_: list[str] = []
+        self._fit_embeddings(self.embed(images, desc="fit"))
+        return self
+
+    def _check_fitted(self) -> None:
+        if getattr(self, "detector_", None) is None:
+            raise UserError(f"{type(self).__name__}: call fit (or load_state_dict) before predict")
+
+    def score_embeddings(self, emb: np.ndarray) -> np.ndarray:
+        """float64 (N,) PyOD scores of raw embeddings (higher = more anomalous)."""
+        self._check_fitted()
+        z = self._standardized(np.asarray(emb, dtype=np.float32))
+        if self.scores_each_row_:
+            return np.array([self.detector_.decision_function(row[None])[0] for row in z], dtype=np.float64)
+        return np.asarray(self.detector_.decision_function(z), dtype=np.float64)
+
+    def predict(self, images: np.ndarray) -> DetectorOutput:
+        self._check_fitted()
+        return DetectorOutput(scores=self.score_embeddings(self.embed(images, desc="predict")), maps=None)
+
+    # ------------------------------------------------------------------ hand-off
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data: training embeddings, standardiser statistics, detector class + params."""
+        self._check_fitted()
+        return {
+            "state_version": STATE_VERSION,
+            "detector_class": class_path(self.detector_),
+            "detector_params": _json_params(self.detector_),
+            "train_embeddings": self.train_embeddings_.copy(),
+            "mean": self.mean_.copy(),
+            "scale": self.scale_.copy(),
+            "notes": list(self.notes_),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> "PyODOnFeatures":
+        """Re-fit the configured detector class on the stored embeddings (deterministic)."""
+        version = int(state.get("state_version", -1))
+        if version != STATE_VERSION:
+            raise UserError(f"PyODOnFeatures checkpoint: state_version {version}, expected {STATE_VERSION}")
+        expected = class_path(self._prototype())
+        if state["detector_class"] != expected:
+            raise UserError(
+                f"model.detector._target_: checkpoint holds {state['detector_class']}, "
+                f"config builds {expected}; use the run's own model config"
+            )
+        self.notes_ = list(state.get("notes", []))
+        self._fit_embeddings(np.asarray(state["train_embeddings"]), params=dict(state["detector_params"]),
+                             stats=(state["mean"], state["scale"]))
+        return self

@@ -1,0 +1,150 @@
+"""PyOD detectors on pooled deep features: every model= option, any PyOD class, hand-off."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pyimgano_hydra.api import compose_config
+from pyimgano_hydra.errors import ConfigError, UserError
+from pyimgano_hydra.instantiate import build
+from pyimgano_hydra.models.pyod_on_features import PyODOnFeatures
+from pyimgano_hydra.schemas import validate
+
+PYOD_OPTIONS = ["ecod", "copod", "iforest", "knn", "lof", "ocsvm", "pca", "hbos", "pyod"]
+FAST = ["model.pretrained=false", "model.device=cpu", "model.batch_size=8"]
+
+
+def _images(n: int, seed: int, defect: bool = False, size: int = 48) -> np.ndarray:
+    """Fine noise texture around mid-grey; defects are a dark square at a random place."""
+    rng = np.random.default_rng(seed)
+    x = np.clip(128 + rng.normal(0, 12, (n, size, size, 3)), 0, 255).astype(np.uint8)
+    if defect:
+        for img in x:
+            r, c = rng.integers(4, size - 20, 2)
+            img[r:r + 16, c:c + 16] = 10
+    return x
+
+
+@pytest.fixture(scope="module")
+def data():
+    train = _images(10, seed=0)
+    test = np.concatenate([_images(4, seed=1), _images(4, seed=2, defect=True)])
+    return train, test, np.array([0] * 4 + [1] * 4)
+
+
+def _fitted(overrides, train):
+    cfg = compose_config(["model=ecod", *FAST, *overrides] if not any(o.startswith("model=") for o in overrides)
+                         else [*overrides, *FAST])
+    validate(cfg)
+    detector = build(cfg.model, "model")
+    return cfg, detector.fit(train)
+
+
+def _ranks_defects_first(scores, labels):
+    return scores[labels == 1].min() > scores[labels == 0].max()
+
+
+@pytest.mark.parametrize("option", PYOD_OPTIONS)
+def test_each_option_composes_fits_and_ranks_a_defect_above_normals(option, data):
+    train, test, labels = data
+    cfg, detector = _fitted([f"model={option}"], train)
+    assert isinstance(detector, PyODOnFeatures) and detector.produces_maps is False
+    assert type(detector.detector_).__module__.startswith("pyod.models.")
+    assert type(detector.detector_).__name__.lower() == cfg.model.detector._target_.rsplit(".", 1)[-1].lower()
+    out = detector.predict(test)
+    assert out.maps is None and out.scores.shape == (len(test),) and np.isfinite(out.scores).all()
+    assert _ranks_defects_first(out.scores, labels), out.scores
+
+
+def test_any_other_pyod_class_works_from_the_command_line(data):
+    train, test, labels = data
+    _, detector = _fitted(["model=pyod", "model.detector._target_=pyod.models.kde.KDE",
+                           "+model.detector.bandwidth=2.5"], train)
+    from pyod.models.kde import KDE
+
+    assert isinstance(detector.detector_, KDE) and detector.detector_.bandwidth == 2.5
+    assert _ranks_defects_first(detector.predict(test).scores, labels)
+
+
+def test_present_detector_params_are_overridden_without_plus(data):
+    _, detector = _fitted(["model=knn", "model.detector.n_neighbors=3", "model.detector.method=largest"], data[0])
+    assert detector.detector_.n_neighbors == 3 and detector.detector_.method == "largest"
+
+
+def test_too_many_neighbours_for_a_tiny_train_set_are_lowered_with_a_note(data):
+    train = data[0]
+    with pytest.warns(UserWarning, match="n_neighbors"):
+        _, detector = _fitted(["model=lof", "model.detector.n_neighbors=50"], train)
+    assert detector.detector_.n_neighbors == len(train) - 1
+    assert any("n_neighbors" in note for note in detector.notes_)
+
+
+def test_unset_random_state_is_fixed_to_the_seed_so_fits_repeat(data):
+    train, test, _ = data
+    overrides = ["model=pyod", "model.detector._target_=pyod.models.iforest.IForest", "model.seed=3"]
+    _, first = _fitted(overrides, train)
+    _, second = _fitted(overrides, train)
+    assert first.detector_.random_state == 3
+    np.testing.assert_array_equal(first.predict(test).scores, second.predict(test).scores)
+
+
+@pytest.mark.parametrize("option", ["ecod", "knn"])
+def test_scores_do_not_depend_on_how_images_are_batched(option, data):
+    train, test, _ = data
+    _, detector = _fitted([f"model={option}"], train)
+    together = detector.predict(test).scores
+    one_by_one = np.concatenate([detector.predict(test[i:i + 1]).scores for i in range(len(test))])
+    np.testing.assert_allclose(one_by_one, together, rtol=1e-9, atol=1e-9)
+
+
+def _split_plain(state):
+    """Arrays apart, everything else must be JSON (no objects to pickle)."""
+    arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+    rest = {k: v for k, v in state.items() if k not in arrays}
+    return arrays, json.loads(json.dumps(rest))
+
+
+@pytest.mark.parametrize("option", ["ecod", "iforest", "knn", "ocsvm"])
+def test_state_round_trip_reproduces_scores(option, data, tmp_path):
+    train, test, _ = data
+    cfg, detector = _fitted([f"model={option}"], train)
+    arrays, rest = _split_plain(detector.state_dict())
+    np.savez(tmp_path / "state.npz", **arrays)
+    with np.load(tmp_path / "state.npz", allow_pickle=False) as stored:
+        state = {**rest, **{k: stored[k] for k in stored.files}}
+    fresh = build(cfg.model, "model").load_state_dict(state)
+    np.testing.assert_allclose(fresh.predict(test).scores, detector.predict(test).scores, rtol=1e-6, atol=1e-6)
+
+
+def test_loading_a_checkpoint_of_another_detector_class_is_refused(data):
+    _, detector = _fitted(["model=knn"], data[0])
+    other = build(compose_config(["model=ecod", *FAST]).model, "model")
+    with pytest.raises(UserError, match="model.detector._target_"):
+        other.load_state_dict(detector.state_dict())
+
+
+def test_predict_before_fit_is_a_clear_error(data):
+    detector = build(compose_config(["model=ecod", *FAST]).model, "model")
+    with pytest.raises(UserError, match="fit"):
+        detector.predict(data[1])
+
+
+@pytest.mark.parametrize("override,key", [
+    ("model.pooling=sum", "model.pooling"),
+    ("model.batch_size=0", "model.batch_size"),
+    ("model.detector.n_neighbors=0", "model.detector.n_neighbors"),
+    ("model.layers=[]", "model.layers"),
+])
+def test_out_of_range_values_name_the_key(override, key):
+    cfg = compose_config(["model=knn", override])
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    assert str(info.value).startswith(key) and "\n" not in str(info.value)
+
+
+def test_a_target_that_is_not_a_pyod_detector_is_refused(data):
+    cfg = compose_config(["model=pyod", *FAST, "model.detector._target_=collections.OrderedDict"])
+    with pytest.raises(ConfigError, match="not a PyOD detector"):
+        build(cfg.model, "model").fit(data[0])
