@@ -18,7 +18,8 @@ def test_every_group_has_options():
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_validates(group, option):
-    cfg = compose_config([f"{group}={option}"])
+    extra = ["dataset.resize=1024"] if group == "tiling" else []  # tiles must fit the images
+    cfg = compose_config([f"{group}={option}", *extra])
     validate(cfg)
     node = cfg[group]
     if group in ("dataset", "model", "recipe"):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pyimgano_hydra.errors import ConfigError
+from pyimgano_hydra.runs.writers import read_jsonl
 from pyimgano_hydra.features.cache import FeatureCache, active_cache, configure, make_key
 
 
@@ -220,7 +221,31 @@ def test_jobs_sharing_backbone_and_data_reuse_features(tmp_path, monkeypatch):
     off = run(["model=ecod", *TINY_JOB, *cache, "cache.enabled=false"], output_dir=tmp_path / "r3")
     assert sum(seen) > extracted
     assert off["aggregate"]["image_auroc"] == first["aggregate"]["image_auroc"]
+    scores = [[r["score"] for r in read_jsonl(tmp_path / run / "categories" / "weave" / "per_image.jsonl")]
+              for run in ("r1", "r3")]
+    assert scores[0] == scores[1]  # bit-identical with and without the cache
     assert second["status"] == "completed" and active_cache() is None  # the job's cache is not left on
+
+
+def test_cached_features_are_bit_identical_to_fresh_ones(tmp_path):
+    import torch
+
+    from pyimgano_hydra.features import build_backbone, iter_features
+
+    backbone = build_backbone("efficientnet_lite0", ["blocks.2", "blocks.4"], device="cpu")
+    images = _images(5, seed=3).repeat(8, axis=1).repeat(8, axis=2)  # 64 x 64
+    fresh = list(iter_features(backbone, images, batch_size=4))
+    configure(enabled=True, dir=tmp_path, max_gb=1)
+    try:
+        cold = list(iter_features(backbone, images, batch_size=4))
+        warm = list(iter_features(backbone, images, batch_size=4))
+    finally:
+        configure(enabled=False)
+    for ref, a, b in zip(fresh, cold, warm):
+        for layer in ref:
+            for got in (a[layer], b[layer]):
+                assert torch.equal(got, ref[layer]) and got.stride() == ref[layer].stride()
+                assert torch.equal(got.mean(dim=(2, 3)), ref[layer].mean(dim=(2, 3)))
 
 
 def test_cache_disabled_writes_nothing(tmp_path):

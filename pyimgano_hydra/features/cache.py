@@ -328,8 +328,14 @@ def cached_backbone_features(cache: FeatureCache, backbone: Any, chunk: np.ndarr
         feats = backbone(backbone.preprocess(torch.from_numpy(np.ascontiguousarray(images))))
         return {layer: (v.float() if v.dtype == torch.bfloat16 else v).cpu().numpy() for layer, v in feats.items()}
 
+    def as_output(array: np.ndarray):
+        tensor = torch.from_numpy(array).to(backbone.device)
+        # the backbone runs channels_last, so its maps come out that way; keep that layout, or
+        # reductions over them (pooling) would sum in another order and differ in the last bit
+        return tensor.contiguous(memory_format=torch.channels_last) if tensor.ndim == 4 else tensor
+
     arrays = cache.map_images(chunk, backbone_key_parts(backbone), compute)
-    return {layer: torch.from_numpy(arrays[layer]).to(backbone.device) for layer in backbone.layers}
+    return {layer: as_output(arrays[layer]) for layer in backbone.layers}
 
 
 @contextmanager

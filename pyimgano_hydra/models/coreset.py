@@ -96,6 +96,7 @@ class StreamingCoreset:
         bank, proj = torch.cat(self._kept), torch.cat(self._kept_proj)
         k = min(len(bank), max(1, round(self.ratio * self.n_seen)))
         if k < len(bank):
-            bank = bank[greedy_coreset(proj, k, start=int(self._rng.integers(len(bank))))]
+            with _threads(1):  # memory-bound matrix-vector products: one thread is as fast
+                bank = bank[greedy_coreset(proj, k, start=int(self._rng.integers(len(bank))))]
         self._kept, self._kept_proj = [], []
         return bank.contiguous()

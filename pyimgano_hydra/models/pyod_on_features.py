@@ -18,8 +18,9 @@ Two PyOD behaviours are handled here:
   where found, scores test images one at a time (``scores_each_row_``), so a score never
   depends on batching (the hand-off parity requirement).
 
-Hand-off: ``state_dict()`` is plain data — the training embeddings, the standardiser
-statistics and the detector's class name and parameters. ``load_state_dict`` re-fits a
+Hand-off: ``state_dict()`` is tensors + JSON data (safe for ``torch.load(weights_only=True)``)
+— the training embeddings, the standardiser statistics and the detector's class name and
+parameters; no PyOD object is pickled. ``load_state_dict`` re-fits a
 clone of the configured detector on the stored embeddings. This is deterministic because
 a detector's ``random_state`` left unset is fixed to ``seed`` at fit time.
 """
@@ -58,6 +59,11 @@ def _json_params(detector: Any) -> dict[str, Any]:
         ) from exc
 
 
+def _array(value: Any) -> np.ndarray:
+    """A stored tensor (or array) as a numpy array."""
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+
+
 def _is_json(value: Any) -> bool:
     try:
         json.dumps(value)
@@ -75,12 +81,12 @@ class PyODOnFeatures(BaseDetector):
         self,
         detector: Any = None,
         backbone: str = "efficientnet_lite0",
-        layers: list[str] | tuple[str, ...] = ("blocks.4", "blocks.6"),
+        layers: list[str] | tuple[str, ...] = ("blocks.4", "blocks.5"),
         pretrained: bool = True,
         weights_path: str | None = None,
         device: str = "auto",
         batch_size: int = 16,
-        pooling: str = "avgmax",
+        pooling: str = "max",
         standardize: bool = True,
         seed: int = 0,
     ):
@@ -225,15 +231,18 @@ class PyODOnFeatures(BaseDetector):
 
     # ------------------------------------------------------------------ hand-off
     def state_dict(self) -> dict[str, Any]:
-        """Plain data: training embeddings, standardiser statistics, detector class + params."""
+        """Tensors + JSON data (``torch.load(weights_only=True)`` safe): training embeddings,
+        standardiser statistics, the detector's class name and constructor params."""
+        import torch
+
         self._check_fitted()
         return {
             "state_version": STATE_VERSION,
             "detector_class": class_path(self.detector_),
             "detector_params": _json_params(self.detector_),
-            "train_embeddings": self.train_embeddings_.copy(),
-            "mean": self.mean_.copy(),
-            "scale": self.scale_.copy(),
+            "train_embeddings": torch.from_numpy(self.train_embeddings_.copy()),
+            "mean": torch.from_numpy(self.mean_.copy()),
+            "scale": torch.from_numpy(self.scale_.copy()),
             "notes": list(self.notes_),
         }
 
@@ -249,6 +258,6 @@ class PyODOnFeatures(BaseDetector):
                 f"config builds {expected}; use the run's own model config"
             )
         self.notes_ = list(state.get("notes", []))
-        self._fit_embeddings(np.asarray(state["train_embeddings"]), params=dict(state["detector_params"]),
-                             stats=(state["mean"], state["scale"]))
+        self._fit_embeddings(_array(state["train_embeddings"]), params=dict(state["detector_params"]),
+                             stats=(_array(state["mean"]), _array(state["scale"])))
         return self

@@ -1,4 +1,4 @@
-"""Schemas of the ``model`` group."""
+"""Schemas of the ``model`` group: the backbone fields, PatchCore and PaDiM."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,17 +6,21 @@ from typing import List, Optional
 
 from pyimgano_hydra.errors import check
 
+BACKBONE_NAMES = ("efficientnet_lite0", "resnet18", "wide_resnet50_2", "mobilenet_v2", "efficientnet_b0")
+
 
 @dataclass
 class BackboneSchema:
     backbone: str = "efficientnet_lite0"
     layers: List[str] = field(default_factory=lambda: ["blocks.2", "blocks.3"])
     pretrained: bool = True
-    weights_path: Optional[str] = None
+    weights_path: Optional[str] = None  # a local state_dict file; wins over pretrained
     device: str = "auto"  # auto | cpu | cuda
     batch_size: int = 16
 
     def __post_init__(self) -> None:
+        check(self.backbone in BACKBONE_NAMES, "model.backbone", f"must be one of {', '.join(BACKBONE_NAMES)}")
+        check(len(self.layers) >= 1, "model.layers", "must name at least one layer")
         check(self.device in ("auto", "cpu", "cuda"), "model.device", "must be auto, cpu or cuda")
         check(self.batch_size >= 1, "model.batch_size", "must be >= 1")
 
@@ -24,16 +28,47 @@ class BackboneSchema:
 @dataclass
 class PatchCoreSchema(BackboneSchema):
     _target_: str = "pyimgano_hydra.models.patchcore.PatchCore"
-    neighbourhood: int = 3
-    coreset_ratio: float = 0.1
-    num_neighbors: int = 9
-    smoothing_sigma: float = 4.0
+    layers: List[str] = field(default_factory=lambda: ["blocks.2", "blocks.4"])
+    neighbourhood: int = 3  # local average-pool window over each feature map
+    embed_dim: Optional[int] = None  # average channels down to this many; null keeps all
+    coreset_ratio: float = 0.1  # memory bank = this share of all training patches
+    projection_dim: int = 128  # random projection used only to pick the coreset
+    num_neighbors: int = 9  # k of PatchCore's image-score reweighting; 1 turns it off
+    score: str = "max"  # max (reweighted max patch) | topk (mean of the top patches)
+    topk_ratio: float = 0.01  # share of patches averaged when score=topk
+    smoothing_sigma: float = 4.0  # Gaussian blur of the map, in input pixels; 0 = off
     seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(0 < self.coreset_ratio <= 1, "model.coreset_ratio", "must be in (0, 1]")
         check(self.neighbourhood >= 1, "model.neighbourhood", "must be >= 1")
+        check(self.embed_dim is None or self.embed_dim >= 1, "model.embed_dim", "must be >= 1 or null")
+        check(self.projection_dim >= 0, "model.projection_dim", "must be >= 0 (0 = no projection)")
+        check(self.num_neighbors >= 1, "model.num_neighbors", "must be >= 1")
+        check(self.score in ("max", "topk"), "model.score", "must be max or topk")
+        check(0 < self.topk_ratio <= 1, "model.topk_ratio", "must be in (0, 1]")
+        check(self.smoothing_sigma >= 0, "model.smoothing_sigma", "must be >= 0")
 
 
-SCHEMAS = {"patchcore": PatchCoreSchema}
+@dataclass
+class PaDiMSchema(BackboneSchema):
+    _target_: str = "pyimgano_hydra.models.padim.PaDiM"
+    layers: List[str] = field(default_factory=lambda: ["blocks.1", "blocks.2", "blocks.3"])
+    d: int = 100  # random channels kept (over all layers)
+    grid_size: Optional[int] = None  # positions per side of the Gaussian grid; null = finest layer
+    eps: float = 0.01  # covariance regulariser eps * I
+    smoothing_sigma: float = 4.0
+    max_memory_gb: float = 4.0  # refuse up front when the Gaussians would need more
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.d >= 1, "model.d", "must be >= 1")
+        check(self.grid_size is None or self.grid_size >= 1, "model.grid_size", "must be >= 1 or null")
+        check(self.eps > 0, "model.eps", "must be > 0")
+        check(self.smoothing_sigma >= 0, "model.smoothing_sigma", "must be >= 0")
+        check(self.max_memory_gb > 0, "model.max_memory_gb", "must be > 0")
+
+
+SCHEMAS = {"patchcore": PatchCoreSchema, "padim": PaDiMSchema}

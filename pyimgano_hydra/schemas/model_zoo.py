@@ -20,8 +20,8 @@ class PyODSchema(BackboneSchema):
 
     _target_: str = "pyimgano_hydra.models.pyod_on_features.PyODOnFeatures"
     detector: Dict[str, Any] = field(default_factory=lambda: {"_target_": "pyod.models.ecod.ECOD"})
-    layers: List[str] = field(default_factory=lambda: ["blocks.4", "blocks.6"])
-    pooling: str = "avgmax"  # avg | max | avgmax (both, concatenated)
+    layers: List[str] = field(default_factory=lambda: ["blocks.4", "blocks.5"])
+    pooling: str = "max"  # avg | max | avgmax (both, concatenated); max keeps small defects visible
     standardize: bool = True  # z-score each embedding dimension with train mean/std
     seed: int = 0  # backbone init when pretrained=false; detector random_state when unset
 

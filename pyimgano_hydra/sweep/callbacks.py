@@ -19,7 +19,7 @@ from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.runs.layout import RunDir
 from pyimgano_hydra.runs.status import FAILED, write_status
 from pyimgano_hydra.sweep.leaderboard import main_value, write_leaderboard
-from pyimgano_hydra.sweep.naming import register_resolvers, varying_keys, write_sweep_file
+from pyimgano_hydra.sweep.naming import register_resolvers, write_sweep_file
 
 try:  # Hydra is always there; keep the class importable without it for docs tools
     from hydra.experimental.callback import Callback
@@ -119,7 +119,12 @@ class LeaderboardCallback(Callback):
             row = {"aggregate": value.get("aggregate") or {}}
             score = main_value(row, self.metric)
             job_return.return_value = float(score) if score is not None else math.nan
-        self.write(sweep_root(config))
+        root = sweep_root(config)
+        if status == "FAILED":
+            error = _one_line(value) if isinstance(value, BaseException) else "failed"
+            log.warning("job %s failed: %s (the other jobs go on; leaderboard: %s)", job_dir.name, error,
+                        root / "leaderboard.md")
+        self.write(root)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = sweep_root(config)
@@ -129,4 +134,4 @@ class LeaderboardCallback(Callback):
             log.info("leaderboard (%s): %s; best: %s", counts, root / "leaderboard.md", board["best"])
 
 
-__all__ = ["LeaderboardCallback", "planned_jobs", "sweep_root", "varying_keys"]
+__all__ = ["LeaderboardCallback", "planned_jobs", "sweep_root"]

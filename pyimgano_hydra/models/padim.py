@@ -1,0 +1,176 @@
+"""PaDiM (Defard et al., 2020): a Gaussian per feature-map position, Mahalanobis maps.
+
+Fit: backbone maps of ``layers`` → a seeded random subset of ``d`` channels (chosen
+across all layers) → upsampled to the finest layer, or average-pooled to ``grid_size`` ×
+``grid_size`` positions → per position the mean and the covariance ``Σ + eps·I``,
+accumulated batch by batch in float32 (shifted by the first batch's mean, so no
+cancellation) and inverted once, in place. Peak memory is about two ``positions × d²``
+float32 arrays; fit refuses up front when that exceeds ``max_memory_gb``.
+
+Predict: per position the Mahalanobis distance; the map is upsampled to the input size
+and Gaussian-smoothed (``smoothing_sigma`` pixels); the image score is the map's max.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pyimgano_hydra.errors import ConfigError, check
+from pyimgano_hydra.features import build_backbone, iter_features
+from pyimgano_hydra.models.base import BaseDetector, DetectorOutput
+from pyimgano_hydra.models.patchcore import gaussian_blur
+
+
+class PaDiM(BaseDetector):
+    """PaDiM anomaly detector with anomaly maps; see the module docstring for the knobs."""
+
+    produces_maps = True
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        layers: Sequence[str] = ("blocks.1", "blocks.2", "blocks.3"),
+        pretrained: bool = True,
+        weights_path: str | None = None,
+        device: str = "auto",
+        batch_size: int = 16,
+        d: int = 100,
+        grid_size: int | None = None,
+        eps: float = 0.01,
+        smoothing_sigma: float = 4.0,
+        max_memory_gb: float = 4.0,
+        seed: int = 0,
+    ) -> None:
+        self.backbone = backbone
+        self.layers = layers
+        self.pretrained = pretrained
+        self.weights_path = weights_path
+        self.device = device
+        self.batch_size = batch_size
+        self.d = d
+        self.grid_size = grid_size
+        self.eps = eps
+        self.smoothing_sigma = smoothing_sigma
+        self.max_memory_gb = max_memory_gb
+        self.seed = seed
+
+    def _backbone(self):
+        if getattr(self, "backbone_", None) is None:
+            self.backbone_ = build_backbone(
+                self.backbone, list(self.layers), self.pretrained, self.weights_path, self.device, self.seed
+            )
+        return self.backbone_
+
+    def _choose_channels(self) -> dict[str, torch.Tensor]:
+        """Seeded random subset of ``d`` channels over all layers, as per-layer indices."""
+        channels = self._backbone().channels()
+        total = sum(channels.values())
+        check(1 <= self.d <= total, "model.d", f"must be in [1, {total}] (channels of {list(channels)})")
+        gen = torch.Generator().manual_seed(self.seed)
+        picked = torch.randperm(total, generator=gen)[: self.d].sort().values
+        chosen, offset = {}, 0
+        for layer, count in channels.items():
+            mask = (picked >= offset) & (picked < offset + count)
+            chosen[layer] = picked[mask] - offset
+            offset += count
+        return chosen
+
+    def _embed(self, images: np.ndarray, desc: str):
+        """Yield (B, P, d) float32 embeddings, P = grid positions, batch by batch."""
+        backbone = self._backbone()
+        device = backbone.device
+        chosen = {k: v.to(device) for k, v in self.channels_.items()}
+        for feats in iter_features(backbone, images, self.batch_size, desc):
+            size = max((f.shape[-2:] for f in feats.values()), key=lambda s: s[0] * s[1])
+            if self.grid_size:
+                size = (self.grid_size, self.grid_size)
+            parts = []
+            for layer, f in feats.items():
+                f = f.float().index_select(1, chosen[layer])
+                if f.shape[-2:] != size:
+                    if self.grid_size and f.shape[-2] >= size[0]:
+                        f = F.adaptive_avg_pool2d(f, size)
+                    else:
+                        f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                parts.append(f)
+            x = torch.cat(parts, dim=1)  # (B, d, h, w)
+            self.grid_ = tuple(x.shape[-2:])
+            yield x.flatten(2).transpose(1, 2).contiguous()  # (B, P, d)
+
+    def _check_memory(self, positions: int) -> None:
+        need = 2 * positions * self.d**2 * 4 / 2**30
+        if need > self.max_memory_gb:
+            raise ConfigError(
+                f"model.d: a Gaussian on {positions} positions × {self.d}² channels needs "
+                f"{need:.1f} GB (> model.max_memory_gb={self.max_memory_gb}); lower model.d or set model.grid_size"
+            )
+
+    def fit(self, images: np.ndarray) -> "PaDiM":
+        check(self.eps > 0, "model.eps", "must be > 0")
+        self.channels_ = self._choose_channels()
+        count = 0
+        shift = total = outer = None
+        with torch.inference_mode():
+            for x in self._embed(images, "padim fit"):
+                if shift is None:
+                    self._check_memory(x.shape[1])
+                    shift = x.mean(0)  # (P, d)
+                    total = torch.zeros_like(shift)
+                    outer = torch.zeros(x.shape[1], self.d, self.d, device=x.device)
+                xc = (x - shift).transpose(0, 1)  # (P, B, d)
+                total += xc.sum(1)
+                outer.baddbmm_(xc.transpose(1, 2), xc)  # in place: no (P, d, d) temporary
+                count += x.shape[0]
+            check(count >= 2, "images", "PaDiM needs at least 2 training images")
+            mean_c = total / count
+            cov = outer.div_(count - 1)
+            for start in range(0, cov.shape[0], 256):  # finish and invert in place, by chunks
+                m = mean_c[start : start + 256]
+                chunk = cov[start : start + 256]
+                chunk -= m[:, :, None] * m[:, None, :] * (count / (count - 1))
+                chunk.diagonal(dim1=1, dim2=2).add_(self.eps)
+                cov[start : start + 256] = torch.linalg.inv(chunk)
+        self.mean_ = (shift + mean_c).cpu().numpy()
+        self.inv_cov_ = cov.cpu().numpy()
+        return self
+
+    def predict(self, images: np.ndarray) -> DetectorOutput:
+        check(getattr(self, "inv_cov_", None) is not None, "model", "PaDiM is not fitted; call fit() first")
+        height, width = images.shape[1:3]
+        device = self._backbone().device
+        mean = torch.from_numpy(self.mean_).to(device)
+        inv_cov = torch.from_numpy(self.inv_cov_).to(device)
+        maps = []
+        for x in self._embed(images, "padim predict"):
+            delta = x - mean
+            dist = torch.einsum("bpi,pij,bpj->bp", delta, inv_cov, delta).clamp_min_(0).sqrt_()
+            grid = dist.view(-1, 1, *self.grid_).float()
+            up = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+            maps.append(gaussian_blur(up, self.smoothing_sigma).cpu().numpy().astype(np.float32))
+        all_maps = np.concatenate(maps)
+        return DetectorOutput(scores=all_maps.reshape(len(all_maps), -1).max(axis=1).astype(np.float64), maps=all_maps)
+
+    def state_dict(self) -> dict[str, Any]:
+        check(getattr(self, "inv_cov_", None) is not None, "model", "PaDiM is not fitted; call fit() first")
+        return {
+            "params": self.get_params() | {"layers": list(self.layers)},
+            "channels": {k: v.cpu().numpy() for k, v in self.channels_.items()},
+            "mean": self.mean_,
+            "inv_cov": self.inv_cov_,
+            "grid": list(self.grid_),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> "PaDiM":
+        known = set(self.get_params()) - {"device"}
+        for name, value in state["params"].items():
+            if name in known:
+                setattr(self, name, value)
+        self.backbone_ = None
+        self.channels_ = {k: torch.as_tensor(np.asarray(v), dtype=torch.long) for k, v in state["channels"].items()}
+        self.mean_ = np.asarray(state["mean"], dtype=np.float32)
+        self.inv_cov_ = np.asarray(state["inv_cov"], dtype=np.float32)
+        self.grid_ = tuple(state["grid"])
+        return self

@@ -1,0 +1,19 @@
+"""Tiny textured images with an optional dark blob, shared by the detector tests."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def textures(n: int, size: int = 64, seed: int = 0, defect: bool = False, channels: int = 3) -> np.ndarray:
+    """uint8 (n, size, size, channels): vertical streaks + noise; a dark blob when ``defect``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = np.empty((n, size, size, channels), np.uint8)
+    for i in range(n):
+        streaks = 20 * np.sin(xx * rng.uniform(0.8, 1.2) + rng.uniform(0, 6.28))
+        img = 128 + streaks + rng.normal(0, 6, (size, size))
+        if defect:
+            cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 <= (size // 10) ** 2] = 20
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)[..., None]
+    return out

@@ -1,0 +1,107 @@
+"""PatchCore: the detector contract, determinism, a defect ranked first, hand-off."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from pyimgano_hydra.api import compose_config
+from pyimgano_hydra.errors import ConfigError, UserError
+from pyimgano_hydra.models.coreset import greedy_coreset
+from pyimgano_hydra.models.patchcore import PatchCore
+from pyimgano_hydra.schemas import validate
+from _texture import textures
+
+FAST = dict(backbone="efficientnet_lite0", layers=["blocks.2", "blocks.4"], device="cpu", batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return textures(10, seed=0), textures(4, seed=1), textures(4, seed=2, defect=True)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    return PatchCore(coreset_ratio=0.25, **FAST).fit(data[0])
+
+
+def test_fit_returns_self_and_predict_gives_scores_and_float32_maps(data):
+    model = PatchCore(coreset_ratio=0.25, **FAST)
+    assert model.fit(data[0]) is model
+    out = model.predict(data[1])
+    assert PatchCore.produces_maps
+    assert out.scores.shape == (4,) and np.isfinite(out.scores).all()
+    assert out.maps.shape == (4, 64, 64) and out.maps.dtype == np.float32
+    np.testing.assert_allclose(model.decision_function(data[1]), out.scores)
+
+
+def test_obvious_defect_ranks_above_every_normal_image(fitted, data):
+    normal, defect = fitted.predict(data[1]), fitted.predict(data[2])
+    assert defect.scores.min() > normal.scores.max()
+    # and the map peaks on the blob: its hottest pixel is dark in the image
+    hottest = defect.maps.reshape(4, -1).argmax(1)
+    assert (data[2][..., 0].reshape(4, -1)[np.arange(4), hottest] < 60).mean() >= 0.75
+
+
+@pytest.mark.parametrize("score", ["max", "topk"])
+def test_both_image_scores_rank_the_defect_first(data, score):
+    model = PatchCore(coreset_ratio=0.25, score=score, **FAST).fit(data[0])
+    assert model.predict(data[2]).scores.min() > model.predict(data[1]).scores.max()
+
+
+def test_same_seed_same_model_and_scores(fitted, data):
+    again = PatchCore(coreset_ratio=0.25, **FAST).fit(data[0])
+    np.testing.assert_array_equal(again.memory_bank_, fitted.memory_bank_)
+    np.testing.assert_array_equal(again.predict(data[2]).scores, fitted.predict(data[2]).scores)
+
+
+def test_coreset_size_is_ratio_times_patches(data):
+    for ratio in (0.1, 0.5, 1.0):
+        model = PatchCore(coreset_ratio=ratio, **FAST).fit(data[0])
+        h, w = model.feature_shape_
+        assert len(model.memory_bank_) == round(ratio * len(data[0]) * h * w)
+
+
+def test_state_dict_round_trip_gives_identical_scores_and_maps(fitted, data):
+    state = fitted.state_dict()
+    assert isinstance(state["memory_bank"], np.ndarray)
+    restored = PatchCore(device="cpu").load_state_dict(state)
+    a, b = fitted.predict(data[2]), restored.predict(data[2])
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(a.maps, b.maps)
+
+
+def test_gray_images_work(data):
+    gray = data[0][..., :1]
+    model = PatchCore(coreset_ratio=0.25, **FAST).fit(gray)
+    out = model.predict(data[2][..., :1])
+    assert out.maps.shape == (4, 64, 64)
+    assert out.scores.min() > model.predict(data[1][..., :1]).scores.max()
+
+
+def test_predict_before_fit_is_a_clear_error(data):
+    with pytest.raises(UserError, match="not fitted"):
+        PatchCore(**FAST).predict(data[1])
+
+
+def test_greedy_coreset_matches_brute_force_farthest_point():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6)).astype(np.float32)
+    import torch
+
+    picked = greedy_coreset(torch.from_numpy(x), 15, start=4).tolist()
+    expected = [4]
+    for _ in range(14):
+        dist = np.linalg.norm(x[:, None] - x[expected][None], axis=2).min(1)
+        expected.append(int(dist.argmax()))
+    assert picked == expected
+
+
+def test_config_instantiates_and_bad_values_name_the_key():
+    cfg = compose_config(["model=patchcore", "model.coreset_ratio=0.2", "model.device=cpu"])
+    validate(cfg)
+    model = instantiate(cfg.model)
+    assert isinstance(model, PatchCore) and model.coreset_ratio == 0.2
+    for override, key in [("model.score=mean", "model.score"), ("model.neighbourhood=0", "model.neighbourhood")]:
+        with pytest.raises(ConfigError, match=key):
+            validate(compose_config(["model=patchcore", override]))
