@@ -116,13 +116,43 @@ def run_one(tool: str, model: str, params: dict, split: dict, args, work: Path) 
               + "\n  ".join(tail), flush=True)
         return {"tool": tool, "model": model, "failed": True, "error": tail[-1] if tail else "",
                 "wall_s": wall}
-    result = json.loads((out / "result.json").read_text())
+    result = load_result(out)
     result["wall_s"] = wall
-    result["scores"] = np.load(out / "scores.npy")
-    result["maps_path"] = out / "maps.npy" if (out / "maps.npy").is_file() else None
     print(f"[done] {tool} {model}: fit {result['fit_s']:.1f} s, test {result['test_s']:.1f} s, "
           f"peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
     return result
+
+
+def load_result(out: Path) -> dict:
+    """A finished driver's result.json plus its scores and the path of its maps."""
+    result = json.loads((out / "result.json").read_text())
+    result["scores"] = np.load(out / "scores.npy")
+    result["maps_path"] = out / "maps.npy" if (out / "maps.npy").is_file() else None
+    return result
+
+
+def rendered_rows(dirs: list[Path], models, tools) -> tuple[list, dict, list[str]]:
+    """Rows from finished work dirs (first dir holding each tool/model wins), their split
+    (checked identical across dirs) and the command line each dir recorded."""
+    rows, split, commands = [], None, []
+    for d in dirs:
+        cmd = d / "command.txt"
+        commands.append(cmd.read_text().strip() if cmd.is_file() else f"(work dir {d})")
+    for model in models:
+        for tool in tools:
+            out = next((d / f"{tool}_{model}" for d in dirs
+                        if (d / f"{tool}_{model}" / "result.json").is_file()), None)
+            if out is None:
+                continue
+            job_split = json.loads((out / "job.json").read_text())["split"]
+            if split is None:
+                split = job_split
+            elif (job_split["train"], job_split["test"]) != (split["train"], split["test"]):
+                raise SystemExit(f"{out}: a different split from the other work dirs")
+            rows.append((tool, load_result(out)))
+    if split is None:
+        raise SystemExit("no finished results in the given work dirs")
+    return rows, split, commands
 
 
 def _alias_mobilenet_default(torch_home: Path) -> None:
@@ -256,8 +286,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work-dir", type=Path, default=None)
     ap.add_argument("--setup-only", action="store_true", help="create the peer venvs and stop")
     ap.add_argument("--no-write", action="store_true", help="do not touch docs/BENCHMARKS.md")
+    ap.add_argument("--render", type=Path, nargs="+", default=None, metavar="WORK_DIR",
+                    help="run nothing: build the table from finished work dirs")
     args = ap.parse_args(argv)
     args.root = args.root.resolve()
+    cmd = "nice -n 10 python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                         text=True).stdout.strip() or "unknown"
+    if args.render:
+        found, split, commands = rendered_rows(args.render, args.models, args.tools)
+        labels, masks = ground_truth(split)
+        rows = [(tool, r, score(r, labels, masks)) for tool, r in found]
+        report(rows, split, labels, args, "; ".join(f"`{c}`" for c in commands), args.no_write)
+        return
 
     for tool in args.tools:
         if tool != "ours":
@@ -270,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     labels, masks = ground_truth(split)
     print(f"[split] {len(split['train'])} train, {len(split['test'])} test "
           f"({int(labels.sum())} defective); work dir {work}", flush=True)
+    (work / "command.txt").write_text(f"{cmd.strip()} (ours at commit {sha}, {date.today()})\n")
 
     rows = []
     for model in args.models:
@@ -277,23 +319,25 @@ def main(argv: list[str] | None = None) -> None:
         for tool in args.tools:
             result = run_one(tool, model, params[tool], split, args, work)
             rows.append((tool, result, score(result, labels, masks)))
-    text = table(rows)
-    cmd = "nice -n 10 python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                         text=True).stdout.strip() or "unknown"
-    header = (f"Command: `{cmd.strip()}` (ours at commit {sha})  \n"
-              f"Date: {date.today().isoformat()}; machine: {os.cpu_count()} CPU cores "
-              f"({platform.processor() or platform.machine()}), no GPU; torch threads: default. "
-              f"Split: MTD, {len(split['train'])} training normals (seeded subset of the 80 % "
-              f"train part, seed {args.seed}), {len(split['test'])} test images "
-              f"({int(labels.sum())} defective), resize {args.resize}.\n")
-    report = header + "\n" + text + ("\n" + notes(rows) + "\n" if notes(rows) else "")
-    print("\n" + report)
     summary = [{k: v for k, v in r.items() if k not in ("scores", "maps_path")} | {"metrics": m}
                for _, r, m in rows]
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    if not args.no_write:
-        write_section(SECTION, "peers", report)
+    report(rows, split, labels, args, f"`{cmd.strip()}` (ours at commit {sha})", args.no_write)
+
+
+def report(rows, split: dict, labels: np.ndarray, args, commands: str, no_write: bool) -> None:
+    """Print the table with its command(s), machine and split; write it unless no_write."""
+    header = (f"Command: {commands}  \n"
+              f"Date: {date.today().isoformat()}; machine: {os.cpu_count()} CPU cores "
+              f"({platform.processor() or platform.machine()}), no GPU, shared with other jobs; "
+              f"torch threads: default. Split: MTD, {len(split['train'])} training normals "
+              f"(seeded subset of the 80 % train part, seed {split['seed']}), "
+              f"{len(split['test'])} test images ({int(labels.sum())} defective), "
+              f"resize {split['resize']}.\n")
+    text = header + "\n" + table(rows) + ("\n" + notes(rows) + "\n" if notes(rows) else "")
+    print("\n" + text)
+    if not no_write:
+        write_section(SECTION, "peers", text)
         print(f"[doc] wrote {DOC}")
 
 
