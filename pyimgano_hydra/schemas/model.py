@@ -39,6 +39,7 @@ class PatchCoreSchema(BackboneSchema):
     topk_ratio: float = 0.01  # share of patches averaged when score=topk
     smoothing_sigma: float = 4.0  # Gaussian blur of the map, in input pixels; 0 = off
     image_norm: str = "none"  # none | standardize (each image to a fixed intensity mean/std)
+    global_weight: float = 0.0  # > 0 adds log(image-level Mahalanobis) × weight to image scores
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -52,6 +53,7 @@ class PatchCoreSchema(BackboneSchema):
         check(0 < self.topk_ratio <= 1, "model.topk_ratio", "must be in (0, 1]")
         check(self.smoothing_sigma >= 0, "model.smoothing_sigma", "must be >= 0")
         check(self.image_norm in IMAGE_NORMS, "model.image_norm", "must be none or standardize")
+        check(self.global_weight >= 0, "model.global_weight", "must be >= 0 (0 = off)")
 
 
 @dataclass
