@@ -115,3 +115,8 @@ def test_global_term_changes_scores_not_maps_and_survives_round_trip(fitted, dat
     assert mixed.scores.min() > fused.predict(data[1]).scores.max()
     restored = PatchCore(device="cpu").load_state_dict(fused.state_dict())
     np.testing.assert_array_equal(restored.predict(data[2]).scores, mixed.scores)
+
+
+def test_coreset_max_size_caps_the_bank(data):
+    model = PatchCore(coreset_ratio=0.5, coreset_max_size=40, **FAST).fit(data[0])
+    assert len(model.memory_bank_) == 40

@@ -3,8 +3,8 @@
 Fit: backbone feature maps of ``layers`` → local neighbourhood average (``neighbourhood``
 × ``neighbourhood``) → upsampled to the finest layer and concatenated → optionally
 averaged down to ``embed_dim`` channels → greedy k-center coreset (``coreset_ratio`` of all
-patches, selected on a seeded ``projection_dim`` random projection, per image then over
-the union; see :mod:`pyimgano_hydra.models.coreset`) → faiss ``IndexFlatL2``.
+patches, at most ``coreset_max_size`` rows, selected on a seeded ``projection_dim`` random
+projection, per image then over the union; see :mod:`pyimgano_hydra.models.coreset`) → faiss ``IndexFlatL2``.
 
 Predict: each patch's distance to its nearest bank entry is its score. The image score is
 the max patch score, reweighted as in the paper by how isolated the matched bank entry is
@@ -92,10 +92,11 @@ class PatchCore(BaseDetector):
         neighbourhood: int = 3,
         embed_dim: int | None = None,
         coreset_ratio: float = 0.1,
+        coreset_max_size: int | None = 20000,
         projection_dim: int = 128,
         num_neighbors: int = 9,
-        score: str = "max",
-        topk_ratio: float = 0.01,
+        score: str = "topk",
+        topk_ratio: float = 0.03,
         smoothing_sigma: float = 4.0,
         image_norm: str = "none",
         global_weight: float = 0.0,
@@ -110,6 +111,7 @@ class PatchCore(BaseDetector):
         self.neighbourhood = neighbourhood
         self.embed_dim = embed_dim
         self.coreset_ratio = coreset_ratio
+        self.coreset_max_size = coreset_max_size
         self.projection_dim = projection_dim
         self.num_neighbors = num_neighbors
         self.score = score
@@ -151,10 +153,12 @@ class PatchCore(BaseDetector):
         check(0 < self.coreset_ratio <= 1, "model.coreset_ratio", "must be in (0, 1]")
         check(self.score in SCORES, "model.score", f"must be one of {', '.join(SCORES)}")
         check(self.global_weight >= 0, "model.global_weight", "must be >= 0")
-        coreset = StreamingCoreset(self.coreset_ratio, self.projection_dim, self.seed)
-        pooled = []
+        check(self.coreset_max_size is None or self.coreset_max_size >= 1, "model.coreset_max_size", "must be >= 1 or null")
+        coreset, pooled = None, []
         for emb, stats in self._embed(images, "patchcore fit"):
             b, h, w, d = emb.shape
+            if coreset is None:
+                coreset = StreamingCoreset(self.bank_ratio(len(images) * h * w), self.projection_dim, self.seed)
             coreset.add(emb.reshape(-1, d), part_size=h * w)
             pooled.append(stats)
         self.feature_shape_ = (h, w)
@@ -168,6 +172,12 @@ class PatchCore(BaseDetector):
             gauss = LedoitWolf().fit(np.concatenate(pooled))
             self.global_mean_, self.global_precision_ = gauss.location_, gauss.precision_
         return self
+
+    def bank_ratio(self, n_patches: int) -> float:
+        """Share of the ``n_patches`` training patches kept: ``coreset_ratio``, capped."""
+        if self.coreset_max_size is None:
+            return self.coreset_ratio
+        return min(self.coreset_ratio, self.coreset_max_size / n_patches)
 
     def _global_distance(self, pooled: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each image's channel mean/std to the training Gaussian."""
