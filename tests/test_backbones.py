@@ -158,3 +158,31 @@ def test_batchnorm_folding_keeps_outputs(name):
         folded = fold_batchnorm(net)
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
         torch.testing.assert_close(folded(x), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_pooled_embedding_stats_are_channel_means_and_stds(lite0):
+    images = _images(3, 64)
+    feats = extract_features(lite0, images)
+    emb = pooled_embedding(lite0, images, stats=("mean", "std"))
+    first = feats[lite0.layers[0]]
+    c = first.shape[1]
+    np.testing.assert_allclose(emb[:, :c], first.mean(dim=(2, 3)).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(emb[:, c : 2 * c], first.std(dim=(2, 3)).numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="model.pool"):
+        pooled_embedding(lite0, images, stats=("median",))
+
+
+def test_standardize_removes_exposure_differences():
+    """Two exposures of the same scene give the same features with image_norm=standardize."""
+    backbone = build_backbone("efficientnet_lite0", pretrained=True, device="cpu", image_norm="standardize")
+    base = _images(2, 64).astype(np.float32) * 0.5 + 40
+    dark, bright = base.astype(np.uint8), (base * 1.3 + 10).astype(np.uint8)  # stays below 255
+    a, b = extract_features(backbone, dark), extract_features(backbone, bright)
+    plain = build_backbone("efficientnet_lite0", pretrained=True, device="cpu")
+    c, d = extract_features(plain, dark), extract_features(plain, bright)
+    for layer in backbone.layers:
+        gap_standardized = (a[layer] - b[layer]).abs().mean() / a[layer].abs().mean()
+        gap_plain = (c[layer] - d[layer]).abs().mean() / c[layer].abs().mean()
+        assert gap_standardized < 0.05 < gap_plain
+    with pytest.raises(ConfigError, match="model.image_norm"):
+        build_backbone("resnet18", pretrained=False, image_norm="clahe")

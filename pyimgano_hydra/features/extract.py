@@ -3,8 +3,10 @@
 * ``iter_features(backbone, images, batch_size, desc)`` yields ``{layer: (B, C, h, w)}``
   per batch (on the backbone's device) — use it to reduce features batch by batch.
 * ``extract_features(...)`` concatenates them: ``{layer: float32 CPU tensor (N, C, h, w)}``.
-* ``pooled_embedding(...)`` returns one vector per image, ``np.ndarray (N, sum C)``
-  float32: each layer global-average-pooled, then concatenated (for PyOD-style models).
+* ``pooled_embedding(..., stats=("mean",))`` returns one vector per image, float32
+  ``np.ndarray (N, len(stats) * sum C)``: per layer the spatial mean (and, with
+  ``stats=("mean", "std")``, the spatial standard deviation) of each channel, concatenated
+  (for PyOD-style image-level models; mean+std is much stronger on textures such as MTD).
 
 All run under ``torch.inference_mode()`` with a tqdm bar whose text names the stage.
 """
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pyimgano_hydra.errors import DataError
+from pyimgano_hydra.errors import ConfigError, DataError
 from pyimgano_hydra.features.backbones import Backbone
 from pyimgano_hydra.features.cache import active_cache, cached_backbone_features
 
@@ -58,12 +60,31 @@ def extract_features(
     return {layer: torch.cat(chunks) for layer, chunks in parts.items()}
 
 
+POOL_STATS = ("mean", "std", "max")
+
+
 def pooled_embedding(
-    backbone: Backbone, images: np.ndarray, batch_size: int = 16, desc: str = "embedding"
+    backbone: Backbone,
+    images: np.ndarray,
+    batch_size: int = 16,
+    desc: str = "embedding",
+    stats: tuple[str, ...] | list[str] = ("mean",),
 ) -> np.ndarray:
-    """(N, sum of layer channels) float32: per-layer global average pool, concatenated."""
+    """(N, len(stats) × sum of layer channels) float32: per-layer spatial statistics."""
+    bad = [s for s in stats if s not in POOL_STATS]
+    if bad or not stats:
+        raise ConfigError(f"model.pool: {list(stats)} must be a non-empty subset of {', '.join(POOL_STATS)}")
     rows = []
     for feats in iter_features(backbone, images, batch_size, desc):
-        pooled = [value.float().mean(dim=(2, 3)) for value in feats.values()]
+        pooled = []
+        for value in feats.values():
+            value = value.float()
+            for stat in stats:
+                if stat == "mean":
+                    pooled.append(value.mean(dim=(2, 3)))
+                elif stat == "std":
+                    pooled.append(value.std(dim=(2, 3)) if value.shape[2] * value.shape[3] > 1 else torch.zeros_like(value[:, :, 0, 0]))
+                else:
+                    pooled.append(value.amax(dim=(2, 3)))
         rows.append(torch.cat(pooled, dim=1).cpu().numpy())
     return np.concatenate(rows).astype(np.float32, copy=False)

@@ -3,8 +3,8 @@
 Fit: backbone feature maps of ``layers`` → local neighbourhood average (``neighbourhood``
 × ``neighbourhood``) → upsampled to the finest layer and concatenated → optionally
 averaged down to ``embed_dim`` channels → greedy k-center coreset (``coreset_ratio`` of all
-patches, selected on a seeded ``projection_dim`` random projection, per image then over
-the union; see :mod:`pyimgano_hydra.models.coreset`) → faiss ``IndexFlatL2``.
+patches, at most ``coreset_max_size`` rows, selected on a seeded ``projection_dim`` random
+projection, per image then over the union; see :mod:`pyimgano_hydra.models.coreset`) → faiss ``IndexFlatL2``.
 
 Predict: each patch's distance to its nearest bank entry is its score. The image score is
 the max patch score, reweighted as in the paper by how isolated the matched bank entry is
@@ -14,6 +14,11 @@ among its ``num_neighbors`` neighbours (``score: max``), the mean of the top
 Gaussian-smoothed (``smoothing_sigma`` pixels), float32. ``image_norm: standardize``
 maps each image to a fixed intensity mean / spread before the backbone (removes exposure
 differences; see docs/MODELS.md for its effect on MTD).
+
+``global_weight > 0`` adds an image-level term: each image's per-channel mean and std of
+the same feature maps, under one Gaussian (Ledoit-Wolf covariance) fitted on the training
+images; image score = log(patch score) + global_weight · log(Mahalanobis distance). It
+changes image scores only, never the maps.
 """
 from __future__ import annotations
 
@@ -87,12 +92,14 @@ class PatchCore(BackboneMixin, BaseDetector):
         neighbourhood: int = 3,
         embed_dim: int | None = None,
         coreset_ratio: float = 0.1,
+        coreset_max_size: int | None = 20000,
         projection_dim: int = 128,
         num_neighbors: int = 9,
-        score: str = "max",
-        topk_ratio: float = 0.01,
+        score: str = "topk",
+        topk_ratio: float = 0.03,
         smoothing_sigma: float = 4.0,
         image_norm: str = "none",
+        global_weight: float = 0.0,
         seed: int = 0,
     ) -> None:
         self.backbone = backbone
@@ -104,20 +111,26 @@ class PatchCore(BackboneMixin, BaseDetector):
         self.neighbourhood = neighbourhood
         self.embed_dim = embed_dim
         self.coreset_ratio = coreset_ratio
+        self.coreset_max_size = coreset_max_size
         self.projection_dim = projection_dim
         self.num_neighbors = num_neighbors
         self.score = score
         self.topk_ratio = topk_ratio
         self.smoothing_sigma = smoothing_sigma
         self.image_norm = image_norm
+        self.global_weight = global_weight
         self.seed = seed
 
     # -- internals -------------------------------------------------------------------
     def _embed(self, images: np.ndarray, desc: str):
-        """Yield (B, h, w, D) float32 CPU patch embeddings batch by batch."""
+        """Yield ((B, h, w, D) patch embeddings, (B, 2·ΣC) channel mean/std or None), CPU."""
         backbone = self._backbone()
         for feats in iter_features(backbone, images, self.batch_size, desc):
-            yield aggregate_patches(feats, self.neighbourhood, self.embed_dim).cpu()
+            pooled = None
+            if self.global_weight > 0:
+                stats = [torch.cat([f.float().mean((2, 3)), f.float().std((2, 3), correction=0)], 1) for f in feats.values()]
+                pooled = torch.cat(stats, 1).cpu().double().numpy()
+            yield aggregate_patches(feats, self.neighbourhood, self.embed_dim).cpu(), pooled
 
     def _build_index(self) -> None:
         bank = np.ascontiguousarray(self.memory_bank_, dtype=np.float32)
@@ -131,14 +144,37 @@ class PatchCore(BackboneMixin, BaseDetector):
     def fit(self, images: np.ndarray) -> "PatchCore":
         check(0 < self.coreset_ratio <= 1, "model.coreset_ratio", "must be in (0, 1]")
         check(self.score in SCORES, "model.score", f"must be one of {', '.join(SCORES)}")
-        coreset = StreamingCoreset(self.coreset_ratio, self.projection_dim, self.seed)
-        for emb in self._embed(images, "patchcore fit"):
+        check(self.global_weight >= 0, "model.global_weight", "must be >= 0")
+        check(self.coreset_max_size is None or self.coreset_max_size >= 1, "model.coreset_max_size", "must be >= 1 or null")
+        coreset, pooled = None, []
+        for emb, stats in self._embed(images, "patchcore fit"):
             b, h, w, d = emb.shape
+            if coreset is None:
+                coreset = StreamingCoreset(self.bank_ratio(len(images) * h * w), self.projection_dim, self.seed)
             coreset.add(emb.reshape(-1, d), part_size=h * w)
+            pooled.append(stats)
         self.feature_shape_ = (h, w)
         self.memory_bank_ = coreset.result().numpy()
         self._build_index()
+        self.global_mean_ = self.global_precision_ = None
+        if self.global_weight > 0:
+            from sklearn.covariance import LedoitWolf
+
+            check(len(images) >= 2, "model.global_weight", "needs at least 2 training images")
+            gauss = LedoitWolf().fit(np.concatenate(pooled))
+            self.global_mean_, self.global_precision_ = gauss.location_, gauss.precision_
         return self
+
+    def bank_ratio(self, n_patches: int) -> float:
+        """Share of the ``n_patches`` training patches kept: ``coreset_ratio``, capped."""
+        if self.coreset_max_size is None:
+            return self.coreset_ratio
+        return min(self.coreset_ratio, self.coreset_max_size / n_patches)
+
+    def _global_distance(self, pooled: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance of each image's channel mean/std to the training Gaussian."""
+        delta = pooled - self.global_mean_
+        return np.sqrt(np.maximum(np.einsum("bi,ij,bj->b", delta, self.global_precision_, delta), 0.0))
 
     def _patch_scores(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dist, idx = self.index_.search(emb, 1)
@@ -166,7 +202,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         self._check_fitted()
         height, width = images.shape[1:3]
         all_scores, all_maps = [], []
-        for emb in self._embed(images, "patchcore predict"):
+        for emb, pooled in self._embed(images, "patchcore predict"):
             b, h, w, d = emb.shape
             flat = emb.reshape(-1, d).numpy()
             patch, nn_idx = self._patch_scores(flat)
@@ -176,9 +212,12 @@ class PatchCore(BackboneMixin, BaseDetector):
             maps = gaussian_blur(maps, self.smoothing_sigma).numpy().astype(np.float32)
             all_maps.append(maps)
             if self.score == "map_max":
-                all_scores.append(maps.reshape(b, -1).max(axis=1))
+                scores = maps.reshape(b, -1).max(axis=1).astype(np.float64)
             else:
-                all_scores.append(self._image_scores(flat.reshape(b, h * w, d), patch, nn_idx))
+                scores = self._image_scores(flat.reshape(b, h * w, d), patch, nn_idx).astype(np.float64)
+            if self.global_weight > 0:  # log-product fusion: scale-free, needs no calibration
+                scores = np.log(scores + 1e-6) + self.global_weight * np.log(self._global_distance(pooled) + 1e-6)
+            all_scores.append(scores)
         return DetectorOutput(
             scores=np.concatenate(all_scores).astype(np.float64), maps=np.concatenate(all_maps)
         )
@@ -186,11 +225,14 @@ class PatchCore(BackboneMixin, BaseDetector):
     # -- hand-off ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         self._check_fitted()
-        return {
+        state = {
             "params": self.get_params() | {"layers": list(self.layers)},
             "memory_bank": self.memory_bank_,
             "feature_shape": list(self.feature_shape_),
         }
+        if getattr(self, "global_mean_", None) is not None:
+            state["global_mean"], state["global_precision"] = self.global_mean_, self.global_precision_
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> "PatchCore":
         known = set(self.get_params()) - {"device"}  # keep this object's device
@@ -200,5 +242,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         self.backbone_ = None
         self.memory_bank_ = np.ascontiguousarray(np.asarray(state["memory_bank"], dtype=np.float32))
         self.feature_shape_ = tuple(state["feature_shape"])
+        self.global_mean_ = state.get("global_mean")
+        self.global_precision_ = state.get("global_precision")
         self._build_index()
         return self

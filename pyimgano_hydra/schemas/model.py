@@ -33,17 +33,20 @@ class PatchCoreSchema(BackboneSchema):
     neighbourhood: int = 3  # local average-pool window over each feature map
     embed_dim: Optional[int] = None  # average channels down to this many; null keeps all
     coreset_ratio: float = 0.1  # memory bank = this share of all training patches
+    coreset_max_size: Optional[int] = 20000  # cap on bank rows (keeps fit and search fast); null = none
     projection_dim: int = 128  # random projection used only to pick the coreset
     num_neighbors: int = 9  # k of PatchCore's image-score reweighting; 1 turns it off
-    score: str = "max"  # max (reweighted max patch) | topk (mean of the top patches) | map_max
-    topk_ratio: float = 0.01  # share of patches averaged when score=topk
+    score: str = "topk"  # topk (mean of the top patches) | max (reweighted max patch) | map_max
+    topk_ratio: float = 0.03  # share of patches averaged when score=topk
     smoothing_sigma: float = 4.0  # Gaussian blur of the map, in input pixels; 0 = off
     image_norm: str = "none"  # none | standardize (each image to a fixed intensity mean/std)
+    global_weight: float = 0.0  # > 0 adds log(image-level Mahalanobis) × weight to image scores
     seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(0 < self.coreset_ratio <= 1, "model.coreset_ratio", "must be in (0, 1]")
+        check(self.coreset_max_size is None or self.coreset_max_size >= 1, "model.coreset_max_size", "must be >= 1 or null")
         check(self.neighbourhood >= 1, "model.neighbourhood", "must be >= 1")
         check(self.embed_dim is None or self.embed_dim >= 1, "model.embed_dim", "must be >= 1 or null")
         check(self.projection_dim >= 0, "model.projection_dim", "must be >= 0 (0 = no projection)")
@@ -52,6 +55,7 @@ class PatchCoreSchema(BackboneSchema):
         check(0 < self.topk_ratio <= 1, "model.topk_ratio", "must be in (0, 1]")
         check(self.smoothing_sigma >= 0, "model.smoothing_sigma", "must be >= 0")
         check(self.image_norm in IMAGE_NORMS, "model.image_norm", "must be none or standardize")
+        check(self.global_weight >= 0, "model.global_weight", "must be >= 0 (0 = off)")
 
 
 @dataclass
