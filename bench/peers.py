@@ -51,7 +51,7 @@ def lite0_file() -> str:
 
 def ours_overrides(args: argparse.Namespace, model: str) -> list[str]:
     over = ["dataset=mtd", f"dataset.root={args.root}", f"dataset.resize={args.resize}",
-            f"dataset.seed={args.seed}", f"model={model}", "model.device=cpu",
+            f"dataset.seed={args.seed}", f"model={args.ours_config.get(model, model)}", "model.device=cpu",
             f"model.backbone={args.backbone}"]
     if model == "patchcore":
         over.append(f"model.coreset_ratio={args.coreset_ratio}")
@@ -283,6 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
     ap.add_argument("--ours-override", action="append", default=[],
                     help="extra Hydra override for ours (repeatable)")
+    ap.add_argument("--ours-config", action="append", default=[], metavar="MODEL=OPTION",
+                    help="config option ours uses for a model row, e.g. patchcore=patchcore_mtd; "
+                         "the peers copy its backbone, layers and sizes")
     ap.add_argument("--work-dir", type=Path, default=None)
     ap.add_argument("--setup-only", action="store_true", help="create the peer venvs and stop")
     ap.add_argument("--no-write", action="store_true", help="do not touch docs/BENCHMARKS.md")
@@ -290,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="run nothing: build the table from finished work dirs")
     args = ap.parse_args(argv)
     args.root = args.root.resolve()
+    args.ours_config = dict(item.split("=", 1) for item in args.ours_config)
     cmd = "nice -n 10 python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                          text=True).stdout.strip() or "unknown"
