@@ -1,12 +1,20 @@
 """Entry-point helpers: Hydra's error reports folded into one line (unless HYDRA_FULL_ERROR=1)."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from contextlib import contextmanager
 from typing import Iterator
 
 _HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
+_CHATTY_LOGGERS = ("faiss", "faiss.loader", "timm", "matplotlib")
+
+
+def quiet_third_party_logs() -> None:
+    """Keep libraries' INFO chatter (faiss's CPU-feature probing) out of Hydra's console log."""
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _fold_traceback(text: str) -> str:

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from pyimgano_hydra.adapt.postprocess import MapPostprocessor
-from pyimgano_hydra.console import one_line_errors
+from pyimgano_hydra.console import one_line_errors, quiet_third_party_logs
 from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, read_size
 from pyimgano_hydra.defects.export import DefectsExporter, require_maps
 from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
@@ -84,6 +84,7 @@ def defects_settings_for(run_defects: dict | None, cfg_defects: DictConfig, task
 
 def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[str] | None = None) -> dict:
     """Score ``cfg.input`` with the run at ``cfg.run_dir``; write predictions to ``output_dir``."""
+    quiet_third_party_logs()
     out = Path(output_dir)
     if (out / "predictions.jsonl").exists() or (out / "status.json").exists():
         raise UserError(f"{out} already holds an inference run; pick a new hydra.run.dir")

@@ -126,3 +126,18 @@ def test_unfinished_and_newer_runs_are_refused(fake_run, tmp_path):
     write_json_atomic(newer / "report.json", report)
     with pytest.raises(UserError, match="newer"):
         load_run(newer, trust_targets=True)
+
+
+def test_infer_console_is_free_of_faiss_loader_chatter(tmp_path):
+    """A PatchCore hand-off prints its summary, not faiss's 'Could not load ... ModuleNotFoundError' INFO lines."""
+    from pyimgano_hydra.api import run
+    run_dir = tmp_path / "run"
+    run(["dataset.category=washer", "dataset.limit_train=6", "dataset.limit_test=4", "model.coreset_ratio=0.2",
+         "cache.enabled=false"], output_dir=run_dir)
+    test_image = read_jsonl(run_dir / "categories" / "washer" / "per_image.jsonl")[0]["path"]
+    proc, out = _infer(run_dir, test_image, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "images scored" in proc.stdout
+    console = proc.stdout + proc.stderr
+    assert "faiss" not in console, console[-2000:]
+    assert read_jsonl(out / "predictions.jsonl")[0]["path"] == test_image
