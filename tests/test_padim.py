@@ -40,7 +40,7 @@ def test_obvious_defect_ranks_above_every_normal_image(fitted, data):
 def test_gaussian_matches_numpy_mean_and_regularised_covariance(data):
     model = PaDiM(**FAST, eps=0.5).fit(data[0])
     # the same embeddings, straight from the model, through numpy
-    x = np.concatenate([e.numpy() for e in model._embed(data[0], "check")])  # (N, P, d)
+    x = np.concatenate([e.numpy() for e, _ in model._embed(data[0], "check")])  # (N, P, d)
     p = 5
     cov = np.cov(x[:, p, :].astype(np.float64), rowvar=False) + 0.5 * np.eye(model.d)
     np.testing.assert_allclose(model.mean_[p], x[:, p].mean(0), rtol=1e-4, atol=1e-4)
@@ -83,3 +83,23 @@ def test_config_instantiates_and_bad_values_name_the_key():
     assert isinstance(model, PaDiM) and model.d == 20
     with pytest.raises(ConfigError, match="model.eps"):
         validate(compose_config(["model=padim", "model.eps=0"]))
+
+
+@pytest.mark.parametrize("params", [dict(score="topk"), dict(global_weight=1.0), dict(score="topk", global_weight=1.0)])
+def test_image_score_options_keep_maps_rank_the_defect_and_round_trip(fitted, data, params):
+    model = PaDiM(**FAST, **params).fit(data[0])
+    plain, out = fitted.predict(data[2]), model.predict(data[2])
+    np.testing.assert_array_equal(plain.maps, out.maps)
+    assert not np.allclose(plain.scores, out.scores)
+    assert out.scores.min() > model.predict(data[1]).scores.max()
+    restored = PaDiM(device="cpu").load_state_dict(model.state_dict())
+    np.testing.assert_array_equal(restored.predict(data[2]).scores, out.scores)
+
+
+def test_mtd_preset_composes_with_the_image_level_options():
+    cfg = compose_config(["model=padim_mtd"])
+    validate(cfg)
+    model = instantiate(cfg.model)
+    assert (model.score, model.image_norm, model.global_weight) == ("topk", "standardize", 1.0)
+    with pytest.raises(ConfigError, match="model.score"):
+        validate(compose_config(["model=padim", "model.score=mean"]))

@@ -8,7 +8,10 @@ cancellation) and inverted once, in place. Peak memory is about two ``positions 
 float32 arrays; fit refuses up front when that exceeds ``max_memory_gb``.
 
 Predict: per position the Mahalanobis distance; the map is upsampled to the input size
-and Gaussian-smoothed (``smoothing_sigma`` pixels); the image score is the map's max.
+and Gaussian-smoothed (``smoothing_sigma`` pixels); the image score is the map's max
+(``score: max``) or the mean of its top ``topk_ratio`` pixels (``score: topk``).
+``global_weight > 0`` fuses in the image-level Gaussian of
+:mod:`pyimgano_hydra.models.image_level` (image scores only; maps unchanged).
 """
 from __future__ import annotations
 
@@ -21,7 +24,11 @@ import torch.nn.functional as F
 from pyimgano_hydra.errors import ConfigError, check
 from pyimgano_hydra.features import iter_features
 from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutput
+from pyimgano_hydra.models.image_level import ImageGaussian, channel_stats, fuse, topk_mean
 from pyimgano_hydra.models.patchcore import gaussian_blur
+
+
+SCORES = ("max", "topk")
 
 
 class PaDiM(BackboneMixin, BaseDetector):
@@ -43,6 +50,9 @@ class PaDiM(BackboneMixin, BaseDetector):
         smoothing_sigma: float = 4.0,
         max_memory_gb: float = 4.0,
         image_norm: str = "none",
+        score: str = "max",
+        topk_ratio: float = 0.01,
+        global_weight: float = 0.0,
         seed: int = 0,
     ) -> None:
         self.backbone = backbone
@@ -57,6 +67,9 @@ class PaDiM(BackboneMixin, BaseDetector):
         self.smoothing_sigma = smoothing_sigma
         self.max_memory_gb = max_memory_gb
         self.image_norm = image_norm
+        self.score = score
+        self.topk_ratio = topk_ratio
+        self.global_weight = global_weight
         self.seed = seed
 
     def _choose_channels(self) -> dict[str, torch.Tensor]:
@@ -74,11 +87,12 @@ class PaDiM(BackboneMixin, BaseDetector):
         return chosen
 
     def _embed(self, images: np.ndarray, desc: str):
-        """Yield (B, P, d) float32 embeddings, P = grid positions, batch by batch."""
+        """Yield ((B, P, d) float32 embeddings, P = grid positions; image stats or None)."""
         backbone = self._backbone()
         device = backbone.device
         chosen = {k: v.to(device) for k, v in self.channels_.items()}
         for feats in iter_features(backbone, images, self.batch_size, desc):
+            stats = channel_stats(feats) if self.global_weight > 0 else None
             size = max((f.shape[-2:] for f in feats.values()), key=lambda s: s[0] * s[1])
             if self.grid_size:
                 size = (self.grid_size, self.grid_size)
@@ -93,7 +107,7 @@ class PaDiM(BackboneMixin, BaseDetector):
                 parts.append(f)
             x = torch.cat(parts, dim=1)  # (B, d, h, w)
             self.grid_ = tuple(x.shape[-2:])
-            yield x.flatten(2).transpose(1, 2).contiguous()  # (B, P, d)
+            yield x.flatten(2).transpose(1, 2).contiguous(), stats  # (B, P, d)
 
     def _check_memory(self, positions: int) -> None:
         need = 2 * positions * self.d**2 * 4 / 2**30
@@ -105,11 +119,14 @@ class PaDiM(BackboneMixin, BaseDetector):
 
     def fit(self, images: np.ndarray) -> "PaDiM":
         check(self.eps > 0, "model.eps", "must be > 0")
+        check(self.score in SCORES, "model.score", f"must be one of {', '.join(SCORES)}")
         self.channels_ = self._choose_channels()
         count = 0
         shift = total = outer = None
+        pooled = []
         with torch.inference_mode():
-            for x in self._embed(images, "padim fit"):
+            for x, stats in self._embed(images, "padim fit"):
+                pooled.append(stats)
                 if shift is None:
                     self._check_memory(x.shape[1])
                     shift = x.mean(0)  # (P, d)
@@ -130,6 +147,7 @@ class PaDiM(BackboneMixin, BaseDetector):
                 cov[start : start + 256] = torch.linalg.inv(chunk)
         self.mean_ = (shift + mean_c).cpu().numpy()
         self.inv_cov_ = cov.cpu().numpy()
+        self.image_gaussian_ = ImageGaussian().fit(np.concatenate(pooled)) if self.global_weight > 0 else None
         return self
 
     def predict(self, images: np.ndarray) -> DetectorOutput:
@@ -138,15 +156,22 @@ class PaDiM(BackboneMixin, BaseDetector):
         device = self._backbone().device
         mean = torch.from_numpy(self.mean_).to(device)
         inv_cov = torch.from_numpy(self.inv_cov_).to(device)
-        maps = []
-        for x in self._embed(images, "padim predict"):
+        maps, scores = [], []
+        for x, stats in self._embed(images, "padim predict"):
             delta = x - mean
             dist = torch.einsum("bpi,pij,bpj->bp", delta, inv_cov, delta).clamp_min_(0).sqrt_()
             grid = dist.view(-1, 1, *self.grid_).float()
             up = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
-            maps.append(gaussian_blur(up, self.smoothing_sigma).cpu().numpy().astype(np.float32))
-        all_maps = np.concatenate(maps)
-        return DetectorOutput(scores=all_maps.reshape(len(all_maps), -1).max(axis=1).astype(np.float64), maps=all_maps)
+            batch = gaussian_blur(up, self.smoothing_sigma).cpu().numpy().astype(np.float32)
+            maps.append(batch)
+            if self.score == "topk":
+                image = topk_mean(batch, self.topk_ratio)
+            else:
+                image = batch.reshape(len(batch), -1).max(axis=1).astype(np.float64)
+            if self.image_gaussian_ is not None:
+                image = fuse(image, self.image_gaussian_.distance(stats), self.global_weight)
+            scores.append(image)
+        return DetectorOutput(scores=np.concatenate(scores).astype(np.float64), maps=np.concatenate(maps))
 
     def state_dict(self) -> dict[str, Any]:
         check(getattr(self, "inv_cov_", None) is not None, "model", "PaDiM is not fitted; call fit() first")
@@ -156,7 +181,7 @@ class PaDiM(BackboneMixin, BaseDetector):
             "mean": self.mean_,
             "inv_cov": self.inv_cov_,
             "grid": list(self.grid_),
-        }
+        } | (self.image_gaussian_.state_dict() if self.image_gaussian_ is not None else {})
 
     def load_state_dict(self, state: dict[str, Any]) -> "PaDiM":
         known = set(self.get_params()) - {"device"}
@@ -168,4 +193,5 @@ class PaDiM(BackboneMixin, BaseDetector):
         self.mean_ = np.asarray(state["mean"], dtype=np.float32)
         self.inv_cov_ = np.asarray(state["inv_cov"], dtype=np.float32)
         self.grid_ = tuple(state["grid"])
+        self.image_gaussian_ = ImageGaussian.from_state(state)
         return self

@@ -22,7 +22,6 @@ changes image scores only, never the maps.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import faiss
@@ -34,6 +33,7 @@ from pyimgano_hydra.errors import check
 from pyimgano_hydra.features import iter_features
 from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutput
 from pyimgano_hydra.models.coreset import StreamingCoreset
+from pyimgano_hydra.models.image_level import ImageGaussian, channel_stats, fuse, topk_mean
 
 
 def aggregate_patches(
@@ -126,10 +126,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         """Yield ((B, h, w, D) patch embeddings, (B, 2·ΣC) channel mean/std or None), CPU."""
         backbone = self._backbone()
         for feats in iter_features(backbone, images, self.batch_size, desc):
-            pooled = None
-            if self.global_weight > 0:
-                stats = [torch.cat([f.float().mean((2, 3)), f.float().std((2, 3), correction=0)], 1) for f in feats.values()]
-                pooled = torch.cat(stats, 1).cpu().double().numpy()
+            pooled = channel_stats(feats) if self.global_weight > 0 else None
             yield aggregate_patches(feats, self.neighbourhood, self.embed_dim).cpu(), pooled
 
     def _build_index(self) -> None:
@@ -156,13 +153,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         self.feature_shape_ = (h, w)
         self.memory_bank_ = coreset.result().numpy()
         self._build_index()
-        self.global_mean_ = self.global_precision_ = None
-        if self.global_weight > 0:
-            from sklearn.covariance import LedoitWolf
-
-            check(len(images) >= 2, "model.global_weight", "needs at least 2 training images")
-            gauss = LedoitWolf().fit(np.concatenate(pooled))
-            self.global_mean_, self.global_precision_ = gauss.location_, gauss.precision_
+        self.image_gaussian_ = ImageGaussian().fit(np.concatenate(pooled)) if self.global_weight > 0 else None
         return self
 
     def bank_ratio(self, n_patches: int) -> float:
@@ -171,11 +162,6 @@ class PatchCore(BackboneMixin, BaseDetector):
             return self.coreset_ratio
         return min(self.coreset_ratio, self.coreset_max_size / n_patches)
 
-    def _global_distance(self, pooled: np.ndarray) -> np.ndarray:
-        """Mahalanobis distance of each image's channel mean/std to the training Gaussian."""
-        delta = pooled - self.global_mean_
-        return np.sqrt(np.maximum(np.einsum("bi,ij,bj->b", delta, self.global_precision_, delta), 0.0))
-
     def _patch_scores(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dist, idx = self.index_.search(emb, 1)
         return np.sqrt(np.maximum(dist[:, 0], 0.0)), idx[:, 0]
@@ -183,8 +169,7 @@ class PatchCore(BackboneMixin, BaseDetector):
     def _image_scores(self, emb: torch.Tensor, patch: np.ndarray, nn_idx: np.ndarray) -> np.ndarray:
         """(B,) from patch scores (B, h*w); PatchCore reweighting of the max patch."""
         if self.score == "topk":
-            k = max(1, math.ceil(self.topk_ratio * patch.shape[1]))
-            return np.sort(patch, axis=1)[:, -k:].mean(axis=1)
+            return topk_mean(patch, self.topk_ratio)
         top = patch.argmax(axis=1)
         scores = patch[np.arange(len(patch)), top]
         k = min(self.num_neighbors, len(self.memory_bank_))
@@ -215,8 +200,8 @@ class PatchCore(BackboneMixin, BaseDetector):
                 scores = maps.reshape(b, -1).max(axis=1).astype(np.float64)
             else:
                 scores = self._image_scores(flat.reshape(b, h * w, d), patch, nn_idx).astype(np.float64)
-            if self.global_weight > 0:  # log-product fusion: scale-free, needs no calibration
-                scores = np.log(scores + 1e-6) + self.global_weight * np.log(self._global_distance(pooled) + 1e-6)
+            if self.image_gaussian_ is not None:
+                scores = fuse(scores, self.image_gaussian_.distance(pooled), self.global_weight)
             all_scores.append(scores)
         return DetectorOutput(
             scores=np.concatenate(all_scores).astype(np.float64), maps=np.concatenate(all_maps)
@@ -230,8 +215,8 @@ class PatchCore(BackboneMixin, BaseDetector):
             "memory_bank": self.memory_bank_,
             "feature_shape": list(self.feature_shape_),
         }
-        if getattr(self, "global_mean_", None) is not None:
-            state["global_mean"], state["global_precision"] = self.global_mean_, self.global_precision_
+        if self.image_gaussian_ is not None:
+            state |= self.image_gaussian_.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> "PatchCore":
@@ -242,7 +227,6 @@ class PatchCore(BackboneMixin, BaseDetector):
         self.backbone_ = None
         self.memory_bank_ = np.ascontiguousarray(np.asarray(state["memory_bank"], dtype=np.float32))
         self.feature_shape_ = tuple(state["feature_shape"])
-        self.global_mean_ = state.get("global_mean")
-        self.global_precision_ = state.get("global_precision")
+        self.image_gaussian_ = ImageGaussian.from_state(state)
         self._build_index()
         return self

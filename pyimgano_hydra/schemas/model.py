@@ -68,11 +68,17 @@ class PaDiMSchema(BackboneSchema):
     smoothing_sigma: float = 4.0
     max_memory_gb: float = 4.0  # refuse up front when the Gaussians would need more
     image_norm: str = "none"  # none | standardize
+    score: str = "max"  # max (map max) | topk (mean of the top topk_ratio map pixels)
+    topk_ratio: float = 0.01  # share of map pixels averaged when score=topk
+    global_weight: float = 0.0  # > 0 adds log(image-level Mahalanobis) × weight to image scores
     seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.d >= 1, "model.d", "must be >= 1")
+        check(self.score in ("max", "topk"), "model.score", "must be max or topk")
+        check(0 < self.topk_ratio <= 1, "model.topk_ratio", "must be in (0, 1]")
+        check(self.global_weight >= 0, "model.global_weight", "must be >= 0 (0 = off)")
         check(self.grid_size is None or self.grid_size >= 1, "model.grid_size", "must be >= 1 or null")
         check(self.eps > 0, "model.eps", "must be > 0")
         check(self.smoothing_sigma >= 0, "model.smoothing_sigma", "must be >= 0")
