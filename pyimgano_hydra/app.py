@@ -64,19 +64,24 @@ def aggregate(results: list[CategoryResult]) -> dict:
     return out
 
 
+SUMMARY_METRICS = ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_aupro")
+
+
+def _cell(value) -> str:
+    """A metric for the console: 4 decimals, or '–' when it was not measured."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) and np.isfinite(value) else "–"
+
+
 def summary_table(results: list[CategoryResult]) -> str:
-    """Plain-text table: per category AUROCs, threshold and time."""
+    """Plain-text table: per category AUROCs, threshold and time ('–' = not measured)."""
     head = ["category", "img_AUROC", "img_AP", "F1@thr", "px_AUROC", "AUPRO", "threshold", "fit_s", "total_s"]
     rows = []
     for r in results:
-        m = r.metrics
-        rows.append([r.category] + [f"{m.get(k, float('nan')):.4f}" for k in
-                                    ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_aupro")]
+        rows.append([r.category] + [_cell(r.metrics.get(k)) for k in SUMMARY_METRICS]
                     + [f"{r.threshold['value']:.4g}", f"{r.timings['fit_s']:.1f}", f"{r.timings['total_s']:.1f}"])
     if len(results) > 1:
         agg = aggregate(results)
-        rows.append(["mean"] + [f"{agg[k]['mean']:.4f}" if k in agg else "nan" for k in
-                                ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_aupro")]
+        rows.append(["mean"] + [_cell(agg[k]["mean"]) if k in agg else "–" for k in SUMMARY_METRICS]
                     + ["", f"{sum(r.timings['fit_s'] for r in results):.1f}",
                        f"{sum(r.timings['total_s'] for r in results):.1f}"])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
@@ -187,6 +192,9 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
     write_json_atomic(run_dir.report, report)
     write_status(run_dir.status, COMPLETED)
     print(summary_table(results))
+    for r in results:
+        for note in r.notes:
+            print(f"note [{r.category}]: {note}")
     if report["skipped_images"]:
         print(f"skipped {len(report['skipped_images'])} unreadable image(s) (dataset.on_bad_image=skip); "
               f"listed under skipped_images in {run_dir.report}")

@@ -49,6 +49,16 @@ def _default(field: dataclasses.Field) -> str:
     return "null" if value is None else repr(value).replace("'", "")
 
 
+def config_groups_text() -> str:
+    """``group: option, option`` lines for --help: the user-facing groups of conf/ only."""
+    lines = []
+    for group in sorted(p for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra"):
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        if options:
+            lines.append(f"{group.name}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
 def _option_summary(path: Path) -> str:
     for line in path.read_text().splitlines():
         if line.startswith("#"):

@@ -66,6 +66,10 @@ def test_run_dir_name_carries_choices_and_subsecond_time(tmp_path):
     assert len(runs) == 1
     name = runs[0].name
     assert name.endswith("_industrial_adapt_synthetic_patchcore")
+    # 6 train images leave 1-2 for calibration: the console and the report warn about it
+    assert "note [weave]: threshold rests on only" in proc.stdout
+    notes = json.loads((runs[0] / "report.json").read_text())["categories"]["weave"]["notes"]
+    assert any("threshold rests on only" in n for n in notes)
     assert len(name.split("_")[0].split("-")) == 4  # HH-MM-SS-micro
 
 
@@ -91,6 +95,8 @@ def test_help_lists_groups_under_app_name():
     assert "pyimgano-hydra" in proc.stdout
     for group in ("dataset:", "model:", "recipe:", "tiling:", "postprocess:", "defects:"):
         assert group in proc.stdout
+    assert "model: autoencoder, copod" in proc.stdout and "patchcore_mtd" in proc.stdout
+    assert "schema/" not in proc.stdout  # internal schema nodes stay out of the user's list
 
 
 def test_version_flag():
@@ -134,3 +140,18 @@ def test_installed_wheel_finds_its_configs_from_any_directory(tmp_path):
     probe = subprocess.run([sys.executable, "-c", "import pyimgano_hydra, sys; print(pyimgano_hydra.__file__)"],
                            cwd=elsewhere, env=env, capture_output=True, text=True)
     assert str(site) in probe.stdout
+
+
+def test_summary_table_shows_unmeasured_metrics_as_a_dash_not_nan():
+    from pyimgano_hydra.app import summary_table
+    from pyimgano_hydra.recipes.context import CategoryResult
+
+    def result(name, metrics):
+        return CategoryResult(name, metrics, {"value": 1.5}, {"fit_s": 1.0, "total_s": 2.0}, {})
+
+    table = summary_table([result("a", {"image_auroc": 0.9, "pixel_auroc": float("nan")}),
+                           result("b", {"image_auroc": 0.7})])
+    assert "nan" not in table
+    lines = table.splitlines()
+    assert lines[2].split()[:2] == ["a", "0.9000"] and lines[2].split()[4] == "–"
+    assert lines[-1].split()[:2] == ["mean", "0.8000"]

@@ -22,6 +22,9 @@ from pyimgano_hydra.runs.writers import save_npy_atomic, write_jsonl_atomic
 from pyimgano_hydra.viz.overlays import select_overlays, write_overlays
 
 
+FEW_CALIBRATION_SCORES = 20  # below this many normal scores the threshold gets a warning note
+
+
 def holdout_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """Seeded split of normal training samples into (fit, calibration)."""
     n_hold = int(round(len(samples) * fraction))
@@ -87,6 +90,9 @@ class IndustrialAdapt:
             scores_from = f"{len(fit_samples)} training images (in-sample; biased low)"
             notes.append("threshold calibrated in-sample: too few train images for a hold-out")
         normal_scores = np.concatenate([np.asarray(o.scores, np.float64).reshape(-1) for o in outputs])
+        if len(normal_scores) < FEW_CALIBRATION_SCORES:
+            notes.append(f"threshold rests on only {len(normal_scores)} normal scores: treat it as rough "
+                         f"(add normal train images, or raise recipe.calibration_holdout)")
         normal_maps = (np.concatenate([o.maps for o in outputs]).astype(np.float32)
                        if outputs and outputs[0].maps is not None else None)
         q, q_source = calibration_quantile(self.contamination, self.calibration_quantile)
