@@ -30,6 +30,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 from _mtd_split import default_mtd_root, ground_truth, make_split  # noqa: E402
+from _doc import DOC, write_section  # noqa: E402
 from _peer_venvs import PEERS, ensure_venv, mobilenet_v2_file, seeded_torch_home  # noqa: E402
 
 from pyimgano_hydra.api import compose_config  # noqa: E402
@@ -38,7 +39,6 @@ from pyimgano_hydra.metrics.pixel import aupro, pixel_auroc  # noqa: E402
 DRIVERS = HERE / "peer_drivers"
 TOOLS = ("ours", "anomalib", "pyimgano")
 MODELS = ("patchcore", "padim")
-DOC = REPO / "docs" / "BENCHMARKS.md"
 SECTION = "## Side by side with anomalib and pyimgano"
 
 
@@ -250,24 +250,6 @@ def notes(rows: list[tuple[str, dict, dict]]) -> str:
         for note in r.get("notes", []):
             out.append(f"- {tool} {r['model']}: {note}")
     return "\n".join(dict.fromkeys(out))
-
-
-def write_section(title: str, marker: str, text: str, doc_path: Path = DOC) -> None:
-    """Put ``text`` into section ``title`` of docs/BENCHMARKS.md between ``marker`` comments,
-    replacing what an earlier run wrote there and leaving other sections alone."""
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    doc_path.parent.mkdir(parents=True, exist_ok=True)
-    doc = doc_path.read_text() if doc_path.is_file() else "# Benchmarks\n"
-    block = f"{begin}\n{text.rstrip()}\n{end}"
-    if begin in doc and end in doc:
-        pre, rest = doc.split(begin, 1)
-        doc = pre + block + rest.split(end, 1)[1]
-    elif title in doc:
-        pre, post = doc.split(title, 1)
-        doc = pre + title + "\n\n" + block + "\n" + post
-    else:
-        doc = doc.rstrip() + f"\n\n{title}\n\n{block}\n"
-    doc_path.write_text(doc)
 
 
 def main(argv: list[str] | None = None) -> None:

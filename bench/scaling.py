@@ -25,7 +25,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _mtd_split import default_mtd_root, scaling_split  # noqa: E402
-from peers import run_one, write_section  # noqa: E402
+from _doc import write_section  # noqa: E402
+from peers import run_one  # noqa: E402
 
 SECTION = "## Scaling"
 

@@ -92,7 +92,9 @@ def build_backbone(params: dict, side: int):
         net = getattr(tvm, name)(weights=None)
         if params["pretrained"]:
             net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return net.eval()
+    # frozen, as anomalib freezes a backbone it builds from a name; a module passed in keeps
+    # requires_grad, and the coreset loop then holds one autograd graph per pick (24 GB OOM seen)
+    return net.eval().requires_grad_(False)
 
 
 def main() -> None:
