@@ -169,3 +169,14 @@ def test_a_target_that_is_not_a_pyod_detector_is_refused(data):
     cfg = compose_config(["model=pyod", *FAST, "model.detector._target_=collections.OrderedDict"])
     with pytest.raises(ConfigError, match="not a PyOD detector"):
         build(cfg.model, "model").fit(data[0])
+
+
+def test_detector_notes_reach_the_category_report(tmp_path):
+    from pyimgano_hydra.api import run
+
+    with pytest.warns(UserWarning, match="n_neighbors"):
+        report = run(["model=knn", "model.detector.n_neighbors=50", *FAST, "dataset.category=weave",
+                      "dataset.limit_train=8", "dataset.limit_test=6"], output_dir=tmp_path / "run")
+    notes = report["categories"]["weave"]["notes"]
+    assert any("n_neighbors" in n for n in notes), notes
+    assert any("produces no anomaly maps" in n for n in notes)

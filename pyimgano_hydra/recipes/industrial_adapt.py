@@ -80,6 +80,7 @@ class IndustrialAdapt:
         t = time.perf_counter()
         detector.fit(train_images)
         timings["fit_s"] = time.perf_counter() - t
+        notes.extend(getattr(detector, "notes_", []))  # e.g. a PyOD parameter lowered to fit the data
         t = time.perf_counter()
         if calib_samples:
             outputs = [out for _, _, out in self._batches(detector, ctx.dataset, calib_samples)]
