@@ -25,10 +25,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _mtd_split import default_mtd_root, scaling_split  # noqa: E402
-from _doc import write_section  # noqa: E402
+from _doc import DOC, write_section  # noqa: E402
 from peers import run_one  # noqa: E402
 
 SECTION = "## Scaling"
+FIGURE = DOC.parent / "img" / "scaling.png"
 
 
 def table(rows: list[dict]) -> str:
@@ -44,6 +45,32 @@ def table(rows: list[dict]) -> str:
                      f"| {r['test_s']:.1f} | {r['n_test'] / r['test_s']:.2f} | {r['peak_rss_mb']:.0f} |")
         prev = r
     return "\n".join(lines) + "\n"
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    """Fit and test seconds against training images, log-log, with a linear reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if not r.get("failed")]
+    if not ok:
+        return
+    n = np.array([r["n"] for r in ok], dtype=float)
+    fit = np.array([r["fit_s"] for r in ok])
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.loglog(n, fit, "o-", label="fit s")
+    ax.loglog(n, [r["test_s"] for r in ok], "s-", label=f"test s ({ok[0]['n_test']} images)")
+    ax.loglog(n, fit[0] * n / n[0], "k--", lw=0.8, label="linear in train images")
+    ax.set_xlabel("training images")
+    ax.set_ylabel("seconds")
+    ax.set_title("PatchCore fit time vs training set size")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
         [{k: v for k, v in r.items() if k not in ("scores", "maps_path")} for r in rows],
         indent=2, default=str))
     if not args.no_write:
+        figure(rows, FIGURE)
+        report += f"\n![fit and test time vs training images]({FIGURE.relative_to(DOC.parent).as_posix()})\n"
         write_section(SECTION, "scaling", report)
         print("[doc] wrote docs/BENCHMARKS.md")
 
