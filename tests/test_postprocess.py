@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from pyimgano_hydra.adapt.postprocess import MapPostprocessor, smooth_maps
+from pyimgano_hydra.adapt.postprocess import MapPostprocessor
+from pyimgano_hydra.smoothing import gaussian_blur
 from pyimgano_hydra.errors import ConfigError, UserError
 from pyimgano_hydra.schemas import register_configs, validate
 from pyimgano_hydra.viz.overlays import GT_COLOR, heatmap_overlay, select_overlays, write_overlays
@@ -64,9 +65,9 @@ def test_percentile_ignores_a_few_hot_train_pixels():
 def test_smoothing_spreads_a_spike_and_keeps_its_mass():
     spike = np.zeros((1, 41, 41), dtype=np.float32)
     spike[0, 20, 20] = 1.0
-    smoothed = smooth_maps(spike, sigma=3.0)
+    smoothed = gaussian_blur(spike, sigma=3.0)
     assert smoothed.max() < 0.05 and smoothed.sum() == pytest.approx(1.0, rel=1e-3)
-    np.testing.assert_array_equal(smooth_maps(spike, 0.0), spike)
+    np.testing.assert_array_equal(gaussian_blur(spike, 0.0), spike)
 
 
 def test_disabled_postprocess_is_identity():
@@ -142,3 +143,11 @@ def test_write_overlays_writes_pngs(tmp_path):
                            np.array([0, 0, 1]), ["a", "b", "c"], top_n=1, normal_n=1)
     assert [p.name for p in paths] == ["top01_c.png", "normal01_b.png"]
     assert cv2.imread(str(paths[0])).shape == (48, 48, 3)
+
+
+def test_blur_matches_scipy_mirror_gaussian_with_radius_four_sigma():
+    from scipy.ndimage import gaussian_filter
+
+    maps = np.random.default_rng(0).random((2, 70, 90)).astype(np.float32)
+    expected = np.stack([gaussian_filter(m, 4.0, mode="mirror", truncate=4.0) for m in maps])
+    np.testing.assert_allclose(gaussian_blur(maps, 4.0), expected, atol=1e-5)

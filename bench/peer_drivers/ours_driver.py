@@ -26,6 +26,9 @@ def main() -> None:
     from pyimgano_hydra.data.sample import Sample
     from pyimgano_hydra.instantiate import build
 
+    import sklearn.covariance  # noqa: F401  libraries load before the clock, as the peer
+    import timm  # noqa: F401  drivers import anomalib / pyimgano (and with them timm) first
+
     cfg = compose_config(job["params"]["overrides"])
     train = [Sample(p, 0, None, "mtd", "good", "train") for p in split["train"]]
     test = [Sample(r["path"], r["label"], r["mask"], "mtd", r["defect"], "test")

@@ -8,22 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import numpy as np
 
 from pyimgano_hydra.errors import check
+from pyimgano_hydra.smoothing import gaussian_blur
 from pyimgano_hydra.schemas.postprocess import PostprocessSchema
 
 PARAM_NAMES = ("enabled", "sigma", "normalize", "percentile", "percentile_low", "clip")
-
-
-def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian-blur each (H, W) map with ``sigma`` pixels (reflect border); float32."""
-    maps = np.asarray(maps, dtype=np.float32)
-    if sigma <= 0:
-        return maps
-    return np.stack([cv2.GaussianBlur(m, (0, 0), sigmaX=float(sigma), sigmaY=float(sigma),
-                                      borderType=cv2.BORDER_REFLECT) for m in maps])
 
 
 class MapPostprocessor:
@@ -62,7 +53,7 @@ class MapPostprocessor:
         self.low_, self.high_ = 0.0, 1.0
         if not self.enabled or self.normalize == "none":
             return self
-        maps = smooth_maps(train_maps, self.sigma)
+        maps = gaussian_blur(train_maps, self.sigma)
         check(maps.ndim == 3 and maps.size > 0, "postprocess",
               f"fit needs train maps shaped (N, H, W), got {maps.shape}")
         if self.normalize == "minmax":
@@ -81,7 +72,7 @@ class MapPostprocessor:
         check(hasattr(self, "low_"), "postprocess", "call fit(train_maps) or load_state_dict first")
         if not self.enabled:
             return np.asarray(maps, dtype=np.float32)
-        out = smooth_maps(maps, self.sigma)
+        out = gaussian_blur(maps, self.sigma)
         if self.normalize != "none":
             span = self.high_ - self.low_
             out = (out - np.float32(self.low_)) / np.float32(span if span > 1e-12 else 1.0)

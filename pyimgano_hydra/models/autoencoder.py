@@ -26,6 +26,7 @@ import numpy as np
 
 from pyimgano_hydra.errors import ConfigError, DataError, UserError
 from pyimgano_hydra.models.base import BaseDetector, DetectorOutput
+from pyimgano_hydra.smoothing import gaussian_blur
 
 STATE_VERSION = 1
 
@@ -183,22 +184,6 @@ class ConvAutoencoder(BaseDetector):
         if getattr(self, "net_", None) is None:
             raise UserError(f"{type(self).__name__}: call fit (or load_state_dict) before predict")
 
-    def _smooth(self, maps):
-        """Gaussian blur of (N, 1, S, S) error maps; sigma in pixels at image_size."""
-        import torch
-        import torch.nn.functional as F
-
-        sigma = float(self.smoothing_sigma)
-        if sigma <= 0:
-            return maps
-        radius = max(1, int(round(4 * sigma)))
-        t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-        kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-        kernel = kernel / kernel.sum()
-        padded = F.pad(maps, (radius, radius, radius, radius), mode="reflect")
-        out = F.conv2d(padded, kernel.view(1, 1, 1, -1))
-        return F.conv2d(out, kernel.view(1, 1, -1, 1))
-
     def predict(self, images: np.ndarray) -> DetectorOutput:
         import torch
         import torch.nn.functional as F
@@ -213,7 +198,7 @@ class ConvAutoencoder(BaseDetector):
             for first in range(0, len(images), self.batch_size):
                 x = self._to_input(images[first:first + self.batch_size])
                 error = ((self.net_(x) - x) ** 2).mean(dim=1, keepdim=True)
-                error = self._smooth(error)
+                error = torch.from_numpy(gaussian_blur(error[:, 0].float().cpu().numpy(), self.smoothing_sigma))[:, None]
                 scores.append(error.flatten(1).amax(dim=1).double().cpu().numpy())
                 if (height, width) != tuple(error.shape[-2:]):
                     error = F.interpolate(error, size=(height, width), mode="bilinear", align_corners=False)

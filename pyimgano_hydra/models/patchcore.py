@@ -4,9 +4,11 @@ Fit: backbone feature maps of ``layers`` → local neighbourhood average (``neig
 × ``neighbourhood``) → upsampled to the finest layer and concatenated → optionally
 averaged down to ``embed_dim`` channels → greedy k-center coreset (``coreset_ratio`` of all
 patches, at most ``coreset_max_size`` rows, selected on a seeded ``projection_dim`` random
-projection, per image then over the union; see :mod:`pyimgano_hydra.models.coreset`) → faiss ``IndexFlatL2``.
+projection, per image then over the union; see :mod:`pyimgano_hydra.models.coreset`).
 
-Predict: each patch's distance to its nearest bank entry is its score. The image score is
+Predict: each patch's distance to its nearest bank entry is its score (exact, one matrix
+product per chunk of patches: on 2 CPU cores torch's BLAS ran this 3× faster than faiss
+``IndexFlatL2``, which still serves the reweighting's neighbour search). The image score is
 the max patch score, reweighted as in the paper by how isolated the matched bank entry is
 among its ``num_neighbors`` neighbours (``score: max``), the mean of the top
 ``topk_ratio`` share of patch scores (``score: topk``), or the max of the smoothed map
@@ -34,6 +36,7 @@ from pyimgano_hydra.features import iter_features
 from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutput
 from pyimgano_hydra.models.coreset import StreamingCoreset
 from pyimgano_hydra.models.image_level import ImageGaussian, channel_stats, fuse, topk_mean
+from pyimgano_hydra.smoothing import gaussian_blur
 
 
 def aggregate_patches(
@@ -56,24 +59,8 @@ def aggregate_patches(
     return x.contiguous()
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, H, W) maps, reflect padding, radius 4σ (as scipy)."""
-    if sigma <= 0:
-        return maps
-    radius = max(1, int(4.0 * sigma + 0.5))
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    out = maps[:, None]
-    pad_h, pad_w = min(radius, out.shape[-2] - 1), min(radius, out.shape[-1] - 1)
-    k_h = kernel[radius - pad_h : radius + pad_h + 1]
-    k_w = kernel[radius - pad_w : radius + pad_w + 1]
-    out = F.conv2d(F.pad(out, (0, 0, pad_h, pad_h), mode="reflect"), (k_h / k_h.sum()).view(1, 1, -1, 1))
-    out = F.conv2d(F.pad(out, (pad_w, pad_w, 0, 0), mode="reflect"), (k_w / k_w.sum()).view(1, 1, 1, -1))
-    return out[:, 0]
-
-
 SCORES = ("max", "topk", "map_max")
+NN_CHUNK_ELEMENTS = 1 << 24  # patches × bank entries per distance block (64 MB of float32)
 
 
 class PatchCore(BackboneMixin, BaseDetector):
@@ -133,6 +120,8 @@ class PatchCore(BackboneMixin, BaseDetector):
         bank = np.ascontiguousarray(self.memory_bank_, dtype=np.float32)
         self.index_ = faiss.IndexFlatL2(bank.shape[1])
         self.index_.add(bank)
+        self.bank_t_ = torch.from_numpy(bank)
+        self.bank_sq_ = (self.bank_t_ * self.bank_t_).sum(1)
 
     def _check_fitted(self) -> None:
         check(getattr(self, "memory_bank_", None) is not None, "model", "PatchCore is not fitted; call fit() first")
@@ -163,8 +152,16 @@ class PatchCore(BackboneMixin, BaseDetector):
         return min(self.coreset_ratio, self.coreset_max_size / n_patches)
 
     def _patch_scores(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        dist, idx = self.index_.search(emb, 1)
-        return np.sqrt(np.maximum(dist[:, 0], 0.0)), idx[:, 0]
+        """(n,) distance of each patch to its nearest bank entry, and that entry's index."""
+        queries = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
+        rows = max(1, NN_CHUNK_ELEMENTS // len(self.bank_t_))
+        dist, idx = [], []
+        for q in queries.split(rows):
+            d2 = torch.addmm(self.bank_sq_, q, self.bank_t_.T, alpha=-2.0).add_((q * q).sum(1, keepdim=True))
+            best, arg = d2.min(1)
+            dist.append(best.clamp_min_(0.0).sqrt_())
+            idx.append(arg)
+        return torch.cat(dist).numpy(), torch.cat(idx).numpy()
 
     def _image_scores(self, emb: torch.Tensor, patch: np.ndarray, nn_idx: np.ndarray) -> np.ndarray:
         """(B,) from patch scores (B, h*w); PatchCore reweighting of the max patch."""
@@ -194,7 +191,7 @@ class PatchCore(BackboneMixin, BaseDetector):
             patch, nn_idx = patch.reshape(b, h * w), nn_idx.reshape(b, h * w)
             maps = torch.from_numpy(patch.reshape(b, 1, h, w))
             maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
-            maps = gaussian_blur(maps, self.smoothing_sigma).numpy().astype(np.float32)
+            maps = gaussian_blur(maps.numpy(), self.smoothing_sigma)
             all_maps.append(maps)
             if self.score == "map_max":
                 scores = maps.reshape(b, -1).max(axis=1).astype(np.float64)
