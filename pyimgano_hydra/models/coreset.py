@@ -3,10 +3,11 @@
 ``greedy_coreset(x, k, start)`` is the classic farthest-point greedy on the rows of ``x``
 with one incremental min-distance update per pick (O(N·d) each). ``StreamingCoreset``
 applies it per image (keeping ``oversample × ratio`` of each image's patches, most distinct
-first), then once more on the union. Greedy k-center coresets compose (a greedy coreset of
-per-part greedy coresets is still a constant-factor k-center solution), so the bank is
-covered almost as well as by one global pass, at a small fraction of the O(N·k·d) cost and
-with memory bounded by the kept rows instead of all patches.
+first), then per block of kept rows of bounded size. Greedy k-center coresets compose (a
+greedy coreset of per-part greedy coresets is still a constant-factor k-center solution),
+so the bank is covered almost as well as by one global pass, while the cost grows linearly
+with the number of images (one global pass costs O(N·k·d), quadratic at a fixed ratio) and
+memory stays bounded by the kept rows instead of all patches.
 """
 from __future__ import annotations
 
@@ -58,15 +59,25 @@ def random_projection(dim_in: int, dim_out: int, seed: int) -> torch.Tensor | No
 
 
 class StreamingCoreset:
-    """Greedy coreset of a bank that arrives batch by batch; keeps ``ratio`` of all rows."""
+    """Greedy coreset of a bank that arrives batch by batch; keeps ``ratio`` of all rows.
 
-    def __init__(self, ratio: float, projection_dim: int, seed: int, oversample: float = 4.0):
+    Two greedy passes, both on bounded problems so that the cost grows linearly with the
+    rows seen: per image (``oversample × ratio`` of its rows, most distinct first), then
+    per block of about ``merge_rows`` such kept rows (``ratio`` of the rows those images
+    had). The bank is the union of the blocks' coresets.
+    """
+
+    def __init__(self, ratio: float, projection_dim: int, seed: int, oversample: float = 4.0,
+                 merge_rows: int = 16384):
         self.ratio, self.projection_dim, self.seed = ratio, projection_dim, seed
-        self.oversample = oversample
+        self.oversample, self.merge_rows = oversample, merge_rows
         self._rng = np.random.default_rng(seed)
         self._projection: torch.Tensor | None = None
-        self._kept: list[torch.Tensor] = []
-        self._kept_proj: list[torch.Tensor] = []
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows, projected rows)
+        self._pending_rows = 0  # kept rows waiting for the block pass
+        self._pending_seen = 0  # rows seen by the images they came from
+        self._bank: list[torch.Tensor] = []
+        self._bank_rows = 0
         self.n_seen = 0
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,26 +88,38 @@ class StreamingCoreset:
     def add(self, x: torch.Tensor, part_size: int | None = None) -> None:
         """Offer rows (n, d) float32 CPU, in parts of ``part_size`` rows (one image each)."""
         proj = self._project(x)
-        self.n_seen += len(x)
         part_size = part_size or len(x)
         keep = min(part_size, max(1, math.ceil(part_size * self.ratio * self.oversample)))
-        if keep >= part_size:
-            self._kept.append(x)
-            self._kept_proj.append(proj)
-            return
         with _threads(1):  # tiny problems: thread hand-offs cost more than they bring
             for s in range(0, len(x), part_size):
-                part = proj[s : s + part_size]
-                idx = greedy_coreset(part, keep, start=int(self._rng.integers(len(part)))) + s
-                self._kept.append(x[idx])
-                self._kept_proj.append(proj[idx])
+                part, part_proj = x[s : s + part_size], proj[s : s + part_size]
+                if keep < len(part):
+                    idx = greedy_coreset(part_proj, keep, start=int(self._rng.integers(len(part))))
+                    part, part_proj = part[idx], part_proj[idx]
+                self._pending.append((part, part_proj))
+                self._pending_rows += len(part)
+                self._pending_seen += min(part_size, len(x) - s)
+                self.n_seen += min(part_size, len(x) - s)
+                if self._pending_rows >= self.merge_rows:
+                    self._reduce(math.floor(self.ratio * self._pending_seen))
+
+    def _reduce(self, k: int) -> None:
+        """Greedy ``k`` rows of the pending block into the bank; empties the block."""
+        rows = torch.cat([r for r, _ in self._pending])
+        proj = torch.cat([p for _, p in self._pending])
+        k = min(len(rows), max(1, k))
+        if k < len(rows):
+            with _threads(1):  # memory-bound matrix-vector products: one thread is as fast
+                rows = rows[greedy_coreset(proj, k, start=int(self._rng.integers(len(rows))))]
+        self._bank.append(rows)
+        self._bank_rows += len(rows)
+        self._pending, self._pending_rows, self._pending_seen = [], 0, 0
 
     def result(self) -> torch.Tensor:
         """The final coreset: ``round(ratio * rows seen)`` rows (at least one)."""
-        bank, proj = torch.cat(self._kept), torch.cat(self._kept_proj)
-        k = min(len(bank), max(1, round(self.ratio * self.n_seen)))
-        if k < len(bank):
-            with _threads(1):  # memory-bound matrix-vector products: one thread is as fast
-                bank = bank[greedy_coreset(proj, k, start=int(self._rng.integers(len(bank))))]
-        self._kept, self._kept_proj = [], []
+        target = max(1, round(self.ratio * self.n_seen))
+        if self._pending:
+            self._reduce(target - self._bank_rows)
+        bank = torch.cat(self._bank)
+        self._bank, self._bank_rows = [], 0
         return bank.contiguous()
