@@ -17,3 +17,14 @@ def textures(n: int, size: int = 64, seed: int = 0, defect: bool = False, channe
             img[(yy - cy) ** 2 + (xx - cx) ** 2 <= (size // 10) ** 2] = 20
         out[i] = np.clip(img, 0, 255).astype(np.uint8)[..., None]
     return out
+
+
+def check_image_score_option(plain, model, data, cls) -> None:
+    """``model`` (fitted with an image-score option) vs ``plain`` (fitted without): same maps,
+    other scores, the defects still ranked first, and scores kept through a state round trip."""
+    base, out = plain.predict(data[2]), model.predict(data[2])
+    np.testing.assert_array_equal(base.maps, out.maps)
+    assert not np.allclose(base.scores, out.scores)
+    assert out.scores.min() > model.predict(data[1]).scores.max()
+    restored = cls(device="cpu").load_state_dict(model.state_dict())
+    np.testing.assert_array_equal(restored.predict(data[2]).scores, out.scores)

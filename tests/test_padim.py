@@ -9,7 +9,7 @@ from pyimgano_hydra.api import compose_config
 from pyimgano_hydra.errors import ConfigError
 from pyimgano_hydra.models.padim import PaDiM
 from pyimgano_hydra.schemas import validate
-from _texture import textures
+from _texture import check_image_score_option, textures
 
 FAST = dict(backbone="efficientnet_lite0", layers=["blocks.1", "blocks.2"], device="cpu", batch_size=8, d=32)
 
@@ -87,13 +87,7 @@ def test_config_instantiates_and_bad_values_name_the_key():
 
 @pytest.mark.parametrize("params", [dict(score="topk"), dict(global_weight=1.0), dict(score="topk", global_weight=1.0)])
 def test_image_score_options_keep_maps_rank_the_defect_and_round_trip(fitted, data, params):
-    model = PaDiM(**FAST, **params).fit(data[0])
-    plain, out = fitted.predict(data[2]), model.predict(data[2])
-    np.testing.assert_array_equal(plain.maps, out.maps)
-    assert not np.allclose(plain.scores, out.scores)
-    assert out.scores.min() > model.predict(data[1]).scores.max()
-    restored = PaDiM(device="cpu").load_state_dict(model.state_dict())
-    np.testing.assert_array_equal(restored.predict(data[2]).scores, out.scores)
+    check_image_score_option(fitted, PaDiM(**FAST, **params).fit(data[0]), data, PaDiM)
 
 
 def test_mtd_preset_composes_with_the_image_level_options():

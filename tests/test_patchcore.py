@@ -10,7 +10,7 @@ from pyimgano_hydra.errors import ConfigError, UserError
 from pyimgano_hydra.models.coreset import greedy_coreset
 from pyimgano_hydra.models.patchcore import PatchCore
 from pyimgano_hydra.schemas import validate
-from _texture import textures
+from _texture import check_image_score_option, textures
 
 FAST = dict(backbone="efficientnet_lite0", layers=["blocks.2", "blocks.4"], device="cpu", batch_size=8)
 
@@ -108,13 +108,7 @@ def test_config_instantiates_and_bad_values_name_the_key():
 
 
 def test_global_term_changes_scores_not_maps_and_survives_round_trip(fitted, data):
-    fused = PatchCore(coreset_ratio=0.25, global_weight=1.0, **FAST).fit(data[0])
-    plain, mixed = fitted.predict(data[2]), fused.predict(data[2])
-    np.testing.assert_array_equal(plain.maps, mixed.maps)
-    assert not np.allclose(plain.scores, mixed.scores)
-    assert mixed.scores.min() > fused.predict(data[1]).scores.max()
-    restored = PatchCore(device="cpu").load_state_dict(fused.state_dict())
-    np.testing.assert_array_equal(restored.predict(data[2]).scores, mixed.scores)
+    check_image_score_option(fitted, PatchCore(coreset_ratio=0.25, global_weight=1.0, **FAST).fit(data[0]), data, PatchCore)
 
 
 def test_coreset_max_size_caps_the_bank(data):
