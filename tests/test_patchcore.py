@@ -114,3 +114,11 @@ def test_global_term_changes_scores_not_maps_and_survives_round_trip(fitted, dat
 def test_coreset_max_size_caps_the_bank(data):
     model = PatchCore(coreset_ratio=0.5, coreset_max_size=40, **FAST).fit(data[0])
     assert len(model.memory_bank_) == 40
+
+
+@pytest.mark.parametrize("option", ["patchcore_mtd", "padim_mtd"])
+def test_mtd_presets_fit_from_config_and_rank_the_defect_first(data, option):
+    model = instantiate(compose_config([f"model={option}", "model.device=cpu"]).model).fit(data[0])
+    normal, defect = model.predict(data[1]), model.predict(data[2])
+    assert defect.scores.min() > normal.scores.max()
+    assert defect.maps.shape == data[2].shape[:3] and defect.maps.dtype == np.float32
