@@ -16,7 +16,7 @@ from pyimgano_hydra.features.backbones import (
     hub_checkpoint_dir,
     resolve_device,
 )
-from pyimgano_hydra.features.extract import extract_features, iter_features, pooled_embedding
+from pyimgano_hydra.features.extract import extract_features, iter_features, pool_features, pooled_embedding
 
 __all__ = [
     "BACKBONES",

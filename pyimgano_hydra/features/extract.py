@@ -63,6 +63,25 @@ def extract_features(
 POOL_STATS = ("mean", "std", "max")
 
 
+def pool_features(
+    feats: dict[str, torch.Tensor], stats: tuple[str, ...] | list[str] = ("mean",), std_correction: int = 1
+) -> torch.Tensor:
+    """(B, len(stats) × sum of layer channels) float32 for one batch of layer maps: per layer,
+    each of ``stats`` over the spatial axes (std with ``std_correction``; 0 on 1×1 maps)."""
+    pooled = []
+    for value in feats.values():
+        value = value.float()
+        for stat in stats:
+            if stat == "mean":
+                pooled.append(value.mean(dim=(2, 3)))
+            elif stat == "std":
+                pooled.append(value.std(dim=(2, 3), correction=std_correction)
+                              if value.shape[2] * value.shape[3] > 1 else torch.zeros_like(value[:, :, 0, 0]))
+            else:
+                pooled.append(value.amax(dim=(2, 3)))
+    return torch.cat(pooled, dim=1)
+
+
 def pooled_embedding(
     backbone: Backbone,
     images: np.ndarray,
@@ -74,17 +93,5 @@ def pooled_embedding(
     bad = [s for s in stats if s not in POOL_STATS]
     if bad or not stats:
         raise ConfigError(f"model.pool: {list(stats)} must be a non-empty subset of {', '.join(POOL_STATS)}")
-    rows = []
-    for feats in iter_features(backbone, images, batch_size, desc):
-        pooled = []
-        for value in feats.values():
-            value = value.float()
-            for stat in stats:
-                if stat == "mean":
-                    pooled.append(value.mean(dim=(2, 3)))
-                elif stat == "std":
-                    pooled.append(value.std(dim=(2, 3)) if value.shape[2] * value.shape[3] > 1 else torch.zeros_like(value[:, :, 0, 0]))
-                else:
-                    pooled.append(value.amax(dim=(2, 3)))
-        rows.append(torch.cat(pooled, dim=1).cpu().numpy())
+    rows = [pool_features(feats, stats).cpu().numpy() for feats in iter_features(backbone, images, batch_size, desc)]
     return np.concatenate(rows).astype(np.float32, copy=False)

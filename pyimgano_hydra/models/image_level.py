@@ -17,17 +17,14 @@ import numpy as np
 import torch
 
 from pyimgano_hydra.errors import check
+from pyimgano_hydra.features import pool_features
 
 _EPS = 1e-6
 
 
 def channel_stats(feats: dict[str, torch.Tensor]) -> np.ndarray:
-    """(B, 2·ΣC) float64: per-channel spatial mean and std of each layer's maps."""
-    parts = []
-    for f in feats.values():
-        f = f.float()
-        parts += [f.mean((2, 3)), f.std((2, 3), correction=0)]
-    return torch.cat(parts, 1).cpu().double().numpy()
+    """(B, 2·ΣC) float64: per-channel spatial mean and (population) std of each layer's maps."""
+    return pool_features(feats, ("mean", "std"), std_correction=0).cpu().double().numpy()
 
 
 def topk_mean(values: np.ndarray, ratio: float) -> np.ndarray:

@@ -39,6 +39,7 @@ from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutp
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+POOLINGS = {"avg": ("mean",), "max": ("max",), "avgmax": ("mean", "max")}  # model.pooling → spatial stats
 
 
 def class_path(obj: Any) -> str:
@@ -104,23 +105,11 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
     # ------------------------------------------------------------------ embedding
     def embed(self, images: np.ndarray, desc: str = "embedding") -> np.ndarray:
         """(N, D) float32 pooled embeddings, before standardisation."""
-        import torch
+        from pyimgano_hydra.features import pooled_embedding
 
-        from pyimgano_hydra.features import iter_features
-
-        if self.pooling not in ("avg", "max", "avgmax"):
+        if self.pooling not in POOLINGS:
             raise ConfigError(f"model.pooling: {self.pooling!r} is not avg, max or avgmax")
-        rows = []
-        for feats in iter_features(self._backbone(), images, self.batch_size, desc):
-            parts = []
-            for value in feats.values():
-                value = value.float()
-                if self.pooling in ("avg", "avgmax"):
-                    parts.append(value.mean(dim=(2, 3)))
-                if self.pooling in ("max", "avgmax"):
-                    parts.append(value.amax(dim=(2, 3)))
-            rows.append(torch.cat(parts, dim=1).cpu().numpy())
-        return np.concatenate(rows).astype(np.float32, copy=False)
+        return pooled_embedding(self._backbone(), images, self.batch_size, desc, stats=POOLINGS[self.pooling])
 
     def _standardized(self, emb: np.ndarray) -> np.ndarray:
         if not self.standardize:
