@@ -96,10 +96,11 @@ class StreamingCoreset:
                 if keep < len(part):
                     idx = greedy_coreset(part_proj, keep, start=int(self._rng.integers(len(part))))
                     part, part_proj = part[idx], part_proj[idx]
+                seen = min(part_size, len(x) - s)
                 self._pending.append((part, part_proj))
                 self._pending_rows += len(part)
-                self._pending_seen += min(part_size, len(x) - s)
-                self.n_seen += min(part_size, len(x) - s)
+                self._pending_seen += seen
+                self.n_seen += seen
                 if self._pending_rows >= self.merge_rows:
                     self._reduce(math.floor(self.ratio * self._pending_seen))
 

@@ -117,11 +117,17 @@ class PatchCore(BackboneMixin, BaseDetector):
             yield aggregate_patches(feats, self.neighbourhood, self.embed_dim).cpu(), pooled
 
     def _build_index(self) -> None:
-        bank = np.ascontiguousarray(self.memory_bank_, dtype=np.float32)
-        self.index_ = faiss.IndexFlatL2(bank.shape[1])
-        self.index_.add(bank)
-        self.bank_t_ = torch.from_numpy(bank)
+        """Bank as a tensor with its squared norms (nearest-patch search); faiss comes later."""
+        self.bank_t_ = torch.from_numpy(np.ascontiguousarray(self.memory_bank_, dtype=np.float32))
         self.bank_sq_ = (self.bank_t_ * self.bank_t_).sum(1)
+        self.index_ = None
+
+    def _neighbour_index(self) -> faiss.IndexFlatL2:
+        """faiss index over the bank, built on first use (only ``score: max`` needs it)."""
+        if self.index_ is None:
+            self.index_ = faiss.IndexFlatL2(self.bank_t_.shape[1])
+            self.index_.add(self.bank_t_.numpy())
+        return self.index_
 
     def _check_fitted(self) -> None:
         check(getattr(self, "memory_bank_", None) is not None, "model", "PatchCore is not fitted; call fit() first")
@@ -175,7 +181,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         rows = np.arange(len(patch))
         query = emb[rows, top]  # (B, D) the most anomalous patch of each image
         nearest = self.memory_bank_[nn_idx[rows, top]]  # its nearest bank entry m*
-        _, support = self.index_.search(np.ascontiguousarray(nearest), k)  # m*'s neighbours
+        _, support = self._neighbour_index().search(np.ascontiguousarray(nearest), k)  # m*'s neighbours
         dists = np.linalg.norm(self.memory_bank_[support] - query[:, None, :], axis=2)  # (B, k)
         weights = 1.0 - torch.softmax(torch.from_numpy(dists), dim=1)[:, 0].numpy()
         return weights * scores
