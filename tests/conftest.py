@@ -34,6 +34,18 @@ def synthetic_cache(tmp_path_factory):
         os.environ["PYIMGANO_CACHE"] = old
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    on a shared 2-core CI box, 2 spinning threads are ~50x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_cli(args, cwd=None, module="pyimgano_hydra", env=None, timeout=600) -> subprocess.CompletedProcess:
     """Run ``python -m <module> args`` in a subprocess, importing this checkout."""
     full_env = dict(os.environ)

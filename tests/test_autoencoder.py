@@ -17,15 +17,7 @@ TINY = ["model=autoencoder", "model.device=cpu", "model.image_size=32", "model.d
 SIZE = 48
 BOX = (slice(14, 26), slice(20, 32))  # the defect square in defect images
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core CI box, 2 spinning threads are ~50x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

@@ -15,15 +15,7 @@ from pyimgano_hydra.schemas import validate
 PYOD_OPTIONS = ["ecod", "copod", "iforest", "knn", "lof", "ocsvm", "pca", "hbos", "pyod"]
 FAST = ["model.pretrained=false", "model.device=cpu", "model.batch_size=8"]
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core CI box, 2 spinning threads are ~50x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 
