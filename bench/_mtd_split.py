@@ -60,11 +60,33 @@ def train_samples(split: dict) -> list[Sample]:
     return [Sample(p, 0, None, "mtd", "good", "train") for p in split["train"]]
 
 
+def mvtec_split(root: Path, category: str, resize: int = 256, seed: int = 0, train_limit: int | None = None,
+                test_limit: int | None = None) -> dict:
+    """The same JSON-able split for one category of any MVTec-layout root."""
+    from pyimgano_hydra.data.mvtec import MVTecDataset
+
+    ds = MVTecDataset(root=str(root), category=category, resize=resize, seed=seed,
+                      limit_train=train_limit, limit_test=test_limit)
+    split = ds.split(category)
+    return {
+        "root": str(root), "category": category, "resize": resize, "seed": seed,
+        "train_limit": train_limit, "test_limit": test_limit,
+        "train": [s.path for s in split.train],
+        "test": [{"path": s.path, "label": int(s.label), "mask": s.mask_path,
+                  "defect": s.defect_type} for s in split.test],
+    }
+
+
 def ground_truth(split: dict) -> tuple[np.ndarray, np.ndarray]:
     """Test labels (N,) and masks bool (N, resize, resize), as our loader resizes them."""
-    ds = mtd_dataset(Path(split["root"]), split["resize"], split["seed"])
-    samples = test_samples(split)
-    return np.array([s.label for s in samples]), ds.load_masks(samples)
+    from pyimgano_hydra.data.images import load_mask
+
+    side = split["resize"]
+    masks = np.zeros((len(split["test"]), side, side), bool)
+    for i, t in enumerate(split["test"]):
+        if t["mask"]:
+            masks[i] = load_mask(t["mask"], (side, side))
+    return np.array([t["label"] for t in split["test"]]), masks
 
 
 def scaling_split(root: Path, resize: int = 256, seed: int = 0, n_test_normal: int = 20,

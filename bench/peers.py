@@ -1,4 +1,5 @@
-"""Side by side with anomalib and pyimgano: PatchCore and PaDiM on one MTD split.
+"""Side by side with anomalib and pyimgano: PatchCore and PaDiM on MTD, any MVTec-layout
+root, or the whole benchmark suite (bench/suite.py), from one invocation.
 
 Not part of CI. Creates (once) a venv per peer tool under ~/.cache/pyimgano_hydra/peers,
 then runs each (tool, model) in its own subprocess — ours in this venv, each peer in its
@@ -6,8 +7,10 @@ venv — through a small driver (bench/peer_drivers/) that returns scores and ma
 same test images. One metric implementation (pyimgano_hydra.metrics, scikit-learn)
 scores every tool. Prints the table and writes it to docs/BENCHMARKS.md.
 
-    nice -n 10 python bench/peers.py                       # full run (tens of minutes)
+    nice -n 10 python bench/peers.py                       # MTD (tens of minutes)
     nice -n 10 python bench/peers.py --train-limit 10 --test-limit 20 --no-write   # smoke
+    python bench/peers.py --dataset mvtec --root /data/parts --category all        # your parts
+    python bench/peers.py --suite /tmp/suite --with-mtd    # every source: one table per model
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from _mtd_split import default_mtd_root, ground_truth, make_split  # noqa: E402
+from _mtd_split import default_mtd_root, ground_truth, make_split, mvtec_split  # noqa: E402
 from _doc import DOC, write_section  # noqa: E402
 from _peer_venvs import PEERS, ensure_venv, mobilenet_v2_file, seeded_torch_home  # noqa: E402
 
@@ -40,6 +43,7 @@ DRIVERS = HERE / "peer_drivers"
 TOOLS = ("ours", "anomalib", "pyimgano")
 MODELS = ("patchcore", "padim")
 SECTION = "## Side by side with anomalib and pyimgano"
+SUITE_SECTION = "## Side by side on the benchmark suite"
 
 
 # ---- settings: ours from its composed config, the peers translated from it -----------------
@@ -50,10 +54,12 @@ def lite0_file() -> str:
 
 
 def ours_overrides(args: argparse.Namespace, model: str) -> list[str]:
-    over = ["dataset=mtd", f"dataset.root={args.root}", f"dataset.resize={args.resize}",
+    dataset = (["dataset=mtd", f"dataset.root={args.root}"] if args.dataset == "mtd"
+               else ["dataset=mvtec", f"dataset.root={args.root}"])
+    over = dataset + [f"dataset.resize={args.resize}",
             f"dataset.seed={args.seed}", f"model={args.ours_config.get(model, model)}", "model.device=cpu",
             f"model.backbone={args.backbone}"]
-    if model == "patchcore":
+    if model == "patchcore" and args.coreset_ratio is not None:
         over.append(f"model.coreset_ratio={args.coreset_ratio}")
     return over + list(args.ours_override)
 
@@ -64,7 +70,7 @@ def settings_for(args: argparse.Namespace, model: str) -> dict[str, dict]:
         cfg = compose_config(ours_overrides(args, model)).model
     except Exception as exc:  # ours lacks this model: peers still run with these defaults
         print(f"[warn] ours: cannot compose model={model} ({exc}); peers use defaults")
-        cfg = OmegaConf.create({"layers": ["blocks.2", "blocks.4"], "coreset_ratio": args.coreset_ratio,
+        cfg = OmegaConf.create({"layers": ["blocks.2", "blocks.4"], "coreset_ratio": args.coreset_ratio or 0.1,
                "num_neighbors": 9, "n_features": 100, "batch_size": 32})
     layers = list(cfg.layers)
     torchvision_weights = str(mobilenet_v2_file() or "")
@@ -129,30 +135,6 @@ def load_result(out: Path) -> dict:
     result["scores"] = np.load(out / "scores.npy")
     result["maps_path"] = out / "maps.npy" if (out / "maps.npy").is_file() else None
     return result
-
-
-def rendered_rows(dirs: list[Path], models, tools) -> tuple[list, dict, list[str]]:
-    """Rows from finished work dirs (first dir holding each tool/model wins), their split
-    (checked identical across dirs) and the command line each dir recorded."""
-    rows, split, commands = [], None, []
-    for d in dirs:
-        cmd = d / "command.txt"
-        commands.append(cmd.read_text().strip() if cmd.is_file() else f"(work dir {d})")
-    for model in models:
-        for tool in tools:
-            out = next((d / f"{tool}_{model}" for d in dirs
-                        if (d / f"{tool}_{model}" / "result.json").is_file()), None)
-            if out is None:
-                continue
-            job_split = json.loads((out / "job.json").read_text())["split"]
-            if split is None:
-                split = job_split
-            elif (job_split["train"], job_split["test"]) != (split["train"], split["test"]):
-                raise SystemExit(f"{out}: a different split from the other work dirs")
-            rows.append((tool, load_result(out)))
-    if split is None:
-        raise SystemExit("no finished results in the given work dirs")
-    return rows, split, commands
 
 
 def _alias_mobilenet_default(torch_home: Path) -> None:
@@ -252,15 +234,48 @@ def notes(rows: list[tuple[str, dict, dict]]) -> str:
     return "\n".join(dict.fromkeys(out))
 
 
+def splits_for(args: argparse.Namespace) -> list[tuple[str, str, str, Path, dict]]:
+    """(source, category, dataset kind, root, split) for every category this run measures."""
+    out = []
+    if args.suite:
+        for root in sorted(p for p in args.suite.iterdir() if p.is_dir()):
+            for cat in sorted(c.name for c in root.iterdir() if (c / "train" / "good").is_dir()):
+                out.append((root.name, cat, "mvtec", root, mvtec_split(root, cat, args.resize, args.seed,
+                                                                       args.train_limit, args.test_limit)))
+        if args.with_mtd and default_mtd_root().is_dir():
+            root = default_mtd_root().resolve()
+            out.append(("mtd", "mtd", "mtd", root, make_split(root, args.resize, args.seed,
+                                                              args.mtd_train_limit, args.test_limit)))
+    elif args.dataset == "mtd":
+        limit = args.train_limit if args.train_limit is not None else args.mtd_train_limit
+        out.append(("mtd", "mtd", "mtd", args.root, make_split(args.root, args.resize, args.seed, limit,
+                                                               args.test_limit)))
+    else:
+        from pyimgano_hydra.data.mvtec import MVTecDataset
+
+        cats = (MVTecDataset(root=str(args.root), category="all").categories() if args.category == "all"
+                else [c.strip() for c in args.category.split(",")])
+        for cat in cats:
+            out.append((args.root.name, cat, "mvtec", args.root, mvtec_split(args.root, cat, args.resize, args.seed,
+                                                                            args.train_limit, args.test_limit)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", type=Path, default=default_mtd_root(), help="MTD folder")
-    ap.add_argument("--train-limit", type=int, default=100)
+    ap.add_argument("--dataset", choices=("mtd", "mvtec"), default="mtd", help="layout of --root")
+    ap.add_argument("--root", type=Path, default=None, help="the dataset folder (default: MTD beside the repo)")
+    ap.add_argument("--category", default="all", help="mvtec: a category, a comma list, or all")
+    ap.add_argument("--suite", type=Path, default=None,
+                    help="a bench/suite.py output folder: every source under it (one table per model)")
+    ap.add_argument("--with-mtd", action="store_true", help="with --suite: add MTD as a source")
+    ap.add_argument("--train-limit", type=int, default=None, help="seeded subset of train images (default: all)")
+    ap.add_argument("--mtd-train-limit", type=int, default=100, help="MTD's train subset (default 100)")
     ap.add_argument("--test-limit", type=int, default=None, help="default: whole test split")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resize", type=int, default=256)
     ap.add_argument("--backbone", default="efficientnet_lite0")
-    ap.add_argument("--coreset-ratio", type=float, default=0.1)
+    ap.add_argument("--coreset-ratio", type=float, default=None, help="default: ours' configured value")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     ap.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
     ap.add_argument("--ours-override", action="append", default=[],
@@ -272,18 +287,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--setup-only", action="store_true", help="create the peer venvs and stop")
     ap.add_argument("--no-write", action="store_true", help="do not touch docs/BENCHMARKS.md")
     ap.add_argument("--render", type=Path, nargs="+", default=None, metavar="WORK_DIR",
-                    help="run nothing: build the table from finished work dirs")
+                    help="run nothing: build the tables from finished work dirs (first dir holding a cell wins)")
     args = ap.parse_args(argv)
-    args.root = args.root.resolve()
+    args.root = (args.root or default_mtd_root()).resolve()
+    args.suite = args.suite.resolve() if args.suite else None
     args.ours_config = dict(item.split("=", 1) for item in args.ours_config)
     cmd = "nice -n 10 python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                          text=True).stdout.strip() or "unknown"
     if args.render:
-        found, split, commands = rendered_rows(args.render, args.models, args.tools)
-        labels, masks = ground_truth(split)
-        rows = [(tool, r, score(r, labels, masks)) for tool, r in found]
-        report(rows, split, labels, args, "; ".join(f"`{c}`" for c in commands), args.no_write)
+        cells = collect(args.render, args.models, args.tools)
+        report_all(cells, args, "; ".join(f"`{c}`" for c in commands_of(args.render)), args.no_write)
         return
 
     for tool in args.tools:
@@ -293,22 +307,115 @@ def main(argv: list[str] | None = None) -> None:
         return
     work = args.work_dir or Path("/tmp/pyimgano_hydra_peers") / time.strftime("%Y%m%d-%H%M%S")
     work.mkdir(parents=True, exist_ok=True)
-    split = make_split(args.root, args.resize, args.seed, args.train_limit, args.test_limit)
-    labels, masks = ground_truth(split)
-    print(f"[split] {len(split['train'])} train, {len(split['test'])} test "
-          f"({int(labels.sum())} defective); work dir {work}", flush=True)
     (work / "command.txt").write_text(f"{cmd.strip()} (ours at commit {sha}, {date.today()})\n")
+    for source, cat, kind, root, split in splits_for(args):
+        labels, _ = ground_truth(split)
+        print(f"[split] {source}/{cat}: {len(split['train'])} train, {len(split['test'])} test "
+              f"({int(labels.sum())} defective); work dir {work}", flush=True)
+        local = argparse.Namespace(**{**vars(args), "dataset": kind, "root": root})
+        for model in args.models:
+            params = settings_for(local, model)
+            for tool in args.tools:
+                run_one(tool, model, params[tool], split, local, work / source / cat)
+    cells = collect([work], args.models, args.tools)
+    report_all(cells, args, f"`{cmd.strip()}` (ours at commit {sha})", args.no_write)
 
-    rows = []
+
+def commands_of(dirs: list[Path]) -> list[str]:
+    return [(d / "command.txt").read_text().strip() if (d / "command.txt").is_file() else f"(work dir {d})"
+            for d in dirs]
+
+
+def collect(dirs: list[Path], models, tools) -> dict:
+    """{(source, category): {"split": split, "rows": [(tool, result, metrics)]}} from finished
+    work dirs (``<dir>/<source>/<category>/<tool>_<model>/``); the first dir holding a cell wins."""
+    cells: dict = {}
+    for d in dirs:
+        for job in sorted(d.glob("*/*/*_*/job.json")):
+            out = job.parent
+            source, cat = out.parent.parent.name, out.parent.name
+            tool, _, model = out.name.partition("_")
+            if tool not in tools or model not in models or not (out / "result.json").is_file():
+                continue
+            cell = cells.setdefault((source, cat), {"split": json.loads(job.read_text())["split"], "rows": {}})
+            cell["rows"].setdefault((tool, model), out)
+    for cell in cells.values():
+        labels, masks = ground_truth(cell["split"])
+        cell["rows"] = [(tool, r, score(r, labels, masks)) for (tool, _), out in sorted(cell["rows"].items())
+                        for r in [load_result(out)]]
+        cell["labels"] = labels
+    if not cells:
+        raise SystemExit("no finished results in the given work dirs")
+    return cells
+
+
+def suite_table(cells: dict, model: str, tools) -> tuple[str, dict]:
+    """One markdown table for ``model``: a row per category, a cell per tool
+    (image AUROC / pixel AUROC / AUPRO / fit+test s), then the per-source and overall means."""
+    keys = ("image_auroc", "pixel_auroc", "aupro", "total_s")
+    head = ("| source | category | " + " | ".join(
+        "**ours**" if t == "ours" else f"{t} {PEERS[t]['version']}" for t in tools)
+        + " | " + " | ".join(f"time ours/{t}" for t in tools if t != "ours") + " |\n")
+    head += "|---|---|" + "---|" * (2 * len(tools) - 1) + "\n"
+    values: dict = {}
+    lines = []
+    for (source, cat), cell in sorted(cells.items()):
+        got = {t: m for t, r, m in cell["rows"] if r.get("model") == model and m}
+        if not got:
+            continue
+        for t, m in got.items():
+            values.setdefault(source, {}).setdefault(t, []).append([m.get(k, float("nan")) for k in keys])
+        lines.append(_suite_line(source, cat, [got.get(t) for t in tools], tools))
+    means: dict = {}
+    for source, per_tool in sorted(values.items()):
+        means[source] = {t: dict(zip(keys, np.nanmean(np.array(v, dtype=float), axis=0).tolist()))
+                         for t, v in per_tool.items()}
+        lines.append(_suite_line(f"**{source}**", "mean", [means[source].get(t) for t in tools], tools))
+    return head + "\n".join(lines) + "\n", means
+
+
+def _suite_line(source: str, cat: str, metrics: list, tools) -> str:
+    def cell(m):
+        if not m:
+            return "—"
+        return (f"{_fmt(m.get('image_auroc'), '.3f')} / {_fmt(m.get('pixel_auroc'), '.3f')} / "
+                f"{_fmt(m.get('aupro'), '.3f')} / {_fmt(m.get('total_s'), '.1f')} s")
+    ours = metrics[0] if tools[0] == "ours" else None
+    ratios = []
+    for t, m in zip(tools, metrics):
+        if t == "ours":
+            continue
+        ok = ours and m and m.get("total_s")
+        ratios.append(_fmt(ours["total_s"] / m["total_s"] if ok else None, ".2f"))
+    return f"| {source} | {cat} | " + " | ".join(cell(m) for m in metrics) + " | " + " | ".join(ratios) + " |"
+
+
+def report_all(cells: dict, args, commands: str, no_write: bool) -> None:
+    """MTD-only runs keep the detailed table; several categories get one table per model."""
+    tools = [t for t in TOOLS if t in args.tools]
+    if len(cells) == 1:
+        (cell,) = cells.values()
+        report(cell["rows"], cell["split"], cell["labels"], args, commands, no_write)
+        return
+    parts = [f"Command: {commands}  \nDate: {date.today().isoformat()}; machine: {os.cpu_count()} CPU cores, "
+             f"no GPU. Each cell: image AUROC / pixel AUROC / AUPRO / fit+test seconds (one metric "
+             f"implementation scores every tool; peers copy ours' backbone, layers and sizes).\n"]
+    raw = {}
     for model in args.models:
-        params = settings_for(args, model)
-        for tool in args.tools:
-            result = run_one(tool, model, params[tool], split, args, work)
-            rows.append((tool, result, score(result, labels, masks)))
-    summary = [{k: v for k, v in r.items() if k not in ("scores", "maps_path")} | {"metrics": m}
-               for _, r, m in rows]
-    (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    report(rows, split, labels, args, f"`{cmd.strip()}` (ours at commit {sha})", args.no_write)
+        text, means = suite_table(cells, model, tools)
+        raw[model] = means
+        parts.append(f"### {model}\n\n{text}")
+    text = "\n".join(parts)
+    print("\n" + text)
+    if not no_write:
+        write_section(SUITE_SECTION, "peers_suite", text)
+        results = HERE / "results"
+        results.mkdir(exist_ok=True)
+        (results / "peers_suite.json").write_text(json.dumps(
+            {"commands": commands, "date": date.today().isoformat(), "means": raw,
+             "cells": {f"{s}/{c}": [{"tool": t, "model": r.get("model"), **m} for t, r, m in cell["rows"]]
+                       for (s, c), cell in sorted(cells.items())}}, indent=1))
+        print(f"[doc] wrote {DOC} and {results / 'peers_suite.json'}")
 
 
 def report(rows, split: dict, labels: np.ndarray, args, commands: str, no_write: bool) -> None:
@@ -316,7 +423,7 @@ def report(rows, split: dict, labels: np.ndarray, args, commands: str, no_write:
     header = (f"Command: {commands}  \n"
               f"Date: {date.today().isoformat()}; machine: {os.cpu_count()} CPU cores "
               f"({platform.processor() or platform.machine()}), no GPU, shared with other jobs; "
-              f"torch threads: default. Split: MTD, {len(split['train'])} training normals "
+              f"torch threads: default. Split: {split.get('category', 'MTD')}, {len(split['train'])} training normals "
               f"(seeded subset of the 80 % train part, seed {split['seed']}), "
               f"{len(split['test'])} test images ({int(labels.sum())} defective), "
               f"resize {split['resize']}.\n")
