@@ -99,10 +99,27 @@ def _pad_patch(include: bool):
     return lambda: setattr(patchcore, "F", F)
 
 
+def _nearest_patch():
+    """Study knob: PaDiM's deeper layers upsampled by nearest neighbour (as anomalib does)."""
+    import torch.nn.functional as F
+    from pyimgano_hydra.models import padim
+
+    def interpolate(x, size=None, mode="nearest", align_corners=None):
+        if x.shape[1] > 1:  # feature maps; anomaly maps (1 channel) stay bilinear
+            return F.interpolate(x, size=size, mode="nearest")
+        return F.interpolate(x, size=size, mode=mode, align_corners=align_corners)
+
+    padim.F = type("F", (), {"interpolate": staticmethod(interpolate),
+                             "adaptive_avg_pool2d": staticmethod(F.adaptive_avg_pool2d)})
+    return lambda: setattr(padim, "F", F)
+
+
 def evaluate(model: str, variant: dict, train: np.ndarray, test: np.ndarray, labels: np.ndarray,
              masks: np.ndarray, seed: int = 0) -> dict:
     params = {**schema_defaults(model), **{k: v for k, v in variant.items() if not k.startswith(("fit_", "_"))}}
     restore = _pad_patch(bool(variant["_pad_include"])) if "_pad_include" in variant else (lambda: None)
+    if variant.get("_nearest"):
+        restore = _nearest_patch()
     fraction = float(variant.get("fit_fraction", 1.0))
     if fraction < 1:
         order = np.random.default_rng(seed).permutation(len(train))

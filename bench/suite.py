@@ -12,7 +12,7 @@ ground_truth/<defect>/<stem>_mask.png}``: each source is one MVTec-layout root, 
 * ``objects``: structured parts with small pose and lighting jitter (a washer, a circuit
   board, a printed label);
 * ``scale``: the same kinds of content at other sizes and counts: small images upscaled
-  (96 px), large images downscaled (640 px, small defects), and many (300) training images.
+  (96 px), large images downscaled (640 px, small defects), and many (200) training images.
 
 Defects: scratch, stain, hole, cut-paste (a patch of another normal image), colour shift
 and, for objects, a missing part; every anomalous image has an exact pixel mask. The same
@@ -274,7 +274,7 @@ def catalogue(size: str) -> dict[str, list[Category]]:
         "scale": [
             Category("small_gravel_gray", gray(gravel), 96, 30, 20, 5, tex),
             Category("large_woven", woven, 640, 30, 20, 5, tex),
-            Category("many_brushed", brushed, 256, 300, 20, 5, tex),
+            Category("many_brushed", brushed, 256, 200, 20, 5, tex),
         ],
     }
 

@@ -113,7 +113,9 @@ def load_image(path: str | Path, resize: Size = None, input_mode: str = "rgb") -
     elif input_mode == "gray" and arr.ndim == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
     if target is not None and arr.shape[:2] != target:
-        arr = cv2.resize(arr, (target[1], target[0]), interpolation=cv2.INTER_AREA)
+        shrink = target[0] * target[1] < arr.shape[0] * arr.shape[1]  # area averaging only when shrinking:
+        arr = cv2.resize(arr, (target[1], target[0]),      # upscaled, it copies pixels into blocks
+                         interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return np.ascontiguousarray(arr)
