@@ -23,11 +23,12 @@ from suite import build_suite  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # model option -> metric -> floor on the mean over the guard's categories
-# (recorded 2026-12-02: patchcore 0.629 / 0.808, padim 0.611 / 0.845; with the
-# neighbourhood average ignoring padding again, patchcore fell to 0.496 / 0.621)
+# (recorded 2026-12-02: patchcore 0.629 / 0.808; with the neighbourhood average ignoring
+# padding again, patchcore fell to 0.496 / 0.621. 2026-12-03, PaDiM score=topk: padim
+# 0.649 / 0.845, was 0.611 / 0.845 with score=max)
 FLOORS = {
     "patchcore": {"image_auroc": 0.60, "pixel_auroc": 0.78},
-    "padim": {"image_auroc": 0.58, "pixel_auroc": 0.82},
+    "padim": {"image_auroc": 0.62, "pixel_auroc": 0.82},
 }
 
 

@@ -85,7 +85,7 @@ def test_config_instantiates_and_bad_values_name_the_key():
         validate(compose_config(["model=padim", "model.eps=0"]))
 
 
-@pytest.mark.parametrize("params", [dict(score="topk"), dict(global_weight=1.0), dict(score="topk", global_weight=1.0)])
+@pytest.mark.parametrize("params", [dict(score="max"), dict(global_weight=1.0), dict(score="max", global_weight=1.0)])
 def test_image_score_options_keep_maps_rank_the_defect_and_round_trip(fitted, data, params):
     check_image_score_option(fitted, PaDiM(**FAST, **params).fit(data[0]), data, PaDiM)
 

@@ -8,8 +8,8 @@ cancellation) and inverted once, in place. Peak memory is about two ``positions 
 float32 arrays; fit refuses up front when that exceeds ``max_memory_gb``.
 
 Predict: per position the Mahalanobis distance; the map is upsampled to the input size
-and Gaussian-smoothed (``smoothing_sigma`` pixels); the image score is the map's max
-(``score: max``) or the mean of its top ``topk_ratio`` pixels (``score: topk``).
+and Gaussian-smoothed (``smoothing_sigma`` pixels); the image score is the mean of its top
+``topk_ratio`` pixels (``score: topk``, chosen on the bench suite) or the map's max (``score: max``).
 ``global_weight > 0`` fuses in the image-level Gaussian of
 :mod:`pyimgano_hydra.models.image_level` (image scores only; maps unchanged).
 """
@@ -50,7 +50,7 @@ class PaDiM(BackboneMixin, BaseDetector):
         smoothing_sigma: float = 4.0,
         max_memory_gb: float = 4.0,
         image_norm: str = "none",
-        score: str = "max",
+        score: str = "topk",
         topk_ratio: float = 0.01,
         global_weight: float = 0.0,
         seed: int = 0,

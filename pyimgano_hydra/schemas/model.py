@@ -68,7 +68,7 @@ class PaDiMSchema(BackboneSchema):
     smoothing_sigma: float = 4.0
     max_memory_gb: float = 4.0  # refuse up front when the Gaussians would need more
     image_norm: str = "none"  # none | standardize
-    score: str = "max"  # max (map max) | topk (mean of the top topk_ratio map pixels)
+    score: str = "topk"  # topk (mean of the top topk_ratio map pixels) | max (map max)
     topk_ratio: float = 0.01  # share of map pixels averaged when score=topk
     global_weight: float = 0.0  # > 0 adds log(image-level Mahalanobis) × weight to image scores
     seed: int = 0
