@@ -1,7 +1,7 @@
 """Choose detector defaults on the whole suite, never on one dataset.
 
     python bench/defaults.py --root /tmp/suite --model patchcore \
-        --variant base= --variant pad=neighbourhood_pad=include --variant max=score=max
+        --variant base= --variant excl=neighbourhood_pad=exclude --variant max=score=max
     python bench/defaults.py --root /tmp/suite --mtd --model padim --variant base= --variant s8=smoothing_sigma=8
 
 Every category of every MVTec-layout ``--root`` (and MTD with ``--mtd``) is loaded once; each
@@ -84,21 +84,6 @@ def scores_and_maps(det, images: np.ndarray, batch: int = 32):
     return np.concatenate(scores), np.concatenate(maps)
 
 
-def _pad_patch(include: bool):
-    """Study knob: count_include_pad of PatchCore's neighbourhood average (not a param)."""
-    import torch.nn.functional as F
-    from pyimgano_hydra.models import patchcore
-
-    original = F.avg_pool2d
-
-    def pool(x, k, s=None, p=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
-        return original(x, k, s, p, ceil_mode, include, divisor_override)
-
-    patchcore.F = type("F", (), {"avg_pool2d": staticmethod(pool), "interpolate": staticmethod(F.interpolate),
-                                 "adaptive_avg_pool1d": staticmethod(F.adaptive_avg_pool1d)})
-    return lambda: setattr(patchcore, "F", F)
-
-
 def _nearest_patch():
     """Study knob: PaDiM's deeper layers upsampled by nearest neighbour (as anomalib does)."""
     import torch.nn.functional as F
@@ -117,9 +102,7 @@ def _nearest_patch():
 def evaluate(model: str, variant: dict, train: np.ndarray, test: np.ndarray, labels: np.ndarray,
              masks: np.ndarray, seed: int = 0) -> dict:
     params = {**schema_defaults(model), **{k: v for k, v in variant.items() if not k.startswith(("fit_", "_"))}}
-    restore = _pad_patch(bool(variant["_pad_include"])) if "_pad_include" in variant else (lambda: None)
-    if variant.get("_nearest"):
-        restore = _nearest_patch()
+    restore = _nearest_patch() if variant.get("_nearest") else (lambda: None)
     fraction = float(variant.get("fit_fraction", 1.0))
     if fraction < 1:
         order = np.random.default_rng(seed).permutation(len(train))

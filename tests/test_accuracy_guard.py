@@ -37,11 +37,11 @@ def guard_root(tmp_path_factory):
     return build_suite(tmp_path_factory.mktemp("suite"), size="small")["guard"]
 
 
-def suite_metrics(root, model: str, tmp_path) -> dict:
+def suite_metrics(root, model: str, tmp_path, *overrides: str) -> dict:
     from pyimgano_hydra.api import run
 
     report = run(["dataset=mvtec", f"dataset.root={root}", "dataset.category=all", "dataset.resize=128",
-                  f"model={model}", "cache.enabled=false"], output_dir=tmp_path / model)
+                  f"model={model}", "cache.enabled=false", *overrides], output_dir=tmp_path / model)
     per_category = {c: v["metrics"] for c, v in report["categories"].items()}
     assert sorted(per_category) == ["grass", "gravel", "washer"]
     return {k: float(np.mean([m[k] for m in per_category.values()])) for k in ("image_auroc", "pixel_auroc")}
@@ -54,3 +54,11 @@ def test_default_detector_stays_above_the_suite_floors(guard_root, model, tmp_pa
     for metric, floor in FLOORS[model].items():
         assert got[metric] >= floor, (f"model={model}: mean {metric} {got[metric]:.3f} fell below the "
                                       f"recorded floor {floor:.3f} on the guard suite")
+
+
+def test_the_guard_catches_the_padding_regression(guard_root, tmp_path):
+    """The change that once cost the textures (neighbourhood average ignoring the zero
+    padding) must land below the floors: the guard is sensitive enough to catch it."""
+    got = suite_metrics(guard_root, "patchcore", tmp_path, "model.neighbourhood_pad=exclude")
+    print("patchcore, neighbourhood_pad=exclude", got)
+    assert any(got[m] < floor for m, floor in FLOORS["patchcore"].items())

@@ -1,7 +1,7 @@
 """PatchCore (Roth et al., CVPR 2022): nearest-neighbour distance to a coreset of normal patches.
 
 Fit: backbone feature maps of ``layers`` → local neighbourhood average (``neighbourhood``
-× ``neighbourhood``) → upsampled to the finest layer and concatenated → optionally
+× ``neighbourhood``, zero padding counted unless ``neighbourhood_pad: exclude``) → upsampled to the finest layer and concatenated → optionally
 averaged down to ``embed_dim`` channels → greedy k-center coreset (``coreset_ratio`` of all
 patches, at most ``coreset_max_size`` rows, selected on a seeded ``projection_dim`` random
 projection, per image then over the union; see :mod:`pyimgano_hydra.models.coreset`).
@@ -40,18 +40,21 @@ from pyimgano_hydra.smoothing import gaussian_blur
 
 
 def aggregate_patches(
-    feats: dict[str, torch.Tensor], neighbourhood: int, embed_dim: int | None
+    feats: dict[str, torch.Tensor], neighbourhood: int, embed_dim: int | None, pad: str = "zeros"
 ) -> torch.Tensor:
-    """Layer maps → patch embeddings (B, h, w, D) at the finest layer's resolution."""
+    """Layer maps → patch embeddings (B, h, w, D) at the finest layer's resolution.
+
+    ``pad="zeros"`` counts the zero padding in the neighbourhood average (as in the paper's
+    code): border patches shrink alike in train and test. ``"exclude"`` averages the in-image
+    cells only; on stochastic textures that made border patches noisy and cost 0.1-0.2 image
+    AUROC (docs/BENCHMARKS.md, "Choosing defaults"), on MTD's deep layers it kept AUPRO.
+    """
     size = max((f.shape[-2:] for f in feats.values()), key=lambda s: s[0] * s[1])
     parts = []
     for f in feats.values():
         f = f.float()
         if neighbourhood > 1:
-            # zero padding counts (as in the paper's code): border patches shrink alike in
-            # train and test; averaging over fewer cells instead made border patches noisy and
-            # cost 0.1-0.2 image AUROC on stochastic textures (docs/BENCHMARKS.md, "Choosing defaults")
-            f = F.avg_pool2d(f, neighbourhood, 1, neighbourhood // 2, count_include_pad=True)
+            f = F.avg_pool2d(f, neighbourhood, 1, neighbourhood // 2, count_include_pad=pad == "zeros")
         if f.shape[-2:] != size:
             f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
         parts.append(f)
@@ -80,6 +83,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         device: str = "auto",
         batch_size: int = 16,
         neighbourhood: int = 3,
+        neighbourhood_pad: str = "zeros",
         embed_dim: int | None = None,
         coreset_ratio: float = 0.1,
         coreset_max_size: int | None = 20000,
@@ -99,6 +103,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         self.device = device
         self.batch_size = batch_size
         self.neighbourhood = neighbourhood
+        self.neighbourhood_pad = neighbourhood_pad
         self.embed_dim = embed_dim
         self.coreset_ratio = coreset_ratio
         self.coreset_max_size = coreset_max_size
@@ -117,7 +122,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         backbone = self._backbone()
         for feats in iter_features(backbone, images, self.batch_size, desc):
             pooled = channel_stats(feats) if self.global_weight > 0 else None
-            yield aggregate_patches(feats, self.neighbourhood, self.embed_dim).cpu(), pooled
+            yield aggregate_patches(feats, self.neighbourhood, self.embed_dim, self.neighbourhood_pad).cpu(), pooled
 
     def _build_index(self) -> None:
         """Bank as a tensor with its squared norms (nearest-patch search); faiss comes later."""

@@ -31,6 +31,7 @@ class PatchCoreSchema(BackboneSchema):
     _target_: str = "pyimgano_hydra.models.patchcore.PatchCore"
     layers: List[str] = field(default_factory=lambda: ["blocks.2", "blocks.4"])
     neighbourhood: int = 3  # local average-pool window over each feature map
+    neighbourhood_pad: str = "zeros"  # zeros (padding counts in the average) | exclude (in-image cells only)
     embed_dim: Optional[int] = None  # average channels down to this many; null keeps all
     coreset_ratio: float = 0.1  # memory bank = this share of all training patches
     coreset_max_size: Optional[int] = 20000  # cap on bank rows (keeps fit and search fast); null = none
@@ -48,6 +49,7 @@ class PatchCoreSchema(BackboneSchema):
         check(0 < self.coreset_ratio <= 1, "model.coreset_ratio", "must be in (0, 1]")
         check(self.coreset_max_size is None or self.coreset_max_size >= 1, "model.coreset_max_size", "must be >= 1 or null")
         check(self.neighbourhood >= 1, "model.neighbourhood", "must be >= 1")
+        check(self.neighbourhood_pad in ("zeros", "exclude"), "model.neighbourhood_pad", "must be zeros or exclude")
         check(self.embed_dim is None or self.embed_dim >= 1, "model.embed_dim", "must be >= 1 or null")
         check(self.projection_dim >= 0, "model.projection_dim", "must be >= 0 (0 = no projection)")
         check(self.num_neighbors >= 1, "model.num_neighbors", "must be >= 1")
