@@ -11,6 +11,9 @@ scores every tool. Prints the table and writes it to docs/BENCHMARKS.md.
     nice -n 10 python bench/peers.py --train-limit 10 --test-limit 20 --no-write   # smoke
     python bench/peers.py --dataset mvtec --root /data/parts --category all        # your parts
     python bench/peers.py --suite /tmp/suite --with-mtd    # every source: one table per model
+
+Set OMP_NUM_THREADS=1 on a shared machine: with two BLAS threads per tool and other jobs
+running, one anomalib fit took 50x longer here, which says nothing about the tools.
 """
 from __future__ import annotations
 
@@ -292,7 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     args.root = (args.root or default_mtd_root()).resolve()
     args.suite = args.suite.resolve() if args.suite else None
     args.ours_config = dict(item.split("=", 1) for item in args.ours_config)
-    cmd = "nice -n 10 python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    threads = os.environ.get("OMP_NUM_THREADS")
+    cmd = (f"OMP_NUM_THREADS={threads} " if threads else "") + "python bench/peers.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                          text=True).stdout.strip() or "unknown"
     if args.render:
