@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -57,4 +58,7 @@ class ClaimRunDir(Callback):
     """Hydra callback: claim ``hydra.run.dir`` before anything is written into it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # hydra.run.dir reads ${hydra:runtime.choices...}: set what run_job would set next;
+        # ${now:} is cached in ``config``, so run_job resolves the same directory.
+        HydraConfig.instance().set_config(config)
         claim(Path(str(config.hydra.run.dir)))
