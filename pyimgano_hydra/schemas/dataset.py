@@ -21,8 +21,7 @@ class DatasetSchema:
     limit_test: Optional[int] = None
     seed: int = 0
     on_bad_image: str = "error"  # error | skip (skipped files are listed in dataset.skipped)
-    # refuse a file whose decoded pixels (w x h x channels x bytes) would take more, from its header
-    max_image_megabytes: float = DEFAULT_MAX_IMAGE_MEGABYTES
+    max_image_megabytes: float = DEFAULT_MAX_IMAGE_MEGABYTES  # refuse files that decode to more (header check)
 
     def __post_init__(self) -> None:
         check(self.on_bad_image in ("error", "skip"), "dataset.on_bad_image", "must be error or skip")

@@ -12,14 +12,14 @@ class CacheSchema:
     """On-disk feature cache shared by jobs with the same images, preprocessing, backbone,
     weights and layers (see docs/SWEEPS.md); LRU entries are evicted past ``max_gb``."""
 
-    enabled: bool = True
-    dir: str = CACHE_DIR
-    max_gb: Optional[float] = 4.0  # null = no bound (checked in features.cache.configure)
+    enabled: bool = True  # false: extract features afresh in every job
+    dir: str = CACHE_DIR  # $PYIMGANO_CACHE/features, else ~/.cache/pyimgano_hydra/features
+    max_gb: Optional[float] = 4.0  # least recently used entries evicted past this; null = no bound
 
 
 @dataclass
 class RunSchema:
-    seed: int = 0
+    seed: int = 0  # seed of the recipe's random choices (splits, sampling)
     tag: str = ""  # free-form label carried into the report (e.g. a ticket or line id)
     cache: CacheSchema = field(default_factory=CacheSchema)
     # the groups, typed by their own schemas
