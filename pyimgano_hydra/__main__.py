@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pyimgano_hydra.console import one_line_errors
 from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.interrupt import exit_on_interrupt
 from pyimgano_hydra.paths import conf_dir
 from pyimgano_hydra.reference import config_groups_text
 from pyimgano_hydra.schemas import register_configs
@@ -44,7 +45,7 @@ def main() -> None:
 
         print(f"pyimgano_hydra {__version__}")
         return
-    with one_line_errors():
+    with exit_on_interrupt("the run"), one_line_errors():
         _job()
 
 

@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-import signal
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,6 +14,7 @@ from pyimgano_hydra.console import quiet_third_party_logs
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.features.cache import feature_cache
 from pyimgano_hydra.instantiate import build, build_detector_factory
+from pyimgano_hydra.interrupt import sigterm_as_interrupt
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
 from pyimgano_hydra.runs.environment import environment, git_sha
 from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
@@ -25,26 +23,6 @@ from pyimgano_hydra.runs.writers import write_json_atomic
 from pyimgano_hydra.schemas import validate
 
 SUMMARY_METRICS = ("image_auroc", "image_ap", "image_f1", "image_f1_max", "pixel_auroc", "pixel_aupro")
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM (or Ctrl-C) during a run."""
-
-
-@contextmanager
-def _sigterm_as_interrupt():
-    def handler(signum, frame):
-        raise Interrupted(f"signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -142,7 +120,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
     }
     write_status(run_dir.status, RUNNING, started_utc=report["timestamp_utc"])
     try:
-        with _sigterm_as_interrupt(), feature_cache(cfg.get("cache")):
+        with sigterm_as_interrupt(), feature_cache(cfg.get("cache")):
             validate(cfg)  # range checks, before any work; a failure is recorded in status.json
             write_json_atomic(run_dir.config, OmegaConf.to_container(cfg, resolve=True))
             write_json_atomic(run_dir.environment, environment())
@@ -162,8 +140,8 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
                 result = recipe(ctx)
                 write_json_atomic(out.report, result.to_dict())
                 results.append(result)
-    except (KeyboardInterrupt, Interrupted) as exc:
-        write_status(run_dir.status, INTERRUPTED, error=f"interrupted ({exc or 'Ctrl-C'})")
+    except KeyboardInterrupt as exc:
+        write_status(run_dir.status, INTERRUPTED, error=f"interrupted ({exc or 'SIGINT'})")
         raise
     except BaseException as exc:
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -17,6 +17,13 @@ def quiet_third_party_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def tolerant_console() -> None:
+    """File names that are not UTF-8 print as ``\\xff`` escapes instead of crashing the run."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def _fold_traceback(text: str) -> str:
     """'Error executing job ... / Traceback ... / Exc: msg' -> one line."""
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith(_HINT)]
@@ -80,6 +87,7 @@ class _HydraReportCatcher:
 @contextmanager
 def one_line_errors() -> Iterator[None]:
     """Run a Hydra entry point; on failure print one line and exit with the same code."""
+    tolerant_console()
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         yield
         return

@@ -20,11 +20,12 @@ from pyimgano_hydra.defects.export import DefectsExporter, require_maps
 from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.instantiate import build_detector_factory
+from pyimgano_hydra.interrupt import exit_on_interrupt, sigterm_as_interrupt
 from pyimgano_hydra.paths import conf_dir
 from pyimgano_hydra.runs.checkpoints import load_checkpoint
 from pyimgano_hydra.runs.layout import safe_name
 from pyimgano_hydra.runs.load import load_run
-from pyimgano_hydra.runs.status import COMPLETED, FAILED, RUNNING, write_status
+from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, RUNNING, write_status
 from pyimgano_hydra.runs.writers import save_npy_atomic, write_json_atomic, write_jsonl_atomic
 from pyimgano_hydra.schemas import register_configs
 
@@ -134,6 +135,9 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
                        "pixel_threshold_provenance": exporter.threshold.provenance,
                        "images_with_defects": sum(1 for r in records if r.get("defects", {}).get("n_regions"))}}
         write_json_atomic(out / "summary.json", summary)
+    except KeyboardInterrupt as exc:
+        write_status(out / "status.json", INTERRUPTED, error=f"interrupted ({exc or 'SIGINT'})")
+        raise
     except BaseException as exc:
         write_status(out / "status.json", FAILED, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
@@ -148,7 +152,8 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
 def _job(cfg: DictConfig) -> dict:
     try:
         hc = HydraConfig.get()
-        return run_inference(cfg, hc.runtime.output_dir, task_overrides=list(hc.overrides.task))
+        with sigterm_as_interrupt():
+            return run_inference(cfg, hc.runtime.output_dir, task_overrides=list(hc.overrides.task))
     except UserError as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -157,7 +162,7 @@ def _job(cfg: DictConfig) -> dict:
 
 
 def main() -> None:
-    with one_line_errors():
+    with exit_on_interrupt("the inference run"), one_line_errors():
         _job()
 
 

@@ -83,6 +83,21 @@ def _schema_table(cls: type, group: str) -> list[str]:
     return rows
 
 
+def _top_level_table() -> list[str]:
+    """``seed``, ``tag`` and ``cache.*``: the primary config's own keys (schemas/run.py)."""
+    from pyimgano_hydra.schemas.run import RunSchema
+
+    hints, comments = typing.get_type_hints(RunSchema), _field_comments(RunSchema)
+    rows = ["## top-level keys", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    for field in dataclasses.fields(RunSchema):
+        tp = hints.get(field.name, field.type)
+        if dataclasses.is_dataclass(tp):
+            rows += _schema_table(tp, field.name)[2:]
+        elif tp is not typing.Any:
+            rows.append(f"| `{field.name}` | {_type_name(tp)} | `{_default(field)}` | {comments.get(field.name, '')} |")
+    return rows + [""]
+
+
 def generate() -> str:
     """The reference as Markdown."""
     register_configs()
@@ -94,7 +109,7 @@ def generate() -> str:
              "`pyimgano_hydra/schemas/` and the files in `conf/`; a test fails when it is stale.", "",
              "```", "python -m pyimgano_hydra [group=option ...] [key=value ...] [--multirun] [--cfg job] [--help]",
              "python -m pyimgano_hydra.infer run_dir=<run dir> input=<file|dir|glob> [category=...] [defects.*=...]",
-             "```", ""]
+             "```", ""] + _top_level_table()
     modules = {name: importlib.import_module(f"pyimgano_hydra.schemas.{name}")
                for name in ("dataset", "model", "model_zoo", "recipe", "tiling", "postprocess", "defects")}
     for group in GROUPS:

@@ -43,7 +43,8 @@ class Broken(BaseDetector):
 
 
 class Sleepy(PixelZScore):
-    """Sleeps in fit, so a test can interrupt a run mid-way."""
+    """Sleeps in fit (and in predict for $FAKES_PREDICT_SLEEP seconds), so a test can interrupt
+    a run or an inference mid-way."""
 
     def __init__(self, seconds: float = 60.0):
         super().__init__()
@@ -54,6 +55,13 @@ class Sleepy(PixelZScore):
 
         time.sleep(self.seconds)
         return super().fit(images)
+
+    def predict(self, images):
+        import os
+        import time
+
+        time.sleep(float(os.environ.get("FAKES_PREDICT_SLEEP", 0)))
+        return super().predict(images)
 
 
 class ScoresOnly(PixelZScore):

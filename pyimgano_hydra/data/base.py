@@ -14,7 +14,8 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
-from pyimgano_hydra.data.images import list_images, load_image, load_mask, mask_size, read_size
+from pyimgano_hydra.data.images import (DEFAULT_MAX_IMAGE_MEGABYTES, list_images, load_image, load_mask,
+                                        mask_size, read_size)
 from pyimgano_hydra.data.sample import ANOMALOUS, CategorySplit, Sample
 from pyimgano_hydra.errors import ConfigError, DataError
 
@@ -47,7 +48,7 @@ class ImageDataset:
     def __init__(self, root: str, category: Any = "all", resize: int | None = 256,
                  input_mode: str = "rgb", limit_train: int | None = None,
                  limit_test: int | None = None, seed: int = 0, on_bad_image: str = "error",
-                 **extra: Any) -> None:
+                 max_image_megabytes: float = DEFAULT_MAX_IMAGE_MEGABYTES, **extra: Any) -> None:
         if on_bad_image not in ("error", "skip"):
             raise ConfigError("dataset.on_bad_image: must be error or skip")
         if input_mode not in ("rgb", "gray"):
@@ -60,6 +61,7 @@ class ImageDataset:
         self.limit_test = limit_test
         self.seed = int(seed)
         self.on_bad_image = on_bad_image
+        self.max_image_megabytes = float(max_image_megabytes)
         self.extra = dict(extra)
         self.skipped: list[dict] = []  # {path, reason, category} of every file left out
 
@@ -151,14 +153,14 @@ class ImageDataset:
                 if s.label == ANOMALOUS and s.mask_path is None and self.mask_required(s):
                     raise DataError(f"{s.path}: anomalous image has no ground-truth mask; "
                                     f"expected {self.mask_hint(s)}")
-                size = read_size(s.path)
+                size = read_size(s.path, self.max_image_megabytes)
                 if s.mask_path is not None:
                     m_size = mask_size(s.mask_path)
                     if m_size != size:
                         raise DataError(f"{s.mask_path}: mask is {m_size[1]}x{m_size[0]} "
                                         f"but its image {s.path} is {size[1]}x{size[0]}")
                 if self.on_bad_image == "skip":
-                    load_image(s.path, resize=64, input_mode=self.input_mode)
+                    load_image(s.path, 64, self.input_mode, self.max_image_megabytes)
                     if s.mask_path is not None:
                         load_mask(s.mask_path)
             except DataError as exc:
@@ -181,11 +183,11 @@ class ImageDataset:
         if not samples:
             side = self.resize or 0
             return np.zeros((0, side, side, channels), np.uint8)
-        first = load_image(samples[0].path, self.resize, self.input_mode)
+        first = load_image(samples[0].path, self.resize, self.input_mode, self.max_image_megabytes)
         out = np.empty((len(samples),) + first.shape, np.uint8)
         out[0] = first
         for i, s in enumerate(samples[1:], start=1):
-            img = load_image(s.path, self.resize, self.input_mode)
+            img = load_image(s.path, self.resize, self.input_mode, self.max_image_megabytes)
             if img.shape != first.shape:
                 raise DataError(f"{s.path}: size {img.shape[1]}x{img.shape[0]} differs from "
                                 f"{samples[0].path} ({first.shape[1]}x{first.shape[0]}); "

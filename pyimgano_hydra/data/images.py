@@ -2,7 +2,10 @@
 
 Decoding goes through Pillow (it names truncated and unknown files, applies EXIF
 orientation and shrinks large JPEGs while decoding); resizing through OpenCV
-(INTER_AREA for images, nearest for masks).
+(INTER_AREA for images, nearest for masks). A file whose decoded pixels would take more than
+``max_megabytes`` (width x height x channels x bytes per channel, read from the header) is
+refused before decoding. Data that has no uint8 meaning is refused, never loaded as black:
+float images holding NaN/inf, and negative 32-bit int or float values.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 Size = Union[int, Sequence[int], None]  # side of a square, (height, width), or None = native
 
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+DEFAULT_MAX_IMAGE_MEGABYTES = 256.0  # dataset.max_image_megabytes
+_BYTES_PER_CHANNEL = {"1": 1 / 8, "I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
 
 
@@ -32,7 +37,25 @@ def _hw(size: Size) -> tuple[int, int] | None:
     return int(height), int(width)
 
 
-def _open(path: str | Path, draft_to: tuple[int, int] | None = None) -> Image.Image:
+def decoded_megabytes(img: Image.Image) -> float:
+    """Memory the decoded pixels of an opened (not yet loaded) image take, in MB."""
+    width, height = img.size
+    per_pixel = len(img.getbands()) * _BYTES_PER_CHANNEL.get(img.mode, 1)
+    return width * height * per_pixel / 1e6
+
+
+def _check_decode_size(path: str | Path, img: Image.Image, max_megabytes: float | None) -> None:
+    if max_megabytes is None:
+        return
+    needed = decoded_megabytes(img)
+    if needed > max_megabytes:
+        width, height = img.size
+        raise DataError(f"{path}: refused: {width}x{height} {img.mode} decodes to {needed:.0f} MB, over "
+                        f"dataset.max_image_megabytes={max_megabytes:g}; shrink the file or raise the limit")
+
+
+def _open(path: str | Path, draft_to: tuple[int, int] | None = None,
+          max_megabytes: float | None = DEFAULT_MAX_IMAGE_MEGABYTES) -> Image.Image:
     """Open and fully decode ``path`` with EXIF orientation applied; DataError names the file."""
     try:
         with warnings.catch_warnings():
@@ -40,6 +63,7 @@ def _open(path: str | Path, draft_to: tuple[int, int] | None = None) -> Image.Im
             img = Image.open(path)
             if draft_to is not None and img.format == "JPEG":
                 img.draft(img.mode, (draft_to[1], draft_to[0]))  # decode large JPEGs at 1/2..1/8
+            _check_decode_size(path, img, max_megabytes)
             img.load()
             return ImageOps.exif_transpose(img)
     except FileNotFoundError:
@@ -50,15 +74,19 @@ def _open(path: str | Path, draft_to: tuple[int, int] | None = None) -> Image.Im
                         f"or set dataset.on_bad_image=skip") from None
 
 
-def read_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) after EXIF orientation, from the header only (cheap)."""
+def read_size(path: str | Path, max_megabytes: float | None = None) -> tuple[int, int]:
+    """(height, width) after EXIF orientation, from the header only (cheap); with
+    ``max_megabytes``, a file that would decode to more is refused (DataError)."""
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-            try:
-                orientation = img.getexif().get(0x0112, 1)
-            except Exception:  # a broken EXIF block must not hide a readable image
-                orientation = 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_decode_size(path, img, max_megabytes)
+                width, height = img.size
+                try:
+                    orientation = img.getexif().get(0x0112, 1)
+                except Exception:  # a broken EXIF block must not hide a readable image
+                    orientation = 1
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except _DECODE_ERRORS as exc:
@@ -70,17 +98,29 @@ def read_size(path: str | Path) -> tuple[int, int]:
     return height, width
 
 
-def _to_uint8(img: Image.Image) -> np.ndarray:
+def _refuse_unmappable(path: str | Path, arr: np.ndarray) -> None:
+    """NaN/inf or negative values have no uint8 meaning: refuse rather than load black."""
+    if not np.isfinite(arr).all():
+        raise DataError(f"{path}: refused: float image holds NaN or inf values; "
+                        "write finite values in [0, 1] or [0, 255]")
+    if arr.size and arr.min() < 0:
+        raise DataError(f"{path}: refused: image holds negative values (min {arr.min():g}); "
+                        "write non-negative values (8/16-bit, or float in [0, 1] or [0, 255])")
+
+
+def _to_uint8(img: Image.Image, path: str | Path = "image") -> np.ndarray:
     """Any Pillow mode -> uint8 array HxW (gray) or HxWx3 (colour); alpha is dropped."""
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
         arr = np.asarray(img).astype(np.float64)
+        _refuse_unmappable(path, arr)
         # 16-bit data is scaled by 65535 -> 255 (a fixed scale keeps images comparable).
         if mode != "I" or arr.max(initial=0) > 255:
             arr = arr / 257.0
         return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     if mode == "F":
         arr = np.asarray(img, dtype=np.float64)
+        _refuse_unmappable(path, arr)
         if arr.max(initial=0) <= 1.0:
             arr = arr * 255.0
         return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
@@ -98,16 +138,18 @@ def _to_uint8(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def load_image(path: str | Path, resize: Size = None, input_mode: str = "rgb") -> np.ndarray:
+def load_image(path: str | Path, resize: Size = None, input_mode: str = "rgb",
+               max_megabytes: float | None = DEFAULT_MAX_IMAGE_MEGABYTES) -> np.ndarray:
     """Decode ``path`` into uint8 (H, W, C): C=3 for ``rgb``, C=1 for ``gray``.
 
     ``resize``: an int (square side), (height, width), or None to keep the native size.
     Gray, RGB, RGBA, palette, 1-bit and 16-bit files and EXIF-rotated JPEGs all load.
+    ``max_megabytes``: refuse files whose decoded pixels would take more (None = no limit).
     """
     if input_mode not in ("rgb", "gray"):
         raise ValueError(f"input_mode must be rgb or gray, got {input_mode!r}")
     target = _hw(resize)
-    arr = _to_uint8(_open(path, draft_to=target))
+    arr = _to_uint8(_open(path, draft_to=target, max_megabytes=max_megabytes), path)
     if input_mode == "rgb" and arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     elif input_mode == "gray" and arr.ndim == 3:
@@ -153,7 +195,7 @@ def load_mask(path: str | Path, size: Size = None) -> np.ndarray:
     """
     mask = None
     for f in mask_files(path):
-        arr = _to_uint8(_open(f))
+        arr = _to_uint8(_open(f), f)
         part = arr.any(axis=2) if arr.ndim == 3 else arr > 0
         if mask is not None and part.shape != mask.shape:
             raise DataError(f"{f}: mask size {part.shape[1]}x{part.shape[0]} differs from the "

@@ -281,8 +281,8 @@ def configure(enabled: bool = True, dir: str | Path | None = None, max_gb: float
     """Set (or, with ``enabled=False``, unset) the process-wide cache from the ``cache:`` node."""
     global _ACTIVE
     check(isinstance(enabled, bool), "cache.enabled", "must be true or false")
-    check(max_gb is None or (isinstance(max_gb, (int, float)) and max_gb > 0), "cache.max_gb",
-          "must be a positive number of GB or null (no limit)")
+    check(max_gb is None or (isinstance(max_gb, (int, float)) and 0 < max_gb < float("inf")), "cache.max_gb",
+          "must be a finite positive number of GB or null (no limit)")
     if not enabled:
         _ACTIVE = None
         return None

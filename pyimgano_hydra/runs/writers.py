@@ -1,9 +1,16 @@
-"""Atomic artifact writers: write to a temp file in the same folder, then rename."""
+"""Atomic artifact writers: write to a temp file in the same folder, then rename.
+
+Artifacts get the mode a plain ``open(path, "w")`` would give (0666 minus the umask), so a
+run dir or cache on a shared disk stays readable. File names that are not valid UTF-8
+(``os.fsdecode`` turns their bytes into lone surrogates) are written as ``\\udcXX`` JSON
+escapes: ``json.load`` + ``os.fsencode`` give back the original bytes.
+"""
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -34,8 +41,22 @@ def clean_floats(obj: Any) -> Any:
     return obj
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def to_json(obj: Any, indent: int | None = 2) -> str:
-    return json.dumps(clean_floats(obj), indent=indent, default=_default, ensure_ascii=False)
+    """JSON text; lone surrogates (undecodable file-name bytes) become ``\\uXXXX`` escapes."""
+    text = json.dumps(clean_floats(obj), indent=indent, default=_default, ensure_ascii=False)
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
@@ -43,6 +64,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp creates 0600
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
@@ -53,7 +75,8 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    return write_bytes_atomic(path, text.encode("utf-8"))
+    """UTF-8; a lone surrogate (an undecodable file name) goes back to its original byte."""
+    return write_bytes_atomic(path, text.encode("utf-8", "surrogateescape"))
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:

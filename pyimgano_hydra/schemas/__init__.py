@@ -7,6 +7,9 @@ before any work starts.
 """
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,10 +24,10 @@ def register_configs() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from pyimgano_hydra.schemas import dataset, defects, model, model_zoo, postprocess, recipe, tiling
+    from pyimgano_hydra.schemas import dataset, defects, model, model_zoo, postprocess, recipe, run, tiling
 
     cs = ConfigStore.instance()
-    for module in (dataset, model, model_zoo, recipe, tiling, postprocess, defects):
+    for module in (dataset, model, model_zoo, recipe, tiling, postprocess, defects, run):
         group = getattr(module, "GROUP", module.__name__.rsplit(".", 1)[-1])
         for name, node in module.SCHEMAS.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
@@ -32,7 +35,8 @@ def register_configs() -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Run each group's range checks (dataclass ``__post_init__``); raise ConfigError."""
+    """Run each group's range checks (dataclass ``__post_init__``) and refuse any non-finite
+    number; raise ConfigError naming the key."""
     for group in GROUPS:
         node = cfg.get(group)
         if node is None or OmegaConf.get_type(node) in (dict, None):
@@ -43,7 +47,20 @@ def validate(cfg: DictConfig) -> None:
             raise
         except (ValueError, TypeError) as exc:
             raise ConfigError(str(exc).splitlines()[0]) from exc
+    _check_finite(OmegaConf.to_container(cfg, resolve=True), "")
     _check_across_groups(cfg)
+
+
+def _check_finite(node: Any, key: str) -> None:
+    """nan/inf never make sense as a setting (a bound, a weight, a ratio): refuse them all."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}: must be a finite number, got {node}")
+    if isinstance(node, dict):
+        for name, value in node.items():
+            _check_finite(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_finite(value, f"{key}[{i}]")
 
 
 def _check_across_groups(cfg: DictConfig) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+from pyimgano_hydra.data.images import DEFAULT_MAX_IMAGE_MEGABYTES
 from pyimgano_hydra.errors import check
 
 
@@ -20,9 +21,11 @@ class DatasetSchema:
     limit_test: Optional[int] = None
     seed: int = 0
     on_bad_image: str = "error"  # error | skip (skipped files are listed in dataset.skipped)
+    max_image_megabytes: float = DEFAULT_MAX_IMAGE_MEGABYTES  # refuse files that decode to more (header check)
 
     def __post_init__(self) -> None:
         check(self.on_bad_image in ("error", "skip"), "dataset.on_bad_image", "must be error or skip")
+        check(self.max_image_megabytes > 0, "dataset.max_image_megabytes", "must be > 0")
         check(self.resize is None or self.resize >= 16, "dataset.resize", "must be >= 16 or null")
         check(self.input_mode in ("rgb", "gray"), "dataset.input_mode", "must be rgb or gray")
         for key in ("limit_train", "limit_test"):

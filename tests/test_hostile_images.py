@@ -1,0 +1,130 @@
+"""Hostile image files and names: refused in one line naming the file, or recorded losslessly."""
+import os
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, run_cli
+from pyimgano_hydra.data.images import load_image
+from pyimgano_hydra.errors import DataError
+from pyimgano_hydra.runs.writers import read_json, read_jsonl
+
+TESTS = Path(__file__).resolve().parent
+SEARCH = f"hydra.searchpath=[file://{TESTS / 'conf'}]"
+ENV = {"PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
+ODD = b"odd_\xff\xfe.png"  # not valid UTF-8; Linux allows any bytes but / and NUL
+
+
+def _png_header_only(path: Path, width: int, height: int, bit_depth: int = 16) -> None:
+    """A PNG whose header claims ``width`` x ``height`` gray pixels (tiny file, no real data)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """train/normal (6), test/normal (3), test/scratch (3): 64x64 noise."""
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    for split, n in (("train/normal", 6), ("test/normal", 3), ("test/scratch", 3)):
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
+    return root
+
+
+def _run(root: Path, out: Path, *extra: str):
+    return run_cli([SEARCH, "model=zscore", "dataset=folder", f"dataset.root={root}", "dataset.resize=64",
+                    *extra, f"hydra.run.dir={out}"], env=ENV)
+
+
+def _one_error_line(proc, name: str) -> None:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error:") and name in lines[0], proc.stderr
+
+
+def test_huge_image_header_is_refused_before_decoding(tmp_path):
+    big = tmp_path / "big.png"
+    _png_header_only(big, 13000, 13000)
+    with pytest.raises(DataError, match="big.png.*max_image_megabytes"):
+        load_image(big, 64)
+
+
+def test_huge_image_in_train_split_fails_the_run_in_one_line(folder, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(folder, root)
+    _png_header_only(root / "train" / "normal" / "bomb.png", 13000, 13000)
+    _one_error_line(_run(root, tmp_path / "run"), "bomb.png")
+
+
+def test_decode_limit_is_one_config_key(folder, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(folder, root)  # 64x64x3 = 0.012 MB each
+    _one_error_line(_run(root, tmp_path / "run", "dataset.max_image_megabytes=0.01"), "0.png")
+
+
+@pytest.mark.parametrize("name,array,mode", [
+    ("nan.tif", np.full((64, 64), np.nan, np.float32), "F"),
+    ("inf.tif", np.full((64, 64), np.inf, np.float32), "F"),
+    ("negative.tif", np.full((64, 64), -5, np.int32), "I"),
+    ("negative_float.tif", np.full((64, 64), -0.5, np.float32), "F"),
+])
+def test_unmappable_pixel_data_is_refused_not_loaded_black(name, array, mode, tmp_path):
+    path = tmp_path / name
+    Image.fromarray(array, mode=mode).save(path)
+    with pytest.raises(DataError, match=name):
+        load_image(path, 64)
+
+
+def test_nan_tiff_in_test_split_fails_the_run_in_one_line(folder, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(folder, root)
+    Image.fromarray(np.full((64, 64), np.nan, np.float32), mode="F").save(root / "test" / "scratch" / "nan.tif")
+    _one_error_line(_run(root, tmp_path / "run"), "nan.tif")
+
+
+def test_undecodable_name_in_test_split_completes_and_is_recorded(folder, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(folder, root)
+    os.rename(root / "test" / "scratch" / "0.png", os.path.join(os.fsencode(root / "test" / "scratch"), ODD))
+    out = tmp_path / "run"
+    proc = _run(root, out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (per_image,) = out.glob("categories/*/per_image.jsonl")
+    assert ODD in {os.path.basename(os.fsencode(r["path"])) for r in read_jsonl(per_image)}
+
+
+def test_undecodable_name_of_a_skipped_file_is_logged_without_error(folder, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(folder, root)
+    with open(os.path.join(os.fsencode(root / "train" / "normal"), ODD), "wb") as handle:
+        handle.write(b"not an image")
+    out = tmp_path / "run"
+    proc = _run(root, out, "dataset.on_bad_image=skip")
+    assert proc.returncode == 0 and "Logging error" not in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    skipped = read_json(out / "report.json")["skipped_images"]
+    assert [os.path.basename(os.fsencode(s["path"])) for s in skipped] == [ODD]
+
+
+def test_undecodable_name_in_infer_input_folder_is_scored(folder, tmp_path):
+    run_dir = tmp_path / "run"
+    assert _run(folder, run_dir).returncode == 0
+    inputs = tmp_path / "inputs"
+    shutil.copytree(folder / "test" / "scratch", inputs)
+    os.rename(inputs / "0.png", os.path.join(os.fsencode(inputs), ODD))
+    out = tmp_path / "infer"
+    proc = run_cli([f"run_dir={run_dir}", f"input={inputs}", "trust_targets=true", "save_maps=true",
+                    f"hydra.run.dir={out}"], module="pyimgano_hydra.infer", env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = {os.path.basename(os.fsencode(r["path"])) for r in read_jsonl(out / "predictions.jsonl")}
+    assert names == {ODD, b"1.png", b"2.png"}

@@ -1,0 +1,69 @@
+"""Run dirs under attack: a completed run's record never changes; one of two racing runs wins."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from pyimgano_hydra.runs.claim import CLAIM_FILE, claim
+from pyimgano_hydra.runs.writers import read_json, write_json_atomic
+
+TESTS = Path(__file__).resolve().parent
+TINY = [f"hydra.searchpath=[file://{TESTS / 'conf'}]", "model=zscore", "dataset.category=weave",
+        "dataset.limit_train=4", "dataset.limit_test=6", "dataset.resize=64"]
+
+
+def _cli(args) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen([sys.executable, "-m", "pyimgano_hydra", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _snapshot(root: Path) -> dict:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def completed_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("done") / "run"
+    proc = _cli([*TINY, f"hydra.run.dir={out}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    return out
+
+
+def test_rerun_into_a_completed_run_leaves_its_hydra_record_untouched(completed_run):
+    before = _snapshot(completed_run)
+    proc = _cli([*TINY, "tag=EVIL", f"hydra.run.dir={completed_run}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2
+    assert err.strip().count("\n") == 0 and "already holds a run" in err and str(completed_run) in err, err
+    assert _snapshot(completed_run) == before  # .hydra/overrides.yaml still without tag=EVIL
+
+
+def test_run_dir_of_an_older_version_without_claim_is_refused(tmp_path):
+    older = tmp_path / "older"
+    write_json_atomic(older / "status.json", {"status": "completed"})
+    with pytest.raises(SystemExit) as exc:
+        claim(older)
+    assert exc.value.code == 2 and not (older / CLAIM_FILE).exists()
+
+
+def test_empty_existing_dir_is_claimed(tmp_path):
+    claim(tmp_path)
+    assert read_json(tmp_path / CLAIM_FILE)["pid"] == os.getpid()
+
+
+def test_two_runs_started_together_into_one_dir_exactly_one_wins(tmp_path):
+    out = tmp_path / "run"
+    procs = [_cli([*TINY, f"tag=racer{i}", f"hydra.run.dir={out}"]) for i in range(2)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    winner = next(i for i, (code, _) in enumerate(results) if code == 0)
+    assert read_json(out / "report.json")["tag"] == f"racer{winner}"
+    assert f"tag=racer{winner}" in (out / ".hydra" / "overrides.yaml").read_text()
+    assert read_json(out / "status.json")["status"] == "completed"

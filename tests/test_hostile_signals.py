@@ -1,0 +1,56 @@
+"""SIGTERM during a fit or an inference: one line, exit 143, status.json says interrupted."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO, run_cli
+from pyimgano_hydra.runs.writers import read_json
+
+TESTS = Path(__file__).resolve().parent
+SEARCH = f"hydra.searchpath=[file://{TESTS / 'conf'}]"
+FAST = ["dataset.category=weave", "dataset.limit_train=4", "dataset.limit_test=4", "dataset.resize=64"]
+ENV = {"PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
+
+
+def _terminate_when(args, module, ready: Path, env=None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **ENV, **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not ready.exists() and proc.poll() is None:
+        time.sleep(0.2)
+    assert ready.exists(), proc.communicate()[1][-2000:]
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _assert_one_line_interrupted(proc, status_file: Path) -> None:
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: SIGTERM"), proc.stderr
+    assert read_json(status_file)["status"] == "interrupted"
+
+
+def test_sigterm_during_fit_is_one_line_and_exit_143(tmp_path):
+    out = tmp_path / "run"
+    proc = _terminate_when([SEARCH, "model=sleepy", *FAST, f"hydra.run.dir={out}"], "pyimgano_hydra",
+                           out / "config.json")
+    _assert_one_line_interrupted(proc, out / "status.json")
+
+
+def test_sigterm_during_infer_marks_it_interrupted(tmp_path):
+    run_dir = tmp_path / "run"
+    done = run_cli([SEARCH, "model=sleepy", "model.seconds=0", *FAST, f"hydra.run.dir={run_dir}"], env=ENV)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "infer"
+    images = next(Path(os.environ["PYIMGANO_CACHE"]).rglob("weave/test/good"))
+    proc = _terminate_when([f"run_dir={run_dir}", f"input={images}", "trust_targets=true",
+                            f"hydra.run.dir={out}"], "pyimgano_hydra.infer", out / "status.json",
+                           env={"FAKES_PREDICT_SLEEP": "60"})
+    _assert_one_line_interrupted(proc, out / "status.json")
