@@ -18,7 +18,7 @@ from pyimgano_hydra.console import one_line_errors, quiet_third_party_logs
 from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, read_size
 from pyimgano_hydra.defects.export import DefectsExporter, require_maps
 from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
-from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.errors import DataError, UserError
 from pyimgano_hydra.instantiate import build_detector_factory
 from pyimgano_hydra.interrupt import exit_on_interrupt, sigterm_as_interrupt
 from pyimgano_hydra.paths import conf_dir
@@ -65,6 +65,20 @@ def load_detector(loaded, category: str):
     return detector, postprocessor
 
 
+def _load_batch(chunk: list, prep: dict, category: str, unreadable: list) -> tuple[list, list]:
+    """Decode ``(index, path)`` pairs; an unreadable file becomes an error record and a warning."""
+    kept, images = [], []
+    for index, path in chunk:
+        try:
+            images.append(load_image(path, prep.get("resize"), prep.get("input_mode", "rgb")))
+        except DataError as exc:
+            unreadable.append({"index": index, "path": str(path), "category": category, "error": str(exc)})
+            print(f"warning: {exc}", file=sys.stderr)
+            continue
+        kept.append((index, path))
+    return kept, images
+
+
 def _batches(items: list, size: int) -> Iterable[tuple[int, list]]:
     for start in range(0, len(items), size):
         yield start, items[start:start + size]
@@ -108,28 +122,33 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
             pixel_threshold = resolve_pixel_threshold(defects, run_threshold=stored.get("value"),
                                                       run_provenance=stored.get("provenance"))
             exporter = DefectsExporter(defects, pixel_threshold, out / "masks", out)
-        records = []
-        for start, chunk in _batches(paths, int(cfg.batch_size)):
-            images = np.stack([load_image(p, prep.get("resize"), prep.get("input_mode", "rgb")) for p in chunk])
-            output = detector.predict(images)
+        records, unreadable = [], []
+        for _, chunk in _batches(list(enumerate(paths)), int(cfg.batch_size)):
+            kept, images = _load_batch(chunk, prep, category, unreadable)
+            if not kept:
+                continue
+            output = detector.predict(np.stack(images))
             maps = output.maps
             if maps is not None and postprocessor is not None:
                 maps = postprocessor.transform(maps)
-            for j, (path, score) in enumerate(zip(chunk, np.asarray(output.scores, np.float64).reshape(-1))):
-                record = {"index": start + j, "path": str(path), "category": category, "score": float(score),
+            for j, ((index, path), score) in enumerate(zip(kept, np.asarray(output.scores, np.float64).reshape(-1))):
+                record = {"index": index, "path": str(path), "category": category, "score": float(score),
                           "label": int(score > threshold["value"]), "threshold": threshold["value"]}
                 if maps is not None and cfg.save_maps:
-                    map_path = out / "maps" / f"{start + j:06d}_{safe_name(path.stem)}.npy"
+                    map_path = out / "maps" / f"{index:06d}_{safe_name(path.stem)}.npy"
                     save_npy_atomic(map_path, maps[j])
                     record["anomaly_map"] = {"path": str(map_path.relative_to(out)),
                                              "shape": list(maps[j].shape), "dtype": str(maps[j].dtype)}
                 if exporter is not None and maps is not None:
-                    record["defects"] = exporter(f"{start + j:06d}_{safe_name(path.stem)}", maps[j], read_size(path))
+                    record["defects"] = exporter(f"{index:06d}_{safe_name(path.stem)}", maps[j], read_size(path))
                 records.append(record)
+        if not records:
+            raise UserError(f"input={cfg.input}: no image could be read; first: {unreadable[0]['error']}")
+        records = sorted(records + unreadable, key=lambda r: r["index"])
         write_jsonl_atomic(out / "predictions.jsonl", records)
-        n_anomalous = sum(r["label"] for r in records)
+        n_anomalous = sum(r.get("label", 0) for r in records)
         summary = {"run_dir": str(loaded.run_dir.root), "category": category, "n_images": len(records),
-                   "n_anomalous": n_anomalous, "threshold": threshold, "seconds": time.perf_counter() - started,
+                   "n_unreadable": len(unreadable), "n_anomalous": n_anomalous, "threshold": threshold, "seconds": time.perf_counter() - started,
                    "defects": None if exporter is None else {
                        "settings": defects, "pixel_threshold": exporter.threshold.value,
                        "pixel_threshold_provenance": exporter.threshold.provenance,
@@ -142,8 +161,10 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
         write_status(out / "status.json", FAILED, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
     write_status(out / "status.json", COMPLETED)
-    print(f"{len(records)} images scored with {category} from {loaded.run_dir.root}: "
-          f"{n_anomalous} anomalous, {len(records) - n_anomalous} normal (threshold {threshold['value']:.4g})")
+    n_scored = len(records) - len(unreadable)
+    print(f"{n_scored} images scored with {category} from {loaded.run_dir.root}: "
+          f"{n_anomalous} anomalous, {n_scored - n_anomalous} normal (threshold {threshold['value']:.4g})"
+          + (f"; {len(unreadable)} unreadable (see their error in predictions.jsonl)" if unreadable else ""))
     print(f"predictions: {out / 'predictions.jsonl'}")
     return summary
 

@@ -128,3 +128,21 @@ def test_undecodable_name_in_infer_input_folder_is_scored(folder, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     names = {os.path.basename(os.fsencode(r["path"])) for r in read_jsonl(out / "predictions.jsonl")}
     assert names == {ODD, b"1.png", b"2.png"}
+
+
+def test_one_unreadable_image_in_infer_input_is_an_error_record_not_a_failed_run(folder, tmp_path):
+    run_dir = tmp_path / "run"
+    assert _run(folder, run_dir).returncode == 0
+    inputs = tmp_path / "inputs"
+    shutil.copytree(folder / "test" / "scratch", inputs)
+    (inputs / "1.png").write_bytes(b"truncated")
+    out = tmp_path / "infer"
+    proc = run_cli([f"run_dir={run_dir}", f"input={inputs}", "trust_targets=true", f"hydra.run.dir={out}"],
+                   module="pyimgano_hydra.infer", env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "1.png" in warnings[0], proc.stderr
+    records = {Path(r["path"]).name: r for r in read_jsonl(out / "predictions.jsonl")}
+    assert "1.png" in records["1.png"]["error"] and "score" not in records["1.png"]
+    assert {"score", "label"} <= set(records["0.png"]) and {"score", "label"} <= set(records["2.png"])
+    assert read_json(out / "summary.json")["n_unreadable"] == 1
