@@ -67,3 +67,15 @@ def test_two_runs_started_together_into_one_dir_exactly_one_wins(tmp_path):
     assert read_json(out / "report.json")["tag"] == f"racer{winner}"
     assert f"tag=racer{winner}" in (out / ".hydra" / "overrides.yaml").read_text()
     assert read_json(out / "status.json")["status"] == "completed"
+
+
+def test_rerun_into_a_completed_sweep_is_refused_before_any_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    first = _cli(["--multirun", *TINY, f"hydra.sweep.dir={sweep}"])
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    before = _snapshot(sweep)
+    again = _cli(["--multirun", *TINY, "tag=EVIL", f"hydra.sweep.dir={sweep}"])
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 2 and err.strip().count("\n") == 0 and "already holds a run" in err, err
+    assert _snapshot(sweep) == before

@@ -1,7 +1,8 @@
 """Claim the run dir before Hydra writes into it: a completed run's record never changes.
 
 ``ClaimRunDir`` is the first Hydra callback; ``on_run_start`` runs before Hydra creates
-``.hydra/*.yaml`` and the job log, so a refused run leaves the directory as it was. The claim
+``.hydra/*.yaml`` and the job log, so a refused run leaves the directory as it was
+(``on_multirun_start`` does the same for the sweep dir before any job starts). The claim
 is an exclusive create of ``.claim.json`` (pid, host, time): of two runs started together
 into one directory exactly one wins.
 """
@@ -22,7 +23,7 @@ from pyimgano_hydra.runs.status import utc_now
 
 CLAIM_FILE = ".claim.json"
 # Written by an earlier run (this version's or an older one's): the dir is taken.
-RUN_MARKERS = (CLAIM_FILE, ".hydra", "status.json", "report.json", "predictions.jsonl")
+RUN_MARKERS = (CLAIM_FILE, ".hydra", "status.json", "report.json", "predictions.jsonl", "multirun.yaml")
 
 
 def may_take_over(run_dir: Path) -> bool:
@@ -46,8 +47,8 @@ def claim(run_dir: Path) -> None:
             return
     if may_take_over(run_dir):
         return
-    message = (f"{run_dir} already holds a run (it has {taken}); runs are never overwritten: "
-               "pick a new hydra.run.dir")
+    message = (f"{run_dir} already holds a run or sweep (it has {taken}); runs are never overwritten: "
+               "pick a new hydra.run.dir (hydra.sweep.dir)")
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise RuntimeError(message)
     print(f"error: {message}", file=sys.stderr)
@@ -55,10 +56,14 @@ def claim(run_dir: Path) -> None:
 
 
 class ClaimRunDir(Callback):
-    """Hydra callback: claim ``hydra.run.dir`` before anything is written into it."""
+    """Hydra callback: claim ``hydra.run.dir`` (``hydra.sweep.dir``) before anything is written."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # hydra.run.dir reads ${hydra:runtime.choices...}: set what run_job would set next;
         # ${now:} is cached in ``config``, so run_job resolves the same directory.
         HydraConfig.instance().set_config(config)
         claim(Path(str(config.hydra.run.dir)))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)
+        claim(Path(str(config.hydra.sweep.dir)))
