@@ -15,9 +15,10 @@ TINY = [f"hydra.searchpath=[file://{TESTS / 'conf'}]", "model=zscore", "dataset.
         "dataset.limit_train=4", "dataset.limit_test=6", "dataset.resize=64"]
 
 
-def _cli(args) -> subprocess.Popen:
+def _cli(args, extra_env=None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
     env.pop("HYDRA_FULL_ERROR", None)
+    env.update(extra_env or {})
     return subprocess.Popen([sys.executable, "-m", "pyimgano_hydra", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -42,6 +43,15 @@ def test_rerun_into_a_completed_run_leaves_its_hydra_record_untouched(completed_
     assert proc.returncode == 2
     assert err.strip().count("\n") == 0 and "already holds a run" in err and str(completed_run) in err, err
     assert _snapshot(completed_run) == before  # .hydra/overrides.yaml still without tag=EVIL
+
+
+def test_rerun_is_refused_with_full_errors_too(completed_run):
+    before = _snapshot(completed_run)
+    # Hydra turns a callback's exception into a warning: the refusal must not be one
+    proc = _cli([*TINY, f"hydra.run.dir={completed_run}"], extra_env={"HYDRA_FULL_ERROR": "1"})
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and "already holds a run" in err, err
+    assert _snapshot(completed_run) == before
 
 
 def test_run_dir_of_an_older_version_without_claim_is_refused(tmp_path):

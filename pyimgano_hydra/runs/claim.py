@@ -49,10 +49,8 @@ def claim(run_dir: Path) -> None:
         return
     message = (f"{run_dir} already holds a run or sweep (it has {taken}); runs are never overwritten: "
                "pick a new hydra.run.dir (hydra.sweep.dir)")
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise RuntimeError(message)
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(2)  # not an exception: Hydra turns a callback's exceptions into warnings
 
 
 class ClaimRunDir(Callback):
