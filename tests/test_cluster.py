@@ -126,3 +126,29 @@ def test_a_preempted_submitit_job_is_requeued_and_completes(tmp_path):
     assert "Requeued job" in logs
     board = json.loads((run_dir.root.parent / "leaderboard.json").read_text())
     assert [r["status"] for r in board["jobs"]] == [COMPLETED]
+
+
+@pytest.mark.skipif(not HAS_SUBMITIT, reason="hydra-submitit-launcher not installed (pip install 'pyimgano_hydra[slurm]')")
+@pytest.mark.parametrize("preset", ["slurm_cpu", "slurm_gpu"])
+def test_slurm_presets_render_a_requeueable_sbatch_script(tmp_path, preset):
+    """No cluster here: a stand-in ``sbatch`` keeps the script submitit renders, then refuses it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "sbatch"
+    fake.write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/job.sh\necho "sbatch: error: no cluster" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it before submitting
+    (bin_dir / "srun").chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    from conftest import run_cli
+
+    proc = run_cli(["--multirun", f"hydra/launcher={preset}", "hydra.launcher.partition=gpu",
+                    "model=ecod", "seed=1,2"], cwd=tmp_path, env=env)
+    assert proc.returncode != 0
+    script = (tmp_path / "job.sh").read_text()
+    assert "#SBATCH --job-name=pyimgano_hydra" in script
+    assert "#SBATCH --signal=USR2@120" in script  # submitit requeues on it; the job resumes
+    assert "#SBATCH --partition=gpu" in script and "#SBATCH --array=0-1%" in script
+    assert "#SBATCH --cpus-per-task=8" in script and "export OMP_NUM_THREADS=8" in script
+    assert ("#SBATCH --gpus-per-node=1" in script) == (preset == "slurm_gpu")
+    assert "#SBATCH --time=" in script and "#SBATCH --mem=" in script
