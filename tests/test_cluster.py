@@ -152,3 +152,18 @@ def test_slurm_presets_render_a_requeueable_sbatch_script(tmp_path, preset):
     assert "#SBATCH --cpus-per-task=8" in script and "export OMP_NUM_THREADS=8" in script
     assert ("#SBATCH --gpus-per-node=1" in script) == (preset == "slurm_gpu")
     assert "#SBATCH --time=" in script and "#SBATCH --mem=" in script
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
+                    reason="hydra-ray-launcher not installed (pip install 'pyimgano_hydra[ray]')")
+def test_ray_local_sweep_with_a_failed_job_fills_the_leaderboard(tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli(["--multirun", "hydra/launcher=ray_local", "hydra.launcher.ray.init.num_cpus=2", "model=ecod",
+                    "dataset.category=weave", "dataset.limit_train=10", "dataset.limit_test=10",
+                    "recipe.calibration_quantile=0.9,2"], cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0  # one job failed
+    (root,) = sorted((tmp_path / "outputs" / "multirun").iterdir())
+    rows = {r["name"]: r for r in json.loads((root / "leaderboard.json").read_text())["jobs"]}
+    assert rows["0_0.9"]["status"] == COMPLETED and rows["0_0.9"]["aggregate"]["image_auroc"]["mean"] is not None
+    assert rows["1_2"]["status"] == "failed" and rows["1_2"]["error"].startswith("recipe.calibration_quantile")
