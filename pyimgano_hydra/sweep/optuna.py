@@ -97,3 +97,28 @@ def continue_study(sampler: Any, storage: Any, study_name: str | None) -> int:
         sampler.reseed_rng()
         log.info("continuing study %s: %d trials stored; sampler reseeded", study_name, existing)
     return existing
+
+
+def study_sweeper(sampler: Any, direction: Any, storage: Any, study_name: str | None, n_trials: int,
+                  n_jobs: int, max_failure_rate: float, search_space: Any, custom_search_space: Any,
+                  params: Any) -> Any:
+    """hydra-optuna-sweeper's implementation with the study-wide budget and resume."""
+    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+
+    from pyimgano_hydra.errors import ConfigError
+
+    if not 0.0 <= float(max_failure_rate) <= 1.0:
+        raise ConfigError(f"hydra.sweeper.max_failure_rate: {max_failure_rate} is not in [0, 1]")
+
+    class StudySweeperImpl(OptunaSweeperImpl):
+        def setup(self, **kwargs: Any) -> None:
+            super().setup(**kwargs)
+            self.launcher = BudgetLauncher(self.launcher, self, float(max_failure_rate))
+
+        def sweep(self, arguments: list[str]) -> None:
+            continue_study(self.sampler, self.storage, self.study_name)
+            return super().sweep(arguments)
+
+    # max_failure_rate=1.0: the base class's per-batch check never fires; BudgetLauncher counts
+    return StudySweeperImpl(sampler, direction, storage, study_name, n_trials, n_jobs, 1.0,
+                            search_space, custom_search_space, params)
