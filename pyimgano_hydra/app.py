@@ -27,6 +27,15 @@ from pyimgano_hydra.sweep.cluster import owner
 SUMMARY_METRICS = ("image_auroc", "image_ap", "image_f1", "image_f1_max", "pixel_auroc", "pixel_aupro")
 
 
+def _device_used(model_cfg: DictConfig) -> str | None:
+    """The torch device the model's ``device`` resolves to here (None for CPU-only models)."""
+    if "device" not in model_cfg:
+        return None
+    from pyimgano_hydra.features.device import resolve_device
+
+    return str(resolve_device(str(model_cfg.device)))
+
+
 def config_hash(cfg: DictConfig) -> str:
     text = OmegaConf.to_yaml(cfg, resolve=True, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -130,7 +139,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
         with sigterm_as_interrupt(), feature_cache(cfg.get("cache")):
             validate(cfg)  # range checks, before any work; a failure is recorded in status.json
             write_json_atomic(run_dir.config, OmegaConf.to_container(cfg, resolve=True))
-            write_json_atomic(run_dir.environment, environment())
+            write_json_atomic(run_dir.environment, environment(device=_device_used(cfg.model)))
             dataset = build(cfg.dataset, "dataset")
             recipe = build(cfg.recipe, "recipe")
             categories = dataset.categories()
