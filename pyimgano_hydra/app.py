@@ -13,6 +13,7 @@ import pyimgano_hydra
 from pyimgano_hydra.console import quiet_third_party_logs
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.features.cache import feature_cache
+from pyimgano_hydra.features.precision import autocast_setting
 from pyimgano_hydra.instantiate import build, build_detector_factory
 from pyimgano_hydra.interrupt import sigterm_as_interrupt
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
@@ -136,7 +137,8 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
     write_status(run_dir.status, RUNNING, started_utc=report["timestamp_utc"], config_hash=cfg_hash,
                  resumed=resuming, **owner())
     try:
-        with sigterm_as_interrupt(), feature_cache(cfg.get("cache")):
+        with sigterm_as_interrupt(), feature_cache(cfg.get("cache")), \
+                autocast_setting(OmegaConf.select(cfg, "gpu.autocast", default="none")):
             validate(cfg)  # range checks, before any work; a failure is recorded in status.json
             write_json_atomic(run_dir.config, OmegaConf.to_container(cfg, resolve=True))
             write_json_atomic(run_dir.environment, environment(device=_device_used(cfg.model)))

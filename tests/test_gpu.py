@@ -137,3 +137,33 @@ def test_gpu_blur_and_search_match_the_cpu():
     gpu = nearest_bank_entries(queries, bank_g, (bank_g * bank_g).sum(1))
     np.testing.assert_array_equal(gpu[1], cpu[1])
     np.testing.assert_allclose(gpu[0], cpu[0], atol=1e-4)
+
+
+def _features(backbone, images, autocast: str) -> dict:
+    from pyimgano_hydra.features import iter_features
+    from pyimgano_hydra.features.precision import autocast_setting
+
+    with autocast_setting(autocast):
+        return next(iter_features(backbone, images, batch_size=len(images)))
+
+
+def test_autocast_runs_the_backbone_in_bf16_and_hands_back_float32():
+    from pyimgano_hydra.features import build_backbone
+
+    backbone = build_backbone("resnet18", ["layer2"], pretrained=False, device="cpu")
+    images = np.random.default_rng(0).integers(0, 255, size=(2, 64, 64, 3), dtype=np.uint8)
+    full, half = _features(backbone, images, "none")["layer2"], _features(backbone, images, "bf16")["layer2"]
+    assert half.dtype == torch.float32
+    assert not torch.equal(full, half) and torch.allclose(full, half, rtol=0.1, atol=0.1)
+    with pytest.raises(ConfigError, match="gpu.autocast"):
+        _features(backbone, images, "int8")
+
+
+@cuda
+@pytest.mark.parametrize("autocast", ["bf16", "fp16"])
+def test_gpu_autocast_keeps_the_scores_close(autocast, tmp_path):
+    scores = {}
+    for name in ("none", autocast):
+        app.run(compose_config([*TINY, "model.device=cuda", f"gpu.autocast={name}"]), tmp_path / name)
+        scores[name] = [r["score"] for r in read_jsonl(tmp_path / name / "categories" / "weave" / "per_image.jsonl")]
+    np.testing.assert_allclose(scores[autocast], scores["none"], rtol=0.05)
