@@ -167,3 +167,14 @@ def test_ray_local_sweep_with_a_failed_job_fills_the_leaderboard(tmp_path):
     rows = {r["name"]: r for r in json.loads((root / "leaderboard.json").read_text())["jobs"]}
     assert rows["0_0.9"]["status"] == COMPLETED and rows["0_0.9"]["aggregate"]["image_auroc"]["mean"] is not None
     assert rows["1_2"]["status"] == "failed" and rows["1_2"]["error"].startswith("recipe.calibration_quantile")
+
+
+def test_rerunning_an_interrupted_run_dir_from_the_cli_finishes_it(finished, tmp_path):
+    from conftest import run_cli
+
+    run_dir, _ = _unfinished_copy(finished, tmp_path, INTERRUPTED)
+    proc = run_cli([*TWO_CATEGORIES, f"hydra.run.dir={run_dir.root}"], cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_json(run_dir.report)["resumed_categories"] == ["washer"]
+    other = run_cli([*TWO_CATEGORIES, "seed=3", f"hydra.run.dir={run_dir.root}"], cwd=tmp_path)
+    assert other.returncode != 0 and "already holds a run" in other.stderr  # now completed

@@ -41,6 +41,21 @@ def _owner_gone(record: dict) -> bool:
             and pid != os.getpid() and not _alive(pid))
 
 
+def abandoned(run_dir: RunDir) -> bool:
+    """An unfinished run nobody is writing: ``interrupted``, or ``running`` by a gone owner.
+
+    The run-dir claim (``runs/claim.py``) lets such a dir through; ``may_take_over`` then
+    checks that the new job is the same run (config hash).
+    """
+    try:
+        record = read_json(run_dir.status)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or run_dir.report.exists():
+        return False
+    return record.get("status") == INTERRUPTED or (record.get("status") == RUNNING and _owner_gone(record))
+
+
 def may_take_over(run_dir: RunDir, config_hash: str) -> bool:
     """False for an empty dir; True when this job may finish the unfinished run in it.
 
