@@ -29,6 +29,8 @@ def _job(cfg: DictConfig) -> dict:
     from pyimgano_hydra import app
 
     hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:  # model.device=cuda on a multi-GPU box: one GPU per job number
+        os.environ["PYIMGANO_JOB_NUM"] = str(hc.job.num)
     try:
         return app.run(cfg, hc.runtime.output_dir, overrides=list(hc.overrides.task),
                        choices={k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")})

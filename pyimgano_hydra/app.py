@@ -13,16 +13,28 @@ import pyimgano_hydra
 from pyimgano_hydra.console import quiet_third_party_logs
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.features.cache import feature_cache
+from pyimgano_hydra.features.precision import autocast_setting
 from pyimgano_hydra.instantiate import build, build_detector_factory
 from pyimgano_hydra.interrupt import sigterm_as_interrupt
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
 from pyimgano_hydra.runs.environment import environment, git_sha
 from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
 from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, RUNNING, utc_now, write_status
+from pyimgano_hydra.runs.takeover import finished_categories, may_take_over
 from pyimgano_hydra.runs.writers import write_json_atomic
 from pyimgano_hydra.schemas import validate
+from pyimgano_hydra.sweep.cluster import owner
 
 SUMMARY_METRICS = ("image_auroc", "image_ap", "image_f1", "image_f1_max", "pixel_auroc", "pixel_aupro")
+
+
+def _device_used(model_cfg: DictConfig) -> str | None:
+    """The torch device the model's ``device`` resolves to here (None for CPU-only models)."""
+    if "device" not in model_cfg:
+        return None
+    from pyimgano_hydra.features.device import resolve_device
+
+    return str(resolve_device(str(model_cfg.device)))
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -99,11 +111,15 @@ def _plain(node: Any) -> dict:
 
 def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
         choices: dict | None = None) -> dict:
-    """Run one job into ``output_dir`` (must not hold an earlier run); return report.json's dict."""
+    """Run one job into ``output_dir``; return report.json's dict.
+
+    ``output_dir`` must not hold an earlier run, except this job's own unfinished one (a
+    requeued cluster job): then finished categories are kept and the rest is redone.
+    """
     quiet_third_party_logs()
     run_dir = RunDir(Path(output_dir))
-    if run_dir.status.exists() or run_dir.report.exists():
-        raise UserError(f"{run_dir.root} already holds a run; runs are never overwritten: pick a new hydra.run.dir")
+    cfg_hash = config_hash(cfg)
+    resuming = may_take_over(run_dir, cfg_hash)
     run_dir.root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     report: dict[str, Any] = {
@@ -114,16 +130,18 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
         "git_sha": git_sha(),
         "overrides": list(overrides),
         "choices": dict(choices or {}),
-        "config_hash": config_hash(cfg),
+        "config_hash": cfg_hash,
         "tag": cfg.get("tag", ""),
         "status": RUNNING,
     }
-    write_status(run_dir.status, RUNNING, started_utc=report["timestamp_utc"])
+    write_status(run_dir.status, RUNNING, started_utc=report["timestamp_utc"], config_hash=cfg_hash,
+                 resumed=resuming, **owner())
     try:
-        with sigterm_as_interrupt(), feature_cache(cfg.get("cache")):
+        with sigterm_as_interrupt(), feature_cache(cfg.get("cache")), \
+                autocast_setting(OmegaConf.select(cfg, "gpu.autocast", default="none")):
             validate(cfg)  # range checks, before any work; a failure is recorded in status.json
             write_json_atomic(run_dir.config, OmegaConf.to_container(cfg, resolve=True))
-            write_json_atomic(run_dir.environment, environment())
+            write_json_atomic(run_dir.environment, environment(device=_device_used(cfg.model)))
             dataset = build(cfg.dataset, "dataset")
             recipe = build(cfg.recipe, "recipe")
             categories = dataset.categories()
@@ -131,7 +149,12 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
             model_params = recipe.model_params(cfg.model) if hasattr(recipe, "model_params") else {}
             model_cfg = OmegaConf.merge(cfg.model, model_params) if model_params else cfg.model
             results: list[CategoryResult] = []
+            done = finished_categories(run_dir, categories) if resuming else {}
+            report["resumed_categories"] = sorted(done)
             for category in categories:
+                if category in done:
+                    results.append(done[category])
+                    continue
                 out = run_dir.category(category)
                 ctx = RecipeContext(dataset=dataset, category=category, make_detector=build_detector_factory(model_cfg, cfg.get("tiling")),
                                     out=out, tiling=_plain(cfg.get("tiling")),
@@ -140,8 +163,11 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
                 result = recipe(ctx)
                 write_json_atomic(out.report, result.to_dict())
                 results.append(result)
-    except KeyboardInterrupt as exc:
-        write_status(run_dir.status, INTERRUPTED, error=f"interrupted ({exc or 'SIGINT'})")
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # SystemExit: submitit requeued the job (preemption / timeout) and ends this attempt
+        reason = f"exit {exc.code}" if isinstance(exc, SystemExit) else (exc or "SIGINT")
+        write_status(run_dir.status, INTERRUPTED, error=f"interrupted ({reason})", config_hash=cfg_hash,
+                     **owner())
         raise
     except BaseException as exc:
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

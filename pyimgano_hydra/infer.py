@@ -18,7 +18,7 @@ from pyimgano_hydra.console import one_line_errors, quiet_third_party_logs
 from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, read_size
 from pyimgano_hydra.defects.export import DefectsExporter, require_maps
 from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
-from pyimgano_hydra.errors import DataError, UserError
+from pyimgano_hydra.errors import ConfigError, DataError, UserError
 from pyimgano_hydra.instantiate import build_detector_factory
 from pyimgano_hydra.interrupt import exit_on_interrupt, sigterm_as_interrupt
 from pyimgano_hydra.paths import conf_dir
@@ -28,6 +28,7 @@ from pyimgano_hydra.runs.load import load_run
 from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, RUNNING, write_status
 from pyimgano_hydra.runs.writers import save_npy_atomic, write_json_atomic, write_jsonl_atomic
 from pyimgano_hydra.schemas import register_configs
+from pyimgano_hydra.schemas.model import DEVICE_PATTERN
 
 register_configs()
 
@@ -47,11 +48,16 @@ def collect_inputs(spec: str) -> list[Path]:
     return found
 
 
-def load_detector(loaded, category: str):
-    """Rebuild the fitted detector of ``category`` from the run's config and checkpoint."""
+def load_detector(loaded, category: str, device: str | None = None):
+    """Rebuild the fitted detector of ``category`` from the run's config and checkpoint.
+
+    ``device`` replaces the device the run was fitted on (a record, not a requirement).
+    """
     spec = loaded.infer_config["categories"][category]
     overrides = spec.get("overrides") or {}
     model_cfg = OmegaConf.merge(loaded.infer_config["model"], overrides.get("model", {}))
+    if device is not None and "device" in model_cfg:
+        model_cfg.device = device
     tiling_cfg = {**(loaded.infer_config.get("tiling") or {}), **overrides.get("tiling", {})}
     if not spec.get("checkpoint"):
         raise UserError(f"run_dir={loaded.run_dir.root}: category {category} has no checkpoint "
@@ -103,6 +109,8 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
     out = Path(output_dir)
     if (out / "predictions.jsonl").exists() or (out / "status.json").exists():
         raise UserError(f"{out} already holds an inference run; pick a new hydra.run.dir")
+    if not DEVICE_PATTERN.match(str(cfg.device)):
+        raise ConfigError(f"device: {cfg.device!r} is not auto, cpu, cuda or cuda:N")
     loaded = load_run(cfg.run_dir, trust_targets=bool(cfg.trust_targets))
     category = loaded.category(cfg.category)
     paths = collect_inputs(str(cfg.input))
@@ -110,7 +118,7 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
     write_status(out / "status.json", RUNNING)
     started = time.perf_counter()
     try:
-        detector, postprocessor = load_detector(loaded, category)
+        detector, postprocessor = load_detector(loaded, category, device=str(cfg.device))
         spec = loaded.infer_config["categories"][category]
         threshold = spec["image_threshold"]
         prep = loaded.infer_config["preprocessing"]

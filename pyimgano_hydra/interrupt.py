@@ -6,6 +6,8 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
+from pyimgano_hydra.sweep.cluster import under_submitit
+
 
 class Interrupted(KeyboardInterrupt):
     """SIGTERM (or Ctrl-C) during a run; ``signum`` is the signal's number."""
@@ -17,7 +19,12 @@ class Interrupted(KeyboardInterrupt):
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block SIGTERM raises :class:`Interrupted` (main thread only)."""
+    """Within the block SIGTERM raises :class:`Interrupted` (main thread only; not under
+    submitit, which owns SIGTERM and the requeue signal: see ``sweep/cluster.py``)."""
+    if under_submitit():
+        yield
+        return
+
     def handler(signum, frame):
         raise Interrupted(signum)
 

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from pyimgano_hydra.features.device import resolve_device
 from pyimgano_hydra.errors import ConfigError, UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -96,17 +97,6 @@ BACKBONES: dict[str, Callable[[], BackboneSpec]] = {
     "mobilenet_v2": lambda: _torchvision("mobilenet_v2", "MobileNet_V2_Weights"),
     "efficientnet_b0": lambda: _torchvision("efficientnet_b0", "EfficientNet_B0_Weights"),
 }
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` → cuda when available, else cpu; ``cuda`` without a GPU is a ConfigError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("model.device: cuda was asked for but no GPU is visible; use cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"model.device: {device!r} is not auto, cpu or cuda")
-    return torch.device(device)
 
 
 class _Stop(Exception):

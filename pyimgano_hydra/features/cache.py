@@ -326,7 +326,8 @@ def cached_backbone_features(cache: FeatureCache, backbone: Any, chunk: np.ndarr
 
     def compute(images: np.ndarray) -> ArrayDict:
         feats = backbone(backbone.preprocess(torch.from_numpy(np.ascontiguousarray(images))))
-        return {layer: (v.float() if v.dtype == torch.bfloat16 else v).cpu().numpy() for layer, v in feats.items()}
+        return {layer: (v.float() if v.dtype in (torch.bfloat16, torch.float16) else v).cpu().numpy()
+                for layer, v in feats.items()}
 
     def as_output(array: np.ndarray):
         tensor = torch.from_numpy(array).to(backbone.device)
@@ -334,7 +335,12 @@ def cached_backbone_features(cache: FeatureCache, backbone: Any, chunk: np.ndarr
         # reductions over them (pooling) would sum in another order and differ in the last bit
         return tensor.contiguous(memory_format=torch.channels_last) if tensor.ndim == 4 else tensor
 
-    arrays = cache.map_images(chunk, backbone_key_parts(backbone), compute)
+    from pyimgano_hydra.features.precision import active_autocast
+
+    parts = backbone_key_parts(backbone)
+    if active_autocast() != "none":  # half-precision features are other features
+        parts = {**parts, "autocast": active_autocast()}
+    arrays = cache.map_images(chunk, parts, compute)
     return {layer: as_output(arrays[layer]) for layer in backbone.layers}
 
 

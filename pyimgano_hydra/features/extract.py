@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from pyimgano_hydra.errors import ConfigError, DataError
 from pyimgano_hydra.features.backbones import Backbone
+from pyimgano_hydra.features.precision import backbone_autocast, float_features
 from pyimgano_hydra.features.cache import active_cache, cached_backbone_features
 
 
@@ -42,10 +43,12 @@ def iter_features(
     with torch.inference_mode(), tqdm(total=n, desc=desc, unit="img", leave=False) as bar:
         for start in range(0, n, batch_size):
             chunk = np.ascontiguousarray(images[start : start + batch_size])
-            if cache is not None:
-                yield cached_backbone_features(cache, backbone, chunk)
-            else:
-                yield backbone(backbone.preprocess(torch.from_numpy(chunk)))
+            with backbone_autocast(backbone.device):  # gpu.autocast; off by default
+                if cache is not None:
+                    feats = cached_backbone_features(cache, backbone, chunk)
+                else:
+                    feats = backbone(backbone.preprocess(torch.from_numpy(chunk)))
+            yield float_features(feats)
             bar.update(len(chunk))
 
 

@@ -1,6 +1,8 @@
 """Detector contract: scikit-learn / PyOD style estimators over image batches."""
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -47,14 +49,28 @@ class BaseDetector:
 
 
 class BackboneMixin:
-    """Builds the feature backbone named by the detector's params once, on first use."""
+    """Builds the feature backbone named by the detector's params once, on first use; jobs in
+    one process (a sweep's in-process or worker jobs) share it (it is frozen, eval mode)."""
 
     def _backbone(self):
         if getattr(self, "backbone_", None) is None:
-            from pyimgano_hydra.features import build_backbone
+            from pyimgano_hydra.features.device import resolve_device
 
-            kwargs = {"image_norm": self.image_norm} if hasattr(self, "image_norm") else {}
-            self.backbone_ = build_backbone(self.backbone, list(self.layers), pretrained=self.pretrained,
-                                            weights_path=self.weights_path, device=self.device,
-                                            seed=self.seed, **kwargs)
+            weights = None
+            if self.weights_path:  # a changed file is another backbone
+                path = os.path.expanduser(str(self.weights_path))
+                weights = (path, os.stat(path).st_mtime_ns if os.path.isfile(path) else None)
+            self.backbone_ = _shared_backbone(self.backbone, tuple(self.layers), bool(self.pretrained), weights,
+                                              str(resolve_device(self.device)), int(self.seed),
+                                              getattr(self, "image_norm", "none"))
         return self.backbone_
+
+
+@functools.lru_cache(maxsize=2)
+def _shared_backbone(name: str, layers: tuple, pretrained: bool, weights: tuple | None, device: str, seed: int,
+                     image_norm: str):
+    """``build_backbone`` memoised per process on everything the network depends on."""
+    from pyimgano_hydra.features import build_backbone
+
+    return build_backbone(name, list(layers), pretrained=pretrained, weights_path=weights[0] if weights else None,
+                          device=device, seed=seed, image_norm=image_norm)

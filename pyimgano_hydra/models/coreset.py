@@ -83,10 +83,12 @@ class StreamingCoreset:
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         if self.n_seen == 0 and self._projection is None:
             self._projection = random_projection(x.shape[1], self.projection_dim, self.seed)
+        if self._projection is not None and self._projection.device != x.device:
+            self._projection = self._projection.to(x.device)  # drawn on the CPU: same on every device
         return x if self._projection is None else x @ self._projection
 
     def add(self, x: torch.Tensor, part_size: int | None = None) -> None:
-        """Offer rows (n, d) float32 CPU, in parts of ``part_size`` rows (one image each)."""
+        """Offer rows (n, d) float32 (on any device), in parts of ``part_size`` rows (one image each)."""
         proj = self._project(x)
         part_size = part_size or len(x)
         keep = min(part_size, max(1, math.ceil(part_size * self.ratio * self.oversample)))

@@ -25,7 +25,7 @@ from pyimgano_hydra.errors import ConfigError, check
 from pyimgano_hydra.features import iter_features
 from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutput
 from pyimgano_hydra.models.image_level import ImageGaussian, channel_stats, fuse, topk_mean
-from pyimgano_hydra.smoothing import gaussian_blur
+from pyimgano_hydra.models.kernels import upsample_and_smooth
 
 
 SCORES = ("max", "topk")
@@ -160,9 +160,7 @@ class PaDiM(BackboneMixin, BaseDetector):
         for x, stats in self._embed(images, "padim predict"):
             delta = x - mean
             dist = torch.einsum("bpi,pij,bpj->bp", delta, inv_cov, delta).clamp_min_(0).sqrt_()
-            grid = dist.view(-1, 1, *self.grid_).float()
-            up = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
-            batch = gaussian_blur(up.cpu().numpy(), self.smoothing_sigma)
+            batch = upsample_and_smooth(dist.view(-1, 1, *self.grid_), (height, width), self.smoothing_sigma)
             maps.append(batch)
             if self.score == "topk":
                 image = topk_mean(batch, self.topk_ratio)

@@ -36,7 +36,7 @@ from pyimgano_hydra.features import iter_features
 from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutput
 from pyimgano_hydra.models.coreset import StreamingCoreset
 from pyimgano_hydra.models.image_level import ImageGaussian, channel_stats, fuse, topk_mean
-from pyimgano_hydra.smoothing import gaussian_blur
+from pyimgano_hydra.models.kernels import nearest_bank_entries, upsample_and_smooth
 
 
 def aggregate_patches(
@@ -66,7 +66,6 @@ def aggregate_patches(
 
 
 SCORES = ("max", "topk", "map_max")
-NN_CHUNK_ELEMENTS = 1 << 24  # patches × bank entries per distance block (64 MB of float32)
 
 
 class PatchCore(BackboneMixin, BaseDetector):
@@ -118,23 +117,25 @@ class PatchCore(BackboneMixin, BaseDetector):
 
     # -- internals -------------------------------------------------------------------
     def _embed(self, images: np.ndarray, desc: str):
-        """Yield ((B, h, w, D) patch embeddings, (B, 2·ΣC) channel mean/std or None), CPU."""
+        """Yield ((B, h, w, D) patch embeddings on the compute device, (B, 2·ΣC) channel
+        mean/std or None)."""
         backbone = self._backbone()
         for feats in iter_features(backbone, images, self.batch_size, desc):
             pooled = channel_stats(feats) if self.global_weight > 0 else None
-            yield aggregate_patches(feats, self.neighbourhood, self.embed_dim, self.neighbourhood_pad).cpu(), pooled
+            yield aggregate_patches(feats, self.neighbourhood, self.embed_dim, self.neighbourhood_pad), pooled
 
     def _build_index(self) -> None:
-        """Bank as a tensor with its squared norms (nearest-patch search); faiss comes later."""
-        self.bank_t_ = torch.from_numpy(np.ascontiguousarray(self.memory_bank_, dtype=np.float32))
+        """Bank on the compute device with its squared norms (nearest-patch search); faiss later."""
+        self.bank_t_ = torch.from_numpy(np.ascontiguousarray(self.memory_bank_, dtype=np.float32)).to(
+            self._backbone().device)
         self.bank_sq_ = (self.bank_t_ * self.bank_t_).sum(1)
         self.index_ = None
 
     def _neighbour_index(self) -> faiss.IndexFlatL2:
         """faiss index over the bank, built on first use (only ``score: max`` needs it)."""
         if self.index_ is None:
-            self.index_ = faiss.IndexFlatL2(self.bank_t_.shape[1])
-            self.index_.add(self.bank_t_.numpy())
+            self.index_ = faiss.IndexFlatL2(self.memory_bank_.shape[1])
+            self.index_.add(np.ascontiguousarray(self.memory_bank_, dtype=np.float32))
         return self.index_
 
     def _check_fitted(self) -> None:
@@ -154,7 +155,7 @@ class PatchCore(BackboneMixin, BaseDetector):
             coreset.add(emb.reshape(-1, d), part_size=h * w)
             pooled.append(stats)
         self.feature_shape_ = (h, w)
-        self.memory_bank_ = coreset.result().numpy()
+        self.memory_bank_ = coreset.result().cpu().numpy()
         self._build_index()
         self.image_gaussian_ = ImageGaussian().fit(np.concatenate(pooled)) if self.global_weight > 0 else None
         return self
@@ -165,17 +166,9 @@ class PatchCore(BackboneMixin, BaseDetector):
             return self.coreset_ratio
         return min(self.coreset_ratio, self.coreset_max_size / n_patches)
 
-    def _patch_scores(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _patch_scores(self, emb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(n,) distance of each patch to its nearest bank entry, and that entry's index."""
-        queries = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
-        rows = max(1, NN_CHUNK_ELEMENTS // len(self.bank_t_))
-        dist, idx = [], []
-        for q in queries.split(rows):
-            d2 = torch.addmm(self.bank_sq_, q, self.bank_t_.T, alpha=-2.0).add_((q * q).sum(1, keepdim=True))
-            best, arg = d2.min(1)
-            dist.append(best.clamp_min_(0.0).sqrt_())
-            idx.append(arg)
-        return torch.cat(dist).numpy(), torch.cat(idx).numpy()
+        return nearest_bank_entries(emb, self.bank_t_, self.bank_sq_)
 
     def _image_scores(self, emb: torch.Tensor, patch: np.ndarray, nn_idx: np.ndarray) -> np.ndarray:
         """(B,) from patch scores (B, h*w); PatchCore reweighting of the max patch."""
@@ -200,17 +193,16 @@ class PatchCore(BackboneMixin, BaseDetector):
         all_scores, all_maps = [], []
         for emb, pooled in self._embed(images, "patchcore predict"):
             b, h, w, d = emb.shape
-            flat = emb.reshape(-1, d).numpy()
+            flat = emb.reshape(-1, d)
             patch, nn_idx = self._patch_scores(flat)
             patch, nn_idx = patch.reshape(b, h * w), nn_idx.reshape(b, h * w)
-            maps = torch.from_numpy(patch.reshape(b, 1, h, w))
-            maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
-            maps = gaussian_blur(maps.numpy(), self.smoothing_sigma)
+            grid = torch.from_numpy(patch.reshape(b, 1, h, w)).to(emb.device)
+            maps = upsample_and_smooth(grid, (height, width), self.smoothing_sigma)
             all_maps.append(maps)
             if self.score == "map_max":
                 scores = maps.reshape(b, -1).max(axis=1).astype(np.float64)
             else:
-                scores = self._image_scores(flat.reshape(b, h * w, d), patch, nn_idx).astype(np.float64)
+                scores = self._image_scores(flat.cpu().numpy().reshape(b, h * w, d), patch, nn_idx).astype(np.float64)
             if self.image_gaussian_ is not None:
                 scores = fuse(scores, self.image_gaussian_.distance(pooled), self.global_weight)
             all_scores.append(scores)

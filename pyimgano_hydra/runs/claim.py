@@ -27,8 +27,13 @@ RUN_MARKERS = (CLAIM_FILE, ".hydra", "status.json", "report.json", "predictions.
 
 
 def may_take_over(run_dir: Path) -> bool:
-    """Whether a run may continue in ``run_dir`` though it is claimed (e.g. a requeued job)."""
-    return False
+    """Whether a run may continue in ``run_dir`` though it is claimed: an unfinished run that
+    nobody is writing (a requeued or re-started job); the app then checks it is the same
+    config (``runs/takeover.py``) and keeps its finished categories."""
+    from pyimgano_hydra.runs.layout import RunDir
+    from pyimgano_hydra.runs.takeover import abandoned
+
+    return abandoned(RunDir(Path(run_dir)))
 
 
 def claim(run_dir: Path) -> None:

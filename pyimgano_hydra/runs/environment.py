@@ -39,10 +39,15 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def environment() -> dict:
+def environment(device: str | None = None) -> dict:
+    """``device``: the torch device the run computes on (resolved, e.g. ``cuda:0``)."""
     import torch
 
+    from pyimgano_hydra.features.device import describe_gpus
+
     return {
+        "device": device,
+        "gpu": describe_gpus(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": platform.machine(),

@@ -37,7 +37,7 @@ def register_configs() -> None:
 def validate(cfg: DictConfig) -> None:
     """Run each group's range checks (dataclass ``__post_init__``) and refuse any non-finite
     number; raise ConfigError naming the key."""
-    for group in GROUPS:
+    for group in (*GROUPS, "gpu"):  # gpu: a top-level node with its own range check
         node = cfg.get(group)
         if node is None or OmegaConf.get_type(node) in (dict, None):
             continue

@@ -1,10 +1,13 @@
 """Schemas of the ``model`` group: the backbone fields, PatchCore and PaDiM."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from pyimgano_hydra.errors import check
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")  # model.device, infer's device
 
 IMAGE_NORMS = ("none", "standardize")
 BACKBONE_NAMES = ("efficientnet_lite0", "resnet18", "wide_resnet50_2", "mobilenet_v2", "efficientnet_b0")
@@ -16,13 +19,13 @@ class BackboneSchema:
     layers: List[str] = field(default_factory=lambda: ["blocks.2", "blocks.3"])
     pretrained: bool = True
     weights_path: Optional[str] = None  # a local state_dict file; wins over pretrained
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (cuda: one GPU per job by rank; see features/device.py)
     batch_size: int = 16
 
     def __post_init__(self) -> None:
         check(self.backbone in BACKBONE_NAMES, "model.backbone", f"must be one of {', '.join(BACKBONE_NAMES)}")
         check(len(self.layers) >= 1, "model.layers", "must name at least one layer")
-        check(self.device in ("auto", "cpu", "cuda"), "model.device", "must be auto, cpu or cuda")
+        check(bool(DEVICE_PATTERN.match(str(self.device))), "model.device", "must be auto, cpu, cuda or cuda:N")
         check(self.batch_size >= 1, "model.batch_size", "must be >= 1")
 
 

@@ -1,8 +1,10 @@
-"""Schema of the primary config's own keys (``seed``, ``tag``, ``cache``); the groups stay open."""
+"""Schema of the primary config's own keys (``seed``, ``tag``, ``cache``, ``gpu``); the groups stay open."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from pyimgano_hydra.errors import check
 
 CACHE_DIR = "${oc.env:PYIMGANO_CACHE,${oc.env:HOME,.}/.cache/pyimgano_hydra}/features"
 
@@ -18,10 +20,21 @@ class CacheSchema:
 
 
 @dataclass
+class GpuSchema:
+    """Backbone precision on a GPU: ``torch.autocast`` (docs/SWEEPS.md, "GPU")."""
+
+    autocast: str = "none"  # none (float32) | bf16 | fp16; scores move in the 3rd-4th digit; CPU: bf16 only
+
+    def __post_init__(self) -> None:
+        check(self.autocast in ("none", "bf16", "fp16"), "gpu.autocast", "must be none, bf16 or fp16")
+
+
+@dataclass
 class RunSchema:
     seed: int = 0  # seed of the recipe's random choices (splits, sampling)
     tag: str = ""  # free-form label carried into the report (e.g. a ticket or line id)
     cache: CacheSchema = field(default_factory=CacheSchema)
+    gpu: GpuSchema = field(default_factory=GpuSchema)
     # the groups, typed by their own schemas
     dataset: Any = None
     model: Any = None

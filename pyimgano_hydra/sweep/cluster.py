@@ -1,0 +1,36 @@
+"""Where a job runs: under submitit (SLURM or its local executor) or a plain process.
+
+Under submitit the job's signals belong to submitit: it bypasses SIGTERM and, on the
+preemption / timeout signal (USR2), checkpoints the job, requeues it and exits with
+``SystemExit``. The app then leaves SIGTERM alone and records the run as interrupted, so
+the requeued job can take its run dir over (see ``runs/takeover.py``).
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+
+def under_submitit() -> bool:
+    """True inside a job started by submitit (``SUBMITIT_EXECUTOR`` is set by its launcher)."""
+    return bool(os.environ.get("SUBMITIT_EXECUTOR"))
+
+
+def cluster_job_id() -> str | None:
+    """The scheduler's id of this job, stable across requeues (SLURM or submitit local)."""
+    for key in ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID", "SUBMITIT_LOCAL_JOB_ID"):
+        value = os.environ.get(key)
+        if value:
+            if key == "SLURM_ARRAY_JOB_ID":
+                return f"{value}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+            return value
+    return None
+
+
+def owner() -> dict:
+    """Who runs the job now: host, pid and the scheduler's job id (status.json records it)."""
+    record = {"host": socket.gethostname(), "pid": os.getpid()}
+    job_id = cluster_job_id()
+    if job_id:
+        record["job_id"] = job_id
+    return record

@@ -1,0 +1,124 @@
+"""Optuna studies that survive failed trials and continue across invocations.
+
+Hydra's Optuna sweeper (1.3) checks ``max_failure_rate`` per batch: with ``n_jobs=1`` one
+failed trial is a 100 % batch and ends the study, and a NaN objective crashes it. Here the
+rate is study-wide: the study stops only when more than ``max_failure_rate × n_trials``
+trials failed (a failed job, or a completed one without the leaderboard metric); a failed
+trial is told to Optuna as FAIL and the search goes on. A study loaded from ``storage`` that
+already holds trials gets a freshly seeded sampler, so it continues instead of proposing
+its first trial again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class FailureBudgetExceeded(RuntimeError):
+    """More trials failed than the study's ``max_failure_rate`` allows."""
+
+
+def failure_budget(max_failure_rate: float, n_trials: int) -> int:
+    """How many trials of the study may fail before it stops."""
+    return int(math.floor(max_failure_rate * n_trials + 1e-9))
+
+
+def _objective_ok(ret: Any) -> bool:
+    if getattr(ret.status, "name", "") != "COMPLETED":
+        return False
+    try:
+        value = ret._return_value
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return all(math.isfinite(float(v)) for v in values)
+    except (TypeError, ValueError):
+        return False
+
+
+class BudgetLauncher:
+    """Wraps the sweep's launcher: counts failed trials over the whole study.
+
+    A failed trial comes back as a completed job with no value, which Optuna's sweeper tells
+    the study as FAIL; past the budget the first failure's error is raised.
+    """
+
+    def __init__(self, launcher: Any, sweeper: Any, max_failure_rate: float) -> None:
+        self.launcher = launcher
+        self.sweeper = sweeper
+        self.max_failure_rate = max_failure_rate
+        self.failed: list[str] = []
+        self.first_error: BaseException | None = None
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+        returns = list(self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx))
+        out = []
+        for ret in returns:
+            if _objective_ok(ret):
+                out.append(ret)
+                continue
+            value = ret._return_value
+            if isinstance(value, BaseException) and self.first_error is None:
+                self.first_error = value
+            reason = f"{type(value).__name__}: {value}" if isinstance(value, BaseException) else f"objective {value!r}"
+            self.failed.append(" ".join(ret.overrides or []))
+            log.warning("trial failed (%s), %d failed so far; the study goes on within max_failure_rate=%s",
+                        reason.splitlines()[0] if reason else "", len(self.failed), self.max_failure_rate)
+            out.append(dataclasses.replace(ret, status=type(ret.status).COMPLETED, _return_value=None))
+        budget = failure_budget(self.max_failure_rate, int(self.sweeper.n_trials))
+        if len(self.failed) > budget:
+            message = (f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: {len(self.failed)} of "
+                       f"{self.sweeper.n_trials} trials failed (at most {budget} may); see the leaderboard's errors")
+            raise FailureBudgetExceeded(message) from self.first_error
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.launcher, name)
+
+
+def stored_trials(storage: Any, study_name: str | None) -> int:
+    """Trials already stored for ``study_name`` (0 when there is no storage or no such study)."""
+    if not storage or not study_name:
+        return 0
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    except KeyError:
+        return 0
+
+
+def continue_study(sampler: Any, storage: Any, study_name: str | None) -> int:
+    """Reseed ``sampler`` when the study already has trials; return how many it has."""
+    existing = stored_trials(storage, study_name)
+    if existing and hasattr(sampler, "reseed_rng"):
+        sampler.reseed_rng()
+        log.info("continuing study %s: %d trials stored; sampler reseeded", study_name, existing)
+    return existing
+
+
+def study_sweeper(sampler: Any, direction: Any, storage: Any, study_name: str | None, n_trials: int,
+                  n_jobs: int, max_failure_rate: float, search_space: Any, custom_search_space: Any,
+                  params: Any) -> Any:
+    """hydra-optuna-sweeper's implementation with the study-wide budget and resume."""
+    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+
+    from pyimgano_hydra.errors import ConfigError
+
+    if not 0.0 <= float(max_failure_rate) <= 1.0:
+        raise ConfigError(f"hydra.sweeper.max_failure_rate: {max_failure_rate} is not in [0, 1]")
+
+    class StudySweeperImpl(OptunaSweeperImpl):
+        def setup(self, **kwargs: Any) -> None:
+            super().setup(**kwargs)
+            self.launcher = BudgetLauncher(self.launcher, self, float(max_failure_rate))
+
+        def sweep(self, arguments: list[str]) -> None:
+            continue_study(self.sampler, self.storage, self.study_name)
+            return super().sweep(arguments)
+
+    # max_failure_rate=1.0: the base class's per-batch check never fires; BudgetLauncher counts
+    return StudySweeperImpl(sampler, direction, storage, study_name, n_trials, n_jobs, 1.0,
+                            search_space, custom_search_space, params)
