@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -10,11 +11,12 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 import pyimgano_hydra
-from pyimgano_hydra.console import quiet_third_party_logs
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.features.cache import feature_cache
 from pyimgano_hydra.instantiate import build, build_detector_factory
 from pyimgano_hydra.interrupt import sigterm_as_interrupt
+from pyimgano_hydra.logs import run_log
+from pyimgano_hydra import progress
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
 from pyimgano_hydra.runs.environment import environment, git_sha
 from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
@@ -22,7 +24,7 @@ from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, RUNNING, 
 from pyimgano_hydra.runs.writers import write_json_atomic
 from pyimgano_hydra.schemas import validate
 
-SUMMARY_METRICS = ("image_auroc", "image_ap", "image_f1", "image_f1_max", "pixel_auroc", "pixel_aupro")
+log = logging.getLogger(__name__)
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -67,6 +69,12 @@ def summary_table(results: list[CategoryResult]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
+def _metrics_line(result: CategoryResult) -> str:
+    """'image_auroc=0.9712 image_ap=... total_s=12.3' for the log."""
+    cells = [f"{k}={_cell(result.metrics[k])}" for k in SUMMARY_METRICS if k in result.metrics]
+    return " ".join(cells + [f"total_s={result.timings.get('total_s', 0.0):.1f}"])
+
+
 def infer_config(cfg: DictConfig, model_cfg: DictConfig, results: list[CategoryResult], run_dir: RunDir) -> dict:
     """artifacts/infer_config.json: exactly what inference needs, nothing more."""
     categories = {}
@@ -100,11 +108,15 @@ def _plain(node: Any) -> dict:
 def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
         choices: dict | None = None) -> dict:
     """Run one job into ``output_dir`` (must not hold an earlier run); return report.json's dict."""
-    quiet_third_party_logs()
     run_dir = RunDir(Path(output_dir))
     if run_dir.status.exists() or run_dir.report.exists():
         raise UserError(f"{run_dir.root} already holds a run; runs are never overwritten: pick a new hydra.run.dir")
     run_dir.root.mkdir(parents=True, exist_ok=True)
+    with run_log(run_dir.root):
+        return _run(cfg, run_dir, overrides, choices)
+
+
+def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: dict | None) -> dict:
     started = time.perf_counter()
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -131,15 +143,18 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
             model_params = recipe.model_params(cfg.model) if hasattr(recipe, "model_params") else {}
             model_cfg = OmegaConf.merge(cfg.model, model_params) if model_params else cfg.model
             results: list[CategoryResult] = []
-            for category in categories:
+            log.info("run dir: %s (%d categor%s)", run_dir.root, len(categories), "y" if len(categories) == 1 else "ies")
+            for index, category in enumerate(categories, 1):
                 out = run_dir.category(category)
                 ctx = RecipeContext(dataset=dataset, category=category, make_detector=build_detector_factory(model_cfg, cfg.get("tiling")),
                                     out=out, tiling=_plain(cfg.get("tiling")),
                                     postprocess=_plain(cfg.get("postprocess")),
                                     defects=_plain(cfg.get("defects")), seed=int(cfg.get("seed", 0)))
-                result = recipe(ctx)
+                with progress.category(index, len(categories), category):
+                    result = recipe(ctx)
                 write_json_atomic(out.report, result.to_dict())
                 results.append(result)
+                log.info("[category %d/%d %s] %s", index, len(categories), category, _metrics_line(result))
     except KeyboardInterrupt as exc:
         write_status(run_dir.status, INTERRUPTED, error=f"interrupted ({exc or 'SIGINT'})")
         raise
@@ -169,12 +184,12 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
     write_json_atomic(run_dir.infer_config, infer_config(cfg, model_cfg, results, run_dir))
     write_json_atomic(run_dir.report, report)
     write_status(run_dir.status, COMPLETED)
-    print(summary_table(results))
+    log.info("%s", summary_table(results))
     for r in results:
         for note in r.notes:
-            print(f"note [{r.category}]: {note}")
+            log.info("note [%s]: %s", r.category, note)
     if report["skipped_images"]:
-        print(f"skipped {len(report['skipped_images'])} unreadable image(s) (dataset.on_bad_image=skip); "
-              f"listed under skipped_images in {run_dir.report}")
-    print(f"run dir: {run_dir.root}")
+        log.info("skipped %d unreadable image(s) (dataset.on_bad_image=skip); listed under skipped_images in %s",
+                 len(report["skipped_images"]), run_dir.report)
+    log.info("run dir: %s", run_dir.root)
     return report

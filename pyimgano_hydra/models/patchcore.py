@@ -147,7 +147,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         check(self.global_weight >= 0, "model.global_weight", "must be >= 0")
         check(self.coreset_max_size is None or self.coreset_max_size >= 1, "model.coreset_max_size", "must be >= 1 or null")
         coreset, pooled = None, []
-        for emb, stats in self._embed(images, "patchcore fit"):
+        for emb, stats in self._embed(images, "fit features"):
             b, h, w, d = emb.shape
             if coreset is None:
                 coreset = StreamingCoreset(self.bank_ratio(len(images) * h * w), self.projection_dim, self.seed)
@@ -198,7 +198,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         self._check_fitted()
         height, width = images.shape[1:3]
         all_scores, all_maps = [], []
-        for emb, pooled in self._embed(images, "patchcore predict"):
+        for emb, pooled in self._embed(images, "features"):
             b, h, w, d = emb.shape
             flat = emb.reshape(-1, d).numpy()
             patch, nn_idx = self._patch_scores(flat)

@@ -1,6 +1,7 @@
 """The default recipe: fit on normal images, calibrate, predict, measure, write artifacts."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
 from pyimgano_hydra.errors import DataError
 from pyimgano_hydra.metrics.image import image_metrics
 from pyimgano_hydra.metrics.pixel import StreamingPixelMetrics
+from pyimgano_hydra.progress import stage
 from pyimgano_hydra.recipes.calibration import calibrate_threshold, calibration_quantile
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
 from pyimgano_hydra.runs.checkpoints import save_checkpoint
@@ -22,6 +24,7 @@ from pyimgano_hydra.runs.writers import save_npy_atomic, write_jsonl_atomic
 from pyimgano_hydra.viz.overlays import select_overlays, write_overlays
 
 
+log = logging.getLogger(__name__)
 FEW_CALIBRATION_SCORES = 20  # below this many normal scores the threshold gets a warning note
 
 
@@ -63,27 +66,33 @@ class IndustrialAdapt:
         self.predict_batch_size = predict_batch_size
         self.save_checkpoint = save_checkpoint
 
-    def _batches(self, detector, dataset, samples: list[Sample]):
-        """Yield (start, images, DetectorOutput) per batch; nothing is held across batches."""
-        for start in range(0, len(samples), self.predict_batch_size):
-            images = dataset.load_images(samples[start:start + self.predict_batch_size])
-            yield start, images, detector.predict(images)
+    def _batches(self, detector, dataset, samples: list[Sample], name: str):
+        """Yield (start, images, DetectorOutput) per batch under one progress bar ``name``;
+        nothing is held across batches."""
+        with stage(name, total=len(samples)) as bar:
+            for start in range(0, len(samples), self.predict_batch_size):
+                images = dataset.load_images(samples[start:start + self.predict_batch_size])
+                yield start, images, detector.predict(images)
+                bar.update(len(images))
 
     def _fit(self, ctx: RecipeContext, split, timings: dict, notes: list):
         fit_samples, calib_samples = holdout_split(split.train, self.calibration_holdout, ctx.seed)
         t = time.perf_counter()
-        train_images = ctx.dataset.load_images(fit_samples)
+        with stage("load train"):
+            train_images = ctx.dataset.load_images(fit_samples)
         timings["load_train_s"] = time.perf_counter() - t
+        log.debug("train images %s %s", train_images.shape, train_images.dtype)
         detector = ctx.make_detector()
         if (ctx.defects or {}).get("enabled"):
             require_maps(detector)
         t = time.perf_counter()
-        detector.fit(train_images)
+        with stage("fit"):
+            detector.fit(train_images)
         timings["fit_s"] = time.perf_counter() - t
         notes.extend(getattr(detector, "notes_", []))  # e.g. a PyOD parameter lowered to fit the data
         t = time.perf_counter()
         if calib_samples:
-            outputs = [out for _, _, out in self._batches(detector, ctx.dataset, calib_samples)]
+            outputs = [out for _, _, out in self._batches(detector, ctx.dataset, calib_samples, "calibrate")]
             scores_from = (f"{len(calib_samples)} held-out train images "
                            f"(recipe.calibration_holdout={self.calibration_holdout})")
         else:
@@ -98,6 +107,7 @@ class IndustrialAdapt:
                        if outputs and outputs[0].maps is not None else None)
         q, q_source = calibration_quantile(self.contamination, self.calibration_quantile)
         threshold = calibrate_threshold(normal_scores, q, q_source, scores_from)
+        log.debug("image threshold %s", threshold)
         timings["calibrate_s"] = time.perf_counter() - t
         counts = {"train": len(split.train), "fit": len(fit_samples), "calibration": len(calib_samples)}
         return detector, threshold, normal_maps, counts
@@ -137,7 +147,7 @@ class IndustrialAdapt:
                                        float(normal_maps.max()) * 3 - 2 * float(normal_maps.min()),
                                        fpr_limit=self.pro_fpr_limit) if has_masks else None)
         records = []
-        for start, _, out in self._batches(detector, ctx.dataset, test):
+        for start, _, out in self._batches(detector, ctx.dataset, test, "test"):
             chunk = test[start:start + len(out.scores)]
             batch_scores = np.asarray(out.scores, np.float64).reshape(-1)
             scores[start:start + len(chunk)] = batch_scores
@@ -209,8 +219,10 @@ class IndustrialAdapt:
         if not chosen:
             return
         picked = [test[i] for i in chosen]
-        images = ctx.dataset.load_images(picked)
-        maps = postprocessor.transform(detector.predict(images).maps)
+        with stage("overlays", total=len(picked)) as bar:
+            images = ctx.dataset.load_images(picked)
+            maps = postprocessor.transform(detector.predict(images).maps)
+            bar.update(len(picked))
         masks = ctx.dataset.load_masks(picked) if any(s.mask_path for s in picked) else None
         paths = write_overlays(
             ctx.out.overlays, images, maps, scores[chosen], labels[chosen],
