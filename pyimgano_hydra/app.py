@@ -23,6 +23,7 @@ from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
 from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, RUNNING, utc_now, write_status
 from pyimgano_hydra.runs.writers import write_json_atomic
 from pyimgano_hydra.schemas import validate
+from pyimgano_hydra.viz.html import write_report_html
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,12 @@ def _metrics_line(result: CategoryResult) -> str:
     """'image_auroc=0.9712 image_ap=... total_s=12.3' for the log."""
     cells = [f"{k}={_cell(result.metrics[k])}" for k in SUMMARY_METRICS if k in result.metrics]
     return " ".join(cells + [f"total_s={result.timings.get('total_s', 0.0):.1f}"])
+
+
+def _figures(run_dir: RunDir, result: CategoryResult) -> dict:
+    """A category's plots and overlays, as paths relative to the run dir."""
+    prefix = run_dir.category(result.category).root.relative_to(run_dir.root)
+    return {key: [str(prefix / p) for p in result.extra.get(key, [])] for key in ("plots", "overlays")}
 
 
 def infer_config(cfg: DictConfig, model_cfg: DictConfig, results: list[CategoryResult], run_dir: RunDir) -> dict:
@@ -175,7 +182,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
         thresholds={r.category: r.threshold for r in results},
         aggregate=aggregate(results),
         categories={r.category: {"metrics": r.metrics, "timings": r.timings, "counts": r.counts,
-                                 "notes": r.notes} for r in results},
+                                 "notes": r.notes, **_figures(run_dir, r)} for r in results},
         skipped_images=list(getattr(dataset, "skipped", [])),
         timings={"total_s": time.perf_counter() - started,
                  "fit_s": sum(r.timings["fit_s"] for r in results),
@@ -183,6 +190,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
     )
     write_json_atomic(run_dir.infer_config, infer_config(cfg, model_cfg, results, run_dir))
     write_json_atomic(run_dir.report, report)
+    write_report_html(run_dir.root / "report.html", report, OmegaConf.to_container(cfg, resolve=True))
     write_status(run_dir.status, COMPLETED)
     log.info("%s", summary_table(results))
     for r in results:

@@ -73,3 +73,61 @@ def test_api_run_writes_the_log(tmp_path):
     log = (out / "pyimgano_hydra.log").read_text()
     assert "[category 1/1 weave] test 12/12 img" in log and f"run dir: {out}" in log
     assert not logging.getLogger("pyimgano_hydra").handlers  # detached after the run
+
+
+def test_category_plots_are_written_and_referenced(cli_run):
+    out, _ = cli_run
+    report = json.loads((out / "report.json").read_text())
+    weave = report["categories"]["weave"]
+    assert weave["plots"] == ["categories/weave/plots/roc_pr.png", "categories/weave/plots/score_histogram.png",
+                              "categories/weave/plots/defect_types.png"]
+    assert len(weave["overlays"]) == 12 and weave["overlays"][0].startswith("categories/weave/overlays/top01_")
+    import cv2
+
+    for rel in weave["plots"] + weave["overlays"]:
+        image = cv2.imread(str(out / rel))
+        assert image is not None and image.shape[0] > 100, rel
+
+
+_CHECK = """<script>window.addEventListener('load', () => {
+  const bad = [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'));
+  document.body.setAttribute('data-images', document.images.length);
+  document.body.setAttribute('data-broken', bad.join(' ') || 'none');
+});</script>"""
+
+
+def _browser():
+    import shutil
+
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+def _load_in_browser(browser, page, *extra):
+    import re
+    import subprocess
+
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                           "--virtual-time-budget=10000", *extra, page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    images = re.search(r'data-images="(\d+)"', proc.stdout)
+    broken = re.search(r'data-broken="([^"]*)"', proc.stdout)
+    return proc, (int(images.group(1)) if images else None), (broken.group(1) if broken else None)
+
+
+def test_report_html_loads_every_image_in_a_real_browser(cli_run, tmp_path):
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no Chromium here (.ci/run installs it with apt-get where it can)")
+    out, _ = cli_run
+    page = (out / "report.html").read_text()
+    assert "<table>" in page and "weave" in page and "image AUROC" in page and "defects:" in page  # config
+    check = out / "check_report.html"  # same folder: the report's relative links resolve
+    check.write_text(page.replace("</body>", _CHECK + "</body>"))
+    proc, images, broken = _load_in_browser(browser, check, "--dump-dom")
+    assert images == 3 + 6 and broken == "none", proc.stderr[-2000:]  # plots + top overlays
+    broken_page = out / "check_broken.html"  # the check itself notices a missing image
+    broken_page.write_text(page.replace("</body>", '<img src="missing.png">' + _CHECK + "</body>"))
+    assert _load_in_browser(browser, broken_page, "--dump-dom")[2] == "missing.png"
+    shot = tmp_path / "report.png"
+    _load_in_browser(browser, out / "report.html", f"--screenshot={shot}", "--window-size=1280,2000")
+    assert shot.is_file() and shot.stat().st_size > 20_000

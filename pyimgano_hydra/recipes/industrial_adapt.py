@@ -16,12 +16,13 @@ from pyimgano_hydra.errors import DataError
 from pyimgano_hydra.metrics.image import image_metrics
 from pyimgano_hydra.metrics.pixel import StreamingPixelMetrics
 from pyimgano_hydra.progress import stage
-from pyimgano_hydra.recipes.calibration import calibrate_threshold, calibration_quantile
+from pyimgano_hydra.recipes.calibration import calibrate_threshold, calibration_quantile, threshold_notes
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
 from pyimgano_hydra.runs.checkpoints import save_checkpoint
 from pyimgano_hydra.runs.layout import safe_name
 from pyimgano_hydra.runs.writers import save_npy_atomic, write_jsonl_atomic
 from pyimgano_hydra.viz.overlays import select_overlays, write_overlays
+from pyimgano_hydra.viz.plots import category_plots
 
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,7 @@ class IndustrialAdapt:
         t = time.perf_counter()
         metrics = image_metrics(labels, scores, threshold["value"])
         by_type = per_defect_type(test, labels, scores)
+        notes.extend(threshold_notes(metrics))
         if (labels < 0).any():
             notes.append(f"{int((labels < 0).sum())} unlabelled test images (e.g. a private split): "
                          "scored and recorded, left out of the metrics")
@@ -196,8 +198,15 @@ class IndustrialAdapt:
             if figures:
                 metrics.update({f"defects_{k}": v for k, v in figures.items() if k != "counts"})
                 extra["defects_counts"] = figures["counts"]
+        with stage("plots"):
+            extra["plots"] = [str(p.relative_to(ctx.out.root)) for p in category_plots(
+                ctx.out.plots, ctx.category, labels, scores, threshold["value"], by_type)]
         if has_maps:
-            self._overlays(ctx, detector, postprocessor, test, scores, labels, pp_cfg, extra)
+            self._overlays(ctx, detector, postprocessor, test, scores, labels, pp_cfg, extra, threshold["value"],
+                           exporter.threshold.value if exporter is not None else None)
+        elif int(pp_cfg.get("overlays_top_n", 0)) or int(pp_cfg.get("overlays_normal_n", 0)):
+            notes.append(f"{type(detector).__name__} produces no anomaly maps: no overlays written "
+                         "(pick a map model such as model=patchcore)")
         if self.save_checkpoint:
             self._checkpoint(ctx, detector, postprocessor, threshold, notes, extra)
         write_jsonl_atomic(ctx.out.per_image, records)
@@ -212,7 +221,8 @@ class IndustrialAdapt:
         return {}
 
     @staticmethod
-    def _overlays(ctx, detector, postprocessor, test, scores, labels, pp_cfg, extra) -> None:
+    def _overlays(ctx, detector, postprocessor, test, scores, labels, pp_cfg, extra, image_threshold,
+                  pixel_threshold) -> None:
         """Overlays of the top-N and a few normal images; their maps are recomputed (few images)."""
         top_n, normal_n = int(pp_cfg.get("overlays_top_n", 0)), int(pp_cfg.get("overlays_normal_n", 0))
         chosen = [i for _, i in select_overlays(scores, labels, top_n, normal_n)]
@@ -227,7 +237,8 @@ class IndustrialAdapt:
         paths = write_overlays(
             ctx.out.overlays, images, maps, scores[chosen], labels[chosen],
             [f"{i:06d}_{safe_name(Path(s.path).stem)}" for i, s in zip(chosen, picked)],
-            masks=masks, top_n=min(top_n, len(chosen)), normal_n=normal_n)
+            masks=masks, top_n=min(top_n, len(chosen)), normal_n=normal_n, image_threshold=image_threshold,
+            pixel_threshold=pixel_threshold)
         extra["overlays"] = [str(p.relative_to(ctx.out.root)) for p in paths]
 
     @staticmethod
