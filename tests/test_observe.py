@@ -131,3 +131,31 @@ def test_report_html_loads_every_image_in_a_real_browser(cli_run, tmp_path):
     shot = tmp_path / "report.png"
     _load_in_browser(browser, out / "report.html", f"--screenshot={shot}", "--window-size=1280,2000")
     assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+def test_sweep_chart_zooms_on_the_values_and_labels_jobs_key_value():
+    from pyimgano_hydra.sweep.chart import zoomed_limits
+    from pyimgano_hydra.sweep.leaderboard import job_label
+
+    left, right = zoomed_limits([0.914, 0.971], [0.0, 0.0])
+    assert 0.85 < left < 0.914 and 0.971 < right <= 1.0
+    assert job_label({"job": 1, "varying": {"model": "padim", "tiling": "tile128"}, "overrides": []}) == \
+        "#1 model=padim tiling=tile128"
+
+
+def test_mlflow_callback_logs_one_run_per_sweep_job(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    store = (tmp_path / "mlruns").as_uri()
+    proc = run_cli(["--multirun", *TINY, "recipe.save_checkpoint=false", "seed=0,1", "+callbacks=mlflow",
+                    f"hydra.callbacks.mlflow.tracking_uri={store}", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # reading the file store back
+    mlflow.set_tracking_uri(store)
+    runs = mlflow.search_runs(experiment_names=["pyimgano_hydra"], output_format="list")
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
+    assert {r.data.params["model._target_"] for r in runs} == {"pyimgano_hydra.models.patchcore.PatchCore"}
+    for run in runs:
+        assert 0.5 <= run.data.metrics["weave/image_auroc"] <= 1.0 and "image_auroc" in run.data.metrics
+        assert run.data.tags["status"] == "completed"
+        names = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+        assert {"report.json", "report.html", "pyimgano_hydra.log"} <= names
