@@ -159,3 +159,53 @@ def test_mlflow_callback_logs_one_run_per_sweep_job(tmp_path, monkeypatch):
         assert run.data.tags["status"] == "completed"
         names = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
         assert {"report.json", "report.html", "pyimgano_hydra.log"} <= names
+
+
+def test_folder_dataset_with_absolute_dirs_needs_no_root(tmp_path):
+    from pyimgano_hydra.data.folder import FolderDataset
+    from pyimgano_hydra.errors import DataError
+
+    (tmp_path / "good").mkdir()
+    (tmp_path / "bad").mkdir()
+    absolute = FolderDataset(root=str(tmp_path / "missing"), normal_dir=str(tmp_path / "good"),
+                             abnormal_dirs=[str(tmp_path / "bad")])
+    assert absolute.categories() == ["custom"]
+    relative = FolderDataset(root=str(tmp_path / "missing"), normal_dir="good", abnormal_dirs=["bad"])
+    with pytest.raises(DataError, match="dataset.root"):
+        relative.categories()
+
+
+def test_threshold_note_when_f1_at_threshold_trails_the_best():
+    from pyimgano_hydra.recipes.calibration import threshold_notes
+
+    conservative = {"image_f1": 0.55, "image_f1_max": 0.87, "image_fpr": 0.0, "image_tpr": 0.38,
+                    "image_f1_max_threshold": 0.42}
+    (note,) = threshold_notes(conservative)
+    assert "conservative" in note and "TPR 0.38" in note and "recipe.calibration_quantile" in note
+    assert threshold_notes({**conservative, "image_f1": 0.85}) == []
+
+
+def test_tile_covering_the_whole_image_leaves_a_note():
+    import numpy as np
+
+    from fakes import PixelZScore
+    from pyimgano_hydra.adapt.tiling import TiledDetector
+
+    images = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    whole = TiledDetector(PixelZScore(), tile_size=64, stride=64).fit(images)
+    assert any("covers the whole 64x64 image" in n for n in whole.notes_)
+    assert TiledDetector(PixelZScore(), tile_size=32, stride=32).fit(images).notes_ == []
+
+
+def test_overlays_asked_of_a_map_less_model_leave_a_note(tmp_path):
+    from omegaconf import OmegaConf
+
+    from pyimgano_hydra import app
+    from pyimgano_hydra.api import compose_with_choices
+
+    cfg, choices = compose_with_choices([*TINY, "postprocess=inspect", "recipe.save_checkpoint=false"])
+    cfg.model = OmegaConf.create({"_target_": "fakes.ScoresOnly"})
+    report = app.run(cfg, tmp_path / "run", choices=choices)
+    notes = report["categories"]["weave"]["notes"]
+    assert any("no overlays written" in n for n in notes), notes
+    assert report["categories"]["weave"]["overlays"] == [] and report["categories"]["weave"]["plots"]
