@@ -73,6 +73,10 @@ def test_api_run_writes_the_log(tmp_path):
     log = (out / "pyimgano_hydra.log").read_text()
     assert "[category 1/1 weave] test 12/12 img" in log and f"run dir: {out}" in log
     assert not logging.getLogger("pyimgano_hydra").handlers  # detached after the run
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.load(out / ".hydra" / "config.yaml").dataset.category == "weave"
+    assert list(OmegaConf.load(out / ".hydra" / "overrides.yaml"))[-1] == "recipe.save_checkpoint=false"
 
 
 def test_category_plots_are_written_and_referenced(cli_run):
