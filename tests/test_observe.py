@@ -60,7 +60,7 @@ def test_cli_log_holds_console_lines_and_our_debug_only(cli_run):
     for expected in ("[category 1/1 weave] fit features 10/10 img in ", "[category 1/1 weave] test 12/12 img in ",
                      "image_auroc=", "img_AUROC", f"run dir: {out}"):
         assert expected in log, expected
-    assert "[DEBUG] - image threshold" in log  # hydra.verbose=pyimgano_hydra
+    assert "[DEBUG] - image threshold" in log and "[DEBUG] - patchcore memory bank" in log  # hydra.verbose
     assert "[PIL" not in log and "[matplotlib" not in log
     assert "img_AUROC" in proc.stdout and f"run dir: {out}" in proc.stdout
 

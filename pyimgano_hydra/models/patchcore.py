@@ -24,6 +24,7 @@ changes image scores only, never the maps.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import faiss
@@ -37,6 +38,8 @@ from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutp
 from pyimgano_hydra.models.coreset import StreamingCoreset
 from pyimgano_hydra.models.image_level import ImageGaussian, channel_stats, fuse, topk_mean
 from pyimgano_hydra.smoothing import gaussian_blur
+
+log = logging.getLogger(__name__)
 
 
 def aggregate_patches(
@@ -155,6 +158,7 @@ class PatchCore(BackboneMixin, BaseDetector):
             pooled.append(stats)
         self.feature_shape_ = (h, w)
         self.memory_bank_ = coreset.result().numpy()
+        log.debug("patchcore memory bank %s from %d images of %dx%d patches", self.memory_bank_.shape, len(images), h, w)
         self._build_index()
         self.image_gaussian_ = ImageGaussian().fit(np.concatenate(pooled)) if self.global_weight > 0 else None
         return self
