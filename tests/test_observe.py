@@ -153,6 +153,7 @@ def test_mlflow_callback_logs_one_run_per_sweep_job(tmp_path, monkeypatch):
     proc = run_cli(["--multirun", *TINY, "recipe.save_checkpoint=false", "seed=0,1", "+callbacks=mlflow",
                     f"hydra.callbacks.mlflow.tracking_uri={store}", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "; best: #" in proc.stdout + proc.stderr and "seed=" in (proc.stdout + proc.stderr).split("; best: #")[1]
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # reading the file store back
     mlflow.set_tracking_uri(store)
     runs = mlflow.search_runs(experiment_names=["pyimgano_hydra"], output_format="list")
