@@ -52,9 +52,11 @@ class BackboneMixin:
     def _backbone(self):
         if getattr(self, "backbone_", None) is None:
             from pyimgano_hydra.features import build_backbone
+            from pyimgano_hydra.progress import stage
 
             kwargs = {"image_norm": self.image_norm} if hasattr(self, "image_norm") else {}
-            self.backbone_ = build_backbone(self.backbone, list(self.layers), pretrained=self.pretrained,
-                                            weights_path=self.weights_path, device=self.device,
-                                            seed=self.seed, **kwargs)
+            with stage(f"load backbone {self.backbone}"):  # weights load: seconds of otherwise silent work
+                self.backbone_ = build_backbone(self.backbone, list(self.layers), pretrained=self.pretrained,
+                                                weights_path=self.weights_path, device=self.device,
+                                                seed=self.seed, **kwargs)
         return self.backbone_
