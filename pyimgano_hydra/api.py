@@ -13,6 +13,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pyimgano_hydra.paths import conf_dir
+from pyimgano_hydra.runs.layout import RunDir
+from pyimgano_hydra.runs.writers import write_text_atomic
 from pyimgano_hydra.schemas import register_configs
 
 
@@ -46,4 +48,14 @@ def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> 
 
     cfg, choices = compose_with_choices(overrides)
     out = Path(output_dir) if output_dir else default_run_dir(choices)
+    _write_hydra_dir(out, cfg, overrides)
     return app.run(cfg, out, overrides=list(overrides), choices=choices)
+
+
+def _write_hydra_dir(out: Path, cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """``.hydra/config.yaml`` and ``overrides.yaml`` as the CLI leaves them (never over a run)."""
+    hydra_dir = out / ".hydra"
+    if hydra_dir.exists() or RunDir(out).status.exists() or RunDir(out).report.exists():
+        return  # app.run refuses a used dir; nothing of the earlier run is touched
+    write_text_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_text_atomic(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -10,12 +11,13 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 import pyimgano_hydra
-from pyimgano_hydra.console import quiet_third_party_logs
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.features.cache import feature_cache
 from pyimgano_hydra.features.precision import autocast_setting
 from pyimgano_hydra.instantiate import build, build_detector_factory
 from pyimgano_hydra.interrupt import sigterm_as_interrupt
+from pyimgano_hydra.logs import run_log
+from pyimgano_hydra import progress
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
 from pyimgano_hydra.runs.environment import environment, git_sha
 from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
@@ -24,8 +26,9 @@ from pyimgano_hydra.runs.takeover import finished_categories, may_take_over
 from pyimgano_hydra.runs.writers import write_json_atomic
 from pyimgano_hydra.schemas import validate
 from pyimgano_hydra.sweep.cluster import owner
+from pyimgano_hydra.viz.html import write_report_html
 
-SUMMARY_METRICS = ("image_auroc", "image_ap", "image_f1", "image_f1_max", "pixel_auroc", "pixel_aupro")
+log = logging.getLogger(__name__)
 
 
 def _device_used(model_cfg: DictConfig) -> str | None:
@@ -79,6 +82,18 @@ def summary_table(results: list[CategoryResult]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
+def _metrics_line(result: CategoryResult) -> str:
+    """'image_auroc=0.9712 image_ap=... total_s=12.3' for the log."""
+    cells = [f"{k}={_cell(result.metrics[k])}" for k in SUMMARY_METRICS if k in result.metrics]
+    return " ".join(cells + [f"total_s={result.timings.get('total_s', 0.0):.1f}"])
+
+
+def _figures(run_dir: RunDir, result: CategoryResult) -> dict:
+    """A category's plots and overlays, as paths relative to the run dir."""
+    prefix = run_dir.category(result.category).root.relative_to(run_dir.root)
+    return {key: [str(prefix / p) for p in result.extra.get(key, [])] for key in ("plots", "overlays")}
+
+
 def infer_config(cfg: DictConfig, model_cfg: DictConfig, results: list[CategoryResult], run_dir: RunDir) -> dict:
     """artifacts/infer_config.json: exactly what inference needs, nothing more."""
     categories = {}
@@ -116,11 +131,16 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
     ``output_dir`` must not hold an earlier run, except this job's own unfinished one (a
     requeued cluster job): then finished categories are kept and the rest is redone.
     """
-    quiet_third_party_logs()
     run_dir = RunDir(Path(output_dir))
     cfg_hash = config_hash(cfg)
     resuming = may_take_over(run_dir, cfg_hash)
     run_dir.root.mkdir(parents=True, exist_ok=True)
+    with run_log(run_dir.root):
+        return _run(cfg, run_dir, overrides, choices, cfg_hash, resuming)
+
+
+def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: dict | None,
+         cfg_hash: str, resuming: bool) -> dict:
     started = time.perf_counter()
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -151,18 +171,22 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
             results: list[CategoryResult] = []
             done = finished_categories(run_dir, categories) if resuming else {}
             report["resumed_categories"] = sorted(done)
-            for category in categories:
+            log.info("run dir: %s (%d categor%s)", run_dir.root, len(categories), "y" if len(categories) == 1 else "ies")
+            for index, category in enumerate(categories, 1):
                 if category in done:
                     results.append(done[category])
+                    log.info("[category %d/%d %s] kept from the interrupted attempt", index, len(categories), category)
                     continue
                 out = run_dir.category(category)
                 ctx = RecipeContext(dataset=dataset, category=category, make_detector=build_detector_factory(model_cfg, cfg.get("tiling")),
                                     out=out, tiling=_plain(cfg.get("tiling")),
                                     postprocess=_plain(cfg.get("postprocess")),
                                     defects=_plain(cfg.get("defects")), seed=int(cfg.get("seed", 0)))
-                result = recipe(ctx)
+                with progress.category(index, len(categories), category):
+                    result = recipe(ctx)
                 write_json_atomic(out.report, result.to_dict())
                 results.append(result)
+                log.info("[category %d/%d %s] %s", index, len(categories), category, _metrics_line(result))
     except (KeyboardInterrupt, SystemExit) as exc:
         # SystemExit: submitit requeued the job (preemption / timeout) and ends this attempt
         reason = f"exit {exc.code}" if isinstance(exc, SystemExit) else (exc or "SIGINT")
@@ -186,7 +210,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
         thresholds={r.category: r.threshold for r in results},
         aggregate=aggregate(results),
         categories={r.category: {"metrics": r.metrics, "timings": r.timings, "counts": r.counts,
-                                 "notes": r.notes} for r in results},
+                                 "notes": r.notes, **_figures(run_dir, r)} for r in results},
         skipped_images=list(getattr(dataset, "skipped", [])),
         timings={"total_s": time.perf_counter() - started,
                  "fit_s": sum(r.timings["fit_s"] for r in results),
@@ -194,13 +218,14 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
     )
     write_json_atomic(run_dir.infer_config, infer_config(cfg, model_cfg, results, run_dir))
     write_json_atomic(run_dir.report, report)
+    write_report_html(run_dir.root / "report.html", report, OmegaConf.to_container(cfg, resolve=True))
     write_status(run_dir.status, COMPLETED)
-    print(summary_table(results))
+    log.info("%s", summary_table(results))
     for r in results:
         for note in r.notes:
-            print(f"note [{r.category}]: {note}")
+            log.info("note [%s]: %s", r.category, note)
     if report["skipped_images"]:
-        print(f"skipped {len(report['skipped_images'])} unreadable image(s) (dataset.on_bad_image=skip); "
-              f"listed under skipped_images in {run_dir.report}")
-    print(f"run dir: {run_dir.root}")
+        log.info("skipped %d unreadable image(s) (dataset.on_bad_image=skip); listed under skipped_images in %s",
+                 len(report["skipped_images"]), run_dir.report)
+    log.info("run dir: %s", run_dir.root)
     return report

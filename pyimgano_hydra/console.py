@@ -8,7 +8,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 _HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
-_CHATTY_LOGGERS = ("faiss", "faiss.loader", "timm", "matplotlib")
+_CHATTY_LOGGERS = ("faiss", "faiss.loader", "timm", "matplotlib", "PIL", "urllib3", "fsspec", "filelock",
+                   "git", "numba", "mlflow", "alembic", "optuna")
 
 
 def quiet_third_party_logs() -> None:

@@ -14,7 +14,7 @@ from pyimgano_hydra.adapt.postprocess import MapPostprocessor
 from pyimgano_hydra.smoothing import gaussian_blur
 from pyimgano_hydra.errors import ConfigError, UserError
 from pyimgano_hydra.schemas import register_configs, validate
-from pyimgano_hydra.viz.overlays import GT_COLOR, heatmap_overlay, select_overlays, write_overlays
+from pyimgano_hydra.viz.overlays import GT_COLOR, THRESHOLD_COLOR, heatmap_overlay, select_overlays, write_overlays
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -142,7 +142,19 @@ def test_write_overlays_writes_pngs(tmp_path):
     paths = write_overlays(tmp_path / "overlays", images, maps, maps.max((1, 2)),
                            np.array([0, 0, 1]), ["a", "b", "c"], top_n=1, normal_n=1)
     assert [p.name for p in paths] == ["top01_c.png", "normal01_b.png"]
-    assert cv2.imread(str(paths[0])).shape == (48, 48, 3)
+    top = cv2.cvtColor(cv2.imread(str(paths[0])), cv2.COLOR_BGR2RGB)
+    assert top.shape[0] == 48 and top.shape[1] > 48  # the image, then its colour bar
+    bar = top[:, 48 + 4 + 2].astype(int)  # a column inside the JET bar: red at the top, blue below
+    assert bar[2][0] > bar[2][2] and bar[-3][2] > bar[-3][0]
+
+
+def test_overlay_draws_the_pixel_threshold_contour():
+    image = np.full((48, 48, 1), 100, dtype=np.uint8)
+    amap = _defect_map()[0]
+    plain = heatmap_overlay(image, amap)
+    marked = heatmap_overlay(image, amap, pixel_threshold=float(amap.max()) * 0.5)
+    white = lambda out: (out == THRESHOLD_COLOR).all(-1).sum()  # noqa: E731
+    assert white(marked) >= 12 and white(plain) == 0
 
 
 def test_blur_matches_scipy_mirror_gaussian_with_radius_four_sigma():

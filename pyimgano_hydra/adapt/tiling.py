@@ -129,6 +129,11 @@ class TiledDetector(BaseDetector):
     def fit(self, images: np.ndarray) -> "TiledDetector":
         """Fit the inner detector on the tiles of normal images (all, or ``max_fit_tiles``)."""
         self._check_params()
+        height, width = np.asarray(images).shape[1:3]
+        self.notes_ = ([f"tiling.tile_size={self.tile_size} covers the whole {width}x{height} image: "
+                        "tiling changes nothing; use dataset.resize=null (full size) or a larger "
+                        "dataset.resize, or a smaller tile"]
+                       if self.tile_size >= max(height, width) else [])
         images = _pad_to(np.asarray(images), self.tile_size)
         n, h, w, _ = images.shape
         grid = tile_grid(h, w, self.tile_size, self._stride)

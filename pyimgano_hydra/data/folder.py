@@ -73,6 +73,13 @@ class FolderDataset(ImageDataset):
     def explicit(self) -> bool:
         return self.normal_dir is not None
 
+    def _check_root(self) -> None:
+        """``root`` must exist only when some folder is given relative to it."""
+        given = [self.normal_dir, self.normal_test_dir, self.mask_dir, *self.abnormal_dirs.values()]
+        if self.explicit and all(Path(d).expanduser().is_absolute() for d in given if d is not None):
+            return
+        super()._check_root()
+
     def _dir(self, rel: str, key: str) -> Path:
         path = self.root_path / Path(rel).expanduser()
         if not path.is_dir():

@@ -8,7 +8,7 @@
   ``stats=("mean", "std")``, the spatial standard deviation) of each channel, concatenated
   (for PyOD-style image-level models; mean+std is much stronger on textures such as MTD).
 
-All run under ``torch.inference_mode()`` with a tqdm bar whose text names the stage.
+All run under ``torch.inference_mode()`` in a progress stage (one bar, named by category).
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pyimgano_hydra.errors import ConfigError, DataError
 from pyimgano_hydra.features.backbones import Backbone
 from pyimgano_hydra.features.precision import backbone_autocast, float_features
 from pyimgano_hydra.features.cache import active_cache, cached_backbone_features
+from pyimgano_hydra.progress import stage
 
 
 def _check_images(images: np.ndarray) -> None:
@@ -40,7 +40,7 @@ def iter_features(
     _check_images(images)
     n = len(images)
     cache = active_cache()
-    with torch.inference_mode(), tqdm(total=n, desc=desc, unit="img", leave=False) as bar:
+    with torch.inference_mode(), stage(desc, total=n) as bar:
         for start in range(0, n, batch_size):
             chunk = np.ascontiguousarray(images[start : start + batch_size])
             with backbone_autocast(backbone.device):  # gpu.autocast; off by default

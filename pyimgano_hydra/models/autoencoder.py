@@ -139,7 +139,8 @@ class ConvAutoencoder(BaseDetector):
     # ------------------------------------------------------------------ fit
     def fit(self, images: np.ndarray) -> "ConvAutoencoder":
         import torch
-        from tqdm.auto import tqdm
+
+        from pyimgano_hydra.progress import stage
 
         self._check_params()
         if len(images) < 1:
@@ -155,27 +156,30 @@ class ConvAutoencoder(BaseDetector):
         order_rng = np.random.default_rng(self.seed)
         self.history_: list[dict[str, float]] = []
         self.net_.train()
-        for epoch in tqdm(range(1, self.epochs + 1), desc="train autoencoder", unit="epoch", leave=False):
-            start, total, seen = time.perf_counter(), 0.0, 0
-            order = order_rng.permutation(len(images))
-            for first in range(0, len(images), self.batch_size):
-                x = self._to_input(images[np.sort(order[first:first + self.batch_size])])
-                recon = self.net_(x)
-                loss = torch.mean((recon - x) ** 2)
-                if feature_net is not None:
-                    with torch.no_grad():
-                        target = self._features(feature_net, x)
-                    produced = self._features(feature_net, recon)
-                    loss = loss + self.perceptual_weight * sum(  # scale-free: relative feature error
-                        torch.mean((produced[k] - target[k]) ** 2) / (torch.mean(target[k] ** 2) + 1e-8)
-                        for k in target) / len(target)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                total += float(loss.detach()) * len(x)
-                seen += len(x)
-            self.history_.append({"epoch": epoch, "loss": total / seen,
-                                  "seconds": round(time.perf_counter() - start, 3)})
+        with stage("train autoencoder", total=self.epochs, unit="epoch") as bar:
+            for epoch in range(1, self.epochs + 1):
+                start, total, seen = time.perf_counter(), 0.0, 0
+                order = order_rng.permutation(len(images))
+                for first in range(0, len(images), self.batch_size):
+                    x = self._to_input(images[np.sort(order[first:first + self.batch_size])])
+                    recon = self.net_(x)
+                    loss = torch.mean((recon - x) ** 2)
+                    if feature_net is not None:
+                        with torch.no_grad():
+                            target = self._features(feature_net, x)
+                        produced = self._features(feature_net, recon)
+                        loss = loss + self.perceptual_weight * sum(  # scale-free: relative feature error
+                            torch.mean((produced[k] - target[k]) ** 2) / (torch.mean(target[k] ** 2) + 1e-8)
+                            for k in target) / len(target)
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimiser.step()
+                    total += float(loss.detach()) * len(x)
+                    seen += len(x)
+                self.history_.append({"epoch": epoch, "loss": total / seen,
+                                      "seconds": round(time.perf_counter() - start, 3)})
+                bar.update(1)
+                bar.set_postfix(loss=f"{total / seen:.4g}")
         self.net_.eval()
         return self
 

@@ -55,14 +55,16 @@ class BackboneMixin:
     def _backbone(self):
         if getattr(self, "backbone_", None) is None:
             from pyimgano_hydra.features.device import resolve_device
+            from pyimgano_hydra.progress import stage
 
             weights = None
             if self.weights_path:  # a changed file is another backbone
                 path = os.path.expanduser(str(self.weights_path))
                 weights = (path, os.stat(path).st_mtime_ns if os.path.isfile(path) else None)
-            self.backbone_ = _shared_backbone(self.backbone, tuple(self.layers), bool(self.pretrained), weights,
-                                              str(resolve_device(self.device)), int(self.seed),
-                                              getattr(self, "image_norm", "none"))
+            with stage(f"load backbone {self.backbone}"):  # weights load: seconds of otherwise silent work
+                self.backbone_ = _shared_backbone(self.backbone, tuple(self.layers), bool(self.pretrained), weights,
+                                                  str(resolve_device(self.device)), int(self.seed),
+                                                  getattr(self, "image_norm", "none"))
         return self.backbone_
 
 

@@ -125,7 +125,7 @@ class PaDiM(BackboneMixin, BaseDetector):
         shift = total = outer = None
         pooled = []
         with torch.inference_mode():
-            for x, stats in self._embed(images, "padim fit"):
+            for x, stats in self._embed(images, "fit features"):
                 pooled.append(stats)
                 if shift is None:
                     self._check_memory(x.shape[1])
@@ -157,7 +157,7 @@ class PaDiM(BackboneMixin, BaseDetector):
         mean = torch.from_numpy(self.mean_).to(device)
         inv_cov = torch.from_numpy(self.inv_cov_).to(device)
         maps, scores = [], []
-        for x, stats in self._embed(images, "padim predict"):
+        for x, stats in self._embed(images, "features"):
             delta = x - mean
             dist = torch.einsum("bpi,pij,bpj->bp", delta, inv_cov, delta).clamp_min_(0).sqrt_()
             batch = upsample_and_smooth(dist.view(-1, 1, *self.grid_), (height, width), self.smoothing_sigma)

@@ -24,6 +24,7 @@ changes image scores only, never the maps.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import faiss
@@ -37,6 +38,8 @@ from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutp
 from pyimgano_hydra.models.coreset import StreamingCoreset
 from pyimgano_hydra.models.image_level import ImageGaussian, channel_stats, fuse, topk_mean
 from pyimgano_hydra.models.kernels import nearest_bank_entries, upsample_and_smooth
+
+log = logging.getLogger(__name__)
 
 
 def aggregate_patches(
@@ -148,7 +151,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         check(self.global_weight >= 0, "model.global_weight", "must be >= 0")
         check(self.coreset_max_size is None or self.coreset_max_size >= 1, "model.coreset_max_size", "must be >= 1 or null")
         coreset, pooled = None, []
-        for emb, stats in self._embed(images, "patchcore fit"):
+        for emb, stats in self._embed(images, "fit features"):
             b, h, w, d = emb.shape
             if coreset is None:
                 coreset = StreamingCoreset(self.bank_ratio(len(images) * h * w), self.projection_dim, self.seed)
@@ -156,6 +159,7 @@ class PatchCore(BackboneMixin, BaseDetector):
             pooled.append(stats)
         self.feature_shape_ = (h, w)
         self.memory_bank_ = coreset.result().cpu().numpy()
+        log.debug("patchcore memory bank %s from %d images of %dx%d patches", self.memory_bank_.shape, len(images), h, w)
         self._build_index()
         self.image_gaussian_ = ImageGaussian().fit(np.concatenate(pooled)) if self.global_weight > 0 else None
         return self
@@ -191,7 +195,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         self._check_fitted()
         height, width = images.shape[1:3]
         all_scores, all_maps = [], []
-        for emb, pooled in self._embed(images, "patchcore predict"):
+        for emb, pooled in self._embed(images, "features"):
             b, h, w, d = emb.shape
             flat = emb.reshape(-1, d)
             patch, nn_idx = self._patch_scores(flat)

@@ -189,7 +189,7 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
 
     def fit(self, images: np.ndarray) -> "PyODOnFeatures":
         self.notes_: list[str] = []
-        self._fit_embeddings(self.embed(images, desc="fit"))
+        self._fit_embeddings(self.embed(images, desc="fit features"))
         return self
 
     def _check_fitted(self) -> None:
@@ -206,7 +206,7 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
 
     def predict(self, images: np.ndarray) -> DetectorOutput:
         self._check_fitted()
-        return DetectorOutput(scores=self.score_embeddings(self.embed(images, desc="predict")), maps=None)
+        return DetectorOutput(scores=self.score_embeddings(self.embed(images, desc="features")), maps=None)
 
     # ------------------------------------------------------------------ hand-off
     def state_dict(self) -> dict[str, Any]:

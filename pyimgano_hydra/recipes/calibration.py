@@ -29,3 +29,16 @@ def calibrate_threshold(normal_scores: np.ndarray, quantile: float, source: str,
             "n_scores": int(len(scores)),
         },
     }
+
+
+def threshold_notes(metrics: dict, gap: float = 0.1) -> list[str]:
+    """A note when F1 at the calibrated threshold trails the best F1 on the test split."""
+    f1, best = metrics.get("image_f1", np.nan), metrics.get("image_f1_max", np.nan)
+    if not (np.isfinite(f1) and np.isfinite(best)) or best - f1 < gap:
+        return []
+    side = ("conservative (few false alarms, missed defects)" if metrics.get("image_fpr", 0) <= 0.05
+            else "loose (false alarms)")
+    return [f"the image threshold is {side}: F1 {f1:.2f} at it (FPR {metrics.get('image_fpr', np.nan):.2f}, "
+            f"TPR {metrics.get('image_tpr', np.nan):.2f}) vs best F1 {best:.2f} at score "
+            f"{metrics.get('image_f1_max_threshold', np.nan):.4g} on the test split; move it with "
+            "recipe.calibration_quantile (lower = more sensitive) or recipe.contamination"]

@@ -1,6 +1,7 @@
 """The default recipe: fit on normal images, calibrate, predict, measure, write artifacts."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -14,14 +15,17 @@ from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
 from pyimgano_hydra.errors import DataError
 from pyimgano_hydra.metrics.image import image_metrics
 from pyimgano_hydra.metrics.pixel import StreamingPixelMetrics
-from pyimgano_hydra.recipes.calibration import calibrate_threshold, calibration_quantile
+from pyimgano_hydra.progress import stage
+from pyimgano_hydra.recipes.calibration import calibrate_threshold, calibration_quantile, threshold_notes
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
 from pyimgano_hydra.runs.checkpoints import save_checkpoint
 from pyimgano_hydra.runs.layout import safe_name
 from pyimgano_hydra.runs.writers import save_npy_atomic, write_jsonl_atomic
 from pyimgano_hydra.viz.overlays import select_overlays, write_overlays
+from pyimgano_hydra.viz.plots import category_plots
 
 
+log = logging.getLogger(__name__)
 FEW_CALIBRATION_SCORES = 20  # below this many normal scores the threshold gets a warning note
 
 
@@ -63,27 +67,33 @@ class IndustrialAdapt:
         self.predict_batch_size = predict_batch_size
         self.save_checkpoint = save_checkpoint
 
-    def _batches(self, detector, dataset, samples: list[Sample]):
-        """Yield (start, images, DetectorOutput) per batch; nothing is held across batches."""
-        for start in range(0, len(samples), self.predict_batch_size):
-            images = dataset.load_images(samples[start:start + self.predict_batch_size])
-            yield start, images, detector.predict(images)
+    def _batches(self, detector, dataset, samples: list[Sample], name: str):
+        """Yield (start, images, DetectorOutput) per batch under one progress bar ``name``;
+        nothing is held across batches."""
+        with stage(name, total=len(samples)) as bar:
+            for start in range(0, len(samples), self.predict_batch_size):
+                images = dataset.load_images(samples[start:start + self.predict_batch_size])
+                yield start, images, detector.predict(images)
+                bar.update(len(images))
 
     def _fit(self, ctx: RecipeContext, split, timings: dict, notes: list):
         fit_samples, calib_samples = holdout_split(split.train, self.calibration_holdout, ctx.seed)
         t = time.perf_counter()
-        train_images = ctx.dataset.load_images(fit_samples)
+        with stage("load train"):
+            train_images = ctx.dataset.load_images(fit_samples)
         timings["load_train_s"] = time.perf_counter() - t
+        log.debug("train images %s %s", train_images.shape, train_images.dtype)
         detector = ctx.make_detector()
         if (ctx.defects or {}).get("enabled"):
             require_maps(detector)
         t = time.perf_counter()
-        detector.fit(train_images)
+        with stage("fit"):
+            detector.fit(train_images)
         timings["fit_s"] = time.perf_counter() - t
         notes.extend(getattr(detector, "notes_", []))  # e.g. a PyOD parameter lowered to fit the data
         t = time.perf_counter()
         if calib_samples:
-            outputs = [out for _, _, out in self._batches(detector, ctx.dataset, calib_samples)]
+            outputs = [out for _, _, out in self._batches(detector, ctx.dataset, calib_samples, "calibrate")]
             scores_from = (f"{len(calib_samples)} held-out train images "
                            f"(recipe.calibration_holdout={self.calibration_holdout})")
         else:
@@ -98,6 +108,7 @@ class IndustrialAdapt:
                        if outputs and outputs[0].maps is not None else None)
         q, q_source = calibration_quantile(self.contamination, self.calibration_quantile)
         threshold = calibrate_threshold(normal_scores, q, q_source, scores_from)
+        log.debug("image threshold %s", threshold)
         timings["calibrate_s"] = time.perf_counter() - t
         counts = {"train": len(split.train), "fit": len(fit_samples), "calibration": len(calib_samples)}
         return detector, threshold, normal_maps, counts
@@ -137,7 +148,7 @@ class IndustrialAdapt:
                                        float(normal_maps.max()) * 3 - 2 * float(normal_maps.min()),
                                        fpr_limit=self.pro_fpr_limit) if has_masks else None)
         records = []
-        for start, _, out in self._batches(detector, ctx.dataset, test):
+        for start, _, out in self._batches(detector, ctx.dataset, test, "test"):
             chunk = test[start:start + len(out.scores)]
             batch_scores = np.asarray(out.scores, np.float64).reshape(-1)
             scores[start:start + len(chunk)] = batch_scores
@@ -168,6 +179,7 @@ class IndustrialAdapt:
         t = time.perf_counter()
         metrics = image_metrics(labels, scores, threshold["value"])
         by_type = per_defect_type(test, labels, scores)
+        notes.extend(threshold_notes(metrics))
         if (labels < 0).any():
             notes.append(f"{int((labels < 0).sum())} unlabelled test images (e.g. a private split): "
                          "scored and recorded, left out of the metrics")
@@ -186,8 +198,15 @@ class IndustrialAdapt:
             if figures:
                 metrics.update({f"defects_{k}": v for k, v in figures.items() if k != "counts"})
                 extra["defects_counts"] = figures["counts"]
+        with stage("plots"):
+            extra["plots"] = [str(p.relative_to(ctx.out.root)) for p in category_plots(
+                ctx.out.plots, ctx.category, labels, scores, threshold["value"], by_type)]
         if has_maps:
-            self._overlays(ctx, detector, postprocessor, test, scores, labels, pp_cfg, extra)
+            self._overlays(ctx, detector, postprocessor, test, scores, labels, pp_cfg, extra, threshold["value"],
+                           exporter.threshold.value if exporter is not None else None)
+        elif int(pp_cfg.get("overlays_top_n", 0)) or int(pp_cfg.get("overlays_normal_n", 0)):
+            notes.append(f"{type(detector).__name__} produces no anomaly maps: no overlays written "
+                         "(pick a map model such as model=patchcore)")
         if self.save_checkpoint:
             self._checkpoint(ctx, detector, postprocessor, threshold, notes, extra)
         write_jsonl_atomic(ctx.out.per_image, records)
@@ -202,20 +221,24 @@ class IndustrialAdapt:
         return {}
 
     @staticmethod
-    def _overlays(ctx, detector, postprocessor, test, scores, labels, pp_cfg, extra) -> None:
+    def _overlays(ctx, detector, postprocessor, test, scores, labels, pp_cfg, extra, image_threshold,
+                  pixel_threshold) -> None:
         """Overlays of the top-N and a few normal images; their maps are recomputed (few images)."""
         top_n, normal_n = int(pp_cfg.get("overlays_top_n", 0)), int(pp_cfg.get("overlays_normal_n", 0))
         chosen = [i for _, i in select_overlays(scores, labels, top_n, normal_n)]
         if not chosen:
             return
         picked = [test[i] for i in chosen]
-        images = ctx.dataset.load_images(picked)
-        maps = postprocessor.transform(detector.predict(images).maps)
+        with stage("overlays", total=len(picked)) as bar:
+            images = ctx.dataset.load_images(picked)
+            maps = postprocessor.transform(detector.predict(images).maps)
+            bar.update(len(picked))
         masks = ctx.dataset.load_masks(picked) if any(s.mask_path for s in picked) else None
         paths = write_overlays(
             ctx.out.overlays, images, maps, scores[chosen], labels[chosen],
             [f"{i:06d}_{safe_name(Path(s.path).stem)}" for i, s in zip(chosen, picked)],
-            masks=masks, top_n=min(top_n, len(chosen)), normal_n=normal_n)
+            masks=masks, top_n=min(top_n, len(chosen)), normal_n=normal_n, image_threshold=image_threshold,
+            pixel_threshold=pixel_threshold)
         extra["overlays"] = [str(p.relative_to(ctx.out.root)) for p in paths]
 
     @staticmethod

@@ -77,6 +77,10 @@ class CategoryDir:
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
     def map_path(self, index: int, image_path: str) -> Path:
         return self.maps / f"{index:06d}_{safe_name(Path(image_path).stem)}.npy"
 

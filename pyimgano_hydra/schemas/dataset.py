@@ -35,7 +35,8 @@ class DatasetSchema:
 
 @dataclass
 class SyntheticDatasetSchema(DatasetSchema):
-    image_size: int = 256
+    resize: Optional[int] = 128  # the generated images are image_size px: no resampling by default
+    image_size: int = 128
     n_train: int = 40
     n_test_good: int = 12
     n_test_defect: int = 4  # per defect type

@@ -131,7 +131,8 @@ class LeaderboardCallback(Callback):
         board = self.write(root)
         if board:
             counts = ", ".join(f"{n} {s}" for s, n in sorted(board["counts"].items()))
-            log.info("leaderboard (%s): %s; best: %s", counts, root / "leaderboard.md", board["best"])
+            best = f"{board['best_label']} ({root / board['best']})" if board["best"] else "none"
+            log.info("leaderboard (%s): %s; best: %s", counts, root / "leaderboard.md", best)
 
 
 __all__ = ["LeaderboardCallback", "planned_jobs", "sweep_root"]

@@ -1,10 +1,25 @@
-"""PNG bar chart of a sweep's main metric per job (mean over categories, std as error bar)."""
+"""PNG bar chart of a sweep's main metric per job (mean over categories, std as error bar),
+on an axis zoomed to the values so 0.914 and 0.971 look different; bars labelled key=value."""
 from __future__ import annotations
 
 import io
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from pyimgano_hydra.sweep.leaderboard import job_label
+
+
+def zoomed_limits(values: list[float], errors: list[float]) -> tuple[float, float]:
+    """x-axis range around the scored values (and error bars), padded, kept within [0, 1]
+    for metrics that live there."""
+    if not values:
+        return 0.0, 1.0
+    low = min(v - e for v, e in zip(values, errors))
+    high = max(v + e for v, e in zip(values, errors))
+    pad = max(0.15 * (high - low), 0.01)
+    bounded = all(0.0 <= v <= 1.0 for v in values)
+    return (max(0.0, low - pad) if bounded else low - pad), (min(1.0, high + pad) if bounded else high + pad) + pad * 0.6
 
 
 def chart_png(board: dict) -> bytes:
@@ -14,25 +29,27 @@ def chart_png(board: dict) -> bytes:
     labels, values, errors = [], [], []
     for row in rows:
         stat = (row.get("aggregate") or {}).get(metric) or {}
-        name = row.get("name") or f"{row['job']} (planned)"
+        name = job_label(row) if row.get("name") else f"#{row['job']} (planned)"
         labels.append(name if stat.get("mean") is not None else f"{name} [{row['status']}]")
-        values.append(stat.get("mean") if stat.get("mean") is not None else 0.0)
+        values.append(stat.get("mean"))
         errors.append(stat.get("std") or 0.0)
     height = max(2.0, 0.35 * len(rows) + 1.2)
     fig = Figure(figsize=(8, height), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     positions = list(range(len(rows)))[::-1]
-    colours = ["tab:blue" if (r.get("aggregate") or {}).get(metric) else "tab:grey" for r in rows]
-    ax.barh(positions, values, xerr=errors, color=colours, capsize=3)
-    for pos, value, row in zip(positions, values, rows):
-        ok = bool((row.get("aggregate") or {}).get(metric))
-        ax.text(value + 0.01 if ok else 0.01, pos, f"{value:.3f}" if ok else row["status"], va="center", fontsize=8)
+    scored = [(v, e) for v, e in zip(values, errors) if v is not None]
+    left, right = zoomed_limits([v for v, _ in scored], [e for _, e in scored])
+    for pos, value, error, row in zip(positions, values, errors, rows):
+        if value is None:
+            ax.text(left, pos, f" {row['status']}", va="center", fontsize=8, color="tab:grey")
+            continue
+        ax.barh(pos, value - left, left=left, xerr=error, color="tab:blue", capsize=3)
+        ax.text(value + error, pos, f" {value:.3f}", va="center", fontsize=8)
     ax.set_yticks(positions)
     ax.set_yticklabels(labels, fontsize=8)
-    upper = max([v + e for v, e in zip(values, errors)] + [1.0])
-    ax.set_xlim(0, upper * 1.08)
-    ax.set_xlabel(f"{metric} (mean over categories)")
+    ax.set_xlim(left, right)
+    ax.set_xlabel(f"{metric} (mean over categories; axis zoomed from {left:.3g})")
     ax.set_title(f"{board['sweep_dir'].rstrip('/').split('/')[-1]}: {metric} per job", fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()

@@ -149,6 +149,7 @@ def collect(sweep_dir: str | Path, metric: str = "image_auroc") -> dict:
         "varying": varying,
         "counts": counts,
         "best": rows[0]["name"] if scored else None,
+        "best_label": job_label(rows[0]) if scored else None,
         "jobs": rows,
     }
 
@@ -159,6 +160,11 @@ def _categories(board: dict) -> list[str]:
 
 def _overrides_text(row: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in row["varying"].items()) or " ".join(row["overrides"])
+
+
+def job_label(row: dict) -> str:
+    """'#1 model=padim tiling=tile128': the job number and its varying key=value pairs."""
+    return f"#{row['job']} {_overrides_text(row)}".strip()
 
 
 def flat_rows(board: dict) -> tuple[list[str], list[dict]]:

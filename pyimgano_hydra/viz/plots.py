@@ -5,6 +5,8 @@ import io
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from pyimgano_hydra.runs.writers import write_bytes_atomic
 
 
@@ -16,11 +18,7 @@ def _save(fig, path: str | Path) -> Path:
 
 def loss_curve(path: str | Path, epochs: Sequence[int], losses: Sequence[float], title: str) -> Path:
     """Training loss per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(list(epochs), list(losses), marker="o", lw=1.5)
     ax.set_xlabel("epoch")
@@ -31,3 +29,85 @@ def loss_curve(path: str | Path, epochs: Sequence[int], losses: Sequence[float],
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _write(fig, path: Path) -> Path:
+    try:
+        return _save(fig, path)
+    finally:
+        _pyplot().close(fig)
+
+
+def roc_pr_curves(path: str | Path, labels: np.ndarray, scores: np.ndarray, title: str) -> Path:
+    """ROC and precision-recall curves side by side, AUROC / AP in the legends."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+    fig, (roc, pr) = _pyplot().subplots(1, 2, figsize=(9, 3.8))
+    fpr, tpr, _ = roc_curve(labels, scores)
+    roc.plot(fpr, tpr, lw=1.8, label=f"AUROC {roc_auc_score(labels, scores):.3f}")
+    roc.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8, label="chance")
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}: ROC")
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    pr.plot(recall, precision, lw=1.8, label=f"AP {average_precision_score(labels, scores):.3f}")
+    pr.axhline(float(np.mean(labels)), ls="--", c="grey", lw=0.8, label="anomaly rate")
+    pr.set(xlabel="recall", ylabel="precision", title=f"{title}: precision-recall", ylim=(0, 1.02))
+    for ax in (roc, pr):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right" if ax is roc else "lower left")
+    return _write(fig, Path(path))
+
+
+def score_histogram(path: str | Path, labels: np.ndarray, scores: np.ndarray, threshold: float,
+                    title: str) -> Path:
+    """Score histograms of normal vs anomalous test images with the image threshold drawn."""
+    fig, ax = _pyplot().subplots(figsize=(6, 3.6))
+    bins = np.histogram_bin_edges(np.append(scores, threshold), bins=30)
+    for value, name, colour in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
+        chosen = scores[labels == value]
+        if len(chosen):
+            ax.hist(chosen, bins=bins, alpha=0.55, color=colour, label=f"{name} (n={len(chosen)})")
+    ax.axvline(threshold, color="black", ls="--", lw=1.5, label=f"threshold {threshold:.4g}")
+    ax.set(xlabel="image score", ylabel="test images", title=f"{title}: scores")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _write(fig, Path(path))
+
+
+def defect_type_bars(path: str | Path, by_type: dict, title: str) -> Path:
+    """Image AUROC of each defect type against the normal test images."""
+    names = sorted(by_type, key=lambda k: by_type[k]["image_auroc"])
+    values = [by_type[k]["image_auroc"] for k in names]
+    fig, ax = _pyplot().subplots(figsize=(6, 0.4 * len(names) + 1.4))
+    ax.barh(range(len(names)), values, color="tab:blue")
+    ax.set_yticks(range(len(names)), [f"{k} (n={by_type[k]['n']})" for k in names])
+    for i, value in enumerate(values):
+        ax.text(value, i, f" {value:.3f}", va="center", fontsize=8)
+    low = min(values)
+    ax.set_xlim(max(0.0, low - 0.1 * (1.02 - low) - 0.02), 1.02)
+    ax.set(xlabel="image AUROC vs normal images", title=f"{title}: per defect type")
+    ax.grid(alpha=0.3, axis="x")
+    return _write(fig, Path(path))
+
+
+def category_plots(plot_dir: str | Path, category: str, labels: np.ndarray, scores: np.ndarray,
+                   threshold: float, by_type: dict) -> list[Path]:
+    """A category's plots/: curves and defect-type bars need both classes in the test split."""
+    plot_dir = Path(plot_dir)
+    known = labels >= 0
+    labels, scores = labels[known], np.asarray(scores, np.float64)[known]
+    paths = [score_histogram(plot_dir / "score_histogram.png", labels, scores, threshold, category)]
+    if len(set(labels.tolist())) == 2:
+        paths.insert(0, roc_pr_curves(plot_dir / "roc_pr.png", labels, scores, category))
+        finite = {k: v for k, v in by_type.items() if np.isfinite(v.get("image_auroc", np.nan))}
+        if finite:
+            paths.append(defect_type_bars(plot_dir / "defect_types.png", finite, category))
+    return paths
