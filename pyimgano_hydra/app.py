@@ -11,7 +11,6 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 import pyimgano_hydra
-from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.features.cache import feature_cache
 from pyimgano_hydra.features.precision import autocast_setting
 from pyimgano_hydra.instantiate import build, build_detector_factory
