@@ -99,6 +99,12 @@ def settings_for(args: argparse.Namespace, model: str) -> dict[str, dict]:
 # ---- running one (tool, model) ------------------------------------------------------------
 def run_one(tool: str, model: str, params: dict, split: dict, args, work: Path) -> dict:
     out = work / f"{tool}_{model}"
+    if getattr(args, "resume", False) and (out / "job.json").is_file():
+        if (out / "result.json").is_file():
+            print(f"[kept] {tool} {model}: finished by an earlier invocation", flush=True)
+            return load_result(out) | {"wall_s": float("nan")}
+        print(f"[skip] {tool} {model}: started by an earlier invocation", flush=True)
+        return {"tool": tool, "model": model, "failed": True, "error": "started earlier", "wall_s": float("nan")}
     out.mkdir(parents=True, exist_ok=True)
     job = {"tool": tool, "model": model, "params": params, "split": split,
            "resize": args.resize, "seed": args.seed, "out_dir": str(out)}
@@ -289,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work-dir", type=Path, default=None)
     ap.add_argument("--setup-only", action="store_true", help="create the peer venvs and stop")
     ap.add_argument("--no-write", action="store_true", help="do not touch docs/BENCHMARKS.md")
+    ap.add_argument("--resume", action="store_true", help="keep cells an earlier run into --work-dir started")
     ap.add_argument("--render", type=Path, nargs="+", default=None, metavar="WORK_DIR",
                     help="run nothing: build the tables from finished work dirs (first dir holding a cell wins)")
     args = ap.parse_args(argv)
