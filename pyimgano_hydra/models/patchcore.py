@@ -1,8 +1,9 @@
 """PatchCore (Roth et al., CVPR 2022): nearest-neighbour distance to a coreset of normal patches.
 
 Fit: backbone feature maps of ``layers`` → local neighbourhood average (``neighbourhood``
-× ``neighbourhood``, zero padding counted unless ``neighbourhood_pad: exclude``) → upsampled to the finest layer and concatenated → optionally
-averaged down to ``embed_dim`` channels → greedy k-center coreset (``coreset_ratio`` of all
+× ``neighbourhood``, zero padding counted unless ``neighbourhood_pad: exclude``) →
+upsampled to the finest layer and concatenated → optionally averaged down to ``embed_dim``
+channels → greedy k-center coreset (``coreset_ratio`` of all
 patches, at most ``coreset_max_size`` rows, selected on a seeded ``projection_dim`` random
 projection, per image then over the union; see :mod:`pyimgano_hydra.models.coreset`).
 
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from pyimgano_hydra.errors import check
-from pyimgano_hydra.features import iter_features
+from pyimgano_hydra.features import iter_features, resolve_device
 from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutput
 from pyimgano_hydra.models.coreset import StreamingCoreset
 from pyimgano_hydra.models.image_level import ImageGaussian, channel_stats, fuse, topk_mean
@@ -130,7 +131,7 @@ class PatchCore(BackboneMixin, BaseDetector):
     def _build_index(self) -> None:
         """Bank on the compute device with its squared norms (nearest-patch search); faiss later."""
         self.bank_t_ = torch.from_numpy(np.ascontiguousarray(self.memory_bank_, dtype=np.float32)).to(
-            self._backbone().device)
+            resolve_device(self.device))  # the backbone's device, without building it on load
         self.bank_sq_ = (self.bank_t_ * self.bank_t_).sum(1)
         self.index_ = None
 
