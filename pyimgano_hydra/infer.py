@@ -28,7 +28,7 @@ from pyimgano_hydra.runs.load import load_run
 from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, RUNNING, write_status
 from pyimgano_hydra.runs.writers import save_npy_atomic, write_json_atomic, write_jsonl_atomic
 from pyimgano_hydra.schemas import register_configs
-from pyimgano_hydra.schemas.model import DEVICE_PATTERN
+from pyimgano_hydra.schemas.model import valid_device
 
 register_configs()
 
@@ -109,7 +109,7 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
     out = Path(output_dir)
     if (out / "predictions.jsonl").exists() or (out / "status.json").exists():
         raise UserError(f"{out} already holds an inference run; pick a new hydra.run.dir")
-    if not DEVICE_PATTERN.match(str(cfg.device)):
+    if not valid_device(cfg.device):
         raise ConfigError(f"device: {cfg.device!r} is not auto, cpu, cuda or cuda:N")
     loaded = load_run(cfg.run_dir, trust_targets=bool(cfg.trust_targets))
     category = loaded.category(cfg.category)

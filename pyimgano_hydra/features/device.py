@@ -13,12 +13,9 @@ import os
 import torch
 
 from pyimgano_hydra.errors import ConfigError
-from pyimgano_hydra.schemas.model import DEVICE_PATTERN
+from pyimgano_hydra.schemas.model import valid_device
+
 RANK_VARIABLES = ("LOCAL_RANK", "SLURM_LOCALID", "SUBMITIT_LOCAL_LOCALID", "PYIMGANO_JOB_NUM")
-
-
-def valid_device(device: str) -> bool:
-    return bool(DEVICE_PATTERN.match(str(device)))
 
 
 def job_gpu_index(count: int) -> int:

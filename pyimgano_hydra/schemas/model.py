@@ -9,6 +9,11 @@ from pyimgano_hydra.errors import check
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")  # model.device, infer's device
 
+
+def valid_device(device: str) -> bool:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whether that GPU exists is checked at use)."""
+    return bool(DEVICE_PATTERN.match(str(device)))
+
 IMAGE_NORMS = ("none", "standardize")
 BACKBONE_NAMES = ("efficientnet_lite0", "resnet18", "wide_resnet50_2", "mobilenet_v2", "efficientnet_b0")
 
@@ -25,7 +30,7 @@ class BackboneSchema:
     def __post_init__(self) -> None:
         check(self.backbone in BACKBONE_NAMES, "model.backbone", f"must be one of {', '.join(BACKBONE_NAMES)}")
         check(len(self.layers) >= 1, "model.layers", "must name at least one layer")
-        check(bool(DEVICE_PATTERN.match(str(self.device))), "model.device", "must be auto, cpu, cuda or cuda:N")
+        check(valid_device(self.device), "model.device", "must be auto, cpu, cuda or cuda:N")
         check(self.batch_size >= 1, "model.batch_size", "must be >= 1")
 
 
