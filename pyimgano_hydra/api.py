@@ -2,6 +2,10 @@
 
     from pyimgano_hydra.api import compose_config, run
     report = run(["dataset.category=weave", "model.coreset_ratio=0.05"])
+
+    from pyimgano_hydra.api import load_inspector
+    inspector = load_inspector(run_dir, "weave")
+    labels = inspector.predict(inspector.load_images(["part.png"]))   # 0 normal / 1 anomalous
 """
 from __future__ import annotations
 
@@ -47,3 +51,12 @@ def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> 
     cfg, choices = compose_with_choices(overrides)
     out = Path(output_dir) if output_dir else default_run_dir(choices)
     return app.run(cfg, out, overrides=list(overrides), choices=choices)
+
+
+def load_inspector(run_dir: str | Path, category: str | None = None, trust_targets: bool = False):
+    """The fitted :class:`~pyimgano_hydra.inspector.Inspector` of ``category`` in a completed run
+    dir (the run's only category when None); parsed and checked like ``infer`` does."""
+    from pyimgano_hydra.runs.load import load_run
+
+    loaded = load_run(run_dir)
+    return loaded.inspector(loaded.category(category), trust_targets=trust_targets)

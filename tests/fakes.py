@@ -19,7 +19,7 @@ class PixelZScore(BaseDetector):
         self.mean_, self.std_ = x.mean(axis=0), x.std(axis=0) + self.eps
         return self
 
-    def predict(self, images):
+    def score_maps(self, images):
         x = np.asarray(images, dtype=np.float32).mean(axis=-1)
         maps = np.abs(x - self.mean_) / self.std_
         return DetectorOutput(scores=maps.reshape(len(maps), -1).max(axis=1), maps=maps.astype(np.float32))
@@ -69,5 +69,5 @@ class ScoresOnly(PixelZScore):
 
     produces_maps = False
 
-    def predict(self, images):
-        return DetectorOutput(scores=super().predict(images).scores, maps=None)
+    def score_maps(self, images):
+        return DetectorOutput(scores=super().score_maps(images).scores, maps=None)

@@ -148,7 +148,7 @@ class TiledDetector(BaseDetector):
         while batch := [r for _, r in zip(range(self.batch_size), rows)]:
             yield np.array(batch)
 
-    def predict(self, images: np.ndarray) -> DetectorOutput:
+    def score_maps(self, images: np.ndarray) -> DetectorOutput:
         """Tile scores reduced to image scores; tile maps stitched to (N, H, W) float32."""
         check(hasattr(self, "detector_"), "tiling", "call fit() (or load_state_dict) first")
         images = np.asarray(images)
@@ -161,7 +161,7 @@ class TiledDetector(BaseDetector):
         tile_scores = np.empty((n, len(grid)), dtype=np.float64)
         maps: np.ndarray | None = None
         for batch in self._batches(n, grid):
-            out = self.detector_.predict(self._tiles(images, batch[:, [0, 2, 3]]))
+            out = self.detector_.score_maps(self._tiles(images, batch[:, [0, 2, 3]]))
             tile_scores[batch[:, 0], batch[:, 1]] = np.asarray(out.scores, dtype=np.float64)
             if out.maps is None:
                 continue
@@ -189,18 +189,12 @@ class TiledDetector(BaseDetector):
 
     # ---- hand-off -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Tiling params, the inner detector's class path and its own state_dict."""
+        """The inner detector's state (the tiling params are this object's params)."""
         check(hasattr(self, "detector_"), "tiling", "call fit() before state_dict()")
-        cls = type(self.detector_)
-        return {"params": {k: getattr(self, k) for k in PARAM_NAMES},
-                "inner_class": f"{cls.__module__}.{cls.__qualname__}",
-                "inner": self.detector_.state_dict()}
+        return {"inner": self.detector_.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> "TiledDetector":
-        """Restore tiling params and the inner detector (built from ``detector``)."""
-        for key, value in state["params"].items():
-            if key in PARAM_NAMES:
-                setattr(self, key, value)
+        """Restore the inner detector (built from ``detector``)."""
         self._check_params()
         inner = self._new_inner()
         inner.load_state_dict(state["inner"])

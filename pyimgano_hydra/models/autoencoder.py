@@ -184,7 +184,7 @@ class ConvAutoencoder(BaseDetector):
         if getattr(self, "net_", None) is None:
             raise UserError(f"{type(self).__name__}: call fit (or load_state_dict) before predict")
 
-    def predict(self, images: np.ndarray) -> DetectorOutput:
+    def score_maps(self, images: np.ndarray) -> DetectorOutput:
         import torch
         import torch.nn.functional as F
 
@@ -209,25 +209,18 @@ class ConvAutoencoder(BaseDetector):
     def state_dict(self) -> dict[str, Any]:
         """Network tensors (CPU) + plain data; safe for ``torch.load(weights_only=True)``."""
         self._check_fitted()
-        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()}
         return {
             "state_version": STATE_VERSION,
-            "params": params,
             "in_channels": self.in_channels_,
             "history": [dict(row) for row in self.history_],
             "net": {k: v.detach().cpu().clone() for k, v in self.net_.state_dict().items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> "ConvAutoencoder":
-        """Rebuild the network from the stored shape params and load its tensors."""
+        """Rebuild the network (this object's shape params) and load the stored tensors."""
         version = int(state.get("state_version", -1))
         if version != STATE_VERSION:
             raise UserError(f"ConvAutoencoder checkpoint: state_version {version}, expected {STATE_VERSION}")
-        stored = state["params"]
-        for key in ("image_size", "base_channels", "depth", "latent_channels", "smoothing_sigma"):
-            if key in stored and stored[key] != getattr(self, key):
-                raise UserError(f"model.{key}: checkpoint was trained with {stored[key]}, "
-                                f"config says {getattr(self, key)}; use the run's own model config")
         self.device_ = self._torch_device()
         self.in_channels_ = int(state["in_channels"])
         self.net_ = _network(self.in_channels_, self.base_channels, self.depth, self.latent_channels)

@@ -150,7 +150,7 @@ class PaDiM(BackboneMixin, BaseDetector):
         self.image_gaussian_ = ImageGaussian().fit(np.concatenate(pooled)) if self.global_weight > 0 else None
         return self
 
-    def predict(self, images: np.ndarray) -> DetectorOutput:
+    def score_maps(self, images: np.ndarray) -> DetectorOutput:
         check(getattr(self, "inv_cov_", None) is not None, "model", "PaDiM is not fitted; call fit() first")
         height, width = images.shape[1:3]
         device = self._backbone().device
@@ -176,7 +176,6 @@ class PaDiM(BackboneMixin, BaseDetector):
     def state_dict(self) -> dict[str, Any]:
         check(getattr(self, "inv_cov_", None) is not None, "model", "PaDiM is not fitted; call fit() first")
         return {
-            "params": self.get_params() | {"layers": list(self.layers)},
             "channels": {k: v.cpu().numpy() for k, v in self.channels_.items()},
             "mean": self.mean_,
             "inv_cov": self.inv_cov_,
@@ -184,10 +183,6 @@ class PaDiM(BackboneMixin, BaseDetector):
         } | (self.image_gaussian_.state_dict() if self.image_gaussian_ is not None else {})
 
     def load_state_dict(self, state: dict[str, Any]) -> "PaDiM":
-        known = set(self.get_params()) - {"device"}
-        for name, value in state["params"].items():
-            if name in known:
-                setattr(self, name, value)
         self.backbone_ = None
         self.channels_ = {k: torch.as_tensor(np.asarray(v), dtype=torch.long) for k, v in state["channels"].items()}
         self.mean_ = np.asarray(state["mean"], dtype=np.float32)

@@ -194,7 +194,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         weights = 1.0 - torch.softmax(torch.from_numpy(dists), dim=1)[:, 0].numpy()
         return weights * scores
 
-    def predict(self, images: np.ndarray) -> DetectorOutput:
+    def score_maps(self, images: np.ndarray) -> DetectorOutput:
         self._check_fitted()
         height, width = images.shape[1:3]
         all_scores, all_maps = [], []
@@ -222,7 +222,6 @@ class PatchCore(BackboneMixin, BaseDetector):
     def state_dict(self) -> dict[str, Any]:
         self._check_fitted()
         state = {
-            "params": self.get_params() | {"layers": list(self.layers)},
             "memory_bank": self.memory_bank_,
             "feature_shape": list(self.feature_shape_),
         }
@@ -231,10 +230,6 @@ class PatchCore(BackboneMixin, BaseDetector):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> "PatchCore":
-        known = set(self.get_params()) - {"device"}  # keep this object's device
-        for name, value in state["params"].items():
-            if name in known:
-                setattr(self, name, value)
         self.backbone_ = None
         self.memory_bank_ = np.ascontiguousarray(np.asarray(state["memory_bank"], dtype=np.float32))
         self.feature_shape_ = tuple(state["feature_shape"])

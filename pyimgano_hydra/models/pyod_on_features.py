@@ -204,7 +204,7 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
             return np.array([self.detector_.decision_function(row[None])[0] for row in z], dtype=np.float64)
         return np.asarray(self.detector_.decision_function(z), dtype=np.float64)
 
-    def predict(self, images: np.ndarray) -> DetectorOutput:
+    def score_maps(self, images: np.ndarray) -> DetectorOutput:
         self._check_fitted()
         return DetectorOutput(scores=self.score_embeddings(self.embed(images, desc="predict")), maps=None)
 
@@ -236,7 +236,10 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
                 f"model.detector._target_: checkpoint holds {state['detector_class']}, "
                 f"config builds {expected}; use the run's own model config"
             )
-        self.notes_ = list(state.get("notes", []))
-        self._fit_embeddings(_array(state["train_embeddings"]), params=dict(state["detector_params"]),
+        from pyimgano_hydra.runs.trust import params_for
+
+        params = params_for(type(self._prototype()), state["detector_params"], "detector_params")
+        self.notes_ = [str(note) for note in state.get("notes", [])]
+        self._fit_embeddings(_array(state["train_embeddings"]), params=params,
                              stats=(_array(state["mean"]), _array(state["scale"])))
         return self

@@ -15,7 +15,7 @@ class IndustrialAdaptSchema:
     calibration_holdout: float = 0.2  # share of train/good held out to score for the threshold
     pro_fpr_limit: float = 0.3
     predict_batch_size: int = 32
-    save_checkpoint: bool = True  # fitted detector state under categories/<cat>/checkpoints/
+    save_checkpoint: bool = True  # the fitted inspector as categories/<cat>/inspector.pt (needed by infer)
 
     def __post_init__(self) -> None:
         c, q = self.contamination, self.calibration_quantile
