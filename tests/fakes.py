@@ -10,8 +10,9 @@ class PixelZScore(BaseDetector):
     """Per-pixel z-score against the mean/std of the training images; score = map max."""
 
     produces_maps = True
+    fitted_attribute = "mean_"
 
-    def __init__(self, eps: float = 1.0):
+    def __init__(self, *, eps: float = 1.0):
         self.eps = eps
 
     def fit(self, images):

@@ -1,5 +1,4 @@
 """Hand-off: a run dir reloads and reproduces its scores; untrusted run dirs are refused."""
-import json
 import os
 import shutil
 from pathlib import Path

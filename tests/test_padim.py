@@ -86,7 +86,7 @@ def test_config_instantiates_and_bad_values_name_the_key():
         validate(compose_config(["model=padim", "model.eps=0"]))
 
 
-@pytest.mark.parametrize("params", [dict(score="max"), dict(global_weight=1.0), dict(score="max", global_weight=1.0)])
+@pytest.mark.parametrize("params", [dict(image_score="max"), dict(global_weight=1.0), dict(image_score="max", global_weight=1.0)])
 def test_image_score_options_keep_maps_rank_the_defect_and_round_trip(fitted, data, params):
     check_image_score_option(fitted, PaDiM(**FAST, **params).fit(data[0]), data)
 
@@ -95,6 +95,6 @@ def test_mtd_preset_composes_with_the_image_level_options():
     cfg = compose_config(["model=padim_mtd"])
     validate(cfg)
     model = instantiate(cfg.model)
-    assert (model.score, model.image_norm, model.global_weight) == ("topk", "standardize", 1.0)
-    with pytest.raises(ConfigError, match="model.score"):
-        validate(compose_config(["model=padim", "model.score=mean"]))
+    assert (model.image_score, model.image_norm, model.global_weight) == ("topk", "standardize", 1.0)
+    with pytest.raises(ConfigError, match="model.image_score"):
+        validate(compose_config(["model=padim", "model.image_score=mean"]))

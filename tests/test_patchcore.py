@@ -46,7 +46,7 @@ def test_obvious_defect_ranks_above_every_normal_image(fitted, data):
 
 @pytest.mark.parametrize("score", ["max", "topk"])
 def test_both_image_scores_rank_the_defect_first(data, score):
-    model = PatchCore(coreset_ratio=0.25, score=score, **FAST).fit(data[0])
+    model = PatchCore(coreset_ratio=0.25, image_score=score, **FAST).fit(data[0])
     assert model.score_maps(data[2]).scores.min() > model.score_maps(data[1]).scores.max()
 
 
@@ -103,7 +103,7 @@ def test_config_instantiates_and_bad_values_name_the_key():
     validate(cfg)
     model = instantiate(cfg.model)
     assert isinstance(model, PatchCore) and model.coreset_ratio == 0.2
-    for override, key in [("model.score=mean", "model.score"), ("model.neighbourhood=0", "model.neighbourhood")]:
+    for override, key in [("model.image_score=mean", "model.image_score"), ("model.neighbourhood=0", "model.neighbourhood")]:
         with pytest.raises(ConfigError, match=key):
             validate(compose_config(["model=patchcore", override]))
 

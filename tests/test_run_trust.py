@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from pyimgano_hydra import app
 from pyimgano_hydra.api import compose_with_choices, load_inspector
 from pyimgano_hydra.errors import UserError
-from pyimgano_hydra.inspector import Inspector, to_saveable
+from pyimgano_hydra.inspector import Inspector
 from pyimgano_hydra.runs.load import load_run
 from pyimgano_hydra.runs.writers import read_json, write_json_atomic
 

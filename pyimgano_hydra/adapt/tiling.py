@@ -77,7 +77,7 @@ class TiledDetector(BaseDetector):
     full-size map, overlaps blended by ``map_reduce`` (max, mean, or Hann-weighted mean).
     """
 
-    def __init__(self, detector: DetectorLike, tile_size: int = 256, stride: int | None = None,
+    def __init__(self, detector: DetectorLike, *, tile_size: int = 256, stride: int | None = None,
                  score_reduce: str = "max", score_topk: int = 3, map_reduce: str = "hann",
                  batch_size: int = 64, max_fit_tiles: int | None = None, seed: int = 0) -> None:
         self.detector = detector
@@ -89,6 +89,8 @@ class TiledDetector(BaseDetector):
         self.batch_size = batch_size
         self.max_fit_tiles = max_fit_tiles
         self.seed = seed
+
+    fitted_attribute = "detector_"
 
     # ---- inner detector -------------------------------------------------------------
     @property
@@ -150,7 +152,7 @@ class TiledDetector(BaseDetector):
 
     def score_maps(self, images: np.ndarray) -> DetectorOutput:
         """Tile scores reduced to image scores; tile maps stitched to (N, H, W) float32."""
-        check(hasattr(self, "detector_"), "tiling", "call fit() (or load_state_dict) first")
+        self._check_fitted()
         images = np.asarray(images)
         n, h0, w0 = images.shape[:3]
         images = _pad_to(images, self.tile_size)
@@ -190,7 +192,7 @@ class TiledDetector(BaseDetector):
     # ---- hand-off -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The inner detector's state (the tiling params are this object's params)."""
-        check(hasattr(self, "detector_"), "tiling", "call fit() before state_dict()")
+        self._check_fitted()
         return {"inner": self.detector_.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> "TiledDetector":

@@ -60,9 +60,11 @@ class ConvAutoencoder(BaseDetector):
     """Convolutional autoencoder; map = smoothed squared reconstruction error, score = max."""
 
     produces_maps = True
+    fitted_attribute = "net_"
 
     def __init__(
         self,
+        *,
         backbone: str = "efficientnet_lite0",
         layers: list[str] | tuple[str, ...] = ("blocks.0", "blocks.1"),
         pretrained: bool = True,
@@ -180,10 +182,6 @@ class ConvAutoencoder(BaseDetector):
         return self
 
     # ------------------------------------------------------------------ predict
-    def _check_fitted(self) -> None:
-        if getattr(self, "net_", None) is None:
-            raise UserError(f"{type(self).__name__}: call fit (or load_state_dict) before predict")
-
     def score_maps(self, images: np.ndarray) -> DetectorOutput:
         import torch
         import torch.nn.functional as F

@@ -7,6 +7,12 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from pyimgano_hydra.errors import UserError
+
+
+class NotFittedError(UserError, AttributeError):
+    """A detector used before ``fit`` (an AttributeError, like scikit-learn's)."""
+
 
 @dataclass
 class DetectorOutput:
@@ -31,6 +37,16 @@ class BaseDetector(BaseEstimator):
     """
 
     produces_maps: ClassVar[bool] = False
+    fitted_attribute: ClassVar[str] = ""  # set by fit / load_state_dict; None or absent = not fitted
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return getattr(self, self.fitted_attribute, None) is not None
+
+    def _check_fitted(self) -> None:
+        """The one not-fitted error of every detector."""
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit(images) first "
+                                 "(or load a run's inspector)")
 
     def fit(self, images: np.ndarray) -> "BaseDetector":
         raise NotImplementedError

@@ -9,7 +9,7 @@ float32 arrays; fit refuses up front when that exceeds ``max_memory_gb``.
 
 Predict: per position the Mahalanobis distance; the map is upsampled to the input size
 and Gaussian-smoothed (``smoothing_sigma`` pixels); the image score is the mean of its top
-``topk_ratio`` pixels (``score: topk``, chosen on the bench suite) or the map's max (``score: max``).
+``topk_ratio`` pixels (``image_score: topk``, chosen on the bench suite) or the map's max (``image_score: max``).
 ``global_weight > 0`` fuses in the image-level Gaussian of
 :mod:`pyimgano_hydra.models.image_level` (image scores only; maps unchanged).
 """
@@ -35,9 +35,11 @@ class PaDiM(BackboneMixin, BaseDetector):
     """PaDiM anomaly detector with anomaly maps; see the module docstring for the knobs."""
 
     produces_maps = True
+    fitted_attribute = "inv_cov_"
 
     def __init__(
         self,
+        *,
         backbone: str = "efficientnet_lite0",
         layers: Sequence[str] = ("blocks.1", "blocks.2", "blocks.3"),
         pretrained: bool = True,
@@ -50,7 +52,7 @@ class PaDiM(BackboneMixin, BaseDetector):
         smoothing_sigma: float = 4.0,
         max_memory_gb: float = 4.0,
         image_norm: str = "none",
-        score: str = "topk",
+        image_score: str = "topk",
         topk_ratio: float = 0.01,
         global_weight: float = 0.0,
         seed: int = 0,
@@ -67,7 +69,7 @@ class PaDiM(BackboneMixin, BaseDetector):
         self.smoothing_sigma = smoothing_sigma
         self.max_memory_gb = max_memory_gb
         self.image_norm = image_norm
-        self.score = score
+        self.image_score = image_score
         self.topk_ratio = topk_ratio
         self.global_weight = global_weight
         self.seed = seed
@@ -119,7 +121,7 @@ class PaDiM(BackboneMixin, BaseDetector):
 
     def fit(self, images: np.ndarray) -> "PaDiM":
         check(self.eps > 0, "model.eps", "must be > 0")
-        check(self.score in SCORES, "model.score", f"must be one of {', '.join(SCORES)}")
+        check(self.image_score in SCORES, "model.image_score", f"must be one of {', '.join(SCORES)}")
         self.channels_ = self._choose_channels()
         count = 0
         shift = total = outer = None
@@ -151,7 +153,7 @@ class PaDiM(BackboneMixin, BaseDetector):
         return self
 
     def score_maps(self, images: np.ndarray) -> DetectorOutput:
-        check(getattr(self, "inv_cov_", None) is not None, "model", "PaDiM is not fitted; call fit() first")
+        self._check_fitted()
         height, width = images.shape[1:3]
         device = self._backbone().device
         mean = torch.from_numpy(self.mean_).to(device)
@@ -164,7 +166,7 @@ class PaDiM(BackboneMixin, BaseDetector):
             up = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
             batch = gaussian_blur(up.cpu().numpy(), self.smoothing_sigma)
             maps.append(batch)
-            if self.score == "topk":
+            if self.image_score == "topk":
                 image = topk_mean(batch, self.topk_ratio)
             else:
                 image = batch.reshape(len(batch), -1).max(axis=1).astype(np.float64)
@@ -174,7 +176,7 @@ class PaDiM(BackboneMixin, BaseDetector):
         return DetectorOutput(scores=np.concatenate(scores).astype(np.float64), maps=np.concatenate(maps))
 
     def state_dict(self) -> dict[str, Any]:
-        check(getattr(self, "inv_cov_", None) is not None, "model", "PaDiM is not fitted; call fit() first")
+        self._check_fitted()
         return {
             "channels": {k: v.cpu().numpy() for k, v in self.channels_.items()},
             "mean": self.mean_,

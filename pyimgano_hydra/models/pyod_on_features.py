@@ -77,9 +77,11 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
     """A PyOD detector fitted on pooled backbone embeddings (image-level; no maps)."""
 
     produces_maps = False
+    fitted_attribute = "detector_"
 
     def __init__(
         self,
+        *,
         detector: Any = None,
         backbone: str = "efficientnet_lite0",
         layers: list[str] | tuple[str, ...] = ("blocks.4", "blocks.5"),
@@ -191,10 +193,6 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
         self.notes_: list[str] = []
         self._fit_embeddings(self.embed(images, desc="fit"))
         return self
-
-    def _check_fitted(self) -> None:
-        if getattr(self, "detector_", None) is None:
-            raise UserError(f"{type(self).__name__}: call fit (or load_state_dict) before predict")
 
     def score_embeddings(self, emb: np.ndarray) -> np.ndarray:
         """float64 (N,) PyOD scores of raw embeddings (higher = more anomalous)."""
