@@ -106,16 +106,13 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
             dataset = build(cfg.dataset, "dataset")
             recipe = build(cfg.recipe, "recipe")
             categories = dataset.categories()
-            # A recipe may set model params (e.g. training epochs); it checks the model first.
-            model_params = recipe.model_params(cfg.model) if hasattr(recipe, "model_params") else {}
-            model_cfg = OmegaConf.merge(cfg.model, model_params) if model_params else cfg.model
             preprocessing = {"resize": cfg.dataset.get("resize"),
                              "input_mode": cfg.dataset.get("input_mode", "rgb")}
             results: list[CategoryResult] = []
             for category in categories:
                 out = run_dir.category(category)
                 ctx = RecipeContext(dataset=dataset, category=category,
-                                    make_detector=build_detector_factory(model_cfg, cfg.get("tiling")),
+                                    make_detector=build_detector_factory(cfg.model, cfg.get("tiling")),
                                     out=out, preprocessing=preprocessing,
                                     postprocess=_plain(cfg.get("postprocess")),
                                     defects=_plain(cfg.get("defects")), seed=int(cfg.get("seed", 0)))

@@ -16,7 +16,7 @@ MODELS = {
     "patchcore": ["model=patchcore", "model.coreset_ratio=0.2"],
     "padim": ["model=padim"],
     "ecod": ["model=ecod"],
-    "autoencoder": ["experiment=autoencoder_finetune", "recipe.training.epochs=2"],
+    "autoencoder": ["experiment=autoencoder_finetune", "model.epochs=2"],
 }
 
 
@@ -50,7 +50,7 @@ def test_infer_reproduces_every_score_and_label(name, tmp_path):
 def test_micro_finetune_then_infer_new_images_with_masks(tmp_path):
     """train (micro-finetune) -> infer on new images via the CLI -> predictions and masks on disk."""
     run_dir = tmp_path / "run"
-    proc = run_cli([*TINY, "experiment=autoencoder_finetune", "recipe.training.epochs=2", "defects=default",
+    proc = run_cli([*TINY, "experiment=autoencoder_finetune", "model.epochs=2", "defects=default",
                     f"hydra.run.dir={run_dir}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = read_json(run_dir / "categories" / "washer" / "report.json")

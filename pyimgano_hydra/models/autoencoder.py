@@ -105,10 +105,6 @@ class ConvAutoencoder(BaseDetector):
 
         return resolve_device(self.device)
 
-    def _check_params(self) -> None:
-        if self.image_size % (2 ** self.depth):
-            raise ConfigError(f"model.image_size: {self.image_size} is not divisible by 2**model.depth")
-
     def _to_input(self, images: np.ndarray):
         """uint8 (N, H, W, C) → float (N, C, S, S) in [0, 1] on the model's device."""
         import torch

@@ -48,6 +48,18 @@ class BaseDetector(BaseEstimator):
             raise NotFittedError(f"{type(self).__name__} is not fitted; call fit(images) first "
                                  "(or load a run's inspector)")
 
+    def _check_params(self) -> None:
+        """The schema's type and range checks on this object's params (they live only there)."""
+        from dataclasses import fields
+
+        from pyimgano_hydra.schemas import schema_for
+
+        schema = schema_for(type(self))
+        if schema is not None:
+            names = {f.name for f in fields(schema)} - {"_target_", "detector"}
+            params = self.get_params(deep=False)
+            schema(**{k: list(v) if isinstance(v, tuple) else v for k, v in params.items() if k in names})
+
     def fit(self, images: np.ndarray) -> "BaseDetector":
         raise NotImplementedError
 

@@ -28,7 +28,6 @@ from pyimgano_hydra.models.image_level import ImageGaussian, channel_stats, fuse
 from pyimgano_hydra.smoothing import gaussian_blur
 
 
-SCORES = ("max", "topk")
 
 
 class PaDiM(BackboneMixin, BaseDetector):
@@ -120,8 +119,7 @@ class PaDiM(BackboneMixin, BaseDetector):
             )
 
     def fit(self, images: np.ndarray) -> "PaDiM":
-        check(self.eps > 0, "model.eps", "must be > 0")
-        check(self.image_score in SCORES, "model.image_score", f"must be one of {', '.join(SCORES)}")
+        self._check_params()
         self.channels_ = self._choose_channels()
         count = 0
         shift = total = outer = None

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pyimgano_hydra.errors import check
 from pyimgano_hydra.features import iter_features
 from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutput
 from pyimgano_hydra.models.coreset import StreamingCoreset
@@ -65,7 +64,6 @@ def aggregate_patches(
     return x.contiguous()
 
 
-SCORES = ("max", "topk", "map_max")
 NN_CHUNK_ELEMENTS = 1 << 24  # patches × bank entries per distance block (64 MB of float32)
 
 
@@ -141,10 +139,7 @@ class PatchCore(BackboneMixin, BaseDetector):
 
     # -- estimator API ---------------------------------------------------------------
     def fit(self, images: np.ndarray) -> "PatchCore":
-        check(0 < self.coreset_ratio <= 1, "model.coreset_ratio", "must be in (0, 1]")
-        check(self.image_score in SCORES, "model.image_score", f"must be one of {', '.join(SCORES)}")
-        check(self.global_weight >= 0, "model.global_weight", "must be >= 0")
-        check(self.coreset_max_size is None or self.coreset_max_size >= 1, "model.coreset_max_size", "must be >= 1 or null")
+        self._check_params()
         coreset, pooled = None, []
         for emb, stats in self._embed(images, "patchcore fit"):
             b, h, w, d = emb.shape

@@ -71,6 +71,7 @@ class IndustrialAdapt:
         train_images = ctx.dataset.load_images(fit_samples)
         timings["load_train_s"] = time.perf_counter() - t
         detector = ctx.make_detector()
+        self.check_detector(detector)
         if (ctx.defects or {}).get("enabled"):
             require_maps(detector)
         t = time.perf_counter()
@@ -190,6 +191,9 @@ class IndustrialAdapt:
         inspector = Inspector(detector, postprocessor, threshold, pixel_threshold, ctx.preprocessing,
                               defects=ctx.defects or None, category=ctx.category)
         return inspector, normal_maps
+
+    def check_detector(self, detector) -> None:
+        """Refuse a detector this recipe cannot fit (one-line ConfigError); any detector here."""
 
     def describe_fit(self, ctx: RecipeContext, detector) -> dict:
         """Extra report fields about the fitted detector (recipes that train add loss curves)."""

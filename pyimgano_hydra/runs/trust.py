@@ -135,19 +135,17 @@ def check_against_schema(cls: type, params: dict, where: str) -> None:
     """Type and range checks of the config schema whose ``_target_`` is ``cls`` (if any)."""
     from omegaconf import OmegaConf
 
-    from pyimgano_hydra.registry import dotted
-    from pyimgano_hydra.schemas import model, model_zoo
+    from pyimgano_hydra.schemas import schema_for
 
-    for schema in (*model.SCHEMAS.values(), *model_zoo.SCHEMAS.values()):
-        if getattr(schema, "_target_", None) == dotted(cls):
-            try:
-                node = OmegaConf.merge(OmegaConf.structured(schema), params)
-                OmegaConf.to_object(node)
-            except UserError as exc:
-                raise UserError(f"{where}: {exc}") from exc
-            except Exception as exc:  # omegaconf type errors
-                raise UserError(f"{where}: {str(exc).splitlines()[0]}") from exc
-            return
+    schema = schema_for(cls)
+    if schema is None:
+        return
+    try:
+        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), params))
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from exc
+    except Exception as exc:  # omegaconf type errors
+        raise UserError(f"{where}: {str(exc).splitlines()[0]}") from exc
 
 
 def load_weights(path: Path) -> dict:
