@@ -57,12 +57,12 @@ class Sleepy(PixelZScore):
         time.sleep(self.seconds)
         return super().fit(images)
 
-    def predict(self, images):
+    def score_maps(self, images):
         import os
         import time
 
         time.sleep(float(os.environ.get("FAKES_PREDICT_SLEEP", 0)))
-        return super().predict(images)
+        return super().score_maps(images)
 
 
 class ScoresOnly(PixelZScore):
