@@ -25,7 +25,7 @@ class Identity(BaseDetector):
     def fit(self, images):
         return self
 
-    def predict(self, images):
+    def score_maps(self, images):
         maps = images.mean(-1, dtype=np.float32)
         return DetectorOutput(scores=maps.reshape(len(maps), -1).max(1), maps=maps)
 
@@ -46,7 +46,7 @@ def main() -> None:
         for how in ("max", "mean", "hann"):
             det.map_reduce = how
             start = time.perf_counter()
-            det.predict(images)
+            det.score_maps(images)
             per_image = (time.perf_counter() - start) / args.images
             print(f"{tile:>5} {stride:>6} {n_tiles:>5} {how:>10} {per_image:>8.3f}")
 

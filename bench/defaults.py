@@ -1,7 +1,7 @@
 """Choose detector defaults on the whole suite, never on one dataset.
 
     python bench/defaults.py --root /tmp/suite --model patchcore \
-        --variant base= --variant excl=neighbourhood_pad=exclude --variant max=score=max
+        --variant base= --variant excl=neighbourhood_pad=exclude --variant max=image_score=max
     python bench/defaults.py --root /tmp/suite --mtd --model padim --variant base= --variant s8=smoothing_sigma=8
 
 Every category of every MVTec-layout ``--root`` (and MTD with ``--mtd``) is loaded once; each
@@ -75,7 +75,7 @@ def build(model: str, params: dict):
 
 
 def scores_and_maps(det, images: np.ndarray, batch: int = 32):
-    method = getattr(det, "score_with_maps", None) or det.predict
+    method = getattr(det, "score_with_maps", None) or det.score_maps
     scores, maps = [], []
     for start in range(0, len(images), batch):
         out = method(images[start:start + batch])

@@ -65,7 +65,7 @@ w0, c0 = time.perf_counter(), cpu()
 model.fit(train)
 fit_s, fit_cpu = time.perf_counter() - w0, cpu() - c0
 w0, c0 = time.perf_counter(), cpu()
-out = model.predict(test)
+out = model.score_maps(test)
 test_s, test_cpu = time.perf_counter() - w0, cpu() - c0
 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the metrics' own buffers
 row = {

@@ -92,7 +92,7 @@ def run_one(model: str, args: argparse.Namespace) -> dict:
     detector.fit(data["train"])
     fit_s = time.perf_counter() - start
     start = time.perf_counter()
-    out = detector.predict(data["test"])
+    out = detector.score_maps(data["test"])
     predict_s = time.perf_counter() - start
     row = {
         "model": model,

@@ -96,8 +96,8 @@ def draw_overlay(path: Path) -> None:
     mask[defect[0]:defect[0] + SIDE, defect[1]:defect[1] + SIDE] = True
 
     tiled = TiledDetector(LocalStats, tile_size=256, stride=192).fit(train)
-    post = MapPostprocessor(sigma=2.0, normalize="minmax").fit(tiled.predict(train).maps)
-    tiled_map = post.transform(tiled.predict(test).maps)[0]
+    post = MapPostprocessor(sigma=2.0, normalize="minmax").fit(tiled.score_maps(train).maps)
+    tiled_map = post.transform(tiled.score_maps(test).maps)[0]
 
     def small(batch):
         return np.stack([cv2.resize(i, (256, 256), interpolation=cv2.INTER_AREA)[..., None]
@@ -105,8 +105,8 @@ def draw_overlay(path: Path) -> None:
 
     plain = LocalStats().fit(small(train))
     plain_post = MapPostprocessor(sigma=2.0 / 8, normalize="minmax").fit(
-        plain.predict(small(train)).maps)
-    plain_map = cv2.resize(plain_post.transform(plain.predict(small(test)).maps)[0], (W, H))
+        plain.score_maps(small(train)).maps)
+    plain_map = cv2.resize(plain_post.transform(plain.score_maps(small(test)).maps)[0], (W, H))
 
     y, x = defect[0] + SIDE // 2, defect[1] + SIDE // 2
     crop = (slice(y - 64, y + 64), slice(x - 64, x + 64))

@@ -2,6 +2,10 @@
 
     from pyimgano_hydra.api import compose_config, run
     report = run(["dataset.category=weave", "model.coreset_ratio=0.05"])
+
+    from pyimgano_hydra.api import load_inspector
+    inspector = load_inspector(run_dir, "weave")
+    labels = inspector.predict(inspector.load_images(["part.png"]))   # 0 normal / 1 anomalous
 """
 from __future__ import annotations
 
@@ -59,3 +63,13 @@ def _write_hydra_dir(out: Path, cfg: DictConfig, overrides: Sequence[str]) -> No
         return  # app.run refuses a used dir; nothing of the earlier run is touched
     write_text_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     write_text_atomic(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+
+
+def load_inspector(run_dir: str | Path, category: str | None = None, trust_targets: bool = False,
+                   device: str = "auto"):
+    """The fitted :class:`~pyimgano_hydra.inspector.Inspector` of ``category`` in a completed run
+    dir (the run's only category when None), on ``device``; parsed and checked like ``infer`` does."""
+    from pyimgano_hydra.runs.load import load_run
+
+    loaded = load_run(run_dir)
+    return loaded.inspector(loaded.category(category), trust_targets=trust_targets, device=device)

@@ -93,30 +93,11 @@ def _figures(run_dir: RunDir, result: CategoryResult) -> dict:
     return {key: [str(prefix / p) for p in result.extra.get(key, [])] for key in ("plots", "overlays")}
 
 
-def infer_config(cfg: DictConfig, model_cfg: DictConfig, results: list[CategoryResult], run_dir: RunDir) -> dict:
-    """artifacts/infer_config.json: exactly what inference needs, nothing more."""
-    categories = {}
-    for r in results:
-        checkpoint = r.extra.get("checkpoint")
-        categories[r.category] = {
-            "checkpoint": str((run_dir.category(r.category).root / checkpoint).relative_to(run_dir.root))
-            if checkpoint else None,
-            "image_threshold": r.threshold,
-            "pixel_threshold": r.extra.get("pixel_threshold"),
-            "postprocess_state": r.extra.get("postprocess_state"),
-            "overrides": {},
-        }
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "version": pyimgano_hydra.__version__,
-        "created_utc": utc_now(),
-        "model": _plain(model_cfg),
-        "tiling": _plain(cfg.get("tiling")),
-        "postprocess": _plain(cfg.get("postprocess")),
-        "defects": _plain(cfg.get("defects")),
-        "preprocessing": {"resize": cfg.dataset.get("resize"), "input_mode": cfg.dataset.get("input_mode", "rgb")},
-        "categories": categories,
-    }
+def _inspector_path(run_dir: RunDir, result: CategoryResult) -> str | None:
+    """Where the category's inspector is stored, relative to the run dir (None: not saved)."""
+    if not result.extra.get("inspector"):
+        return None
+    return str(run_dir.category(result.category).inspector.relative_to(run_dir.root))
 
 
 def _plain(node: Any) -> dict:
@@ -164,9 +145,8 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
             dataset = build(cfg.dataset, "dataset")
             recipe = build(cfg.recipe, "recipe")
             categories = dataset.categories()
-            # A recipe may set model params (e.g. training epochs); it checks the model first.
-            model_params = recipe.model_params(cfg.model) if hasattr(recipe, "model_params") else {}
-            model_cfg = OmegaConf.merge(cfg.model, model_params) if model_params else cfg.model
+            preprocessing = {"resize": cfg.dataset.get("resize"),
+                             "input_mode": cfg.dataset.get("input_mode", "rgb")}
             results: list[CategoryResult] = []
             done = finished_categories(run_dir, categories) if resuming else {}
             report["resumed_categories"] = sorted(done)
@@ -177,8 +157,9 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
                     log.info("[category %d/%d %s] kept from the interrupted attempt", index, len(categories), category)
                     continue
                 out = run_dir.category(category)
-                ctx = RecipeContext(dataset=dataset, category=category, make_detector=build_detector_factory(model_cfg, cfg.get("tiling")),
-                                    out=out, tiling=_plain(cfg.get("tiling")),
+                ctx = RecipeContext(dataset=dataset, category=category,
+                                    make_detector=build_detector_factory(cfg.model, cfg.get("tiling")),
+                                    out=out, preprocessing=preprocessing,
                                     postprocess=_plain(cfg.get("postprocess")),
                                     defects=_plain(cfg.get("defects")), seed=int(cfg.get("seed", 0)))
                 with progress.category(index, len(categories), category):
@@ -209,13 +190,13 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
         thresholds={r.category: r.threshold for r in results},
         aggregate=aggregate(results),
         categories={r.category: {"metrics": r.metrics, "timings": r.timings, "counts": r.counts,
-                                 "notes": r.notes, **_figures(run_dir, r)} for r in results},
+                                 "notes": r.notes, "inspector": _inspector_path(run_dir, r),
+                                 **_figures(run_dir, r)} for r in results},
         skipped_images=list(getattr(dataset, "skipped", [])),
         timings={"total_s": time.perf_counter() - started,
                  "fit_s": sum(r.timings["fit_s"] for r in results),
                  "predict_s": sum(r.timings["predict_s"] for r in results)},
     )
-    write_json_atomic(run_dir.infer_config, infer_config(cfg, model_cfg, results, run_dir))
     write_json_atomic(run_dir.report, report)
     write_report_html(run_dir.root / "report.html", report, OmegaConf.to_container(cfg, resolve=True))
     write_status(run_dir.status, COMPLETED)

@@ -6,27 +6,22 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterable
 
 import hydra
-import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pyimgano_hydra.adapt.postprocess import MapPostprocessor
 from pyimgano_hydra.console import one_line_errors, quiet_third_party_logs
-from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, read_size
+from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, is_image_file
 from pyimgano_hydra.defects.export import DefectsExporter, require_maps
 from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
-from pyimgano_hydra.errors import ConfigError, DataError, UserError
-from pyimgano_hydra.instantiate import build_detector_factory
+from pyimgano_hydra.errors import ConfigError, UserError
+from pyimgano_hydra.inspector import RecordOutputs, score_all
 from pyimgano_hydra.interrupt import exit_on_interrupt, sigterm_as_interrupt
 from pyimgano_hydra.paths import conf_dir
-from pyimgano_hydra.runs.checkpoints import load_checkpoint
-from pyimgano_hydra.runs.layout import safe_name
 from pyimgano_hydra.runs.load import load_run
 from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, RUNNING, write_status
-from pyimgano_hydra.runs.writers import save_npy_atomic, write_json_atomic, write_jsonl_atomic
+from pyimgano_hydra.runs.writers import write_json_atomic, write_jsonl_atomic
 from pyimgano_hydra.schemas import register_configs
 from pyimgano_hydra.schemas.model import valid_device
 
@@ -46,48 +41,6 @@ def collect_inputs(spec: str) -> list[Path]:
         raise UserError(f"input={spec}: matches no image ({', '.join(IMAGE_EXTENSIONS)}); "
                         "pass a file, a folder or a quoted glob")
     return found
-
-
-def load_detector(loaded, category: str, device: str | None = None):
-    """Rebuild the fitted detector of ``category`` from the run's config and checkpoint.
-
-    ``device`` replaces the device the run was fitted on (a record, not a requirement).
-    """
-    spec = loaded.infer_config["categories"][category]
-    overrides = spec.get("overrides") or {}
-    model_cfg = OmegaConf.merge(loaded.infer_config["model"], overrides.get("model", {}))
-    if device is not None and "device" in model_cfg:
-        model_cfg.device = device
-    tiling_cfg = {**(loaded.infer_config.get("tiling") or {}), **overrides.get("tiling", {})}
-    if not spec.get("checkpoint"):
-        raise UserError(f"run_dir={loaded.run_dir.root}: category {category} has no checkpoint "
-                        "(its detector cannot be saved); re-run with a saveable model")
-    checkpoint = load_checkpoint(loaded.run_dir.root / spec["checkpoint"])
-    detector = build_detector_factory(model_cfg, tiling_cfg)()
-    detector.load_state_dict(checkpoint["state"])
-    postprocessor = None
-    if spec.get("postprocess_state"):
-        postprocessor = MapPostprocessor().load_state_dict(spec["postprocess_state"])
-    return detector, postprocessor
-
-
-def _load_batch(chunk: list, prep: dict, category: str, unreadable: list) -> tuple[list, list]:
-    """Decode ``(index, path)`` pairs; an unreadable file becomes an error record and a warning."""
-    kept, images = [], []
-    for index, path in chunk:
-        try:
-            images.append(load_image(path, prep.get("resize"), prep.get("input_mode", "rgb")))
-        except DataError as exc:
-            unreadable.append({"index": index, "path": str(path), "category": category, "error": str(exc)})
-            print(f"warning: {exc}", file=sys.stderr)
-            continue
-        kept.append((index, path))
-    return kept, images
-
-
-def _batches(items: list, size: int) -> Iterable[tuple[int, list]]:
-    for start in range(0, len(items), size):
-        yield start, items[start:start + size]
 
 
 def defects_settings_for(run_defects: dict | None, cfg_defects: DictConfig, task_overrides: list[str]) -> dict:
@@ -111,52 +64,37 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
         raise UserError(f"{out} already holds an inference run; pick a new hydra.run.dir")
     if not valid_device(cfg.device):
         raise ConfigError(f"device: {cfg.device!r} is not auto, cpu, cuda or cuda:N")
-    loaded = load_run(cfg.run_dir, trust_targets=bool(cfg.trust_targets))
+    loaded = load_run(cfg.run_dir)
     category = loaded.category(cfg.category)
     paths = collect_inputs(str(cfg.input))
     out.mkdir(parents=True, exist_ok=True)
     write_status(out / "status.json", RUNNING)
     started = time.perf_counter()
     try:
-        detector, postprocessor = load_detector(loaded, category, device=str(cfg.device))
-        spec = loaded.infer_config["categories"][category]
-        threshold = spec["image_threshold"]
-        prep = loaded.infer_config["preprocessing"]
-        defects = defects_settings_for(loaded.infer_config.get("defects"), cfg.defects, task_overrides or [])
+        inspector = loaded.inspector(category, trust_targets=bool(cfg.trust_targets), device=str(cfg.device))
+        threshold = inspector.image_threshold
+        defects = defects_settings_for(inspector.defects, cfg.defects, task_overrides or [])
         exporter = None
         if defects.get("enabled"):
-            require_maps(detector)
-            stored = spec.get("pixel_threshold") or {}
+            require_maps(inspector.detector)
+            stored = inspector.pixel_threshold or {}
             pixel_threshold = resolve_pixel_threshold(defects, run_threshold=stored.get("value"),
                                                       run_provenance=stored.get("provenance"))
             exporter = DefectsExporter(defects, pixel_threshold, out / "masks", out)
-        records, unreadable = [], []
-        for _, chunk in _batches(list(enumerate(paths)), int(cfg.batch_size)):
-            kept, images = _load_batch(chunk, prep, category, unreadable)
-            if not kept:
-                continue
-            output = detector.predict(np.stack(images))
-            maps = output.maps
-            if maps is not None and postprocessor is not None:
-                maps = postprocessor.transform(maps)
-            for j, ((index, path), score) in enumerate(zip(kept, np.asarray(output.scores, np.float64).reshape(-1))):
-                record = {"index": index, "path": str(path), "category": category, "score": float(score),
-                          "label": int(score > threshold["value"]), "threshold": threshold["value"]}
-                if maps is not None and cfg.save_maps:
-                    map_path = out / "maps" / f"{index:06d}_{safe_name(path.stem)}.npy"
-                    save_npy_atomic(map_path, maps[j])
-                    record["anomaly_map"] = {"path": str(map_path.relative_to(out)),
-                                             "shape": list(maps[j].shape), "dtype": str(maps[j].dtype)}
-                if exporter is not None and maps is not None:
-                    record["defects"] = exporter(f"{index:06d}_{safe_name(path.stem)}", maps[j], read_size(path))
-                records.append(record)
+        items = [{"index": i, "path": str(p), "category": category} for i, p in enumerate(paths)]
+        unreadable: list[dict] = []
+        records = score_all(inspector, items, lambda chunk: inspector.load_images([i["path"] for i in chunk]),
+                            int(cfg.batch_size),
+                            RecordOutputs(root=out, maps_dir=out / "maps" if cfg.save_maps else None,
+                                          exporter=exporter, unreadable=unreadable))
         if not records:
             raise UserError(f"input={cfg.input}: no image could be read; first: {unreadable[0]['error']}")
         records = sorted(records + unreadable, key=lambda r: r["index"])
         write_jsonl_atomic(out / "predictions.jsonl", records)
-        n_anomalous = sum(r.get("label", 0) for r in records)
+        n_anomalous = sum(r.get("pred_label", 0) for r in records)
         summary = {"run_dir": str(loaded.run_dir.root), "category": category, "n_images": len(records),
-                   "n_unreadable": len(unreadable), "n_anomalous": n_anomalous, "threshold": threshold, "seconds": time.perf_counter() - started,
+                   "n_unreadable": len(unreadable), "n_anomalous": n_anomalous, "threshold": threshold,
+                   "seconds": time.perf_counter() - started,
                    "defects": None if exporter is None else {
                        "settings": defects, "pixel_threshold": exporter.threshold.value,
                        "pixel_threshold_provenance": exporter.threshold.provenance,

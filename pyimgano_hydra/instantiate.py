@@ -1,41 +1,15 @@
-"""The one place configs become objects (``_target_``), with readable errors and an allowlist."""
+"""The one place configs become objects (``_target_``), with readable errors.
+
+Only the user's own composed config is instantiated here; a run dir is never (see
+:mod:`pyimgano_hydra.runs.trust`)."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import hydra.utils
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from pyimgano_hydra.errors import ConfigError, UserError
-
-# Targets a run dir from elsewhere may name without --trust (see infer).
-TRUSTED_PREFIXES = ("pyimgano_hydra.", "pyod.", "sklearn.")
-
-
-def iter_targets(node: Any, key: str = "") -> Iterable[tuple[str, str]]:
-    """Yield (config key, target) for every ``_target_`` in a config tree."""
-    if isinstance(node, (DictConfig, dict)):
-        items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else node.items()
-        for k, v in items:
-            sub = f"{key}.{k}" if key else str(k)
-            if k == "_target_" and isinstance(v, str):
-                yield sub, v
-            else:
-                yield from iter_targets(v, sub)
-    elif isinstance(node, (ListConfig, list, tuple)):
-        for i, v in enumerate(node):
-            yield from iter_targets(v, f"{key}[{i}]")
-
-
-def check_targets(node: Any, key: str, allowed_prefixes: Iterable[str] = TRUSTED_PREFIXES) -> None:
-    """Refuse any ``_target_`` outside the allowlist (used for run dirs made elsewhere)."""
-    allowed = tuple(allowed_prefixes)
-    for sub, target in iter_targets(node, key):
-        if not target.startswith(allowed):
-            raise UserError(
-                f"{sub}={target} is not an allowed target (allowed: {', '.join(allowed)}); "
-                "pass trust_targets=true only if you trust where this run dir came from"
-            )
 
 
 def build(node: DictConfig | dict, key: str, **kwargs: Any) -> Any:

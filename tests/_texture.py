@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import clone
 
 
 def textures(n: int, size: int = 64, seed: int = 0, defect: bool = False, channels: int = 3) -> np.ndarray:
@@ -19,12 +20,12 @@ def textures(n: int, size: int = 64, seed: int = 0, defect: bool = False, channe
     return out
 
 
-def check_image_score_option(plain, model, data, cls) -> None:
+def check_image_score_option(plain, model, data) -> None:
     """``model`` (fitted with an image-score option) vs ``plain`` (fitted without): same maps,
     other scores, the defects still ranked first, and scores kept through a state round trip."""
-    base, out = plain.predict(data[2]), model.predict(data[2])
+    base, out = plain.score_maps(data[2]), model.score_maps(data[2])
     np.testing.assert_array_equal(base.maps, out.maps)
     assert not np.allclose(base.scores, out.scores)
-    assert out.scores.min() > model.predict(data[1]).scores.max()
-    restored = cls(device="cpu").load_state_dict(model.state_dict())
-    np.testing.assert_array_equal(restored.predict(data[2]).scores, out.scores)
+    assert out.scores.min() > model.score_maps(data[1]).scores.max()
+    restored = clone(model).load_state_dict(model.state_dict())
+    np.testing.assert_array_equal(restored.score_maps(data[2]).scores, out.scores)

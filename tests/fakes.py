@@ -10,8 +10,9 @@ class PixelZScore(BaseDetector):
     """Per-pixel z-score against the mean/std of the training images; score = map max."""
 
     produces_maps = True
+    fitted_attribute = "mean_"
 
-    def __init__(self, eps: float = 1.0):
+    def __init__(self, *, eps: float = 1.0):
         self.eps = eps
 
     def fit(self, images):
@@ -19,7 +20,7 @@ class PixelZScore(BaseDetector):
         self.mean_, self.std_ = x.mean(axis=0), x.std(axis=0) + self.eps
         return self
 
-    def predict(self, images):
+    def score_maps(self, images):
         x = np.asarray(images, dtype=np.float32).mean(axis=-1)
         maps = np.abs(x - self.mean_) / self.std_
         return DetectorOutput(scores=maps.reshape(len(maps), -1).max(axis=1), maps=maps.astype(np.float32))
@@ -56,12 +57,12 @@ class Sleepy(PixelZScore):
         time.sleep(self.seconds)
         return super().fit(images)
 
-    def predict(self, images):
+    def score_maps(self, images):
         import os
         import time
 
         time.sleep(float(os.environ.get("FAKES_PREDICT_SLEEP", 0)))
-        return super().predict(images)
+        return super().score_maps(images)
 
 
 class ScoresOnly(PixelZScore):
@@ -69,5 +70,5 @@ class ScoresOnly(PixelZScore):
 
     produces_maps = False
 
-    def predict(self, images):
-        return DetectorOutput(scores=super().predict(images).scores, maps=None)
+    def score_maps(self, images):
+        return DetectorOutput(scores=super().score_maps(images).scores, maps=None)

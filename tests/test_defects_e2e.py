@@ -5,6 +5,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO, run_cli
 from pyimgano_hydra.runs.writers import read_json, read_jsonl
@@ -34,8 +35,8 @@ def test_defects_default_with_explicit_threshold_writes_masks_and_blocks(tmp_pat
     assert any(r["defects"]["regions"] for r in records if r["label"] == 1)
     metrics = read_json(cat / "report.json")["metrics"]
     assert 0 <= metrics["defects_pixel_precision"] <= 1
-    ic = read_json(out / "artifacts" / "infer_config.json")
-    assert ic["categories"]["washer"]["pixel_threshold"]["value"] == 0.8
+    stored = torch.load(cat / "inspector.pt", weights_only=True)
+    assert stored["pixel_threshold"]["value"] == 0.8
 
 
 def test_defects_default_alone_uses_normal_pixel_quantile(tmp_path):

@@ -46,7 +46,7 @@ def _overrides(name, mvtec_root, folder_root):
         "mtd_patchcore": [f"dataset.root={folder_root}"],  # MTD layout is checked in test_data_mtd
         "highres_tiling": [f"dataset.root={folder_root}", "tiling.tile_size=64", "tiling.stride=48"],
         "deploy_defects_roi": [f"dataset.root={folder_root}"],
-        "autoencoder_finetune": ["dataset.category=washer", "recipe.training.epochs=1"],
+        "autoencoder_finetune": ["dataset.category=washer", "model.epochs=1"],
         "custom_folder_starter": [f"dataset.root={folder_root}"],
     }
     return per_preset[name]

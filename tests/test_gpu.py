@@ -14,7 +14,7 @@ from pyimgano_hydra.api import compose_config
 from pyimgano_hydra.errors import ConfigError
 from pyimgano_hydra.features.device import job_gpu_index, resolve_device
 from pyimgano_hydra.models.kernels import nearest_bank_entries, upsample_and_smooth
-from pyimgano_hydra.runs.writers import read_json, read_jsonl, write_json_atomic
+from pyimgano_hydra.runs.writers import read_json, read_jsonl
 from pyimgano_hydra.smoothing import gaussian_blur, gaussian_blur_torch
 
 from conftest import TINY, run_cli
@@ -96,10 +96,10 @@ def test_a_run_fitted_on_a_gpu_scores_on_a_cpu_only_machine(cpu_run, tmp_path):
 
     run = tmp_path / "fitted_on_cuda"
     shutil.copytree(cpu_run, run)
-    ic_path = run / "artifacts" / "infer_config.json"
-    ic = read_json(ic_path)
-    ic["model"]["device"] = "cuda"  # as written by a run fitted with model.device=cuda
-    write_json_atomic(ic_path, ic)
+    stored = run / "categories" / "weave" / "inspector.pt"
+    state = torch.load(stored, weights_only=True)
+    state["detector"]["params"]["device"] = "cuda"  # as written by a run fitted with model.device=cuda
+    torch.save(state, stored)
     records = read_jsonl(run / "categories" / "weave" / "per_image.jsonl")
     folder = Path(records[0]["path"]).parents[1]
     out = tmp_path / "infer"

@@ -144,5 +144,5 @@ def test_one_unreadable_image_in_infer_input_is_an_error_record_not_a_failed_run
     assert len(warnings) == 1 and "1.png" in warnings[0], proc.stderr
     records = {Path(r["path"]).name: r for r in read_jsonl(out / "predictions.jsonl")}
     assert "1.png" in records["1.png"]["error"] and "score" not in records["1.png"]
-    assert {"score", "label"} <= set(records["0.png"]) and {"score", "label"} <= set(records["2.png"])
+    assert {"score", "pred_label"} <= set(records["0.png"]) and {"score", "pred_label"} <= set(records["2.png"])
     assert read_json(out / "summary.json")["n_unreadable"] == 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 from hydra.utils import instantiate
 
 from pyimgano_hydra.api import compose_config
@@ -28,7 +29,7 @@ def fitted(data):
 def test_fit_returns_self_and_predict_gives_scores_and_float32_maps(data):
     model = PatchCore(coreset_ratio=0.25, **FAST)
     assert model.fit(data[0]) is model
-    out = model.predict(data[1])
+    out = model.score_maps(data[1])
     assert PatchCore.produces_maps
     assert out.scores.shape == (4,) and np.isfinite(out.scores).all()
     assert out.maps.shape == (4, 64, 64) and out.maps.dtype == np.float32
@@ -36,7 +37,7 @@ def test_fit_returns_self_and_predict_gives_scores_and_float32_maps(data):
 
 
 def test_obvious_defect_ranks_above_every_normal_image(fitted, data):
-    normal, defect = fitted.predict(data[1]), fitted.predict(data[2])
+    normal, defect = fitted.score_maps(data[1]), fitted.score_maps(data[2])
     assert defect.scores.min() > normal.scores.max()
     # and the map peaks on the blob: its hottest pixel is dark in the image
     hottest = defect.maps.reshape(4, -1).argmax(1)
@@ -45,14 +46,14 @@ def test_obvious_defect_ranks_above_every_normal_image(fitted, data):
 
 @pytest.mark.parametrize("score", ["max", "topk"])
 def test_both_image_scores_rank_the_defect_first(data, score):
-    model = PatchCore(coreset_ratio=0.25, score=score, **FAST).fit(data[0])
-    assert model.predict(data[2]).scores.min() > model.predict(data[1]).scores.max()
+    model = PatchCore(coreset_ratio=0.25, image_score=score, **FAST).fit(data[0])
+    assert model.score_maps(data[2]).scores.min() > model.score_maps(data[1]).scores.max()
 
 
 def test_same_seed_same_model_and_scores(fitted, data):
     again = PatchCore(coreset_ratio=0.25, **FAST).fit(data[0])
     np.testing.assert_array_equal(again.memory_bank_, fitted.memory_bank_)
-    np.testing.assert_array_equal(again.predict(data[2]).scores, fitted.predict(data[2]).scores)
+    np.testing.assert_array_equal(again.score_maps(data[2]).scores, fitted.score_maps(data[2]).scores)
 
 
 def test_coreset_size_is_ratio_times_patches(data):
@@ -65,8 +66,8 @@ def test_coreset_size_is_ratio_times_patches(data):
 def test_state_dict_round_trip_gives_identical_scores_and_maps(fitted, data):
     state = fitted.state_dict()
     assert isinstance(state["memory_bank"], np.ndarray)
-    restored = PatchCore(device="cpu").load_state_dict(state)
-    a, b = fitted.predict(data[2]), restored.predict(data[2])
+    restored = clone(fitted).load_state_dict(state)
+    a, b = fitted.score_maps(data[2]), restored.score_maps(data[2])
     np.testing.assert_array_equal(a.scores, b.scores)
     np.testing.assert_array_equal(a.maps, b.maps)
 
@@ -74,14 +75,14 @@ def test_state_dict_round_trip_gives_identical_scores_and_maps(fitted, data):
 def test_gray_images_work(data):
     gray = data[0][..., :1]
     model = PatchCore(coreset_ratio=0.25, **FAST).fit(gray)
-    out = model.predict(data[2][..., :1])
+    out = model.score_maps(data[2][..., :1])
     assert out.maps.shape == (4, 64, 64)
-    assert out.scores.min() > model.predict(data[1][..., :1]).scores.max()
+    assert out.scores.min() > model.score_maps(data[1][..., :1]).scores.max()
 
 
 def test_predict_before_fit_is_a_clear_error(data):
     with pytest.raises(UserError, match="not fitted"):
-        PatchCore(**FAST).predict(data[1])
+        PatchCore(**FAST).score_maps(data[1])
 
 
 def test_greedy_coreset_matches_brute_force_farthest_point():
@@ -102,13 +103,13 @@ def test_config_instantiates_and_bad_values_name_the_key():
     validate(cfg)
     model = instantiate(cfg.model)
     assert isinstance(model, PatchCore) and model.coreset_ratio == 0.2
-    for override, key in [("model.score=mean", "model.score"), ("model.neighbourhood=0", "model.neighbourhood")]:
+    for override, key in [("model.image_score=mean", "model.image_score"), ("model.neighbourhood=0", "model.neighbourhood")]:
         with pytest.raises(ConfigError, match=key):
             validate(compose_config(["model=patchcore", override]))
 
 
 def test_global_term_changes_scores_not_maps_and_survives_round_trip(fitted, data):
-    check_image_score_option(fitted, PatchCore(coreset_ratio=0.25, global_weight=1.0, **FAST).fit(data[0]), data, PatchCore)
+    check_image_score_option(fitted, PatchCore(coreset_ratio=0.25, global_weight=1.0, **FAST).fit(data[0]), data)
 
 
 def test_coreset_max_size_caps_the_bank(data):
@@ -119,6 +120,6 @@ def test_coreset_max_size_caps_the_bank(data):
 @pytest.mark.parametrize("option", ["patchcore_mtd", "padim_mtd"])
 def test_mtd_presets_fit_from_config_and_rank_the_defect_first(data, option):
     model = instantiate(compose_config([f"model={option}", "model.device=cpu"]).model).fit(data[0])
-    normal, defect = model.predict(data[1]), model.predict(data[2])
+    normal, defect = model.score_maps(data[1]), model.score_maps(data[2])
     assert defect.scores.min() > normal.scores.max()
     assert defect.maps.shape == data[2].shape[:3] and defect.maps.dtype == np.float32

@@ -70,7 +70,7 @@ def test_each_option_composes_fits_and_ranks_a_defect_above_normals(option, data
     assert isinstance(detector, PyODOnFeatures) and detector.produces_maps is False
     assert type(detector.detector_).__module__.startswith("pyod.models.")
     assert type(detector.detector_).__name__.lower() == cfg.model.detector._target_.rsplit(".", 1)[-1].lower()
-    out = detector.predict(test)
+    out = detector.score_maps(test)
     assert out.maps is None and out.scores.shape == (len(test),) and np.isfinite(out.scores).all()
     assert _ranks_defects_first(out.scores, labels), out.scores
 
@@ -82,7 +82,7 @@ def test_any_other_pyod_class_works_from_the_command_line(data):
     from pyod.models.kde import KDE
 
     assert isinstance(detector.detector_, KDE) and detector.detector_.bandwidth == 2.5
-    assert _ranks_defects_first(detector.predict(test).scores, labels)
+    assert _ranks_defects_first(detector.score_maps(test).scores, labels)
 
 
 def test_present_detector_params_are_overridden_without_plus(data):
@@ -104,15 +104,15 @@ def test_unset_random_state_is_fixed_to_the_seed_so_fits_repeat(data):
     _, first = _fitted(overrides, train)
     _, second = _fitted(overrides, train)
     assert first.detector_.random_state == 3
-    np.testing.assert_array_equal(first.predict(test).scores, second.predict(test).scores)
+    np.testing.assert_array_equal(first.score_maps(test).scores, second.score_maps(test).scores)
 
 
 @pytest.mark.parametrize("option", ["ecod", "knn"])
 def test_scores_do_not_depend_on_how_images_are_batched(option, data, fitted):
     test = data[1]
     _, detector = fitted(option)
-    together = detector.predict(test).scores
-    one_by_one = np.concatenate([detector.predict(test[i:i + 1]).scores for i in range(len(test))])
+    together = detector.score_maps(test).scores
+    one_by_one = np.concatenate([detector.score_maps(test[i:i + 1]).scores for i in range(len(test))])
     # Only float32 round-off of the backbone may differ between batch sizes.
     np.testing.assert_allclose(one_by_one, together, rtol=1e-6)
 
@@ -128,7 +128,7 @@ def test_state_round_trip_reproduces_scores(option, data, fitted, tmp_path):
     torch.save(state, tmp_path / "model.pt")
     stored = torch.load(tmp_path / "model.pt", weights_only=True)  # no pickled objects
     fresh = build(cfg.model, "model").load_state_dict(stored)
-    np.testing.assert_allclose(fresh.predict(test).scores, detector.predict(test).scores, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(fresh.score_maps(test).scores, detector.score_maps(test).scores, rtol=1e-6, atol=1e-6)
 
 
 def test_loading_a_checkpoint_of_another_detector_class_is_refused(fitted):
@@ -141,7 +141,7 @@ def test_loading_a_checkpoint_of_another_detector_class_is_refused(fitted):
 def test_predict_before_fit_is_a_clear_error(data):
     detector = build(compose_config(["model=ecod", *FAST]).model, "model")
     with pytest.raises(UserError, match="fit"):
-        detector.predict(data[1])
+        detector.score_maps(data[1])
 
 
 @pytest.mark.parametrize("override,key", [

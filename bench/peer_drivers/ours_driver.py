@@ -39,7 +39,7 @@ def main() -> None:
         detector = build(cfg.model, "model")
         detector.fit(dataset.load_images(train))
     with clock("test"):
-        output = detector.predict(dataset.load_images(test))
+        output = detector.score_maps(dataset.load_images(test))
     from omegaconf import OmegaConf
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)

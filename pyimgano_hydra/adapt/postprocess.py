@@ -80,9 +80,6 @@ class MapPostprocessor:
             out = np.clip(out, 0.0, 1.0)
         return out.astype(np.float32, copy=False)
 
-    def fit_transform(self, train_maps: np.ndarray) -> np.ndarray:
-        return self.fit(train_maps).transform(train_maps)
-
     def state_dict(self) -> dict[str, Any]:
         """Settings and fitted numbers, all plain JSON-able values."""
         check(hasattr(self, "low_"), "postprocess", "call fit(train_maps) before state_dict()")

@@ -77,7 +77,7 @@ class TiledDetector(BaseDetector):
     full-size map, overlaps blended by ``map_reduce`` (max, mean, or Hann-weighted mean).
     """
 
-    def __init__(self, detector: DetectorLike, tile_size: int = 256, stride: int | None = None,
+    def __init__(self, detector: DetectorLike, *, tile_size: int = 256, stride: int | None = None,
                  score_reduce: str = "max", score_topk: int = 3, map_reduce: str = "hann",
                  batch_size: int = 64, max_fit_tiles: int | None = None, seed: int = 0) -> None:
         self.detector = detector
@@ -89,6 +89,8 @@ class TiledDetector(BaseDetector):
         self.batch_size = batch_size
         self.max_fit_tiles = max_fit_tiles
         self.seed = seed
+
+    fitted_attribute = "detector_"
 
     # ---- inner detector -------------------------------------------------------------
     @property
@@ -153,9 +155,9 @@ class TiledDetector(BaseDetector):
         while batch := [r for _, r in zip(range(self.batch_size), rows)]:
             yield np.array(batch)
 
-    def predict(self, images: np.ndarray) -> DetectorOutput:
+    def score_maps(self, images: np.ndarray) -> DetectorOutput:
         """Tile scores reduced to image scores; tile maps stitched to (N, H, W) float32."""
-        check(hasattr(self, "detector_"), "tiling", "call fit() (or load_state_dict) first")
+        self._check_fitted()
         images = np.asarray(images)
         n, h0, w0 = images.shape[:3]
         images = _pad_to(images, self.tile_size)
@@ -166,7 +168,7 @@ class TiledDetector(BaseDetector):
         tile_scores = np.empty((n, len(grid)), dtype=np.float64)
         maps: np.ndarray | None = None
         for batch in self._batches(n, grid):
-            out = self.detector_.predict(self._tiles(images, batch[:, [0, 2, 3]]))
+            out = self.detector_.score_maps(self._tiles(images, batch[:, [0, 2, 3]]))
             tile_scores[batch[:, 0], batch[:, 1]] = np.asarray(out.scores, dtype=np.float64)
             if out.maps is None:
                 continue
@@ -194,18 +196,12 @@ class TiledDetector(BaseDetector):
 
     # ---- hand-off -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Tiling params, the inner detector's class path and its own state_dict."""
-        check(hasattr(self, "detector_"), "tiling", "call fit() before state_dict()")
-        cls = type(self.detector_)
-        return {"params": {k: getattr(self, k) for k in PARAM_NAMES},
-                "inner_class": f"{cls.__module__}.{cls.__qualname__}",
-                "inner": self.detector_.state_dict()}
+        """The inner detector's state (the tiling params are this object's params)."""
+        self._check_fitted()
+        return {"inner": self.detector_.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> "TiledDetector":
-        """Restore tiling params and the inner detector (built from ``detector``)."""
-        for key, value in state["params"].items():
-            if key in PARAM_NAMES:
-                setattr(self, key, value)
+        """Restore the inner detector (built from ``detector``)."""
         self._check_params()
         inner = self._new_inner()
         inner.load_state_dict(state["inner"])

@@ -62,7 +62,6 @@ class ImageDataset:
         self.seed = int(seed)
         self.on_bad_image = on_bad_image
         self.max_image_megabytes = float(max_image_megabytes)
-        self.extra = dict(extra)
         self.skipped: list[dict] = []  # {path, reason, category} of every file left out
 
     # ---- to implement per layout -------------------------------------------------------

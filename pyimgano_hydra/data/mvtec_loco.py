@@ -15,7 +15,6 @@ from pyimgano_hydra.data.sample import ANOMALOUS, NORMAL, CategorySplit, Sample
 from pyimgano_hydra.errors import ConfigError
 
 LOCO_CATEGORIES = ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors")
-LOCO_TYPES = ("logical_anomalies", "structural_anomalies")
 
 
 class MVTecLocoDataset(ImageDataset):

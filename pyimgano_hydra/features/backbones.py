@@ -33,10 +33,10 @@ from torch import nn
 
 from pyimgano_hydra.features.device import resolve_device
 from pyimgano_hydra.errors import ConfigError, UserError
+from pyimgano_hydra.schemas.model import IMAGE_NORMS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_NORMS = ("none", "standardize")
 # ``image_norm: standardize`` maps each image's intensities to this mean / std (0..1 scale)
 STANDARD_MEAN, STANDARD_STD = 0.5, 0.16
 

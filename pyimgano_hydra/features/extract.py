@@ -95,6 +95,6 @@ def pooled_embedding(
     """(N, len(stats) × sum of layer channels) float32: per-layer spatial statistics."""
     bad = [s for s in stats if s not in POOL_STATS]
     if bad or not stats:
-        raise ConfigError(f"model.pool: {list(stats)} must be a non-empty subset of {', '.join(POOL_STATS)}")
+        raise ConfigError(f"model.pooling: {list(stats)} must be a non-empty subset of {', '.join(POOL_STATS)}")
     rows = [pool_features(feats, stats).cpu().numpy() for feats in iter_features(backbone, images, batch_size, desc)]
     return np.concatenate(rows).astype(np.float32, copy=False)

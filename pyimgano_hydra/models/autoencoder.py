@@ -60,9 +60,11 @@ class ConvAutoencoder(BaseDetector):
     """Convolutional autoencoder; map = smoothed squared reconstruction error, score = max."""
 
     produces_maps = True
+    fitted_attribute = "net_"
 
     def __init__(
         self,
+        *,
         backbone: str = "efficientnet_lite0",
         layers: list[str] | tuple[str, ...] = ("blocks.0", "blocks.1"),
         pretrained: bool = True,
@@ -102,10 +104,6 @@ class ConvAutoencoder(BaseDetector):
         from pyimgano_hydra.features import resolve_device
 
         return resolve_device(self.device)
-
-    def _check_params(self) -> None:
-        if self.image_size % (2 ** self.depth):
-            raise ConfigError(f"model.image_size: {self.image_size} is not divisible by 2**model.depth")
 
     def _to_input(self, images: np.ndarray):
         """uint8 (N, H, W, C) → float (N, C, S, S) in [0, 1] on the model's device."""
@@ -184,11 +182,7 @@ class ConvAutoencoder(BaseDetector):
         return self
 
     # ------------------------------------------------------------------ predict
-    def _check_fitted(self) -> None:
-        if getattr(self, "net_", None) is None:
-            raise UserError(f"{type(self).__name__}: call fit (or load_state_dict) before predict")
-
-    def predict(self, images: np.ndarray) -> DetectorOutput:
+    def score_maps(self, images: np.ndarray) -> DetectorOutput:
         import torch
         import torch.nn.functional as F
 
@@ -213,25 +207,18 @@ class ConvAutoencoder(BaseDetector):
     def state_dict(self) -> dict[str, Any]:
         """Network tensors (CPU) + plain data; safe for ``torch.load(weights_only=True)``."""
         self._check_fitted()
-        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()}
         return {
             "state_version": STATE_VERSION,
-            "params": params,
             "in_channels": self.in_channels_,
             "history": [dict(row) for row in self.history_],
             "net": {k: v.detach().cpu().clone() for k, v in self.net_.state_dict().items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> "ConvAutoencoder":
-        """Rebuild the network from the stored shape params and load its tensors."""
+        """Rebuild the network (this object's shape params) and load the stored tensors."""
         version = int(state.get("state_version", -1))
         if version != STATE_VERSION:
             raise UserError(f"ConvAutoencoder checkpoint: state_version {version}, expected {STATE_VERSION}")
-        stored = state["params"]
-        for key in ("image_size", "base_channels", "depth", "latent_channels", "smoothing_sigma"):
-            if key in stored and stored[key] != getattr(self, key):
-                raise UserError(f"model.{key}: checkpoint was trained with {stored[key]}, "
-                                f"config says {getattr(self, key)}; use the run's own model config")
         self.device_ = self._torch_device()
         self.in_channels_ = int(state["in_channels"])
         self.net_ = _network(self.in_channels_, self.base_channels, self.depth, self.latent_channels)

@@ -7,6 +7,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+from sklearn.base import BaseEstimator
+
+from pyimgano_hydra.errors import UserError
+
+
+class NotFittedError(UserError, AttributeError):
+    """A detector used before ``fit`` (an AttributeError, like scikit-learn's)."""
 
 
 @dataclass
@@ -17,30 +24,53 @@ class DetectorOutput:
     maps: np.ndarray | None = None
 
 
-class BaseDetector:
-    """``__init__`` stores params only; ``fit(images)`` returns self; ``predict`` scores.
+class BaseDetector(BaseEstimator):
+    """scikit-learn / PyOD style: ``__init__`` stores params only (``get_params``,
+    ``set_params`` and ``sklearn.base.clone`` work); ``fit(images)`` returns self;
+    ``decision_function(images)`` gives (N,) scores, higher = more anomalous;
+    ``score_maps(images)`` gives scores and, for map models, (N, H, W) float32 maps.
+    Thresholds and the 0/1 ``predict`` belong to :class:`pyimgano_hydra.inspector.Inspector`.
 
-    ``images`` is a uint8 array (N, H, W, C), C = 3 (rgb) or 1 (gray). Higher = more anomalous.
+    ``images`` is a uint8 array (N, H, W, C), C = 3 (rgb) or 1 (gray).
+
+    Hand-off: ``state_dict()`` holds the fitted attributes only (tensors, arrays, plain
+    data); ``load_state_dict(state)`` restores them into a detector built with the same
+    params (the inspector stores the params beside the state). Every detector means this.
     """
 
     produces_maps: ClassVar[bool] = False
+    fitted_attribute: ClassVar[str] = ""  # set by fit / load_state_dict; None or absent = not fitted
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return getattr(self, self.fitted_attribute, None) is not None
+
+    def _check_fitted(self) -> None:
+        """The one not-fitted error of every detector."""
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit(images) first "
+                                 "(or load a run's inspector)")
+
+    def _check_params(self) -> None:
+        """The schema's type and range checks on this object's params (they live only there)."""
+        from dataclasses import fields
+
+        from pyimgano_hydra.schemas import schema_for
+
+        schema = schema_for(type(self))
+        if schema is not None:
+            names = {f.name for f in fields(schema)} - {"_target_", "detector"}
+            params = self.get_params(deep=False)
+            schema(**{k: list(v) if isinstance(v, tuple) else v for k, v in params.items() if k in names})
 
     def fit(self, images: np.ndarray) -> "BaseDetector":
         raise NotImplementedError
 
-    def predict(self, images: np.ndarray) -> DetectorOutput:
+    def score_maps(self, images: np.ndarray) -> DetectorOutput:
         raise NotImplementedError
 
     def decision_function(self, images: np.ndarray) -> np.ndarray:
-        return self.predict(images).scores
+        return self.score_maps(images).scores
 
-    def get_params(self) -> dict[str, Any]:
-        import inspect
-
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {n: getattr(self, n) for n in names if hasattr(self, n)}
-
-    # Hand-off (saving a fitted detector): plain tensors / arrays / JSON-able data only.
     def state_dict(self) -> dict[str, Any]:
         raise NotImplementedError(f"{type(self).__name__} cannot be saved yet")
 

@@ -9,7 +9,7 @@ float32 arrays; fit refuses up front when that exceeds ``max_memory_gb``.
 
 Predict: per position the Mahalanobis distance; the map is upsampled to the input size
 and Gaussian-smoothed (``smoothing_sigma`` pixels); the image score is the mean of its top
-``topk_ratio`` pixels (``score: topk``, chosen on the bench suite) or the map's max (``score: max``).
+``topk_ratio`` pixels (``image_score: topk``, chosen on the bench suite) or the map's max (``image_score: max``).
 ``global_weight > 0`` fuses in the image-level Gaussian of
 :mod:`pyimgano_hydra.models.image_level` (image scores only; maps unchanged).
 """
@@ -28,16 +28,17 @@ from pyimgano_hydra.models.image_level import ImageGaussian, channel_stats, fuse
 from pyimgano_hydra.models.kernels import upsample_and_smooth
 
 
-SCORES = ("max", "topk")
 
 
 class PaDiM(BackboneMixin, BaseDetector):
     """PaDiM anomaly detector with anomaly maps; see the module docstring for the knobs."""
 
     produces_maps = True
+    fitted_attribute = "inv_cov_"
 
     def __init__(
         self,
+        *,
         backbone: str = "efficientnet_lite0",
         layers: Sequence[str] = ("blocks.1", "blocks.2", "blocks.3"),
         pretrained: bool = True,
@@ -50,7 +51,7 @@ class PaDiM(BackboneMixin, BaseDetector):
         smoothing_sigma: float = 4.0,
         max_memory_gb: float = 4.0,
         image_norm: str = "none",
-        score: str = "topk",
+        image_score: str = "topk",
         topk_ratio: float = 0.01,
         global_weight: float = 0.0,
         seed: int = 0,
@@ -67,7 +68,7 @@ class PaDiM(BackboneMixin, BaseDetector):
         self.smoothing_sigma = smoothing_sigma
         self.max_memory_gb = max_memory_gb
         self.image_norm = image_norm
-        self.score = score
+        self.image_score = image_score
         self.topk_ratio = topk_ratio
         self.global_weight = global_weight
         self.seed = seed
@@ -118,8 +119,7 @@ class PaDiM(BackboneMixin, BaseDetector):
             )
 
     def fit(self, images: np.ndarray) -> "PaDiM":
-        check(self.eps > 0, "model.eps", "must be > 0")
-        check(self.score in SCORES, "model.score", f"must be one of {', '.join(SCORES)}")
+        self._check_params()
         self.channels_ = self._choose_channels()
         count = 0
         shift = total = outer = None
@@ -150,8 +150,8 @@ class PaDiM(BackboneMixin, BaseDetector):
         self.image_gaussian_ = ImageGaussian().fit(np.concatenate(pooled)) if self.global_weight > 0 else None
         return self
 
-    def predict(self, images: np.ndarray) -> DetectorOutput:
-        check(getattr(self, "inv_cov_", None) is not None, "model", "PaDiM is not fitted; call fit() first")
+    def score_maps(self, images: np.ndarray) -> DetectorOutput:
+        self._check_fitted()
         height, width = images.shape[1:3]
         device = self._backbone().device
         mean = torch.from_numpy(self.mean_).to(device)
@@ -162,7 +162,7 @@ class PaDiM(BackboneMixin, BaseDetector):
             dist = torch.einsum("bpi,pij,bpj->bp", delta, inv_cov, delta).clamp_min_(0).sqrt_()
             batch = upsample_and_smooth(dist.view(-1, 1, *self.grid_), (height, width), self.smoothing_sigma)
             maps.append(batch)
-            if self.score == "topk":
+            if self.image_score == "topk":
                 image = topk_mean(batch, self.topk_ratio)
             else:
                 image = batch.reshape(len(batch), -1).max(axis=1).astype(np.float64)
@@ -172,9 +172,8 @@ class PaDiM(BackboneMixin, BaseDetector):
         return DetectorOutput(scores=np.concatenate(scores).astype(np.float64), maps=np.concatenate(maps))
 
     def state_dict(self) -> dict[str, Any]:
-        check(getattr(self, "inv_cov_", None) is not None, "model", "PaDiM is not fitted; call fit() first")
+        self._check_fitted()
         return {
-            "params": self.get_params() | {"layers": list(self.layers)},
             "channels": {k: v.cpu().numpy() for k, v in self.channels_.items()},
             "mean": self.mean_,
             "inv_cov": self.inv_cov_,
@@ -182,10 +181,6 @@ class PaDiM(BackboneMixin, BaseDetector):
         } | (self.image_gaussian_.state_dict() if self.image_gaussian_ is not None else {})
 
     def load_state_dict(self, state: dict[str, Any]) -> "PaDiM":
-        known = set(self.get_params()) - {"device"}
-        for name, value in state["params"].items():
-            if name in known:
-                setattr(self, name, value)
         self.backbone_ = None
         self.channels_ = {k: torch.as_tensor(np.asarray(v), dtype=torch.long) for k, v in state["channels"].items()}
         self.mean_ = np.asarray(state["mean"], dtype=np.float32)

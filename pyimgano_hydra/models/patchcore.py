@@ -11,9 +11,9 @@ Predict: each patch's distance to its nearest bank entry is its score (exact, on
 product per chunk of patches: on 2 CPU cores torch's BLAS ran this 3× faster than faiss
 ``IndexFlatL2``, which still serves the reweighting's neighbour search). The image score is
 the max patch score, reweighted as in the paper by how isolated the matched bank entry is
-among its ``num_neighbors`` neighbours (``score: max``), the mean of the top
-``topk_ratio`` share of patch scores (``score: topk``), or the max of the smoothed map
-(``score: map_max``). The map is upsampled bilinearly to the input size and
+among its ``num_neighbors`` neighbours (``image_score: max``), the mean of the top
+``topk_ratio`` share of patch scores (``image_score: topk``), or the max of the smoothed map
+(``image_score: map_max``). The map is upsampled bilinearly to the input size and
 Gaussian-smoothed (``smoothing_sigma`` pixels), float32. ``image_norm: standardize``
 maps each image to a fixed intensity mean / spread before the backbone (removes exposure
 differences; see docs/MODELS.md for its effect on MTD).
@@ -33,7 +33,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pyimgano_hydra.errors import check
 from pyimgano_hydra.features import iter_features, resolve_device
 from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutput
 from pyimgano_hydra.models.coreset import StreamingCoreset
@@ -69,16 +68,15 @@ def aggregate_patches(
     return x.contiguous()
 
 
-SCORES = ("max", "topk", "map_max")
-
-
 class PatchCore(BackboneMixin, BaseDetector):
     """PatchCore anomaly detector with anomaly maps; see the module docstring for the knobs."""
 
     produces_maps = True
+    fitted_attribute = "memory_bank_"
 
     def __init__(
         self,
+        *,
         backbone: str = "efficientnet_lite0",
         layers: Sequence[str] = ("blocks.2", "blocks.4"),
         pretrained: bool = True,
@@ -92,7 +90,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         coreset_max_size: int | None = 20000,
         projection_dim: int = 128,
         num_neighbors: int = 9,
-        score: str = "topk",
+        image_score: str = "topk",
         topk_ratio: float = 0.03,
         smoothing_sigma: float = 4.0,
         image_norm: str = "none",
@@ -112,7 +110,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         self.coreset_max_size = coreset_max_size
         self.projection_dim = projection_dim
         self.num_neighbors = num_neighbors
-        self.score = score
+        self.image_score = image_score
         self.topk_ratio = topk_ratio
         self.smoothing_sigma = smoothing_sigma
         self.image_norm = image_norm
@@ -136,21 +134,15 @@ class PatchCore(BackboneMixin, BaseDetector):
         self.index_ = None
 
     def _neighbour_index(self) -> faiss.IndexFlatL2:
-        """faiss index over the bank, built on first use (only ``score: max`` needs it)."""
+        """faiss index over the bank, built on first use (only ``image_score: max`` needs it)."""
         if self.index_ is None:
             self.index_ = faiss.IndexFlatL2(self.memory_bank_.shape[1])
             self.index_.add(np.ascontiguousarray(self.memory_bank_, dtype=np.float32))
         return self.index_
 
-    def _check_fitted(self) -> None:
-        check(getattr(self, "memory_bank_", None) is not None, "model", "PatchCore is not fitted; call fit() first")
-
     # -- estimator API ---------------------------------------------------------------
     def fit(self, images: np.ndarray) -> "PatchCore":
-        check(0 < self.coreset_ratio <= 1, "model.coreset_ratio", "must be in (0, 1]")
-        check(self.score in SCORES, "model.score", f"must be one of {', '.join(SCORES)}")
-        check(self.global_weight >= 0, "model.global_weight", "must be >= 0")
-        check(self.coreset_max_size is None or self.coreset_max_size >= 1, "model.coreset_max_size", "must be >= 1 or null")
+        self._check_params()
         coreset, pooled = None, []
         for emb, stats in self._embed(images, "fit features"):
             b, h, w, d = emb.shape
@@ -177,7 +169,7 @@ class PatchCore(BackboneMixin, BaseDetector):
 
     def _image_scores(self, emb: torch.Tensor, patch: np.ndarray, nn_idx: np.ndarray) -> np.ndarray:
         """(B,) from patch scores (B, h*w); PatchCore reweighting of the max patch."""
-        if self.score == "topk":
+        if self.image_score == "topk":
             return topk_mean(patch, self.topk_ratio)
         top = patch.argmax(axis=1)
         scores = patch[np.arange(len(patch)), top]
@@ -192,7 +184,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         weights = 1.0 - torch.softmax(torch.from_numpy(dists), dim=1)[:, 0].numpy()
         return weights * scores
 
-    def predict(self, images: np.ndarray) -> DetectorOutput:
+    def score_maps(self, images: np.ndarray) -> DetectorOutput:
         self._check_fitted()
         height, width = images.shape[1:3]
         all_scores, all_maps = [], []
@@ -204,7 +196,7 @@ class PatchCore(BackboneMixin, BaseDetector):
             grid = torch.from_numpy(patch.reshape(b, 1, h, w)).to(emb.device)
             maps = upsample_and_smooth(grid, (height, width), self.smoothing_sigma)
             all_maps.append(maps)
-            if self.score == "map_max":
+            if self.image_score == "map_max":
                 scores = maps.reshape(b, -1).max(axis=1).astype(np.float64)
             else:
                 scores = self._image_scores(flat.cpu().numpy().reshape(b, h * w, d), patch, nn_idx).astype(np.float64)
@@ -219,7 +211,6 @@ class PatchCore(BackboneMixin, BaseDetector):
     def state_dict(self) -> dict[str, Any]:
         self._check_fitted()
         state = {
-            "params": self.get_params() | {"layers": list(self.layers)},
             "memory_bank": self.memory_bank_,
             "feature_shape": list(self.feature_shape_),
         }
@@ -228,10 +219,6 @@ class PatchCore(BackboneMixin, BaseDetector):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> "PatchCore":
-        known = set(self.get_params()) - {"device"}  # keep this object's device
-        for name, value in state["params"].items():
-            if name in known:
-                setattr(self, name, value)
         self.backbone_ = None
         self.memory_bank_ = np.ascontiguousarray(np.asarray(state["memory_bank"], dtype=np.float32))
         self.feature_shape_ = tuple(state["feature_shape"])

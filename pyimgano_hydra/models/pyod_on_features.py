@@ -77,9 +77,11 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
     """A PyOD detector fitted on pooled backbone embeddings (image-level; no maps)."""
 
     produces_maps = False
+    fitted_attribute = "detector_"
 
     def __init__(
         self,
+        *,
         detector: Any = None,
         backbone: str = "efficientnet_lite0",
         layers: list[str] | tuple[str, ...] = ("blocks.4", "blocks.5"),
@@ -192,10 +194,6 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
         self._fit_embeddings(self.embed(images, desc="fit features"))
         return self
 
-    def _check_fitted(self) -> None:
-        if getattr(self, "detector_", None) is None:
-            raise UserError(f"{type(self).__name__}: call fit (or load_state_dict) before predict")
-
     def score_embeddings(self, emb: np.ndarray) -> np.ndarray:
         """float64 (N,) PyOD scores of raw embeddings (higher = more anomalous)."""
         self._check_fitted()
@@ -204,7 +202,7 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
             return np.array([self.detector_.decision_function(row[None])[0] for row in z], dtype=np.float64)
         return np.asarray(self.detector_.decision_function(z), dtype=np.float64)
 
-    def predict(self, images: np.ndarray) -> DetectorOutput:
+    def score_maps(self, images: np.ndarray) -> DetectorOutput:
         self._check_fitted()
         return DetectorOutput(scores=self.score_embeddings(self.embed(images, desc="features")), maps=None)
 
@@ -236,7 +234,10 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
                 f"model.detector._target_: checkpoint holds {state['detector_class']}, "
                 f"config builds {expected}; use the run's own model config"
             )
-        self.notes_ = list(state.get("notes", []))
-        self._fit_embeddings(_array(state["train_embeddings"]), params=dict(state["detector_params"]),
+        from pyimgano_hydra.runs.trust import params_for
+
+        params = params_for(type(self._prototype()), state["detector_params"], "detector_params")
+        self.notes_ = [str(note) for note in state.get("notes", [])]
+        self._fit_embeddings(_array(state["train_embeddings"]), params=params,
                              stats=(_array(state["mean"]), _array(state["scale"])))
         return self

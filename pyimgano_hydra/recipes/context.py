@@ -15,7 +15,7 @@ class RecipeContext:
     category: str
     make_detector: Callable[[], Any]
     out: CategoryDir
-    tiling: dict = field(default_factory=dict)
+    preprocessing: dict = field(default_factory=dict)  # resize, input_mode: how images are decoded
     postprocess: dict = field(default_factory=dict)
     defects: dict = field(default_factory=dict)
     seed: int = 0

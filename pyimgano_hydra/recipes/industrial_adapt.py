@@ -3,24 +3,21 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 
 from pyimgano_hydra.adapt.postprocess import MapPostprocessor
-from pyimgano_hydra.data.images import read_size
 from pyimgano_hydra.data.sample import Sample
 from pyimgano_hydra.defects.export import DefectsExporter, require_maps
-from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
+from pyimgano_hydra.defects.pixel_threshold import PixelThreshold, resolve_pixel_threshold
 from pyimgano_hydra.errors import DataError
+from pyimgano_hydra.inspector import Inspector, RecordOutputs, record_stem, score_all
 from pyimgano_hydra.metrics.image import image_metrics
 from pyimgano_hydra.metrics.pixel import StreamingPixelMetrics
 from pyimgano_hydra.progress import stage
 from pyimgano_hydra.recipes.calibration import calibrate_threshold, calibration_quantile, threshold_notes
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
-from pyimgano_hydra.runs.checkpoints import save_checkpoint
-from pyimgano_hydra.runs.layout import safe_name
-from pyimgano_hydra.runs.writers import save_npy_atomic, write_jsonl_atomic
+from pyimgano_hydra.runs.writers import write_jsonl_atomic
 from pyimgano_hydra.viz.overlays import select_overlays, write_overlays
 from pyimgano_hydra.viz.plots import category_plots
 
@@ -68,12 +65,12 @@ class IndustrialAdapt:
         self.save_checkpoint = save_checkpoint
 
     def _batches(self, detector, dataset, samples: list[Sample], name: str):
-        """Yield (start, images, DetectorOutput) per batch under one progress bar ``name``;
-        nothing is held across batches."""
+        """Detector outputs of ``samples`` batch by batch under one progress bar ``name``
+        (calibration, before an inspector exists); nothing is held across batches."""
         with stage(name, total=len(samples)) as bar:
             for start in range(0, len(samples), self.predict_batch_size):
                 images = dataset.load_images(samples[start:start + self.predict_batch_size])
-                yield start, images, detector.predict(images)
+                yield detector.score_maps(images)
                 bar.update(len(images))
 
     def _fit(self, ctx: RecipeContext, split, timings: dict, notes: list):
@@ -84,6 +81,7 @@ class IndustrialAdapt:
         timings["load_train_s"] = time.perf_counter() - t
         log.debug("train images %s %s", train_images.shape, train_images.dtype)
         detector = ctx.make_detector()
+        self.check_detector(detector)
         if (ctx.defects or {}).get("enabled"):
             require_maps(detector)
         t = time.perf_counter()
@@ -93,11 +91,11 @@ class IndustrialAdapt:
         notes.extend(getattr(detector, "notes_", []))  # e.g. a PyOD parameter lowered to fit the data
         t = time.perf_counter()
         if calib_samples:
-            outputs = [out for _, _, out in self._batches(detector, ctx.dataset, calib_samples, "calibrate")]
+            outputs = list(self._batches(detector, ctx.dataset, calib_samples, "calibrate"))
             scores_from = (f"{len(calib_samples)} held-out train images "
                            f"(recipe.calibration_holdout={self.calibration_holdout})")
         else:
-            outputs = [detector.predict(train_images)]
+            outputs = [detector.score_maps(train_images)]
             scores_from = f"{len(fit_samples)} training images (in-sample; biased low)"
             notes.append("threshold calibrated in-sample: too few train images for a hold-out")
         normal_scores = np.concatenate([np.asarray(o.scores, np.float64).reshape(-1) for o in outputs])
@@ -123,56 +121,40 @@ class IndustrialAdapt:
                             "add normal images under its train folder")
         detector, threshold, normal_maps, counts = self._fit(ctx, split, timings, notes)
         fit_details = self.describe_fit(ctx, detector)
+        inspector, normal_maps = self._inspector(ctx, detector, threshold, normal_maps, notes)
         has_maps = normal_maps is not None
         pp_cfg = ctx.postprocess or {}
-        postprocessor = None
-        if has_maps:
-            postprocessor = MapPostprocessor.from_config(pp_cfg).fit(normal_maps)
-            normal_maps = postprocessor.transform(normal_maps)
-        elif not getattr(detector, "produces_maps", False):
-            notes.append(f"{type(detector).__name__} produces no anomaly maps: pixel metrics skipped")
-        save_maps = bool(pp_cfg.get("save_maps", False)) and has_maps
         exporter = None
-        if (ctx.defects or {}).get("enabled") and has_maps:
-            pixel_threshold = resolve_pixel_threshold(ctx.defects, normal_maps=normal_maps, seed=ctx.seed)
-            exporter = DefectsExporter(ctx.defects, pixel_threshold, ctx.out.masks, ctx.out.root)
+        if inspector.pixel_threshold is not None:
+            exporter = DefectsExporter(ctx.defects, PixelThreshold(**inspector.pixel_threshold),
+                                       ctx.out.masks, ctx.out.root)
 
-        # Stream the test split: per batch predict, postprocess, save, export defects and
-        # accumulate pixel metrics; no map is held beyond its batch.
+        # Stream the test split through the inspector's one loop; pixel metrics per batch.
         t = time.perf_counter()
         test = split.test
         labels = np.array([s.label for s in test], dtype=int)
-        scores = np.zeros(len(test))
         has_masks = has_maps and any(s.mask_path for s in test)
         pixel = (StreamingPixelMetrics(float(normal_maps.min()),
                                        float(normal_maps.max()) * 3 - 2 * float(normal_maps.min()),
                                        fpr_limit=self.pro_fpr_limit) if has_masks else None)
-        records = []
-        for start, _, out in self._batches(detector, ctx.dataset, test, "test"):
-            chunk = test[start:start + len(out.scores)]
-            batch_scores = np.asarray(out.scores, np.float64).reshape(-1)
-            scores[start:start + len(chunk)] = batch_scores
-            batch_maps = postprocessor.transform(out.maps) if has_maps else None
-            batch_masks = ctx.dataset.load_masks(chunk) if has_masks else None
-            if pixel is not None:
-                known = labels[start:start + len(chunk)] >= 0
-                pixel.update(batch_masks[known], batch_maps[known])
-            for j, (sample, score) in enumerate(zip(chunk, batch_scores)):
-                i = start + j
-                record = {
-                    "index": i, "path": sample.path, "category": sample.category,
-                    "defect_type": sample.defect_type, "label": int(sample.label), "score": float(score),
-                    "pred_label": int(score > threshold["value"]), "threshold": threshold["value"],
-                }
-                if save_maps:
-                    path = save_npy_atomic(ctx.out.map_path(i, sample.path), batch_maps[j])
-                    record["anomaly_map"] = {"path": str(path.relative_to(ctx.out.root)),
-                                             "shape": list(batch_maps[j].shape), "dtype": str(batch_maps[j].dtype)}
-                if exporter is not None:
-                    record["defects"] = exporter(
-                        f"{i:06d}_{safe_name(Path(sample.path).stem)}", batch_maps[j], read_size(sample.path),
-                        gt_mask=None if batch_masks is None else batch_masks[j], label=int(sample.label))
-                records.append(record)
+
+        def pixel_update(items, maps, masks):
+            known = np.array([item["label"] >= 0 for item in items])
+            pixel.update(masks[known], maps[known])
+
+        items = [{"index": i, "path": s.path, "category": s.category, "defect_type": s.defect_type,
+                  "label": int(s.label)} for i, s in enumerate(test)]
+        with stage("test", total=len(test)) as bar:
+            records = score_all(
+                inspector, items, lambda chunk: ctx.dataset.load_images([test[i["index"]] for i in chunk]),
+                self.predict_batch_size,
+                RecordOutputs(root=ctx.out.root, maps_dir=ctx.out.maps if pp_cfg.get("save_maps") else None,
+                              exporter=exporter,
+                              load_masks=(lambda chunk: ctx.dataset.load_masks([test[i["index"]] for i in chunk]))
+                              if has_masks else None,
+                              on_batch=pixel_update if pixel is not None else None),
+                advance=bar.update)
+        scores = np.array([r["score"] for r in records], dtype=np.float64)
         timings["predict_s"] = time.perf_counter() - t
         timings["test_images_per_s"] = len(test) / max(timings["predict_s"], 1e-9)
 
@@ -192,8 +174,7 @@ class IndustrialAdapt:
         t = time.perf_counter()
         extra: dict = {"produces_maps": has_maps, "per_defect_type": by_type, **fit_details}
         if exporter is not None:
-            extra["pixel_threshold"] = {"value": exporter.threshold.value,
-                                        "provenance": exporter.threshold.provenance}
+            extra["pixel_threshold"] = inspector.pixel_threshold
             figures = exporter.figures()
             if figures:
                 metrics.update({f"defects_{k}": v for k, v in figures.items() if k != "counts"})
@@ -202,13 +183,12 @@ class IndustrialAdapt:
             extra["plots"] = [str(p.relative_to(ctx.out.root)) for p in category_plots(
                 ctx.out.plots, ctx.category, labels, scores, threshold["value"], by_type)]
         if has_maps:
-            self._overlays(ctx, detector, postprocessor, test, scores, labels, pp_cfg, extra, threshold["value"],
-                           exporter.threshold.value if exporter is not None else None)
+            self._overlays(ctx, inspector, test, scores, labels, pp_cfg, extra)
         elif int(pp_cfg.get("overlays_top_n", 0)) or int(pp_cfg.get("overlays_normal_n", 0)):
-            notes.append(f"{type(detector).__name__} produces no anomaly maps: no overlays written "
+            notes.append(f"{type(inspector.detector).__name__} produces no anomaly maps: no overlays written "
                          "(pick a map model such as model=patchcore)")
         if self.save_checkpoint:
-            self._checkpoint(ctx, detector, postprocessor, threshold, notes, extra)
+            self._save(ctx, inspector, notes, extra)
         write_jsonl_atomic(ctx.out.per_image, records)
         timings["write_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
@@ -216,13 +196,32 @@ class IndustrialAdapt:
                       test_anomalous=int((labels == 1).sum()), test_unlabelled=int((labels < 0).sum()))
         return CategoryResult(ctx.category, metrics, threshold, timings, counts, notes, extra=extra)
 
+    @staticmethod
+    def _inspector(ctx: RecipeContext, detector, threshold: dict, normal_maps, notes: list):
+        """The fitted inspector (postprocessor fitted on the normal maps, pixel threshold
+        resolved on them when defects are on) and the postprocessed normal maps."""
+        postprocessor = pixel_threshold = None
+        if normal_maps is not None:
+            postprocessor = MapPostprocessor.from_config(ctx.postprocess or {}).fit(normal_maps)
+            normal_maps = postprocessor.transform(normal_maps)
+            if (ctx.defects or {}).get("enabled"):
+                resolved = resolve_pixel_threshold(ctx.defects, normal_maps=normal_maps, seed=ctx.seed)
+                pixel_threshold = {"value": resolved.value, "provenance": resolved.provenance}
+        elif not getattr(detector, "produces_maps", False):
+            notes.append(f"{type(detector).__name__} produces no anomaly maps: pixel metrics skipped")
+        inspector = Inspector(detector, postprocessor, threshold, pixel_threshold, ctx.preprocessing,
+                              defects=ctx.defects or None, category=ctx.category)
+        return inspector, normal_maps
+
+    def check_detector(self, detector) -> None:
+        """Refuse a detector this recipe cannot fit (one-line ConfigError); any detector here."""
+
     def describe_fit(self, ctx: RecipeContext, detector) -> dict:
         """Extra report fields about the fitted detector (recipes that train add loss curves)."""
         return {}
 
     @staticmethod
-    def _overlays(ctx, detector, postprocessor, test, scores, labels, pp_cfg, extra, image_threshold,
-                  pixel_threshold) -> None:
+    def _overlays(ctx, inspector, test, scores, labels, pp_cfg, extra) -> None:
         """Overlays of the top-N and a few normal images; their maps are recomputed (few images)."""
         top_n, normal_n = int(pp_cfg.get("overlays_top_n", 0)), int(pp_cfg.get("overlays_normal_n", 0))
         chosen = [i for _, i in select_overlays(scores, labels, top_n, normal_n)]
@@ -231,29 +230,23 @@ class IndustrialAdapt:
         picked = [test[i] for i in chosen]
         with stage("overlays", total=len(picked)) as bar:
             images = ctx.dataset.load_images(picked)
-            maps = postprocessor.transform(detector.predict(images).maps)
+            maps = inspector.score_batch(images).maps
             bar.update(len(picked))
         masks = ctx.dataset.load_masks(picked) if any(s.mask_path for s in picked) else None
         paths = write_overlays(
             ctx.out.overlays, images, maps, scores[chosen], labels[chosen],
-            [f"{i:06d}_{safe_name(Path(s.path).stem)}" for i, s in zip(chosen, picked)],
-            masks=masks, top_n=min(top_n, len(chosen)), normal_n=normal_n, image_threshold=image_threshold,
-            pixel_threshold=pixel_threshold)
+            [record_stem(i, s.path) for i, s in zip(chosen, picked)],
+            masks=masks, top_n=min(top_n, len(chosen)), normal_n=normal_n,
+            image_threshold=inspector.threshold_,
+            pixel_threshold=(inspector.pixel_threshold or {}).get("value"))
         extra["overlays"] = [str(p.relative_to(ctx.out.root)) for p in paths]
 
     @staticmethod
-    def _checkpoint(ctx, detector, postprocessor, threshold, notes, extra) -> None:
+    def _save(ctx, inspector, notes, extra) -> None:
+        """categories/<cat>/inspector.pt: the one stored copy of what inference needs."""
         try:
-            state = detector.state_dict()
+            path = inspector.save(ctx.out.inspector)
         except NotImplementedError as exc:
-            notes.append(f"checkpoint not saved: {exc}")
+            notes.append(f"inspector not saved: {exc}")
             return
-        path = ctx.out.checkpoints / "model.pt"
-        save_checkpoint(path, state, meta={
-            "detector": f"{type(detector).__module__}.{type(detector).__qualname__}",
-            "category": ctx.category,
-            "postprocess": postprocessor.state_dict() if postprocessor is not None else None,
-            "image_threshold": threshold,
-        })
-        extra["checkpoint"] = str(path.relative_to(ctx.out.root))
-        extra["postprocess_state"] = postprocessor.state_dict() if postprocessor is not None else None
+        extra["inspector"] = str(path.relative_to(ctx.out.root))

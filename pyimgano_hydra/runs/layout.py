@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: one inspector.pt per category replaces infer_config.json + model.pt
 
 
 def safe_name(text: str) -> str:
@@ -32,18 +32,6 @@ class RunDir:
     @property
     def status(self) -> Path:
         return self.root / "status.json"
-
-    @property
-    def artifacts(self) -> Path:
-        return self.root / "artifacts"
-
-    @property
-    def infer_config(self) -> Path:
-        return self.artifacts / "infer_config.json"
-
-    @property
-    def plots(self) -> Path:
-        return self.root / "plots"
 
     def category(self, name: str) -> "CategoryDir":
         return CategoryDir(self.root / "categories" / safe_name(name))
@@ -74,15 +62,9 @@ class CategoryDir:
         return self.root / "overlays"
 
     @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
     def plots(self) -> Path:
         return self.root / "plots"
 
-    def map_path(self, index: int, image_path: str) -> Path:
-        return self.maps / f"{index:06d}_{safe_name(Path(image_path).stem)}.npy"
-
-    def mask_path(self, index: int, image_path: str, ext: str) -> Path:
-        return self.masks / f"{index:06d}_{safe_name(Path(image_path).stem)}.{ext}"
+    @property
+    def inspector(self) -> Path:
+        return self.root / "inspector.pt"

@@ -1,25 +1,24 @@
-"""Loading a finished run directory back, safely (for inference and comparisons)."""
+"""Loading a finished run directory back: parsing its untrusted files, never running them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyimgano_hydra.errors import UserError
-from pyimgano_hydra.instantiate import TRUSTED_PREFIXES, check_targets
+from pyimgano_hydra.runs import trust
 from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
 from pyimgano_hydra.runs.status import COMPLETED, read_status
-from pyimgano_hydra.runs.writers import read_json
 
 
 @dataclass
 class LoadedRun:
     run_dir: RunDir
     report: dict
-    infer_config: dict
+    inspectors: dict[str, str | None]  # category -> inspector file relative to the run dir
 
     def category(self, name: str | None) -> str:
         """The category to use: ``name``, or the run's only one."""
-        available = sorted(self.infer_config["categories"])
+        available = sorted(self.inspectors)
         if name is None:
             if len(available) == 1:
                 return available[0]
@@ -28,9 +27,24 @@ class LoadedRun:
             raise UserError(f"category={name} is not in this run; available: {', '.join(available)}")
         return name
 
+    def inspector(self, category: str, trust_targets: bool = False, device: str | None = "auto"):
+        """The category's stored :class:`~pyimgano_hydra.inspector.Inspector` (parsed, checked),
+        its detector on ``device`` (None: the device it was fitted with)."""
+        from pyimgano_hydra.inspector import Inspector
 
-def load_run(path: str | Path, trust_targets: bool = False) -> LoadedRun:
-    """Read a completed run dir; refuse unfinished runs, newer schemas and untrusted targets."""
+        relative = self.inspectors[category]
+        if not relative:
+            raise UserError(f"run_dir={self.run_dir.root}: category {category} has no stored inspector "
+                            "(its detector cannot be saved, or recipe.save_checkpoint=false); re-run with a saveable model")
+        path = trust.confined(self.run_dir.root, relative, f"{self.run_dir.report}: categories.{category}.inspector")
+        inspector = Inspector.load(path, trust_targets=trust_targets, device=device)
+        if inspector.category != category:
+            raise UserError(f"{path}: holds category {inspector.category!r}, not {category!r}")
+        return inspector
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    """Read a completed run dir's report.json; refuse unfinished runs and other schema versions."""
     run_dir = RunDir(Path(path))
     if not run_dir.root.is_dir():
         raise UserError(f"run_dir={path}: no such directory; pass the folder that holds report.json")
@@ -38,15 +52,19 @@ def load_run(path: str | Path, trust_targets: bool = False) -> LoadedRun:
     if state != COMPLETED:
         raise UserError(f"run_dir={path}: the run is {state or 'missing status.json'}, not completed; "
                         "only completed runs can be used for inference")
-    if not run_dir.infer_config.is_file():
-        raise UserError(f"{run_dir.infer_config}: missing; the run dir is incomplete or from an older version")
-    report = read_json(run_dir.report)
-    infer_config = read_json(run_dir.infer_config)
-    version = max(int(report.get("schema_version", 0)), int(infer_config.get("schema_version", 0)))
+    report = trust.read_json_file(run_dir.report)
+    if not isinstance(report, dict):
+        raise UserError(f"{run_dir.report}: expected a JSON object")
+    version = trust.schema_version(report.get("schema_version"), str(run_dir.report))
     if version > SCHEMA_VERSION:
-        raise UserError(f"run_dir={path}: schema_version {version} is newer than this pyimgano_hydra "
+        raise UserError(f"{run_dir.report}: schema_version {version} is newer than this pyimgano_hydra "
                         f"understands ({SCHEMA_VERSION}); upgrade pyimgano_hydra")
-    if not trust_targets:
-        check_targets(infer_config.get("model"), "model", TRUSTED_PREFIXES)
-        check_targets(infer_config.get("tiling"), "tiling", TRUSTED_PREFIXES)
-    return LoadedRun(run_dir, report, infer_config)
+    if version < SCHEMA_VERSION:
+        raise UserError(f"{run_dir.report}: schema_version {version} run dirs are no longer read "
+                        f"(this version reads {SCHEMA_VERSION}); re-run the training to get a loadable run dir")
+    categories = trust.require(report, "categories", dict, str(run_dir.report))
+    inspectors = {}
+    for name, entry in categories.items():
+        where = f"{run_dir.report}: categories.{name}"
+        inspectors[name] = trust.require(entry, "inspector", (str, type(None)), where)
+    return LoadedRun(run_dir, report, inspectors)

@@ -34,6 +34,17 @@ def register_configs() -> None:
     _REGISTERED = True
 
 
+def schema_for(cls: type):
+    """The ``model`` schema dataclass whose ``_target_`` is ``cls`` (None when there is none)."""
+    from pyimgano_hydra.schemas import model, model_zoo
+
+    path = f"{cls.__module__}.{cls.__qualname__}"
+    for schema in (*model.SCHEMAS.values(), *model_zoo.SCHEMAS.values()):
+        if getattr(schema, "_target_", None) == path:
+            return schema
+    return None
+
+
 def validate(cfg: DictConfig) -> None:
     """Run each group's range checks (dataclass ``__post_init__``) and refuse any non-finite
     number; raise ConfigError naming the key."""

@@ -45,8 +45,8 @@ class PatchCoreSchema(BackboneSchema):
     coreset_max_size: Optional[int] = 20000  # cap on bank rows (keeps fit and search fast); null = none
     projection_dim: int = 128  # random projection used only to pick the coreset
     num_neighbors: int = 9  # k of PatchCore's image-score reweighting; 1 turns it off
-    score: str = "topk"  # topk (mean of the top patches) | max (reweighted max patch) | map_max
-    topk_ratio: float = 0.03  # share of patches averaged when score=topk
+    image_score: str = "topk"  # topk (mean of the top patches) | max (reweighted max patch) | map_max
+    topk_ratio: float = 0.03  # share of patches averaged when image_score=topk
     smoothing_sigma: float = 4.0  # Gaussian blur of the map, in input pixels; 0 = off
     image_norm: str = "none"  # none | standardize (each image to a fixed intensity mean/std)
     global_weight: float = 0.0  # > 0 adds log(image-level Mahalanobis) × weight to image scores
@@ -61,7 +61,7 @@ class PatchCoreSchema(BackboneSchema):
         check(self.embed_dim is None or self.embed_dim >= 1, "model.embed_dim", "must be >= 1 or null")
         check(self.projection_dim >= 0, "model.projection_dim", "must be >= 0 (0 = no projection)")
         check(self.num_neighbors >= 1, "model.num_neighbors", "must be >= 1")
-        check(self.score in ("max", "topk", "map_max"), "model.score", "must be max, topk or map_max")
+        check(self.image_score in ("max", "topk", "map_max"), "model.image_score", "must be max, topk or map_max")
         check(0 < self.topk_ratio <= 1, "model.topk_ratio", "must be in (0, 1]")
         check(self.smoothing_sigma >= 0, "model.smoothing_sigma", "must be >= 0")
         check(self.image_norm in IMAGE_NORMS, "model.image_norm", "must be none or standardize")
@@ -78,15 +78,15 @@ class PaDiMSchema(BackboneSchema):
     smoothing_sigma: float = 4.0
     max_memory_gb: float = 4.0  # refuse up front when the Gaussians would need more
     image_norm: str = "none"  # none | standardize
-    score: str = "topk"  # topk (mean of the top topk_ratio map pixels) | max (map max)
-    topk_ratio: float = 0.01  # share of map pixels averaged when score=topk
+    image_score: str = "topk"  # topk (mean of the top topk_ratio map pixels) | max (map max)
+    topk_ratio: float = 0.01  # share of map pixels averaged when image_score=topk
     global_weight: float = 0.0  # > 0 adds log(image-level Mahalanobis) × weight to image scores
     seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.d >= 1, "model.d", "must be >= 1")
-        check(self.score in ("max", "topk"), "model.score", "must be max or topk")
+        check(self.image_score in ("max", "topk"), "model.image_score", "must be max or topk")
         check(0 < self.topk_ratio <= 1, "model.topk_ratio", "must be in (0, 1]")
         check(self.global_weight >= 0, "model.global_weight", "must be >= 0 (0 = off)")
         check(self.grid_size is None or self.grid_size >= 1, "model.grid_size", "must be >= 1 or null")

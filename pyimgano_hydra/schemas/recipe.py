@@ -1,7 +1,7 @@
 """Schemas of the ``recipe`` group."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from pyimgano_hydra.errors import check
@@ -15,7 +15,7 @@ class IndustrialAdaptSchema:
     calibration_holdout: float = 0.2  # share of train/good held out to score for the threshold
     pro_fpr_limit: float = 0.3
     predict_batch_size: int = 32
-    save_checkpoint: bool = True  # fitted detector state under categories/<cat>/checkpoints/
+    save_checkpoint: bool = True  # the fitted inspector as categories/<cat>/inspector.pt (needed by infer)
 
     def __post_init__(self) -> None:
         c, q = self.contamination, self.calibration_quantile
@@ -27,22 +27,10 @@ class IndustrialAdaptSchema:
 
 
 @dataclass
-class TrainingSchema:
-    epochs: int = 20
-    lr: float = 1e-3
-    batch_size: int = 16
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check(self.epochs >= 1, "recipe.training.epochs", "must be >= 1")
-        check(self.lr > 0, "recipe.training.lr", "must be > 0")
-        check(self.batch_size >= 1, "recipe.training.batch_size", "must be >= 1")
-
-
-@dataclass
 class MicroFinetuneSchema(IndustrialAdaptSchema):
+    """Training settings live on the model (model.epochs, model.lr, model.batch_size, model.seed)."""
+
     _target_: str = "pyimgano_hydra.recipes.micro_finetune_autoencoder.MicroFinetuneAutoencoder"
-    training: TrainingSchema = field(default_factory=TrainingSchema)
 
 
 SCHEMAS = {"industrial_adapt": IndustrialAdaptSchema, "micro_finetune_autoencoder": MicroFinetuneSchema}

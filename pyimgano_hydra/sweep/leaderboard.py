@@ -24,7 +24,6 @@ IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1", "image_f1_max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_aupro")
 METRICS = IMAGE_METRICS + PIXEL_METRICS
 NOT_STARTED = "not_started"
-FILES = ("leaderboard.csv", "leaderboard.md", "leaderboard.json", "leaderboard.png")
 
 
 def _read_overrides(job_dir: Path) -> list[str] | None:

@@ -1,0 +1,338 @@
+"""The fitted inspector of one category and the one loop that turns images into records.
+
+``Inspector`` holds what fitting produced — the detector, the map postprocessor, the image
+threshold and the pixel threshold (each with provenance) — plus the preprocessing and the
+defects settings it was calibrated with. ``score_batch(images)`` is the only place scores
+become predictions; :func:`score_all` is the only loop over images, used by the recipe,
+``infer``, overlays and the Python API (:func:`pyimgano_hydra.api.load_inspector`).
+
+It is stored once per category as ``categories/<cat>/inspector.pt``: tensors and plain
+data only (``torch.load(weights_only=True)``), the detector named by the registry, its
+params plain values; loading parses and checks every field (:mod:`pyimgano_hydra.runs.trust`).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.runs import trust
+
+FORMAT = "pyimgano_hydra.inspector"
+VERSION = 1
+INPUT_MODES = ("rgb", "gray")
+_STATE_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
+
+
+def to_saveable(obj: Any, key: str = "inspector") -> Any:
+    """``obj`` with arrays as tensors and numpy scalars as Python numbers (``weights_only`` safe)."""
+    import torch
+
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {str(k): to_saveable(v, f"{key}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_saveable(v, f"{key}[{i}]") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"{key}: {type(obj).__name__} cannot be saved (tensors, arrays, plain data only)")
+
+
+def _plain_params(obj: Any) -> dict:
+    """An estimator's constructor params as plain values (a PyOD object as name + params)."""
+    from pyimgano_hydra.registry import dotted
+
+    out = {}
+    for name, value in obj.get_params(deep=False).items():
+        if isinstance(value, tuple):
+            value = list(value)
+        elif hasattr(value, "get_params") and hasattr(value, "decision_function"):
+            value = {"name": dotted(type(value)), "params": _plain_params(value)}
+        out[name] = value
+    return out
+
+
+@dataclass
+class Batch:
+    """``score_batch`` output: one record per image and the postprocessed maps (or None)."""
+
+    records: list[dict]
+    maps: Optional[np.ndarray]
+
+
+class Inspector:
+    """A fitted detector with its map postprocessor and thresholds; 0/1 ``predict`` like PyOD."""
+
+    def __init__(self, detector, postprocessor=None, image_threshold: dict | None = None,
+                 pixel_threshold: dict | None = None, preprocessing: dict | None = None,
+                 defects: dict | None = None, category: str = "") -> None:
+        self.detector = detector
+        self.postprocessor = postprocessor
+        self.image_threshold = image_threshold or {"value": float("inf"), "provenance": {}}
+        self.pixel_threshold = pixel_threshold
+        self.preprocessing = preprocessing or {"resize": None, "input_mode": "rgb"}
+        self.defects = defects
+        self.category = category
+
+    @property
+    def threshold_(self) -> float:
+        return float(self.image_threshold["value"])
+
+    @property
+    def produces_maps(self) -> bool:
+        return bool(getattr(self.detector, "produces_maps", False))
+
+    def load_images(self, paths: list) -> np.ndarray:
+        """Decode image files with the preprocessing the detector was fitted with."""
+        from pyimgano_hydra.data.images import load_image
+
+        prep = self.preprocessing
+        return np.stack([load_image(p, prep.get("resize"), prep.get("input_mode", "rgb")) for p in paths])
+
+    def score_maps(self, images: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """(N,) float64 scores and postprocessed (N, H, W) float32 maps (None without maps)."""
+        out = self.detector.score_maps(images)
+        maps = out.maps
+        if maps is not None and self.postprocessor is not None:
+            maps = self.postprocessor.transform(maps)
+        return np.asarray(out.scores, np.float64).reshape(-1), maps
+
+    def decision_function(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self.detector.decision_function(images), np.float64).reshape(-1)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """0 (normal) / 1 (anomalous) per image: score above the image threshold."""
+        return (self.decision_function(images) > self.threshold_).astype(int)
+
+    def score_batch(self, images: np.ndarray) -> Batch:
+        """Records ``{score, pred_label, threshold}`` and maps for a batch of images."""
+        scores, maps = self.score_maps(images)
+        value = self.threshold_
+        records = [{"score": float(s), "pred_label": int(s > value), "threshold": value} for s in scores]
+        return Batch(records, maps)
+
+    # -- hand-off ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Versioned, tensors and plain data only; the same layout for every detector."""
+        from pyimgano_hydra.adapt.tiling import PARAM_NAMES as TILING_PARAMS, TiledDetector
+        from pyimgano_hydra.registry import detector_name
+
+        tiled = isinstance(self.detector, TiledDetector)
+        inner = self.detector.detector_ if tiled else self.detector
+        return {
+            "format": FORMAT, "version": VERSION, "category": self.category,
+            "detector": {"name": detector_name(type(inner)), "params": _plain_params(inner),
+                         "state": self.detector.state_dict()},
+            "tiling": {k: getattr(self.detector, k) for k in TILING_PARAMS} if tiled else None,
+            "postprocess": self.postprocessor.state_dict() if self.postprocessor is not None else None,
+            "image_threshold": self.image_threshold,
+            "pixel_threshold": self.pixel_threshold,
+            "preprocessing": self.preprocessing,
+            "defects": {k: v for k, v in (self.defects or {}).items() if k != "_target_"} or None,
+        }
+
+    def save(self, path: Path) -> Path:
+        import torch
+
+        from pyimgano_hydra.runs.writers import write_bytes_atomic
+
+        buffer = io.BytesIO()
+        torch.save(to_saveable(self.state_dict()), buffer)
+        return write_bytes_atomic(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: Path, trust_targets: bool = False, device: str | None = None) -> "Inspector":
+        """Parse a stored inspector (``weights_only``); one-line refusal naming ``path``.
+        ``device`` replaces the device it was fitted on (a record, never a requirement)."""
+        return cls.from_state(trust.load_weights(Path(path)), str(path), trust_targets, device)
+
+    @classmethod
+    def from_state(cls, state: Any, where: str = "inspector", trust_targets: bool = False,
+                   device: str | None = None) -> "Inspector":
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise UserError(f"{where}: not a pyimgano_hydra inspector file")
+        version = state.get("version")
+        if type(version) is not int or version != VERSION:
+            raise UserError(f"{where}: inspector version {version!r} is not {VERSION}; re-run the training "
+                            "with this pyimgano_hydra")
+        detector = _detector_from_state(state, where, trust_targets, device)
+        postprocessor = None
+        if state.get("postprocess") is not None:
+            from pyimgano_hydra.adapt.postprocess import MapPostprocessor
+
+            pp = trust.plain(trust.require(state, "postprocess", dict, where), f"{where}: postprocess")
+            for key in ("low", "high"):
+                trust.finite(pp.get(key), f"{where}: postprocess.{key}")
+            try:
+                postprocessor = MapPostprocessor().load_state_dict(pp)
+            except UserError as exc:
+                raise UserError(f"{where}: postprocess: {exc}") from exc
+        return cls(detector, postprocessor,
+                   image_threshold=_threshold(trust.require(state, "image_threshold", dict, where),
+                                              f"{where}: image_threshold"),
+                   pixel_threshold=(None if state.get("pixel_threshold") is None else
+                                    _threshold(state["pixel_threshold"], f"{where}: pixel_threshold")),
+                   preprocessing=_preprocessing(trust.require(state, "preprocessing", dict, where), where),
+                   defects=_defects(state.get("defects"), where),
+                   category=trust.require(state, "category", str, where))
+
+
+def _threshold(value: Any, where: str) -> dict:
+    value = trust.plain(value, where)
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected a mapping")
+    return {"value": trust.finite(value.get("value"), f"{where}.value"),
+            "provenance": trust.require(value, "provenance", (dict, type(None)), where)}
+
+
+def _preprocessing(value: dict, where: str) -> dict:
+    resize = value.get("resize")
+    if resize is not None and not (isinstance(resize, int) and not isinstance(resize, bool) and 1 <= resize <= 65536) \
+            and not (isinstance(resize, list) and len(resize) == 2 and all(type(v) is int and v >= 1 for v in resize)):
+        raise UserError(f"{where}: preprocessing.resize must be null, a positive int or [height, width]")
+    mode = value.get("input_mode", "rgb")
+    if mode not in INPUT_MODES:
+        raise UserError(f"{where}: preprocessing.input_mode must be one of {', '.join(INPUT_MODES)}")
+    return {"resize": resize, "input_mode": mode}
+
+
+def _defects(value: Any, where: str) -> dict | None:
+    if value is None:
+        return None
+    from pyimgano_hydra.schemas.defects import defects_settings
+
+    value = trust.plain(value, f"{where}: defects")
+    try:
+        defects_settings(value)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from exc
+    return value
+
+
+def _detector_from_state(state: dict, where: str, trust_targets: bool, device: str | None = None):
+    from pyimgano_hydra.adapt.tiling import PARAM_NAMES as TILING_PARAMS, TiledDetector
+    from pyimgano_hydra.models.pyod_on_features import PyODOnFeatures
+    from pyimgano_hydra.registry import resolve_detector, resolve_pyod
+
+    spec = trust.require(state, "detector", dict, where)
+    cls = resolve_detector(spec.get("name"), f"{where}: detector.name", trust_targets)
+    params = trust.params_for(cls, spec.get("params", {}), f"{where}: detector.params")
+    schema_params = dict(params)
+    if cls is PyODOnFeatures and isinstance(params.get("detector"), dict):
+        inner = params["detector"]
+        pyod_cls = resolve_pyod(inner.get("name"), f"{where}: detector.params.detector.name", trust_targets)
+        pyod_params = trust.params_for(pyod_cls, inner.get("params", {}), f"{where}: detector.params.detector.params")
+        schema_params["detector"] = {"_target_": inner["name"], **pyod_params}
+        params["detector"] = pyod_cls(**pyod_params)
+    trust.check_against_schema(cls, schema_params, f"{where}: detector.params")
+    if device is not None and "device" in params:
+        params["device"] = device
+    tiling = state.get("tiling")
+    try:
+        if tiling is not None:
+            tiling = trust.plain(tiling, f"{where}: tiling")
+            unknown = sorted(set(tiling) - set(TILING_PARAMS)) if isinstance(tiling, dict) else ["?"]
+            if unknown:
+                raise UserError(f"{where}: tiling.{unknown[0]} is not a tiling setting")
+            detector = TiledDetector(lambda: cls(**params), **tiling)
+        else:
+            detector = cls(**params)
+        return detector.load_state_dict(trust.require(spec, "state", dict, where))
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from exc
+    except _STATE_ERRORS as exc:
+        message = " ".join(str(exc).split())[:200]
+        raise UserError(f"{where}: the detector state does not fit {spec.get('name')} "
+                        f"({type(exc).__name__}: {message})") from exc
+
+
+# -- the one scoring loop ------------------------------------------------------------------
+@dataclass
+class RecordOutputs:
+    """Where ``score_all`` writes: map files under ``maps_dir`` (when set), defect masks through
+    ``exporter``; record paths are relative to ``root``. ``load_masks(items)`` gives ground-truth
+    masks (recipe only) and ``on_batch(items, maps, masks)`` sees each batch (pixel metrics).
+    With ``unreadable`` set, an undecodable image becomes ``{**item, error}`` there (and a
+    warning line) instead of failing the batch."""
+
+    root: Path
+    maps_dir: Optional[Path] = None
+    exporter: Any = None
+    load_masks: Optional[Callable[[list[dict]], np.ndarray]] = None
+    on_batch: Optional[Callable[[list[dict], np.ndarray, Optional[np.ndarray]], None]] = None
+    unreadable: Optional[list[dict]] = None  # set: an image that fails to decode becomes an error record here
+
+
+def record_stem(index: int, path: str) -> str:
+    """File stem of an image's map / mask / overlay: zero-padded index + safe image stem."""
+    from pyimgano_hydra.runs.layout import safe_name
+
+    return f"{index:06d}_{safe_name(Path(path).stem)}"
+
+
+def _decodable(chunk: list[dict], load_images: Callable[[list[dict]], np.ndarray],
+               unreadable: list[dict]) -> tuple[list[dict], Optional[np.ndarray]]:
+    """The items of ``chunk`` that decode, and their images; the others go to ``unreadable``."""
+    import sys
+
+    from pyimgano_hydra.errors import DataError
+
+    kept, images = [], []
+    for item in chunk:
+        try:
+            images.append(load_images([item])[0])
+        except DataError as exc:
+            unreadable.append({**item, "error": str(exc)})
+            print(f"warning: {exc}", file=sys.stderr)
+            continue
+        kept.append(item)
+    return kept, (np.stack(images) if images else None)
+
+
+def score_all(inspector: Inspector, items: list[dict], load_images: Callable[[list[dict]], np.ndarray],
+              batch_size: int, outputs: RecordOutputs,
+              advance: Optional[Callable[[int], None]] = None) -> list[dict]:
+    """Score ``items`` (dicts with at least ``index`` and ``path``) batch by batch; return one
+    record per item: the item's keys + score, pred_label, threshold [+ anomaly_map, defects].
+    No map is held beyond its batch; ``advance(n)`` is told each batch's size (a progress bar)."""
+    from pyimgano_hydra.data.images import read_size
+    from pyimgano_hydra.runs.writers import save_npy_atomic
+
+    records: list[dict] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        if outputs.unreadable is None:
+            images = load_images(chunk)
+        else:
+            chunk, images = _decodable(chunk, load_images, outputs.unreadable)
+            if not chunk:
+                continue
+        batch = inspector.score_batch(images)
+        maps = batch.maps
+        masks = outputs.load_masks(chunk) if outputs.load_masks is not None and maps is not None else None
+        if outputs.on_batch is not None and maps is not None:
+            outputs.on_batch(chunk, maps, masks)
+        for j, (item, scored) in enumerate(zip(chunk, batch.records)):
+            record = {**item, **scored}
+            stem = record_stem(item["index"], item["path"])
+            if maps is not None and outputs.maps_dir is not None:
+                path = save_npy_atomic(outputs.maps_dir / f"{stem}.npy", maps[j])
+                record["anomaly_map"] = {"path": str(path.relative_to(outputs.root)),
+                                         "shape": list(maps[j].shape), "dtype": str(maps[j].dtype)}
+            if maps is not None and outputs.exporter is not None:
+                record["defects"] = outputs.exporter(
+                    stem, maps[j], read_size(item["path"]), gt_mask=None if masks is None else masks[j],
+                    label=item.get("label"))
+            records.append(record)
+        if advance is not None:
+            advance(len(chunk))
+    return records

@@ -1,0 +1,165 @@
+"""Parsing the untrusted files of a run dir into typed values.
+
+A run dir is handed from the lab to the line: nothing in it is instantiated, imported,
+interpolated or unpickled. JSON is parsed with a size and depth limit, the inspector file
+with ``torch.load(weights_only=True)``; every value is checked for type and range here,
+and every refusal is one line naming the file and key.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import pickle
+from pathlib import Path
+from typing import Any
+
+from pyimgano_hydra.errors import UserError
+
+MAX_JSON_BYTES = 64 << 20
+MAX_DEPTH = 32
+PLAIN = (type(None), bool, int, float, str)
+
+
+def confined(root: Path, relative: str | Path, key: str) -> Path:
+    """``root / relative``, refused when it is absolute, climbs with ``..`` or resolves outside
+    ``root`` (a symlink out)."""
+    rel = Path(relative)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise UserError(f"{key}: {relative} must be a path inside the run dir")
+    path = root / rel
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise UserError(f"{key}: {relative} leads outside the run dir (a symlink?); refused")
+    return path
+
+
+def _depth(obj: Any, limit: int, level: int = 0) -> int:
+    if level > limit:
+        return level
+    if isinstance(obj, dict):
+        return max([_depth(v, limit, level + 1) for v in obj.values()], default=level)
+    if isinstance(obj, (list, tuple)):
+        return max([_depth(v, limit, level + 1) for v in obj], default=level)
+    return level
+
+
+def read_json_file(path: Path) -> Any:
+    """A JSON file's value; refused in one line when unreadable, not JSON, huge or too deep."""
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise UserError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MB; not a run-dir file")
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError as exc:
+        raise UserError(f"{path}: missing; the run dir is incomplete") from exc
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise UserError(f"{path}: not a readable JSON file ({type(exc).__name__})") from exc
+    if _depth(value, MAX_DEPTH) > MAX_DEPTH:
+        raise UserError(f"{path}: nested deeper than {MAX_DEPTH} levels; not a run-dir file")
+    return value
+
+
+def schema_version(value: Any, where: str) -> int:
+    """An integer schema version (not a bool, float or string)."""
+    if type(value) is not int:
+        raise UserError(f"{where}: schema_version must be an integer, got {value!r}")
+    return value
+
+
+def require(mapping: Any, key: str, types: type | tuple, where: str) -> Any:
+    """``mapping[key]`` when it has one of ``types``; one-line refusal otherwise."""
+    if not isinstance(mapping, dict):
+        raise UserError(f"{where}: expected a mapping, got {type(mapping).__name__}")
+    if key not in mapping:
+        raise UserError(f"{where}: missing key {key!r}")
+    value = mapping[key]
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
+        raise UserError(f"{where}.{key}: expected {_names(types)}, got {type(value).__name__}")
+    return value
+
+
+def _tuple(types) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _names(types) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in _tuple(types))
+
+
+def finite(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{where}: must be a finite number, got {value!r}")
+    return float(value)
+
+
+def plain(value: Any, where: str, depth: int = 0) -> Any:
+    """``value`` when made of None/bool/int/float/str, lists and string-keyed dicts only; no
+    ``_target_`` and no ``${...}`` interpolation (nothing from a file is resolved)."""
+    if depth > MAX_DEPTH:
+        raise UserError(f"{where}: nested too deep")
+    if isinstance(value, str):
+        if "${" in value:
+            raise UserError(f"{where}: interpolations are not allowed in a run dir ({value[:40]!r})")
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where}: must be finite, got {value}")
+    if isinstance(value, PLAIN):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise UserError(f"{where}: keys must be strings")
+            if k == "_target_":
+                raise UserError(f"{where}._target_: not allowed in a run dir (classes come from the registry)")
+            out[k] = plain(v, f"{where}.{k}", depth + 1)
+        return out
+    raise UserError(f"{where}: {type(value).__name__} is not a plain value")
+
+
+def params_for(cls: type, params: Any, where: str) -> dict:
+    """Constructor params of ``cls``: plain values, every name one of its ``__init__`` params."""
+    params = plain(params, where)
+    if not isinstance(params, dict):
+        raise UserError(f"{where}: expected a mapping of parameters")
+    signature = inspect.signature(cls.__init__).parameters
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.values())
+    unknown = sorted(set(params) - set(signature) - {"self"})
+    if unknown and not accepts_any:
+        raise UserError(f"{where}.{unknown[0]}: {cls.__name__} has no such parameter")
+    return params
+
+
+def check_against_schema(cls: type, params: dict, where: str) -> None:
+    """Type and range checks of the config schema whose ``_target_`` is ``cls`` (if any)."""
+    from omegaconf import OmegaConf
+
+    from pyimgano_hydra.schemas import schema_for
+
+    schema = schema_for(cls)
+    if schema is None:
+        return
+    try:
+        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), params))
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from exc
+    except Exception as exc:  # omegaconf type errors
+        raise UserError(f"{where}: {str(exc).splitlines()[0]}") from exc
+
+
+def load_weights(path: Path) -> dict:
+    """A torch file of tensors and plain containers (``weights_only=True``); pickled objects refused."""
+    import torch
+
+    if not path.is_file():
+        raise UserError(f"{path}: missing; the run dir is incomplete (was it saved with recipe.save_checkpoint=true?)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"{path}: refused: it holds pickled objects, not just tensors and plain data") from exc
+    except Exception as exc:  # corrupt / not a torch file
+        raise UserError(f"{path}: not a readable torch file ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    return payload

@@ -1,0 +1,180 @@
+"""A run dir is untrusted: loading it parses, never imports, instantiates, interpolates or
+unpickles; every refusal is one line naming the file and key, and no marker file appears."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pyimgano_hydra import app
+from pyimgano_hydra.api import compose_with_choices, load_inspector
+from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.inspector import Inspector
+from pyimgano_hydra.runs.load import load_run
+from pyimgano_hydra.runs.writers import read_json, write_json_atomic
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory):
+    """A completed one-category run of the fast pixel z-score detector."""
+    cfg, choices = compose_with_choices(["dataset.category=weave", "dataset.limit_test=6",
+                                         "dataset.limit_train=6", "postprocess=inspect"])
+    cfg.model = OmegaConf.create({"_target_": "fakes.PixelZScore"})
+    out = tmp_path_factory.mktemp("trust") / "run"
+    app.run(cfg, out, choices=choices)
+    return out
+
+
+def patchcore_state() -> dict:
+    """A valid stored PatchCore inspector (tiny memory bank; no backbone is built to load it)."""
+    return {
+        "format": "pyimgano_hydra.inspector", "version": 1, "category": "weave",
+        "detector": {"name": "PatchCore",
+                     "params": {"backbone": "resnet18", "layers": ["layer1"], "coreset_ratio": 0.1},
+                     "state": {"memory_bank": torch.zeros(4, 8), "feature_shape": [2, 2]}},
+        "tiling": None, "postprocess": None,
+        "image_threshold": {"value": 1.5, "provenance": {"method": "quantile"}},
+        "pixel_threshold": None,
+        "preprocessing": {"resize": 64, "input_mode": "rgb"},
+        "defects": None,
+    }
+
+
+def _marker_attack(marker: Path) -> str:
+    return f"echo PWNED > {marker}"
+
+
+def test_a_valid_state_loads(tmp_path):
+    inspector = Inspector.from_state(patchcore_state())
+    assert type(inspector.detector).__name__ == "PatchCore"
+    assert inspector.detector.coreset_ratio == 0.1 and inspector.threshold_ == 1.5
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda s, m: s["detector"].update(name="os.system"), "detector.name: os.system is not a registered detector"),
+    (lambda s, m: s["detector"].update(name="pyimgano_hydra.models.patchcore.torch.load"), "not a registered detector"),
+    (lambda s, m: s["detector"].update(name=["PatchCore"]), "detector.name: must be a detector name"),
+    (lambda s, m: s["detector"]["params"].update(backbone={"_target_": "os.system", "command": _marker_attack(m)}),
+     "detector.params.backbone._target_: not allowed"),
+    (lambda s, m: s["detector"]["params"].update(
+        backbone="${oc.create:{_target_: os.system, command: '" + _marker_attack(m) + "'}}"),
+     "interpolations are not allowed"),
+    (lambda s, m: s["detector"]["params"].update(command=_marker_attack(m)), "detector.params.command: PatchCore has no such parameter"),
+    (lambda s, m: s["detector"]["params"].update(coreset_ratio="abc"), "detector.params"),
+    (lambda s, m: s["detector"]["params"].update(coreset_ratio=float("inf")), "must be finite"),
+    (lambda s, m: s["detector"]["params"].update(coreset_ratio=7.0), "model.coreset_ratio: must be in (0, 1]"),
+    (lambda s, m: s["detector"]["state"].pop("memory_bank"), "the detector state does not fit PatchCore"),
+    (lambda s, m: s.update(version=1.9), "inspector version 1.9"),
+    (lambda s, m: s.update(version="abc"), "inspector version 'abc'"),
+    (lambda s, m: s.update(version=None), "inspector version None"),
+    (lambda s, m: s.update(format="other"), "not a pyimgano_hydra inspector"),
+    (lambda s, m: s.pop("preprocessing"), "missing key 'preprocessing'"),
+    (lambda s, m: s["preprocessing"].update(input_mode="cmyk"), "preprocessing.input_mode"),
+    (lambda s, m: s["image_threshold"].update(value=float("nan")), "image_threshold"),
+    (lambda s, m: s.update(tiling={"tile_size": 32, "_target_": "os.system"}), "tiling._target_: not allowed"),
+    (lambda s, m: s.update(tiling={"tile_size": 32, "evil": 1}), "tiling.evil is not a tiling setting"),
+])
+def test_hostile_inspector_states_are_refused_in_one_line(tmp_path, mutate, needle):
+    marker = tmp_path / "pwned"
+    state = patchcore_state()
+    mutate(state, marker)
+    with pytest.raises(UserError) as caught:
+        Inspector.from_state(state, where="x/inspector.pt")
+    message = str(caught.value)
+    assert needle in message and message.startswith("x/inspector.pt") and "\n" not in message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda d: d.update(name="pyod.models.knn.os.system"), "not a registered PyOD detector"),
+    (lambda d: d.update(name="sklearn.utils._testing.os.system"), "not a registered PyOD detector"),
+    (lambda d: d["params"].update(n_neighbors={"_target_": "os.system"}), "_target_: not allowed"),
+    (lambda d: d["params"].update(no_such=1), "KNN has no such parameter"),
+])
+def test_hostile_pyod_specs_are_refused(mutate, needle):
+    state = patchcore_state()
+    detector = {"name": "pyod.models.knn.KNN", "params": {"n_neighbors": 3}}
+    mutate(detector)
+    state["detector"] = {"name": "PyODOnFeatures", "params": {"detector": detector}, "state": {}}
+    with pytest.raises(UserError, match="^inspector") as caught:
+        Inspector.from_state(state)
+    assert needle in str(caught.value)
+
+
+def _planted(fake_run, tmp_path) -> Path:
+    import shutil
+
+    dst = tmp_path / "planted"
+    shutil.copytree(fake_run, dst)
+    return dst
+
+
+def _set_report(run_dir: Path, edit) -> None:
+    report = read_json(run_dir / "report.json")
+    edit(report)
+    write_json_atomic(run_dir / "report.json", report)
+
+
+@pytest.mark.parametrize("value,needle", [
+    ("abc", "schema_version must be an integer, got 'abc'"),
+    (None, "schema_version must be an integer, got None"),
+    (1.9, "schema_version must be an integer, got 1.9"),
+    (True, "schema_version must be an integer, got True"),
+    (1, "schema_version 1 run dirs are no longer read"),
+    (3, "newer"),
+])
+def test_report_schema_versions_are_parsed_strictly(fake_run, tmp_path, value, needle):
+    run_dir = _planted(fake_run, tmp_path)
+    _set_report(run_dir, lambda r: r.update(schema_version=value))
+    with pytest.raises(UserError, match="report.json") as caught:
+        load_run(run_dir)
+    assert needle in str(caught.value)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("{not json", "not a readable JSON file"),
+    ("[" * 200_000 + "]" * 200_000, "report.json"),
+    ('{"schema_version": 2}', "missing key 'categories'"),
+    ("[" * 40 + "]" * 40, "report.json"),
+])
+def test_broken_report_json_is_one_line_naming_the_file(fake_run, tmp_path, text, needle):
+    run_dir = _planted(fake_run, tmp_path)
+    (run_dir / "report.json").write_text(text)
+    with pytest.raises(UserError) as caught:
+        load_run(run_dir)
+    assert needle in str(caught.value) and str(run_dir / "report.json") in str(caught.value)
+
+
+@pytest.mark.parametrize("where", ["../../outside.pt", "/etc/passwd", "symlink"])
+def test_inspector_paths_stay_inside_the_run_dir(fake_run, tmp_path, where):
+    run_dir = _planted(fake_run, tmp_path)
+    outside = tmp_path / "outside.pt"
+    torch.save(torch.load(run_dir / "categories/weave/inspector.pt", weights_only=True), outside)
+    if where == "symlink":
+        target = run_dir / "categories/weave/inspector.pt"
+        target.unlink()
+        target.symlink_to(outside)
+        rel = "categories/weave/inspector.pt"
+    else:
+        rel = where
+    _set_report(run_dir, lambda r: r["categories"]["weave"].update(inspector=rel))
+    with pytest.raises(UserError, match="inside the run dir|outside the run dir"):
+        load_run(run_dir).inspector("weave", trust_targets=True)
+
+
+def test_custom_detector_needs_trust_targets_then_scores_like_the_run(fake_run):
+    with pytest.raises(UserError, match="fakes.PixelZScore is not a registered detector"):
+        load_inspector(fake_run)
+    inspector = load_inspector(fake_run, trust_targets=True)
+    assert inspector.category == "weave" and inspector.preprocessing["resize"] == 128
+
+
+def test_a_state_edited_in_place_round_trips(tmp_path):
+    """Save → load keeps every field (weights_only)."""
+    inspector = Inspector.from_state(patchcore_state())
+    path = inspector.save(tmp_path / "inspector.pt")
+    again = Inspector.load(path)
+    assert again.state_dict()["detector"]["params"] == inspector.state_dict()["detector"]["params"]
+    np.testing.assert_array_equal(again.detector.memory_bank_, inspector.detector.memory_bank_)
+    assert again.image_threshold == inspector.image_threshold
