@@ -44,8 +44,8 @@ def test_obvious_defect_ranks_above_every_normal_image(fitted, data):
     assert (data[2][..., 0].reshape(4, -1)[np.arange(4), hottest] < 60).mean() >= 0.75
 
 
-@pytest.mark.parametrize("score", ["max", "topk"])
-def test_both_image_scores_rank_the_defect_first(data, score):
+@pytest.mark.parametrize("score", ["max", "topk", "power_mean", "map_max"])
+def test_every_image_score_ranks_the_defect_first(data, score):
     model = PatchCore(coreset_ratio=0.25, image_score=score, **FAST).fit(data[0])
     assert model.score_maps(data[2]).scores.min() > model.score_maps(data[1]).scores.max()
 
@@ -123,3 +123,14 @@ def test_mtd_presets_fit_from_config_and_rank_the_defect_first(data, option):
     normal, defect = model.score_maps(data[1]), model.score_maps(data[2])
     assert defect.scores.min() > normal.scores.max()
     assert defect.maps.shape == data[2].shape[:3] and defect.maps.dtype == np.float32
+
+
+@pytest.mark.parametrize("option", [dict(image_score="topk"), dict(image_score="power_mean", power_mean_p=4.0)])
+def test_image_score_other_than_default_keeps_maps_and_round_trips(fitted, data, option):
+    check_image_score_option(fitted, PatchCore(coreset_ratio=0.25, **option, **FAST).fit(data[0]), data)
+
+
+@pytest.mark.parametrize("value", ["0.5", "1e9"])
+def test_power_mean_order_out_of_range_is_refused_by_key(value):
+    with pytest.raises(ConfigError, match="model.power_mean_p"):
+        validate(compose_config(["model=patchcore", f"model.power_mean_p={value}"]))

@@ -7,6 +7,8 @@
 * ``fuse(scores, distance, weight)``: ``log(score) + weight · log(distance)`` — scale-free,
   so the patch score and the image term need no calibration against each other.
 * ``topk_mean(values, ratio)``: mean of the top ``ratio`` share of each row.
+* ``power_mean(values, p)``: ``(mean(v^p))^(1/p)`` of each row — between the mean (p=1)
+  and the max (p→∞); one strong patch and a spread of weaker ones both raise it.
 """
 from __future__ import annotations
 
@@ -32,6 +34,14 @@ def topk_mean(values: np.ndarray, ratio: float) -> np.ndarray:
     flat = values.reshape(len(values), -1)
     k = max(1, math.ceil(ratio * flat.shape[1]))
     return np.partition(flat, flat.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
+
+
+def power_mean(values: np.ndarray, p: float) -> np.ndarray:
+    """(B,) power mean of order ``p`` of each row of non-negative ``values``, in float64."""
+    flat = np.maximum(values.reshape(len(values), -1).astype(np.float64), 0.0)
+    peak = flat.max(axis=1, keepdims=True)
+    scale = np.where(peak > 0, peak, 1.0)  # factor out the max: no overflow at large p
+    return scale[:, 0] * np.mean((flat / scale) ** p, axis=1) ** (1.0 / p)
 
 
 def fuse(scores: np.ndarray, distance: np.ndarray, weight: float) -> np.ndarray:

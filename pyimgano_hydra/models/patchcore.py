@@ -12,8 +12,9 @@ product per chunk of patches: on 2 CPU cores torch's BLAS ran this 3× faster th
 ``IndexFlatL2``, which still serves the reweighting's neighbour search). The image score is
 the max patch score, reweighted as in the paper by how isolated the matched bank entry is
 among its ``num_neighbors`` neighbours (``image_score: max``), the mean of the top
-``topk_ratio`` share of patch scores (``image_score: topk``), or the max of the smoothed map
-(``image_score: map_max``). The map is upsampled bilinearly to the input size and
+``topk_ratio`` share of patch scores (``image_score: topk``), the power mean of order
+``power_mean_p`` of all patch scores (``image_score: power_mean``, the default: chosen on the
+bench suite, see docs/BENCHMARKS.md), or the max of the smoothed map (``image_score: map_max``). The map is upsampled bilinearly to the input size and
 Gaussian-smoothed (``smoothing_sigma`` pixels), float32. ``image_norm: standardize``
 maps each image to a fixed intensity mean / spread before the backbone (removes exposure
 differences; see docs/MODELS.md for its effect on MTD).
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from pyimgano_hydra.features import iter_features, resolve_device
 from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutput
 from pyimgano_hydra.models.coreset import StreamingCoreset
-from pyimgano_hydra.models.image_level import ImageGaussian, channel_stats, fuse, topk_mean
+from pyimgano_hydra.models.image_level import ImageGaussian, channel_stats, fuse, power_mean, topk_mean
 from pyimgano_hydra.models.kernels import nearest_bank_entries, upsample_and_smooth
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,9 @@ class PatchCore(BackboneMixin, BaseDetector):
         coreset_max_size: int | None = 20000,
         projection_dim: int = 128,
         num_neighbors: int = 9,
-        image_score: str = "topk",
+        image_score: str = "power_mean",
         topk_ratio: float = 0.03,
+        power_mean_p: float = 24.0,
         smoothing_sigma: float = 4.0,
         image_norm: str = "none",
         global_weight: float = 0.0,
@@ -112,6 +114,7 @@ class PatchCore(BackboneMixin, BaseDetector):
         self.num_neighbors = num_neighbors
         self.image_score = image_score
         self.topk_ratio = topk_ratio
+        self.power_mean_p = power_mean_p
         self.smoothing_sigma = smoothing_sigma
         self.image_norm = image_norm
         self.global_weight = global_weight
@@ -171,6 +174,8 @@ class PatchCore(BackboneMixin, BaseDetector):
         """(B,) from patch scores (B, h*w); PatchCore reweighting of the max patch."""
         if self.image_score == "topk":
             return topk_mean(patch, self.topk_ratio)
+        if self.image_score == "power_mean":
+            return power_mean(patch, self.power_mean_p)
         top = patch.argmax(axis=1)
         scores = patch[np.arange(len(patch)), top]
         k = min(self.num_neighbors, len(self.memory_bank_))

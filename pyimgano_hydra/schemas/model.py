@@ -45,8 +45,9 @@ class PatchCoreSchema(BackboneSchema):
     coreset_max_size: Optional[int] = 20000  # cap on bank rows (keeps fit and search fast); null = none
     projection_dim: int = 128  # random projection used only to pick the coreset
     num_neighbors: int = 9  # k of PatchCore's image-score reweighting; 1 turns it off
-    image_score: str = "topk"  # topk (mean of the top patches) | max (reweighted max patch) | map_max
+    image_score: str = "power_mean"  # power_mean (of all patches) | topk (mean of the top patches) | max (reweighted max patch) | map_max
     topk_ratio: float = 0.03  # share of patches averaged when image_score=topk
+    power_mean_p: float = 24.0  # order of the power mean when image_score=power_mean (1 = mean; larger → max)
     smoothing_sigma: float = 4.0  # Gaussian blur of the map, in input pixels; 0 = off
     image_norm: str = "none"  # none | standardize (each image to a fixed intensity mean/std)
     global_weight: float = 0.0  # > 0 adds log(image-level Mahalanobis) × weight to image scores
@@ -61,8 +62,9 @@ class PatchCoreSchema(BackboneSchema):
         check(self.embed_dim is None or self.embed_dim >= 1, "model.embed_dim", "must be >= 1 or null")
         check(self.projection_dim >= 0, "model.projection_dim", "must be >= 0 (0 = no projection)")
         check(self.num_neighbors >= 1, "model.num_neighbors", "must be >= 1")
-        check(self.image_score in ("max", "topk", "map_max"), "model.image_score", "must be max, topk or map_max")
+        check(self.image_score in ("power_mean", "max", "topk", "map_max"), "model.image_score", "must be power_mean, max, topk or map_max")
         check(0 < self.topk_ratio <= 1, "model.topk_ratio", "must be in (0, 1]")
+        check(1 <= self.power_mean_p <= 1000, "model.power_mean_p", "must be in [1, 1000]")
         check(self.smoothing_sigma >= 0, "model.smoothing_sigma", "must be >= 0")
         check(self.image_norm in IMAGE_NORMS, "model.image_norm", "must be none or standardize")
         check(self.global_weight >= 0, "model.global_weight", "must be >= 0 (0 = off)")
