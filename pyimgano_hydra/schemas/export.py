@@ -22,7 +22,7 @@ MODEL_FILE = "model.onnx"
 class ExportSchema:
     """``python -m pyimgano_hydra.export run_dir=<completed run dir> [format=onnx]``."""
 
-    run_dir: str = "???"  # completed run dir whose categories are exported
+    run_dir: str = MISSING  # completed run dir whose categories are exported
     category: Optional[str] = None  # one category (null: every category with an inspector)
     format: str = "onnx"  # onnx (the only format)
     opset: int = 17  # ONNX opset of the written graph
@@ -83,3 +83,7 @@ class ExportManifest:
             raise UserError(f"{where}: channels must be 1 or 3")
         trust.finite(manifest.image_threshold.get("value"), f"{where}: image_threshold.value")
         return manifest
+
+
+GROUP = "export"
+SCHEMAS = {"export": ExportSchema}
