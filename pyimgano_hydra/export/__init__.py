@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pyimgano_hydra.errors import ConfigError
-from pyimgano_hydra.schemas.export import MANIFEST_FORMAT, MANIFEST_VERSION, MODEL_FILE, ExportManifest
+from pyimgano_hydra.schemas.export import MANIFEST_FORMAT, MANIFEST_VERSION, MODEL_FILE, OPSET, ExportManifest
 
 
 def input_size(inspector) -> tuple[int, int]:
@@ -45,7 +45,7 @@ def onnx_bytes(graph: torch.nn.Module, size: tuple[int, int], channels: int, ops
     return buffer.getvalue()
 
 
-def export_inspector(inspector, out_dir: Path, opset: int = 17) -> ExportManifest:
+def export_inspector(inspector, out_dir: Path, opset: int = OPSET) -> ExportManifest:
     """Write ``model.onnx`` and ``export.json`` of a loaded inspector (detector on the CPU) to ``out_dir``."""
     from pyimgano_hydra import __version__
     from pyimgano_hydra.adapt.tiling import PARAM_NAMES as TILING_PARAMS, TiledDetector
@@ -71,7 +71,7 @@ def export_inspector(inspector, out_dir: Path, opset: int = 17) -> ExportManifes
     return manifest
 
 
-def export_category(run_dir: str | Path, category: str, opset: int = 17) -> ExportManifest:
+def export_category(run_dir: str | Path, category: str, opset: int = OPSET) -> ExportManifest:
     """Export one category of a completed run dir into its ``artifacts/`` folder."""
     from pyimgano_hydra.runs.load import load_run
 

@@ -16,6 +16,7 @@ RUNTIMES = ("torch", "onnxruntime")
 MANIFEST_FORMAT = "pyimgano_hydra.export"
 MANIFEST_VERSION = 1
 MODEL_FILE = "model.onnx"
+OPSET = 17  # ONNX opset of exported graphs (opset=...)
 
 
 @dataclass
@@ -25,7 +26,7 @@ class ExportSchema:
     run_dir: str = MISSING  # completed run dir whose categories are exported
     category: Optional[str] = None  # one category (null: every category with an inspector)
     format: str = "onnx"  # onnx (the only format)
-    opset: int = 17  # ONNX opset of the written graph
+    opset: int = OPSET  # ONNX opset of the written graph
 
     def __post_init__(self) -> None:
         check(self.format in FORMATS, "format", f"{self.format!r} is not one of {', '.join(FORMATS)}")
