@@ -23,7 +23,10 @@ def run_export(settings: ExportSchema) -> list[str]:
 
     quiet_third_party_logs()
     loaded = load_run(settings.run_dir)
-    categories = [loaded.category(settings.category)] if settings.category is not None else sorted(loaded.inspectors)
+    if settings.category is not None:
+        categories = [loaded.category(settings.category)]
+    else:  # every category with a stored inspector
+        categories = sorted(name for name, stored in loaded.inspectors.items() if stored)
     written = []
     for category in categories:
         manifest = export_category(settings.run_dir, category, settings.opset)

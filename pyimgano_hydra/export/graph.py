@@ -4,7 +4,8 @@ One ``nn.Module`` per detector, built from a fitted PatchCore or PaDiM with the 
 functions the detector runs (:func:`~pyimgano_hydra.models.patchcore.aggregate_patches`,
 :func:`~pyimgano_hydra.models.padim.padim_embedding`, ...): normalisation, the truncated
 backbone, patch aggregation, the distance to the fitted statistics (stored as buffers, so
-they become ONNX initializers), bilinear upsampling, the Gaussian blur and the image score.
+they become ONNX initializers), bilinear upsampling, the Gaussian blur and the image score
+(with ``global_weight > 0`` fused with the image-level Gaussian's distance, in float64).
 Each ``image_score`` mode is one small function in ``PATCH_SCORES`` / ``MAP_SCORES``.
 The map postprocess, tiling and thresholds stay outside (``export.json``).
 """
@@ -116,9 +117,30 @@ def _refuse_unsupported(detector, modes: dict) -> None:
     if detector.image_score not in modes:
         raise ConfigError(f"model.image_score: {detector.image_score!r} cannot be exported "
                           f"(exportable: {', '.join(modes)})")
-    if getattr(detector, "global_weight", 0) > 0:
-        raise ConfigError("model.global_weight: the image-level term is not exported; export a run with "
-                          "model.global_weight=0")
+
+
+class ImageTerm(nn.Module):
+    """``global_weight > 0``: fuse the image-level Gaussian's distance into the image score, in
+    float64 as :mod:`pyimgano_hydra.models.image_level` does."""
+
+    def __init__(self, gaussian, weight: float) -> None:
+        super().__init__()
+        self.weight = float(weight)
+        self.register_buffer("mean", torch.from_numpy(np.asarray(gaussian.mean_, np.float64)))
+        self.register_buffer("precision", torch.from_numpy(np.asarray(gaussian.precision_, np.float64)))
+
+    def forward(self, feats: dict[str, torch.Tensor], scores: torch.Tensor) -> torch.Tensor:
+        from pyimgano_hydra.features import pool_features
+        from pyimgano_hydra.models.image_level import _EPS
+
+        delta = pool_features(feats, ("mean", "std"), std_correction=0).double() - self.mean
+        distance = ((delta @ self.precision) * delta).sum(1).clamp_min(0.0).sqrt()
+        return torch.log(scores.double() + _EPS) + self.weight * torch.log(distance + _EPS)
+
+
+def image_term(detector) -> ImageTerm | None:
+    gaussian = getattr(detector, "image_gaussian_", None)
+    return None if gaussian is None else ImageTerm(gaussian, detector.global_weight)
 
 
 class PatchCoreGraph(nn.Module):
@@ -142,6 +164,7 @@ class PatchCoreGraph(nn.Module):
         self.register_buffer("support", support)
         self.blur = Blur(detector.smoothing_sigma, size)
         self.image_score = PATCH_SCORES[detector.image_score]
+        self.image_term = image_term(detector)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from pyimgano_hydra.models.patchcore import aggregate_patches
@@ -156,7 +179,8 @@ class PatchCoreGraph(nn.Module):
         patch = best.clamp_min(0.0).sqrt()  # (N, P)
         up = F.interpolate(patch.reshape(n, 1, h, w), size=self.size, mode="bilinear", align_corners=False)
         maps = self.blur(up)[:, 0]
-        return self.image_score(self, Scored(patch, emb, nearest, maps)), maps
+        score = self.image_score(self, Scored(patch, emb, nearest, maps))
+        return (score if self.image_term is None else self.image_term(feats, score).float()), maps
 
 
 class PaDiMGraph(nn.Module):
@@ -174,6 +198,7 @@ class PaDiMGraph(nn.Module):
         self.register_buffer("inv_cov", torch.from_numpy(np.asarray(detector.inv_cov_, np.float32)))
         self.blur = Blur(detector.smoothing_sigma, size)
         self.image_score = MAP_SCORES[detector.image_score]
+        self.image_term = image_term(detector)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from pyimgano_hydra.models.padim import mahalanobis, padim_embedding
@@ -184,7 +209,8 @@ class PaDiMGraph(nn.Module):
         dist = mahalanobis(x.flatten(2).transpose(1, 2), self.mean, self.inv_cov)
         up = F.interpolate(dist.reshape(n, 1, h, w), size=self.size, mode="bilinear", align_corners=False)
         maps = self.blur(up)[:, 0]
-        return self.image_score(self.detector, maps), maps
+        score = self.image_score(self.detector, maps)
+        return (score if self.image_term is None else self.image_term(feats, score).float()), maps
 
 
 def build_graph(detector, size: tuple[int, int]) -> nn.Module:
