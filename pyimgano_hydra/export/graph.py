@@ -75,6 +75,14 @@ def topk_mean(values: torch.Tensor, ratio: float) -> torch.Tensor:
     return flat.topk(k, dim=1).values.mean(dim=1)
 
 
+def power_mean(values: torch.Tensor, p: float) -> torch.Tensor:
+    """(N,) power mean of order ``p`` of each row, in float64, the max factored out (no overflow)."""
+    flat = values.flatten(1).double().clamp_min(0.0)
+    peak = flat.max(dim=1, keepdim=True).values
+    scale = torch.where(peak > 0, peak, torch.ones_like(peak))
+    return scale[:, 0] * ((flat / scale) ** p).mean(dim=1) ** (1.0 / p)
+
+
 def map_max(maps: torch.Tensor) -> torch.Tensor:
     return maps.flatten(1).max(dim=1).values
 
@@ -104,6 +112,7 @@ def _reweighted_max(graph: "PatchCoreGraph", s: Scored) -> torch.Tensor:
 
 PATCH_SCORES: dict[str, Callable[["PatchCoreGraph", Scored], torch.Tensor]] = {
     "topk": lambda g, s: topk_mean(s.patch, g.detector.topk_ratio),
+    "power_mean": lambda g, s: power_mean(s.patch, g.detector.power_mean_p),
     "map_max": lambda g, s: map_max(s.maps),
     "max": _reweighted_max,
 }
@@ -180,7 +189,7 @@ class PatchCoreGraph(nn.Module):
         up = F.interpolate(patch.reshape(n, 1, h, w), size=self.size, mode="bilinear", align_corners=False)
         maps = self.blur(up)[:, 0]
         score = self.image_score(self, Scored(patch, emb, nearest, maps))
-        return (score if self.image_term is None else self.image_term(feats, score).float()), maps
+        return (score if self.image_term is None else self.image_term(feats, score)).float(), maps
 
 
 class PaDiMGraph(nn.Module):
@@ -210,7 +219,7 @@ class PaDiMGraph(nn.Module):
         up = F.interpolate(dist.reshape(n, 1, h, w), size=self.size, mode="bilinear", align_corners=False)
         maps = self.blur(up)[:, 0]
         score = self.image_score(self.detector, maps)
-        return (score if self.image_term is None else self.image_term(feats, score).float()), maps
+        return (score if self.image_term is None else self.image_term(feats, score)).float(), maps
 
 
 def build_graph(detector, size: tuple[int, int]) -> nn.Module:
