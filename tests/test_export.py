@@ -22,7 +22,6 @@ from pyimgano_hydra.runs.writers import read_json, read_jsonl
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from pyimgano_hydra.export import export_category  # noqa: E402
 from pyimgano_hydra.export.runtime import load_exported  # noqa: E402
 from test_handoff_parity import infer_in_process  # noqa: E402
 
