@@ -23,6 +23,7 @@ from pyimgano_hydra.runs.load import load_run
 from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, RUNNING, write_status
 from pyimgano_hydra.runs.writers import write_json_atomic, write_jsonl_atomic
 from pyimgano_hydra.schemas import register_configs
+from pyimgano_hydra.schemas.export import RUNTIMES
 from pyimgano_hydra.schemas.model import valid_device
 
 register_configs()
@@ -64,6 +65,11 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
         raise UserError(f"{out} already holds an inference run; pick a new hydra.run.dir")
     if not valid_device(cfg.device):
         raise ConfigError(f"device: {cfg.device!r} is not auto, cpu, cuda or cuda:N")
+    runtime = str(cfg.runtime)
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime" and str(cfg.device).startswith("cuda"):
+        raise ConfigError(f"runtime=onnxruntime runs on the CPU; drop device={cfg.device} or use runtime=torch")
     loaded = load_run(cfg.run_dir)
     category = loaded.category(cfg.category)
     paths = collect_inputs(str(cfg.input))
@@ -71,7 +77,12 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
     write_status(out / "status.json", RUNNING)
     started = time.perf_counter()
     try:
-        inspector = loaded.inspector(category, trust_targets=bool(cfg.trust_targets), device=str(cfg.device))
+        inspector = loaded.inspector(category, trust_targets=bool(cfg.trust_targets),
+                                     device="cpu" if runtime == "onnxruntime" else str(cfg.device))
+        if runtime == "onnxruntime":
+            from pyimgano_hydra.export.runtime import load_exported
+
+            _, inspector.detector = load_exported(loaded.run_dir.root, loaded.run_dir.category(category).root)
         threshold = inspector.image_threshold
         defects = defects_settings_for(inspector.defects, cfg.defects, task_overrides or [])
         exporter = None

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -99,12 +99,51 @@ BACKBONES: dict[str, Callable[[], BackboneSpec]] = {
 }
 
 
-class _Stop(Exception):
-    """Raised by the deepest hook to skip the rest of the network."""
+def _stages(net: nn.Module, layers: list[str], name: str) -> tuple[list[nn.Sequential], list[str]]:
+    """The network cut after its deepest requested layer, as consecutive stages that each end
+    at a requested layer (modules shared with ``net``), and those layers in network order.
+
+    Children run in registration order, which is the forward order of every network in
+    ``BACKBONES`` up to its classifier head; a requested layer nested in a container is reached
+    by descending into that container, which must then be an ``nn.Sequential``.
+    """
+    wanted = set(layers)
+    stages: list[nn.Sequential] = []
+    taps: list[str] = []
+    current: list[nn.Module] = []
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for child_name, child in module.named_children():
+            if len(taps) == len(wanted):
+                return
+            full = f"{prefix}{child_name}"
+            if full in wanted:
+                current.append(child)
+                stages.append(nn.Sequential(*current))
+                taps.append(full)
+                current.clear()
+            elif any(layer.startswith(full + ".") for layer in wanted):
+                if not isinstance(child, nn.Sequential):
+                    inner = next(layer for layer in wanted if layer.startswith(full + "."))
+                    raise ConfigError(f"model.layers: {inner} sits inside {full} of {name}, which is not a "
+                                      f"sequential stage; pick {full} or a layer of a sequential stage")
+                walk(child, full + ".")
+            else:
+                current.append(child)
+
+    walk(net, "")
+    return stages, taps
 
 
 class Backbone(nn.Module):
-    """Wraps a network; ``forward`` returns the outputs of ``layers`` as a dict."""
+    """Wraps a network; ``forward`` returns the outputs of ``layers`` as a dict.
+
+    The forward runs ``stages``: the network truncated after the deepest requested layer by
+    construction (no hooks, no exceptions), so it traces, scripts and exports (ONNX).
+    ``net`` stays the whole network (a classifier), sharing its modules with ``stages``.
+    """
+
+    __jit_unused_properties__ = ["device"]
 
     def __init__(self, net: nn.Module, name: str, layers: list[str], image_norm: str = "none") -> None:
         super().__init__()
@@ -121,24 +160,11 @@ class Backbone(nn.Module):
             raise ConfigError(
                 f"model.layers: {missing} not in {name}; choose from {', '.join(top)}"
             )
-        order = [n for n, _ in net.named_modules()]
-        self._last = max(self.layers, key=order.index)
-        self._outputs: dict[str, torch.Tensor] = {}
-        self._capturing = False  # hooks act only inside forward(); net(x) stays a classifier
-        for layer in self.layers:
-            modules[layer].register_forward_hook(self._hook(layer))
+        stages, taps = _stages(net, self.layers, name)
+        self.stages = nn.ModuleList(stages)
+        self.tap_index = [taps.index(layer) for layer in self.layers]  # stage output of each layer
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def _hook(self, layer: str) -> Callable[..., None]:
-        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            if not self._capturing:
-                return
-            self._outputs[layer] = output
-            if layer == self._last and len(self._outputs) == len(self.layers):
-                raise _Stop
-
-        return hook
 
     @property
     def device(self) -> torch.device:
@@ -161,15 +187,14 @@ class Backbone(nn.Module):
         return x.contiguous(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        self._outputs, self._capturing = {}, True
-        try:
-            self.net(x)
-        except _Stop:
-            pass
-        finally:
-            self._capturing = False
-        outputs, self._outputs = self._outputs, {}
-        return {layer: outputs[layer] for layer in self.layers}
+        outputs: list[torch.Tensor] = []
+        for stage in self.stages:
+            x = stage(x)
+            outputs.append(x)
+        features: dict[str, torch.Tensor] = {}
+        for layer, index in zip(self.layers, self.tap_index):
+            features[layer] = outputs[index]
+        return features
 
     def channels(self) -> dict[str, int]:
         """Channels of each layer's output (probed with a tiny input)."""

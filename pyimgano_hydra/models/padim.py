@@ -28,6 +28,29 @@ from pyimgano_hydra.models.image_level import ImageGaussian, channel_stats, fuse
 from pyimgano_hydra.models.kernels import upsample_and_smooth
 
 
+def padim_embedding(feats: dict[str, torch.Tensor], chosen: dict[str, torch.Tensor],
+                    grid_size: int | None) -> torch.Tensor:
+    """Layer maps → (B, d, h, w): the ``chosen`` channels of each layer, upsampled to the finest
+    layer (or average-pooled to ``grid_size`` × ``grid_size``) and concatenated."""
+    size = max((f.shape[-2:] for f in feats.values()), key=lambda s: s[0] * s[1])
+    if grid_size:
+        size = (grid_size, grid_size)
+    parts = []
+    for layer, f in feats.items():
+        f = f.float().index_select(1, chosen[layer])
+        if f.shape[-2:] != size:
+            if grid_size and f.shape[-2] >= size[0]:
+                f = F.adaptive_avg_pool2d(f, size)
+            else:
+                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+        parts.append(f)
+    return torch.cat(parts, dim=1)
+
+
+def mahalanobis(x: torch.Tensor, mean: torch.Tensor, inv_cov: torch.Tensor) -> torch.Tensor:
+    """(B, P) distance of embeddings (B, P, d) to the per-position Gaussians (P, d), (P, d, d)."""
+    delta = x - mean
+    return torch.einsum("bpi,pij,bpj->bp", delta, inv_cov, delta).clamp_min(0).sqrt()
 
 
 class PaDiM(BackboneMixin, BaseDetector):
@@ -94,19 +117,7 @@ class PaDiM(BackboneMixin, BaseDetector):
         chosen = {k: v.to(device) for k, v in self.channels_.items()}
         for feats in iter_features(backbone, images, self.batch_size, desc):
             stats = channel_stats(feats) if self.global_weight > 0 else None
-            size = max((f.shape[-2:] for f in feats.values()), key=lambda s: s[0] * s[1])
-            if self.grid_size:
-                size = (self.grid_size, self.grid_size)
-            parts = []
-            for layer, f in feats.items():
-                f = f.float().index_select(1, chosen[layer])
-                if f.shape[-2:] != size:
-                    if self.grid_size and f.shape[-2] >= size[0]:
-                        f = F.adaptive_avg_pool2d(f, size)
-                    else:
-                        f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-                parts.append(f)
-            x = torch.cat(parts, dim=1)  # (B, d, h, w)
+            x = padim_embedding(feats, chosen, self.grid_size)  # (B, d, h, w)
             self.grid_ = tuple(x.shape[-2:])
             yield x.flatten(2).transpose(1, 2).contiguous(), stats  # (B, P, d)
 
@@ -158,8 +169,7 @@ class PaDiM(BackboneMixin, BaseDetector):
         inv_cov = torch.from_numpy(self.inv_cov_).to(device)
         maps, scores = [], []
         for x, stats in self._embed(images, "features"):
-            delta = x - mean
-            dist = torch.einsum("bpi,pij,bpj->bp", delta, inv_cov, delta).clamp_min_(0).sqrt_()
+            dist = mahalanobis(x, mean, inv_cov)
             batch = upsample_and_smooth(dist.view(-1, 1, *self.grid_), (height, width), self.smoothing_sigma)
             maps.append(batch)
             if self.image_score == "topk":

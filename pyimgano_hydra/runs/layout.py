@@ -68,3 +68,16 @@ class CategoryDir:
     @property
     def inspector(self) -> Path:
         return self.root / "inspector.pt"
+
+    @property
+    def artifacts(self) -> Path:
+        """Deployable exports of this category's inspector (``python -m pyimgano_hydra.export``)."""
+        return self.root / "artifacts"
+
+    @property
+    def onnx_model(self) -> Path:
+        return self.artifacts / "model.onnx"
+
+    @property
+    def export_manifest(self) -> Path:
+        return self.artifacts / "export.json"

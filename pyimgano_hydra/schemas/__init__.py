@@ -24,10 +24,10 @@ def register_configs() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from pyimgano_hydra.schemas import dataset, defects, model, model_zoo, postprocess, recipe, run, tiling
+    from pyimgano_hydra.schemas import dataset, defects, export, model, model_zoo, postprocess, recipe, run, tiling
 
     cs = ConfigStore.instance()
-    for module in (dataset, model, model_zoo, recipe, tiling, postprocess, defects, run):
+    for module in (dataset, model, model_zoo, recipe, tiling, postprocess, defects, run, export):
         group = getattr(module, "GROUP", module.__name__.rsplit(".", 1)[-1])
         for name, node in module.SCHEMAS.items():
             cs.store(group=f"schema/{group}", name=name, node=node)

@@ -1,0 +1,55 @@
+"""Score images with an exported pyimgano_hydra model: numpy + onnxruntime + Pillow only.
+
+    python score_onnx.py <artifacts dir with model.onnx + export.json> <image> [<image> ...]
+
+Prints one JSON line per image: {"image", "score", "pred_label", "threshold", "map_max"}.
+Images are resized to ``export.json``'s ``preprocessing.resize`` (box filter when shrinking,
+bilinear when enlarging: close to, not bit-identical with, the OpenCV resize of training).
+Runs exported with tiling are refused here (``infer runtime=onnxruntime`` tiles them).
+"""
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+
+def load(artifacts: Path):
+    manifest = json.loads((artifacts / "export.json").read_text())
+    model = (artifacts / "model.onnx").read_bytes()
+    if hashlib.sha256(model).hexdigest() != manifest["sha256"]:
+        sys.exit(f"error: {artifacts / 'model.onnx'}: sha256 does not match export.json")
+    if manifest["tiling"] is not None:
+        sys.exit("error: this run was exported with tiling; score it with pyimgano_hydra infer runtime=onnxruntime")
+    return manifest, ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+
+
+def read_image(path: Path, manifest: dict) -> np.ndarray:
+    """uint8 (1, C, H, W) at the model's input size."""
+    image = Image.open(path)
+    image = image.convert("L" if manifest["channels"] == 1 else "RGB")
+    height, width = manifest["input_size"]
+    if image.size != (width, height):
+        shrink = width * height < image.size[0] * image.size[1]
+        image = image.resize((width, height), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    array = array[:, :, None] if array.ndim == 2 else array
+    return np.ascontiguousarray(array.transpose(2, 0, 1)[None])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2:
+        sys.exit(__doc__)
+    manifest, session = load(Path(argv[0]))
+    threshold = manifest["image_threshold"]["value"]
+    for name in argv[1:]:
+        score, anomaly_map = session.run(["score", "map"], {"images": read_image(Path(name), manifest)})
+        print(json.dumps({"image": name, "score": float(score[0]), "pred_label": int(score[0] > threshold),
+                          "threshold": threshold, "map_max": float(anomaly_map[0].max())}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,63 @@
+"""``python -m pyimgano_hydra.export run_dir=<dir> [category=<name>] [format=onnx]`` (``pyimgano-hydra-export``)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from pyimgano_hydra.console import one_line_errors, quiet_third_party_logs
+from pyimgano_hydra.errors import ConfigError, UserError
+from pyimgano_hydra.paths import conf_dir
+from pyimgano_hydra.schemas import register_configs
+from pyimgano_hydra.schemas.export import ExportSchema
+
+register_configs()
+
+
+def run_export(settings: ExportSchema) -> list[str]:
+    """Export the chosen categories of ``settings.run_dir``; return the written model paths."""
+    from pyimgano_hydra.export import export_category
+    from pyimgano_hydra.runs.load import load_run
+
+    quiet_third_party_logs()
+    loaded = load_run(settings.run_dir)
+    if settings.category is not None:
+        categories = [loaded.category(settings.category)]
+    else:  # every category with a stored inspector
+        categories = sorted(name for name, stored in loaded.inspectors.items() if stored)
+    written = []
+    for category in categories:
+        manifest = export_category(settings.run_dir, category, settings.opset)
+        path = loaded.run_dir.category(category).onnx_model
+        print(f"{category}: {path} ({manifest.detector}, input {manifest.input_size[0]}x{manifest.input_size[1]}, "
+              f"sha256 {manifest.sha256[:12]})")
+        written.append(str(path))
+    return written
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="export")
+def _job(cfg: DictConfig) -> None:
+    try:
+        try:
+            settings = OmegaConf.to_object(cfg)
+        except ConfigError:
+            raise
+        except Exception as exc:  # omegaconf type errors and missing run_dir
+            raise ConfigError(" ".join(str(exc).split("\n")[0].split())) from exc
+        run_export(settings)
+    except UserError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+def main() -> None:
+    with one_line_errors():
+        _job()
+
+
+if __name__ == "__main__":
+    main()
