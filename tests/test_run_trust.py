@@ -41,6 +41,16 @@ def patchcore_state() -> dict:
     }
 
 
+POSTPROCESS = {"enabled": True, "sigma": 2.0, "normalize": "minmax", "percentile": 99.5,
+               "percentile_low": 0.5, "clip": False, "low": 0.1, "high": 0.9}
+
+
+def test_a_valid_postprocess_state_loads():
+    state = patchcore_state()
+    state["postprocess"] = dict(POSTPROCESS)
+    assert Inspector.from_state(state).postprocessor.high_ == 0.9
+
+
 def _marker_attack(marker: Path) -> str:
     return f"echo PWNED > {marker}"
 
@@ -74,6 +84,15 @@ def test_a_valid_state_loads(tmp_path):
     (lambda s, m: s["image_threshold"].update(value=float("nan")), "image_threshold"),
     (lambda s, m: s.update(tiling={"tile_size": 32, "_target_": "os.system"}), "tiling._target_: not allowed"),
     (lambda s, m: s.update(tiling={"tile_size": 32, "evil": 1}), "tiling.evil is not a tiling setting"),
+    # a second attacker's pass: values that crashed deep inside (no file named) or ran out of memory
+    (lambda s, m: s["image_threshold"].update(value=10**400), "image_threshold.value: must be a finite number"),
+    (lambda s, m: s["preprocessing"].update(resize=[65536, 65536]), "preprocessing.resize must be"),
+    (lambda s, m: s["preprocessing"].update(resize=65536), "preprocessing.resize must be"),
+    (lambda s, m: s.update(postprocess={**POSTPROCESS, "sigma": 1e300}), "postprocess.sigma: must be in"),
+    (lambda s, m: s.update(postprocess={**POSTPROCESS, "percentile": "99"}), "postprocess.percentile: must be a finite"),
+    (lambda s, m: s.update(postprocess={**POSTPROCESS, "percentile": 10**400}), "postprocess.percentile: must be a finite"),
+    (lambda s, m: s.update(postprocess={**POSTPROCESS, "clip": "yes"}), "postprocess.clip: must be true or false"),
+    (lambda s, m: s.update(postprocess={**POSTPROCESS, "low": 5.0, "high": 1.0}), "postprocess.low 5.0 is above"),
 ])
 def test_hostile_inspector_states_are_refused_in_one_line(tmp_path, mutate, needle):
     marker = tmp_path / "pwned"

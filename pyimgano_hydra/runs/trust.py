@@ -86,8 +86,13 @@ def _names(types) -> str:
 
 
 def finite(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"{where}: must be a finite number, got {value!r}")
+    """``value`` as a float when it is a finite int or float (not a bool, not past float range)."""
+    try:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:  # an int past the float range
+        ok = False
+    if not ok:
+        raise UserError(f"{where}: must be a finite number, got {repr(value)[:40]}")
     return float(value)
 
 
