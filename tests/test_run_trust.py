@@ -197,3 +197,49 @@ def test_a_state_edited_in_place_round_trips(tmp_path):
     assert again.state_dict()["detector"]["params"] == inspector.state_dict()["detector"]["params"]
     np.testing.assert_array_equal(again.detector.memory_bank_, inspector.detector.memory_bank_)
     assert again.image_threshold == inspector.image_threshold
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("[]", 'status: expected a string such as "completed"'),
+    ('"completed"', 'status: expected a string'),
+    ('{"status": ["completed"]}', 'status: expected a string'),
+    ("[" * 200_000 + "]" * 200_000, "not a readable JSON file"),
+    ('{"status": "failed", "status": "completed"}', "duplicate key 'status'"),
+])
+def test_hostile_status_json_is_one_line_naming_the_file(fake_run, tmp_path, text, needle):
+    run_dir = _planted(fake_run, tmp_path)
+    (run_dir / "status.json").write_text(text)
+    with pytest.raises(UserError) as caught:
+        load_run(run_dir)
+    assert needle in str(caught.value) and str(run_dir / "status.json") in str(caught.value)
+
+
+def test_duplicate_keys_in_report_json_are_refused(fake_run, tmp_path):
+    run_dir = _planted(fake_run, tmp_path)
+    text = (run_dir / "report.json").read_text()
+    (run_dir / "report.json").write_text(text.replace('"schema_version": 2', '"schema_version": 1, "schema_version": 2'))
+    with pytest.raises(UserError, match="report.json: not a readable JSON file .duplicate key 'schema_version'"):
+        load_run(run_dir)
+
+
+@pytest.mark.parametrize("name,kind", [("status.json", "fifo"), ("report.json", "fifo"), ("report.json", "devzero"),
+                                       ("categories/weave/inspector.pt", "fifo")])
+def test_fifos_and_devices_in_a_run_dir_are_refused_without_blocking(fake_run, tmp_path, name, kind):
+    import os
+
+    run_dir = _planted(fake_run, tmp_path)
+    (run_dir / name).unlink()
+    if kind == "fifo":
+        os.mkfifo(run_dir / name)
+    else:
+        (run_dir / name).symlink_to("/dev/zero")
+    with pytest.raises(UserError, match="not a regular file") as caught:
+        load_run(run_dir).inspector("weave", trust_targets=True)
+    assert str(run_dir / name) in str(caught.value)
+
+
+def test_nul_byte_in_an_inspector_path_is_one_line(fake_run, tmp_path):
+    run_dir = _planted(fake_run, tmp_path)
+    _set_report(run_dir, lambda r: r["categories"]["weave"].update(inspector="categories/weave/inspector.pt\x00x"))
+    with pytest.raises(UserError, match="categories.weave.inspector: .* holds a NUL byte"):
+        load_run(run_dir).inspector("weave", trust_targets=True)
