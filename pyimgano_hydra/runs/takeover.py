@@ -75,7 +75,19 @@ def may_take_over(run_dir: RunDir, config_hash: str) -> bool:
     if state == RUNNING and not _owner_gone(record):
         raise UserError(f"{run_dir.root} is being written by another process "
                         f"({record.get('host')}, pid {record.get('pid')}); {NEVER}")
+    _no_links_out(run_dir)
     return True
+
+
+def _no_links_out(run_dir: RunDir) -> None:
+    """Refuse to resume a run whose ``categories/`` (or a category folder) is a symlink: a
+    resumed run deletes half-written categories and writes the rest, never outside its dir."""
+    categories = run_dir.root / "categories"
+    entries = [categories, *(categories.iterdir() if categories.is_dir() and not categories.is_symlink() else [])]
+    for entry in entries:
+        if entry.is_symlink():
+            raise UserError(f"{entry}: a symlink in an unfinished run dir; a resumed run never writes or "
+                            f"deletes through one; {NEVER}")
 
 
 def finished_categories(run_dir: RunDir, categories: list[str]) -> dict[str, CategoryResult]:
@@ -87,6 +99,7 @@ def finished_categories(run_dir: RunDir, categories: list[str]) -> dict[str, Cat
             record = read_json_file(out.report)
         except UserError:
             if out.root.exists():
+                _no_links_out(run_dir)
                 shutil.rmtree(out.root)  # half-written by the interrupted attempt: redo it
             continue
         done[category] = category_result(record, out.report)
