@@ -239,7 +239,9 @@ def _detector_from_state(state: dict, where: str, trust_targets: bool, device: s
     if cls is PyODOnFeatures and isinstance(params.get("detector"), dict):
         inner = params["detector"]
         pyod_cls = resolve_pyod(inner.get("name"), f"{where}: detector.params.detector.name", trust_targets)
-        pyod_params = trust.params_for(pyod_cls, inner.get("params", {}), f"{where}: detector.params.detector.params")
+        pyod_params = trust.bounded_ints(trust.params_for(pyod_cls, inner.get("params", {}),
+                                                          f"{where}: detector.params.detector.params"),
+                                         f"{where}: detector.params.detector.params")
         schema_params["detector"] = {"_target_": inner["name"], **pyod_params}
         params["detector"] = pyod_cls(**pyod_params)
     trust.check_against_schema(cls, schema_params, f"{where}: detector.params")

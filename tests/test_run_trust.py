@@ -110,6 +110,7 @@ def test_hostile_inspector_states_are_refused_in_one_line(tmp_path, mutate, need
     (lambda d: d.update(name="sklearn.utils._testing.os.system"), "not a registered PyOD detector"),
     (lambda d: d["params"].update(n_neighbors={"_target_": "os.system"}), "_target_: not allowed"),
     (lambda d: d["params"].update(no_such=1), "KNN has no such parameter"),
+    (lambda d: d["params"].update(n_neighbors=10**9), "detector.params.n_neighbors: 1000000000 is out of range"),
 ])
 def test_hostile_pyod_specs_are_refused(mutate, needle):
     state = patchcore_state()
@@ -243,3 +244,21 @@ def test_nul_byte_in_an_inspector_path_is_one_line(fake_run, tmp_path):
     _set_report(run_dir, lambda r: r["categories"]["weave"].update(inspector="categories/weave/inspector.pt\x00x"))
     with pytest.raises(UserError, match="categories.weave.inspector: .* holds a NUL byte"):
         load_run(run_dir).inspector("weave", trust_targets=True)
+
+
+def _pyod_state(detector_params: dict) -> dict:
+    state = patchcore_state()
+    cls = "pyod.models.iforest.IForest"
+    state["detector"] = {
+        "name": "PyODOnFeatures",
+        "params": {"backbone": "resnet18", "layers": ["layer1"], "pretrained": False,
+                   "detector": {"name": cls, "params": {"n_estimators": 10, "random_state": 2**31}}},
+        "state": {"state_version": 1, "detector_class": cls, "detector_params": detector_params,
+                  "train_embeddings": torch.randn(8, 4), "mean": torch.zeros(4), "scale": torch.ones(4), "notes": []}}
+    return state
+
+
+def test_stored_pyod_params_with_huge_counts_are_refused_not_refitted_for_hours():
+    assert Inspector.from_state(_pyod_state({"n_estimators": 10, "random_state": 2**31})).detector is not None
+    with pytest.raises(UserError, match=r"^x: detector_params.n_estimators: 1000000000 is out of range"):
+        Inspector.from_state(_pyod_state({"n_estimators": 10**9}), where="x")

@@ -168,6 +168,23 @@ def params_for(cls: type, params: Any, where: str) -> dict:
     return params
 
 
+MAX_STORED_INT = 10_000  # n_estimators, n_neighbors, n_iter... of a stored PyOD detector
+SEED_KEYS = ("random_state", "seed")
+
+
+def bounded_ints(params: dict, where: str) -> dict:
+    """``params`` when every int in it (but a seed) lies in -1..MAX_STORED_INT: a stored
+    ``n_estimators=10**9`` would re-fit for hours on load."""
+    for key, value in params.items():
+        if key in SEED_KEYS:
+            continue
+        if type(value) is int and not -1 <= value <= MAX_STORED_INT:
+            raise UserError(f"{where}.{key}: {str(value)[:24]} is out of range (-1..{MAX_STORED_INT}) for a stored detector")
+        if isinstance(value, dict):
+            bounded_ints(value, f"{where}.{key}")
+    return params
+
+
 def check_against_schema(cls: type, params: dict, where: str) -> None:
     """Type and range checks of the config schema whose ``_target_`` is ``cls`` (if any)."""
     from omegaconf import OmegaConf
