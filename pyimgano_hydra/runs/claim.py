@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from pyimgano_hydra.interrupt import CLAIMED
 from pyimgano_hydra.runs.status import utc_now
 
 CLAIM_FILE = ".claim.json"
@@ -53,9 +54,10 @@ def _refuse(message: str) -> None:
     sys.exit(2)  # not an exception: Hydra turns a callback's exceptions into warnings
 
 
-def claim(run_dir: Path, config_hash: str | None = None) -> None:
-    """Create ``run_dir/.claim.json`` exclusively; SystemExit(2) with one line if taken, if it
-    is a file, or if it lies inside another run dir."""
+def claim(run_dir: Path, config_hash: str | None = None, resumable: bool = True) -> None:
+    """Create ``run_dir/.claim.json`` exclusively; SystemExit(2) with one line if taken (but
+    by an unfinished ``resumable`` run of this config), if it is a file, or if it lies inside
+    another run dir."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         _refuse(f"hydra.run.dir={run_dir}: is a file, not a directory; pick a new hydra.run.dir")
@@ -73,8 +75,9 @@ def claim(run_dir: Path, config_hash: str | None = None) -> None:
         else:
             with os.fdopen(fd, "w") as handle:
                 json.dump({"pid": os.getpid(), "host": socket.gethostname(), "claimed_utc": utc_now()}, handle)
+            CLAIMED.append((run_dir, config_hash))
             return
-    if may_take_over(run_dir, config_hash):
+    if resumable and may_take_over(run_dir, config_hash):
         return
     _refuse(f"{run_dir} already holds a run or sweep (it has {taken}); runs are never overwritten: "
             "pick a new hydra.run.dir (hydra.sweep.dir)")
@@ -97,13 +100,17 @@ def _task_hash(config: DictConfig) -> str | None:
 
 
 class ClaimRunDir(Callback):
-    """Hydra callback: claim ``hydra.run.dir`` (``hydra.sweep.dir``) before anything is written."""
+    """Hydra callback: claim ``hydra.run.dir`` (``hydra.sweep.dir``) before anything is written;
+    ``resumable=false`` (infer): an unfinished run dir is never taken over either."""
+
+    def __init__(self, resumable: bool = True) -> None:
+        self.resumable = resumable
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # hydra.run.dir reads ${hydra:runtime.choices...}: set what run_job would set next;
         # ${now:} is cached in ``config``, so run_job resolves the same directory.
         HydraConfig.instance().set_config(config)
-        claim(Path(str(config.hydra.run.dir)), _task_hash(config))
+        claim(Path(str(config.hydra.run.dir)), _task_hash(config), self.resumable)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
