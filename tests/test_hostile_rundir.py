@@ -132,3 +132,12 @@ def test_an_interrupted_run_of_another_config_keeps_its_hydra_record(completed_r
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 2 and err.strip().count("\n") == 0 and "already holds a run" in err, err
     assert _snapshot(unfinished) == before  # .hydra/overrides.yaml still without tag=EVIL
+
+
+def test_a_job_dirs_overrides_yaml_is_read_without_resolving(tmp_path, monkeypatch):
+    from pyimgano_hydra.sweep.leaderboard import _read_overrides
+
+    monkeypatch.setenv("PYIMGANO_SECRET", "s3cret")
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- tag=${oc.env:PYIMGANO_SECRET}\n- seed=1\n")
+    assert _read_overrides(tmp_path) == ["tag=${oc.env:PYIMGANO_SECRET}", "seed=1"]
