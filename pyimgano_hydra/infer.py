@@ -64,6 +64,11 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
         raise UserError(f"{out} already holds an inference run; pick a new hydra.run.dir")
     if not valid_device(cfg.device):
         raise ConfigError(f"device: {cfg.device!r} is not auto, cpu, cuda or cuda:N")
+    for key in ("trust_targets", "save_maps"):  # "trust_targets=no" is the string "no": truthy
+        if type(cfg[key]) is not bool:
+            raise ConfigError(f"{key}: must be true or false, got {cfg[key]!r}")
+    if type(cfg.batch_size) is not int or not 1 <= cfg.batch_size <= 4096:
+        raise ConfigError(f"batch_size: must be an int in 1..4096, got {cfg.batch_size!r}")
     loaded = load_run(cfg.run_dir)
     category = loaded.category(cfg.category)
     paths = collect_inputs(str(cfg.input))
