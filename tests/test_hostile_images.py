@@ -169,3 +169,28 @@ def test_odd_modes_and_a_gif_named_png_load_as_rgb(tmp_path, mode, fmt):
     path = tmp_path / "odd.png"
     Image.new(mode, (32, 32)).save(path, format=fmt)
     assert load_image(path, 64).shape == (64, 64, 3)
+
+
+def test_undecodable_defect_type_folder_completes_with_its_plots(folder, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(folder, root)
+    os.rename(root / "test" / "scratch", os.path.join(os.fsencode(root / "test"), b"scr\xffatch"))
+    out = tmp_path / "run"
+    proc = _run(root, out)  # failed drawing the per-defect-type bar label
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_json(out / "status.json")["status"] == "completed"
+    assert list(out.glob("categories/*/plots/defect_types.png"))
+
+
+def test_undecodable_category_folder_completes(folder, tmp_path):
+    root = tmp_path / "data"
+    category = os.path.join(os.fsencode(root), b"c\xffat")
+    os.makedirs(category)
+    for split in ("train", "test"):
+        shutil.copytree(folder / split, Path(os.fsdecode(category)) / split)
+    out = tmp_path / "run"
+    proc = _run(root, out, "dataset.category=all")  # failed seeding the split, then writing report.html
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_json(out / "status.json")["status"] == "completed"
+    assert os.fsencode(next(iter(read_json(out / "report.json")["categories"]))) == b"c\xffat"
+    assert b"c\xffat" in (out / "report.html").read_bytes()
