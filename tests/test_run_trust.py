@@ -262,3 +262,24 @@ def test_stored_pyod_params_with_huge_counts_are_refused_not_refitted_for_hours(
     assert Inspector.from_state(_pyod_state({"n_estimators": 10, "random_state": 2**31})).detector is not None
     with pytest.raises(UserError, match=r"^x: detector_params.n_estimators: 1000000000 is out of range"):
         Inspector.from_state(_pyod_state({"n_estimators": 10**9}), where="x")
+
+
+class _Marker:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_pickled_weights_path_is_refused_in_one_line_and_never_run(tmp_path):
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save({"w": _Marker(marker)}, evil)
+    state = patchcore_state()
+    state["detector"]["params"].update(weights_path=str(evil), pretrained=False)
+    inspector = Inspector.from_state(state, where="x")
+    with pytest.raises(UserError, match="model.weights_path: cannot read weights") as caught:
+        inspector.score_maps(np.zeros((1, 64, 64, 3), np.uint8))
+    assert "\n" not in str(caught.value) and not marker.exists()
