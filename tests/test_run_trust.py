@@ -84,7 +84,15 @@ def test_a_valid_state_loads(tmp_path):
     (lambda s, m: s["image_threshold"].update(value=float("nan")), "image_threshold"),
     (lambda s, m: s.update(tiling={"tile_size": 32, "_target_": "os.system"}), "tiling._target_: not allowed"),
     (lambda s, m: s.update(tiling={"tile_size": 32, "evil": 1}), "tiling.evil is not a tiling setting"),
-    # a second attacker's pass: values that crashed deep inside (no file named) or ran out of memory
+    # a second attacker's pass: name tricks that held
+    (lambda s, m: s["detector"].update(name="pyimgano_hydra.runs.writers.np.load"), "not a registered detector"),
+    (lambda s, m: s["detector"].update(name="pyimgano_hydra.models.patchcore.PatchCore"), "not a registered detector"),
+    (lambda s, m: s["detector"].update(name=" PatchCore"), "not a registered detector"),
+    (lambda s, m: s["detector"].update(name="PatchCore.__init__"), "not a registered detector"),
+    (lambda s, m: s["image_threshold"]["provenance"].update(_target_="os.system"), "provenance._target_: not allowed"),
+    (lambda s, m: s["image_threshold"]["provenance"].update(x="${oc.env:HOME}"), "interpolations are not allowed"),
+    (lambda s, m: s["detector"]["params"].update(device="cuda:0; touch x"), "model.device"),
+    # ... and values that crashed deep inside (no file named) or ran out of memory
     (lambda s, m: s["image_threshold"].update(value=10**400), "image_threshold.value: must be a finite number"),
     (lambda s, m: s["preprocessing"].update(resize=[65536, 65536]), "preprocessing.resize must be"),
     (lambda s, m: s["preprocessing"].update(resize=65536), "preprocessing.resize must be"),
@@ -143,6 +151,9 @@ def _set_report(run_dir: Path, edit) -> None:
     (True, "schema_version must be an integer, got True"),
     (1, "schema_version 1 run dirs are no longer read"),
     (3, "newer"),
+    ("2", "schema_version must be an integer, got '2'"),
+    (2.0, "schema_version must be an integer, got 2.0"),
+    (-1, "schema_version -1 run dirs are no longer read"),
 ])
 def test_report_schema_versions_are_parsed_strictly(fake_run, tmp_path, value, needle):
     run_dir = _planted(fake_run, tmp_path)
