@@ -198,8 +198,11 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
                  "predict_s": sum(r.timings["predict_s"] for r in results)},
     )
     write_json_atomic(run_dir.report, report)
-    write_report_html(run_dir.root / "report.html", report, OmegaConf.to_container(cfg, resolve=True))
-    write_status(run_dir.status, COMPLETED)
+    write_status(run_dir.status, COMPLETED)  # report.json is the result; the HTML view cannot lose it
+    try:
+        write_report_html(run_dir.root / "report.html", report, OmegaConf.to_container(cfg, resolve=True))
+    except Exception as exc:  # noqa: BLE001
+        log.warning("report.html not written (%s: %s); report.json holds the results", type(exc).__name__, exc)
     log.info("%s", summary_table(results))
     for r in results:
         for note in r.notes:

@@ -70,6 +70,11 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
         raise ConfigError(f"runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
     if runtime == "onnxruntime" and str(cfg.device).startswith("cuda"):
         raise ConfigError(f"runtime=onnxruntime runs on the CPU; drop device={cfg.device} or use runtime=torch")
+    for key in ("trust_targets", "save_maps"):  # "trust_targets=no" is the string "no": truthy
+        if type(cfg[key]) is not bool:
+            raise ConfigError(f"{key}: must be true or false, got {cfg[key]!r}")
+    if type(cfg.batch_size) is not int or not 1 <= cfg.batch_size <= 4096:
+        raise ConfigError(f"batch_size: must be an int in 1..4096, got {cfg.batch_size!r}")
     loaded = load_run(cfg.run_dir)
     category = loaded.category(cfg.category)
     paths = collect_inputs(str(cfg.input))

@@ -25,6 +25,7 @@ from pyimgano_hydra.runs import trust
 FORMAT = "pyimgano_hydra.inspector"
 VERSION = 1
 INPUT_MODES = ("rgb", "gray")
+MAX_SIDE = 8192  # pixels per side of a resized image (a 65536^2 image is 51 GB of floats)
 _STATE_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
 
 
@@ -170,8 +171,16 @@ class Inspector:
             from pyimgano_hydra.adapt.postprocess import MapPostprocessor
 
             pp = trust.plain(trust.require(state, "postprocess", dict, where), f"{where}: postprocess")
-            for key in ("low", "high"):
-                trust.finite(pp.get(key), f"{where}: postprocess.{key}")
+            for key in ("low", "high", "sigma", "percentile", "percentile_low"):
+                if key in ("low", "high") or key in pp:
+                    trust.finite(pp.get(key), f"{where}: postprocess.{key}")
+            for key in ("enabled", "clip"):
+                if key in pp and type(pp[key]) is not bool:
+                    raise UserError(f"{where}: postprocess.{key}: must be true or false, got {pp[key]!r}")
+            if "normalize" in pp and not isinstance(pp["normalize"], str):
+                raise UserError(f"{where}: postprocess.normalize: must be a string")
+            if pp["low"] > pp["high"]:
+                raise UserError(f"{where}: postprocess.low {pp['low']} is above postprocess.high {pp['high']}")
             try:
                 postprocessor = MapPostprocessor().load_state_dict(pp)
             except UserError as exc:
@@ -196,9 +205,9 @@ def _threshold(value: Any, where: str) -> dict:
 
 def _preprocessing(value: dict, where: str) -> dict:
     resize = value.get("resize")
-    if resize is not None and not (isinstance(resize, int) and not isinstance(resize, bool) and 1 <= resize <= 65536) \
-            and not (isinstance(resize, list) and len(resize) == 2 and all(type(v) is int and v >= 1 for v in resize)):
-        raise UserError(f"{where}: preprocessing.resize must be null, a positive int or [height, width]")
+    sides = [resize] if type(resize) is int else resize if isinstance(resize, list) and len(resize) == 2 else None
+    if resize is not None and not (sides and all(type(v) is int and 1 <= v <= MAX_SIDE for v in sides)):
+        raise UserError(f"{where}: preprocessing.resize must be null, an int or [height, width] in 1..{MAX_SIDE}")
     mode = value.get("input_mode", "rgb")
     if mode not in INPUT_MODES:
         raise UserError(f"{where}: preprocessing.input_mode must be one of {', '.join(INPUT_MODES)}")
@@ -230,7 +239,9 @@ def _detector_from_state(state: dict, where: str, trust_targets: bool, device: s
     if cls is PyODOnFeatures and isinstance(params.get("detector"), dict):
         inner = params["detector"]
         pyod_cls = resolve_pyod(inner.get("name"), f"{where}: detector.params.detector.name", trust_targets)
-        pyod_params = trust.params_for(pyod_cls, inner.get("params", {}), f"{where}: detector.params.detector.params")
+        pyod_params = trust.bounded_ints(trust.params_for(pyod_cls, inner.get("params", {}),
+                                                          f"{where}: detector.params.detector.params"),
+                                         f"{where}: detector.params.detector.params")
         schema_params["detector"] = {"_target_": inner["name"], **pyod_params}
         params["detector"] = pyod_cls(**pyod_params)
     trust.check_against_schema(cls, schema_params, f"{where}: detector.params")

@@ -17,6 +17,27 @@ class Interrupted(KeyboardInterrupt):
         self.signum = int(signum)
 
 
+_RAISED = []  # an interrupt was raised: later signals must not break the cleanup that writes status.json
+CLAIMED: list = []  # (run dir, config hash) claimed by runs/claim.py in this process
+
+
+def _raise_once(signum, frame):
+    if not _RAISED:
+        _RAISED.append(signum)
+        raise Interrupted(signum)
+
+
+def _mark_unstarted_run(signum: int) -> None:
+    """A run interrupted after its claim but before it wrote status.json is marked interrupted."""
+    from pyimgano_hydra.runs.status import INTERRUPTED, write_status
+
+    for run_dir, config_hash in CLAIMED:
+        status = run_dir / "status.json"
+        if not status.exists():
+            write_status(status, INTERRUPTED, error=f"interrupted ({signal.Signals(signum).name}) before it started",
+                         config_hash=config_hash)
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block SIGTERM raises :class:`Interrupted` (main thread only; not under
@@ -25,11 +46,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signal.SIGTERM, _raise_once)
     except ValueError:  # not the main thread
         yield
         return
@@ -43,9 +61,13 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def exit_on_interrupt(what: str) -> Iterator[None]:
     """At an entry point: an interrupt prints one line and exits 128 + signal (143, 130)."""
     try:
-        yield
+        with sigterm_as_interrupt():  # from the start: Hydra's setup runs before the job's own handler
+            yield
     except KeyboardInterrupt as exc:
+        _RAISED.append(signal.SIGINT)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one line, one exit code, whatever follows
         signum = getattr(exc, "signum", int(signal.SIGINT))
+        _mark_unstarted_run(signum)
         print(f"interrupted: {signal.Signals(signum).name}; {what} marked interrupted in its status.json",
               file=sys.stderr)
         sys.exit(128 + signum)

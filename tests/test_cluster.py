@@ -178,3 +178,18 @@ def test_rerunning_an_interrupted_run_dir_from_the_cli_finishes_it(finished, tmp
     assert read_json(run_dir.report)["resumed_categories"] == ["washer"]
     other = run_cli([*TWO_CATEGORIES, "seed=3", f"hydra.run.dir={run_dir.root}"], cwd=tmp_path)
     assert other.returncode != 0 and "already holds a run" in other.stderr  # now completed
+
+
+@pytest.mark.parametrize("link", ["categories", "categories/weave"])
+def test_a_resumed_run_never_deletes_through_a_symlink(finished, tmp_path, link):
+    import shutil
+
+    run_dir, cfg = _unfinished_copy(finished, tmp_path, INTERRUPTED)
+    outside = tmp_path / "outside"
+    shutil.move(run_dir.root / link, outside)
+    (run_dir.root / link).symlink_to(outside, target_is_directory=True)
+    before = sorted(p.relative_to(outside) for p in outside.rglob("*"))
+    with pytest.raises(UserError, match="a symlink in an unfinished run dir") as caught:
+        app.run(cfg, run_dir.root)
+    assert "\n" not in str(caught.value) and str(run_dir.root / link) in str(caught.value)
+    assert sorted(p.relative_to(outside) for p in outside.rglob("*")) == before

@@ -23,6 +23,7 @@ ENV = {"PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
     (["model=padim", "model.eps=inf"], "model.eps"),
     (["model=padim", "model.max_memory_gb=inf"], "model.max_memory_gb"),
     (["dataset.max_image_megabytes=nan"], "dataset.max_image_megabytes"),
+    (["dataset.resize=99999999999999999999999"], "dataset.resize"),  # reached cv2: "Can't parse 'dsize'"
 ])
 def test_bad_top_level_or_non_finite_value_fails_in_one_line_naming_the_key(overrides, key, tmp_path):
     out = tmp_path / "run"
@@ -39,3 +40,16 @@ def test_top_level_keys_keep_their_types(tmp_path):
     proc = run_cli(["--cfg", "job", "seed=7", "tag=line7", "cache.max_gb=0.5"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "seed: 7\n" in proc.stdout and "tag: line7\n" in proc.stdout and "max_gb: 0.5\n" in proc.stdout
+
+
+@pytest.mark.parametrize("override,key", [
+    ("trust_targets=no", "trust_targets"),  # the string "no" is truthy: it turned trust on
+    ("save_maps=maybe", "save_maps"),
+    ("batch_size=0", "batch_size"),  # reached range(): "arg 3 must not be zero"
+    ("batch_size=99999999999999999999999", "batch_size"),
+])
+def test_bad_infer_values_fail_in_one_line_naming_the_key(override, key, tmp_path):
+    proc = run_cli(["run_dir=/nowhere", "input=/nowhere", override, f"hydra.run.dir={tmp_path / 'out'}"],
+                   module="pyimgano_hydra.infer", env=ENV)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {key}: "), proc.stderr

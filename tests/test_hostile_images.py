@@ -78,6 +78,7 @@ def test_decode_limit_is_one_config_key(folder, tmp_path):
     ("inf.tif", np.full((64, 64), np.inf, np.float32), "F"),
     ("negative.tif", np.full((64, 64), -5, np.int32), "I"),
     ("negative_float.tif", np.full((64, 64), -0.5, np.float32), "F"),
+    ("int32_max.tif", np.full((64, 64), 2**31 - 1, np.int32), "I"),
 ])
 def test_unmappable_pixel_data_is_refused_not_loaded_black(name, array, mode, tmp_path):
     path = tmp_path / name
@@ -146,3 +147,50 @@ def test_one_unreadable_image_in_infer_input_is_an_error_record_not_a_failed_run
     assert "1.png" in records["1.png"]["error"] and "score" not in records["1.png"]
     assert {"score", "pred_label"} <= set(records["0.png"]) and {"score", "pred_label"} <= set(records["2.png"])
     assert read_json(out / "summary.json")["n_unreadable"] == 1
+
+
+@pytest.mark.parametrize("name,payload", [
+    # EPS makes Pillow run Ghostscript on the file: a PostScript program disguised as a PNG
+    ("eps.png", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"),
+    ("ico.png", "ICO"), ("tga.png", "TGA"),
+])
+def test_a_file_content_cannot_pick_an_unlisted_decoder(tmp_path, name, payload):
+    path = tmp_path / name
+    if isinstance(payload, str):
+        Image.new("RGB", (32, 32)).save(path, format=payload)
+    else:
+        path.write_bytes(payload)
+    with pytest.raises(DataError, match=f"{name}: cannot decode image .cannot identify image file"):
+        load_image(path, 64)
+
+
+@pytest.mark.parametrize("mode,fmt", [("LA", "TIFF"), ("LAB", "TIFF"), ("CMYK", "JPEG"), ("P", "GIF")])
+def test_odd_modes_and_a_gif_named_png_load_as_rgb(tmp_path, mode, fmt):
+    path = tmp_path / "odd.png"
+    Image.new(mode, (32, 32)).save(path, format=fmt)
+    assert load_image(path, 64).shape == (64, 64, 3)
+
+
+def test_undecodable_defect_type_folder_completes_with_its_plots(folder, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(folder, root)
+    os.rename(root / "test" / "scratch", os.path.join(os.fsencode(root / "test"), b"scr\xffatch"))
+    out = tmp_path / "run"
+    proc = _run(root, out)  # failed drawing the per-defect-type bar label
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_json(out / "status.json")["status"] == "completed"
+    assert list(out.glob("categories/*/plots/defect_types.png"))
+
+
+def test_undecodable_category_folder_completes(folder, tmp_path):
+    root = tmp_path / "data"
+    category = os.path.join(os.fsencode(root), b"c\xffat")
+    os.makedirs(category)
+    for split in ("train", "test"):
+        shutil.copytree(folder / split, Path(os.fsdecode(category)) / split)
+    out = tmp_path / "run"
+    proc = _run(root, out, "dataset.category=all")  # failed seeding the split, then writing report.html
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_json(out / "status.json")["status"] == "completed"
+    assert os.fsencode(next(iter(read_json(out / "report.json")["categories"]))) == b"c\xffat"
+    assert b"c\xffat" in (out / "report.html").read_bytes()

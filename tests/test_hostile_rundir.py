@@ -89,3 +89,55 @@ def test_rerun_into_a_completed_sweep_is_refused_before_any_job(tmp_path):
     _, err = again.communicate(timeout=600)
     assert again.returncode == 2 and err.strip().count("\n") == 0 and "already holds a run" in err, err
     assert _snapshot(sweep) == before
+
+
+def _cli_module(module, args) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("module,inside", [("pyimgano_hydra", ".hydra"), ("pyimgano_hydra", "categories/weave"),
+                                           ("pyimgano_hydra.infer", "categories")])
+def test_a_run_dir_inside_a_completed_run_is_refused(completed_run, module, inside):
+    before = _snapshot(completed_run)
+    args = [*TINY, "tag=EVIL"] if module == "pyimgano_hydra" else [f"run_dir={completed_run}", f"input={completed_run}"]
+    proc = _cli_module(module, [*args, f"hydra.run.dir={completed_run / inside}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and "lies inside the run dir" in err, err
+    assert _snapshot(completed_run) == before
+
+
+@pytest.mark.parametrize("module", ["pyimgano_hydra", "pyimgano_hydra.infer"])
+def test_a_run_dir_that_is_a_file_is_one_line(tmp_path, module):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    args = TINY if module == "pyimgano_hydra" else ["run_dir=/nowhere", "input=/nowhere"]
+    proc = _cli_module(module, [*args, f"hydra.run.dir={target}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and "is a file, not a directory" in err, err
+    assert target.read_text() == "keep me"
+
+
+def test_an_interrupted_run_of_another_config_keeps_its_hydra_record(completed_run, tmp_path):
+    import shutil
+
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(completed_run, unfinished)
+    (unfinished / "report.json").unlink()
+    write_json_atomic(unfinished / "status.json", {"status": "interrupted", "config_hash": "0" * 16})
+    before = _snapshot(unfinished)
+    proc = _cli([*TINY, "tag=EVIL", f"hydra.run.dir={unfinished}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and "already holds a run" in err, err
+    assert _snapshot(unfinished) == before  # .hydra/overrides.yaml still without tag=EVIL
+
+
+def test_a_job_dirs_overrides_yaml_is_read_without_resolving(tmp_path, monkeypatch):
+    from pyimgano_hydra.sweep.leaderboard import _read_overrides
+
+    monkeypatch.setenv("PYIMGANO_SECRET", "s3cret")
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- tag=${oc.env:PYIMGANO_SECRET}\n- seed=1\n")
+    assert _read_overrides(tmp_path) == ["tag=${oc.env:PYIMGANO_SECRET}", "seed=1"]

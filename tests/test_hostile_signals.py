@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, run_cli
 from pyimgano_hydra.runs.writers import read_json
 
@@ -15,17 +17,20 @@ FAST = ["dataset.category=weave", "dataset.limit_train=4", "dataset.limit_test=4
 ENV = {"PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
 
 
-def _terminate_when(args, module, ready: Path, env=None) -> subprocess.CompletedProcess:
+def _terminate_when(args, module, ready: Path, env=None, delay: float = 0.5, signals=(signal.SIGTERM,),
+                    poll: float = 0.2) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **ENV, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not ready.exists() and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(poll)
     assert ready.exists(), proc.communicate()[1][-2000:]
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    time.sleep(delay)
+    for signum in signals:
+        proc.send_signal(signum)
+        time.sleep(0.05)
     out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
@@ -53,4 +58,21 @@ def test_sigterm_during_infer_marks_it_interrupted(tmp_path):
     proc = _terminate_when([f"run_dir={run_dir}", f"input={images}", "trust_targets=true",
                             f"hydra.run.dir={out}"], "pyimgano_hydra.infer", out / "status.json",
                            env={"FAKES_PREDICT_SLEEP": "60"})
+    _assert_one_line_interrupted(proc, out / "status.json")
+
+
+@pytest.mark.parametrize("module", ["pyimgano_hydra", "pyimgano_hydra.infer"])
+def test_sigterm_right_after_the_claim_marks_the_run_interrupted(tmp_path, module):
+    """Before the job's own handler (Hydra still writing .hydra/): one line, 143, interrupted."""
+    out = tmp_path / "run"
+    args = ([SEARCH, "model=sleepy", *FAST] if module == "pyimgano_hydra"
+            else [f"run_dir={tmp_path}", f"input={tmp_path}"])
+    proc = _terminate_when([*args, f"hydra.run.dir={out}"], module, out / ".claim.json", delay=0, poll=0.005)
+    _assert_one_line_interrupted(proc, out / "status.json")
+
+
+def test_two_sigterms_during_fit_still_exit_143_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    proc = _terminate_when([SEARCH, "model=sleepy", *FAST, f"hydra.run.dir={out}"], "pyimgano_hydra",
+                           out / "config.json", signals=(signal.SIGTERM, signal.SIGTERM))
     _assert_one_line_interrupted(proc, out / "status.json")

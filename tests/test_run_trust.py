@@ -41,6 +41,16 @@ def patchcore_state() -> dict:
     }
 
 
+POSTPROCESS = {"enabled": True, "sigma": 2.0, "normalize": "minmax", "percentile": 99.5,
+               "percentile_low": 0.5, "clip": False, "low": 0.1, "high": 0.9}
+
+
+def test_a_valid_postprocess_state_loads():
+    state = patchcore_state()
+    state["postprocess"] = dict(POSTPROCESS)
+    assert Inspector.from_state(state).postprocessor.high_ == 0.9
+
+
 def _marker_attack(marker: Path) -> str:
     return f"echo PWNED > {marker}"
 
@@ -74,6 +84,23 @@ def test_a_valid_state_loads(tmp_path):
     (lambda s, m: s["image_threshold"].update(value=float("nan")), "image_threshold"),
     (lambda s, m: s.update(tiling={"tile_size": 32, "_target_": "os.system"}), "tiling._target_: not allowed"),
     (lambda s, m: s.update(tiling={"tile_size": 32, "evil": 1}), "tiling.evil is not a tiling setting"),
+    # a second attacker's pass: name tricks that held
+    (lambda s, m: s["detector"].update(name="pyimgano_hydra.runs.writers.np.load"), "not a registered detector"),
+    (lambda s, m: s["detector"].update(name="pyimgano_hydra.models.patchcore.PatchCore"), "not a registered detector"),
+    (lambda s, m: s["detector"].update(name=" PatchCore"), "not a registered detector"),
+    (lambda s, m: s["detector"].update(name="PatchCore.__init__"), "not a registered detector"),
+    (lambda s, m: s["image_threshold"]["provenance"].update(_target_="os.system"), "provenance._target_: not allowed"),
+    (lambda s, m: s["image_threshold"]["provenance"].update(x="${oc.env:HOME}"), "interpolations are not allowed"),
+    (lambda s, m: s["detector"]["params"].update(device="cuda:0; touch x"), "model.device"),
+    # ... and values that crashed deep inside (no file named) or ran out of memory
+    (lambda s, m: s["image_threshold"].update(value=10**400), "image_threshold.value: must be a finite number"),
+    (lambda s, m: s["preprocessing"].update(resize=[65536, 65536]), "preprocessing.resize must be"),
+    (lambda s, m: s["preprocessing"].update(resize=65536), "preprocessing.resize must be"),
+    (lambda s, m: s.update(postprocess={**POSTPROCESS, "sigma": 1e300}), "postprocess.sigma: must be in"),
+    (lambda s, m: s.update(postprocess={**POSTPROCESS, "percentile": "99"}), "postprocess.percentile: must be a finite"),
+    (lambda s, m: s.update(postprocess={**POSTPROCESS, "percentile": 10**400}), "postprocess.percentile: must be a finite"),
+    (lambda s, m: s.update(postprocess={**POSTPROCESS, "clip": "yes"}), "postprocess.clip: must be true or false"),
+    (lambda s, m: s.update(postprocess={**POSTPROCESS, "low": 5.0, "high": 1.0}), "postprocess.low 5.0 is above"),
 ])
 def test_hostile_inspector_states_are_refused_in_one_line(tmp_path, mutate, needle):
     marker = tmp_path / "pwned"
@@ -91,6 +118,7 @@ def test_hostile_inspector_states_are_refused_in_one_line(tmp_path, mutate, need
     (lambda d: d.update(name="sklearn.utils._testing.os.system"), "not a registered PyOD detector"),
     (lambda d: d["params"].update(n_neighbors={"_target_": "os.system"}), "_target_: not allowed"),
     (lambda d: d["params"].update(no_such=1), "KNN has no such parameter"),
+    (lambda d: d["params"].update(n_neighbors=10**9), "detector.params.n_neighbors: 1000000000 is out of range"),
 ])
 def test_hostile_pyod_specs_are_refused(mutate, needle):
     state = patchcore_state()
@@ -123,6 +151,9 @@ def _set_report(run_dir: Path, edit) -> None:
     (True, "schema_version must be an integer, got True"),
     (1, "schema_version 1 run dirs are no longer read"),
     (3, "newer"),
+    ("2", "schema_version must be an integer, got '2'"),
+    (2.0, "schema_version must be an integer, got 2.0"),
+    (-1, "schema_version -1 run dirs are no longer read"),
 ])
 def test_report_schema_versions_are_parsed_strictly(fake_run, tmp_path, value, needle):
     run_dir = _planted(fake_run, tmp_path)
@@ -178,3 +209,88 @@ def test_a_state_edited_in_place_round_trips(tmp_path):
     assert again.state_dict()["detector"]["params"] == inspector.state_dict()["detector"]["params"]
     np.testing.assert_array_equal(again.detector.memory_bank_, inspector.detector.memory_bank_)
     assert again.image_threshold == inspector.image_threshold
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("[]", 'status: expected a string such as "completed"'),
+    ('"completed"', 'status: expected a string'),
+    ('{"status": ["completed"]}', 'status: expected a string'),
+    ("[" * 200_000 + "]" * 200_000, "not a readable JSON file"),
+    ('{"status": "failed", "status": "completed"}', "duplicate key 'status'"),
+])
+def test_hostile_status_json_is_one_line_naming_the_file(fake_run, tmp_path, text, needle):
+    run_dir = _planted(fake_run, tmp_path)
+    (run_dir / "status.json").write_text(text)
+    with pytest.raises(UserError) as caught:
+        load_run(run_dir)
+    assert needle in str(caught.value) and str(run_dir / "status.json") in str(caught.value)
+
+
+def test_duplicate_keys_in_report_json_are_refused(fake_run, tmp_path):
+    run_dir = _planted(fake_run, tmp_path)
+    text = (run_dir / "report.json").read_text()
+    (run_dir / "report.json").write_text(text.replace('"schema_version": 2', '"schema_version": 1, "schema_version": 2'))
+    with pytest.raises(UserError, match="report.json: not a readable JSON file .duplicate key 'schema_version'"):
+        load_run(run_dir)
+
+
+@pytest.mark.parametrize("name,kind", [("status.json", "fifo"), ("report.json", "fifo"), ("report.json", "devzero"),
+                                       ("categories/weave/inspector.pt", "fifo")])
+def test_fifos_and_devices_in_a_run_dir_are_refused_without_blocking(fake_run, tmp_path, name, kind):
+    import os
+
+    run_dir = _planted(fake_run, tmp_path)
+    (run_dir / name).unlink()
+    if kind == "fifo":
+        os.mkfifo(run_dir / name)
+    else:
+        (run_dir / name).symlink_to("/dev/zero")
+    with pytest.raises(UserError, match="not a regular file") as caught:
+        load_run(run_dir).inspector("weave", trust_targets=True)
+    assert str(run_dir / name) in str(caught.value)
+
+
+def test_nul_byte_in_an_inspector_path_is_one_line(fake_run, tmp_path):
+    run_dir = _planted(fake_run, tmp_path)
+    _set_report(run_dir, lambda r: r["categories"]["weave"].update(inspector="categories/weave/inspector.pt\x00x"))
+    with pytest.raises(UserError, match="categories.weave.inspector: .* holds a NUL byte"):
+        load_run(run_dir).inspector("weave", trust_targets=True)
+
+
+def _pyod_state(detector_params: dict) -> dict:
+    state = patchcore_state()
+    cls = "pyod.models.iforest.IForest"
+    state["detector"] = {
+        "name": "PyODOnFeatures",
+        "params": {"backbone": "resnet18", "layers": ["layer1"], "pretrained": False,
+                   "detector": {"name": cls, "params": {"n_estimators": 10, "random_state": 2**31}}},
+        "state": {"state_version": 1, "detector_class": cls, "detector_params": detector_params,
+                  "train_embeddings": torch.randn(8, 4), "mean": torch.zeros(4), "scale": torch.ones(4), "notes": []}}
+    return state
+
+
+def test_stored_pyod_params_with_huge_counts_are_refused_not_refitted_for_hours():
+    assert Inspector.from_state(_pyod_state({"n_estimators": 10, "random_state": 2**31})).detector is not None
+    with pytest.raises(UserError, match=r"^x: detector_params.n_estimators: 1000000000 is out of range"):
+        Inspector.from_state(_pyod_state({"n_estimators": 10**9}), where="x")
+
+
+class _Marker:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_pickled_weights_path_is_refused_in_one_line_and_never_run(tmp_path):
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save({"w": _Marker(marker)}, evil)
+    state = patchcore_state()
+    state["detector"]["params"].update(weights_path=str(evil), pretrained=False)
+    inspector = Inspector.from_state(state, where="x")
+    with pytest.raises(UserError, match="model.weights_path: cannot read weights") as caught:
+        inspector.score_maps(np.zeros((1, 64, 64, 3), np.uint8))
+    assert "\n" not in str(caught.value) and not marker.exists()

@@ -124,7 +124,7 @@ class ImageDataset:
             raise DataError(f"{self.train_dir_hint(category)}: empty train split (no normal "
                             f"training images); expected the {self.layout} layout: "
                             f"{self.expected_layout}")
-        rng = np.random.default_rng([self.seed, zlib.crc32(category.encode())])
+        rng = np.random.default_rng([self.seed, zlib.crc32(category.encode("utf-8", "surrogateescape"))])
         train = _subset(full.train, self.limit_train, rng, stratify=False)
         test = _subset(full.test, self.limit_test, rng, stratify=True)
         train = self._checked(train, category)

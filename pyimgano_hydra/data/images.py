@@ -20,6 +20,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pyimgano_hydra.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Decoders Pillow may pick by content: those of IMAGE_EXTENSIONS (+ GIF, MPO: renamed camera
+# files; recent Pillow reads MPO with JPEG). Never EPS (Pillow runs Ghostscript on it) nor
+# the many rarely used parsers: a file's content does not choose the code that reads it.
+from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin  # noqa: E402,F401
+from PIL import TiffImagePlugin, WebPImagePlugin  # noqa: E402,F401  (registers them for formats=)
+
+PILLOW_FORMATS = tuple(f for f in ("PNG", "JPEG", "MPO", "BMP", "DIB", "TIFF", "WEBP", "GIF") if f in Image.OPEN)
 Size = Union[int, Sequence[int], None]  # side of a square, (height, width), or None = native
 
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -60,7 +67,7 @@ def _open(path: str | Path, draft_to: tuple[int, int] | None = None,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(path, formats=PILLOW_FORMATS)
             if draft_to is not None and img.format == "JPEG":
                 img.draft(img.mode, (draft_to[1], draft_to[0]))  # decode large JPEGs at 1/2..1/8
             _check_decode_size(path, img, max_megabytes)
@@ -80,7 +87,7 @@ def read_size(path: str | Path, max_megabytes: float | None = None) -> tuple[int
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path, formats=PILLOW_FORMATS) as img:
                 _check_decode_size(path, img, max_megabytes)
                 width, height = img.size
                 try:
@@ -106,6 +113,9 @@ def _refuse_unmappable(path: str | Path, arr: np.ndarray) -> None:
     if arr.size and arr.min() < 0:
         raise DataError(f"{path}: refused: image holds negative values (min {arr.min():g}); "
                         "write non-negative values (8/16-bit, or float in [0, 1] or [0, 255])")
+    if arr.size and arr.max() > 65535:
+        raise DataError(f"{path}: refused: image holds values above 65535 (max {arr.max():g}); "
+                        "write 8/16-bit values, or float in [0, 1] or [0, 255]")
 
 
 def _to_uint8(img: Image.Image, path: str | Path = "image") -> np.ndarray:

@@ -242,7 +242,8 @@ def _read_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickle with code, ...
-        raise UserError(f"{key}: cannot read weights from {path} ({type(exc).__name__}: {exc})") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""  # torch's refusal runs to 6 lines
+        raise UserError(f"{key}: cannot read weights from {path} ({type(exc).__name__}: {first})") from exc
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

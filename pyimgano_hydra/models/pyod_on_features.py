@@ -234,9 +234,10 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
                 f"model.detector._target_: checkpoint holds {state['detector_class']}, "
                 f"config builds {expected}; use the run's own model config"
             )
-        from pyimgano_hydra.runs.trust import params_for
+        from pyimgano_hydra.runs.trust import bounded_ints, params_for
 
-        params = params_for(type(self._prototype()), state["detector_params"], "detector_params")
+        params = bounded_ints(params_for(type(self._prototype()), state["detector_params"], "detector_params"),
+                              "detector_params")
         self.notes_ = [str(note) for note in state.get("notes", [])]
         self._fit_embeddings(_array(state["train_embeddings"]), params=params,
                              stats=(_array(state["mean"]), _array(state["scale"])))

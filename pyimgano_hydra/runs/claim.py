@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from pyimgano_hydra.interrupt import CLAIMED
 from pyimgano_hydra.runs.status import utc_now
 
 CLAIM_FILE = ".claim.json"
@@ -26,19 +27,44 @@ CLAIM_FILE = ".claim.json"
 RUN_MARKERS = (CLAIM_FILE, ".hydra", "status.json", "report.json", "predictions.jsonl", "multirun.yaml")
 
 
-def may_take_over(run_dir: Path) -> bool:
+def may_take_over(run_dir: Path, config_hash: str | None = None) -> bool:
     """Whether a run may continue in ``run_dir`` though it is claimed: an unfinished run that
-    nobody is writing (a requeued or re-started job); the app then checks it is the same
-    config (``runs/takeover.py``) and keeps its finished categories."""
+    nobody is writing (a requeued or re-started job) of the same config (``config_hash``, when
+    given, checked here before Hydra rewrites ``.hydra/``); the app keeps its finished categories."""
     from pyimgano_hydra.runs.layout import RunDir
     from pyimgano_hydra.runs.takeover import abandoned
+    from pyimgano_hydra.runs.trust import read_json_file
 
-    return abandoned(RunDir(Path(run_dir)))
+    run = RunDir(Path(run_dir))
+    if not abandoned(run):
+        return False
+    return config_hash is None or read_json_file(run.status).get("config_hash") == config_hash
 
 
-def claim(run_dir: Path) -> None:
-    """Create ``run_dir/.claim.json`` exclusively; SystemExit(2) with one line if taken."""
+def _inside_a_run(run_dir: Path) -> Path | None:
+    """The run dir that holds ``run_dir`` (its ``categories/``, ``.hydra/``...), if any."""
+    for parent in run_dir.resolve().parents:
+        if (parent / CLAIM_FILE).exists() or (parent / "report.json").exists() and (parent / "status.json").exists():
+            return parent
+    return None
+
+
+def _refuse(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)  # not an exception: Hydra turns a callback's exceptions into warnings
+
+
+def claim(run_dir: Path, config_hash: str | None = None, resumable: bool = True) -> None:
+    """Create ``run_dir/.claim.json`` exclusively; SystemExit(2) with one line if taken (but
+    by an unfinished ``resumable`` run of this config), if it is a file, or if it lies inside
+    another run dir."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        _refuse(f"hydra.run.dir={run_dir}: is a file, not a directory; pick a new hydra.run.dir")
+    outer = _inside_a_run(run_dir)
+    if outer is not None:
+        _refuse(f"hydra.run.dir={run_dir}: lies inside the run dir {outer}; runs are never written into "
+                "another run: pick a new hydra.run.dir")
     taken = next((name for name in RUN_MARKERS if (run_dir / name).exists()), None)
     if taken is None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -49,23 +75,42 @@ def claim(run_dir: Path) -> None:
         else:
             with os.fdopen(fd, "w") as handle:
                 json.dump({"pid": os.getpid(), "host": socket.gethostname(), "claimed_utc": utc_now()}, handle)
+            CLAIMED.append((run_dir, config_hash))
             return
-    if may_take_over(run_dir):
+    if resumable and may_take_over(run_dir, config_hash):
         return
-    message = (f"{run_dir} already holds a run or sweep (it has {taken}); runs are never overwritten: "
-               "pick a new hydra.run.dir (hydra.sweep.dir)")
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)  # not an exception: Hydra turns a callback's exceptions into warnings
+    _refuse(f"{run_dir} already holds a run or sweep (it has {taken}); runs are never overwritten: "
+            "pick a new hydra.run.dir (hydra.sweep.dir)")
+
+
+def _task_hash(config: DictConfig) -> str | None:
+    """The app's ``config_hash`` of the job config (``config`` without ``hydra``); None when
+    it cannot be resolved here (the app then checks it)."""
+    from omegaconf import OmegaConf, open_dict
+
+    from pyimgano_hydra.app import config_hash
+
+    try:
+        task = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+        with open_dict(task):
+            task.pop("hydra", None)
+        return config_hash(task)
+    except Exception:  # an interpolation that needs the job's runtime
+        return None
 
 
 class ClaimRunDir(Callback):
-    """Hydra callback: claim ``hydra.run.dir`` (``hydra.sweep.dir``) before anything is written."""
+    """Hydra callback: claim ``hydra.run.dir`` (``hydra.sweep.dir``) before anything is written;
+    ``resumable=false`` (infer): an unfinished run dir is never taken over either."""
+
+    def __init__(self, resumable: bool = True) -> None:
+        self.resumable = resumable
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # hydra.run.dir reads ${hydra:runtime.choices...}: set what run_job would set next;
         # ${now:} is cached in ``config``, so run_job resolves the same directory.
         HydraConfig.instance().set_config(config)
-        claim(Path(str(config.hydra.run.dir)))
+        claim(Path(str(config.hydra.run.dir)), _task_hash(config), self.resumable)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)

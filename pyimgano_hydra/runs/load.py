@@ -7,7 +7,7 @@ from pathlib import Path
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.runs import trust
 from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
-from pyimgano_hydra.runs.status import COMPLETED, read_status
+from pyimgano_hydra.runs.status import COMPLETED
 
 
 @dataclass
@@ -48,7 +48,12 @@ def load_run(path: str | Path) -> LoadedRun:
     run_dir = RunDir(Path(path))
     if not run_dir.root.is_dir():
         raise UserError(f"run_dir={path}: no such directory; pass the folder that holds report.json")
-    state = read_status(run_dir.status)
+    state = None
+    if run_dir.status.exists() or run_dir.status.is_symlink():
+        record = trust.read_json_file(run_dir.status)
+        state = record.get("status") if isinstance(record, dict) else None
+        if not isinstance(state, str):
+            raise UserError(f"{run_dir.status}: status: expected a string such as \"completed\"")
     if state != COMPLETED:
         raise UserError(f"run_dir={path}: the run is {state or 'missing status.json'}, not completed; "
                         "only completed runs can be used for inference")

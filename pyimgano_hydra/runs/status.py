@@ -24,6 +24,7 @@ def write_status(path: Path, state: str, error: str | None = None, **extra) -> N
 def read_status(path: Path) -> str | None:
     """The run's state, or None when no status.json exists."""
     try:
-        return read_json(path).get("status")
-    except (OSError, ValueError):
+        record = read_json(path)
+    except (OSError, ValueError, RecursionError):
         return None
+    return record.get("status") if isinstance(record, dict) else None

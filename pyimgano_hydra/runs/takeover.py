@@ -15,7 +15,7 @@ from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.recipes.context import CategoryResult
 from pyimgano_hydra.runs.layout import RunDir
 from pyimgano_hydra.runs.status import INTERRUPTED, RUNNING
-from pyimgano_hydra.runs.writers import read_json
+from pyimgano_hydra.runs.trust import read_json_file
 from pyimgano_hydra.sweep.cluster import cluster_job_id
 
 NEVER = "runs are never overwritten: pick a new hydra.run.dir"
@@ -48,8 +48,8 @@ def abandoned(run_dir: RunDir) -> bool:
     checks that the new job is the same run (config hash).
     """
     try:
-        record = read_json(run_dir.status)
-    except (OSError, ValueError):
+        record = read_json_file(run_dir.status)  # never blocks on a FIFO, never recurses deep
+    except UserError:
         return False
     if not isinstance(record, dict) or run_dir.report.exists():
         return False
@@ -64,8 +64,8 @@ def may_take_over(run_dir: RunDir, config_hash: str) -> bool:
     if not run_dir.status.exists() and not run_dir.report.exists():
         return False
     try:
-        record = read_json(run_dir.status)
-    except (OSError, ValueError):
+        record = read_json_file(run_dir.status)
+    except UserError:
         raise UserError(f"{run_dir.root} already holds a run; {NEVER}") from None
     state = record.get("status") if isinstance(record, dict) else None
     if state not in (RUNNING, INTERRUPTED) or run_dir.report.exists():
@@ -75,7 +75,19 @@ def may_take_over(run_dir: RunDir, config_hash: str) -> bool:
     if state == RUNNING and not _owner_gone(record):
         raise UserError(f"{run_dir.root} is being written by another process "
                         f"({record.get('host')}, pid {record.get('pid')}); {NEVER}")
+    _no_links_out(run_dir)
     return True
+
+
+def _no_links_out(run_dir: RunDir) -> None:
+    """Refuse to resume a run whose ``categories/`` (or a category folder) is a symlink: a
+    resumed run deletes half-written categories and writes the rest, never outside its dir."""
+    categories = run_dir.root / "categories"
+    entries = [categories, *(categories.iterdir() if categories.is_dir() and not categories.is_symlink() else [])]
+    for entry in entries:
+        if entry.is_symlink():
+            raise UserError(f"{entry}: a symlink in an unfinished run dir; a resumed run never writes or "
+                            f"deletes through one; {NEVER}")
 
 
 def finished_categories(run_dir: RunDir, categories: list[str]) -> dict[str, CategoryResult]:
@@ -84,9 +96,10 @@ def finished_categories(run_dir: RunDir, categories: list[str]) -> dict[str, Cat
     for category in categories:
         out = run_dir.category(category)
         try:
-            record = read_json(out.report)
-        except (OSError, ValueError):
+            record = read_json_file(out.report)
+        except UserError:
             if out.root.exists():
+                _no_links_out(run_dir)
                 shutil.rmtree(out.root)  # half-written by the interrupted attempt: redo it
             continue
         done[category] = category_result(record, out.report)

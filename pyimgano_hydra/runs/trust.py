@@ -11,6 +11,7 @@ import inspect
 import json
 import math
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ def confined(root: Path, relative: str | Path, key: str) -> Path:
     """``root / relative``, refused when it is absolute, climbs with ``..`` or resolves outside
     ``root`` (a symlink out)."""
     rel = Path(relative)
+    if "\x00" in str(relative):
+        raise UserError(f"{key}: {str(relative)!r} holds a NUL byte; not a path")
     if rel.is_absolute() or ".." in rel.parts:
         raise UserError(f"{key}: {relative} must be a path inside the run dir")
     path = root / rel
@@ -43,16 +46,45 @@ def _depth(obj: Any, limit: int, level: int = 0) -> int:
     return level
 
 
-def read_json_file(path: Path) -> Any:
-    """A JSON file's value; refused in one line when unreadable, not JSON, huge or too deep."""
+def _no_duplicates(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
+    return dict(pairs)
+
+
+def read_regular_file(path: Path, limit: int = MAX_JSON_BYTES) -> bytes:
+    """The bytes of ``path`` when it is a regular file of at most ``limit`` bytes; a FIFO,
+    device (``/dev/zero``) or directory is refused without blocking or reading it."""
+    import os
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        if path.stat().st_size > MAX_JSON_BYTES:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UserError(f"{path}: not a regular file; not a run-dir file")
+        if info.st_size > limit:
+            raise UserError(f"{path}: larger than {limit >> 20} MB; not a run-dir file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(limit + 1)
+    finally:
+        os.close(fd)
+
+
+def read_json_file(path: Path) -> Any:
+    """A JSON file's value; refused in one line when unreadable, not a regular file, not JSON
+    (duplicate keys included), huge or too deep."""
+    try:
+        data = read_regular_file(path)
+        if len(data) > MAX_JSON_BYTES:
             raise UserError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MB; not a run-dir file")
-        value = json.loads(path.read_bytes().decode("utf-8"))
+        value = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except FileNotFoundError as exc:
         raise UserError(f"{path}: missing; the run dir is incomplete") from exc
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise UserError(f"{path}: not a readable JSON file ({type(exc).__name__})") from exc
+        detail = str(exc) if str(exc).startswith("duplicate key") else type(exc).__name__
+        raise UserError(f"{path}: not a readable JSON file ({detail})") from exc
     if _depth(value, MAX_DEPTH) > MAX_DEPTH:
         raise UserError(f"{path}: nested deeper than {MAX_DEPTH} levels; not a run-dir file")
     return value
@@ -86,8 +118,13 @@ def _names(types) -> str:
 
 
 def finite(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"{where}: must be a finite number, got {value!r}")
+    """``value`` as a float when it is a finite int or float (not a bool, not past float range)."""
+    try:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:  # an int past the float range
+        ok = False
+    if not ok:
+        raise UserError(f"{where}: must be a finite number, got {repr(value)[:40]}")
     return float(value)
 
 
@@ -131,6 +168,23 @@ def params_for(cls: type, params: Any, where: str) -> dict:
     return params
 
 
+MAX_STORED_INT = 10_000  # n_estimators, n_neighbors, n_iter... of a stored PyOD detector
+SEED_KEYS = ("random_state", "seed")
+
+
+def bounded_ints(params: dict, where: str) -> dict:
+    """``params`` when every int in it (but a seed) lies in -1..MAX_STORED_INT: a stored
+    ``n_estimators=10**9`` would re-fit for hours on load."""
+    for key, value in params.items():
+        if key in SEED_KEYS:
+            continue
+        if type(value) is int and not -1 <= value <= MAX_STORED_INT:
+            raise UserError(f"{where}.{key}: {str(value)[:24]} is out of range (-1..{MAX_STORED_INT}) for a stored detector")
+        if isinstance(value, dict):
+            bounded_ints(value, f"{where}.{key}")
+    return params
+
+
 def check_against_schema(cls: type, params: dict, where: str) -> None:
     """Type and range checks of the config schema whose ``_target_`` is ``cls`` (if any)."""
     from omegaconf import OmegaConf
@@ -152,10 +206,14 @@ def load_weights(path: Path) -> dict:
     """A torch file of tensors and plain containers (``weights_only=True``); pickled objects refused."""
     import torch
 
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path}: not a regular file; not a run-dir file")
     if not path.is_file():
         raise UserError(f"{path}: missing; the run dir is incomplete (was it saved with recipe.save_checkpoint=true?)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UserError(f"{path}: refused: it holds pickled objects, not just tensors and plain data") from exc
     except Exception as exc:  # corrupt / not a torch file

@@ -26,7 +26,7 @@ class DatasetSchema:
     def __post_init__(self) -> None:
         check(self.on_bad_image in ("error", "skip"), "dataset.on_bad_image", "must be error or skip")
         check(self.max_image_megabytes > 0, "dataset.max_image_megabytes", "must be > 0")
-        check(self.resize is None or self.resize >= 16, "dataset.resize", "must be >= 16 or null")
+        check(self.resize is None or 16 <= self.resize <= 8192, "dataset.resize", "must be in 16..8192 or null")
         check(self.input_mode in ("rgb", "gray"), "dataset.input_mode", "must be rgb or gray")
         for key in ("limit_train", "limit_test"):
             value = getattr(self, key)

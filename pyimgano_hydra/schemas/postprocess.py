@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pyimgano_hydra.errors import check
 
 NORMALIZES = ("none", "minmax", "percentile")
+MAX_SIGMA = 1000.0  # pixels; the kernel is 8 sigma wide
 
 
 @dataclass
@@ -24,7 +25,7 @@ class PostprocessSchema:
     overlays_normal_n: int = 0  # overlays of a few normal test images
 
     def __post_init__(self) -> None:
-        check(self.sigma >= 0, "postprocess.sigma", "must be >= 0 (0 = no smoothing)")
+        check(0 <= self.sigma <= MAX_SIGMA, "postprocess.sigma", f"must be in 0..{MAX_SIGMA} (0 = no smoothing)")
         check(self.normalize in NORMALIZES, "postprocess.normalize",
               f"must be one of {', '.join(NORMALIZES)}")
         check(0 <= self.percentile_low < self.percentile <= 100, "postprocess.percentile",

@@ -33,7 +33,7 @@ def _read_overrides(job_dir: Path) -> list[str] | None:
     from omegaconf import OmegaConf
 
     try:
-        return [str(o) for o in OmegaConf.load(path)]
+        return [str(o) for o in OmegaConf.to_container(OmegaConf.load(path), resolve=False)]  # never resolved
     except Exception:  # a half-written file from a job still starting
         return None
 

@@ -66,4 +66,5 @@ def report_html(report: dict, config: dict) -> str:
 
 
 def write_report_html(path: str | Path, report: dict, config: dict) -> Path:
-    return write_bytes_atomic(path, report_html(report, config).encode("utf-8"))
+    # an undecodable file-name byte (lone surrogate) goes back to its byte, as in the JSON files
+    return write_bytes_atomic(path, report_html(report, config).encode("utf-8", "surrogateescape"))

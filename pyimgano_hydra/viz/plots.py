@@ -10,7 +10,16 @@ import numpy as np
 from pyimgano_hydra.runs.writers import write_bytes_atomic
 
 
+def shown(text: str) -> str:
+    """``text`` printable by a font: an undecodable file-name byte (a lone surrogate) as ``\\xff``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _save(fig, path: str | Path) -> Path:
+    from matplotlib.text import Text
+
+    for artist in fig.findobj(Text):  # category / defect-type names come from folder names
+        artist.set_text(shown(artist.get_text()))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return write_bytes_atomic(path, buffer.getvalue())
@@ -88,7 +97,7 @@ def defect_type_bars(path: str | Path, by_type: dict, title: str) -> Path:
     values = [by_type[k]["image_auroc"] for k in names]
     fig, ax = _pyplot().subplots(figsize=(6, 0.4 * len(names) + 1.4))
     ax.barh(range(len(names)), values, color="tab:blue")
-    ax.set_yticks(range(len(names)), [f"{k} (n={by_type[k]['n']})" for k in names])
+    ax.set_yticks(range(len(names)), [shown(f"{k} (n={by_type[k]['n']})") for k in names])
     for i, value in enumerate(values):
         ax.text(value, i, f" {value:.3f}", va="center", fontsize=8)
     low = min(values)
