@@ -93,3 +93,37 @@ def test_negative_num_workers_in_the_run_config_is_refused():
     with pytest.raises(ConfigError, match=r"^loader\.num_workers: must be >= 0") as err:
         validate(compose_config(["loader.num_workers=-1"]))
     assert "\n" not in str(err.value)
+
+
+def test_run_and_infer_with_workers_record_the_unreadable_file(tmp_path):
+    """End to end: a run with decode workers, then infer on a folder holding one bad file."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from conftest import REPO, run_cli
+    from pyimgano_hydra.runs.writers import read_jsonl
+
+    tests = Path(__file__).resolve().parent
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(tests)])}
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for split, n in (("train/normal", 6), ("test/normal", 3), ("test/scratch", 3)):
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
+    run_dir = tmp_path / "run"
+    proc = run_cli([f"hydra.searchpath=[file://{tests / 'conf'}]", "model=zscore", "dataset=folder",
+                    f"dataset.root={root}", "dataset.resize=64", "loader.num_workers=2",
+                    f"hydra.run.dir={run_dir}"], env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    inputs = tmp_path / "inputs"
+    shutil.copytree(root / "test" / "scratch", inputs)
+    (inputs / "1.png").write_bytes(b"truncated")
+    out = tmp_path / "infer"
+    proc = run_cli([f"run_dir={run_dir}", f"input={inputs}", "trust_targets=true", "+loader.num_workers=2",
+                    f"hydra.run.dir={out}"], module="pyimgano_hydra.infer", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = {Path(r["path"]).name: r for r in read_jsonl(out / "predictions.jsonl")}
+    assert "1.png" in records["1.png"]["error"] and "score" not in records["1.png"]
+    assert "score" in records["0.png"] and "score" in records["2.png"]
