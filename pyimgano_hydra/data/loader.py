@@ -98,7 +98,7 @@ def decode_files(paths: Sequence[Union[str, Path]], resize: Size = None, input_m
     setting = setting or active_loader()
     workers = min(setting.num_workers, len(paths))
     files = _DecodeFiles(paths, resize, input_mode, max_megabytes, as_tensor=workers > 1 and setting.pin_memory)
-    if workers <= 1:  # one file, or no workers: no process is worth starting
+    if workers == 0 or len(paths) == 1:  # no workers, or one file: no process is worth starting
         items = (files[i] for i in range(len(files)))
     else:
         from torch.utils.data import DataLoader
