@@ -127,3 +127,16 @@ def test_run_and_infer_with_workers_record_the_unreadable_file(tmp_path):
     records = {Path(r["path"]).name: r for r in read_jsonl(out / "predictions.jsonl")}
     assert "1.png" in records["1.png"]["error"] and "score" not in records["1.png"]
     assert "score" in records["0.png"] and "score" in records["2.png"]
+
+
+def _decode_in_worker(paths):
+    return stack_images(paths, 32, setting=LoaderSetting(num_workers=2))
+
+
+def test_workers_start_inside_a_joblib_worker(files):
+    """hydra/launcher=joblib runs jobs in loky workers, whose default context is loky's."""
+    from joblib.externals.loky import get_reusable_executor
+
+    executor = get_reusable_executor(max_workers=1)
+    got = executor.submit(_decode_in_worker, [str(p) for p in files]).result(timeout=300)
+    np.testing.assert_array_equal(got, np.stack([load_image(p, 32) for p in files]))

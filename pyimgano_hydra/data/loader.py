@@ -101,11 +101,16 @@ def decode_files(paths: Sequence[Union[str, Path]], resize: Size = None, input_m
     if workers == 0 or len(paths) == 1:  # no workers, or one file: no process is worth starting
         items = (files[i] for i in range(len(files)))
     else:
+        import multiprocessing
+
         from torch.utils.data import DataLoader
 
+        # an explicit start method: inside a joblib (loky) worker the default context is loky's
+        start = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         items = DataLoader(files, batch_size=None, shuffle=False, num_workers=workers,
                            collate_fn=_as_is, pin_memory=setting.pin_memory,
-                           worker_init_fn=_one_thread_per_worker)
+                           worker_init_fn=_one_thread_per_worker,
+                           multiprocessing_context=multiprocessing.get_context(start))
     out: list = [None] * len(files)
     for index, value in items:
         out[index] = (DataError(value) if isinstance(value, str)
