@@ -11,6 +11,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 import pyimgano_hydra
+from pyimgano_hydra.data.loader import loader_setting
 from pyimgano_hydra.features.cache import feature_cache
 from pyimgano_hydra.features.precision import autocast_setting
 from pyimgano_hydra.instantiate import build, build_detector_factory
@@ -138,7 +139,8 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
                  resumed=resuming, **owner())
     try:
         with sigterm_as_interrupt(), feature_cache(cfg.get("cache")), \
-                autocast_setting(OmegaConf.select(cfg, "gpu.autocast", default="none")):
+                autocast_setting(OmegaConf.select(cfg, "gpu.autocast", default="none")), \
+                loader_setting(OmegaConf.select(cfg, "loader.num_workers"), _device_used(cfg.model) or "cpu"):
             validate(cfg)  # range checks, before any work; a failure is recorded in status.json
             write_json_atomic(run_dir.config, OmegaConf.to_container(cfg, resolve=True))
             write_json_atomic(run_dir.environment, environment(device=_device_used(cfg.model)))

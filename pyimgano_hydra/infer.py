@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pyimgano_hydra.console import one_line_errors, quiet_third_party_logs
 from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, is_image_file
+from pyimgano_hydra.data.loader import checked_workers, loader_setting
 from pyimgano_hydra.defects.export import DefectsExporter, require_maps
 from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
 from pyimgano_hydra.errors import ConfigError, UserError
@@ -75,6 +76,7 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
             raise ConfigError(f"{key}: must be true or false, got {cfg[key]!r}")
     if type(cfg.batch_size) is not int or not 1 <= cfg.batch_size <= 4096:
         raise ConfigError(f"batch_size: must be an int in 1..4096, got {cfg.batch_size!r}")
+    num_workers = checked_workers(OmegaConf.select(cfg, "loader.num_workers"))  # +loader.num_workers=N
     loaded = load_run(cfg.run_dir)
     category = loaded.category(cfg.category)
     paths = collect_inputs(str(cfg.input))
@@ -99,10 +101,13 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
             exporter = DefectsExporter(defects, pixel_threshold, out / "masks", out)
         items = [{"index": i, "path": str(p), "category": category} for i, p in enumerate(paths)]
         unreadable: list[dict] = []
-        records = score_all(inspector, items, lambda chunk: inspector.load_images([i["path"] for i in chunk]),
-                            int(cfg.batch_size),
-                            RecordOutputs(root=out, maps_dir=out / "maps" if cfg.save_maps else None,
-                                          exporter=exporter, unreadable=unreadable))
+        from pyimgano_hydra.features.device import resolve_device
+
+        with loader_setting(num_workers, str(resolve_device(str(cfg.device), key="device"))):
+            records = score_all(inspector, items, lambda chunk: inspector.load_images([i["path"] for i in chunk]),
+                                int(cfg.batch_size),
+                                RecordOutputs(root=out, maps_dir=out / "maps" if cfg.save_maps else None,
+                                              exporter=exporter, unreadable=unreadable))
         if not records:
             raise UserError(f"input={cfg.input}: no image could be read; first: {unreadable[0]['error']}")
         records = sorted(records + unreadable, key=lambda r: r["index"])

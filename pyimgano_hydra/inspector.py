@@ -94,10 +94,10 @@ class Inspector:
 
     def load_images(self, paths: list) -> np.ndarray:
         """Decode image files with the preprocessing the detector was fitted with."""
-        from pyimgano_hydra.data.images import load_image
+        from pyimgano_hydra.data.loader import stack_images
 
         prep = self.preprocessing
-        return np.stack([load_image(p, prep.get("resize"), prep.get("input_mode", "rgb")) for p in paths])
+        return stack_images(paths, prep.get("resize"), prep.get("input_mode", "rgb"))
 
     def score_maps(self, images: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """(N,) float64 scores and postprocessed (N, H, W) float32 maps (None without maps)."""
@@ -297,6 +297,10 @@ def _decodable(chunk: list[dict], load_images: Callable[[list[dict]], np.ndarray
 
     from pyimgano_hydra.errors import DataError
 
+    try:
+        return chunk, load_images(chunk)  # the whole batch at once (decode workers); else file by file
+    except DataError:
+        pass
     kept, images = [], []
     for item in chunk:
         try:

@@ -16,6 +16,7 @@ import numpy as np
 
 from pyimgano_hydra.data.images import (DEFAULT_MAX_IMAGE_MEGABYTES, list_images, load_image, load_mask,
                                         mask_size, read_size)
+from pyimgano_hydra.data.loader import stack_images
 from pyimgano_hydra.data.sample import ANOMALOUS, CategorySplit, Sample
 from pyimgano_hydra.errors import ConfigError, DataError
 
@@ -177,22 +178,9 @@ class ImageDataset:
         return "a mask file next to the layout's ground truth"
 
     def load_images(self, samples: Sequence[Sample]) -> np.ndarray:
-        """uint8 (N, H, W, C) at ``resize``×``resize`` in ``input_mode``."""
-        channels = 3 if self.input_mode == "rgb" else 1
-        if not samples:
-            side = self.resize or 0
-            return np.zeros((0, side, side, channels), np.uint8)
-        first = load_image(samples[0].path, self.resize, self.input_mode, self.max_image_megabytes)
-        out = np.empty((len(samples),) + first.shape, np.uint8)
-        out[0] = first
-        for i, s in enumerate(samples[1:], start=1):
-            img = load_image(s.path, self.resize, self.input_mode, self.max_image_megabytes)
-            if img.shape != first.shape:
-                raise DataError(f"{s.path}: size {img.shape[1]}x{img.shape[0]} differs from "
-                                f"{samples[0].path} ({first.shape[1]}x{first.shape[0]}); "
-                                f"set dataset.resize to a size")
-            out[i] = img
-        return out
+        """uint8 (N, H, W, C) at ``resize``×``resize`` in ``input_mode`` (data/loader.py:
+        ``loader.num_workers`` processes decode)."""
+        return stack_images([s.path for s in samples], self.resize, self.input_mode, self.max_image_megabytes)
 
     def load_masks(self, samples: Sequence[Sample]) -> np.ndarray:
         """bool (N, H, W) matching ``load_images``; all-False where a sample has no mask."""

@@ -21,6 +21,7 @@ from pyimgano_hydra.errors import ConfigError, DataError
 from pyimgano_hydra.features.backbones import Backbone
 from pyimgano_hydra.features.precision import backbone_autocast, float_features
 from pyimgano_hydra.features.cache import active_cache, cached_backbone_features
+from pyimgano_hydra.features.device_store import keep_features, kept_features
 from pyimgano_hydra.progress import stage
 
 
@@ -43,12 +44,19 @@ def iter_features(
     with torch.inference_mode(), stage(desc, total=n) as bar:
         for start in range(0, n, batch_size):
             chunk = np.ascontiguousarray(images[start : start + batch_size])
+            kept = kept_features(backbone, chunk)  # GPU runs: maps kept in device memory (device_store.py)
+            if kept is not None:
+                yield kept
+                bar.update(len(chunk))
+                continue
             with backbone_autocast(backbone.device):  # gpu.autocast; off by default
                 if cache is not None:
                     feats = cached_backbone_features(cache, backbone, chunk)
                 else:
                     feats = backbone(backbone.preprocess(torch.from_numpy(chunk)))
-            yield float_features(feats)
+            feats = float_features(feats)
+            keep_features(backbone, chunk, feats)
+            yield feats
             bar.update(len(chunk))
 
 

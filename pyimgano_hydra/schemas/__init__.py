@@ -48,7 +48,7 @@ def schema_for(cls: type):
 def validate(cfg: DictConfig) -> None:
     """Run each group's range checks (dataclass ``__post_init__``) and refuse any non-finite
     number; raise ConfigError naming the key."""
-    for group in (*GROUPS, "gpu"):  # gpu: a top-level node with its own range check
+    for group in (*GROUPS, "gpu", "loader"):  # gpu, loader: top-level nodes with their own range checks
         node = cfg.get(group)
         if node is None or OmegaConf.get_type(node) in (dict, None):
             continue

@@ -1,4 +1,4 @@
-"""Schema of the primary config's own keys (``seed``, ``tag``, ``cache``, ``gpu``); the groups stay open."""
+"""Schema of the primary config's own keys (``seed``, ``tag``, ``cache``, ``gpu``, ``loader``); the groups stay open."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,11 +30,22 @@ class GpuSchema:
 
 
 @dataclass
+class LoaderSchema:
+    """Image decoding (pyimgano_hydra/data/loader.py; docs/SWEEPS.md, "Decode workers")."""
+
+    num_workers: int = 0  # DataLoader worker processes that decode and resize; 0 = in the main process
+
+    def __post_init__(self) -> None:
+        check(self.num_workers >= 0, "loader.num_workers", f"must be >= 0, got {self.num_workers}")
+
+
+@dataclass
 class RunSchema:
     seed: int = 0  # seed of the recipe's random choices (splits, sampling)
     tag: str = ""  # free-form label carried into the report (e.g. a ticket or line id)
     cache: CacheSchema = field(default_factory=CacheSchema)
     gpu: GpuSchema = field(default_factory=GpuSchema)
+    loader: LoaderSchema = field(default_factory=LoaderSchema)
     # the groups, typed by their own schemas
     dataset: Any = None
     model: Any = None
