@@ -19,7 +19,8 @@ from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.runs.layout import RunDir
 from pyimgano_hydra.runs.status import FAILED, write_status
 from pyimgano_hydra.sweep.leaderboard import main_value, write_leaderboard
-from pyimgano_hydra.sweep.naming import register_resolvers, write_sweep_file
+from pyimgano_hydra.resolvers import register_resolvers
+from pyimgano_hydra.sweep.naming import write_sweep_file
 
 try:  # Hydra is always there; keep the class importable without it for docs tools
     from hydra.experimental.callback import Callback
