@@ -222,3 +222,15 @@ def test_resolvers_are_registered_in_one_module():
     registering = sorted(p.relative_to(pkg).as_posix() for p in pkg.rglob("*.py")
                          if "register_new_resolver(" in p.read_text(encoding="utf-8"))
     assert registering == ["resolvers.py"]
+
+
+def test_no_private_hydra_imports():
+    import re
+
+    import pyimgano_hydra
+
+    root = Path(pyimgano_hydra.__file__).parent.parent
+    private = re.compile(r"^\s*(from|import)\s+hydra\._internal", re.M)
+    offenders = [str(p.relative_to(root)) for d in ("pyimgano_hydra", "hydra_plugins")
+                 for p in (root / d).rglob("*.py") if private.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []
