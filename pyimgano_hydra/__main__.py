@@ -7,19 +7,16 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pyimgano_hydra.console import one_line_errors
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.interrupt import exit_on_interrupt
 from pyimgano_hydra.paths import conf_dir
-from pyimgano_hydra.reference import config_groups_text
 from pyimgano_hydra.schemas import register_configs
-from pyimgano_hydra.sweep import register_resolvers
+from pyimgano_hydra.resolvers import register_resolvers
 
-register_resolvers()  # hydra.sweep.dir / subdir use them
-if not OmegaConf.has_resolver("pyimgano_groups"):  # --help lists conf/'s groups, not the schemas
-    OmegaConf.register_new_resolver("pyimgano_groups", config_groups_text)
+register_resolvers()  # hydra.sweep.dir / subdir and --help use them
 
 register_configs()
 

@@ -208,3 +208,29 @@ def test_optuna_preset_optimises_the_leaderboard_metric(tmp_path):
     best = OmegaConf.load(root / "optimization_results.yaml")
     assert best.best_value == pytest.approx(board["jobs"][0]["aggregate"]["pixel_aupro"]["mean"])
     assert set(board["varying"]) == {"model.coreset_ratio", "model.num_neighbors", "model.smoothing_sigma"}
+
+
+def test_resolvers_are_registered_in_one_module():
+    import pyimgano_hydra
+    from pyimgano_hydra.resolvers import register_resolvers
+
+    register_resolvers()
+    register_resolvers()  # idempotent
+    for name in ("pyimgano_job_dir", "pyimgano_pid", "pyimgano_groups"):
+        assert OmegaConf.has_resolver(name)
+    pkg = Path(pyimgano_hydra.__file__).parent
+    registering = sorted(p.relative_to(pkg).as_posix() for p in pkg.rglob("*.py")
+                         if "register_new_resolver(" in p.read_text(encoding="utf-8"))
+    assert registering == ["resolvers.py"]
+
+
+def test_no_private_hydra_imports():
+    import re
+
+    import pyimgano_hydra
+
+    root = Path(pyimgano_hydra.__file__).parent.parent
+    private = re.compile(r"^\s*(from|import)\s+hydra\._internal", re.M)
+    offenders = [str(p.relative_to(root)) for d in ("pyimgano_hydra", "hydra_plugins")
+                 for p in (root / d).rglob("*.py") if private.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []

@@ -199,13 +199,14 @@ def mask_size(path: str | Path) -> tuple[int, int]:
 def load_mask(path: str | Path, size: Size = None) -> np.ndarray:
     """Decode a ground-truth mask into bool (H, W): any non-zero pixel is defect.
 
-    ``path`` may be a folder of masks (MVTec LOCO): their union is returned. Colour masks
+    ``path`` may be a folder of masks (MVTec LOCO): their union is returned; a ``.npy`` file
+    (as written by ``defects.io.save_mask``) is read as an array. Colour masks
     count a pixel as defect when any colour channel is non-zero; resizing uses nearest
     neighbour so the mask stays exact.
     """
     mask = None
     for f in mask_files(path):
-        arr = _to_uint8(_open(f), f)
+        arr = _load_npy(f) if f.suffix.lower() == ".npy" else _to_uint8(_open(f), f)
         part = arr.any(axis=2) if arr.ndim == 3 else arr > 0
         if mask is not None and part.shape != mask.shape:
             raise DataError(f"{f}: mask size {part.shape[1]}x{part.shape[0]} differs from the "
@@ -216,6 +217,12 @@ def load_mask(path: str | Path, size: Size = None) -> np.ndarray:
         mask = cv2.resize(mask.astype(np.uint8), (target[1], target[0]),
                           interpolation=cv2.INTER_NEAREST).astype(bool)
     return mask
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: mask file not found")
+    return np.load(path, allow_pickle=False)
 
 
 def write_png(path: str | Path, array: np.ndarray) -> None:

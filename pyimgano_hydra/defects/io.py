@@ -1,4 +1,4 @@
-"""Save and load defect masks: PNG (8-bit gray) or NPY (uint8), values 0 = normal, 255 = defect.
+"""Save defect masks (read them back with ``data.images.load_mask``): PNG (8-bit gray) or NPY (uint8), values 0 = normal, 255 = defect.
 
 Writes are atomic: a temp file in the target folder, then ``os.replace``.
 """
@@ -39,15 +39,3 @@ def save_mask(mask: np.ndarray, stem: PathLike, mask_format: str = "png") -> Pat
     write_bytes_atomic(path, data)
     return path
 
-
-def load_mask(path: PathLike) -> np.ndarray:
-    """Read a mask saved by :func:`save_mask` back as uint8 (H, W)."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: mask file not found")
-    if p.suffix == ".npy":
-        return np.load(p, allow_pickle=False)
-    arr = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise DataError(f"{p}: not a readable PNG mask")
-    return arr

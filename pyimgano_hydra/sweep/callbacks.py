@@ -8,6 +8,7 @@ node) under a file lock at the sweep root, and once more at multirun end when re
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from pathlib import Path
@@ -19,7 +20,8 @@ from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.runs.layout import RunDir
 from pyimgano_hydra.runs.status import FAILED, write_status
 from pyimgano_hydra.sweep.leaderboard import main_value, write_leaderboard
-from pyimgano_hydra.sweep.naming import register_resolvers, write_sweep_file
+from pyimgano_hydra.resolvers import register_resolvers
+from pyimgano_hydra.sweep.naming import write_sweep_file
 
 try:  # Hydra is always there; keep the class importable without it for docs tools
     from hydra.experimental.callback import Callback
@@ -49,13 +51,16 @@ def planned_jobs(config: DictConfig) -> list[list[str]] | None:
     if OmegaConf.select(config, "hydra.sweeper._target_", default=None) != BASIC_SWEEPER:
         return None
     try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
         args = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-        parsed = OverridesParser.create().parse_overrides(args)
-        return [list(job) for job in BasicSweeper.split_arguments(parsed, None)[0]]
+        choices = []
+        for o in OverridesParser.create().parse_overrides(args):
+            key = o.get_key_element()
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+            choices.append([f"{key}={v}" for v in values])
+        return [list(job) for job in itertools.product(*choices)]
     except Exception:  # e.g. glob() sweeps need the config loader: no plan, rows appear as jobs start
         return None
 

@@ -104,17 +104,9 @@ def read_sweep_file(sweep_dir: str | Path) -> dict | None:
         return None
 
 
-def _job_dir_resolver(num: Any, sweep_dir: Any, overrides: Any) -> str:
+def job_dir_resolver(num: Any, sweep_dir: Any, overrides: Any) -> str:
+    """``${pyimgano_job_dir:...}``: the job's folder name (registered by ``pyimgano_hydra.resolvers``)."""
     record = read_sweep_file(str(sweep_dir))
     items = list(overrides) if isinstance(overrides, (ListConfig, list, tuple)) else []
     return job_name(num, [str(o) for o in items], record.get("varying") if record else None)
 
-
-def register_resolvers() -> None:
-    """``${pyimgano_job_dir:num,sweep_dir,overrides}`` and ``${pyimgano_pid:}`` (idempotent)."""
-    if not OmegaConf.has_resolver("pyimgano_job_dir"):
-        OmegaConf.register_new_resolver("pyimgano_job_dir", _job_dir_resolver)
-    if not OmegaConf.has_resolver("pyimgano_pid"):
-        # Cached: Hydra copies the launching process's resolver cache into every job's
-        # config, so all jobs see the launcher's pid (as with ${now:}).
-        OmegaConf.register_new_resolver("pyimgano_pid", lambda: os.getpid(), use_cache=True)
