@@ -7,6 +7,8 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
+from pyimgano_hydra.errors import UserError
+
 _HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
 _CHATTY_LOGGERS = ("faiss", "faiss.loader", "timm", "matplotlib", "PIL", "urllib3", "fsspec", "filelock",
                    "git", "numba", "mlflow", "alembic", "optuna")
@@ -83,6 +85,18 @@ class _HydraReportCatcher:
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
+
+
+@contextmanager
+def user_errors_exit() -> Iterator[None]:
+    """Inside a Hydra job: a UserError prints ``error: …`` and exits with its code (raised under HYDRA_FULL_ERROR=1)."""
+    try:
+        yield
+    except UserError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
 
 
 @contextmanager

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import glob
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pyimgano_hydra.console import one_line_errors, quiet_third_party_logs
+from pyimgano_hydra.console import one_line_errors, quiet_third_party_logs, user_errors_exit
 from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, is_image_file
 from pyimgano_hydra.data.loader import checked_workers, loader_setting
 from pyimgano_hydra.defects.export import DefectsExporter, require_maps
@@ -138,15 +136,10 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="infer")
 def _job(cfg: DictConfig) -> dict:
-    try:
+    with user_errors_exit():
         hc = HydraConfig.get()
         with sigterm_as_interrupt():
             return run_inference(cfg, hc.runtime.output_dir, task_overrides=list(hc.overrides.task))
-    except UserError as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
 
 
 def main() -> None:

@@ -87,6 +87,16 @@ def _one_thread_per_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def _start_method(multiprocessing) -> str:
+    """forkserver where there is one: a child forked from a process whose OpenCV/torch thread
+    pools already ran can deadlock. Inside a joblib (loky) worker, whose default context is
+    loky's (which forkserver children cannot re-create), fork."""
+    methods = multiprocessing.get_all_start_methods()
+    if multiprocessing.get_start_method(allow_none=True) == "loky" and "fork" in methods:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 def _as_is(batch):
     return batch
 
@@ -105,8 +115,7 @@ def decode_files(paths: Sequence[Union[str, Path]], resize: Size = None, input_m
 
         from torch.utils.data import DataLoader
 
-        # an explicit start method: inside a joblib (loky) worker the default context is loky's
-        start = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        start = _start_method(multiprocessing)
         items = DataLoader(files, batch_size=None, shuffle=False, num_workers=workers,
                            collate_fn=_as_is, pin_memory=setting.pin_memory,
                            worker_init_fn=_one_thread_per_worker,

@@ -1,14 +1,12 @@
 """``python -m pyimgano_hydra.export run_dir=<dir> [category=<name>] [format=onnx]`` (``pyimgano-hydra-export``)."""
 from __future__ import annotations
 
-import os
-import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pyimgano_hydra.console import one_line_errors, quiet_third_party_logs
-from pyimgano_hydra.errors import ConfigError, UserError
+from pyimgano_hydra.console import one_line_errors, quiet_third_party_logs, user_errors_exit
+from pyimgano_hydra.errors import ConfigError
 from pyimgano_hydra.paths import conf_dir
 from pyimgano_hydra.schemas import register_configs
 from pyimgano_hydra.schemas.export import ExportSchema
@@ -39,7 +37,7 @@ def run_export(settings: ExportSchema) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="export")
 def _job(cfg: DictConfig) -> None:
-    try:
+    with user_errors_exit():
         try:
             settings = OmegaConf.to_object(cfg)
         except ConfigError:
@@ -47,11 +45,6 @@ def _job(cfg: DictConfig) -> None:
         except Exception as exc:  # omegaconf type errors and missing run_dir
             raise ConfigError(" ".join(str(exc).split("\n")[0].split())) from exc
         run_export(settings)
-    except UserError as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
 
 
 def main() -> None:
