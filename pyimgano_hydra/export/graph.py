@@ -152,16 +152,35 @@ def image_term(detector) -> ImageTerm | None:
     return None if gaussian is None else ImageTerm(gaussian, detector.global_weight)
 
 
-class PatchCoreGraph(nn.Module):
-    """A fitted PatchCore: nearest-bank distance per patch, upsampled and smoothed map, image score."""
+class _MapGraph(nn.Module):
+    """What both exported detectors share: normalise → backbone, then a per-position distance
+    grid upsampled and blurred to the input size, the image score and the optional image term."""
 
-    def __init__(self, detector, size: tuple[int, int]) -> None:
+    def __init__(self, detector, size: tuple[int, int], scores: dict) -> None:
         super().__init__()
-        _refuse_unsupported(detector, PATCH_SCORES)
+        _refuse_unsupported(detector, scores)
         self.detector = detector
         self.size = size
         self.normalise = Normalise(detector._backbone())
         self.backbone = detector._backbone().cpu()
+        self.blur = Blur(detector.smoothing_sigma, size)
+        self.image_score = scores[detector.image_score]
+        self.image_term = image_term(detector)
+
+    def smoothed_map(self, grid: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
+        """(N, H, W) input-size map of a (N, h·w) distance grid."""
+        up = F.interpolate(grid.reshape(n, 1, h, w), size=self.size, mode="bilinear", align_corners=False)
+        return self.blur(up)[:, 0]
+
+    def output(self, feats: dict, score: torch.Tensor, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (score if self.image_term is None else self.image_term(feats, score)).float(), maps
+
+
+class PatchCoreGraph(_MapGraph):
+    """A fitted PatchCore: nearest-bank distance per patch, upsampled and smoothed map, image score."""
+
+    def __init__(self, detector, size: tuple[int, int]) -> None:
+        super().__init__(detector, size, PATCH_SCORES)
         bank = torch.from_numpy(np.ascontiguousarray(detector.memory_bank_, dtype=np.float32))
         self.register_buffer("bank", bank)
         self.register_buffer("bank_sq", (bank * bank).sum(1))
@@ -171,9 +190,6 @@ class PatchCoreGraph(nn.Module):
             _, found = detector._neighbour_index().search(np.ascontiguousarray(detector.memory_bank_), k)
             support = torch.from_numpy(found.astype(np.int64))
         self.register_buffer("support", support)
-        self.blur = Blur(detector.smoothing_sigma, size)
-        self.image_score = PATCH_SCORES[detector.image_score]
-        self.image_term = image_term(detector)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from pyimgano_hydra.models.patchcore import aggregate_patches
@@ -186,28 +202,18 @@ class PatchCoreGraph(nn.Module):
         d2 = (emb * emb).sum(-1, keepdim=True) - 2.0 * emb @ self.bank.T + self.bank_sq
         best, nearest = d2.min(dim=-1)
         patch = best.clamp_min(0.0).sqrt()  # (N, P)
-        up = F.interpolate(patch.reshape(n, 1, h, w), size=self.size, mode="bilinear", align_corners=False)
-        maps = self.blur(up)[:, 0]
-        score = self.image_score(self, Scored(patch, emb, nearest, maps))
-        return (score if self.image_term is None else self.image_term(feats, score)).float(), maps
+        maps = self.smoothed_map(patch, n, h, w)
+        return self.output(feats, self.image_score(self, Scored(patch, emb, nearest, maps)), maps)
 
 
-class PaDiMGraph(nn.Module):
+class PaDiMGraph(_MapGraph):
     """A fitted PaDiM: Mahalanobis distance per position, upsampled and smoothed map, image score."""
 
     def __init__(self, detector, size: tuple[int, int]) -> None:
-        super().__init__()
-        _refuse_unsupported(detector, MAP_SCORES)
-        self.detector = detector
-        self.size = size
-        self.normalise = Normalise(detector._backbone())
-        self.backbone = detector._backbone().cpu()
+        super().__init__(detector, size, MAP_SCORES)
         self.chosen = {k: v.cpu() for k, v in detector.channels_.items()}
         self.register_buffer("mean", torch.from_numpy(np.asarray(detector.mean_, np.float32)))
         self.register_buffer("inv_cov", torch.from_numpy(np.asarray(detector.inv_cov_, np.float32)))
-        self.blur = Blur(detector.smoothing_sigma, size)
-        self.image_score = MAP_SCORES[detector.image_score]
-        self.image_term = image_term(detector)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from pyimgano_hydra.models.padim import mahalanobis, padim_embedding
@@ -216,10 +222,8 @@ class PaDiMGraph(nn.Module):
         x = padim_embedding(feats, self.chosen, self.detector.grid_size)
         n, _, h, w = x.shape
         dist = mahalanobis(x.flatten(2).transpose(1, 2), self.mean, self.inv_cov)
-        up = F.interpolate(dist.reshape(n, 1, h, w), size=self.size, mode="bilinear", align_corners=False)
-        maps = self.blur(up)[:, 0]
-        score = self.image_score(self.detector, maps)
-        return (score if self.image_term is None else self.image_term(feats, score)).float(), maps
+        maps = self.smoothed_map(dist, n, h, w)
+        return self.output(feats, self.image_score(self.detector, maps), maps)
 
 
 def build_graph(detector, size: tuple[int, int]) -> nn.Module:
