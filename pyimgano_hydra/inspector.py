@@ -21,11 +21,11 @@ import numpy as np
 
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.runs import trust
+from pyimgano_hydra.schemas.dataset import MAX_SIDE
 
 FORMAT = "pyimgano_hydra.inspector"
 VERSION = 1
 INPUT_MODES = ("rgb", "gray")
-MAX_SIDE = 8192  # pixels per side of a resized image (a 65536^2 image is 51 GB of floats)
 _STATE_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
 
 

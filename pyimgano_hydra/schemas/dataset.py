@@ -7,6 +7,8 @@ from typing import Any, List, Optional
 from pyimgano_hydra.data.images import DEFAULT_MAX_IMAGE_MEGABYTES
 from pyimgano_hydra.errors import check
 
+MAX_SIDE = 8192  # pixels per side of a resized image (a 65536^2 image is 51 GB of floats)
+
 
 @dataclass
 class DatasetSchema:
@@ -26,7 +28,7 @@ class DatasetSchema:
     def __post_init__(self) -> None:
         check(self.on_bad_image in ("error", "skip"), "dataset.on_bad_image", "must be error or skip")
         check(self.max_image_megabytes > 0, "dataset.max_image_megabytes", "must be > 0")
-        check(self.resize is None or 16 <= self.resize <= 8192, "dataset.resize", "must be in 16..8192 or null")
+        check(self.resize is None or 16 <= self.resize <= MAX_SIDE, "dataset.resize", f"must be in 16..{MAX_SIDE} or null")
         check(self.input_mode in ("rgb", "gray"), "dataset.input_mode", "must be rgb or gray")
         for key in ("limit_train", "limit_test"):
             value = getattr(self, key)
