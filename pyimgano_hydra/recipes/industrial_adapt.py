@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -24,17 +25,21 @@ from pyimgano_hydra.viz.plots import category_plots
 
 log = logging.getLogger(__name__)
 FEW_CALIBRATION_SCORES = 20  # below this many normal scores the threshold gets a warning note
+MAX_CALIBRATION_MAP_BYTES = 512 * 2**20  # normal maps kept from cross-fitting (postprocess, pixel threshold)
 
 
-def holdout_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Seeded split of normal training samples into (fit, calibration)."""
-    n_hold = int(round(len(samples) * fraction))
-    if fraction <= 0 or n_hold < 2 or len(samples) - n_hold < 2:
-        return list(samples), []
-    order = np.random.default_rng(seed).permutation(len(samples))
-    hold = set(order[:n_hold].tolist())
-    return ([s for i, s in enumerate(samples) if i not in hold],
-            [s for i, s in enumerate(samples) if i in hold])
+def calibration_folds(n: int, method: str, folds: int, holdout: float, seed: int) -> list[np.ndarray]:
+    """Seeded sets of training-image indices to score with a model fitted without them: one set
+    of ``holdout`` share (``holdout``, ``refit``), ``folds`` disjoint sets covering all ``n``
+    (``crossfit``), or none when there are too few images (every model needs 2 to fit on)."""
+    order = np.random.default_rng(seed).permutation(n)
+    if method == "crossfit":
+        k = min(folds, n // 2)
+        return [np.sort(part) for part in np.array_split(order, k)] if k >= 2 else []
+    n_hold = int(round(n * holdout))
+    if holdout <= 0 or n_hold < 2 or n - n_hold < 2:
+        return []
+    return [np.sort(order[:n_hold])]
 
 
 def per_defect_type(test: list[Sample], labels: np.ndarray, scores: np.ndarray) -> dict:
@@ -52,64 +57,96 @@ def per_defect_type(test: list[Sample], labels: np.ndarray, scores: np.ndarray) 
 
 
 class IndustrialAdapt:
-    """Per category: fit on train/good, calibrate the image threshold on held-out normal scores,
-    predict the test split in batches, compute image (and pixel) metrics, write records."""
+    """Per category: fit on train/good, calibrate the image threshold on normal scores from
+    models that did not see those images (cross-fitting or a hold-out), predict the test split in batches, compute image (and pixel) metrics, write records."""
 
-    def __init__(self, contamination=None, calibration_quantile=None, calibration_holdout=0.2,
-                 pro_fpr_limit=0.3, predict_batch_size=32, save_checkpoint=True):
+    def __init__(self, contamination=None, calibration_quantile=None, calibration="refit",
+                 calibration_folds=5, calibration_holdout=0.2, pro_fpr_limit=0.3, predict_batch_size=32,
+                 save_checkpoint=True):
         self.contamination = contamination
         self.calibration_quantile = calibration_quantile
+        self.calibration = calibration
+        self.calibration_folds = calibration_folds
         self.calibration_holdout = calibration_holdout
         self.pro_fpr_limit = pro_fpr_limit
         self.predict_batch_size = predict_batch_size
         self.save_checkpoint = save_checkpoint
 
-    def _batches(self, detector, dataset, samples: list[Sample], name: str):
-        """Detector outputs of ``samples`` batch by batch under one progress bar ``name``
-        (calibration, before an inspector exists); nothing is held across batches."""
-        with stage(name, total=len(samples)) as bar:
-            for start in range(0, len(samples), self.predict_batch_size):
-                images = dataset.load_images(samples[start:start + self.predict_batch_size])
-                yield detector.score_maps(images)
-                bar.update(len(images))
+    def _batches(self, detector, images: np.ndarray, bar):
+        """Detector outputs of in-memory ``images`` batch by batch (calibration, before an
+        inspector exists), advancing ``bar``."""
+        for start in range(0, len(images), self.predict_batch_size):
+            batch = images[start:start + self.predict_batch_size]
+            yield detector.score_maps(batch)
+            bar.update(len(batch))
 
     def _fit(self, ctx: RecipeContext, split, timings: dict, notes: list):
-        fit_samples, calib_samples = holdout_split(split.train, self.calibration_holdout, ctx.seed)
         t = time.perf_counter()
         with stage("load train"):
-            train_images = ctx.dataset.load_images(fit_samples)
+            train_images = ctx.dataset.load_images(split.train)
         timings["load_train_s"] = time.perf_counter() - t
         log.debug("train images %s %s", train_images.shape, train_images.dtype)
+        n = len(train_images)
+        held = calibration_folds(n, self.calibration, self.calibration_folds, self.calibration_holdout, ctx.seed)
+        holdout = self.calibration == "holdout" and held
+        fit_images = np.delete(train_images, held[0], axis=0) if holdout else train_images
         detector = ctx.make_detector()
         self.check_detector(detector)
         if (ctx.defects or {}).get("enabled"):
             require_maps(detector)
         t = time.perf_counter()
         with stage("fit"):
-            detector.fit(train_images)
+            detector.fit(fit_images)
         timings["fit_s"] = time.perf_counter() - t
         notes.extend(getattr(detector, "notes_", []))  # e.g. a PyOD parameter lowered to fit the data
         t = time.perf_counter()
-        if calib_samples:
-            outputs = list(self._batches(detector, ctx.dataset, calib_samples, "calibrate"))
-            scores_from = (f"{len(calib_samples)} held-out train images "
-                           f"(recipe.calibration_holdout={self.calibration_holdout})")
-        else:
-            outputs = [detector.score_maps(train_images)]
-            scores_from = f"{len(fit_samples)} training images (in-sample; biased low)"
-            notes.append("threshold calibrated in-sample: too few train images for a hold-out")
+        n_scored = sum(len(idx) for idx in held)
+        with stage("calibrate", total=n_scored or n) as bar:
+            if holdout:
+                outputs = list(self._batches(detector, train_images[held[0]], bar))
+                scores_from = (f"{len(held[0])} held-out train images "
+                               f"(recipe.calibration_holdout={self.calibration_holdout})")
+            elif held:
+                outputs = self._unseen_outputs(ctx, train_images, held, bar)
+                scores_from = (f"{n_scored} train images, each scored by one of {len(held)} fold models fitted without "
+                               f"it (recipe.calibration=crossfit); the final model is fitted on all {n}"
+                               if len(held) > 1 else
+                               f"{n_scored} held-out train images scored by a model fitted on the other {n - n_scored} "
+                               f"(recipe.calibration=refit); the final model is refitted on all {n}")
+            else:
+                outputs = list(self._batches(detector, train_images, bar))
+                scores_from = f"{n} training images (in-sample; biased low)"
+                notes.append("threshold calibrated in-sample: too few train images to hold any out")
         normal_scores = np.concatenate([np.asarray(o.scores, np.float64).reshape(-1) for o in outputs])
         if len(normal_scores) < FEW_CALIBRATION_SCORES:
+            hint = ", or use recipe.calibration=crossfit" if len(held) == 1 else ""
             notes.append(f"threshold rests on only {len(normal_scores)} normal scores: treat it as rough "
-                         f"(add normal train images, or raise recipe.calibration_holdout)")
-        normal_maps = (np.concatenate([o.maps for o in outputs]).astype(np.float32)
-                       if outputs and outputs[0].maps is not None else None)
+                         f"(add normal train images{hint})")
+        kept = [o.maps for o in outputs if o.maps is not None]
+        normal_maps = np.concatenate(kept).astype(np.float32) if kept else None
         q, q_source = calibration_quantile(self.contamination, self.calibration_quantile)
         threshold = calibrate_threshold(normal_scores, q, q_source, scores_from)
         log.debug("image threshold %s", threshold)
         timings["calibrate_s"] = time.perf_counter() - t
-        counts = {"train": len(split.train), "fit": len(fit_samples), "calibration": len(calib_samples)}
+        counts = {"train": n, "fit": len(fit_images), "calibration": n_scored,
+                  "calibration_models": len(held) if held and not holdout else 0}
         return detector, threshold, normal_maps, counts
+
+    def _unseen_outputs(self, ctx: RecipeContext, train_images: np.ndarray, held: list[np.ndarray], bar) -> list:
+        """Outputs for the ``held`` training images, each set from a fresh detector fitted on the
+        other images; maps are kept up to ``MAX_CALIBRATION_MAP_BYTES`` (at least one set's)."""
+        outputs, map_bytes = [], 0
+        for idx in held:
+            model = ctx.make_detector()
+            model.fit(np.delete(train_images, idx, axis=0))
+            for out in self._batches(model, train_images[idx], bar):
+                if out.maps is not None:
+                    if map_bytes and map_bytes + out.maps.nbytes > MAX_CALIBRATION_MAP_BYTES:
+                        out = replace(out, maps=None)
+                    else:
+                        map_bytes += out.maps.nbytes
+                outputs.append(out)
+        return outputs
 
     def __call__(self, ctx: RecipeContext) -> CategoryResult:
         timings: dict[str, float] = {}
