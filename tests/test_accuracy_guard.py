@@ -25,10 +25,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # model option -> metric -> floor on the mean over the guard's categories
 # (recorded 2026-12-02: patchcore 0.629 / 0.808; with the neighbourhood average ignoring
 # padding again, patchcore fell to 0.496 / 0.621. 2026-12-03, PaDiM score=topk: padim
-# 0.649 / 0.845, was 0.611 / 0.845 with score=max)
+# 0.649 / 0.845, was 0.611 / 0.845 with score=max. 2026-12-04, PaDiM d=null (all channels)
+# and recipe.calibration=refit: padim 0.671 / 0.864, patchcore 0.604 / 0.826)
 FLOORS = {
     "patchcore": {"image_auroc": 0.60, "pixel_auroc": 0.78},
-    "padim": {"image_auroc": 0.62, "pixel_auroc": 0.82},
+    "padim": {"image_auroc": 0.65, "pixel_auroc": 0.85},
 }
 
 

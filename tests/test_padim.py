@@ -77,6 +77,16 @@ def test_too_much_memory_is_refused_before_work_naming_the_key(data):
         PaDiM(**(FAST | {"d": 10_000})).fit(data[0])
 
 
+def test_default_keeps_every_channel_so_the_seed_does_not_matter(data):
+    params = FAST | {"d": None}
+    a, b = PaDiM(**(params | {"seed": 0})).fit(data[0]), PaDiM(**(params | {"seed": 1})).fit(data[0])
+    total = sum(a._backbone().channels().values())
+    assert a.mean_.shape[-1] == total and a.inv_cov_.shape[-2:] == (total, total)
+    np.testing.assert_array_equal(a.score_maps(data[1]).scores, b.score_maps(data[1]).scores)
+    subset = PaDiM(**(params | {"d": 16})).fit(data[0])
+    assert subset.mean_.shape[-1] == 16
+
+
 def test_config_instantiates_and_bad_values_name_the_key():
     cfg = compose_config(["model=padim", "model.d=20", "model.device=cpu"])
     validate(cfg)

@@ -1,11 +1,12 @@
 """PaDiM (Defard et al., 2020): a Gaussian per feature-map position, Mahalanobis maps.
 
-Fit: backbone maps of ``layers`` → a seeded random subset of ``d`` channels (chosen
-across all layers) → upsampled to the finest layer, or average-pooled to ``grid_size`` ×
+Fit: backbone maps of ``layers`` → all their channels (``d: null``, the default: chosen on
+the bench suite, and no seed luck) or a seeded random subset of ``d`` of them (the paper's
+reduction) → upsampled to the finest layer, or average-pooled to ``grid_size`` ×
 ``grid_size`` positions → per position the mean and the covariance ``Σ + eps·I``,
 accumulated batch by batch in float32 (shifted by the first batch's mean, so no
 cancellation) and inverted once, in place. Peak memory is about two ``positions × d²``
-float32 arrays; fit refuses up front when that exceeds ``max_memory_gb``.
+float32 arrays (d = channels kept); fit refuses up front when that exceeds ``max_memory_gb``.
 
 Predict: per position the Mahalanobis distance; the map is upsampled to the input size
 and Gaussian-smoothed (``smoothing_sigma`` pixels); the image score is the mean of its top
@@ -68,7 +69,7 @@ class PaDiM(BackboneMixin, BaseDetector):
         weights_path: str | None = None,
         device: str = "auto",
         batch_size: int = 16,
-        d: int = 100,
+        d: int | None = None,
         grid_size: int | None = None,
         eps: float = 0.01,
         smoothing_sigma: float = 4.0,
@@ -97,10 +98,12 @@ class PaDiM(BackboneMixin, BaseDetector):
         self.seed = seed
 
     def _choose_channels(self) -> dict[str, torch.Tensor]:
-        """Seeded random subset of ``d`` channels over all layers, as per-layer indices."""
+        """Per-layer indices of the channels kept: all of them, or a seeded random subset of ``d``."""
         channels = self._backbone().channels()
+        if self.d is None:
+            return {layer: torch.arange(count) for layer, count in channels.items()}
         total = sum(channels.values())
-        check(1 <= self.d <= total, "model.d", f"must be in [1, {total}] (channels of {list(channels)})")
+        check(1 <= self.d <= total, "model.d", f"must be in [1, {total}] (channels of {list(channels)}) or null")
         gen = torch.Generator().manual_seed(self.seed)
         picked = torch.randperm(total, generator=gen)[: self.d].sort().values
         chosen, offset = {}, 0
@@ -121,12 +124,12 @@ class PaDiM(BackboneMixin, BaseDetector):
             self.grid_ = tuple(x.shape[-2:])
             yield x.flatten(2).transpose(1, 2).contiguous(), stats  # (B, P, d)
 
-    def _check_memory(self, positions: int) -> None:
-        need = 2 * positions * self.d**2 * 4 / 2**30
+    def _check_memory(self, positions: int, d: int) -> None:
+        need = 2 * positions * d**2 * 4 / 2**30
         if need > self.max_memory_gb:
             raise ConfigError(
-                f"model.d: a Gaussian on {positions} positions × {self.d}² channels needs "
-                f"{need:.1f} GB (> model.max_memory_gb={self.max_memory_gb}); lower model.d or set model.grid_size"
+                f"model.d: a Gaussian on {positions} positions × {d}² channels needs "
+                f"{need:.1f} GB (> model.max_memory_gb={self.max_memory_gb}); set model.d (a random subset, e.g. 100) or model.grid_size"
             )
 
     def fit(self, images: np.ndarray) -> "PaDiM":
@@ -139,10 +142,10 @@ class PaDiM(BackboneMixin, BaseDetector):
             for x, stats in self._embed(images, "fit features"):
                 pooled.append(stats)
                 if shift is None:
-                    self._check_memory(x.shape[1])
+                    self._check_memory(x.shape[1], x.shape[2])
                     shift = x.mean(0)  # (P, d)
                     total = torch.zeros_like(shift)
-                    outer = torch.zeros(x.shape[1], self.d, self.d, device=x.device)
+                    outer = torch.zeros(x.shape[1], x.shape[2], x.shape[2], device=x.device)
                 xc = (x - shift).transpose(0, 1)  # (P, B, d)
                 total += xc.sum(1)
                 outer.baddbmm_(xc.transpose(1, 2), xc)  # in place: no (P, d, d) temporary

@@ -74,7 +74,7 @@ class PatchCoreSchema(BackboneSchema):
 class PaDiMSchema(BackboneSchema):
     _target_: str = "pyimgano_hydra.models.padim.PaDiM"
     layers: List[str] = field(default_factory=lambda: ["blocks.1", "blocks.2", "blocks.3"])
-    d: int = 100  # random channels kept (over all layers)
+    d: Optional[int] = None  # channels kept: null = all of the layers' channels; N = a seeded random subset of N
     grid_size: Optional[int] = None  # positions per side of the Gaussian grid; null = finest layer
     eps: float = 0.01  # covariance regulariser eps * I
     smoothing_sigma: float = 4.0
@@ -87,7 +87,7 @@ class PaDiMSchema(BackboneSchema):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self.d >= 1, "model.d", "must be >= 1")
+        check(self.d is None or self.d >= 1, "model.d", "must be >= 1 or null (all channels)")
         check(self.image_score in ("max", "topk"), "model.image_score", "must be max or topk")
         check(0 < self.topk_ratio <= 1, "model.topk_ratio", "must be in (0, 1]")
         check(self.global_weight >= 0, "model.global_weight", "must be >= 0 (0 = off)")
