@@ -78,7 +78,12 @@ def settings_for(args: argparse.Namespace, model: str) -> dict[str, dict]:
     layers = list(cfg.layers)
     torchvision_weights = str(mobilenet_v2_file() or "")
     weights = lite0_file() if args.backbone == "efficientnet_lite0" else torchvision_weights
-    n_features = int(cfg.get("n_features", cfg.get("d", 100)) or 100)
+    n_features = cfg.get("n_features", cfg.get("d", 100))
+    if n_features is None:  # ours keeps every channel of the layers: the peers get them all too
+        from pyimgano_hydra.features.backbones import build_backbone
+
+        n_features = sum(build_backbone(args.backbone, layers, pretrained=False, device="cpu").channels().values())
+    n_features = int(n_features)
     anomalib = {"backbone": args.backbone, "layers": layers, "pretrained": True,
                 "weights_path": weights, "batch_size": int(cfg.get("batch_size", 32))}
     pyimgano = {"pretrained": True}
