@@ -391,6 +391,47 @@ def suite_table(cells: dict, model: str, tools) -> tuple[str, dict]:
     return head + "\n".join(lines) + "\n", means
 
 
+def auroc_gap_ci(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_boot: int = 2000,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """Mean over categories of image AUROC (ours) - AUROC (peer), with a 95 % paired bootstrap
+    interval: each resample redraws every category's normal and defective test images."""
+    from sklearn.metrics import roc_auc_score
+
+    def gap(idx_sets):
+        return float(np.mean([roc_auc_score(y[i], a[i]) - roc_auc_score(y[i], b[i])
+                              for (y, a, b), i in zip(pairs, idx_sets)]))
+
+    rng = np.random.default_rng(seed)
+    groups = [(np.flatnonzero(y == 0), np.flatnonzero(y == 1)) for y, _, _ in pairs]
+    full = gap([np.arange(len(y)) for y, _, _ in pairs])
+    boot = [gap([np.concatenate([rng.choice(n, len(n)), rng.choice(d, len(d))]) for n, d in groups])
+            for _ in range(n_boot)]
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return full, float(low), float(high)
+
+
+def gap_table(cells: dict, model: str, tools) -> str:
+    """Per source: ours minus each peer in mean image AUROC, with its 95 % bootstrap interval."""
+    peers = [t for t in tools if t != "ours"]
+    lines = ["| source | " + " | ".join(f"ours − {t}: image AUROC [95 % CI]" for t in peers) + " |",
+             "|---|" + "---|" * len(peers)]
+    for source in sorted({s for s, _ in cells}):
+        row = []
+        for peer in peers:
+            pairs = []
+            for (s, _), cell in sorted(cells.items()):
+                got = {t: r for t, r, m in cell["rows"] if r.get("model") == model and m}
+                if s == source and "ours" in got and peer in got:
+                    pairs.append((cell["labels"], np.asarray(got["ours"]["scores"]), np.asarray(got[peer]["scores"])))
+            if pairs:
+                gap, low, high = auroc_gap_ci(pairs)
+                row.append(f"{gap:+.3f} [{low:+.3f}, {high:+.3f}]")
+            else:
+                row.append("—")
+        lines.append(f"| {source} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _suite_line(source: str, cat: str, metrics: list, tools) -> str:
     def cell(m):
         if not m:
@@ -421,7 +462,9 @@ def report_all(cells: dict, args, commands: str, no_write: bool) -> None:
     for model in args.models:
         text, means = suite_table(cells, model, tools)
         raw[model] = means
-        parts.append(f"### {model}\n\n{text}")
+        parts.append(f"### {model}\n\n{text}\nPer source, ours minus each peer in mean image AUROC; an "
+                     f"interval that holds 0 is a difference these test sets cannot tell from chance:\n\n"
+                     f"{gap_table(cells, model, tools)}")
     text = "\n".join(parts)
     print("\n" + text)
     if not no_write:
