@@ -10,7 +10,7 @@ import pytest
 
 from pyimgano_hydra.errors import ConfigError
 from pyimgano_hydra.runs.writers import read_jsonl
-from pyimgano_hydra.features.cache import FeatureCache, active_cache, configure, make_key
+from pyimgano_hydra.features.cache import FeatureCache, active_cache, feature_cache, make_key, open_cache
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:
@@ -99,18 +99,55 @@ def test_disabled_cache_always_computes_and_writes_nothing(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
-def test_configure_off_leaves_no_active_cache(tmp_path):
-    assert configure(enabled=True, dir=tmp_path, max_gb=0.5).max_bytes == int(0.5 * 1024**3)
-    assert active_cache() is not None
-    configure(enabled=False, dir=tmp_path)
+def test_cache_is_active_only_inside_its_block_and_blocks_nest(tmp_path):
     assert active_cache() is None
+    with feature_cache({"enabled": True, "dir": str(tmp_path / "a"), "max_gb": 0.5}) as outer:
+        assert active_cache() is outer and outer.max_bytes == int(0.5 * 1024**3)
+        with feature_cache({"enabled": False}):
+            assert active_cache() is None
+        with feature_cache(None):
+            assert active_cache() is None
+        assert active_cache() is outer
+    assert active_cache() is None
+
+
+def test_a_thread_does_not_see_another_threads_cache(tmp_path):
+    import threading
+
+    seen, entered, release = {}, threading.Event(), threading.Event()
+
+    def job():
+        with feature_cache({"enabled": True, "dir": str(tmp_path)}) as cache:
+            seen["inside"] = active_cache() is cache
+            entered.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    entered.wait(10)
+    seen["main"] = active_cache()
+    release.set()
+    worker.join()
+    assert seen == {"inside": True, "main": None}
+
+
+def test_a_detector_outside_any_block_extracts_afresh(tmp_path):
+    from pyimgano_hydra.features import build_backbone, iter_features
+
+    backbone = build_backbone("efficientnet_lite0", ["blocks.2"], device="cpu")
+    images = _images(2, seed=1).repeat(4, axis=1).repeat(4, axis=2)
+    with feature_cache({"enabled": True, "dir": str(tmp_path)}) as cache:
+        list(iter_features(backbone, images, batch_size=2))
+        assert cache.misses == 2
+    list(iter_features(backbone, images, batch_size=2))  # outside: neither read nor written
+    assert (cache.hits, cache.misses) == (0, 2)
 
 
 @pytest.mark.parametrize("kwargs,key", [({"max_gb": -1}, "cache.max_gb"), ({"dir": ""}, "cache.dir"),
                                          ({"enabled": "yes"}, "cache.enabled")])
 def test_bad_cache_settings_name_the_key(tmp_path, kwargs, key):
     with pytest.raises(ConfigError) as info:
-        configure(**{"enabled": True, "dir": tmp_path, "max_gb": 1.0, **kwargs})
+        open_cache(**{"enabled": True, "dir": tmp_path, "max_gb": 1.0, **kwargs})
     assert str(info.value).startswith(key)
 
 
@@ -235,12 +272,9 @@ def test_cached_features_are_bit_identical_to_fresh_ones(tmp_path):
     backbone = build_backbone("efficientnet_lite0", ["blocks.2", "blocks.4"], device="cpu")
     images = _images(5, seed=3).repeat(8, axis=1).repeat(8, axis=2)  # 64 x 64
     fresh = list(iter_features(backbone, images, batch_size=4))
-    configure(enabled=True, dir=tmp_path, max_gb=1)
-    try:
+    with feature_cache({"enabled": True, "dir": str(tmp_path), "max_gb": 1}):
         cold = list(iter_features(backbone, images, batch_size=4))
         warm = list(iter_features(backbone, images, batch_size=4))
-    finally:
-        configure(enabled=False)
     for ref, a, b in zip(fresh, cold, warm):
         for layer in ref:
             for got in (a[layer], b[layer]):

@@ -167,3 +167,15 @@ def test_gpu_autocast_keeps_the_scores_close(autocast, tmp_path):
         app.run(compose_config([*TINY, "model.device=cuda", f"gpu.autocast={name}"]), tmp_path / name)
         scores[name] = [r["score"] for r in read_jsonl(tmp_path / name / "categories" / "weave" / "per_image.jsonl")]
     np.testing.assert_allclose(scores[autocast], scores["none"], rtol=0.05)
+
+
+def test_autocast_applies_only_inside_its_block():
+    from pyimgano_hydra.features.precision import active_autocast, autocast_setting, backbone_autocast
+
+    cpu = torch.device("cpu")
+    assert active_autocast() == "none" and not isinstance(backbone_autocast(cpu), torch.autocast)
+    with pytest.raises(RuntimeError):
+        with autocast_setting("bf16"):
+            assert isinstance(backbone_autocast(cpu), torch.autocast)
+            raise RuntimeError("a failed job")
+    assert active_autocast() == "none"

@@ -28,6 +28,7 @@ import logging
 import os
 import zipfile
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -273,27 +274,26 @@ class FeatureCache:
                 pass
 
 
-# ---- the cache a job uses (configured from the ``cache:`` config node) ----------------------
-_ACTIVE: FeatureCache | None = None
+# ---- the cache a job uses (opened from the ``cache:`` config node) ------------------------
+# A context variable, set only inside ``with feature_cache(...)``: a detector called outside
+# such a block never touches a cache, and concurrent contexts (threads, tasks) do not mix.
+_ACTIVE: ContextVar[FeatureCache | None] = ContextVar("pyimgano_feature_cache", default=None)
 
 
-def configure(enabled: bool = True, dir: str | Path | None = None, max_gb: float | None = 4.0) -> FeatureCache | None:
-    """Set (or, with ``enabled=False``, unset) the process-wide cache from the ``cache:`` node."""
-    global _ACTIVE
+def open_cache(enabled: bool = True, dir: str | Path | None = None, max_gb: float | None = 4.0) -> FeatureCache | None:
+    """The cache a ``cache:`` node describes (checked key by key), or None when it is off."""
     check(isinstance(enabled, bool), "cache.enabled", "must be true or false")
     check(max_gb is None or (isinstance(max_gb, (int, float)) and 0 < max_gb < float("inf")), "cache.max_gb",
           "must be a finite positive number of GB or null (no limit)")
     if not enabled:
-        _ACTIVE = None
         return None
     check(bool(dir), "cache.dir", "must name a folder (or set cache.enabled=false)")
-    _ACTIVE = FeatureCache(Path(str(dir)).expanduser(), max_bytes=int(max_gb * 1024**3) if max_gb else None)
-    return _ACTIVE
+    return FeatureCache(Path(str(dir)).expanduser(), max_bytes=int(max_gb * 1024**3) if max_gb else None)
 
 
 def active_cache() -> FeatureCache | None:
-    """The cache feature extraction should use, or None."""
-    return _ACTIVE
+    """The cache of the enclosing ``feature_cache`` block, or None."""
+    return _ACTIVE.get()
 
 
 # ---- glue for features/extract.py ------------------------------------------------------
@@ -346,22 +346,21 @@ def cached_backbone_features(cache: FeatureCache, backbone: Any, chunk: np.ndarr
 
 @contextmanager
 def feature_cache(settings: Any):
-    """Activate the cache described by a ``cache:`` config node (or dict; None = off) for the
-    duration of a job, then restore whatever was active before."""
-    global _ACTIVE
+    """Use the cache described by a ``cache:`` config node (or dict; None = off) for feature
+    extraction inside the block (this context only), then restore the enclosing one."""
     if settings is not None and not isinstance(settings, Mapping):
         from omegaconf import OmegaConf
 
         settings = OmegaConf.to_container(settings, resolve=True)
-    previous = _ACTIVE
-    cache = configure(**(dict(settings) if settings else {"enabled": False}))
+    cache = open_cache(**(dict(settings) if settings else {"enabled": False}))
+    token = _ACTIVE.set(cache)
     try:
         yield cache
     finally:
         if cache is not None and (cache.hits or cache.misses):
             log.info("feature cache %s: %d images read, %d extracted", cache.root, cache.hits, cache.misses)
-        _ACTIVE = previous
+        _ACTIVE.reset(token)
 
 
-__all__ = ["FeatureCache", "make_key", "image_digest", "module_digest", "configure", "active_cache",
+__all__ = ["FeatureCache", "make_key", "image_digest", "module_digest", "open_cache", "active_cache",
            "feature_cache", "backbone_key_parts", "cached_backbone_features"]

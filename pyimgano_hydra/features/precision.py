@@ -8,6 +8,7 @@ used (torch has no fast fp16 CPU path); ``fp16`` there runs float32.
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import Any, ContextManager, Iterator
 
 import torch
@@ -15,33 +16,33 @@ import torch
 from pyimgano_hydra.errors import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-_ACTIVE = "none"
+_ACTIVE: ContextVar[str] = ContextVar("pyimgano_autocast", default="none")  # set only inside autocast_setting
 
 
 def active_autocast() -> str:
-    """The setting of the running job: none, bf16 or fp16."""
-    return _ACTIVE
+    """The setting of the enclosing ``autocast_setting`` block: none, bf16 or fp16."""
+    return _ACTIVE.get()
 
 
 @contextmanager
 def autocast_setting(name: Any) -> Iterator[None]:
     """Use ``name`` for every backbone pass of the job, then restore the previous setting."""
-    global _ACTIVE
     name = "none" if name is None else str(name)
     if name != "none" and name not in DTYPES:
         raise ConfigError(f"gpu.autocast: {name!r} must be none, bf16 or fp16")
-    previous, _ACTIVE = _ACTIVE, name
+    token = _ACTIVE.set(name)
     try:
         yield
     finally:
-        _ACTIVE = previous
+        _ACTIVE.reset(token)
 
 
 def backbone_autocast(device: torch.device) -> ContextManager:
     """The autocast context for a backbone pass on ``device`` under the active setting."""
-    if _ACTIVE == "none" or (device.type == "cpu" and _ACTIVE != "bf16"):
+    name = _ACTIVE.get()
+    if name == "none" or (device.type == "cpu" and name != "bf16"):
         return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[_ACTIVE])
+    return torch.autocast(device_type=device.type, dtype=DTYPES[name])
 
 
 def float_features(feats: dict) -> dict:
