@@ -1,9 +1,8 @@
-"""Ship the top-level conf/ inside the wheel as the package ``pyimgano_hydra.conf``."""
+"""Ship the Hydra configs (``pyimgano_hydra/conf``, YAML in sub-folders) inside the wheel."""
 from setuptools import find_packages, setup
 
 setup(
     packages=find_packages(include=["pyimgano_hydra", "pyimgano_hydra.*"])
-    + ["pyimgano_hydra.conf", "hydra_plugins.pyimgano_hydra_sweepers"],
-    package_dir={"pyimgano_hydra.conf": "conf"},
+    + ["hydra_plugins.pyimgano_hydra_sweepers"],
     package_data={"pyimgano_hydra.conf": ["*.yaml", "**/*.yaml"]},
 )

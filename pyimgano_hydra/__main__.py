@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from pyimgano_hydra.console import one_line_errors
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.interrupt import exit_on_interrupt
-from pyimgano_hydra.paths import conf_dir
+from pyimgano_hydra.paths import CONFIG_PATH
 from pyimgano_hydra.schemas import register_configs
 from pyimgano_hydra.resolvers import register_resolvers
 
@@ -21,7 +21,7 @@ register_resolvers()  # hydra.sweep.dir / subdir and --help use them
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def _job(cfg: DictConfig) -> dict:
     from pyimgano_hydra import app
 

@@ -13,10 +13,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pyimgano_hydra.paths import conf_dir
+from pyimgano_hydra.paths import CONFIG_MODULE
 from pyimgano_hydra.runs.layout import RunDir
 from pyimgano_hydra.runs.writers import write_text_atomic
 from pyimgano_hydra.schemas import register_configs
@@ -25,7 +25,7 @@ from pyimgano_hydra.schemas import register_configs
 def compose_with_choices(overrides: Sequence[str] = (), config_name: str = "config") -> tuple[DictConfig, dict]:
     """The composed config (hydra node removed) and the chosen option of each group."""
     register_configs()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="api"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="api"):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
     choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items()
                if not k.startswith("hydra/")}

@@ -17,7 +17,7 @@ from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
 from pyimgano_hydra.errors import ConfigError, UserError
 from pyimgano_hydra.inspector import RecordOutputs, score_all
 from pyimgano_hydra.interrupt import exit_on_interrupt, sigterm_as_interrupt
-from pyimgano_hydra.paths import conf_dir
+from pyimgano_hydra.paths import CONFIG_PATH
 from pyimgano_hydra.runs.load import load_run
 from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, RUNNING, write_status
 from pyimgano_hydra.runs.writers import write_json_atomic, write_jsonl_atomic
@@ -134,7 +134,7 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="infer")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="infer")
 def _job(cfg: DictConfig) -> dict:
     with user_errors_exit():
         hc = HydraConfig.get()

@@ -1,14 +1,13 @@
-"""Where the packaged configs live, from a source checkout or an installed wheel."""
+"""Where the packaged configs live: ``pyimgano_hydra/conf`` (the top-level ``conf`` of a
+checkout is a link to it), found by Hydra as ``pkg://pyimgano_hydra.conf``."""
 from __future__ import annotations
 
 from pathlib import Path
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_MODULE = "pyimgano_hydra.conf"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"  # the apps' one config search path
 
 
 def conf_dir() -> Path:
-    """The ``conf/`` directory: inside the installed package, else the checkout's top level."""
-    for candidate in (_PACKAGE_DIR / "conf", _PACKAGE_DIR.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"conf/config.yaml not found next to {_PACKAGE_DIR}; reinstall pyimgano_hydra")
+    """The package's ``conf/`` directory on disk (for listing option files)."""
+    return Path(__file__).resolve().parent / "conf"

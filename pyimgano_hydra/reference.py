@@ -52,7 +52,7 @@ def _default(field: dataclasses.Field) -> str:
 def config_groups_text() -> str:
     """``group: option, option`` lines for --help: the user-facing groups of conf/ only."""
     lines = []
-    for group in sorted(p for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra"):
+    for group in sorted(p for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra" and not p.name.startswith("_")):
         options = sorted(f.stem for f in group.glob("*.yaml"))
         if options:
             lines.append(f"{group.name}: {', '.join(options)}")

@@ -56,6 +56,7 @@ def test_out_of_range_fails_before_work_naming_the_key(override, key):
     assert str(info.value).startswith(key) and "\n" not in str(info.value)
 
 
-def test_conf_dir_is_the_top_level_conf_in_a_checkout():
-    assert (conf_dir() / "config.yaml").is_file()
-    assert Path(conf_dir()).name == "conf"
+def test_configs_live_in_the_package_and_the_checkout_links_them():
+    assert (conf_dir() / "config.yaml").is_file() and conf_dir().parent.name == "pyimgano_hydra"
+    top = Path(__file__).resolve().parents[1] / "conf"
+    assert top.is_symlink() and top.resolve() == conf_dir()

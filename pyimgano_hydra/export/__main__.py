@@ -7,7 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pyimgano_hydra.console import one_line_errors, quiet_third_party_logs, user_errors_exit
 from pyimgano_hydra.errors import ConfigError
-from pyimgano_hydra.paths import conf_dir
+from pyimgano_hydra.paths import CONFIG_PATH
 from pyimgano_hydra.schemas import register_configs
 from pyimgano_hydra.schemas.export import ExportSchema
 
@@ -35,7 +35,7 @@ def run_export(settings: ExportSchema) -> list[str]:
     return written
 
 
-@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="export")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
 def _job(cfg: DictConfig) -> None:
     with user_errors_exit():
         try:
