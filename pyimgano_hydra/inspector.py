@@ -25,6 +25,8 @@ from pyimgano_hydra.schemas.dataset import MAX_SIDE
 
 FORMAT = "pyimgano_hydra.inspector"
 VERSION = 1
+STATE_KEYS = ("format", "version", "category", "detector", "tiling", "postprocess", "image_threshold",
+              "pixel_threshold", "preprocessing", "defects")
 INPUT_MODES = ("rgb", "gray")
 _STATE_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
 
@@ -123,7 +125,7 @@ class Inspector:
 
     # -- hand-off ------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Versioned, tensors and plain data only; the same layout for every detector."""
+        """Versioned, tensors and plain data only; the same layout (``STATE_KEYS``) for every detector."""
         from pyimgano_hydra.adapt.tiling import PARAM_NAMES as TILING_PARAMS, TiledDetector
         from pyimgano_hydra.registry import detector_name
 
@@ -165,6 +167,10 @@ class Inspector:
         if type(version) is not int or version != VERSION:
             raise UserError(f"{where}: inspector version {version!r} is not {VERSION}; re-run the training "
                             "with this pyimgano_hydra")
+        unknown = sorted(str(k) for k in state if k not in STATE_KEYS)
+        if unknown:
+            raise UserError(f"{where}: unknown key {unknown[0]!r} (an inspector holds only "
+                            f"{', '.join(STATE_KEYS)}); use the file the training run wrote")
         detector = _detector_from_state(state, where, trust_targets, device)
         postprocessor = None
         if state.get("postprocess") is not None:

@@ -101,6 +101,9 @@ def test_a_valid_state_loads(tmp_path):
     (lambda s, m: s.update(postprocess={**POSTPROCESS, "percentile": 10**400}), "postprocess.percentile: must be a finite"),
     (lambda s, m: s.update(postprocess={**POSTPROCESS, "clip": "yes"}), "postprocess.clip: must be true or false"),
     (lambda s, m: s.update(postprocess={**POSTPROCESS, "low": 5.0, "high": 1.0}), "postprocess.low 5.0 is above"),
+    # keys the loader would otherwise ignore: an inspector holds exactly what it wrote
+    (lambda s, m: s.update(extra_payload={"_target_": "os.system"}), "unknown key 'extra_payload'"),
+    (lambda s, m: s.update({1: "x"}), "unknown key '1'"),
 ])
 def test_hostile_inspector_states_are_refused_in_one_line(tmp_path, mutate, needle):
     marker = tmp_path / "pwned"
