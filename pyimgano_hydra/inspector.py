@@ -28,6 +28,7 @@ VERSION = 1
 STATE_KEYS = ("format", "version", "category", "detector", "tiling", "postprocess", "image_threshold",
               "pixel_threshold", "preprocessing", "defects")
 INPUT_MODES = ("rgb", "gray")
+WEIGHTS_STEM = "backbone_weights"  # a fitted run's copy of model.weights_path, beside inspector.pt
 _STATE_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
 
 
@@ -148,19 +149,27 @@ class Inspector:
 
         from pyimgano_hydra.runs.writers import write_bytes_atomic
 
+        state = self.state_dict()
+        params = state["detector"]["params"]
+        if params.get("weights_path"):  # the run dir carries its backbone weights: infer reads only inside it
+            source = Path(str(params["weights_path"])).expanduser()
+            stored = write_bytes_atomic(Path(path).parent / f"{WEIGHTS_STEM}{source.suffix or '.pt'}", source.read_bytes())
+            params["weights_path"] = stored.name
         buffer = io.BytesIO()
-        torch.save(to_saveable(self.state_dict()), buffer)
+        torch.save(to_saveable(state), buffer)
         return write_bytes_atomic(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path, trust_targets: bool = False, device: str | None = None) -> "Inspector":
         """Parse a stored inspector (``weights_only``); one-line refusal naming ``path``.
         ``device`` replaces the device it was fitted on (a record, never a requirement)."""
-        return cls.from_state(trust.load_weights(Path(path)), str(path), trust_targets, device)
+        return cls.from_state(trust.load_weights(Path(path)), str(path), trust_targets, device, Path(path).parent)
 
     @classmethod
     def from_state(cls, state: Any, where: str = "inspector", trust_targets: bool = False,
-                   device: str | None = None) -> "Inspector":
+                   device: str | None = None, folder: Path | None = None) -> "Inspector":
+        """Parse ``state``; a stored backbone ``weights_path`` must name a file in ``folder`` (the
+        inspector's own folder) unless ``trust_targets``."""
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise UserError(f"{where}: not a pyimgano_hydra inspector file")
         version = state.get("version")
@@ -171,7 +180,7 @@ class Inspector:
         if unknown:
             raise UserError(f"{where}: unknown key {unknown[0]!r} (an inspector holds only "
                             f"{', '.join(STATE_KEYS)}); use the file the training run wrote")
-        detector = _detector_from_state(state, where, trust_targets, device)
+        detector = _detector_from_state(state, where, trust_targets, device, folder)
         postprocessor = None
         if state.get("postprocess") is not None:
             from pyimgano_hydra.adapt.postprocess import MapPostprocessor
@@ -233,7 +242,8 @@ def _defects(value: Any, where: str) -> dict | None:
     return value
 
 
-def _detector_from_state(state: dict, where: str, trust_targets: bool, device: str | None = None):
+def _detector_from_state(state: dict, where: str, trust_targets: bool, device: str | None = None,
+                         folder: Path | None = None):
     from pyimgano_hydra.adapt.tiling import PARAM_NAMES as TILING_PARAMS, TiledDetector
     from pyimgano_hydra.models.pyod_on_features import PyODOnFeatures
     from pyimgano_hydra.registry import resolve_detector, resolve_pyod
@@ -251,6 +261,14 @@ def _detector_from_state(state: dict, where: str, trust_targets: bool, device: s
         schema_params["detector"] = {"_target_": inner["name"], **pyod_params}
         params["detector"] = pyod_cls(**pyod_params)
     trust.check_against_schema(cls, schema_params, f"{where}: detector.params")
+    if params.get("weights_path") and not trust_targets:
+        key = f"{where}: detector.params.weights_path"
+        if folder is None:
+            raise UserError(f"{key}: a stored weights file is read only from the inspector's folder")
+        weights = trust.confined(folder, str(params["weights_path"]), key)
+        if weights.is_symlink() or not weights.is_file():
+            raise UserError(f"{key}: {params['weights_path']} is not a regular file in {folder}")
+        params["weights_path"] = str(weights)
     if device is not None and "device" in params:
         params["device"] = device
     tiling = state.get("tiling")

@@ -282,8 +282,43 @@ def test_a_pickled_weights_path_is_refused_in_one_line_and_never_run(tmp_path):
     marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
     torch.save({"w": _Marker(marker)}, evil)
     state = patchcore_state()
-    state["detector"]["params"].update(weights_path=str(evil), pretrained=False)
-    inspector = Inspector.from_state(state, where="x")
+    state["detector"]["params"].update(weights_path=evil.name, pretrained=False)
+    inspector = Inspector.from_state(state, where="x", folder=tmp_path)
     with pytest.raises(UserError, match="model.weights_path: cannot read weights") as caught:
         inspector.score_maps(np.zeros((1, 64, 64, 3), np.uint8))
     assert "\n" not in str(caught.value) and not marker.exists()
+
+
+@pytest.mark.parametrize("stored", ["/etc/passwd", "../evil.pt", "link.pt", "absent.pt"])
+def test_a_stored_weights_path_outside_the_inspector_folder_is_refused(tmp_path, stored):
+    folder, outside = tmp_path / "run" / "categories" / "weave", tmp_path / "evil.pt"
+    folder.mkdir(parents=True)
+    outside.write_bytes(b"x")
+    (folder / "link.pt").symlink_to(outside)
+    state = patchcore_state()
+    state["detector"]["params"].update(weights_path=stored, pretrained=False)
+    with pytest.raises(UserError) as caught:
+        Inspector.from_state(state, where="x/inspector.pt", folder=folder)
+    assert str(caught.value).startswith("x/inspector.pt: detector.params.weights_path") and "\n" not in str(caught.value)
+    with pytest.raises(UserError, match="read only from the inspector's folder"):
+        Inspector.from_state(state, where="x/inspector.pt")
+
+
+def test_a_run_fitted_with_local_weights_carries_them(tmp_path):
+    import torchvision
+
+    weights = tmp_path / "lab" / "r18.pt"
+    weights.parent.mkdir()
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    cfg, choices = compose_with_choices(["dataset.category=weave", "dataset.limit_train=6", "dataset.limit_test=4",
+                                         "dataset.resize=64", "model.backbone=resnet18", "model.layers=[layer1]",
+                                         "model.pretrained=false", f"model.weights_path={weights}", "model.device=cpu"])
+    out = tmp_path / "run"
+    app.run(cfg, out, choices=choices)
+    stored = torch.load(out / "categories/weave/inspector.pt", weights_only=True)
+    assert stored["detector"]["params"]["weights_path"] == "backbone_weights.pt"
+    assert (out / "categories/weave/backbone_weights.pt").read_bytes() == weights.read_bytes()
+    weights.unlink()  # the line PC has only the run dir
+    inspector = Inspector.load(out / "categories/weave/inspector.pt")
+    image = np.full((1, 64, 64, 3), 128, np.uint8)
+    assert np.isfinite(inspector.score_batch(image).records[0]["score"])
