@@ -24,6 +24,7 @@ from pyimgano_hydra.runs.writers import write_json_atomic, write_jsonl_atomic
 from pyimgano_hydra.schemas import register_configs
 from pyimgano_hydra.schemas.export import RUNTIMES
 from pyimgano_hydra.schemas.model import valid_device
+from pyimgano_hydra.sweep.cluster import owner
 
 register_configs()
 
@@ -79,7 +80,7 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
     category = loaded.category(cfg.category)
     paths = collect_inputs(str(cfg.input))
     out.mkdir(parents=True, exist_ok=True)
-    write_status(out / "status.json", RUNNING)
+    write_status(out / "status.json", RUNNING, **owner())
     started = time.perf_counter()
     try:
         inspector = loaded.inspector(category, trust_targets=bool(cfg.trust_targets),

@@ -76,3 +76,28 @@ def test_two_sigterms_during_fit_still_exit_143_in_one_line(tmp_path):
     proc = _terminate_when([SEARCH, "model=sleepy", *FAST, f"hydra.run.dir={out}"], "pyimgano_hydra",
                            out / "config.json", signals=(signal.SIGTERM, signal.SIGTERM))
     _assert_one_line_interrupted(proc, out / "status.json")
+
+
+def test_a_run_killed_by_sigkill_reads_as_interrupted_not_running(tmp_path):
+    from pyimgano_hydra.errors import UserError
+    from pyimgano_hydra.runs.load import load_run
+    from pyimgano_hydra.sweep.leaderboard import job_row
+
+    out = tmp_path / "run"
+    proc = _terminate_when([SEARCH, "model=sleepy", *FAST, f"hydra.run.dir={out}"], "pyimgano_hydra",
+                           out / "config.json", signals=(signal.SIGKILL,))
+    assert proc.returncode == -signal.SIGKILL
+    assert read_json(out / "status.json")["status"] == "running"  # nothing could record the kill
+    with pytest.raises(UserError, match="the run is interrupted, not completed"):
+        load_run(out)
+    assert job_row(out, None)["status"] == "interrupted"
+
+
+def test_a_running_run_whose_process_lives_stays_running(tmp_path):
+    from pyimgano_hydra.runs.status import current_state
+
+    alive = {"status": "running", "host": __import__("socket").gethostname(), "pid": os.getpid()}
+    assert current_state(alive) == "running"
+    assert current_state({**alive, "host": "another-host"}) == "running"  # cannot check: left as written
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert current_state({**alive, "pid": int(gone.stdout)}) == "interrupted"

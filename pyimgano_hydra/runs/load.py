@@ -7,7 +7,7 @@ from pathlib import Path
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.runs import trust
 from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
-from pyimgano_hydra.runs.status import COMPLETED
+from pyimgano_hydra.runs.status import COMPLETED, current_state
 
 
 @dataclass
@@ -51,7 +51,7 @@ def load_run(path: str | Path) -> LoadedRun:
     state = None
     if run_dir.status.exists() or run_dir.status.is_symlink():
         record = trust.read_json_file(run_dir.status)
-        state = record.get("status") if isinstance(record, dict) else None
+        state = current_state(record)
         if not isinstance(state, str):
             raise UserError(f"{run_dir.status}: status: expected a string such as \"completed\"")
     if state != COMPLETED:

@@ -9,26 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.recipes.context import CategoryResult
 from pyimgano_hydra.runs.layout import RunDir
-from pyimgano_hydra.runs.status import INTERRUPTED, RUNNING
+from pyimgano_hydra.runs.status import INTERRUPTED, RUNNING, owner_gone
 from pyimgano_hydra.runs.trust import read_json_file
 from pyimgano_hydra.sweep.cluster import cluster_job_id
 
 NEVER = "runs are never overwritten: pick a new hydra.run.dir"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _owner_gone(record: dict) -> bool:
@@ -36,9 +25,7 @@ def _owner_gone(record: dict) -> bool:
     job_id = cluster_job_id()
     if job_id and record.get("job_id") == job_id:
         return True
-    pid = record.get("pid")
-    return (record.get("host") == socket.gethostname() and isinstance(pid, int)
-            and pid != os.getpid() and not _alive(pid))
+    return record.get("pid") != os.getpid() and owner_gone(record)
 
 
 def abandoned(run_dir: RunDir) -> bool:

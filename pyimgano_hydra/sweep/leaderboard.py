@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pyimgano_hydra.runs.layout import RunDir
-from pyimgano_hydra.runs.status import COMPLETED, RUNNING, utc_now
+from pyimgano_hydra.runs.status import COMPLETED, RUNNING, current_state, utc_now
 from pyimgano_hydra.runs.writers import read_json, to_json, write_bytes_atomic, write_text_atomic
 from pyimgano_hydra.sweep.naming import read_sweep_file, split_override
 
@@ -71,7 +71,7 @@ def job_row(job_dir: Path, varying: list[str] | None) -> dict:
         status_record = read_json(run.status)
     except (OSError, ValueError):
         pass
-    status = status_record.get("status") or RUNNING
+    status = current_state(status_record) or RUNNING
     overrides = _read_overrides(job_dir)
     report: dict = {}
     if overrides is None or status == COMPLETED:
