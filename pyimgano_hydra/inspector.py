@@ -242,6 +242,25 @@ def _defects(value: Any, where: str) -> dict | None:
     return value
 
 
+def _stored_weights(stored: str, where: str, folder: Path | None, trust_targets: bool) -> str:
+    """The backbone weights file a stored ``weights_path`` names: a regular file in ``folder``
+    (the inspector's own), or with ``trust_targets`` any path (a relative one from ``folder``)."""
+    key = f"{where}: detector.params.weights_path (model.weights_path)"
+    if trust_targets:
+        path = Path(stored).expanduser()
+        return str(path if path.is_absolute() or folder is None else folder / path)
+    if folder is None:
+        raise UserError(f"{key}: a stored weights file is read only from the inspector's folder")
+    hint = f"a run reads its weights only beside {Path(where).name} (trust_targets=true reads any path)"
+    try:
+        weights = trust.confined(folder, stored, key)
+    except UserError as exc:
+        raise UserError(f"{exc}; {hint}") from None
+    if weights.is_symlink() or not weights.is_file():
+        raise UserError(f"{key}: {stored!r} is not a regular file in {folder}; {hint}")
+    return str(weights)
+
+
 def _detector_from_state(state: dict, where: str, trust_targets: bool, device: str | None = None,
                          folder: Path | None = None):
     from pyimgano_hydra.adapt.tiling import PARAM_NAMES as TILING_PARAMS, TiledDetector
@@ -261,14 +280,8 @@ def _detector_from_state(state: dict, where: str, trust_targets: bool, device: s
         schema_params["detector"] = {"_target_": inner["name"], **pyod_params}
         params["detector"] = pyod_cls(**pyod_params)
     trust.check_against_schema(cls, schema_params, f"{where}: detector.params")
-    if params.get("weights_path") and not trust_targets:
-        key = f"{where}: detector.params.weights_path"
-        if folder is None:
-            raise UserError(f"{key}: a stored weights file is read only from the inspector's folder")
-        weights = trust.confined(folder, str(params["weights_path"]), key)
-        if weights.is_symlink() or not weights.is_file():
-            raise UserError(f"{key}: {params['weights_path']} is not a regular file in {folder}")
-        params["weights_path"] = str(weights)
+    if params.get("weights_path"):
+        params["weights_path"] = _stored_weights(str(params["weights_path"]), where, folder, trust_targets)
     if device is not None and "device" in params:
         params["device"] = device
     tiling = state.get("tiling")

@@ -88,8 +88,10 @@ def test_a_run_killed_by_sigkill_reads_as_interrupted_not_running(tmp_path):
                            out / "config.json", signals=(signal.SIGKILL,))
     assert proc.returncode == -signal.SIGKILL
     assert read_json(out / "status.json")["status"] == "running"  # nothing could record the kill
-    with pytest.raises(UserError, match="the run is interrupted, not completed"):
+    with pytest.raises(UserError, match=r"the run is interrupted \(pid \d+ on '.*' stopped without finishing\), "
+                                        "not completed") as caught:
         load_run(out)
+    assert "\n" not in str(caught.value)
     assert job_row(out, None)["status"] == "interrupted"
 
 
@@ -101,3 +103,31 @@ def test_a_running_run_whose_process_lives_stays_running(tmp_path):
     assert current_state({**alive, "host": "another-host"}) == "running"  # cannot check: left as written
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     assert current_state({**alive, "pid": int(gone.stdout)}) == "interrupted"
+
+
+@pytest.mark.parametrize("pid", [2**31, 2**40, 2**70])
+def test_a_status_json_with_an_impossible_pid_is_refused_in_one_line(tmp_path, pid):
+    import json
+    import socket
+
+    from pyimgano_hydra.errors import UserError
+    from pyimgano_hydra.runs.load import load_run
+    from pyimgano_hydra.sweep.leaderboard import job_row
+
+    (tmp_path / "status.json").write_text(json.dumps({"status": "running", "host": socket.gethostname(), "pid": pid}))
+    with pytest.raises(UserError, match=r"the run is interrupted\b.*, not completed"):  # no OverflowError
+        load_run(tmp_path)
+    assert job_row(tmp_path, None)["status"] == "interrupted"
+
+
+def test_infer_names_the_live_process_of_a_running_run(tmp_path):
+    import json
+    import socket
+
+    from pyimgano_hydra.errors import UserError
+    from pyimgano_hydra.runs.load import load_run
+
+    record = {"status": "running", "host": socket.gethostname(), "pid": os.getpid()}
+    (tmp_path / "status.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=rf"the run is running \(pid {os.getpid()} on '.*'\), not completed"):
+        load_run(tmp_path)

@@ -102,6 +102,26 @@ def test_planted_pickle_inspector_is_refused(fake_run, tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.parametrize("stored", ["/etc/passwd", "../../../outside.pt", "link.pt"])
+def test_infer_refuses_a_stored_weights_path_outside_the_run_dir(fake_run, tmp_path, stored):
+    planted = _copy(fake_run, tmp_path, "weights")
+    folder = planted / "categories" / "weave"
+    (tmp_path / "outside.pt").write_bytes(b"x")
+    (folder / "link.pt").symlink_to(tmp_path / "outside.pt")
+    torch.save({"format": "pyimgano_hydra.inspector", "version": 1, "category": "weave",
+                "detector": {"name": "PatchCore", "params": {"backbone": "resnet18", "layers": ["layer1"],
+                                                             "pretrained": False, "weights_path": stored},
+                             "state": {"memory_bank": torch.zeros(4, 8), "feature_shape": [2, 2]}},
+                "tiling": None, "postprocess": None, "image_threshold": {"value": 1.0, "provenance": {}},
+                "pixel_threshold": None, "preprocessing": {"resize": 64, "input_mode": "rgb"}, "defects": None},
+               folder / "inspector.pt")
+    images = Path(read_jsonl(folder / "per_image.jsonl")[0]["path"]).parent
+    proc, _ = _infer(planted, images, tmp_path, "category=weave")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-2000:]
+    assert "inspector.pt" in lines[0] and "model.weights_path" in lines[0] and "Traceback" not in proc.stderr
+
+
 def test_unfinished_and_newer_runs_are_refused(fake_run, tmp_path):
     running = _copy(fake_run, tmp_path, "running")
     write_json_atomic(running / "status.json", {"status": "interrupted"})

@@ -289,19 +289,36 @@ def test_a_pickled_weights_path_is_refused_in_one_line_and_never_run(tmp_path):
     assert "\n" not in str(caught.value) and not marker.exists()
 
 
-@pytest.mark.parametrize("stored", ["/etc/passwd", "../evil.pt", "link.pt", "absent.pt"])
+@pytest.mark.parametrize("stored", ["/etc/passwd", "../evil.pt", "link.pt", "absent.pt", "sub/evil.pt",
+                                    "~/evil.pt", "a\nb.pt", "../../../evil.pt"])
 def test_a_stored_weights_path_outside_the_inspector_folder_is_refused(tmp_path, stored):
     folder, outside = tmp_path / "run" / "categories" / "weave", tmp_path / "evil.pt"
     folder.mkdir(parents=True)
     outside.write_bytes(b"x")
     (folder / "link.pt").symlink_to(outside)
+    (folder / "sub").symlink_to(tmp_path, target_is_directory=True)  # a folder symlinked out
     state = patchcore_state()
     state["detector"]["params"].update(weights_path=stored, pretrained=False)
     with pytest.raises(UserError) as caught:
         Inspector.from_state(state, where="x/inspector.pt", folder=folder)
-    assert str(caught.value).startswith("x/inspector.pt: detector.params.weights_path") and "\n" not in str(caught.value)
+    message = str(caught.value)
+    assert message.startswith("x/inspector.pt: detector.params.weights_path (model.weights_path): ")
+    assert "\n" not in message and "trust_targets=true" in message
     with pytest.raises(UserError, match="read only from the inspector's folder"):
         Inspector.from_state(state, where="x/inspector.pt")
+
+
+def test_trust_targets_reads_a_stored_relative_weights_path_beside_the_inspector(tmp_path, monkeypatch):
+    folder = tmp_path / "run" / "categories" / "weave"
+    folder.mkdir(parents=True)
+    (folder / "backbone_weights.pt").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)  # not the inspector's folder
+    state = patchcore_state()
+    state["detector"]["params"].update(weights_path="backbone_weights.pt", pretrained=False)
+    trusted = Inspector.from_state(state, where="x/inspector.pt", trust_targets=True, folder=folder)
+    assert trusted.detector.weights_path == str(folder / "backbone_weights.pt")
+    state["detector"]["params"]["weights_path"] = str(tmp_path / "lab.pt")  # an opt-in reads any path
+    assert Inspector.from_state(state, trust_targets=True, folder=folder).detector.weights_path == str(tmp_path / "lab.pt")
 
 
 def test_a_run_fitted_with_local_weights_carries_them(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.runs import trust
 from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
-from pyimgano_hydra.runs.status import COMPLETED, current_state
+from pyimgano_hydra.runs.status import COMPLETED, current_state, describe
 
 
 @dataclass
@@ -55,6 +55,7 @@ def load_run(path: str | Path) -> LoadedRun:
         if not isinstance(state, str):
             raise UserError(f"{run_dir.status}: status: expected a string such as \"completed\"")
     if state != COMPLETED:
+        state = describe(record) if isinstance(state, str) else state
         raise UserError(f"run_dir={path}: the run is {state or 'missing status.json'}, not completed; "
                         "only completed runs can be used for inference")
     report = trust.read_json_file(run_dir.report)

@@ -1,4 +1,5 @@
-"""status.json: running -> completed | failed | interrupted, written atomically, with the\nwriting process (host, pid) so that readers can tell a killed run from a live one."""
+"""status.json: running -> completed | failed | interrupted, written atomically, with the
+writing process (host, pid) so that readers can tell a killed run from a live one."""
 from __future__ import annotations
 
 import os
@@ -24,10 +25,11 @@ def write_status(path: Path, state: str, error: str | None = None, **extra) -> N
 
 
 def process_alive(pid: int) -> bool:
-    """A process with this id exists on this host (a reused id reads as alive)."""
+    """A process with this id exists on this host (a reused id reads as alive; an id no
+    process can have, as a hostile status.json may hold, reads as gone)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
@@ -45,3 +47,15 @@ def current_state(record: object) -> str | None:
     (killed by SIGKILL, out of memory, a power cut) reads as ``interrupted``."""
     state = record.get("status") if isinstance(record, dict) else None
     return INTERRUPTED if state == RUNNING and owner_gone(record) else state
+
+
+def describe(record: object) -> str | None:
+    """``current_state`` for a message: a running or killed run names its process."""
+    state = current_state(record)
+    pid = record.get("pid") if isinstance(record, dict) else None
+    if type(pid) is not int or not 0 < pid < 2**32 or record.get("status") != RUNNING:
+        return state
+    process = f"pid {pid} on {str(record.get('host'))[:80]!r}"
+    if state == INTERRUPTED:
+        return f"{INTERRUPTED} ({process} stopped without finishing)"
+    return f"{RUNNING} ({process})"

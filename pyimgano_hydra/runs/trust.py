@@ -29,10 +29,10 @@ def confined(root: Path, relative: str | Path, key: str) -> Path:
     if "\x00" in str(relative):
         raise UserError(f"{key}: {str(relative)!r} holds a NUL byte; not a path")
     if rel.is_absolute() or ".." in rel.parts:
-        raise UserError(f"{key}: {relative} must be a path inside the run dir")
+        raise UserError(f"{key}: {str(relative)!r} must be a path inside the run dir")
     path = root / rel
     if not path.resolve().is_relative_to(root.resolve()):
-        raise UserError(f"{key}: {relative} leads outside the run dir (a symlink?); refused")
+        raise UserError(f"{key}: {str(relative)!r} leads outside the run dir (a symlink?); refused")
     return path
 
 
