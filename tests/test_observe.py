@@ -215,3 +215,15 @@ def test_overlays_asked_of_a_map_less_model_leave_a_note(tmp_path):
     notes = report["categories"]["weave"]["notes"]
     assert any("no overlays written" in n for n in notes), notes
     assert report["categories"]["weave"]["overlays"] == [] and report["categories"]["weave"]["plots"]
+
+
+def test_plots_draw_an_undecodable_category_or_defect_name(tmp_path):
+    import numpy as np
+
+    from pyimgano_hydra.viz.plots import category_plots
+
+    labels, scores = np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])
+    by_type = {"cr\udcffck": {"image_auroc": 1.0, "n": 2}}
+    paths = category_plots(tmp_path, "bad\udcffname", labels, scores, 0.5, by_type)
+    assert sorted(p.name for p in paths) == ["defect_types.png", "roc_pr.png", "score_histogram.png"]
+    assert all(p.stat().st_size > 0 for p in paths)

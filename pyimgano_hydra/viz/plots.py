@@ -16,10 +16,8 @@ def shown(text: str) -> str:
 
 
 def _save(fig, path: str | Path) -> Path:
-    from matplotlib.text import Text
-
-    for artist in fig.findobj(Text):  # category / defect-type names come from folder names
-        artist.set_text(shown(artist.get_text()))
+    # Folder-derived names (category in titles, defect types on ticks) pass through shown() where
+    # they are drawn; walking every artist of the figure for it cost ~40 ms a figure.
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return write_bytes_atomic(path, buffer.getvalue())
@@ -32,7 +30,7 @@ def loss_curve(path: str | Path, epochs: Sequence[int], losses: Sequence[float],
     ax.plot(list(epochs), list(losses), marker="o", lw=1.5)
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss")
-    ax.set_title(title)
+    ax.set_title(shown(title))
     ax.grid(alpha=0.3)
     try:
         return _save(fig, path)
@@ -58,6 +56,7 @@ def _write(fig, path: Path) -> Path:
 
 def roc_pr_curves(path: str | Path, labels: np.ndarray, scores: np.ndarray, title: str) -> Path:
     """ROC and precision-recall curves side by side, AUROC / AP in the legends."""
+    title = shown(title)
     from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
     fig, (roc, pr) = _pyplot().subplots(1, 2, figsize=(9, 3.8))
@@ -78,6 +77,7 @@ def roc_pr_curves(path: str | Path, labels: np.ndarray, scores: np.ndarray, titl
 def score_histogram(path: str | Path, labels: np.ndarray, scores: np.ndarray, threshold: float,
                     title: str) -> Path:
     """Score histograms of normal vs anomalous test images with the image threshold drawn."""
+    title = shown(title)
     fig, ax = _pyplot().subplots(figsize=(6, 3.6))
     bins = np.histogram_bin_edges(np.append(scores, threshold), bins=30)
     for value, name, colour in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
@@ -93,6 +93,7 @@ def score_histogram(path: str | Path, labels: np.ndarray, scores: np.ndarray, th
 
 def defect_type_bars(path: str | Path, by_type: dict, title: str) -> Path:
     """Image AUROC of each defect type against the normal test images."""
+    title = shown(title)
     names = sorted(by_type, key=lambda k: by_type[k]["image_auroc"])
     values = [by_type[k]["image_auroc"] for k in names]
     fig, ax = _pyplot().subplots(figsize=(6, 0.4 * len(names) + 1.4))
