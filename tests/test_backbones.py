@@ -168,7 +168,7 @@ def test_pooled_embedding_stats_are_channel_means_and_stds(lite0):
     c = first.shape[1]
     np.testing.assert_allclose(emb[:, :c], first.mean(dim=(2, 3)).numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(emb[:, c : 2 * c], first.std(dim=(2, 3)).numpy(), rtol=1e-4, atol=1e-5)
-    with pytest.raises(ConfigError, match="model.pool"):
+    with pytest.raises(ConfigError, match="model.pooling:"):
         pooled_embedding(lite0, images, stats=("median",))
 
 

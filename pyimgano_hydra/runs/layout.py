@@ -77,7 +77,3 @@ class CategoryDir:
     @property
     def onnx_model(self) -> Path:
         return self.artifacts / "model.onnx"
-
-    @property
-    def export_manifest(self) -> Path:
-        return self.artifacts / "export.json"
