@@ -178,7 +178,7 @@ class Inspector:
                             "with this pyimgano_hydra")
         unknown = sorted(str(k) for k in state if k not in STATE_KEYS)
         if unknown:
-            raise UserError(f"{where}: unknown key {unknown[0]!r} (an inspector holds only "
+            raise UserError(f"{where}: unknown key {unknown[0][:80]!r} (an inspector holds only "
                             f"{', '.join(STATE_KEYS)}); use the file the training run wrote")
         detector = _detector_from_state(state, where, trust_targets, device, folder)
         postprocessor = None

@@ -104,6 +104,7 @@ def test_a_valid_state_loads(tmp_path):
     # keys the loader would otherwise ignore: an inspector holds exactly what it wrote
     (lambda s, m: s.update(extra_payload={"_target_": "os.system"}), "unknown key 'extra_payload'"),
     (lambda s, m: s.update({1: "x"}), "unknown key '1'"),
+    (lambda s, m: s.update({"a\nb" + "x" * 10**6: 1}), r"unknown key 'a\nb" + "x" * 77 + "' (an"),  # one short line
 ])
 def test_hostile_inspector_states_are_refused_in_one_line(tmp_path, mutate, needle):
     marker = tmp_path / "pwned"
