@@ -58,7 +58,8 @@ def per_defect_type(test: list[Sample], labels: np.ndarray, scores: np.ndarray) 
 
 class IndustrialAdapt:
     """Per category: fit on train/good, calibrate the image threshold on normal scores from
-    models that did not see those images (cross-fitting or a hold-out), predict the test split in batches, compute image (and pixel) metrics, write records."""
+    models that did not see those images (refit, cross-fitting or a hold-out), predict the test
+    split in batches, compute image (and pixel) metrics, write records."""
 
     def __init__(self, contamination=None, calibration_quantile=None, calibration="refit",
                  calibration_folds=5, calibration_holdout=0.2, pro_fpr_limit=0.3, predict_batch_size=32,
@@ -88,7 +89,7 @@ class IndustrialAdapt:
         log.debug("train images %s %s", train_images.shape, train_images.dtype)
         n = len(train_images)
         held = calibration_folds(n, self.calibration, self.calibration_folds, self.calibration_holdout, ctx.seed)
-        holdout = self.calibration == "holdout" and held
+        holdout = self.calibration == "holdout" and bool(held)  # the kept model is the one that scored
         fit_images = np.delete(train_images, held[0], axis=0) if holdout else train_images
         detector = ctx.make_detector()
         self.check_detector(detector)
