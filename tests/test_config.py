@@ -48,9 +48,12 @@ def test_unknown_key_fails_at_compose():
     ("recipe.contamination=0.7", "recipe.contamination"),
     ("model.coreset_ratio=0", "model.coreset_ratio"),
     ("dataset.input_mode=cmyk", "dataset.input_mode"),
+    ("recipe.calibration=evil", "recipe.calibration"),
+    ("recipe.calibration_folds=1", "recipe.calibration_folds"),
+    ("model=padim model.d=0", "model.d"),
 ])
 def test_out_of_range_fails_before_work_naming_the_key(override, key):
-    cfg = compose_config([override])
+    cfg = compose_config(override.split())
     with pytest.raises(ConfigError) as info:
         validate(cfg)
     assert str(info.value).startswith(key) and "\n" not in str(info.value)
