@@ -282,6 +282,58 @@ def test_cached_features_are_bit_identical_to_fresh_ones(tmp_path):
                 assert torch.equal(got.mean(dim=(2, 3)), ref[layer].mean(dim=(2, 3)))
 
 
+def test_a_warm_cache_serves_features_without_building_the_backbone(tmp_path):
+    import torch
+
+    from pyimgano_hydra.features import iter_features
+    from pyimgano_hydra.features.backbones import deferred_backbone
+
+    images = _images(5, seed=4).repeat(8, axis=1).repeat(8, axis=2)
+    settings = {"enabled": True, "dir": str(tmp_path), "max_gb": 1}
+    first = deferred_backbone("efficientnet_lite0", ["blocks.2"], device="cpu")
+    with feature_cache(settings):
+        cold = list(iter_features(first, images, batch_size=4))
+    assert first.built
+    later = deferred_backbone("efficientnet_lite0", ["blocks.2"], device="cpu")  # the next job's backbone
+    with feature_cache(settings):
+        warm = list(iter_features(later, images, batch_size=4))
+    assert not later.built  # every feature came from the cache
+    for a, b in zip(cold, warm):
+        assert torch.equal(a["blocks.2"], b["blocks.2"])
+    with feature_cache(settings):
+        list(iter_features(later, _images(2, seed=9).repeat(8, axis=1).repeat(8, axis=2)))
+    assert later.built  # new images: built then
+
+
+@pytest.mark.parametrize("change", ["touched weights file", "corrupt record"])
+def test_a_backbone_whose_record_does_not_hold_is_built(tmp_path, change):
+    import torch
+
+    from pyimgano_hydra.features import BACKBONES, iter_features
+    from pyimgano_hydra.features.backbones import deferred_backbone
+    from pyimgano_hydra.features.cache import BACKBONE_DIR
+
+    weights = tmp_path / "w.pt"
+    torch.save(BACKBONES["efficientnet_lite0"]().build().state_dict(), weights)
+    images = _images(3, seed=5).repeat(8, axis=1).repeat(8, axis=2)
+    settings = {"enabled": True, "dir": str(tmp_path / "cache"), "max_gb": 1}
+
+    def backbone():
+        return deferred_backbone("efficientnet_lite0", ["blocks.2"], weights_path=str(weights), device="cpu")
+
+    with feature_cache(settings):
+        list(iter_features(backbone(), images))
+    if change == "touched weights file":
+        os.utime(weights, ns=(os.stat(weights).st_atime_ns, os.stat(weights).st_mtime_ns + 10**9))
+    else:
+        (record,) = (tmp_path / "cache" / BACKBONE_DIR).iterdir()
+        record.write_text("not a key")
+    again = backbone()
+    with feature_cache(settings):
+        list(iter_features(again, images))
+    assert again.built
+
+
 def test_cache_disabled_writes_nothing(tmp_path):
     from pyimgano_hydra.api import run
 

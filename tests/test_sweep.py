@@ -121,6 +121,74 @@ def test_optuna_gets_the_metric_as_the_job_return_value(tmp_path):
     assert ret.return_value == 0.75
 
 
+def test_the_chart_is_redrawn_at_most_every_chart_every_s_and_always_at_the_end(tmp_path):
+    from pyimgano_hydra.sweep.callbacks import LeaderboardCallback
+
+    _fake_job(tmp_path, "0_a", COMPLETED, 0.75)
+    board = LeaderboardCallback(chart_every_s=3600)
+    board.write(tmp_path)
+    chart = tmp_path / "leaderboard.png"
+    assert chart.is_file()
+    chart.unlink()
+    _fake_job(tmp_path, "1_b", COMPLETED, 0.8)
+    board.write(tmp_path)  # a job ending within the hour: tables, no chart
+    assert not chart.is_file() and len(_board(tmp_path)["jobs"]) == 2
+    board.write(tmp_path, final=True)  # the sweep's end
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- the default sweeper ----------------------------------------------------------------
+@pytest.mark.parametrize("args", [
+    ["model=patchcore,padim", "tiling=none,tile128", "seed=3"],
+    ["seed=1,2", "model=ecod", "seed=5,6,7"],  # a key given twice: first place, last values
+    ["dataset.category=a,b", "hydra.sweeper.params={}", "+x=choice(1,2)"],
+    ["seed=range(0,3)", "tag='a,b'"],
+])
+def test_default_sweeper_plans_the_jobs_hydras_basic_sweeper_runs(args):
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from pyimgano_hydra.sweep.compose import job_overrides
+
+    (hydras,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
+    assert job_overrides(args) == hydras
+
+
+def test_a_job_config_composed_by_the_batch_check_is_handed_out_once():
+    import pickle
+
+    from hydra.core.config_loader import ConfigLoader
+
+    from pyimgano_hydra.sweep.compose import ComposedOnce
+
+    class Counting:
+        calls: list = []
+
+        def load_sweep_config(self, master_config, sweep_overrides):
+            self.calls.append(list(sweep_overrides))
+            return OmegaConf.create({"o": list(sweep_overrides)})
+
+    inner = Counting()
+    loader = ComposedOnce(inner)  # type: ignore[arg-type]
+    assert isinstance(loader, ConfigLoader)
+    master = OmegaConf.create({})
+    loader.check(master, ["model=a"])
+    loader.check(master, ["model=b"])
+    first = loader.load_sweep_config(master, ["model=a"])
+    assert first.o == ["model=a"] and len(inner.calls) == 2  # the launcher's compose was the check's
+    loader.load_sweep_config(master, ["model=a"])  # handed out once: a second ask composes again
+    assert len(inner.calls) == 3
+    assert pickle.loads(pickle.dumps(ComposedOnce(OmegaConf.create({}))))._kept == {}
+
+
+def test_a_bad_value_in_a_sweep_fails_before_any_job_runs(tmp_path):
+    proc = run_cli(["--multirun", "model=ecod,nosuch", *DATA, "dataset.category=weave"], cwd=tmp_path)
+    assert proc.returncode != 0 and "model/nosuch" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    (root,) = _sweep_roots(tmp_path)
+    assert not [p for p in root.iterdir() if p.is_dir()]  # no job dir: ecod did not run first
+
+
 # ---- the real CLI ------------------------------------------------------------------------
 def _sweep_roots(cwd: Path) -> list[Path]:
     return sorted((cwd / "outputs" / "multirun").iterdir())
@@ -167,6 +235,7 @@ def test_a_failed_job_is_a_row_others_are_kept_and_the_exit_code_is_nonzero(tmp_
     assert rows[1]["status"] == FAILED and rows[1]["name"] == "1_2"
     assert rows[1]["error"].startswith("recipe.calibration_quantile")
     assert rows[0]["status"] == COMPLETED and rows[0]["aggregate"]["image_auroc"]["mean"] is not None
+    assert "leaderboard (1 completed, 1 failed)" in proc.stdout + proc.stderr  # the end-of-sweep board
     kept = root / rows[0]["name"]
     for artifact in ("report.json", "config.json", "environment.json", "categories/weave/per_image.jsonl"):
         assert (kept / artifact).is_file(), artifact

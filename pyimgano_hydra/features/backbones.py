@@ -23,10 +23,13 @@ and never downloaded. Pretrained weights that are not on disk raise a one-line
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -315,3 +318,89 @@ def build_backbone(
     backbone = Backbone(net, name, list(layers) if layers else list(spec.default_layers), image_norm)
     backbone.eval().requires_grad_(False)
     return backbone.to(resolve_device(device), memory_format=torch.channels_last)
+
+
+class DeferredBackbone:
+    """A :class:`Backbone` built on first real use (a call, ``preprocess``, ``net``, ...).
+
+    ``name``, ``layers`` and ``device`` are known without building, and ``identity`` holds what
+    the network is built from (weights file, seed, code and library versions): a job whose
+    features all come from the feature cache never builds it (see ``cache.backbone_key``).
+    """
+
+    def __init__(self, build: Callable[[], Backbone], name: str, layers: list[str], device: str,
+                 identity: dict) -> None:
+        self._build = build
+        self._backbone: Backbone | None = None
+        self.name = name
+        self.layers = list(layers)
+        self.device = torch.device(device)
+        self.identity = identity
+
+    @property
+    def built(self) -> bool:
+        return self._backbone is not None
+
+    def resolve(self) -> Backbone:
+        """The built backbone (built now on first use)."""
+        if self._backbone is None:
+            from pyimgano_hydra.progress import stage
+
+            with stage(f"load backbone {self.name}"):  # weights load: seconds of otherwise silent work
+                self._backbone = self._build()
+        return self._backbone
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.resolve()(x)
+
+    def __getattr__(self, attr: str) -> Any:  # only reached for what __init__ did not set
+        if attr.startswith("_"):  # dunders, pickling probes, memo slots set on this object
+            raise AttributeError(attr)
+        return getattr(self.resolve(), attr)
+
+
+def _file_identity(path: Path) -> list:
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+@functools.lru_cache(maxsize=1)
+def _code_identity() -> dict:
+    """What built features depend on besides the weights: this module's code and the libraries."""
+    versions = {}
+    for package in ("torch", "timm", "torchvision"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(), **versions}
+
+
+def deferred_backbone(
+    name: str = "efficientnet_lite0",
+    layers: list[str] | tuple[str, ...] | None = None,
+    pretrained: bool = True,
+    weights_path: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    image_norm: str = "none",
+) -> DeferredBackbone:
+    """``build_backbone``'s backbone, built on first real use (see :class:`DeferredBackbone`)."""
+    if name not in BACKBONES:
+        raise ConfigError(f"model.backbone: {name!r} is unknown; choose from {', '.join(BACKBONES)}")
+    spec = BACKBONES[name]()
+    layers = list(layers) if layers else list(spec.default_layers)
+    if weights_path:
+        path = Path(weights_path).expanduser()
+        weights = _file_identity(path) if path.is_file() else None  # a missing file fails at build
+    elif pretrained:
+        found = next((p for p in spec.weights() if p.is_file()), None)
+        weights = _file_identity(found) if found else None
+    else:
+        weights = ["random", int(seed)]
+    resolved = resolve_device(device)
+    identity = {"name": name, "layers": layers, "weights": weights, "image_norm": image_norm,
+                "device": resolved.type, **_code_identity()}
+    build = functools.partial(build_backbone, name, layers, pretrained=pretrained, weights_path=weights_path,
+                              device=device, seed=seed, image_norm=image_norm)
+    return DeferredBackbone(build, name, layers, str(resolved), identity if weights is not None else {})

@@ -4,7 +4,9 @@
 * Keys are SHA-256 digests of their parts (strings, numbers, bytes, arrays, dicts/lists of
   them); :func:`image_digest` hashes an image's bytes, shape and dtype, and
   :func:`backbone_key_parts` describes a backbone: name, layers, a digest of its loaded
-  weights, its preprocessing, device type and torch version.
+  weights, its preprocessing, device type and torch version. :func:`backbone_key` digests
+  them, and leaves a record under ``<dir>/backbones/`` so that a later job with a backbone not
+  yet built (``DeferredBackbone``) finds its key without building it.
 * One entry = one ``.npz`` file (a dict of arrays) under ``<dir>/<key[:2]>/``, written to a
   temp file in the same folder and renamed into place, so readers never see half a file and
   parallel jobs (joblib workers, SLURM tasks on a shared disk) can share one directory.
@@ -42,6 +44,7 @@ ArrayDict = dict[str, np.ndarray]
 SINGLE = "__array__"
 SUFFIX = ".npz"
 LOCK_DIR = ".locks"
+BACKBONE_DIR = "backbones"  # <identity digest>.txt: the feature key of a backbone built from it
 LOCK_STRIPE_CHARS = 3
 CACHE_VERSION = 1
 
@@ -228,7 +231,7 @@ class FeatureCache:
         if not self.root.is_dir():
             return out
         for folder in self.root.iterdir():
-            if not folder.is_dir() or folder.name == LOCK_DIR:
+            if not folder.is_dir() or folder.name in (LOCK_DIR, BACKBONE_DIR):
                 continue
             for path in folder.glob(f"*{SUFFIX}"):
                 try:
@@ -319,6 +322,31 @@ def backbone_key_parts(backbone: Any) -> dict:
     return parts
 
 
+def backbone_key(cache: FeatureCache | None, backbone: Any) -> str:
+    """Digest of :func:`backbone_key_parts`. A deferred backbone not yet built takes it from the
+    record its first build left in ``cache`` (keyed on its ``identity``), and is built only when
+    there is none."""
+    key = getattr(backbone, "_feature_cache_key", None)
+    if key is not None:
+        return key
+    identity = getattr(backbone, "identity", None)
+    record = cache.root / BACKBONE_DIR / f"{make_key(identity)}.txt" if cache is not None and identity else None
+    if record is not None and not backbone.built:
+        try:
+            key = record.read_text(encoding="ascii").strip()
+        except (OSError, ValueError):
+            key = None
+        if key is not None and len(key) == 64 and all(c in "0123456789abcdef" for c in key):
+            backbone._feature_cache_key = key
+            return key
+    built = backbone.resolve() if hasattr(backbone, "resolve") else backbone
+    key = make_key(backbone_key_parts(built))
+    if record is not None:
+        write_bytes_atomic(record, key.encode("ascii"))
+    backbone._feature_cache_key = key
+    return key
+
+
 def cached_backbone_features(cache: FeatureCache, backbone: Any, chunk: np.ndarray) -> dict:
     """``backbone(backbone.preprocess(chunk))`` through the cache: ``{layer: tensor}`` on the
     backbone's device, one cache entry per image."""
@@ -337,9 +365,9 @@ def cached_backbone_features(cache: FeatureCache, backbone: Any, chunk: np.ndarr
 
     from pyimgano_hydra.features.precision import active_autocast
 
-    parts = backbone_key_parts(backbone)
+    parts = backbone_key(cache, backbone)
     if active_autocast() != "none":  # half-precision features are other features
-        parts = {**parts, "autocast": active_autocast()}
+        parts = [parts, active_autocast()]
     arrays = cache.map_images(chunk, parts, compute)
     return {layer: as_output(arrays[layer]) for layer in backbone.layers}
 
@@ -363,4 +391,4 @@ def feature_cache(settings: Any):
 
 
 __all__ = ["FeatureCache", "make_key", "image_digest", "module_digest", "open_cache", "active_cache",
-           "feature_cache", "backbone_key_parts", "cached_backbone_features"]
+           "feature_cache", "backbone_key_parts", "backbone_key", "cached_backbone_features"]

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
-from pyimgano_hydra.features.cache import active_cache, backbone_key_parts, image_digest, make_key
+from pyimgano_hydra.features.cache import active_cache, backbone_key, image_digest, make_key
 
 DEVICE_SHARE = 0.25  # at most this share of the GPU's total memory holds kept features
 
@@ -91,7 +91,7 @@ def store_for(backbone: Any) -> Optional[DeviceFeatureStore]:
 def _keys(backbone: Any, chunk: np.ndarray) -> tuple[str, list[str]]:
     from pyimgano_hydra.features.precision import active_autocast
 
-    config_key = make_key(backbone_key_parts(backbone), active_autocast())
+    config_key = make_key(backbone_key(active_cache(), backbone), active_autocast())
     return config_key, [image_digest(image) for image in chunk]
 
 

@@ -79,30 +79,29 @@ class BaseDetector(BaseEstimator):
 
 
 class BackboneMixin:
-    """Builds the feature backbone named by the detector's params once, on first use; jobs in
-    one process (a sweep's in-process or worker jobs) share it (it is frozen, eval mode)."""
+    """The feature backbone named by the detector's params, built on first real use (a job whose
+    features all come from the feature cache never builds it); jobs in one process (a sweep's
+    in-process or worker jobs) share it (it is frozen, eval mode)."""
 
     def _backbone(self):
         if getattr(self, "backbone_", None) is None:
-            from pyimgano_hydra.features.device import resolve_device
-            from pyimgano_hydra.progress import stage
-
             weights = None
             if self.weights_path:  # a changed file is another backbone
                 path = os.path.expanduser(str(self.weights_path))
                 weights = (path, os.stat(path).st_mtime_ns if os.path.isfile(path) else None)
-            with stage(f"load backbone {self.backbone}"):  # weights load: seconds of otherwise silent work
-                self.backbone_ = _shared_backbone(self.backbone, tuple(self.layers), bool(self.pretrained), weights,
-                                                  str(resolve_device(self.device)), int(self.seed),
-                                                  getattr(self, "image_norm", "none"))
+            from pyimgano_hydra.features.device import resolve_device
+
+            self.backbone_ = _shared_backbone(self.backbone, tuple(self.layers), bool(self.pretrained), weights,
+                                              str(resolve_device(self.device)), int(self.seed),
+                                              getattr(self, "image_norm", "none"))
         return self.backbone_
 
 
 @functools.lru_cache(maxsize=2)
 def _shared_backbone(name: str, layers: tuple, pretrained: bool, weights: tuple | None, device: str, seed: int,
                      image_norm: str):
-    """``build_backbone`` memoised per process on everything the network depends on."""
-    from pyimgano_hydra.features import build_backbone
+    """``deferred_backbone`` memoised per process on everything the network depends on."""
+    from pyimgano_hydra.features.backbones import deferred_backbone
 
-    return build_backbone(name, list(layers), pretrained=pretrained, weights_path=weights[0] if weights else None,
-                          device=device, seed=seed, image_norm=image_norm)
+    return deferred_backbone(name, list(layers), pretrained=pretrained, weights_path=weights[0] if weights else None,
+                             device=device, seed=seed, image_norm=image_norm)

@@ -8,9 +8,9 @@ node) under a file lock at the sweep root, and once more at multirun end when re
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".leaderboard.lock"
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+BASIC_SWEEPERS = ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                  "hydra_plugins.pyimgano_hydra_sweepers.compose_once.ComposeOnceSweeper")
 
 register_resolvers()
 
@@ -47,20 +48,14 @@ def sweep_root(config: DictConfig) -> Path:
 
 
 def planned_jobs(config: DictConfig) -> list[list[str]] | None:
-    """Every job's overrides in BasicSweeper order (job number = index); None for other sweepers."""
-    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) != BASIC_SWEEPER:
+    """Every job's overrides in basic-sweep order (job number = index); None for other sweepers."""
+    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) not in BASIC_SWEEPERS:
         return None
     try:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from pyimgano_hydra.sweep.compose import job_overrides
 
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-        args = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-        choices = []
-        for o in OverridesParser.create().parse_overrides(args):
-            key = o.get_key_element()
-            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-            choices.append([f"{key}={v}" for v in values])
-        return [list(job) for job in itertools.product(*choices)]
+        return job_overrides([f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task))
     except Exception:  # e.g. glob() sweeps need the config loader: no plan, rows appear as jobs start
         return None
 
@@ -74,25 +69,35 @@ def _one_line(exc: BaseException) -> str:
 
 
 class LeaderboardCallback(Callback):
-    """Writes ``leaderboard.{csv,md,json,png}`` at the sweep root, ranked by ``metric``.
+    """Writes ``leaderboard.{csv,md,json,png}`` at the sweep root, ranked by ``metric``: the
+    tables after every job, the chart after a job when this process last drew it at least
+    ``chart_every_s`` ago (a drawing costs ~0.25 s), and always when the sweep ends.
 
     With an Optuna sweeper, a completed job's return value (report.json's dict) is replaced
     by its mean ``metric`` so the sweeper gets the float it optimises.
     """
 
-    def __init__(self, metric: str = "image_auroc", chart: bool = True, lock_timeout_s: float = 120.0) -> None:
+    def __init__(self, metric: str = "image_auroc", chart: bool = True, chart_every_s: float = 30.0,
+                 lock_timeout_s: float = 120.0) -> None:
         self.metric = metric
         self.chart = chart
+        self.chart_every_s = chart_every_s
         self.lock_timeout_s = lock_timeout_s
+        self._charted_at: float | None = None
 
     # ---- writing -----------------------------------------------------------------------
-    def write(self, root: Path) -> dict | None:
+    def write(self, root: Path, final: bool = False) -> dict | None:
         from filelock import FileLock, Timeout
 
         root.mkdir(parents=True, exist_ok=True)
+        now = time.monotonic()
+        chart = self.chart and (final or self._charted_at is None or now - self._charted_at >= self.chart_every_s)
         try:
             with FileLock(str(root / LOCK_FILE), timeout=self.lock_timeout_s):
-                return write_leaderboard(root, self.metric, chart=self.chart)
+                board = write_leaderboard(root, self.metric, chart=chart)
+            if chart:
+                self._charted_at = now
+            return board
         except Timeout:
             log.warning("leaderboard lock %s busy for %ss; board not rewritten by this job",
                         root / LOCK_FILE, self.lock_timeout_s)
@@ -133,7 +138,7 @@ class LeaderboardCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = sweep_root(config)
-        board = self.write(root)
+        board = self.write(root, final=True)
         if board:
             counts = ", ".join(f"{n} {s}" for s, n in sorted(board["counts"].items()))
             best = f"{board['best_label']} ({root / board['best']})" if board["best"] else "none"

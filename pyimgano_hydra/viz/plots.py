@@ -18,8 +18,8 @@ def shown(text: str) -> str:
 def _save(fig, path: str | Path) -> Path:
     # Folder-derived names (category in titles, defect types on ticks) pass through shown() where
     # they are drawn; walking every artist of the figure for it cost ~40 ms a figure.
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    buffer = io.BytesIO()  # zlib level 1: a quarter less time a figure than the default 6, files ~5 % larger
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", pil_kwargs={"compress_level": 1})
     return write_bytes_atomic(path, buffer.getvalue())
 
 

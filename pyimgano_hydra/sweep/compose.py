@@ -1,0 +1,84 @@
+"""The default sweeper's logic: Hydra's basic sweep (same jobs, order and batches), each job's
+config composed once.
+
+Hydra's basic sweeper composes every job's config to check the batch before launching it, and
+its basic launcher then composes each one again to run it (≈0.3 s a job). Here the configs the
+check composed are kept in :class:`ComposedOnce`, the config loader handed to an in-process
+launcher, and each is handed out once; anything else goes to Hydra's own loader."""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Sequence
+
+from hydra.core.config_loader import ConfigLoader
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+KEEP_AT_MOST = 256  # composed configs held at once (a batch beyond it composes the rest twice)
+
+
+def job_overrides(arguments: Sequence[str], config_loader: ConfigLoader | None = None) -> list[list[str]]:
+    """Every job's overrides, in Hydra's basic-sweep order (job number = index): the product
+    of each key's values; a key given twice keeps its first place and its last values."""
+    per_key: dict[str, list[str]] = {}
+    for override in OverridesParser.create(config_loader=config_loader).parse_overrides(list(arguments)):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            per_key[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            per_key[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            raise HydraException(f"{key}: a {override.value_type.name} sweep needs a sweeper that samples "
+                                 f"(e.g. hydra/sweeper=optuna_patchcore); list the values instead")
+    return [list(job) for job in itertools.product(*per_key.values())]
+
+
+def batches(jobs: list[list[str]], max_batch_size: int | None) -> list[list[list[str]]]:
+    """``jobs`` in launches of at most ``max_batch_size`` (None or -1: one launch)."""
+    if max_batch_size is None or max_batch_size == -1:
+        return [jobs]
+    if max_batch_size <= 0:
+        raise HydraException(f"hydra.sweeper.max_batch_size: {max_batch_size} must be positive, -1 or null")
+    return [jobs[i:i + max_batch_size] for i in range(0, len(jobs), max_batch_size)]
+
+
+class ComposedOnce(ConfigLoader):
+    """Hydra's config loader, with the sweep configs :meth:`check` composed kept for one reuse."""
+
+    def __init__(self, loader: ConfigLoader, keep_at_most: int = KEEP_AT_MOST) -> None:
+        self.loader = loader
+        self.keep_at_most = keep_at_most
+        self._kept: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+
+    def check(self, master_config: DictConfig, overrides: Sequence[str]) -> None:
+        """Compose one job's config (a bad override raises here, before any job runs); keep it."""
+        config = self.loader.load_sweep_config(master_config, list(overrides))
+        if len(self._kept) < self.keep_at_most:
+            self._kept[(id(master_config), tuple(overrides))] = config
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        kept = self._kept.pop((id(master_config), tuple(sweep_overrides)), None)
+        return kept if kept is not None else self.loader.load_sweep_config(master_config, sweep_overrides)
+
+    def load_configuration(self, *args: Any, **kwargs: Any) -> DictConfig:
+        return self.loader.load_configuration(*args, **kwargs)
+
+    def get_search_path(self) -> Any:
+        return self.loader.get_search_path()
+
+    def get_sources(self) -> Any:
+        return self.loader.get_sources()
+
+    def list_groups(self, parent_name: str) -> list[str]:
+        return self.loader.list_groups(parent_name)
+
+    def get_group_options(self, *args: Any, **kwargs: Any) -> list[str]:
+        return self.loader.get_group_options(*args, **kwargs)
+
+    def compute_defaults_list(self, *args: Any, **kwargs: Any) -> Any:
+        return self.loader.compute_defaults_list(*args, **kwargs)
+
+    def __getstate__(self) -> dict:  # a launcher that pickles its context ships no kept configs
+        return {**self.__dict__, "_kept": {}}
