@@ -226,9 +226,20 @@ def test_joblib_2x2_sweep_writes_four_run_dirs_and_a_leaderboard(tmp_path):
     assert (root / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_failed_job_is_a_row_others_are_kept_and_the_exit_code_is_nonzero(tmp_path):
-    proc = run_cli(["--multirun", "model=ecod", *DATA, "dataset.category=weave", "recipe.calibration_quantile=0.9,2"],
-                   cwd=tmp_path)
+HAS_SUBMITIT = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+LAUNCHERS = {
+    "basic": [],
+    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    "submitit_local": pytest.param(["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"],
+                                   marks=pytest.mark.skipif(not HAS_SUBMITIT, reason="hydra-submitit-launcher not "
+                                                            "installed (pip install 'pyimgano_hydra[slurm]')")),
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS.values(), ids=LAUNCHERS.keys())
+def test_a_failed_job_is_a_row_others_are_kept_and_the_exit_code_is_nonzero(tmp_path, launcher):
+    proc = run_cli(["--multirun", *launcher, "model=ecod", *DATA, "dataset.category=weave",
+                    "recipe.calibration_quantile=0.9,2"], cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode != 0
     (root,) = _sweep_roots(tmp_path)
     rows = {r["job"]: r for r in _board(root)["jobs"]}
@@ -253,8 +264,7 @@ def test_two_sweeps_started_together_get_separate_roots(tmp_path):
         assert sorted(r["name"] for r in _board(root)["jobs"]) == ["0_2", "1_3"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
-                    reason="hydra-submitit-launcher not installed (pip install 'pyimgano_hydra[slurm]')")
+@pytest.mark.skipif(not HAS_SUBMITIT, reason="hydra-submitit-launcher not installed (pip install 'pyimgano_hydra[slurm]')")
 def test_submitit_local_launcher_runs_jobs_and_fills_the_leaderboard(tmp_path):
     proc = run_cli(["--multirun", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "model=ecod",
                     *DATA, "dataset.category=weave", "recipe.calibration_quantile=0.9,0.99"], cwd=tmp_path)
