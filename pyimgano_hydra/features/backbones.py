@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import os
 from dataclasses import dataclass
 from importlib import metadata
@@ -376,16 +377,11 @@ def _code_identity() -> dict:
     return {"code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(), **versions}
 
 
-def deferred_backbone(
-    name: str = "efficientnet_lite0",
-    layers: list[str] | tuple[str, ...] | None = None,
-    pretrained: bool = True,
-    weights_path: str | None = None,
-    device: str = "auto",
-    seed: int = 0,
-    image_norm: str = "none",
-) -> DeferredBackbone:
-    """``build_backbone``'s backbone, built on first real use (see :class:`DeferredBackbone`)."""
+def deferred_backbone(*args: Any, **kwargs: Any) -> DeferredBackbone:
+    """``build_backbone(*args, **kwargs)``, built on first real use (see :class:`DeferredBackbone`)."""
+    call = inspect.signature(build_backbone).bind(*args, **kwargs)
+    call.apply_defaults()
+    name, layers, pretrained, weights_path, device, seed, image_norm = call.arguments.values()
     if name not in BACKBONES:
         raise ConfigError(f"model.backbone: {name!r} is unknown; choose from {', '.join(BACKBONES)}")
     spec = BACKBONES[name]()
@@ -401,6 +397,5 @@ def deferred_backbone(
     resolved = resolve_device(device)
     identity = {"name": name, "layers": layers, "weights": weights, "image_norm": image_norm,
                 "device": resolved.type, **_code_identity()}
-    build = functools.partial(build_backbone, name, layers, pretrained=pretrained, weights_path=weights_path,
-                              device=device, seed=seed, image_norm=image_norm)
+    build = functools.partial(build_backbone, *call.args, **call.kwargs)
     return DeferredBackbone(build, name, layers, str(resolved), identity if weights is not None else {})
