@@ -154,6 +154,17 @@ def test_default_sweeper_plans_the_jobs_hydras_basic_sweeper_runs(args):
     assert job_overrides(args) == hydras
 
 
+class _CountingLoader:
+    """Hydra's config loader's ``load_sweep_config``, counting the composes."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        self.calls.append(list(sweep_overrides))
+        return OmegaConf.create({"o": list(sweep_overrides)})
+
+
 def test_a_job_config_composed_by_the_batch_check_is_handed_out_once():
     import pickle
 
@@ -161,14 +172,7 @@ def test_a_job_config_composed_by_the_batch_check_is_handed_out_once():
 
     from pyimgano_hydra.sweep.compose import ComposedOnce
 
-    class Counting:
-        calls: list = []
-
-        def load_sweep_config(self, master_config, sweep_overrides):
-            self.calls.append(list(sweep_overrides))
-            return OmegaConf.create({"o": list(sweep_overrides)})
-
-    inner = Counting()
+    inner = _CountingLoader()
     loader = ComposedOnce(inner)  # type: ignore[arg-type]
     assert isinstance(loader, ConfigLoader)
     master = OmegaConf.create({})
@@ -178,7 +182,14 @@ def test_a_job_config_composed_by_the_batch_check_is_handed_out_once():
     assert first.o == ["model=a"] and len(inner.calls) == 2  # the launcher's compose was the check's
     loader.load_sweep_config(master, ["model=a"])  # handed out once: a second ask composes again
     assert len(inner.calls) == 3
-    assert pickle.loads(pickle.dumps(ComposedOnce(OmegaConf.create({}))))._kept == {}
+    capped = ComposedOnce(inner, keep_at_most=1)  # type: ignore[arg-type]
+    capped.check(master, ["model=a"])
+    capped.check(master, ["model=b"])
+    capped.load_sweep_config(master, ["model=b"])  # past the cap: composed again
+    assert inner.calls[-1] == ["model=b"] and len(inner.calls) == 6
+    assert pickle.loads(pickle.dumps(loader)).loader.calls == inner.calls
+    loader.check(master, ["model=c"])
+    assert pickle.loads(pickle.dumps(loader))._kept == {}  # a pickling launcher ships no kept configs
 
 
 def test_a_bad_value_in_a_sweep_fails_before_any_job_runs(tmp_path):

@@ -16,7 +16,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
-KEEP_AT_MOST = 256  # composed configs held at once (a batch beyond it composes the rest twice)
+KEEP_AT_MOST = 64  # composed configs held at once (~0.3-0.5 MB each); the rest of a batch composes twice
 
 
 def job_overrides(arguments: Sequence[str], config_loader: ConfigLoader | None = None) -> list[list[str]]:
