@@ -340,3 +340,26 @@ def test_a_run_fitted_with_local_weights_carries_them(tmp_path):
     inspector = Inspector.load(out / "categories/weave/inspector.pt")
     image = np.full((1, 64, 64, 3), 128, np.uint8)
     assert np.isfinite(inspector.score_batch(image).records[0]["score"])
+
+
+@pytest.mark.parametrize("link", ["categories/weave/artifacts", "categories/weave", "categories"])
+def test_export_never_writes_through_a_symlink_in_the_run_dir(fake_run, tmp_path, link):
+    """A third attacker's pass: ``artifacts -> /elsewhere`` made the export write model.onnx and
+    export.json there (an existing export.json outside was replaced)."""
+    import shutil
+
+    from pyimgano_hydra.export import export_category
+
+    run_dir = _planted(fake_run, tmp_path)
+    outside = tmp_path / "outside"
+    if link == "categories/weave/artifacts":
+        outside.mkdir()
+    else:
+        shutil.copytree(run_dir / link, outside)
+        shutil.rmtree(run_dir / link)
+    (outside / "export.json").write_text("keep")
+    (run_dir / link).symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UserError, match="a symlink in the run dir; an export is never written through one") as caught:
+        export_category(run_dir, "weave")
+    assert "\n" not in str(caught.value)
+    assert (outside / "export.json").read_text() == "keep" and not (outside / "model.onnx").exists()

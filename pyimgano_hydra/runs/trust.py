@@ -36,6 +36,17 @@ def confined(root: Path, relative: str | Path, key: str) -> Path:
     return path
 
 
+def no_links(root: Path, relative: str | Path, what: str) -> Path:
+    """``root / relative`` to write into: refused when a component below ``root`` is a symlink
+    (a write through one would land outside the run dir, or elsewhere in it)."""
+    path = Path(root)
+    for part in Path(relative).parts:
+        path = path / part
+        if path.is_symlink():
+            raise UserError(f"{path}: a symlink in the run dir; {what} is never written through one")
+    return path
+
+
 def _depth(obj: Any, limit: int, level: int = 0) -> int:
     if level > limit:
         return level
