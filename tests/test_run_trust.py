@@ -363,3 +363,42 @@ def test_export_never_writes_through_a_symlink_in_the_run_dir(fake_run, tmp_path
         export_category(run_dir, "weave")
     assert "\n" not in str(caught.value)
     assert (outside / "export.json").read_text() == "keep" and not (outside / "model.onnx").exists()
+
+
+def _external_tensor(name: str = "c"):
+    from onnx import TensorProto
+
+    tensor = TensorProto(name=name, data_type=TensorProto.UINT8, dims=[16], data_location=TensorProto.EXTERNAL)
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "secret.txt"  # read relative to the working dir
+    return tensor
+
+
+def _external_models() -> dict:
+    from onnx import TensorProto, helper
+
+    out = helper.make_tensor_value_info("score", TensorProto.UINT8, [16])
+    branch = helper.make_graph([], "b", [], [out], initializer=[_external_tensor()])
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    sparse = helper.make_sparse_tensor(_external_tensor(), helper.make_tensor("i", TensorProto.INT64, [1], [0]), [16])
+    return {
+        "constant": helper.make_graph([helper.make_node("Constant", [], ["score"], value=_external_tensor())],
+                                      "g", [], [out]),
+        "subgraph": helper.make_graph([helper.make_node("If", ["cond"], ["score"], then_branch=branch,
+                                                        else_branch=branch)], "g", [cond], [out]),
+        "sparse": helper.make_graph([], "g", [], [out], sparse_initializer=[sparse]),
+    }
+
+
+@pytest.mark.parametrize("kind", ["constant", "subgraph", "sparse"])
+def test_an_exported_model_with_external_data_anywhere_is_refused(kind):
+    """Only top-level initializers were checked: a Constant node, an If branch or a sparse
+    initializer could still name a file for ONNX Runtime to read."""
+    pytest.importorskip("onnx")
+    from onnx import helper
+
+    from pyimgano_hydra.export.runtime import _session
+
+    model = helper.make_model(_external_models()[kind]).SerializeToString()
+    with pytest.raises(UserError, match=r"^x/model.onnx: refused: it references external data files$"):
+        _session(model, "x/model.onnx")

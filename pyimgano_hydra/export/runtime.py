@@ -32,16 +32,35 @@ def _onnxruntime():
     return onnxruntime
 
 
+def _external_tensor(message) -> bool:
+    """Whether any tensor in ``message`` points at an external data file: initializers, node
+    attributes (a ``Constant``), subgraphs, sparse tensors and functions alike."""
+    from google.protobuf.message import Message
+    from onnx import TensorProto
+
+    if isinstance(message, TensorProto) and (message.data_location == TensorProto.EXTERNAL
+                                             or len(message.external_data)):
+        return True
+    for field, value in message.ListFields():
+        if field.message_type is not None:  # a message or a repeated one
+            if any(_external_tensor(v) for v in ([value] if isinstance(value, Message) else value)):
+                return True
+    return False
+
+
 def _session(model: bytes, where: Path):
     """An ONNX Runtime CPU session over ``model``; refused when it is not a self-contained ONNX model."""
-    ort = _onnxruntime()
     try:
         import onnx
-        from onnx.external_data_helper import uses_external_data
 
         proto = onnx.load_from_string(model)
-        if any(uses_external_data(t) for t in proto.graph.initializer):
-            raise UserError(f"{where}: refused: it references external data files")
+    except Exception as exc:  # protobuf decode errors
+        message = " ".join(str(exc).split())[:160]
+        raise UserError(f"{where}: not a loadable ONNX model ({type(exc).__name__}: {message})") from exc
+    if _external_tensor(proto):  # read from a path relative to the working dir, outside the run dir
+        raise UserError(f"{where}: refused: it references external data files")
+    ort = _onnxruntime()
+    try:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
