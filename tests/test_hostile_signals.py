@@ -131,3 +131,34 @@ def test_infer_names_the_live_process_of_a_running_run(tmp_path):
     (tmp_path / "status.json").write_text(json.dumps(record))
     with pytest.raises(UserError, match=rf"the run is running \(pid {os.getpid()} on '.*'\), not completed"):
         load_run(tmp_path)
+
+
+@pytest.mark.parametrize("pid", [0, -1, -2**40, "123", 1.5, None, [1]])
+def test_a_running_status_with_a_pid_no_process_can_have_reads_as_interrupted(tmp_path, pid):
+    """A third attacker's pass: pid 0 (os.kill(0, 0) signals our own group), a negative or
+    non-int pid left the run ``running`` for ever."""
+    import socket
+
+    from pyimgano_hydra.runs.status import current_state
+    from pyimgano_hydra.sweep.leaderboard import job_row
+
+    record = {"status": "running", "host": socket.gethostname(), "pid": pid}
+    assert current_state(record) == "interrupted"
+    (tmp_path / "status.json").write_text(__import__("json").dumps(record))
+    assert job_row(tmp_path, None)["status"] == "interrupted"
+
+
+def test_a_reused_pid_is_told_apart_by_its_start_time():
+    import socket
+
+    from pyimgano_hydra.runs.status import current_state
+    from pyimgano_hydra.sweep.cluster import owner
+
+    mine = owner()
+    assert type(mine["pid_start"]) is int
+    record = {"status": "running", **mine}
+    assert current_state(record) == "running"
+    # our parent lives on: a status.json naming its pid with another start time is stale
+    reused = {"status": "running", "host": socket.gethostname(), "pid": os.getppid(), "pid_start": mine["pid_start"] + 10**9}
+    assert current_state(reused) == "interrupted"
+    assert current_state({**record, "pid_start": "abc"}) == "running"  # unknown start: left as written
