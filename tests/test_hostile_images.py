@@ -194,3 +194,30 @@ def test_undecodable_category_folder_completes(folder, tmp_path):
     assert read_json(out / "status.json")["status"] == "completed"
     assert os.fsencode(next(iter(read_json(out / "report.json")["categories"]))) == b"c\xffat"
     assert b"c\xffat" in (out / "report.html").read_bytes()
+
+
+def test_category_names_equal_after_sanitising_keep_their_own_results(folder, tmp_path):
+    """A third attacker's pass: ``a b`` and ``a_b`` shared categories/a_b; the second category
+    overwrote the first one's inspector, per-image records and report."""
+    root = tmp_path / "data"
+    for category in ("a b", "a_b"):
+        shutil.copytree(folder, root / category)
+    out = tmp_path / "run"
+    proc = _run(root, out, "dataset.category=all")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    categories = read_json(out / "report.json")["categories"]
+    inspectors = {name: entry["inspector"] for name, entry in categories.items()}
+    assert len(set(inspectors.values())) == 2, inspectors
+    from pyimgano_hydra.api import load_inspector
+
+    for name in ("a b", "a_b"):
+        assert load_inspector(out, name, trust_targets=True).category == name
+
+
+def test_categories_that_would_still_share_a_folder_are_refused():
+    from pyimgano_hydra.runs.layout import RunDir, category_dir_name
+
+    crafted = category_dir_name("a b")  # a folder literally named like the other's
+    with pytest.raises(DataError, match=f"categories 'a b' and '{crafted}' would share the folder"):
+        RunDir(Path("run")).check_categories(["a b", crafted])
+    RunDir(Path("run")).check_categories(["a b", "a_b", "\ud800"])  # a lone surrogate from a JSON file too

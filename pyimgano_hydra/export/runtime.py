@@ -110,7 +110,7 @@ class TiledOnnx(TiledDetector):
 def read_export(run_root: Path, category_dir: Path) -> tuple[ExportManifest, bytes]:
     """A category's manifest and verified model bytes, read from inside ``run_root`` only."""
     from pyimgano_hydra.runs import trust
-    from pyimgano_hydra.runs.layout import safe_name
+    from pyimgano_hydra.runs.layout import category_dir_name
     from pyimgano_hydra.schemas.export import MODEL_FILE
 
     relative = category_dir.relative_to(run_root) / "artifacts"
@@ -119,7 +119,7 @@ def read_export(run_root: Path, category_dir: Path) -> tuple[ExportManifest, byt
         raise UserError(f"{manifest_path}: missing; export the run first: "
                         f"python -m pyimgano_hydra.export run_dir={run_root}")
     manifest = ExportManifest.parse(trust.read_json_file(manifest_path), str(manifest_path))
-    if safe_name(manifest.category) != category_dir.name:
+    if category_dir_name(manifest.category) != category_dir.name:
         raise UserError(f"{manifest_path}: holds category {manifest.category!r}, not {category_dir.name!r}")
     model_path = trust.confined(run_root, relative / MODEL_FILE, str(manifest_path) + ": model_file")
     try:
