@@ -103,6 +103,11 @@ def test_a_valid_state_loads(tmp_path):
     (lambda s, m: s.update(postprocess={**POSTPROCESS, "percentile": 10**400}), "postprocess.percentile: must be a finite"),
     (lambda s, m: s.update(postprocess={**POSTPROCESS, "clip": "yes"}), "postprocess.clip: must be true or false"),
     (lambda s, m: s.update(postprocess={**POSTPROCESS, "low": 5.0, "high": 1.0}), "postprocess.low 5.0 is above"),
+    # a third pass: a bank that is not a finite (n, d) matrix crashed at scoring naming no file
+    (lambda s, m: s["detector"]["state"].update(memory_bank=torch.zeros(2, 4, 8)), "memory_bank must be a non-empty finite"),
+    (lambda s, m: s["detector"]["state"].update(memory_bank=torch.zeros(0, 8)), "memory_bank must be a non-empty finite"),
+    (lambda s, m: s["detector"]["state"].update(memory_bank=torch.full((4, 8), float("nan"))),
+     "memory_bank must be a non-empty finite"),  # every score NaN: every image "normal"
     # keys the loader would otherwise ignore: an inspector holds exactly what it wrote
     (lambda s, m: s.update(extra_payload={"_target_": "os.system"}), "unknown key 'extra_payload'"),
     (lambda s, m: s.update({1: "x"}), "unknown key '1'"),
@@ -404,3 +409,33 @@ def test_an_exported_model_with_external_data_anywhere_is_refused(kind):
     model = helper.make_model(_external_models()[kind]).SerializeToString()
     with pytest.raises(UserError, match=r"^x/model.onnx: refused: it references external data files$"):
         _session(model, "x/model.onnx")
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda s: s["detector"]["state"].update(memory_bank=torch.zeros(4, 7)),  # not the backbone's width
+    lambda s: s["detector"]["params"].update(seed=2**80),
+])
+def test_a_stored_detector_that_fails_at_scoring_names_its_file(tmp_path, mutate):
+    """Accepted at load, the state crashed inside the detector: 'RuntimeError: mat1 and mat2
+    shapes cannot be multiplied' was infer's whole message."""
+    state = patchcore_state()
+    state["detector"]["params"].update(pretrained=False, device="cpu")
+    mutate(state)
+    path = tmp_path / "inspector.pt"
+    torch.save(state, path)
+    inspector = Inspector.load(path)
+    with pytest.raises(UserError) as caught:
+        inspector.score_batch(np.zeros((1, 64, 64, 3), np.uint8))
+    message = str(caught.value)
+    assert message.startswith(f"{path}: scoring with the stored detector failed (") and "\n" not in message
+
+
+def test_a_padim_state_whose_shapes_disagree_is_refused_at_load():
+    state = patchcore_state()
+    state["detector"] = {"name": "PaDiM", "params": {"backbone": "resnet18", "layers": ["layer1"], "pretrained": False},
+                         "state": {"channels": {"layer1": torch.arange(4)}, "mean": torch.zeros(16, 4),
+                                   "inv_cov": torch.zeros(16, 5, 5), "grid": [4, 4]}}
+    with pytest.raises(UserError, match=r"^x: the detector state does not fit PaDiM .*inv_cov \(P, d, d\)"):
+        Inspector.from_state(state, where="x")
+    state["detector"]["state"]["inv_cov"] = torch.zeros(16, 4, 4)
+    assert Inspector.from_state(state, where="x").detector.inv_cov_.shape == (16, 4, 4)
