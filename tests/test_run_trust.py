@@ -439,3 +439,39 @@ def test_a_padim_state_whose_shapes_disagree_is_refused_at_load():
         Inspector.from_state(state, where="x")
     state["detector"]["state"]["inv_cov"] = torch.zeros(16, 4, 4)
     assert Inspector.from_state(state, where="x").detector.inv_cov_.shape == (16, 4, 4)
+
+
+def _deflated(source: Path, target: Path) -> None:
+    """``source`` (a torch zip file) rewritten with every entry deflated."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as out:
+        for info in src.infolist():
+            out.writestr(info.filename, src.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
+
+
+def test_a_deflated_inspector_is_refused_before_it_inflates(tmp_path):
+    """A third pass: a 0.8 MB inspector.pt with a deflated 800 MB bank loaded (torch.load inflates
+    deflated zip entries); scaled up it takes the line PC's memory."""
+    state = patchcore_state()
+    state["detector"]["state"]["memory_bank"] = torch.zeros(100_000, 8)
+    plain_file, bomb = tmp_path / "plain.pt", tmp_path / "inspector.pt"
+    torch.save(state, plain_file)
+    _deflated(plain_file, bomb)
+    assert bomb.stat().st_size < plain_file.stat().st_size / 50
+    with pytest.raises(UserError, match=rf"^{bomb}: refused: compressed entries"):
+        Inspector.load(bomb)
+    assert Inspector.load(plain_file).detector.memory_bank_.shape == (100_000, 8)
+
+
+def test_deflated_backbone_weights_are_refused(tmp_path):
+    import torchvision
+
+    plain_file, bomb = tmp_path / "r18.pt", tmp_path / "backbone_weights.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), plain_file)
+    _deflated(plain_file, bomb)
+    from pyimgano_hydra.features.backbones import _read_state_dict
+
+    with pytest.raises(UserError, match=rf"^model.weights_path: {bomb}: refused: compressed entries"):
+        _read_state_dict(bomb, "model.weights_path")
+    assert _read_state_dict(plain_file, "model.weights_path")
