@@ -147,6 +147,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
             dataset = build(cfg.dataset, "dataset")
             recipe = build(cfg.recipe, "recipe")
             categories = dataset.categories()
+            run_dir.check_categories(categories)
             preprocessing = {"resize": cfg.dataset.get("resize"),
                              "input_mode": cfg.dataset.get("input_mode", "rgb")}
             results: list[CategoryResult] = []

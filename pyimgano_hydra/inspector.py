@@ -86,6 +86,7 @@ class Inspector:
         self.preprocessing = preprocessing or {"resize": None, "input_mode": "rgb"}
         self.defects = defects
         self.category = category
+        self.source: str | None = None  # the inspector file it was loaded from (named in scoring errors)
 
     @property
     def threshold_(self) -> float:
@@ -104,14 +105,28 @@ class Inspector:
 
     def score_maps(self, images: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """(N,) float64 scores and postprocessed (N, H, W) float32 maps (None without maps)."""
-        out = self.detector.score_maps(images)
+        out = self._stored(self.detector.score_maps, images)
         maps = out.maps
         if maps is not None and self.postprocessor is not None:
             maps = self.postprocessor.transform(maps)
         return np.asarray(out.scores, np.float64).reshape(-1), maps
 
     def decision_function(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self.detector.decision_function(images), np.float64).reshape(-1)
+        return np.asarray(self._stored(self.detector.decision_function, images), np.float64).reshape(-1)
+
+    def _stored(self, score: Callable, images: np.ndarray):
+        """``score(images)``; for a loaded inspector a failure inside the detector (a stored state
+        that does not fit its backbone) is one line naming the file."""
+        try:
+            return score(images)
+        except UserError:
+            raise
+        except _STATE_ERRORS as exc:
+            if self.source is None:
+                raise
+            message = " ".join(str(exc).split())[:200]
+            raise UserError(f"{self.source}: scoring with the stored detector failed "
+                            f"({type(exc).__name__}: {message})") from exc
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """0 (normal) / 1 (anomalous) per image: score above the image threshold."""
@@ -163,7 +178,9 @@ class Inspector:
     def load(cls, path: Path, trust_targets: bool = False, device: str | None = None) -> "Inspector":
         """Parse a stored inspector (``weights_only``); one-line refusal naming ``path``.
         ``device`` replaces the device it was fitted on (a record, never a requirement)."""
-        return cls.from_state(trust.load_weights(Path(path)), str(path), trust_targets, device, Path(path).parent)
+        inspector = cls.from_state(trust.load_weights(Path(path)), str(path), trust_targets, device, Path(path).parent)
+        inspector.source = str(path)
+        return inspector
 
     @classmethod
     def from_state(cls, state: Any, where: str = "inspector", trust_targets: bool = False,

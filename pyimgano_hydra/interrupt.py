@@ -1,4 +1,4 @@
-"""SIGTERM and Ctrl-C: raised as :class:`Interrupted` inside a run, one line and 128+signal at exit."""
+"""SIGTERM, SIGHUP and Ctrl-C: raised as :class:`Interrupted` inside a run, one line and 128+signal at exit."""
 from __future__ import annotations
 
 import signal
@@ -40,21 +40,28 @@ def _mark_unstarted_run(signum: int) -> None:
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block SIGTERM raises :class:`Interrupted` (main thread only; not under
+    """Within the block SIGTERM (and SIGHUP) raises :class:`Interrupted` (main thread only; not under
     submitit, which owns SIGTERM and the requeue signal: see ``sweep/cluster.py``)."""
     if under_submitit():
         yield
         return
 
     try:
-        previous = signal.signal(signal.SIGTERM, _raise_once)
+        previous = {signum: signal.signal(signum, _raise_once) for signum in _caught()}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _caught() -> list[int]:
+    """SIGTERM, and SIGHUP (a closed terminal or ssh session) unless ignored (``nohup``)."""
+    hangup = getattr(signal, "SIGHUP", None)
+    return [signal.SIGTERM] + ([hangup] if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN else [])
 
 
 @contextmanager
@@ -65,7 +72,8 @@ def exit_on_interrupt(what: str) -> Iterator[None]:
             yield
     except KeyboardInterrupt as exc:
         _RAISED.append(signal.SIGINT)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one line, one exit code, whatever follows
+        for signum in _caught():  # one line, one exit code, whatever follows
+            signal.signal(signum, signal.SIG_IGN)
         signum = getattr(exc, "signum", int(signal.SIGINT))
         _mark_unstarted_run(signum)
         print(f"interrupted: {signal.Signals(signum).name}; {what} marked interrupted in its status.json",

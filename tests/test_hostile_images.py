@@ -194,3 +194,52 @@ def test_undecodable_category_folder_completes(folder, tmp_path):
     assert read_json(out / "status.json")["status"] == "completed"
     assert os.fsencode(next(iter(read_json(out / "report.json")["categories"]))) == b"c\xffat"
     assert b"c\xffat" in (out / "report.html").read_bytes()
+
+
+def test_category_names_equal_after_sanitising_keep_their_own_results(folder, tmp_path):
+    """A third attacker's pass: ``a b`` and ``a_b`` shared categories/a_b; the second category
+    overwrote the first one's inspector, per-image records and report."""
+    root = tmp_path / "data"
+    for category in ("a b", "a_b"):
+        shutil.copytree(folder, root / category)
+    out = tmp_path / "run"
+    proc = _run(root, out, "dataset.category=all")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    categories = read_json(out / "report.json")["categories"]
+    inspectors = {name: entry["inspector"] for name, entry in categories.items()}
+    assert len(set(inspectors.values())) == 2, inspectors
+    from pyimgano_hydra.api import load_inspector
+
+    for name in ("a b", "a_b"):
+        assert load_inspector(out, name, trust_targets=True).category == name
+
+
+def test_categories_that_would_still_share_a_folder_are_refused():
+    from pyimgano_hydra.runs.layout import RunDir, category_dir_name
+
+    crafted = category_dir_name("a b")  # a folder literally named like the other's
+    with pytest.raises(DataError, match=f"categories 'a b' and '{crafted}' would share the folder"):
+        RunDir(Path("run")).check_categories(["a b", crafted])
+    RunDir(Path("run")).check_categories(["a b", "a_b", "\ud800"])  # a lone surrogate from a JSON file too
+
+
+@pytest.mark.parametrize("mode,dtype,value", [("I;16", np.uint16, 40000), ("F", np.float32, 0.25), ("I", np.int32, 300)])
+def test_decoding_a_deep_image_stays_near_what_the_limit_counts(tmp_path, mode, dtype, value):
+    """A third pass: an 11000x11000 16-bit PNG of 235 KB, under max_image_megabytes (242 of 256
+    MB), took 3.1 GB through float64 copies; the arrays made now stay under 4x the counted bytes."""
+    import tracemalloc
+
+    path = tmp_path / "deep.tif"
+    image = Image.fromarray(np.full((1500, 1500), value, dtype))
+    assert image.mode == mode
+    image.save(path)
+    counted = 1500 * 1500 * (2 if mode == "I;16" else 4)
+    tracemalloc.start()
+    try:
+        out = load_image(path, 64)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    expected = {"I;16": round(40000 / 257), "F": round(0.25 * 255), "I": round(300 / 257)}[mode]
+    assert out.shape == (64, 64, 3) and (out == expected).all()
+    assert peak < 4 * counted, f"{peak / 1e6:.0f} MB of arrays for {counted / 1e6:.0f} MB counted"

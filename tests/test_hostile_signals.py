@@ -131,3 +131,73 @@ def test_infer_names_the_live_process_of_a_running_run(tmp_path):
     (tmp_path / "status.json").write_text(json.dumps(record))
     with pytest.raises(UserError, match=rf"the run is running \(pid {os.getpid()} on '.*'\), not completed"):
         load_run(tmp_path)
+
+
+@pytest.mark.parametrize("pid", [0, -1, -2**40, "123", 1.5, None, [1]])
+def test_a_running_status_with_a_pid_no_process_can_have_reads_as_interrupted(tmp_path, pid):
+    """A third attacker's pass: pid 0 (os.kill(0, 0) signals our own group), a negative or
+    non-int pid left the run ``running`` for ever."""
+    import socket
+
+    from pyimgano_hydra.runs.status import current_state
+    from pyimgano_hydra.sweep.leaderboard import job_row
+
+    record = {"status": "running", "host": socket.gethostname(), "pid": pid}
+    assert current_state(record) == "interrupted"
+    (tmp_path / "status.json").write_text(__import__("json").dumps(record))
+    assert job_row(tmp_path, None)["status"] == "interrupted"
+
+
+def test_a_reused_pid_is_told_apart_by_its_start_time():
+    import socket
+
+    from pyimgano_hydra.runs.status import current_state
+    from pyimgano_hydra.sweep.cluster import owner
+
+    mine = owner()
+    assert type(mine["pid_start"]) is int
+    record = {"status": "running", **mine}
+    assert current_state(record) == "running"
+    # our parent lives on: a status.json naming its pid with another start time is stale
+    reused = {"status": "running", "host": socket.gethostname(), "pid": os.getppid(), "pid_start": mine["pid_start"] + 10**9}
+    assert current_state(reused) == "interrupted"
+    assert current_state({**record, "pid_start": "abc"}) == "running"  # unknown start: left as written
+
+
+def _assert_hangup(proc, status_file: Path) -> None:
+    assert proc.returncode == 129, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: SIGHUP"), proc.stderr
+    assert read_json(status_file)["status"] == "interrupted"
+
+
+def test_sighup_during_fit_marks_the_run_interrupted(tmp_path):
+    """A third pass: a closed terminal (SIGHUP) killed the fit silently, status.json left at running."""
+    out = tmp_path / "run"
+    proc = _terminate_when([SEARCH, "model=sleepy", *FAST, f"hydra.run.dir={out}"], "pyimgano_hydra",
+                           out / "config.json", signals=(signal.SIGHUP,))
+    _assert_hangup(proc, out / "status.json")
+
+
+def test_sighup_during_infer_marks_it_interrupted(tmp_path):
+    run_dir = tmp_path / "run"
+    done = run_cli([SEARCH, "model=sleepy", "model.seconds=0", *FAST, f"hydra.run.dir={run_dir}"], env=ENV)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "infer"
+    images = next(Path(os.environ["PYIMGANO_CACHE"]).rglob("weave/test/good"))
+    proc = _terminate_when([f"run_dir={run_dir}", f"input={images}", "trust_targets=true",
+                            f"hydra.run.dir={out}"], "pyimgano_hydra.infer", out / "status.json",
+                           env={"FAKES_PREDICT_SLEEP": "60"}, signals=(signal.SIGHUP,))
+    _assert_hangup(proc, out / "status.json")
+
+
+def test_a_run_under_nohup_keeps_ignoring_sighup():
+    from pyimgano_hydra.interrupt import sigterm_as_interrupt
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, previous)

@@ -97,10 +97,17 @@ def test_a_valid_state_loads(tmp_path):
     (lambda s, m: s["preprocessing"].update(resize=[65536, 65536]), "preprocessing.resize must be"),
     (lambda s, m: s["preprocessing"].update(resize=65536), "preprocessing.resize must be"),
     (lambda s, m: s.update(postprocess={**POSTPROCESS, "sigma": 1e300}), "postprocess.sigma: must be in"),
+    # a third pass: a 1e6-pixel blur kernel on every map hung infer (minutes of CPU per image)
+    (lambda s, m: s["detector"]["params"].update(smoothing_sigma=1e6), "model.smoothing_sigma: must be in 0..1000"),
     (lambda s, m: s.update(postprocess={**POSTPROCESS, "percentile": "99"}), "postprocess.percentile: must be a finite"),
     (lambda s, m: s.update(postprocess={**POSTPROCESS, "percentile": 10**400}), "postprocess.percentile: must be a finite"),
     (lambda s, m: s.update(postprocess={**POSTPROCESS, "clip": "yes"}), "postprocess.clip: must be true or false"),
     (lambda s, m: s.update(postprocess={**POSTPROCESS, "low": 5.0, "high": 1.0}), "postprocess.low 5.0 is above"),
+    # a third pass: a bank that is not a finite (n, d) matrix crashed at scoring naming no file
+    (lambda s, m: s["detector"]["state"].update(memory_bank=torch.zeros(2, 4, 8)), "memory_bank must be a non-empty finite"),
+    (lambda s, m: s["detector"]["state"].update(memory_bank=torch.zeros(0, 8)), "memory_bank must be a non-empty finite"),
+    (lambda s, m: s["detector"]["state"].update(memory_bank=torch.full((4, 8), float("nan"))),
+     "memory_bank must be a non-empty finite"),  # every score NaN: every image "normal"
     # keys the loader would otherwise ignore: an inspector holds exactly what it wrote
     (lambda s, m: s.update(extra_payload={"_target_": "os.system"}), "unknown key 'extra_payload'"),
     (lambda s, m: s.update({1: "x"}), "unknown key '1'"),
@@ -340,3 +347,131 @@ def test_a_run_fitted_with_local_weights_carries_them(tmp_path):
     inspector = Inspector.load(out / "categories/weave/inspector.pt")
     image = np.full((1, 64, 64, 3), 128, np.uint8)
     assert np.isfinite(inspector.score_batch(image).records[0]["score"])
+
+
+@pytest.mark.parametrize("link", ["categories/weave/artifacts", "categories/weave", "categories"])
+def test_export_never_writes_through_a_symlink_in_the_run_dir(fake_run, tmp_path, link):
+    """A third attacker's pass: ``artifacts -> /elsewhere`` made the export write model.onnx and
+    export.json there (an existing export.json outside was replaced)."""
+    import shutil
+
+    from pyimgano_hydra.export import export_category
+
+    run_dir = _planted(fake_run, tmp_path)
+    outside = tmp_path / "outside"
+    if link == "categories/weave/artifacts":
+        outside.mkdir()
+    else:
+        shutil.copytree(run_dir / link, outside)
+        shutil.rmtree(run_dir / link)
+    (outside / "export.json").write_text("keep")
+    (run_dir / link).symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UserError, match="a symlink in the run dir; an export is never written through one") as caught:
+        export_category(run_dir, "weave")
+    assert "\n" not in str(caught.value)
+    assert (outside / "export.json").read_text() == "keep" and not (outside / "model.onnx").exists()
+
+
+def _external_tensor(name: str = "c"):
+    from onnx import TensorProto
+
+    tensor = TensorProto(name=name, data_type=TensorProto.UINT8, dims=[16], data_location=TensorProto.EXTERNAL)
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "secret.txt"  # read relative to the working dir
+    return tensor
+
+
+def _external_models() -> dict:
+    from onnx import TensorProto, helper
+
+    out = helper.make_tensor_value_info("score", TensorProto.UINT8, [16])
+    branch = helper.make_graph([], "b", [], [out], initializer=[_external_tensor()])
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    sparse = helper.make_sparse_tensor(_external_tensor(), helper.make_tensor("i", TensorProto.INT64, [1], [0]), [16])
+    return {
+        "constant": helper.make_graph([helper.make_node("Constant", [], ["score"], value=_external_tensor())],
+                                      "g", [], [out]),
+        "subgraph": helper.make_graph([helper.make_node("If", ["cond"], ["score"], then_branch=branch,
+                                                        else_branch=branch)], "g", [cond], [out]),
+        "sparse": helper.make_graph([], "g", [], [out], sparse_initializer=[sparse]),
+    }
+
+
+@pytest.mark.parametrize("kind", ["constant", "subgraph", "sparse"])
+def test_an_exported_model_with_external_data_anywhere_is_refused(kind):
+    """Only top-level initializers were checked: a Constant node, an If branch or a sparse
+    initializer could still name a file for ONNX Runtime to read."""
+    pytest.importorskip("onnx")
+    from onnx import helper
+
+    from pyimgano_hydra.export.runtime import _session
+
+    model = helper.make_model(_external_models()[kind]).SerializeToString()
+    with pytest.raises(UserError, match=r"^x/model.onnx: refused: it references external data files$"):
+        _session(model, "x/model.onnx")
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda s: s["detector"]["state"].update(memory_bank=torch.zeros(4, 7)),  # not the backbone's width
+    lambda s: s["detector"]["params"].update(seed=2**80),
+])
+def test_a_stored_detector_that_fails_at_scoring_names_its_file(tmp_path, mutate):
+    """Accepted at load, the state crashed inside the detector: 'RuntimeError: mat1 and mat2
+    shapes cannot be multiplied' was infer's whole message."""
+    state = patchcore_state()
+    state["detector"]["params"].update(pretrained=False, device="cpu")
+    mutate(state)
+    path = tmp_path / "inspector.pt"
+    torch.save(state, path)
+    inspector = Inspector.load(path)
+    with pytest.raises(UserError) as caught:
+        inspector.score_batch(np.zeros((1, 64, 64, 3), np.uint8))
+    message = str(caught.value)
+    assert message.startswith(f"{path}: scoring with the stored detector failed (") and "\n" not in message
+
+
+def test_a_padim_state_whose_shapes_disagree_is_refused_at_load():
+    state = patchcore_state()
+    state["detector"] = {"name": "PaDiM", "params": {"backbone": "resnet18", "layers": ["layer1"], "pretrained": False},
+                         "state": {"channels": {"layer1": torch.arange(4)}, "mean": torch.zeros(16, 4),
+                                   "inv_cov": torch.zeros(16, 5, 5), "grid": [4, 4]}}
+    with pytest.raises(UserError, match=r"^x: the detector state does not fit PaDiM .*inv_cov \(P, d, d\)"):
+        Inspector.from_state(state, where="x")
+    state["detector"]["state"]["inv_cov"] = torch.zeros(16, 4, 4)
+    assert Inspector.from_state(state, where="x").detector.inv_cov_.shape == (16, 4, 4)
+
+
+def _deflated(source: Path, target: Path) -> None:
+    """``source`` (a torch zip file) rewritten with every entry deflated."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as out:
+        for info in src.infolist():
+            out.writestr(info.filename, src.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
+
+
+def test_a_deflated_inspector_is_refused_before_it_inflates(tmp_path):
+    """A third pass: a 0.8 MB inspector.pt with a deflated 800 MB bank loaded (torch.load inflates
+    deflated zip entries); scaled up it takes the line PC's memory."""
+    state = patchcore_state()
+    state["detector"]["state"]["memory_bank"] = torch.zeros(100_000, 8)
+    plain_file, bomb = tmp_path / "plain.pt", tmp_path / "inspector.pt"
+    torch.save(state, plain_file)
+    _deflated(plain_file, bomb)
+    assert bomb.stat().st_size < plain_file.stat().st_size / 50
+    with pytest.raises(UserError, match=rf"^{bomb}: refused: compressed entries"):
+        Inspector.load(bomb)
+    assert Inspector.load(plain_file).detector.memory_bank_.shape == (100_000, 8)
+
+
+def test_deflated_backbone_weights_are_refused(tmp_path):
+    import torchvision
+
+    plain_file, bomb = tmp_path / "r18.pt", tmp_path / "backbone_weights.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), plain_file)
+    _deflated(plain_file, bomb)
+    from pyimgano_hydra.features.backbones import _read_state_dict
+
+    with pytest.raises(UserError, match=rf"^model.weights_path: {bomb}: refused: compressed entries"):
+        _read_state_dict(bomb, "model.weights_path")
+    assert _read_state_dict(plain_file, "model.weights_path")

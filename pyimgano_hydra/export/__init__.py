@@ -73,8 +73,11 @@ def export_inspector(inspector, out_dir: Path, opset: int = OPSET) -> ExportMani
 
 def export_category(run_dir: str | Path, category: str, opset: int = OPSET) -> ExportManifest:
     """Export one category of a completed run dir into its ``artifacts/`` folder."""
+    from pyimgano_hydra.runs import trust
     from pyimgano_hydra.runs.load import load_run
 
     loaded = load_run(run_dir)
+    root = loaded.run_dir.root
+    out_dir = trust.no_links(root, loaded.run_dir.category(category).artifacts.relative_to(root), "an export")
     inspector = loaded.inspector(category, device="cpu")
-    return export_inspector(inspector, loaded.run_dir.category(category).artifacts, opset)
+    return export_inspector(inspector, out_dir, opset)

@@ -32,16 +32,35 @@ def _onnxruntime():
     return onnxruntime
 
 
+def _external_tensor(message) -> bool:
+    """Whether any tensor in ``message`` points at an external data file: initializers, node
+    attributes (a ``Constant``), subgraphs, sparse tensors and functions alike."""
+    from google.protobuf.message import Message
+    from onnx import TensorProto
+
+    if isinstance(message, TensorProto) and (message.data_location == TensorProto.EXTERNAL
+                                             or len(message.external_data)):
+        return True
+    for field, value in message.ListFields():
+        if field.message_type is not None:  # a message or a repeated one
+            if any(_external_tensor(v) for v in ([value] if isinstance(value, Message) else value)):
+                return True
+    return False
+
+
 def _session(model: bytes, where: Path):
     """An ONNX Runtime CPU session over ``model``; refused when it is not a self-contained ONNX model."""
-    ort = _onnxruntime()
     try:
         import onnx
-        from onnx.external_data_helper import uses_external_data
 
         proto = onnx.load_from_string(model)
-        if any(uses_external_data(t) for t in proto.graph.initializer):
-            raise UserError(f"{where}: refused: it references external data files")
+    except Exception as exc:  # protobuf decode errors
+        message = " ".join(str(exc).split())[:160]
+        raise UserError(f"{where}: not a loadable ONNX model ({type(exc).__name__}: {message})") from exc
+    if _external_tensor(proto):  # read from a path relative to the working dir, outside the run dir
+        raise UserError(f"{where}: refused: it references external data files")
+    ort = _onnxruntime()
+    try:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
@@ -91,7 +110,7 @@ class TiledOnnx(TiledDetector):
 def read_export(run_root: Path, category_dir: Path) -> tuple[ExportManifest, bytes]:
     """A category's manifest and verified model bytes, read from inside ``run_root`` only."""
     from pyimgano_hydra.runs import trust
-    from pyimgano_hydra.runs.layout import safe_name
+    from pyimgano_hydra.runs.layout import category_dir_name
     from pyimgano_hydra.schemas.export import MODEL_FILE
 
     relative = category_dir.relative_to(run_root) / "artifacts"
@@ -100,7 +119,7 @@ def read_export(run_root: Path, category_dir: Path) -> tuple[ExportManifest, byt
         raise UserError(f"{manifest_path}: missing; export the run first: "
                         f"python -m pyimgano_hydra.export run_dir={run_root}")
     manifest = ExportManifest.parse(trust.read_json_file(manifest_path), str(manifest_path))
-    if safe_name(manifest.category) != category_dir.name:
+    if category_dir_name(manifest.category) != category_dir.name:
         raise UserError(f"{manifest_path}: holds category {manifest.category!r}, not {category_dir.name!r}")
     model_path = trust.confined(run_root, relative / MODEL_FILE, str(manifest_path) + ": model_file")
     try:

@@ -243,6 +243,9 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
 
 
 def _read_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
+    from pyimgano_hydra.runs.trust import uncompressed_archive
+
+    uncompressed_archive(path, key)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickle with code, ...

@@ -198,6 +198,10 @@ class PaDiM(BackboneMixin, BaseDetector):
         self.channels_ = {k: torch.as_tensor(np.asarray(v), dtype=torch.long) for k, v in state["channels"].items()}
         self.mean_ = np.asarray(state["mean"], dtype=np.float32)
         self.inv_cov_ = np.asarray(state["inv_cov"], dtype=np.float32)
+        (p, d), inv = self.mean_.shape, self.inv_cov_
+        if not p * d or inv.shape != (p, d, d) or not (np.isfinite(self.mean_).all() and np.isfinite(inv).all()):
+            raise ValueError(f"mean (P, d) and inv_cov (P, d, d) must be finite and agree, got {self.mean_.shape} "
+                             f"and {inv.shape}")
         self.grid_ = tuple(state["grid"])
         self.image_gaussian_ = ImageGaussian.from_state(state)
         return self

@@ -226,6 +226,9 @@ class PatchCore(BackboneMixin, BaseDetector):
     def load_state_dict(self, state: dict[str, Any]) -> "PatchCore":
         self.backbone_ = None
         self.memory_bank_ = np.ascontiguousarray(np.asarray(state["memory_bank"], dtype=np.float32))
+        bank = self.memory_bank_
+        if bank.ndim != 2 or not bank.size or not np.isfinite(bank).all():
+            raise ValueError(f"memory_bank must be a non-empty finite (n, d) array, got shape {bank.shape}")
         self.feature_shape_ = tuple(state["feature_shape"])
         self.image_gaussian_ = ImageGaussian.from_state(state)
         self._build_index()

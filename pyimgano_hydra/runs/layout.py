@@ -1,6 +1,7 @@
 """Run-directory layout: every path a run writes, in one place."""
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,15 @@ SCHEMA_VERSION = 2  # 2: one inspector.pt per category replaces infer_config.jso
 def safe_name(text: str) -> str:
     """A file-name-safe version of ``text`` (category names, image stems)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "item"
+
+
+def category_dir_name(name: str) -> str:
+    """The folder of category ``name``: the name itself when file-name safe, else its safe form
+    and a hash of the exact name (``a b`` and ``a_b`` never share a folder)."""
+    safe = safe_name(name)
+    if safe == str(name):
+        return safe
+    return f"{safe}-{hashlib.sha256(str(name).encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 @dataclass(frozen=True)
@@ -34,7 +44,19 @@ class RunDir:
         return self.root / "status.json"
 
     def category(self, name: str) -> "CategoryDir":
-        return CategoryDir(self.root / "categories" / safe_name(name))
+        return CategoryDir(self.root / "categories" / category_dir_name(name))
+
+    def check_categories(self, names: list[str]) -> None:
+        """Refuse categories that would share a folder (one would overwrite the other's results)."""
+        from pyimgano_hydra.errors import DataError
+
+        seen: dict[str, str] = {}
+        for name in names:
+            folder = category_dir_name(name)
+            if folder in seen:
+                raise DataError(f"categories {seen[folder]!r} and {name!r} would share the folder "
+                                f"categories/{folder}; rename one")
+            seen[folder] = name
 
 
 @dataclass(frozen=True)

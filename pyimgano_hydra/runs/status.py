@@ -36,10 +36,26 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot, ``/proc/<pid>/stat``); None where unknown."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError, OverflowError):
+        return None
+
+
 def owner_gone(record: dict) -> bool:
-    """The process that wrote ``record`` (its ``host`` and ``pid``) is known and no longer runs."""
+    """The process that wrote ``record`` (its ``host``, ``pid`` and ``pid_start``) no longer runs
+    on this host: no such process, another one that reused the pid (another start time), or a
+    pid no process can have (0, negative, not an int). Another host's process cannot be checked."""
     pid = record.get("pid")
-    return record.get("host") == socket.gethostname() and type(pid) is int and pid > 0 and not process_alive(pid)
+    if record.get("host") != socket.gethostname():
+        return False
+    if type(pid) is not int or pid <= 0 or not process_alive(pid):
+        return True
+    started = record.get("pid_start")
+    return type(started) is int and process_start(pid) not in (None, started)
 
 
 def current_state(record: object) -> str | None:

@@ -36,6 +36,17 @@ def confined(root: Path, relative: str | Path, key: str) -> Path:
     return path
 
 
+def no_links(root: Path, relative: str | Path, what: str) -> Path:
+    """``root / relative`` to write into: refused when a component below ``root`` is a symlink
+    (a write through one would land outside the run dir, or elsewhere in it)."""
+    path = Path(root)
+    for part in Path(relative).parts:
+        path = path / part
+        if path.is_symlink():
+            raise UserError(f"{path}: a symlink in the run dir; {what} is never written through one")
+    return path
+
+
 def _depth(obj: Any, limit: int, level: int = 0) -> int:
     if level > limit:
         return level
@@ -202,6 +213,22 @@ def check_against_schema(cls: type, params: dict, where: str) -> None:
         raise UserError(f"{where}: {str(exc).splitlines()[0]}") from exc
 
 
+def uncompressed_archive(path: Path, key: str | None = None) -> None:
+    """Refuse a torch zip file with compressed entries: ``torch.save`` stores every entry as is,
+    and a deflated one is a decompression bomb (a 1 MB file inflating to gigabytes)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # not a zip file (torch's legacy format): torch.load reads or refuses it
+    if any(e.compress_type != zipfile.ZIP_STORED for e in entries) or \
+            sum(e.file_size for e in entries) > Path(path).stat().st_size:
+        raise UserError(f"{key + ': ' if key else ''}{path}: refused: compressed entries (torch.save never writes them; "
+                        "a decompression bomb?)")
+
+
 def load_weights(path: Path) -> dict:
     """A torch file of tensors and plain containers (``weights_only=True``); pickled objects refused."""
     import torch
@@ -210,6 +237,7 @@ def load_weights(path: Path) -> dict:
         raise UserError(f"{path}: not a regular file; not a run-dir file")
     if not path.is_file():
         raise UserError(f"{path}: missing; the run dir is incomplete (was it saved with recipe.save_checkpoint=true?)")
+    uncompressed_archive(path)
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing
             warnings.simplefilter("ignore")

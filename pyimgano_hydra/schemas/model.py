@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from pyimgano_hydra.errors import check
+from pyimgano_hydra.schemas.postprocess import MAX_SIGMA
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")  # model.device, infer's device
 
@@ -65,7 +66,7 @@ class PatchCoreSchema(BackboneSchema):
         check(self.image_score in ("power_mean", "max", "topk", "map_max"), "model.image_score", "must be power_mean, max, topk or map_max")
         check(0 < self.topk_ratio <= 1, "model.topk_ratio", "must be in (0, 1]")
         check(1 <= self.power_mean_p <= 1000, "model.power_mean_p", "must be in [1, 1000]")
-        check(self.smoothing_sigma >= 0, "model.smoothing_sigma", "must be >= 0")
+        check(0 <= self.smoothing_sigma <= MAX_SIGMA, "model.smoothing_sigma", f"must be in 0..{MAX_SIGMA} (0 = off)")
         check(self.image_norm in IMAGE_NORMS, "model.image_norm", "must be none or standardize")
         check(self.global_weight >= 0, "model.global_weight", "must be >= 0 (0 = off)")
 
@@ -93,7 +94,7 @@ class PaDiMSchema(BackboneSchema):
         check(self.global_weight >= 0, "model.global_weight", "must be >= 0 (0 = off)")
         check(self.grid_size is None or self.grid_size >= 1, "model.grid_size", "must be >= 1 or null")
         check(self.eps > 0, "model.eps", "must be > 0")
-        check(self.smoothing_sigma >= 0, "model.smoothing_sigma", "must be >= 0")
+        check(0 <= self.smoothing_sigma <= MAX_SIGMA, "model.smoothing_sigma", f"must be in 0..{MAX_SIGMA} (0 = off)")
         check(self.max_memory_gb > 0, "model.max_memory_gb", "must be > 0")
         check(self.image_norm in IMAGE_NORMS, "model.image_norm", "must be none or standardize")
 

@@ -28,8 +28,13 @@ def cluster_job_id() -> str | None:
 
 
 def owner() -> dict:
-    """Who runs the job now: host, pid and the scheduler's job id (status.json records it)."""
+    """Who runs the job now: host, pid (and its start time) and the scheduler's job id (status.json records it)."""
+    from pyimgano_hydra.runs.status import process_start
+
     record = {"host": socket.gethostname(), "pid": os.getpid()}
+    started = process_start(os.getpid())  # a later process reusing the pid is told apart by it
+    if started is not None:
+        record["pid_start"] = started
     job_id = cluster_job_id()
     if job_id:
         record["job_id"] = job_id
