@@ -114,4 +114,19 @@ class ClaimRunDir(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
+        _check_subdir(config)
         claim(Path(str(config.hydra.sweep.dir)))
+
+
+def _check_subdir(config: DictConfig) -> None:
+    """Each job of a sweep gets its own dir inside the (claimed) sweep dir: ``hydra.sweep.subdir``
+    must name the job (``hydra.job.num`` or ``.id``), be relative and never climb with ``..``.
+    Hydra writes a job's ``.hydra/`` before any callback of the job runs, so a constant subdir
+    let a second job rewrite the first one's finished record."""
+    from omegaconf import OmegaConf
+
+    subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
+    if not any(key in subdir for key in ("hydra.job.num", "hydra.job.id")) or Path(subdir).is_absolute() \
+            or ".." in Path(subdir).parts:
+        _refuse(f"hydra.sweep.subdir={subdir}: must be a relative path naming the job (${{hydra.job.num}}), "
+                "so that no two jobs share a run dir")
