@@ -163,3 +163,20 @@ def test_a_sweep_subdir_naming_the_job_runs(tmp_path):
     assert proc.returncode == 0, err[-2000:]
     assert read_json(sweep / "0_s1" / "report.json")["overrides"][-1] == "seed=1"
     assert (sweep / "1_s2" / ".hydra" / "overrides.yaml").read_text().strip().endswith("seed=2")
+
+
+@pytest.mark.parametrize("module", ["pyimgano_hydra", "pyimgano_hydra.infer", "--multirun"])
+def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path, module):
+    """A third pass: a dangling symlink as the run dir made the claim raise; Hydra printed it as
+    a warning (two lines), went on, and failed with a raw FileExistsError."""
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere" / "deeper")
+    key = "hydra.sweep.dir" if module == "--multirun" else "hydra.run.dir"
+    if module == "pyimgano_hydra.infer":
+        proc = _cli_module(module, ["run_dir=/nowhere", "input=/nowhere", f"{key}={dangling}"])
+    else:
+        proc = _cli([*([module] if module == "--multirun" else []), *TINY, f"{key}={dangling}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0, err
+    assert err.startswith(f"error: {key}={dangling}: cannot claim it (File exists)"), err
+    assert not (tmp_path / "nowhere").exists()
