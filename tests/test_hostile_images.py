@@ -243,3 +243,20 @@ def test_decoding_a_deep_image_stays_near_what_the_limit_counts(tmp_path, mode, 
     expected = {"I;16": round(40000 / 257), "F": round(0.25 * 255), "I": round(300 / 257)}[mode]
     assert out.shape == (64, 64, 3) and (out == expected).all()
     assert peak < 4 * counted, f"{peak / 1e6:.0f} MB of arrays for {counted / 1e6:.0f} MB counted"
+
+
+def test_a_250_byte_image_name_is_scored_with_its_map(folder, tmp_path):
+    """A third pass: the map file '000000_<250 x>.npy' got a longer temp name than the file
+    system allows; the whole inference failed with a raw 'OSError: File name too long'."""
+    run_dir = tmp_path / "run"
+    assert _run(folder, run_dir).returncode == 0
+    inputs = tmp_path / "inputs"
+    shutil.copytree(folder / "test" / "scratch", inputs)
+    long_name = "x" * 250 + ".png"
+    os.rename(inputs / "0.png", inputs / long_name)
+    out = tmp_path / "infer"
+    proc = run_cli([f"run_dir={run_dir}", f"input={inputs}", "trust_targets=true", "save_maps=true",
+                    f"hydra.run.dir={out}"], module="pyimgano_hydra.infer", env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = {Path(r["path"]).name: r for r in read_jsonl(out / "predictions.jsonl")}
+    assert (out / records[long_name]["anomaly_map"]["path"]).is_file()
