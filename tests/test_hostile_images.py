@@ -221,6 +221,7 @@ def test_categories_that_would_still_share_a_folder_are_refused():
     with pytest.raises(DataError, match=f"categories 'a b' and '{crafted}' would share the folder"):
         RunDir(Path("run")).check_categories(["a b", crafted])
     RunDir(Path("run")).check_categories(["a b", "a_b", "\ud800"])  # a lone surrogate from a JSON file too
+    assert len(category_dir_name("c" * 250 + " ")) == 109 and category_dir_name("c" * 100) == "c" * 100
 
 
 @pytest.mark.parametrize("mode,dtype,value", [("I;16", np.uint16, 40000), ("F", np.float32, 0.25), ("I", np.int32, 300)])
