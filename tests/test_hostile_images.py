@@ -261,3 +261,17 @@ def test_a_250_byte_image_name_is_scored_with_its_map(folder, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = {Path(r["path"]).name: r for r in read_jsonl(out / "predictions.jsonl")}
     assert (out / records[long_name]["anomaly_map"]["path"]).is_file()
+
+
+def test_a_250_byte_anomalous_image_name_with_masks_is_one_line(folder, tmp_path):
+    """A third pass: looking up '<250 bytes>_mask.png' raised 'OSError: File name too long' and
+    failed the run after reading the split; now it is the usual missing-mask line."""
+    root = tmp_path / "data"
+    shutil.copytree(folder, root)
+    (root / "ground_truth" / "scratch").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(root / "ground_truth" / "scratch" / f"{i}_mask.png")
+    long_stem = "y" * 250
+    os.rename(root / "test" / "scratch" / "0.png", root / "test" / "scratch" / f"{long_stem}.png")
+    proc = _run(root, tmp_path / "run")
+    _one_error_line(proc, f"{long_stem}.png: anomalous image has no ground-truth mask")
