@@ -338,10 +338,12 @@ class RecordOutputs:
 
 
 def record_stem(index: int, path: str) -> str:
-    """File stem of an image's map / mask / overlay: zero-padded index + safe image stem."""
+    """File stem of an image's map / mask / overlay: zero-padded index + safe image stem, cut
+    to 100 characters (a 250-byte image name made the map's temp file name too long for the
+    file system; the index keeps stems unique)."""
     from pyimgano_hydra.runs.layout import safe_name
 
-    return f"{index:06d}_{safe_name(Path(path).stem)}"
+    return f"{index:06d}_{safe_name(Path(path).stem)[:100]}"
 
 
 def _decodable(chunk: list[dict], load_images: Callable[[list[dict]], np.ndarray],

@@ -26,6 +26,10 @@ ENV = {"PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
     (["model=padim", "model.max_memory_gb=inf"], "model.max_memory_gb"),
     (["dataset.max_image_megabytes=nan"], "dataset.max_image_megabytes"),
     (["dataset.resize=99999999999999999999999"], "dataset.resize"),  # reached cv2: "Can't parse 'dsize'"
+    # a third pass: raw numpy "Unable to allocate" errors after the fit, naming no key
+    (["defects=default", "defects.open_ksize=1000001"], "defects.open_ksize"),
+    (["defects=default", "defects.close_ksize=256"], "defects.close_ksize"),
+    (["dataset.image_size=100000"], "dataset.image_size"),
 ])
 def test_bad_top_level_or_non_finite_value_fails_in_one_line_naming_the_key(overrides, key, tmp_path):
     out = tmp_path / "run"

@@ -221,6 +221,7 @@ def test_categories_that_would_still_share_a_folder_are_refused():
     with pytest.raises(DataError, match=f"categories 'a b' and '{crafted}' would share the folder"):
         RunDir(Path("run")).check_categories(["a b", crafted])
     RunDir(Path("run")).check_categories(["a b", "a_b", "\ud800"])  # a lone surrogate from a JSON file too
+    assert len(category_dir_name("c" * 250 + " ")) == 109 and category_dir_name("c" * 100) == "c" * 100
 
 
 @pytest.mark.parametrize("mode,dtype,value", [("I;16", np.uint16, 40000), ("F", np.float32, 0.25), ("I", np.int32, 300)])
@@ -243,3 +244,34 @@ def test_decoding_a_deep_image_stays_near_what_the_limit_counts(tmp_path, mode, 
     expected = {"I;16": round(40000 / 257), "F": round(0.25 * 255), "I": round(300 / 257)}[mode]
     assert out.shape == (64, 64, 3) and (out == expected).all()
     assert peak < 4 * counted, f"{peak / 1e6:.0f} MB of arrays for {counted / 1e6:.0f} MB counted"
+
+
+def test_a_250_byte_image_name_is_scored_with_its_map(folder, tmp_path):
+    """A third pass: the map file '000000_<250 x>.npy' got a longer temp name than the file
+    system allows; the whole inference failed with a raw 'OSError: File name too long'."""
+    run_dir = tmp_path / "run"
+    assert _run(folder, run_dir).returncode == 0
+    inputs = tmp_path / "inputs"
+    shutil.copytree(folder / "test" / "scratch", inputs)
+    long_name = "x" * 250 + ".png"
+    os.rename(inputs / "0.png", inputs / long_name)
+    out = tmp_path / "infer"
+    proc = run_cli([f"run_dir={run_dir}", f"input={inputs}", "trust_targets=true", "save_maps=true",
+                    f"hydra.run.dir={out}"], module="pyimgano_hydra.infer", env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = {Path(r["path"]).name: r for r in read_jsonl(out / "predictions.jsonl")}
+    assert (out / records[long_name]["anomaly_map"]["path"]).is_file()
+
+
+def test_a_250_byte_anomalous_image_name_with_masks_is_one_line(folder, tmp_path):
+    """A third pass: looking up '<250 bytes>_mask.png' raised 'OSError: File name too long' and
+    failed the run after reading the split; now it is the usual missing-mask line."""
+    root = tmp_path / "data"
+    shutil.copytree(folder, root)
+    (root / "ground_truth" / "scratch").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(root / "ground_truth" / "scratch" / f"{i}_mask.png")
+    long_stem = "y" * 250
+    os.rename(root / "test" / "scratch" / "0.png", root / "test" / "scratch" / f"{long_stem}.png")
+    proc = _run(root, tmp_path / "run")
+    _one_error_line(proc, f"{long_stem}.png: anomalous image has no ground-truth mask")

@@ -141,3 +141,42 @@ def test_a_job_dirs_overrides_yaml_is_read_without_resolving(tmp_path, monkeypat
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- tag=${oc.env:PYIMGANO_SECRET}\n- seed=1\n")
     assert _read_overrides(tmp_path) == ["tag=${oc.env:PYIMGANO_SECRET}", "seed=1"]
+
+
+@pytest.mark.parametrize("subdir", ["same", "/abs_${hydra.job.num}", "${hydra.job.num}/../same"])
+def test_a_sweep_subdir_that_jobs_could_share_is_refused_before_any_job(tmp_path, subdir):
+    """A third pass: hydra.sweep.subdir=same made job 2 rewrite job 1's finished .hydra/ record
+    (its overrides.yaml said seed=2, its report.json seed=1): Hydra writes .hydra/ before any
+    callback of the job runs."""
+    sweep = tmp_path / "sweep"
+    subdir = subdir.replace("/abs_", f"{tmp_path}/abs_")
+    proc = _cli(["--multirun", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}", f"hydra.sweep.subdir={subdir}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and "hydra.sweep.subdir=" in err, err
+    assert not sweep.exists() and not list(tmp_path.glob("abs_*"))
+
+
+def test_a_sweep_subdir_naming_the_job_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _cli(["--multirun", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}_s${seed}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    assert read_json(sweep / "0_s1" / "report.json")["overrides"][-1] == "seed=1"
+    assert (sweep / "1_s2" / ".hydra" / "overrides.yaml").read_text().strip().endswith("seed=2")
+
+
+@pytest.mark.parametrize("module", ["pyimgano_hydra", "pyimgano_hydra.infer", "--multirun"])
+def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path, module):
+    """A third pass: a dangling symlink as the run dir made the claim raise; Hydra printed it as
+    a warning (two lines), went on, and failed with a raw FileExistsError."""
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere" / "deeper")
+    key = "hydra.sweep.dir" if module == "--multirun" else "hydra.run.dir"
+    if module == "pyimgano_hydra.infer":
+        proc = _cli_module(module, ["run_dir=/nowhere", "input=/nowhere", f"{key}={dangling}"])
+    else:
+        proc = _cli([*([module] if module == "--multirun" else []), *TINY, f"{key}={dangling}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0, err
+    assert err.startswith(f"error: {key}={dangling}: cannot claim it (File exists)"), err
+    assert not (tmp_path / "nowhere").exists()

@@ -26,3 +26,34 @@ def test_undecodable_file_name_round_trips_through_jsonl(tmp_path):
     path = write_jsonl_atomic(tmp_path / "per_image.jsonl", [{"path": name}])
     json.loads(path.read_bytes().decode("ascii"))  # escaped, still plain JSON
     assert os.fsencode(read_jsonl(path)[0]["path"]) == b"scratch_\xff\xfe.png"
+
+
+def test_a_full_cache_disk_turns_the_cache_off_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
+    """A third pass: cache.dir on a full disk failed the whole run with a raw 'OSError: [Errno 28]
+    No space left on device' naming no file, after the fit; the cache is only an optimisation."""
+    import errno
+
+    from pyimgano_hydra.features import cache as cache_module
+    from pyimgano_hydra.features.cache import FeatureCache
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_module, "write_bytes_atomic", full)
+    cache = FeatureCache(tmp_path / "cache")
+    images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    out = cache.map_images(images, {"k": 1}, lambda x: x.reshape(len(x), -1).astype(np.float32))
+    assert out.shape == (2, 48) and not cache.enabled
+    assert cache.get_or_compute({"k": 2}, lambda: np.ones(3)).tolist() == [1, 1, 1]
+    assert "feature cache" in caplog.text and "turned off" in caplog.text
+
+
+def test_a_cache_dir_that_cannot_be_created_turns_the_cache_off(tmp_path):
+    """cache.dir on a read-only disk (here: under a file) failed the run with a raw OSError."""
+    from pyimgano_hydra.features.cache import FeatureCache
+
+    (tmp_path / "file").write_text("x")
+    cache = FeatureCache(tmp_path / "file" / "cache")
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    assert cache.map_images(images, {"k": 1}, lambda x: x.reshape(len(x), -1)).shape == (2, 48)
+    assert cache.get_or_compute({"k": 2}, lambda: 7) == 7 and not cache.enabled

@@ -99,6 +99,7 @@ def test_a_valid_state_loads(tmp_path):
     (lambda s, m: s.update(postprocess={**POSTPROCESS, "sigma": 1e300}), "postprocess.sigma: must be in"),
     # a third pass: a 1e6-pixel blur kernel on every map hung infer (minutes of CPU per image)
     (lambda s, m: s["detector"]["params"].update(smoothing_sigma=1e6), "model.smoothing_sigma: must be in 0..1000"),
+    (lambda s, m: s.update(defects={"enabled": True, "open_ksize": 10**6}), "defects.open_ksize: must be at most 255"),
     (lambda s, m: s.update(postprocess={**POSTPROCESS, "percentile": "99"}), "postprocess.percentile: must be a finite"),
     (lambda s, m: s.update(postprocess={**POSTPROCESS, "percentile": 10**400}), "postprocess.percentile: must be a finite"),
     (lambda s, m: s.update(postprocess={**POSTPROCESS, "clip": "yes"}), "postprocess.clip: must be true or false"),

@@ -206,8 +206,11 @@ def find_mask(folder: Path, stem: str, suffix: str = "_mask", ext: str | None = 
     """``folder/<stem><suffix><ext>``; with ``ext=None`` (or when absent) any image extension."""
     if ext:
         exact = folder / f"{stem}{suffix}{ext}"
-        if exact.is_file() and exact != exclude:
-            return exact
+        try:
+            if exact.is_file() and exact != exclude:
+                return exact
+        except OSError:  # a 250-byte image name: its mask's name is too long to exist
+            pass
     return next((p for p in list_images(folder) if p.stem == f"{stem}{suffix}" and p != exclude),
                 None)
 

@@ -32,7 +32,7 @@ import zipfile
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -132,6 +132,28 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}{SUFFIX}"
 
+    def _off(self, exc: OSError) -> None:
+        """A cache that cannot be written (a full or read-only disk) turns off: the run goes on
+        extracting features afresh; the cache is never what loses a run."""
+        if self.enabled:
+            log.warning("feature cache %s turned off for this run (%s)", self.root, exc)
+        self.enabled = False
+
+    @contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        """Hold the key stripe's lock; when it cannot be created the cache turns off (``_off``)."""
+        try:
+            lock = self._lock(key)
+            lock.acquire()
+        except OSError as exc:
+            self._off(exc)
+            yield
+            return
+        try:
+            yield
+        finally:
+            lock.release()
+
     def _lock(self, key: str):
         """A lock file per key stripe (4096 at most, so lock files never pile up)."""
         from filelock import FileLock
@@ -164,10 +186,13 @@ class FeatureCache:
         buffer = io.BytesIO()
         np.savez(buffer, **_as_dict(value))
         data = buffer.getvalue()
-        write_bytes_atomic(self.path(key), data)
-        self._written_since_check += len(data)
-        if self.max_bytes and self._written_since_check >= max(self.max_bytes // 20, 1):
-            self.evict()
+        try:
+            write_bytes_atomic(self.path(key), data)
+            self._written_since_check += len(data)
+            if self.max_bytes and self._written_since_check >= max(self.max_bytes // 20, 1):
+                self.evict()
+        except OSError as exc:
+            self._off(exc)
 
     def get_or_compute(self, key_parts: Any, compute_fn: Callable[[], Any]) -> Any:
         """The cached value for ``make_key(key_parts)``, computing and storing it on a miss."""
@@ -178,7 +203,7 @@ class FeatureCache:
         if value is not None:
             self.hits += 1
             return value
-        with self._lock(key):
+        with self._locked(key):
             value = self.get(key)  # another job may have written it while we waited
             if value is not None:
                 self.hits += 1
@@ -210,7 +235,7 @@ class FeatureCache:
         read_all(range(len(images)))
         missing = [i for i in range(len(images)) if i not in found]
         if missing:
-            with self._lock(make_key(prefix, [keys[i] for i in missing])):
+            with self._locked(make_key(prefix, [keys[i] for i in missing])):
                 read_all(missing)
                 missing = [i for i in range(len(images)) if i not in found]
                 if missing:

@@ -54,11 +54,21 @@ def _refuse(message: str) -> None:
     sys.exit(2)  # not an exception: Hydra turns a callback's exceptions into warnings
 
 
-def claim(run_dir: Path, config_hash: str | None = None, resumable: bool = True) -> None:
+def claim(run_dir: Path, config_hash: str | None = None, resumable: bool = True, key: str = "hydra.run.dir") -> None:
     """Create ``run_dir/.claim.json`` exclusively; SystemExit(2) with one line if taken (but
-    by an unfinished ``resumable`` run of this config), if it is a file, or if it lies inside
-    another run dir."""
-    run_dir = Path(run_dir)
+    by an unfinished ``resumable`` run of this config), if it is a file, if it lies inside
+    another run dir, or if it cannot be created (a dangling symlink, a read-only disk): an
+    exception here would be only a warning to Hydra, which then goes on."""
+    from pyimgano_hydra.errors import UserError
+
+    try:
+        _claim(Path(run_dir), config_hash, resumable)
+    except (OSError, UserError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        _refuse(f"{key}={run_dir}: cannot claim it ({reason}); pick a new {key}")
+
+
+def _claim(run_dir: Path, config_hash: str | None, resumable: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         _refuse(f"hydra.run.dir={run_dir}: is a file, not a directory; pick a new hydra.run.dir")
     outer = _inside_a_run(run_dir)
@@ -114,4 +124,19 @@ class ClaimRunDir(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
-        claim(Path(str(config.hydra.sweep.dir)))
+        _check_subdir(config)
+        claim(Path(str(config.hydra.sweep.dir)), key="hydra.sweep.dir")
+
+
+def _check_subdir(config: DictConfig) -> None:
+    """Each job of a sweep gets its own dir inside the (claimed) sweep dir: ``hydra.sweep.subdir``
+    must name the job (``hydra.job.num`` or ``.id``), be relative and never climb with ``..``.
+    Hydra writes a job's ``.hydra/`` before any callback of the job runs, so a constant subdir
+    let a second job rewrite the first one's finished record."""
+    from omegaconf import OmegaConf
+
+    subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
+    if not any(key in subdir for key in ("hydra.job.num", "hydra.job.id")) or Path(subdir).is_absolute() \
+            or ".." in Path(subdir).parts:
+        _refuse(f"hydra.sweep.subdir={subdir}: must be a relative path naming the job (${{hydra.job.num}}), "
+                "so that no two jobs share a run dir")

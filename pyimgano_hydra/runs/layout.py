@@ -15,12 +15,13 @@ def safe_name(text: str) -> str:
 
 
 def category_dir_name(name: str) -> str:
-    """The folder of category ``name``: the name itself when file-name safe, else its safe form
-    and a hash of the exact name (``a b`` and ``a_b`` never share a folder)."""
+    """The folder of category ``name``: the name itself when file-name safe and at most 100
+    characters, else its safe form (cut to 100) and a hash of the exact name (``a b`` and
+    ``a_b`` never share a folder; a 250-byte name never makes a name too long)."""
     safe = safe_name(name)
-    if safe == str(name):
+    if safe == str(name) and len(safe) <= 100:
         return safe
-    return f"{safe}-{hashlib.sha256(str(name).encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+    return f"{safe[:100]}-{hashlib.sha256(str(name).encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ class SyntheticDatasetSchema(DatasetSchema):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self.image_size >= 64, "dataset.image_size", "must be >= 64")
+        check(64 <= self.image_size <= MAX_SIDE, "dataset.image_size", f"must be in 64..{MAX_SIDE}")
         check(self.n_train >= 1, "dataset.n_train", "must be >= 1")
         check(self.n_test_good >= 0, "dataset.n_test_good", "must be >= 0")
         check(self.n_test_defect >= 0, "dataset.n_test_defect", "must be >= 0")

@@ -11,6 +11,7 @@ from pyimgano_hydra.defects.roi import clamp_roi
 from pyimgano_hydra.errors import ConfigError, check
 
 MASK_FORMATS = ("png", "npy")
+MAX_KSIZE = 255  # defects.open_ksize / close_ksize, map pixels
 # normal_pixel_quantile: explicit → run → quantile of normal pixels; fixed: explicit → run only.
 STRATEGIES = ("normal_pixel_quantile", "fixed")
 
@@ -66,6 +67,8 @@ class DefectsSchema:
         for key in ("open_ksize", "close_ksize", "min_area"):
             value = getattr(self, key)
             check(_is_int(value) and value >= 0, f"defects.{key}", "must be an integer >= 0 (0 skips)")
+        for key in ("open_ksize", "close_ksize"):  # a 10**6 kernel is terabytes; 1025 already seconds per map
+            check(getattr(self, key) <= MAX_KSIZE, f"defects.{key}", f"must be at most {MAX_KSIZE} map pixels")
         m = self.max_regions
         check(m is None or (_is_int(m) and m >= 1), "defects.max_regions", "must be an integer >= 1 or null (all)")
         check(self.mask_format in MASK_FORMATS, "defects.mask_format", f"must be one of {', '.join(MASK_FORMATS)}")
