@@ -57,3 +57,17 @@ def test_a_cache_dir_that_cannot_be_created_turns_the_cache_off(tmp_path):
     images = np.zeros((2, 4, 4, 3), np.uint8)
     assert cache.map_images(images, {"k": 1}, lambda x: x.reshape(len(x), -1)).shape == (2, 48)
     assert cache.get_or_compute({"k": 2}, lambda: 7) == 7 and not cache.enabled
+
+
+def test_a_backbone_record_that_cannot_be_written_turns_the_cache_off(tmp_path):
+    """The backbone record under <cache>/backbones/ is written like any entry: a cache dir that
+    cannot be created must not fail the extraction."""
+    from pyimgano_hydra.features import iter_features
+    from pyimgano_hydra.features.backbones import deferred_backbone
+    from pyimgano_hydra.features.cache import feature_cache
+
+    (tmp_path / "file").write_text("x")
+    images = np.zeros((2, 64, 64, 3), np.uint8)
+    with feature_cache({"enabled": True, "dir": str(tmp_path / "file" / "cache"), "max_gb": 1}) as cache:
+        feats = list(iter_features(deferred_backbone("efficientnet_lite0", ["blocks.2"], device="cpu"), images))
+    assert feats[0]["blocks.2"].shape[0] == 2 and not cache.enabled

@@ -366,8 +366,11 @@ def backbone_key(cache: FeatureCache | None, backbone: Any) -> str:
             return key
     built = backbone.resolve() if hasattr(backbone, "resolve") else backbone
     key = make_key(backbone_key_parts(built))
-    if record is not None:
-        write_bytes_atomic(record, key.encode("ascii"))
+    if record is not None and cache.enabled:
+        try:
+            write_bytes_atomic(record, key.encode("ascii"))
+        except OSError as exc:  # a full or read-only cache disk
+            cache._off(exc)
     backbone._feature_cache_key = key
     return key
 
