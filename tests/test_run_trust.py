@@ -475,3 +475,33 @@ def test_deflated_backbone_weights_are_refused(tmp_path):
     with pytest.raises(UserError, match=rf"^model.weights_path: {bomb}: refused: compressed entries"):
         _read_state_dict(bomb, "model.weights_path")
     assert _read_state_dict(plain_file, "model.weights_path")
+
+
+def test_a_stride0_bank_is_refused_before_it_is_copied(tmp_path):
+    """A fourth pass: a 3 KB inspector.pt whose bank is a stride-0 view of one float as a
+    200000x20000 matrix loaded, then took 15 GB copying it (MemoryError, or the OOM killer)."""
+    state = patchcore_state()
+    state["detector"]["state"]["memory_bank"] = torch.zeros(1).as_strided((200_000, 20_000), (0, 0))
+    path = tmp_path / "inspector.pt"
+    torch.save(state, path)
+    assert path.stat().st_size < 10_000
+    with pytest.raises(UserError, match=rf"^{path}: refused: its tensors hold 15258 MB in a"):
+        Inspector.load(path)
+
+
+@pytest.mark.parametrize("where", ["params", "provenance", "state"])
+def test_a_shared_reference_bomb_is_refused_not_walked_forever(tmp_path, where):
+    """A fourth pass: a pickle naming one list 2**28 times through shared references (a few KB)
+    hung infer in the params check (and PaDiM's np.asarray of its channels)."""
+    leaf = [0.0]
+    for _ in range(28):
+        leaf = [leaf, leaf]
+    state = patchcore_state()
+    target = {"params": state["detector"]["params"], "provenance": state["image_threshold"]["provenance"],
+              "state": state["detector"]["state"]}[where]
+    target["layers" if where == "params" else "x"] = leaf
+    path = tmp_path / "inspector.pt"
+    torch.save(state, path)
+    assert path.stat().st_size < 10_000
+    with pytest.raises(UserError, match=rf"^{path}: refused: holds more than 1000000 values"):
+        Inspector.load(path)
