@@ -243,3 +243,31 @@ def test_decoding_a_deep_image_stays_near_what_the_limit_counts(tmp_path, mode, 
     expected = {"I;16": round(40000 / 257), "F": round(0.25 * 255), "I": round(300 / 257)}[mode]
     assert out.shape == (64, 64, 3) and (out == expected).all()
     assert peak < 4 * counted, f"{peak / 1e6:.0f} MB of arrays for {counted / 1e6:.0f} MB counted"
+
+
+def _progressive_jpeg_header_only(path: Path, width: int, height: int) -> None:
+    """A 16x16 progressive JPEG whose SOF2 header claims ``width`` x ``height`` (about 1 KB)."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+        buffer, "JPEG", progressive=True, quality=90, subsampling=0)
+    data = bytearray(buffer.getvalue())
+    struct.pack_into(">HH", data, data.find(b"\xff\xc2") + 5, height, width)
+    path.write_bytes(bytes(data))
+
+
+def test_a_progressive_jpeg_is_counted_at_full_size_not_at_its_draft(tmp_path):
+    """A fourth pass: a 1 KB progressive 13370x13370 JPEG passed the limit at its 1/8 draft
+    (8 MB) and took 1.1 GB: libjpeg keeps every DCT coefficient of the full image."""
+    bomb = tmp_path / "bomb.jpg"
+    _progressive_jpeg_header_only(bomb, 13370, 13370)
+    assert bomb.stat().st_size < 4096
+    with pytest.raises(DataError, match=r"bomb.jpg: refused: 13370x13370 RGB holds 1073 MB, over "
+                                        r"dataset.max_image_megabytes=256"):
+        load_image(bomb, 64)
+    rng = np.random.default_rng(1)
+    for progressive in (False, True):  # ordinary camera-sized JPEGs still load
+        ok = tmp_path / f"ok{progressive}.jpg"
+        Image.fromarray(rng.integers(0, 255, (1200, 1600, 3), dtype=np.uint8)).save(ok, progressive=progressive)
+        assert load_image(ok, 64).shape == (64, 64, 3)

@@ -51,13 +51,30 @@ def decoded_megabytes(img: Image.Image) -> float:
     return width * height * per_pixel / 1e6
 
 
-def _check_decode_size(path: str | Path, img: Image.Image, max_megabytes: float | None) -> None:
+def _multi_scan_jpeg(path: str | Path, img: Image.Image) -> bool:
+    """A progressive JPEG, or one whose components come in separate scans: libjpeg then keeps
+    every DCT coefficient of the full-size image (2 bytes each) whatever the draft scale."""
+    if img.format != "JPEG":
+        return False
+    if img.info.get("progressive"):
+        return True
+    import mmap
+
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        first = data.find(b"\xff\xda")  # start of scan; entropy-coded 0xFF bytes are stuffed (FF 00)
+        return first >= 0 and data.find(b"\xff\xda", first + 2) >= 0
+
+
+def _check_decode_size(path: str | Path, img: Image.Image, max_megabytes: float | None,
+                       coefficients: float = 0.0) -> None:
+    """``coefficients``: MB of DCT coefficients a multi-scan JPEG holds while decoding."""
     if max_megabytes is None:
         return
-    needed = decoded_megabytes(img)
+    needed = max(decoded_megabytes(img), coefficients)
     if needed > max_megabytes:
         width, height = img.size
-        raise DataError(f"{path}: refused: {width}x{height} {img.mode} decodes to {needed:.0f} MB, over "
+        what = "holds" if coefficients > decoded_megabytes(img) else "decodes to"
+        raise DataError(f"{path}: refused: {width}x{height} {img.mode} {what} {needed:.0f} MB, over "
                         f"dataset.max_image_megabytes={max_megabytes:g}; shrink the file or raise the limit")
 
 
@@ -68,6 +85,8 @@ def _open(path: str | Path, draft_to: tuple[int, int] | None = None,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path, formats=PILLOW_FORMATS)
+            if max_megabytes is not None and _multi_scan_jpeg(path, img):  # a 1 KB one took 1 GB at 1/8
+                _check_decode_size(path, img, max_megabytes, coefficients=decoded_megabytes(img) * 2)
             if draft_to is not None and img.format == "JPEG":
                 img.draft(img.mode, (draft_to[1], draft_to[0]))  # decode large JPEGs at 1/2..1/8
             _check_decode_size(path, img, max_megabytes)
