@@ -131,12 +131,42 @@ def test_undecodable_name_in_infer_input_folder_is_scored(folder, tmp_path):
     assert names == {ODD, b"1.png", b"2.png"}
 
 
-def test_one_unreadable_image_in_infer_input_is_an_error_record_not_a_failed_run(folder, tmp_path):
+def _corrupt(kind: str) -> bytes:
+    """Files on which Pillow raises what is not an OSError (a fourth pass: each one failed the
+    whole inference, every prediction lost, with a raw error naming no file)."""
+    import io
+
+    arr = np.random.default_rng(0).integers(0, 255, (24, 24, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    if kind == "exif":  # ImageWidth typed ASCII beside an orientation: exif_transpose's re-pack -> struct.error
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0112] = "cam", 6
+        Image.fromarray(arr).save(buffer, "JPEG", exif=exif.tobytes().replace(b"\x01\x0f\x00\x02", b"\x01\x00\x00\x02"))
+        return buffer.getvalue()
+    Image.fromarray(arr).save(buffer, "TIFF")  # StripOffsets typed FLOAT -> TypeError in a seek
+    data = bytearray(buffer.getvalue())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for k in range(struct.unpack_from("<H", data, ifd)[0]):
+        if struct.unpack_from("<H", data, ifd + 2 + 12 * k)[0] == 0x0111:
+            struct.pack_into("<H", data, ifd + 4 + 12 * k, 11)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["exif", "tiff"])
+def test_a_corrupt_file_pillow_chokes_on_is_a_data_error_naming_it(tmp_path, kind):
+    path = tmp_path / f"bad.{kind}"
+    path.write_bytes(_corrupt(kind))
+    with pytest.raises(DataError, match=rf"^{path}: cannot decode image \((error|TypeError): "):
+        load_image(path, 64)
+
+
+@pytest.mark.parametrize("payload", [b"truncated", "exif", "tiff"])
+def test_one_unreadable_image_in_infer_input_is_an_error_record_not_a_failed_run(folder, tmp_path, payload):
     run_dir = tmp_path / "run"
     assert _run(folder, run_dir).returncode == 0
     inputs = tmp_path / "inputs"
     shutil.copytree(folder / "test" / "scratch", inputs)
-    (inputs / "1.png").write_bytes(b"truncated")
+    (inputs / "1.png").write_bytes(payload if isinstance(payload, bytes) else _corrupt(payload))
     out = tmp_path / "infer"
     proc = run_cli([f"run_dir={run_dir}", f"input={inputs}", "trust_targets=true", f"hydra.run.dir={out}"],
                    module="pyimgano_hydra.infer", env=ENV)
