@@ -246,9 +246,21 @@ def test_fifos_and_devices_in_a_run_dir_are_refused_without_blocking(fake_run, t
         os.mkfifo(run_dir / name)
     else:
         (run_dir / name).symlink_to("/dev/zero")
-    with pytest.raises(UserError, match="not a regular file") as caught:
+    with pytest.raises(UserError, match="not a regular file|leads outside the run dir") as caught:
         load_run(run_dir).inspector("weave", trust_targets=True)
     assert str(run_dir / name) in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["status.json", "report.json"])
+def test_run_json_files_are_read_only_from_inside_the_run_dir(fake_run, tmp_path, name):
+    """A fourth pass: status.json / report.json symlinked to a file outside were read (a JSON's
+    "status" value was echoed in the error line)."""
+    run_dir = _planted(fake_run, tmp_path)
+    outside = tmp_path / f"outside-{name}"
+    (run_dir / name).rename(outside)
+    (run_dir / name).symlink_to(outside)
+    with pytest.raises(UserError, match=f"^{run_dir / name}: .* leads outside the run dir"):
+        load_run(run_dir)
 
 
 def test_nul_byte_in_an_inspector_path_is_one_line(fake_run, tmp_path):

@@ -50,7 +50,7 @@ def load_run(path: str | Path) -> LoadedRun:
         raise UserError(f"run_dir={path}: no such directory; pass the folder that holds report.json")
     state = None
     if run_dir.status.exists() or run_dir.status.is_symlink():
-        record = trust.read_json_file(run_dir.status)
+        record = trust.read_json_file(trust.confined(run_dir.root, run_dir.status.name, str(run_dir.status)))
         state = current_state(record)
         if not isinstance(state, str):
             raise UserError(f"{run_dir.status}: status: expected a string such as \"completed\"")
@@ -58,7 +58,7 @@ def load_run(path: str | Path) -> LoadedRun:
         state = describe(record) if isinstance(state, str) else state
         raise UserError(f"run_dir={path}: the run is {state or 'missing status.json'}, not completed; "
                         "only completed runs can be used for inference")
-    report = trust.read_json_file(run_dir.report)
+    report = trust.read_json_file(trust.confined(run_dir.root, run_dir.report.name, str(run_dir.report)))
     if not isinstance(report, dict):
         raise UserError(f"{run_dir.report}: expected a JSON object")
     version = trust.schema_version(report.get("schema_version"), str(run_dir.report))
