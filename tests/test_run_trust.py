@@ -517,3 +517,22 @@ def test_a_shared_reference_bomb_is_refused_not_walked_forever(tmp_path, where):
     assert path.stat().st_size < 10_000
     with pytest.raises(UserError, match=rf"^{path}: refused: holds more than 1000000 values"):
         Inspector.load(path)
+
+
+def test_an_autoencoder_state_with_huge_in_channels_is_refused_before_building(tmp_path):
+    """A fourth pass: a tiny inspector.pt with in_channels=10**6 built a 3.7 GB network (10**7:
+    the line PC's memory) before its tensors were found missing."""
+    import resource
+
+    from pyimgano_hydra.models.autoencoder import STATE_VERSION
+
+    state = patchcore_state()
+    state["detector"] = {"name": "ConvAutoencoder", "params": {"pretrained": False},
+                         "state": {"state_version": STATE_VERSION, "in_channels": 10**6, "net": {}}}
+    path = tmp_path / "inspector.pt"
+    torch.save(state, path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(UserError, match=rf"^{path}: the detector state does not fit ConvAutoencoder "
+                                        r"\(ValueError: in_channels must be 1 \(gray\) or 3 \(rgb\), got 1000000\)"):
+        Inspector.load(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KB
