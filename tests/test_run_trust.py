@@ -1,5 +1,6 @@
 """A run dir is untrusted: loading it parses, never imports, instantiates, interpolates or
 unpickles; every refusal is one line naming the file and key, and no marker file appears."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -536,3 +537,24 @@ def test_an_autoencoder_state_with_huge_in_channels_is_refused_before_building(t
                                         r"\(ValueError: in_channels must be 1 \(gray\) or 3 \(rgb\), got 1000000\)"):
         Inspector.load(path)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KB
+
+
+@pytest.mark.parametrize("module", ["pyimgano_hydra.infer", "pyimgano_hydra.export"])
+def test_python_m_started_inside_a_run_dir_imports_nothing_from_it(fake_run, tmp_path, module):
+    """A fourth pass: ``cd <run dir> && python -m pyimgano_hydra.infer run_dir=. ...`` ran a
+    ``hydra_plugins/`` package shipped in the run dir (Hydra imports every plugin on sys.path,
+    and ``python -m`` puts the working dir first); the inference then completed as usual."""
+    from conftest import run_cli
+
+    run_dir = _planted(fake_run, tmp_path)
+    marker = tmp_path / "pwned"
+    plugin = run_dir / "hydra_plugins" / "evil"
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    (run_dir / "omegaconf.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    args = ["run_dir=.", f"input={run_dir / 'categories'}", "trust_targets=true",
+            f"hydra.run.dir={tmp_path / 'out'}"] if module.endswith("infer") else ["run_dir=."]
+    proc = run_cli(args, cwd=run_dir, module=module,
+                   env={"PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)])})
+    assert not marker.exists(), proc.stderr[-2000:]
+    assert proc.returncode == 0 or module.endswith("export"), proc.stderr[-2000:]  # the fake detector has no export
