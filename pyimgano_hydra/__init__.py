@@ -10,8 +10,9 @@ def _no_imports_from_a_run_dir() -> None:
     import sys
 
     argv = list(getattr(sys, "orig_argv", []))
-    after = argv[argv.index("-m") + 1:] if "-m" in argv else []
-    if not after or after[0].split(".")[:2] not in (["pyimgano_hydra", "infer"], ["pyimgano_hydra", "export"]):
+    flag = next((i for i, a in enumerate(argv[1:], 1) if a.startswith("-m") and not a.startswith("--")), None)
+    module = None if flag is None else argv[flag][2:] or (argv[flag + 1] if flag + 1 < len(argv) else "")
+    if not module or module.split(".")[:2] not in (["pyimgano_hydra", "infer"], ["pyimgano_hydra", "export"]):
         return
     cwd = os.getcwd()
     if os.path.dirname(os.path.dirname(os.path.abspath(__file__))) == cwd:
