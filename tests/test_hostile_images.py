@@ -301,3 +301,24 @@ def test_a_progressive_jpeg_is_counted_at_full_size_not_at_its_draft(tmp_path):
         ok = tmp_path / f"ok{progressive}.jpg"
         Image.fromarray(rng.integers(0, 255, (1200, 1600, 3), dtype=np.uint8)).save(ok, progressive=progressive)
         assert load_image(ok, 64).shape == (64, 64, 3)
+
+
+def test_one_odd_sized_image_in_infer_input_of_a_native_size_run_keeps_the_others(folder, tmp_path):
+    """A fourth pass: with a run that keeps native sizes (dataset.resize=null), one image of
+    another size in the batch failed the whole inference (raw 'all input arrays must have the
+    same shape', every prediction lost)."""
+    run_dir = tmp_path / "run"
+    proc = _run(folder, run_dir, "dataset.resize=null")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    inputs = tmp_path / "inputs"
+    shutil.copytree(folder / "test" / "scratch", inputs)
+    Image.fromarray(np.zeros((48, 40, 3), np.uint8)).save(inputs / "1b_small.png")
+    out = tmp_path / "infer"
+    proc = run_cli([f"run_dir={run_dir}", f"input={inputs}", "trust_targets=true", f"hydra.run.dir={out}"],
+                   module="pyimgano_hydra.infer", env=ENV)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    records = {Path(r["path"]).name: r for r in read_jsonl(out / "predictions.jsonl")}
+    assert set(records) == {"0.png", "1.png", "1b_small.png", "2.png"}
+    assert all("score" in records[name] for name in ("0.png", "1.png", "2.png"))
+    small = records["1b_small.png"]
+    assert "score" in small or "1b_small.png" in small["error"]
