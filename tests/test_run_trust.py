@@ -558,3 +558,19 @@ def test_python_m_started_inside_a_run_dir_imports_nothing_from_it(fake_run, tmp
                    env={"PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)])})
     assert not marker.exists(), proc.stderr[-2000:]
     assert proc.returncode == 0 or module.endswith("export"), proc.stderr[-2000:]  # the fake detector has no export
+
+
+def test_hostile_category_names_make_one_short_error_line(fake_run, tmp_path):
+    """A fourth pass: a 2 MB category name in report.json made a 2 MB error line, one holding
+    a newline and an escape sequence split it and cleared the terminal."""
+    run_dir = _planted(fake_run, tmp_path)
+
+    def add(report):
+        entry = report["categories"]["weave"]
+        report["categories"].update({"x" * 2_000_000: entry, "a\nb\x1b[2J": entry})
+
+    _set_report(run_dir, add)
+    with pytest.raises(UserError) as caught:
+        load_run(run_dir).category(None)
+    message = str(caught.value)
+    assert len(message) < 400 and "\n" not in message and "\x1b" not in message and r"a\nb\x1b[2J" in message

@@ -10,6 +10,13 @@ from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
 from pyimgano_hydra.runs.status import COMPLETED, current_state, describe
 
 
+def _names(names: list[str], shown: int = 20) -> str:
+    """Category names for one error line: control characters escaped, each cut to 80 characters
+    (report.json is untrusted: a 2 MB or an escape-sequence name must not flood the console)."""
+    quoted = [(n if n.isprintable() else repr(n)[1:-1])[:80] for n in names[:shown]]
+    return ", ".join(quoted) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
+
+
 @dataclass
 class LoadedRun:
     run_dir: RunDir
@@ -22,9 +29,10 @@ class LoadedRun:
         if name is None:
             if len(available) == 1:
                 return available[0]
-            raise UserError(f"category: this run has {len(available)} categories ({', '.join(available)}); pick one with category=<name>")
+            raise UserError(f"category: this run has {len(available)} categories ({_names(available)}); "
+                            "pick one with category=<name>")
         if name not in available:
-            raise UserError(f"category={name} is not in this run; available: {', '.join(available)}")
+            raise UserError(f"category={name} is not in this run; available: {_names(available)}")
         return name
 
     def inspector(self, category: str, trust_targets: bool = False, device: str | None = "auto"):
