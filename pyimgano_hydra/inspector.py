@@ -344,6 +344,11 @@ def record_stem(index: int, path: str) -> str:
     return f"{index:06d}_{safe_name(Path(path).stem)}"
 
 
+def console_line(text: str) -> str:
+    """``text`` as one console line: a file name's newlines and escape sequences shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _decodable(chunk: list[dict], load_images: Callable[[list[dict]], np.ndarray],
                unreadable: list[dict]) -> list[tuple[list[dict], np.ndarray]]:
     """The items of ``chunk`` that decode and their images, one group per image size (largest
@@ -363,7 +368,7 @@ def _decodable(chunk: list[dict], load_images: Callable[[list[dict]], np.ndarray
             image = load_images([item])[0]
         except DataError as exc:
             unreadable.append({**item, "error": str(exc)})
-            print(f"warning: {exc}", file=sys.stderr)
+            print(f"warning: {console_line(str(exc))}", file=sys.stderr)
             continue
         by_shape.setdefault(image.shape, []).append((item, image))
     groups = sorted(by_shape.values(), key=len, reverse=True)  # stable: a tie keeps the first seen
@@ -377,7 +382,7 @@ def _odd_size_failed(chunk: list[dict], exc: Exception, unreadable: list[dict]) 
     for item in chunk:
         error = f"{item['path']}: {exc}"
         unreadable.append({**item, "error": error})
-        print(f"warning: {error}", file=sys.stderr)
+        print(f"warning: {console_line(error)}", file=sys.stderr)
 
 
 def score_all(inspector: Inspector, items: list[dict], load_images: Callable[[list[dict]], np.ndarray],

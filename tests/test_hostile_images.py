@@ -322,3 +322,19 @@ def test_one_odd_sized_image_in_infer_input_of_a_native_size_run_keeps_the_other
     assert all("score" in records[name] for name in ("0.png", "1.png", "2.png"))
     small = records["1b_small.png"]
     assert "score" in small or "1b_small.png" in small["error"]
+
+
+def test_an_unreadable_file_with_control_characters_in_its_name_warns_in_one_line(tmp_path, capsys):
+    """A fourth pass: an input named 'a\\nb\\x1b[31m.png' split the warning over two lines and
+    coloured the console; the record keeps the exact name."""
+    from pyimgano_hydra.data.loader import stack_images
+    from pyimgano_hydra.inspector import _decodable
+
+    bad = tmp_path / "a\nb\x1b[31m.png"
+    bad.write_bytes(b"truncated")
+    unreadable: list = []
+    assert _decodable([{"index": 0, "path": str(bad)}], lambda c: stack_images([i["path"] for i in c], 32),
+                      unreadable) == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and r"a\nb\x1b[31m.png" in err
+    assert str(bad) in unreadable[0]["error"]
