@@ -50,8 +50,15 @@ def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> 
     """Compose and run one job; returns report.json's content."""
     from pyimgano_hydra import app
 
+    from pyimgano_hydra.errors import UserError
+    from pyimgano_hydra.runs.claim import inside_a_run
+
     cfg, choices = compose_with_choices(overrides)
     out = Path(output_dir) if output_dir else default_run_dir(choices)
+    outer = inside_a_run(out)
+    if outer is not None:  # as the CLI's claim: a completed run never gains another run's files
+        raise UserError(f"output_dir={out}: lies inside the run dir {outer}; runs are never written into "
+                        "another run: pick a new output_dir")
     _write_hydra_dir(out, cfg, overrides)
     return app.run(cfg, out, overrides=list(overrides), choices=choices)
 

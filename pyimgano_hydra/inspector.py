@@ -346,27 +346,45 @@ def record_stem(index: int, path: str) -> str:
     return f"{index:06d}_{safe_name(Path(path).stem)[:100]}"
 
 
+def console_line(text: str) -> str:
+    """``text`` as one console line: a file name's newlines and escape sequences shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _decodable(chunk: list[dict], load_images: Callable[[list[dict]], np.ndarray],
-               unreadable: list[dict]) -> tuple[list[dict], Optional[np.ndarray]]:
-    """The items of ``chunk`` that decode, and their images; the others go to ``unreadable``."""
+               unreadable: list[dict]) -> list[tuple[list[dict], np.ndarray]]:
+    """The items of ``chunk`` that decode and their images, one group per image size (largest
+    group first: a run that keeps native sizes may meet an odd-sized image); the others go to
+    ``unreadable``."""
     import sys
 
     from pyimgano_hydra.errors import DataError
 
     try:
-        return chunk, load_images(chunk)  # the whole batch at once (decode workers); else file by file
+        return [(chunk, load_images(chunk))]  # the whole batch at once (decode workers); else file by file
     except DataError:
         pass
-    kept, images = [], []
+    by_shape: dict[tuple, list] = {}
     for item in chunk:
         try:
-            images.append(load_images([item])[0])
+            image = load_images([item])[0]
         except DataError as exc:
             unreadable.append({**item, "error": str(exc)})
-            print(f"warning: {exc}", file=sys.stderr)
+            print(f"warning: {console_line(str(exc))}", file=sys.stderr)
             continue
-        kept.append(item)
-    return kept, (np.stack(images) if images else None)
+        by_shape.setdefault(image.shape, []).append((item, image))
+    groups = sorted(by_shape.values(), key=len, reverse=True)  # stable: a tie keeps the first seen
+    return [([item for item, _ in group], np.stack([image for _, image in group])) for group in groups]
+
+
+def _odd_size_failed(chunk: list[dict], exc: Exception, unreadable: list[dict]) -> None:
+    """Images of a size the stored detector cannot score become error records, not a failed run."""
+    import sys
+
+    for item in chunk:
+        error = f"{item['path']}: {exc}"
+        unreadable.append({**item, "error": error})
+        print(f"warning: {console_line(error)}", file=sys.stderr)
 
 
 def score_all(inspector: Inspector, items: list[dict], load_images: Callable[[list[dict]], np.ndarray],
@@ -375,35 +393,47 @@ def score_all(inspector: Inspector, items: list[dict], load_images: Callable[[li
     """Score ``items`` (dicts with at least ``index`` and ``path``) batch by batch; return one
     record per item: the item's keys + score, pred_label, threshold [+ anomaly_map, defects].
     No map is held beyond its batch; ``advance(n)`` is told each batch's size (a progress bar)."""
+    records: list[dict] = []
+    for start in range(0, len(items), batch_size):
+        whole = items[start:start + batch_size]
+        if outputs.unreadable is None:
+            groups = [(whole, load_images(whole))]
+        else:
+            groups = _decodable(whole, load_images, outputs.unreadable)
+        for rank, (chunk, images) in enumerate(groups):
+            try:
+                batch = inspector.score_batch(images)
+            except UserError as exc:
+                if rank == 0:
+                    raise
+                _odd_size_failed(chunk, exc, outputs.unreadable)
+                continue
+            records.extend(_records(chunk, batch, outputs))
+        if advance is not None:
+            advance(len(whole))
+    return records
+
+
+def _records(chunk: list[dict], batch: Batch, outputs: RecordOutputs) -> list[dict]:
+    """One scored batch's records, its maps and defect masks written."""
     from pyimgano_hydra.data.images import read_size
     from pyimgano_hydra.runs.writers import save_npy_atomic
 
     records: list[dict] = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        if outputs.unreadable is None:
-            images = load_images(chunk)
-        else:
-            chunk, images = _decodable(chunk, load_images, outputs.unreadable)
-            if not chunk:
-                continue
-        batch = inspector.score_batch(images)
-        maps = batch.maps
-        masks = outputs.load_masks(chunk) if outputs.load_masks is not None and maps is not None else None
-        if outputs.on_batch is not None and maps is not None:
-            outputs.on_batch(chunk, maps, masks)
-        for j, (item, scored) in enumerate(zip(chunk, batch.records)):
-            record = {**item, **scored}
-            stem = record_stem(item["index"], item["path"])
-            if maps is not None and outputs.maps_dir is not None:
-                path = save_npy_atomic(outputs.maps_dir / f"{stem}.npy", maps[j])
-                record["anomaly_map"] = {"path": str(path.relative_to(outputs.root)),
-                                         "shape": list(maps[j].shape), "dtype": str(maps[j].dtype)}
-            if maps is not None and outputs.exporter is not None:
-                record["defects"] = outputs.exporter(
-                    stem, maps[j], read_size(item["path"]), gt_mask=None if masks is None else masks[j],
-                    label=item.get("label"))
-            records.append(record)
-        if advance is not None:
-            advance(len(chunk))
+    maps = batch.maps
+    masks = outputs.load_masks(chunk) if outputs.load_masks is not None and maps is not None else None
+    if outputs.on_batch is not None and maps is not None:
+        outputs.on_batch(chunk, maps, masks)
+    for j, (item, scored) in enumerate(zip(chunk, batch.records)):
+        record = {**item, **scored}
+        stem = record_stem(item["index"], item["path"])
+        if maps is not None and outputs.maps_dir is not None:
+            path = save_npy_atomic(outputs.maps_dir / f"{stem}.npy", maps[j])
+            record["anomaly_map"] = {"path": str(path.relative_to(outputs.root)),
+                                     "shape": list(maps[j].shape), "dtype": str(maps[j].dtype)}
+        if maps is not None and outputs.exporter is not None:
+            record["defects"] = outputs.exporter(
+                stem, maps[j], read_size(item["path"]), gt_mask=None if masks is None else masks[j],
+                label=item.get("label"))
+        records.append(record)
     return records

@@ -62,7 +62,7 @@ def test_score_all_records_the_corrupt_file_and_keeps_the_others(files, tmp_path
     items = [{"index": i, "path": str(p)} for i, p in enumerate([files[0], bad, files[1]])]
     unreadable: list = []
     with loader_setting(2):
-        kept, images = _decodable(items, lambda chunk: stack_images([i["path"] for i in chunk], 32), unreadable)
+        [(kept, images)] = _decodable(items, lambda chunk: stack_images([i["path"] for i in chunk], 32), unreadable)
     assert [i["index"] for i in kept] == [0, 2] and images.shape == (2, 32, 32, 3)
     assert len(unreadable) == 1 and "bad.png" in unreadable[0]["error"]
 

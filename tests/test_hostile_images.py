@@ -131,12 +131,42 @@ def test_undecodable_name_in_infer_input_folder_is_scored(folder, tmp_path):
     assert names == {ODD, b"1.png", b"2.png"}
 
 
-def test_one_unreadable_image_in_infer_input_is_an_error_record_not_a_failed_run(folder, tmp_path):
+def _corrupt(kind: str) -> bytes:
+    """Files on which Pillow raises what is not an OSError (a fourth pass: each one failed the
+    whole inference, every prediction lost, with a raw error naming no file)."""
+    import io
+
+    arr = np.random.default_rng(0).integers(0, 255, (24, 24, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    if kind == "exif":  # ImageWidth typed ASCII beside an orientation: exif_transpose's re-pack -> struct.error
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0112] = "cam", 6
+        Image.fromarray(arr).save(buffer, "JPEG", exif=exif.tobytes().replace(b"\x01\x0f\x00\x02", b"\x01\x00\x00\x02"))
+        return buffer.getvalue()
+    Image.fromarray(arr).save(buffer, "TIFF")  # StripOffsets typed FLOAT -> TypeError in a seek
+    data = bytearray(buffer.getvalue())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for k in range(struct.unpack_from("<H", data, ifd)[0]):
+        if struct.unpack_from("<H", data, ifd + 2 + 12 * k)[0] == 0x0111:
+            struct.pack_into("<H", data, ifd + 4 + 12 * k, 11)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["exif", "tiff"])
+def test_a_corrupt_file_pillow_chokes_on_is_a_data_error_naming_it(tmp_path, kind):
+    path = tmp_path / f"bad.{kind}"
+    path.write_bytes(_corrupt(kind))
+    with pytest.raises(DataError, match=rf"^{path}: cannot decode image \((error|TypeError): "):
+        load_image(path, 64)
+
+
+@pytest.mark.parametrize("payload", [b"truncated", "exif", "tiff"])
+def test_one_unreadable_image_in_infer_input_is_an_error_record_not_a_failed_run(folder, tmp_path, payload):
     run_dir = tmp_path / "run"
     assert _run(folder, run_dir).returncode == 0
     inputs = tmp_path / "inputs"
     shutil.copytree(folder / "test" / "scratch", inputs)
-    (inputs / "1.png").write_bytes(b"truncated")
+    (inputs / "1.png").write_bytes(payload if isinstance(payload, bytes) else _corrupt(payload))
     out = tmp_path / "infer"
     proc = run_cli([f"run_dir={run_dir}", f"input={inputs}", "trust_targets=true", f"hydra.run.dir={out}"],
                    module="pyimgano_hydra.infer", env=ENV)
@@ -275,3 +305,68 @@ def test_a_250_byte_anomalous_image_name_with_masks_is_one_line(folder, tmp_path
     os.rename(root / "test" / "scratch" / "0.png", root / "test" / "scratch" / f"{long_stem}.png")
     proc = _run(root, tmp_path / "run")
     _one_error_line(proc, f"{long_stem}.png: anomalous image has no ground-truth mask")
+
+
+def _progressive_jpeg_header_only(path: Path, width: int, height: int) -> None:
+    """A 16x16 progressive JPEG whose SOF2 header claims ``width`` x ``height`` (about 1 KB)."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+        buffer, "JPEG", progressive=True, quality=90, subsampling=0)
+    data = bytearray(buffer.getvalue())
+    struct.pack_into(">HH", data, data.find(b"\xff\xc2") + 5, height, width)
+    path.write_bytes(bytes(data))
+
+
+def test_a_progressive_jpeg_is_counted_at_full_size_not_at_its_draft(tmp_path):
+    """A fourth pass: a 1 KB progressive 13370x13370 JPEG passed the limit at its 1/8 draft
+    (8 MB) and took 1.1 GB: libjpeg keeps every DCT coefficient of the full image."""
+    bomb = tmp_path / "bomb.jpg"
+    _progressive_jpeg_header_only(bomb, 13370, 13370)
+    assert bomb.stat().st_size < 4096
+    with pytest.raises(DataError, match=r"bomb.jpg: refused: 13370x13370 RGB holds 1073 MB, over "
+                                        r"dataset.max_image_megabytes=256"):
+        load_image(bomb, 64)
+    rng = np.random.default_rng(1)
+    for progressive in (False, True):  # ordinary camera-sized JPEGs still load
+        ok = tmp_path / f"ok{progressive}.jpg"
+        Image.fromarray(rng.integers(0, 255, (1200, 1600, 3), dtype=np.uint8)).save(ok, progressive=progressive)
+        assert load_image(ok, 64).shape == (64, 64, 3)
+
+
+def test_one_odd_sized_image_in_infer_input_of_a_native_size_run_keeps_the_others(folder, tmp_path):
+    """A fourth pass: with a run that keeps native sizes (dataset.resize=null), one image of
+    another size in the batch failed the whole inference (raw 'all input arrays must have the
+    same shape', every prediction lost)."""
+    run_dir = tmp_path / "run"
+    proc = _run(folder, run_dir, "dataset.resize=null")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    inputs = tmp_path / "inputs"
+    shutil.copytree(folder / "test" / "scratch", inputs)
+    Image.fromarray(np.zeros((48, 40, 3), np.uint8)).save(inputs / "1b_small.png")
+    out = tmp_path / "infer"
+    proc = run_cli([f"run_dir={run_dir}", f"input={inputs}", "trust_targets=true", f"hydra.run.dir={out}"],
+                   module="pyimgano_hydra.infer", env=ENV)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    records = {Path(r["path"]).name: r for r in read_jsonl(out / "predictions.jsonl")}
+    assert set(records) == {"0.png", "1.png", "1b_small.png", "2.png"}
+    assert all("score" in records[name] for name in ("0.png", "1.png", "2.png"))
+    small = records["1b_small.png"]
+    assert "score" in small or "1b_small.png" in small["error"]
+
+
+def test_an_unreadable_file_with_control_characters_in_its_name_warns_in_one_line(tmp_path, capsys):
+    """A fourth pass: an input named 'a\\nb\\x1b[31m.png' split the warning over two lines and
+    coloured the console; the record keeps the exact name."""
+    from pyimgano_hydra.data.loader import stack_images
+    from pyimgano_hydra.inspector import _decodable
+
+    bad = tmp_path / "a\nb\x1b[31m.png"
+    bad.write_bytes(b"truncated")
+    unreadable: list = []
+    assert _decodable([{"index": 0, "path": str(bad)}], lambda c: stack_images([i["path"] for i in c], 32),
+                      unreadable) == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and r"a\nb\x1b[31m.png" in err
+    assert str(bad) in unreadable[0]["error"]

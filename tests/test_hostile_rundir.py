@@ -109,6 +109,19 @@ def test_a_run_dir_inside_a_completed_run_is_refused(completed_run, module, insi
     assert _snapshot(completed_run) == before
 
 
+@pytest.mark.parametrize("inside", ["categories", "categories/weave/plots/new"])
+def test_the_api_refuses_an_output_dir_inside_a_completed_run(completed_run, inside):
+    """A fourth pass: ``api.run(output_dir=<run>/categories)`` wrote a whole run (.hydra,
+    status.json, report.json, categories/...) into a completed run; the CLI refuses it."""
+    from pyimgano_hydra.api import run
+    from pyimgano_hydra.errors import UserError
+
+    before = _snapshot(completed_run)
+    with pytest.raises(UserError, match=f"^output_dir={completed_run / inside}: lies inside the run dir"):
+        run([*TINY, "tag=EVIL"], output_dir=completed_run / inside)
+    assert _snapshot(completed_run) == before and not (completed_run / inside / ".hydra").exists()
+
+
 @pytest.mark.parametrize("module", ["pyimgano_hydra", "pyimgano_hydra.infer"])
 def test_a_run_dir_that_is_a_file_is_one_line(tmp_path, module):
     target = tmp_path / "precious.txt"

@@ -1,5 +1,6 @@
 """A run dir is untrusted: loading it parses, never imports, instantiates, interpolates or
 unpickles; every refusal is one line naming the file and key, and no marker file appears."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -247,9 +248,21 @@ def test_fifos_and_devices_in_a_run_dir_are_refused_without_blocking(fake_run, t
         os.mkfifo(run_dir / name)
     else:
         (run_dir / name).symlink_to("/dev/zero")
-    with pytest.raises(UserError, match="not a regular file") as caught:
+    with pytest.raises(UserError, match="not a regular file|leads outside the run dir") as caught:
         load_run(run_dir).inspector("weave", trust_targets=True)
     assert str(run_dir / name) in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["status.json", "report.json"])
+def test_run_json_files_are_read_only_from_inside_the_run_dir(fake_run, tmp_path, name):
+    """A fourth pass: status.json / report.json symlinked to a file outside were read (a JSON's
+    "status" value was echoed in the error line)."""
+    run_dir = _planted(fake_run, tmp_path)
+    outside = tmp_path / f"outside-{name}"
+    (run_dir / name).rename(outside)
+    (run_dir / name).symlink_to(outside)
+    with pytest.raises(UserError, match=f"^{run_dir / name}: .* leads outside the run dir"):
+        load_run(run_dir)
 
 
 def test_nul_byte_in_an_inspector_path_is_one_line(fake_run, tmp_path):
@@ -476,3 +489,89 @@ def test_deflated_backbone_weights_are_refused(tmp_path):
     with pytest.raises(UserError, match=rf"^model.weights_path: {bomb}: refused: compressed entries"):
         _read_state_dict(bomb, "model.weights_path")
     assert _read_state_dict(plain_file, "model.weights_path")
+
+
+def test_a_stride0_bank_is_refused_before_it_is_copied(tmp_path):
+    """A fourth pass: a 3 KB inspector.pt whose bank is a stride-0 view of one float as a
+    200000x20000 matrix loaded, then took 15 GB copying it (MemoryError, or the OOM killer)."""
+    state = patchcore_state()
+    state["detector"]["state"]["memory_bank"] = torch.zeros(1).as_strided((200_000, 20_000), (0, 0))
+    path = tmp_path / "inspector.pt"
+    torch.save(state, path)
+    assert path.stat().st_size < 10_000
+    with pytest.raises(UserError, match=rf"^{path}: refused: its tensors hold 15258 MB in a"):
+        Inspector.load(path)
+
+
+@pytest.mark.parametrize("where", ["params", "provenance", "state"])
+def test_a_shared_reference_bomb_is_refused_not_walked_forever(tmp_path, where):
+    """A fourth pass: a pickle naming one list 2**28 times through shared references (a few KB)
+    hung infer in the params check (and PaDiM's np.asarray of its channels)."""
+    leaf = [0.0]
+    for _ in range(28):
+        leaf = [leaf, leaf]
+    state = patchcore_state()
+    target = {"params": state["detector"]["params"], "provenance": state["image_threshold"]["provenance"],
+              "state": state["detector"]["state"]}[where]
+    target["layers" if where == "params" else "x"] = leaf
+    path = tmp_path / "inspector.pt"
+    torch.save(state, path)
+    assert path.stat().st_size < 10_000
+    with pytest.raises(UserError, match=rf"^{path}: refused: holds more than 1000000 values"):
+        Inspector.load(path)
+
+
+def test_an_autoencoder_state_with_huge_in_channels_is_refused_before_building(tmp_path):
+    """A fourth pass: a tiny inspector.pt with in_channels=10**6 built a 3.7 GB network (10**7:
+    the line PC's memory) before its tensors were found missing."""
+    import resource
+
+    from pyimgano_hydra.models.autoencoder import STATE_VERSION
+
+    state = patchcore_state()
+    state["detector"] = {"name": "ConvAutoencoder", "params": {"pretrained": False},
+                         "state": {"state_version": STATE_VERSION, "in_channels": 10**6, "net": {}}}
+    path = tmp_path / "inspector.pt"
+    torch.save(state, path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(UserError, match=rf"^{path}: the detector state does not fit ConvAutoencoder "
+                                        r"\(ValueError: in_channels must be 1 \(gray\) or 3 \(rgb\), got 1000000\)"):
+        Inspector.load(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KB
+
+
+@pytest.mark.parametrize("module", ["pyimgano_hydra.infer", "pyimgano_hydra.export"])
+def test_python_m_started_inside_a_run_dir_imports_nothing_from_it(fake_run, tmp_path, module):
+    """A fourth pass: ``cd <run dir> && python -m pyimgano_hydra.infer run_dir=. ...`` ran a
+    ``hydra_plugins/`` package shipped in the run dir (Hydra imports every plugin on sys.path,
+    and ``python -m`` puts the working dir first); the inference then completed as usual."""
+    from conftest import run_cli
+
+    run_dir = _planted(fake_run, tmp_path)
+    marker = tmp_path / "pwned"
+    plugin = run_dir / "hydra_plugins" / "evil"
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    (run_dir / "omegaconf.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    args = ["run_dir=.", f"input={run_dir / 'categories'}", "trust_targets=true",
+            f"hydra.run.dir={tmp_path / 'out'}"] if module.endswith("infer") else ["run_dir=."]
+    proc = run_cli(args, cwd=run_dir, module=module,
+                   env={"PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)])})
+    assert not marker.exists(), proc.stderr[-2000:]
+    assert proc.returncode == 0 or module.endswith("export"), proc.stderr[-2000:]  # the fake detector has no export
+
+
+def test_hostile_category_names_make_one_short_error_line(fake_run, tmp_path):
+    """A fourth pass: a 2 MB category name in report.json made a 2 MB error line, one holding
+    a newline and an escape sequence split it and cleared the terminal."""
+    run_dir = _planted(fake_run, tmp_path)
+
+    def add(report):
+        entry = report["categories"]["weave"]
+        report["categories"].update({"x" * 2_000_000: entry, "a\nb\x1b[2J": entry})
+
+    _set_report(run_dir, add)
+    with pytest.raises(UserError) as caught:
+        load_run(run_dir).category(None)
+    message = str(caught.value)
+    assert len(message) < 400 and "\n" not in message and "\x1b" not in message and r"a\nb\x1b[2J" in message

@@ -32,7 +32,9 @@ Size = Union[int, Sequence[int], None]  # side of a square, (height, width), or 
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 DEFAULT_MAX_IMAGE_MEGABYTES = 256.0  # dataset.max_image_megabytes
 _BYTES_PER_CHANNEL = {"1": 1 / 8, "I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
+# Pillow parsers raise anything on a corrupt file (struct.error from an EXIF block, TypeError
+# from a TIFF offset, ...): every one is that file's DataError, never the batch's failure.
+_DECODE_ERRORS = (Exception,)
 
 
 def _hw(size: Size) -> tuple[int, int] | None:
@@ -51,13 +53,38 @@ def decoded_megabytes(img: Image.Image) -> float:
     return width * height * per_pixel / 1e6
 
 
-def _check_decode_size(path: str | Path, img: Image.Image, max_megabytes: float | None) -> None:
+def _reason(exc: BaseException) -> str:
+    """The first line of a decoder's exception, with its type when that is not an OSError."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, (OSError, ValueError, SyntaxError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _multi_scan_jpeg(path: str | Path, img: Image.Image) -> bool:
+    """A progressive JPEG, or one whose components come in separate scans: libjpeg then keeps
+    every DCT coefficient of the full-size image (2 bytes each) whatever the draft scale."""
+    if img.format != "JPEG":
+        return False
+    if img.info.get("progressive"):
+        return True
+    import mmap
+
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        first = data.find(b"\xff\xda")  # start of scan; entropy-coded 0xFF bytes are stuffed (FF 00)
+        return first >= 0 and data.find(b"\xff\xda", first + 2) >= 0
+
+
+def _check_decode_size(path: str | Path, img: Image.Image, max_megabytes: float | None,
+                       coefficients: float = 0.0) -> None:
+    """``coefficients``: MB of DCT coefficients a multi-scan JPEG holds while decoding."""
     if max_megabytes is None:
         return
-    needed = decoded_megabytes(img)
+    needed = max(decoded_megabytes(img), coefficients)
     if needed > max_megabytes:
         width, height = img.size
-        raise DataError(f"{path}: refused: {width}x{height} {img.mode} decodes to {needed:.0f} MB, over "
+        what = "holds" if coefficients > decoded_megabytes(img) else "decodes to"
+        raise DataError(f"{path}: refused: {width}x{height} {img.mode} {what} {needed:.0f} MB, over "
                         f"dataset.max_image_megabytes={max_megabytes:g}; shrink the file or raise the limit")
 
 
@@ -68,6 +95,8 @@ def _open(path: str | Path, draft_to: tuple[int, int] | None = None,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path, formats=PILLOW_FORMATS)
+            if max_megabytes is not None and _multi_scan_jpeg(path, img):  # a 1 KB one took 1 GB at 1/8
+                _check_decode_size(path, img, max_megabytes, coefficients=decoded_megabytes(img) * 2)
             if draft_to is not None and img.format == "JPEG":
                 img.draft(img.mode, (draft_to[1], draft_to[0]))  # decode large JPEGs at 1/2..1/8
             _check_decode_size(path, img, max_megabytes)
@@ -75,8 +104,10 @@ def _open(path: str | Path, draft_to: tuple[int, int] | None = None,
             return ImageOps.exif_transpose(img)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except DataError:
+        raise
     except _DECODE_ERRORS as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = _reason(exc)
         raise DataError(f"{path}: cannot decode image ({reason}); replace or remove the file, "
                         f"or set dataset.on_bad_image=skip") from None
 
@@ -96,8 +127,10 @@ def read_size(path: str | Path, max_megabytes: float | None = None) -> tuple[int
                     orientation = 1
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except DataError:
+        raise
     except _DECODE_ERRORS as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = _reason(exc)
         raise DataError(f"{path}: not a readable image ({reason}); replace or remove the file, "
                         f"or set dataset.on_bad_image=skip") from None
     if orientation in _SWAPPING_ORIENTATIONS:
@@ -163,7 +196,14 @@ def load_image(path: str | Path, resize: Size = None, input_mode: str = "rgb",
     if input_mode not in ("rgb", "gray"):
         raise ValueError(f"input_mode must be rgb or gray, got {input_mode!r}")
     target = _hw(resize)
-    arr = _to_uint8(_open(path, draft_to=target, max_megabytes=max_megabytes), path)
+    img = _open(path, draft_to=target, max_megabytes=max_megabytes)
+    try:
+        arr = _to_uint8(img, path)
+    except DataError:
+        raise
+    except _DECODE_ERRORS as exc:  # a mode conversion of a corrupt file
+        raise DataError(f"{path}: cannot decode image ({_reason(exc)}); replace or remove the file, "
+                        f"or set dataset.on_bad_image=skip") from None
     if input_mode == "rgb" and arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     elif input_mode == "gray" and arr.ndim == 3:

@@ -221,6 +221,8 @@ class ConvAutoencoder(BaseDetector):
             raise UserError(f"ConvAutoencoder checkpoint: state_version {version}, expected {STATE_VERSION}")
         self.device_ = self._torch_device()
         self.in_channels_ = int(state["in_channels"])
+        if self.in_channels_ not in (1, 3):  # a stored 10**6 built a 3.7 GB network before any tensor was read
+            raise ValueError(f"in_channels must be 1 (gray) or 3 (rgb), got {str(state['in_channels'])[:24]}")
         self.net_ = _network(self.in_channels_, self.base_channels, self.depth, self.latent_channels)
         self.net_.load_state_dict(state["net"])
         self.net_.to(self.device_).eval()

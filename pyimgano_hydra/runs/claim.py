@@ -41,7 +41,7 @@ def may_take_over(run_dir: Path, config_hash: str | None = None) -> bool:
     return config_hash is None or read_json_file(run.status).get("config_hash") == config_hash
 
 
-def _inside_a_run(run_dir: Path) -> Path | None:
+def inside_a_run(run_dir: Path) -> Path | None:
     """The run dir that holds ``run_dir`` (its ``categories/``, ``.hydra/``...), if any."""
     for parent in run_dir.resolve().parents:
         if (parent / CLAIM_FILE).exists() or (parent / "report.json").exists() and (parent / "status.json").exists():
@@ -71,7 +71,7 @@ def claim(run_dir: Path, config_hash: str | None = None, resumable: bool = True,
 def _claim(run_dir: Path, config_hash: str | None, resumable: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         _refuse(f"hydra.run.dir={run_dir}: is a file, not a directory; pick a new hydra.run.dir")
-    outer = _inside_a_run(run_dir)
+    outer = inside_a_run(run_dir)
     if outer is not None:
         _refuse(f"hydra.run.dir={run_dir}: lies inside the run dir {outer}; runs are never written into "
                 "another run: pick a new hydra.run.dir")

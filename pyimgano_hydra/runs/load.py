@@ -10,6 +10,13 @@ from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
 from pyimgano_hydra.runs.status import COMPLETED, current_state, describe
 
 
+def _names(names: list[str], shown: int = 20) -> str:
+    """Category names for one error line: control characters escaped, each cut to 80 characters
+    (report.json is untrusted: a 2 MB or an escape-sequence name must not flood the console)."""
+    quoted = [(n if n.isprintable() else repr(n)[1:-1])[:80] for n in names[:shown]]
+    return ", ".join(quoted) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
+
+
 @dataclass
 class LoadedRun:
     run_dir: RunDir
@@ -22,9 +29,10 @@ class LoadedRun:
         if name is None:
             if len(available) == 1:
                 return available[0]
-            raise UserError(f"category: this run has {len(available)} categories ({', '.join(available)}); pick one with category=<name>")
+            raise UserError(f"category: this run has {len(available)} categories ({_names(available)}); "
+                            "pick one with category=<name>")
         if name not in available:
-            raise UserError(f"category={name} is not in this run; available: {', '.join(available)}")
+            raise UserError(f"category={name} is not in this run; available: {_names(available)}")
         return name
 
     def inspector(self, category: str, trust_targets: bool = False, device: str | None = "auto"):
@@ -50,7 +58,7 @@ def load_run(path: str | Path) -> LoadedRun:
         raise UserError(f"run_dir={path}: no such directory; pass the folder that holds report.json")
     state = None
     if run_dir.status.exists() or run_dir.status.is_symlink():
-        record = trust.read_json_file(run_dir.status)
+        record = trust.read_json_file(trust.confined(run_dir.root, run_dir.status.name, str(run_dir.status)))
         state = current_state(record)
         if not isinstance(state, str):
             raise UserError(f"{run_dir.status}: status: expected a string such as \"completed\"")
@@ -58,7 +66,7 @@ def load_run(path: str | Path) -> LoadedRun:
         state = describe(record) if isinstance(state, str) else state
         raise UserError(f"run_dir={path}: the run is {state or 'missing status.json'}, not completed; "
                         "only completed runs can be used for inference")
-    report = trust.read_json_file(run_dir.report)
+    report = trust.read_json_file(trust.confined(run_dir.root, run_dir.report.name, str(run_dir.report)))
     if not isinstance(report, dict):
         raise UserError(f"{run_dir.report}: expected a JSON object")
     version = trust.schema_version(report.get("schema_version"), str(run_dir.report))

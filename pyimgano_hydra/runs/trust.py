@@ -248,4 +248,33 @@ def load_weights(path: Path) -> dict:
         raise UserError(f"{path}: not a readable torch file ({type(exc).__name__})") from exc
     if not isinstance(payload, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
+    bounded_payload(payload, path, path.stat().st_size)
     return payload
+
+
+MAX_NODES = 1_000_000  # containers and values walked in one stored file (an inspector holds a few hundred)
+
+
+def bounded_payload(payload: Any, path: Path, file_size: int) -> None:
+    """Refuse a loaded torch payload that is far larger than its file: a pickle naming one list
+    2**30 times through shared references (walking it never ends), or tensors whose elements
+    outnumber the bytes stored for them (a stride-0 view of one float as a 15 GB matrix)."""
+    import torch
+
+    stack, nodes, tensor_bytes = [payload], 0, 0
+    while stack:
+        value = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise UserError(f"{path}: refused: holds more than {MAX_NODES} values (shared references?); "
+                            "not a file training writes")
+        if isinstance(value, torch.Tensor):
+            tensor_bytes += value.numel() * value.element_size()
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack.extend(value)
+    if tensor_bytes > 2 * file_size + (1 << 20):
+        raise UserError(f"{path}: refused: its tensors hold {tensor_bytes >> 20} MB in a {file_size >> 10} KB file "
+                        "(strided or shared views; not a file training writes)")
