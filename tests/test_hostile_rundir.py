@@ -169,6 +169,22 @@ def test_a_sweep_subdir_that_jobs_could_share_is_refused_before_any_job(tmp_path
     assert not sweep.exists() and not list(tmp_path.glob("abs_*"))
 
 
+def test_a_sweep_into_a_folder_holding_a_completed_run_leaves_it_untouched(completed_run, tmp_path):
+    """A verification pass: hydra.sweep.dir=<folder without markers> with
+    hydra.sweep.subdir=run${hydra.job.num} landed job 0 on a completed run already in that
+    folder; Hydra rewrote its .hydra/hydra.yaml and log before the job refused, and the
+    leaderboard listed the old run as the sweep's result."""
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(completed_run, sweep / "run0", symlinks=True)
+    before = _snapshot(sweep)
+    proc = _cli(["--multirun", *TINY, "tag=EVIL", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=run${hydra.job.num}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and "not empty" in err, err
+    assert _snapshot(sweep) == before
+
+
 def test_a_sweep_subdir_naming_the_job_runs(tmp_path):
     sweep = tmp_path / "sweep"
     proc = _cli(["--multirun", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}_s${seed}"])

@@ -54,21 +54,25 @@ def _refuse(message: str) -> None:
     sys.exit(2)  # not an exception: Hydra turns a callback's exceptions into warnings
 
 
-def claim(run_dir: Path, config_hash: str | None = None, resumable: bool = True, key: str = "hydra.run.dir") -> None:
+def claim(run_dir: Path, config_hash: str | None = None, resumable: bool = True, key: str = "hydra.run.dir",
+          empty: bool = False) -> None:
     """Create ``run_dir/.claim.json`` exclusively; SystemExit(2) with one line if taken (but
     by an unfinished ``resumable`` run of this config), if it is a file, if it lies inside
     another run dir, or if it cannot be created (a dangling symlink, a read-only disk): an
-    exception here would be only a warning to Hydra, which then goes on."""
+    exception here would be only a warning to Hydra, which then goes on. ``empty`` (a sweep
+    dir): an existing dir must hold nothing, since Hydra writes each job's ``.hydra/`` before
+    any callback of the job runs (a job dir landing on a run already there rewrote its record)."""
     from pyimgano_hydra.errors import UserError
 
     try:
-        _claim(Path(run_dir), config_hash, resumable)
+        _claim(Path(run_dir), config_hash, resumable, empty, key)
     except (OSError, UserError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         _refuse(f"{key}={run_dir}: cannot claim it ({reason}); pick a new {key}")
 
 
-def _claim(run_dir: Path, config_hash: str | None, resumable: bool) -> None:
+def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool = False,
+           key: str = "hydra.run.dir") -> None:
     if run_dir.exists() and not run_dir.is_dir():
         _refuse(f"hydra.run.dir={run_dir}: is a file, not a directory; pick a new hydra.run.dir")
     outer = inside_a_run(run_dir)
@@ -76,6 +80,9 @@ def _claim(run_dir: Path, config_hash: str | None, resumable: bool) -> None:
         _refuse(f"hydra.run.dir={run_dir}: lies inside the run dir {outer}; runs are never written into "
                 "another run: pick a new hydra.run.dir")
     taken = next((name for name in RUN_MARKERS if (run_dir / name).exists()), None)
+    if taken is None and empty and run_dir.is_dir() and any(run_dir.iterdir()):
+        _refuse(f"{key}={run_dir}: exists and is not empty; a sweep's job dirs could land on runs "
+                f"already there: pick a new {key}")
     if taken is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -125,7 +132,7 @@ class ClaimRunDir(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
         _check_subdir(config)
-        claim(Path(str(config.hydra.sweep.dir)), key="hydra.sweep.dir")
+        claim(Path(str(config.hydra.sweep.dir)), key="hydra.sweep.dir", empty=True)
 
 
 def _check_subdir(config: DictConfig) -> None:
