@@ -1,6 +1,35 @@
 __version__ = "0.2.0"
 
 
+def _module_argument(argv: list) -> str | None:
+    """The module of ``python [options] -m <module>`` parsed as CPython does: short options may be
+    combined (``-um mod``, ``-Bmmod``); ``-W``/``-X`` take a value, ``-c`` or a script ends them."""
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--check-hash-based-pycs":
+            i += 2
+            continue
+        if arg.startswith("--"):
+            if arg == "--":
+                return None
+            i += 1
+            continue
+        if not arg.startswith("-") or arg == "-":
+            return None  # a script or stdin
+        for j, char in enumerate(arg[1:], 1):
+            if char in "cmWX":
+                value = arg[j + 1:] or (argv[i + 1] if i + 1 < len(argv) else "")
+                if char == "m":
+                    return value
+                if char == "c":
+                    return None
+                i += 0 if arg[j + 1:] else 1  # -W/-X: the value is the rest or the next argument
+                break
+        i += 1
+    return None
+
+
 def _no_imports_from_a_run_dir() -> None:
     """``python -m pyimgano_hydra.infer`` (or ``.export``) started inside an untrusted run dir:
     Python puts the working dir first on ``sys.path``, so a ``hydra_plugins/`` folder or a
@@ -9,9 +38,7 @@ def _no_imports_from_a_run_dir() -> None:
     import os
     import sys
 
-    argv = list(getattr(sys, "orig_argv", []))
-    flag = next((i for i, a in enumerate(argv[1:], 1) if a.startswith("-m") and not a.startswith("--")), None)
-    module = None if flag is None else argv[flag][2:] or (argv[flag + 1] if flag + 1 < len(argv) else "")
+    module = _module_argument(list(getattr(sys, "orig_argv", [])))
     if not module or module.split(".")[:2] not in (["pyimgano_hydra", "infer"], ["pyimgano_hydra", "export"]):
         return
     cwd = os.getcwd()

@@ -540,12 +540,15 @@ def test_an_autoencoder_state_with_huge_in_channels_is_refused_before_building(t
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KB
 
 
-@pytest.mark.parametrize("module", ["pyimgano_hydra.infer", "pyimgano_hydra.export"])
-def test_python_m_started_inside_a_run_dir_imports_nothing_from_it(fake_run, tmp_path, module):
+@pytest.mark.parametrize("module, flag", [("pyimgano_hydra.infer", "-m"), ("pyimgano_hydra.export", "-m"),
+                                          ("pyimgano_hydra.infer", "-um")])
+def test_python_m_started_inside_a_run_dir_imports_nothing_from_it(fake_run, tmp_path, module, flag):
     """A fourth pass: ``cd <run dir> && python -m pyimgano_hydra.infer run_dir=. ...`` ran a
     ``hydra_plugins/`` package shipped in the run dir (Hydra imports every plugin on sys.path,
-    and ``python -m`` puts the working dir first); the inference then completed as usual."""
-    from conftest import run_cli
+    and ``python -m`` puts the working dir first); the inference then completed as usual.
+    A verification pass: ``python -um`` (combined short options) still ran it."""
+    import subprocess
+    import sys
 
     run_dir = _planted(fake_run, tmp_path)
     marker = tmp_path / "pwned"
@@ -555,8 +558,10 @@ def test_python_m_started_inside_a_run_dir_imports_nothing_from_it(fake_run, tmp
     (run_dir / "omegaconf.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
     args = ["run_dir=.", f"input={run_dir / 'categories'}", "trust_targets=true",
             f"hydra.run.dir={tmp_path / 'out'}"] if module.endswith("infer") else ["run_dir=."]
-    proc = run_cli(args, cwd=run_dir, module=module,
-                   env={"PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)])})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)])}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, flag, module, *args], cwd=run_dir, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert not marker.exists(), proc.stderr[-2000:]
     assert proc.returncode == 0 or module.endswith("export"), proc.stderr[-2000:]  # the fake detector has no export
 
