@@ -185,6 +185,24 @@ def test_a_sweep_into_a_folder_holding_a_completed_run_leaves_it_untouched(compl
     assert _snapshot(sweep) == before
 
 
+def test_a_sweep_subdir_made_absolute_by_an_interpolation_is_refused(completed_run, tmp_path):
+    """A verification pass: hydra.sweep.subdir=${hydra.runtime.cwd}/run${hydra.job.num} passed the
+    text check (relative, names the job) and put job 0 on a completed run in the working dir:
+    Hydra rewrote its .hydra/overrides.yaml (tag=EVIL) before the job refused."""
+    import shutil
+
+    cwd = tmp_path / "cwd"
+    shutil.copytree(completed_run, cwd / "run0", symlinks=True)
+    before = _snapshot(cwd)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, "-m", "pyimgano_hydra", "--multirun", *TINY, "tag=EVIL",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweep.subdir=${hydra.runtime.cwd}/run${hydra.job.num}"],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "hydra.sweep.subdir=" in proc.stderr, proc.stderr
+    assert _snapshot(cwd) == before
+
+
 def test_a_sweep_subdir_naming_the_job_runs(tmp_path):
     sweep = tmp_path / "sweep"
     proc = _cli(["--multirun", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}_s${seed}"])

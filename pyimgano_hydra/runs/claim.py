@@ -143,7 +143,23 @@ def _check_subdir(config: DictConfig) -> None:
     from omegaconf import OmegaConf
 
     subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
+    resolved = _probe_subdir(config)  # ${hydra.runtime.cwd}/..., ${oc.env:X}: absolute or climbing once resolved
     if not any(key in subdir for key in ("hydra.job.num", "hydra.job.id")) or Path(subdir).is_absolute() \
-            or ".." in Path(subdir).parts:
+            or ".." in Path(subdir).parts or Path(resolved).is_absolute() or ".." in Path(resolved).parts:
         _refuse(f"hydra.sweep.subdir={subdir}: must be a relative path naming the job (${{hydra.job.num}}), "
                 "so that no two jobs share a run dir")
+
+
+def _probe_subdir(config: DictConfig) -> str:
+    """``hydra.sweep.subdir`` resolved as job 0 would resolve it ("" when it needs what only a
+    job has): an interpolation of a fixed value must not make it absolute or climb out."""
+    from omegaconf import OmegaConf, open_dict
+
+    try:
+        probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+        with open_dict(probe):
+            probe.hydra.job.num = 0
+            probe.hydra.job.id = "0"
+        return str(OmegaConf.select(probe, "hydra.sweep.subdir", throw_on_resolution_failure=True))
+    except Exception:  # an interpolation only a job can resolve
+        return ""
