@@ -185,7 +185,9 @@ def test_a_sweep_into_a_folder_holding_a_completed_run_leaves_it_untouched(compl
     assert _snapshot(sweep) == before
 
 
-def test_a_sweep_subdir_made_absolute_by_an_interpolation_is_refused(completed_run, tmp_path):
+@pytest.mark.parametrize("extra", [["hydra.sweep.subdir=${hydra.runtime.cwd}/run${hydra.job.num}"],
+                                   ["tag=y,x/../../run0", "hydra.sweep.subdir=${hydra.job.num}_${tag}"]])
+def test_a_sweep_subdir_made_absolute_by_an_interpolation_is_refused(completed_run, tmp_path, extra):
     """A verification pass: hydra.sweep.subdir=${hydra.runtime.cwd}/run${hydra.job.num} passed the
     text check (relative, names the job) and put job 0 on a completed run in the working dir:
     Hydra rewrote its .hydra/overrides.yaml (tag=EVIL) before the job refused."""
@@ -196,8 +198,9 @@ def test_a_sweep_subdir_made_absolute_by_an_interpolation_is_refused(completed_r
     before = _snapshot(cwd)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run([sys.executable, "-m", "pyimgano_hydra", "--multirun", *TINY, "tag=EVIL",
-                           f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweep.subdir=${hydra.runtime.cwd}/run${hydra.job.num}"],
+    sweep = cwd / "sweep" if "tag=" in extra[0] else tmp_path / "sweep"  # sweep/0_x/../../run0 is cwd/run0
+    proc = subprocess.run([sys.executable, "-m", "pyimgano_hydra", "--multirun", *TINY,
+                           *(["tag=EVIL"] if "tag=" not in extra[0] else []), f"hydra.sweep.dir={sweep}", *extra],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "hydra.sweep.subdir=" in proc.stderr, proc.stderr
     assert _snapshot(cwd) == before

@@ -143,16 +143,37 @@ def _check_subdir(config: DictConfig) -> None:
     from omegaconf import OmegaConf
 
     subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
-    resolved = _probe_subdir(config)  # ${hydra.runtime.cwd}/..., ${oc.env:X}: absolute or climbing once resolved
+    # ${hydra.runtime.cwd}/..., ${oc.env:X}, ${tag} with tag=a,../../x: absolute or climbing once resolved
+    resolved = [_probe_subdir(config, key, value) for key, value in _swept_values(config)]
     if not any(key in subdir for key in ("hydra.job.num", "hydra.job.id")) or Path(subdir).is_absolute() \
-            or ".." in Path(subdir).parts or Path(resolved).is_absolute() or ".." in Path(resolved).parts:
+            or ".." in Path(subdir).parts or any(Path(r).is_absolute() or ".." in Path(r).parts for r in resolved):
         _refuse(f"hydra.sweep.subdir={subdir}: must be a relative path naming the job (${{hydra.job.num}}), "
                 "so that no two jobs share a run dir")
 
 
-def _probe_subdir(config: DictConfig) -> str:
-    """``hydra.sweep.subdir`` resolved as job 0 would resolve it ("" when it needs what only a
-    job has): an interpolation of a fixed value must not make it absolute or climb out."""
+def _swept_values(config: DictConfig) -> list[tuple[str | None, str | None]]:
+    """(key, value) of each value the command line sweeps over, and (None, None) for the base."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    pairs: list[tuple[str | None, str | None]] = [(None, None)]
+    try:
+        task = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+        for override in OverridesParser.create().parse_overrides(task):
+            if override.is_sweep_override():
+                try:
+                    values = list(override.sweep_string_iterator())
+                except Exception:  # an interval sweep: numbers only
+                    continue
+                pairs.extend((override.key_or_group, str(value)) for value in values)
+    except Exception:  # Hydra refuses the overrides itself
+        pass
+    return pairs
+
+
+def _probe_subdir(config: DictConfig, key: str | None = None, value: str | None = None) -> str:
+    """``hydra.sweep.subdir`` resolved as job 0 would resolve it, with ``key=value`` when given
+    ("" when it needs what only a job has): no interpolated value may make it absolute or climb out."""
     from omegaconf import OmegaConf, open_dict
 
     try:
@@ -160,6 +181,8 @@ def _probe_subdir(config: DictConfig) -> str:
         with open_dict(probe):
             probe.hydra.job.num = 0
             probe.hydra.job.id = "0"
+            if key is not None:
+                OmegaConf.update(probe, key, value, force_add=True)
         return str(OmegaConf.select(probe, "hydra.sweep.subdir", throw_on_resolution_failure=True))
     except Exception:  # an interpolation only a job can resolve
         return ""
