@@ -51,7 +51,7 @@ def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> 
     from pyimgano_hydra import app
 
     from pyimgano_hydra.errors import UserError
-    from pyimgano_hydra.runs.claim import inside_a_run
+    from pyimgano_hydra.runs.claim import CLAIM_FILE, inside_a_run
 
     cfg, choices = compose_with_choices(overrides)
     out = Path(output_dir) if output_dir else default_run_dir(choices)
@@ -59,6 +59,10 @@ def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> 
     if outer is not None:  # as the CLI's claim: a completed run never gains another run's files
         raise UserError(f"output_dir={out}: lies inside the run dir {outer}; runs are never written into "
                         "another run: pick a new output_dir")
+    taken = next((name for name in (CLAIM_FILE, "multirun.yaml") if (out / name).exists()), None)
+    if taken and not RunDir(out).status.exists():  # a sweep root, or a CLI run not yet started
+        raise UserError(f"output_dir={out}: already holds a run or sweep (it has {taken}); runs are never "
+                        "overwritten: pick a new output_dir")
     _write_hydra_dir(out, cfg, overrides)
     return app.run(cfg, out, overrides=list(overrides), choices=choices)
 

@@ -122,6 +122,23 @@ def test_the_api_refuses_an_output_dir_inside_a_completed_run(completed_run, ins
     assert _snapshot(completed_run) == before and not (completed_run / inside / ".hydra").exists()
 
 
+@pytest.mark.parametrize("marker", [CLAIM_FILE, "multirun.yaml"])
+def test_the_api_refuses_an_output_dir_that_is_a_sweep_root(tmp_path, marker):
+    """A verification pass: ``api.run(output_dir=<completed sweep dir>)`` wrote a whole run
+    (.hydra/, status.json, report.json, categories/) into the sweep's root; the CLI refuses it."""
+    from pyimgano_hydra.api import run
+    from pyimgano_hydra.errors import UserError
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0_x").mkdir(parents=True)
+    (sweep / marker).write_text("{}\n")
+    (sweep / "leaderboard.md").write_text("board\n")
+    before = _snapshot(sweep)
+    with pytest.raises(UserError, match=f"^output_dir={sweep}: already holds a run or sweep"):
+        run([*TINY, "tag=EVIL"], output_dir=sweep)
+    assert _snapshot(sweep) == before and not (sweep / ".hydra").exists()
+
+
 @pytest.mark.parametrize("module", ["pyimgano_hydra", "pyimgano_hydra.infer"])
 def test_a_run_dir_that_is_a_file_is_one_line(tmp_path, module):
     target = tmp_path / "precious.txt"
