@@ -19,3 +19,9 @@ def check(condition: bool, key: str, message: str) -> None:
     """Raise ConfigError(f"{key}: {message}") unless condition holds."""
     if not condition:
         raise ConfigError(f"{key}: {message}")
+
+
+def console_line(text: str) -> str:
+    """``text`` as one console line: newlines and escape sequences (from file or category names)
+    shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

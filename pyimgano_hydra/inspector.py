@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.errors import UserError, console_line
 from pyimgano_hydra.runs import trust
 from pyimgano_hydra.schemas.dataset import MAX_SIDE
 
@@ -344,11 +344,6 @@ def record_stem(index: int, path: str) -> str:
     from pyimgano_hydra.runs.layout import safe_name
 
     return f"{index:06d}_{safe_name(Path(path).stem)[:100]}"
-
-
-def console_line(text: str) -> str:
-    """``text`` as one console line: a file name's newlines and escape sequences shown escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _decodable(chunk: list[dict], load_images: Callable[[list[dict]], np.ndarray],

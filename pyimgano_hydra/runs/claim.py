@@ -74,11 +74,11 @@ def claim(run_dir: Path, config_hash: str | None = None, resumable: bool = True,
 def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool = False,
            key: str = "hydra.run.dir") -> None:
     if run_dir.exists() and not run_dir.is_dir():
-        _refuse(f"hydra.run.dir={run_dir}: is a file, not a directory; pick a new hydra.run.dir")
+        _refuse(f"{key}={run_dir}: is a file, not a directory; pick a new {key}")
     outer = inside_a_run(run_dir)
     if outer is not None:
-        _refuse(f"hydra.run.dir={run_dir}: lies inside the run dir {outer}; runs are never written into "
-                "another run: pick a new hydra.run.dir")
+        _refuse(f"{key}={run_dir}: lies inside the run dir {outer}; runs are never written into "
+                f"another run: pick a new {key}")
     taken = next((name for name in RUN_MARKERS if (run_dir / name).exists()), None)
     if taken is None and empty and run_dir.is_dir() and any(run_dir.iterdir()):
         _refuse(f"{key}={run_dir}: exists and is not empty; a sweep's job dirs could land on runs "

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.errors import UserError, console_line
 from pyimgano_hydra.runs import trust
 from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
 from pyimgano_hydra.runs.status import COMPLETED, current_state, describe
@@ -13,7 +13,7 @@ from pyimgano_hydra.runs.status import COMPLETED, current_state, describe
 def _names(names: list[str], shown: int = 20) -> str:
     """Category names for one error line: control characters escaped, each cut to 80 characters
     (report.json is untrusted: a 2 MB or an escape-sequence name must not flood the console)."""
-    quoted = [(n if n.isprintable() else repr(n)[1:-1])[:80] for n in names[:shown]]
+    quoted = [console_line(n)[:80] for n in names[:shown]]
     return ", ".join(quoted) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
 
 
