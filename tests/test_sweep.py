@@ -192,6 +192,17 @@ def test_a_job_config_composed_by_the_batch_check_is_handed_out_once():
     assert pickle.loads(pickle.dumps(loader))._kept == {}  # a pickling launcher ships no kept configs
 
 
+@pytest.mark.parametrize("size", [0, -2])
+def test_a_bad_max_batch_size_names_the_key(size):
+    from hydra.errors import HydraException
+
+    from pyimgano_hydra.sweep.compose import batches
+
+    with pytest.raises(HydraException, match=r"^hydra.sweeper.max_batch_size: "):
+        batches([["seed=1"], ["seed=2"]], size)
+    assert batches([["seed=1"], ["seed=2"], ["seed=3"]], 2) == [[["seed=1"], ["seed=2"]], [["seed=3"]]]
+
+
 def test_a_bad_value_in_a_sweep_fails_before_any_job_runs(tmp_path):
     proc = run_cli(["--multirun", "model=ecod,nosuch", *DATA, "dataset.category=weave"], cwd=tmp_path)
     assert proc.returncode != 0 and "model/nosuch" in proc.stderr
