@@ -172,3 +172,31 @@ def test_detector_notes_reach_the_category_report(tmp_path):
     notes = report["categories"]["weave"]["notes"]
     assert any("n_neighbors" in n for n in notes), notes
     assert any("produces no anomaly maps" in n for n in notes)
+
+
+HBOS_IN_A_NEW_PROCESS = """
+import json, numpy as np
+import pyod.models.hbos as hbos
+from pyimgano_hydra.models.pyod_on_features import PyODOnFeatures
+model = PyODOnFeatures(detector=hbos.HBOS(n_bins=10))
+rng = np.random.default_rng(0)
+model._fit_embeddings(rng.normal(size=(30, 8)))
+stats = hbos._calculate_outlier_scores.stats
+print(json.dumps({"hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values()),
+                  "scores": model.score_embeddings(rng.normal(size=(5, 8))).tolist()}))
+"""
+
+
+def test_pyod_numba_code_is_compiled_once_and_reused_by_the_next_process(tmp_path):
+    """HBOS compiled for seconds in every sweep process; the second process loads numba's cache."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    runs = [json.loads(subprocess.run([sys.executable, "-c", HBOS_IN_A_NEW_PROCESS], env=env, check=True,
+                                      capture_output=True, text=True).stdout.splitlines()[-1]) for _ in range(2)]
+    assert runs[0]["misses"] > 0 and runs[0]["hits"] == 0
+    assert runs[1]["hits"] > 0 and runs[1]["misses"] == 0
+    assert runs[1]["scores"] == runs[0]["scores"]
+    assert any((tmp_path / "numba").rglob("*.nbi"))
