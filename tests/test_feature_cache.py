@@ -340,3 +340,27 @@ def test_cache_disabled_writes_nothing(tmp_path):
     run(["model=ecod", *TINY_JOB, f"cache.dir={tmp_path / 'features'}", "cache.enabled=false"],
         output_dir=tmp_path / "r")
     assert not (tmp_path / "features").exists()
+
+
+def test_the_next_job_in_a_process_reuses_the_built_backbone(tmp_path):
+    """A sweep's jobs in one process build a backbone once; other weights or seed build anew."""
+    import torch
+
+    from pyimgano_hydra.features import BACKBONES
+    from pyimgano_hydra.features.backbones import deferred_backbone
+
+    weights = tmp_path / "w.pt"
+    torch.save(BACKBONES["efficientnet_lite0"]().build().state_dict(), weights)
+
+    def job(**kwargs):
+        backbone = deferred_backbone("efficientnet_lite0", ["blocks.2"], device="cpu", **kwargs)
+        return backbone.resolve()
+
+    first = job(weights_path=str(weights))
+    assert job(weights_path=str(weights)) is first
+    assert job(weights_path=str(weights), image_norm="standardize") is not first
+    os.utime(weights, ns=(os.stat(weights).st_atime_ns, os.stat(weights).st_mtime_ns + 10**9))
+    rebuilt = job(weights_path=str(weights))
+    assert rebuilt is not first and job(weights_path=str(weights)) is rebuilt
+    random = job(pretrained=False, seed=1)
+    assert job(pretrained=False, seed=2) is not random and job(pretrained=False, seed=1) is random

@@ -26,7 +26,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -324,12 +326,18 @@ def build_backbone(
     return backbone.to(resolve_device(device), memory_format=torch.channels_last)
 
 
+KEEP_BUILT = 2  # built backbones this process keeps for its next jobs (a sweep's in-process or worker jobs)
+_BUILT: OrderedDict[str, Backbone] = OrderedDict()
+
+
 class DeferredBackbone:
     """A :class:`Backbone` built on first real use (a call, ``preprocess``, ``net``, ...).
 
     ``name``, ``layers`` and ``device`` are known without building, and ``identity`` holds what
     the network is built from (weights file, seed, code and library versions): a job whose
-    features all come from the feature cache never builds it (see ``cache.backbone_key``).
+    features all come from the feature cache never builds it (see ``cache.backbone_key``), and
+    the next job of this process with the same identity and device reuses the one built (a
+    backbone is frozen: eval mode, no gradients, never changed after the build).
     """
 
     def __init__(self, build: Callable[[], Backbone], name: str, layers: list[str], device: str,
@@ -350,8 +358,17 @@ class DeferredBackbone:
         if self._backbone is None:
             from pyimgano_hydra.progress import stage
 
+            key = json.dumps([self.identity, str(self.device)], sort_keys=True) if self.identity else None
+            if key in _BUILT:
+                _BUILT.move_to_end(key)
+                self._backbone = _BUILT[key]
+                return self._backbone
             with stage(f"load backbone {self.name}"):  # weights load: seconds of otherwise silent work
                 self._backbone = self._build()
+            if key is not None:
+                _BUILT[key] = self._backbone
+                while len(_BUILT) > KEEP_BUILT:
+                    _BUILT.popitem(last=False)
         return self._backbone
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
