@@ -233,3 +233,20 @@ def test_standalone_example_scores_like_infer(runs, tmp_path):
     assert result["score"] == pytest.approx(expected["score"], rel=1e-5)
     assert result["pred_label"] == expected["pred_label"]
     assert result["threshold"] == pytest.approx(expected["threshold"])
+
+
+@pytest.mark.parametrize("blocker", ["artifacts is a file", "model.onnx is a folder"])
+def test_an_export_path_of_the_wrong_kind_is_one_line_naming_run_dir(runs, tmp_path, blocker):
+    """A hostile pass: ``artifacts`` a file where the export writes a folder exited 1 with a raw FileExistsError."""
+    run_dir = tmp_path / "copy"
+    shutil.copytree(runs("padim"), run_dir)
+    artifacts = run_dir / "categories" / "washer" / "artifacts"
+    shutil.rmtree(artifacts)
+    if blocker == "artifacts is a file":
+        artifacts.write_text("keep me")
+    else:
+        (artifacts / "model.onnx").mkdir(parents=True)
+    proc = run_cli([f"run_dir={run_dir}"], module="pyimgano_hydra.export")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith(f"error: run_dir={run_dir}: cannot write the export into {artifacts}"), proc.stderr
+    assert artifacts.is_dir() or artifacts.read_text() == "keep me"
