@@ -3,7 +3,9 @@
 A requeued cluster job (SLURM preemption or timeout, submitit) starts again in the same job
 dir. It takes that dir over when the earlier attempt was the same run: status ``running``
 or ``interrupted`` and the same config hash. A ``running`` dir still owned by a live
-process, a different config, or a completed / failed run is never touched.
+process (``status.owner_gone``: by pid on this host, by heartbeat from another), a different
+config, or a completed / failed run is never touched. The run-dir claim (``runs/claim.py``)
+and the app both ask ``may_take_over``.
 """
 from __future__ import annotations
 
