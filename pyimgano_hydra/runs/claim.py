@@ -4,7 +4,8 @@
 ``.hydra/*.yaml`` and the job log, so a refused run leaves the directory as it was
 (``on_multirun_start`` does the same for the sweep dir before any job starts). The claim
 is an exclusive create of ``.claim.json`` (pid, host, time): of two runs started together
-into one directory exactly one wins.
+into one directory exactly one wins. ``api.run`` claims its ``output_dir`` through the same
+``claim_dir`` (a ``UserError``; the callback's ``claim`` turns it into one line and exit 2).
 """
 from __future__ import annotations
 
