@@ -17,14 +17,33 @@ import onnxruntime as ort
 from PIL import Image
 
 
+def fail(path, problem) -> None:
+    """One line naming the file, exit code 2 (bad input, not a bug)."""
+    if isinstance(problem, Exception):
+        problem = f"{type(problem).__name__}: {(str(problem).splitlines() or [''])[0]}"
+    print(f"error: {path}: {problem}", file=sys.stderr)
+    sys.exit(2)
+
+
 def load(artifacts: Path):
-    manifest = json.loads((artifacts / "export.json").read_text())
-    model = (artifacts / "model.onnx").read_bytes()
-    if hashlib.sha256(model).hexdigest() != manifest["sha256"]:
-        sys.exit(f"error: {artifacts / 'model.onnx'}: sha256 does not match export.json")
-    if manifest["tiling"] is not None:
-        sys.exit("error: this run was exported with tiling; score it with pyimgano_hydra infer runtime=onnxruntime")
-    return manifest, ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    try:
+        manifest = json.loads((artifacts / "export.json").read_text())
+        tiled, threshold = manifest["tiling"] is not None, float(manifest["image_threshold"]["value"])
+        expected, _, _ = manifest["sha256"], int(manifest["channels"]), [int(n) for n in manifest["input_size"]]
+    except Exception as exc:  # missing, not JSON, lacking a key
+        fail(artifacts / "export.json", exc)
+    try:
+        model = (artifacts / "model.onnx").read_bytes()
+    except OSError as exc:
+        fail(artifacts / "model.onnx", exc)
+    if hashlib.sha256(model).hexdigest() != expected:
+        fail(artifacts / "model.onnx", "sha256 does not match export.json")
+    if tiled:
+        fail(artifacts, "this run was exported with tiling; score it with pyimgano_hydra infer runtime=onnxruntime")
+    try:
+        return manifest, threshold, ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        fail(artifacts / "model.onnx", exc)
 
 
 def read_image(path: Path, manifest: dict) -> np.ndarray:
@@ -42,11 +61,13 @@ def read_image(path: Path, manifest: dict) -> np.ndarray:
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2:
-        sys.exit(__doc__)
-    manifest, session = load(Path(argv[0]))
-    threshold = manifest["image_threshold"]["value"]
+        fail("usage", "python score_onnx.py <artifacts dir with model.onnx + export.json> <image> [<image> ...]")
+    manifest, threshold, session = load(Path(argv[0]))
     for name in argv[1:]:
-        score, anomaly_map = session.run(["score", "map"], {"images": read_image(Path(name), manifest)})
+        try:
+            score, anomaly_map = session.run(["score", "map"], {"images": read_image(Path(name), manifest)})
+        except Exception as exc:  # unreadable image, a model that does not fit export.json
+            fail(name, exc)
         print(json.dumps({"image": name, "score": float(score[0]), "pred_label": int(score[0] > threshold),
                           "threshold": threshold, "map_max": float(anomaly_map[0].max())}))
 

@@ -17,7 +17,6 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pyimgano_hydra.paths import CONFIG_MODULE
-from pyimgano_hydra.runs.layout import RunDir
 from pyimgano_hydra.runs.writers import write_text_atomic
 from pyimgano_hydra.schemas import register_configs
 
@@ -47,33 +46,22 @@ def default_run_dir(choices: dict, base: str | Path = "outputs/runs") -> Path:
 
 
 def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> dict:
-    """Compose and run one job; returns report.json's content."""
+    """Compose and run one job; returns report.json's content. ``output_dir`` is claimed as the
+    CLI claims ``hydra.run.dir`` (``runs/claim.py``): ``UserError`` naming it if it is taken."""
     from pyimgano_hydra import app
-
-    from pyimgano_hydra.errors import UserError
-    from pyimgano_hydra.runs.claim import CLAIM_FILE, inside_a_run
+    from pyimgano_hydra.runs.claim import claim_dir
 
     cfg, choices = compose_with_choices(overrides)
     out = Path(output_dir) if output_dir else default_run_dir(choices)
-    outer = inside_a_run(out)
-    if outer is not None:  # as the CLI's claim: a completed run never gains another run's files
-        raise UserError(f"output_dir={out}: lies inside the run dir {outer}; runs are never written into "
-                        "another run: pick a new output_dir")
-    taken = next((name for name in (CLAIM_FILE, "multirun.yaml") if (out / name).exists()), None)
-    if taken and not RunDir(out).status.exists():  # a sweep root, or a CLI run not yet started
-        raise UserError(f"output_dir={out}: already holds a run or sweep (it has {taken}); runs are never "
-                        "overwritten: pick a new output_dir")
-    _write_hydra_dir(out, cfg, overrides)
+    if claim_dir(out, app.config_hash(cfg), key="output_dir"):  # False: this config's unfinished run, resumed
+        _write_hydra_dir(out, cfg, overrides)
     return app.run(cfg, out, overrides=list(overrides), choices=choices)
 
 
 def _write_hydra_dir(out: Path, cfg: DictConfig, overrides: Sequence[str]) -> None:
-    """``.hydra/config.yaml`` and ``overrides.yaml`` as the CLI leaves them (never over a run)."""
-    hydra_dir = out / ".hydra"
-    if hydra_dir.exists() or RunDir(out).status.exists() or RunDir(out).report.exists():
-        return  # app.run refuses a used dir; nothing of the earlier run is touched
-    write_text_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg))
-    write_text_atomic(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    """``.hydra/config.yaml`` and ``overrides.yaml`` as the CLI leaves them."""
+    write_text_atomic(out / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_text_atomic(out / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
 
 
 def load_inspector(run_dir: str | Path, category: str | None = None, trust_targets: bool = False,

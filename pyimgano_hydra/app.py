@@ -21,7 +21,7 @@ from pyimgano_hydra import progress
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
 from pyimgano_hydra.runs.environment import environment, git_sha
 from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
-from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, RUNNING, utc_now, write_status
+from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, RUNNING, running, utc_now, write_status
 from pyimgano_hydra.runs.takeover import finished_categories, may_take_over
 from pyimgano_hydra.runs.writers import write_json_atomic
 from pyimgano_hydra.schemas import validate
@@ -135,10 +135,9 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
         "tag": cfg.get("tag", ""),
         "status": RUNNING,
     }
-    write_status(run_dir.status, RUNNING, started_utc=report["timestamp_utc"], config_hash=cfg_hash,
-                 resumed=resuming, **owner())
     try:
-        with sigterm_as_interrupt(), feature_cache(cfg.get("cache")), \
+        with running(run_dir.status, started_utc=report["timestamp_utc"], config_hash=cfg_hash, resumed=resuming,
+                     **owner()), sigterm_as_interrupt(), feature_cache(cfg.get("cache")), \
                 autocast_setting(OmegaConf.select(cfg, "gpu.autocast", default="none")), \
                 loader_setting(OmegaConf.select(cfg, "loader.num_workers"), _device_used(cfg.model) or "cpu"):
             validate(cfg)  # range checks, before any work; a failure is recorded in status.json

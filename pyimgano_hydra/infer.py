@@ -19,7 +19,7 @@ from pyimgano_hydra.inspector import RecordOutputs, score_all
 from pyimgano_hydra.interrupt import exit_on_interrupt, sigterm_as_interrupt
 from pyimgano_hydra.paths import CONFIG_PATH
 from pyimgano_hydra.runs.load import load_run
-from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, RUNNING, write_status
+from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, running, write_status
 from pyimgano_hydra.runs.writers import write_json_atomic, write_jsonl_atomic
 from pyimgano_hydra.schemas import register_configs
 from pyimgano_hydra.schemas.export import RUNTIMES
@@ -80,46 +80,46 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
     category = loaded.category(cfg.category)
     paths = collect_inputs(str(cfg.input))
     out.mkdir(parents=True, exist_ok=True)
-    write_status(out / "status.json", RUNNING, **owner())
     started = time.perf_counter()
     try:
-        inspector = loaded.inspector(category, trust_targets=bool(cfg.trust_targets),
-                                     device="cpu" if runtime == "onnxruntime" else str(cfg.device))
-        if runtime == "onnxruntime":
-            from pyimgano_hydra.export.runtime import load_exported
+        with running(out / "status.json", **owner()):  # its heartbeat, until the final state
+            inspector = loaded.inspector(category, trust_targets=bool(cfg.trust_targets),
+                                         device="cpu" if runtime == "onnxruntime" else str(cfg.device))
+            if runtime == "onnxruntime":
+                from pyimgano_hydra.export.runtime import load_exported
 
-            _, inspector.detector = load_exported(loaded.run_dir.root, loaded.run_dir.category(category).root)
-        threshold = inspector.image_threshold
-        defects = defects_settings_for(inspector.defects, cfg.defects, task_overrides or [])
-        exporter = None
-        if defects.get("enabled"):
-            require_maps(inspector.detector)
-            stored = inspector.pixel_threshold or {}
-            pixel_threshold = resolve_pixel_threshold(defects, run_threshold=stored.get("value"),
-                                                      run_provenance=stored.get("provenance"))
-            exporter = DefectsExporter(defects, pixel_threshold, out / "masks", out)
-        items = [{"index": i, "path": str(p), "category": category} for i, p in enumerate(paths)]
-        unreadable: list[dict] = []
-        from pyimgano_hydra.features.device import resolve_device
+                _, inspector.detector = load_exported(loaded.run_dir.root, loaded.run_dir.category(category).root)
+            threshold = inspector.image_threshold
+            defects = defects_settings_for(inspector.defects, cfg.defects, task_overrides or [])
+            exporter = None
+            if defects.get("enabled"):
+                require_maps(inspector.detector)
+                stored = inspector.pixel_threshold or {}
+                pixel_threshold = resolve_pixel_threshold(defects, run_threshold=stored.get("value"),
+                                                          run_provenance=stored.get("provenance"))
+                exporter = DefectsExporter(defects, pixel_threshold, out / "masks", out)
+            items = [{"index": i, "path": str(p), "category": category} for i, p in enumerate(paths)]
+            unreadable: list[dict] = []
+            from pyimgano_hydra.features.device import resolve_device
 
-        with loader_setting(num_workers, str(resolve_device(str(cfg.device), key="device"))):
-            records = score_all(inspector, items, lambda chunk: inspector.load_images([i["path"] for i in chunk]),
-                                int(cfg.batch_size),
-                                RecordOutputs(root=out, maps_dir=out / "maps" if cfg.save_maps else None,
-                                              exporter=exporter, unreadable=unreadable))
-        if not records:
-            raise UserError(f"input={cfg.input}: no image could be read; first: {unreadable[0]['error']}")
-        records = sorted(records + unreadable, key=lambda r: r["index"])
-        write_jsonl_atomic(out / "predictions.jsonl", records)
-        n_anomalous = sum(r.get("pred_label", 0) for r in records)
-        summary = {"run_dir": str(loaded.run_dir.root), "category": category, "n_images": len(records),
-                   "n_unreadable": len(unreadable), "n_anomalous": n_anomalous, "threshold": threshold,
-                   "seconds": time.perf_counter() - started,
-                   "defects": None if exporter is None else {
-                       "settings": defects, "pixel_threshold": exporter.threshold.value,
-                       "pixel_threshold_provenance": exporter.threshold.provenance,
-                       "images_with_defects": sum(1 for r in records if r.get("defects", {}).get("n_regions"))}}
-        write_json_atomic(out / "summary.json", summary)
+            with loader_setting(num_workers, str(resolve_device(str(cfg.device), key="device"))):
+                records = score_all(inspector, items, lambda chunk: inspector.load_images([i["path"] for i in chunk]),
+                                    int(cfg.batch_size),
+                                    RecordOutputs(root=out, maps_dir=out / "maps" if cfg.save_maps else None,
+                                                  exporter=exporter, unreadable=unreadable))
+            if not records:
+                raise UserError(f"input={cfg.input}: no image could be read; first: {unreadable[0]['error']}")
+            records = sorted(records + unreadable, key=lambda r: r["index"])
+            write_jsonl_atomic(out / "predictions.jsonl", records)
+            n_anomalous = sum(r.get("pred_label", 0) for r in records)
+            summary = {"run_dir": str(loaded.run_dir.root), "category": category, "n_images": len(records),
+                       "n_unreadable": len(unreadable), "n_anomalous": n_anomalous, "threshold": threshold,
+                       "seconds": time.perf_counter() - started,
+                       "defects": None if exporter is None else {
+                           "settings": defects, "pixel_threshold": exporter.threshold.value,
+                           "pixel_threshold_provenance": exporter.threshold.provenance,
+                           "images_with_defects": sum(1 for r in records if r.get("defects", {}).get("n_regions"))}}
+            write_json_atomic(out / "summary.json", summary)
     except KeyboardInterrupt as exc:
         write_status(out / "status.json", INTERRUPTED, error=f"interrupted ({exc or 'SIGINT'})")
         raise

@@ -13,6 +13,7 @@ params plain values; loading parses and checks every field (:mod:`pyimgano_hydra
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -168,7 +169,9 @@ class Inspector:
         params = state["detector"]["params"]
         if params.get("weights_path"):  # the run dir carries its backbone weights: infer reads only inside it
             source = Path(str(params["weights_path"])).expanduser()
-            stored = write_bytes_atomic(Path(path).parent / f"{WEIGHTS_STEM}{source.suffix or '.pt'}", source.read_bytes())
+            stored, data = Path(path).parent / f"{WEIGHTS_STEM}{source.suffix or '.pt'}", source.read_bytes()
+            if not _link_to_sibling_copy(stored, data):
+                write_bytes_atomic(stored, data)
             params["weights_path"] = stored.name
         buffer = io.BytesIO()
         torch.save(to_saveable(state), buffer)
@@ -225,6 +228,28 @@ class Inspector:
                    preprocessing=_preprocessing(trust.require(state, "preprocessing", dict, where), where),
                    defects=_defects(state.get("defects"), where),
                    category=trust.require(state, "category", str, where))
+
+
+def _link_to_sibling_copy(target: Path, data: bytes) -> bool:
+    """Hard-link ``target`` (``categories/<cat>/backbone_weights.*``) to another category's
+    identical copy in the same run: one copy on disk per run dir, while each category folder
+    still holds its weights as a regular file (infer reads them only beside the inspector)."""
+    if target.parent.parent.name != "categories":
+        return False
+    for other in sorted(target.parent.parent.glob(f"*/{target.name}")):
+        if other.parent == target.parent or other.is_symlink() or not other.is_file() \
+                or other.stat().st_size != len(data) or other.read_bytes() != data:
+            continue
+        temporary = target.with_name(f".{target.name}.link.tmp")
+        try:
+            temporary.unlink(missing_ok=True)
+            os.link(other, temporary)
+            os.replace(temporary, target)
+            return True
+        except OSError:  # no hard links on this file system: a copy
+            temporary.unlink(missing_ok=True)
+            return False
+    return False
 
 
 def _threshold(value: Any, where: str) -> dict:

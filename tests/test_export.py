@@ -233,3 +233,42 @@ def test_standalone_example_scores_like_infer(runs, tmp_path):
     assert result["score"] == pytest.approx(expected["score"], rel=1e-5)
     assert result["pred_label"] == expected["pred_label"]
     assert result["threshold"] == pytest.approx(expected["threshold"])
+
+
+@pytest.mark.parametrize("blocker", ["artifacts is a file", "model.onnx is a folder"])
+def test_an_export_path_of_the_wrong_kind_is_one_line_naming_run_dir(runs, tmp_path, blocker):
+    """A hostile pass: ``artifacts`` a file where the export writes a folder exited 1 with a raw FileExistsError."""
+    run_dir = tmp_path / "copy"
+    shutil.copytree(runs("padim"), run_dir)
+    artifacts = run_dir / "categories" / "washer" / "artifacts"
+    shutil.rmtree(artifacts)
+    if blocker == "artifacts is a file":
+        artifacts.write_text("keep me")
+    else:
+        (artifacts / "model.onnx").mkdir(parents=True)
+    proc = run_cli([f"run_dir={run_dir}"], module="pyimgano_hydra.export")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith(f"error: run_dir={run_dir}: cannot write the export into {artifacts}"), proc.stderr
+    assert artifacts.is_dir() or artifacts.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("bad", ["image", "artifacts dir", "export.json", "model.onnx"])
+def test_standalone_example_refuses_bad_input_in_one_line(runs, tmp_path, bad):
+    """examples/score_onnx.py printed a traceback (exit 1) on a bad image or artifacts dir."""
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(runs("padim") / "categories" / "washer" / "artifacts", artifacts)
+    image = tmp_path / "line.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
+    named = {"image": image, "artifacts dir": tmp_path / "nowhere" / "export.json",
+             "export.json": artifacts / "export.json", "model.onnx": artifacts / "model.onnx"}[bad]
+    if bad == "image":
+        image.write_text("not an image")
+    elif bad == "artifacts dir":
+        artifacts = tmp_path / "nowhere"
+    else:
+        named.write_bytes(b"{not json" if bad == "export.json" else b"garbage")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-I", str(REPO / "examples" / "score_onnx.py"), str(artifacts), str(image)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {named}: "), proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and proc.stdout == ""

@@ -247,3 +247,58 @@ def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path, module):
     assert proc.returncode == 2 and err.strip().count("\n") == 0, err
     assert err.startswith(f"error: {key}={dangling}: cannot claim it (File exists)"), err
     assert not (tmp_path / "nowhere").exists()
+
+
+RACER = """
+import sys, time
+from pyimgano_hydra.api import run
+from pyimgano_hydra.errors import UserError
+while time.time() < float(sys.argv[1]):
+    time.sleep(0.001)
+try:
+    run(sys.argv[3:], output_dir=sys.argv[2])
+except UserError as exc:
+    print(exc)
+    sys.exit(2)
+"""
+
+
+def test_two_api_runs_started_together_into_one_output_dir_exactly_one_wins(tmp_path):
+    """api.run checked the dir, then wrote: two runs started together both ran into one dir."""
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
+    start = str(time.time() + 8)  # both imported by then: they claim together
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, start, str(out), *TINY, f"tag=racer{i}"], cwd=REPO,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _, _ in results) == [0, 2], results
+    winner = next(i for i, (code, _, _) in enumerate(results) if code == 0)
+    loser = results[1 - winner][1]
+    assert loser.startswith(f"output_dir={out}: ") and loser.count("\n") == 1, loser
+    assert read_json(out / "report.json")["tag"] == f"racer{winner}"
+    assert f"tag=racer{winner}" in (out / ".hydra" / "overrides.yaml").read_text()
+    assert read_json(out / "status.json")["status"] == "completed"
+
+
+def test_the_api_refuses_a_completed_run_and_resumes_its_own_interrupted_one(completed_run, tmp_path):
+    """As the CLI: a completed run is refused naming output_dir; this config's interrupted run is finished."""
+    import shutil
+
+    from pyimgano_hydra.api import run
+    from pyimgano_hydra.errors import UserError
+
+    before = _snapshot(completed_run)
+    with pytest.raises(UserError, match=rf"^output_dir={completed_run}: already holds a run \(completed\)"):
+        run([*TINY, "tag=EVIL"], output_dir=completed_run)
+    assert _snapshot(completed_run) == before
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(completed_run, unfinished)
+    config_hash = read_json(unfinished / "report.json")["config_hash"]
+    (unfinished / "report.json").unlink()
+    write_json_atomic(unfinished / "status.json", {"status": "interrupted", "config_hash": config_hash})
+    with pytest.raises(UserError, match=f"^output_dir={unfinished}: already holds a run of another config"):
+        run([*TINY, "tag=EVIL"], output_dir=unfinished)
+    assert run(TINY, output_dir=unfinished)["resumed_categories"] == ["weave"]
+    assert "tag=EVIL" not in (unfinished / ".hydra" / "overrides.yaml").read_text()

@@ -99,11 +99,11 @@ def test_a_run_killed_by_sigkill_reads_as_interrupted_not_running(tmp_path):
 
 
 def test_a_running_run_whose_process_lives_stays_running(tmp_path):
-    from pyimgano_hydra.runs.status import current_state
+    from pyimgano_hydra.runs.status import current_state, utc_now
 
     alive = {"status": "running", "host": __import__("socket").gethostname(), "pid": os.getpid()}
     assert current_state(alive) == "running"
-    assert current_state({**alive, "host": "another-host"}) == "running"  # cannot check: left as written
+    assert current_state({**alive, "host": "another-host", "updated_utc": utc_now()}) == "running"  # its heartbeat
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     assert current_state({**alive, "pid": int(gone.stdout)}) == "interrupted"
 
@@ -177,3 +177,60 @@ def test_a_run_under_nohup_keeps_ignoring_sighup():
             assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def _minutes_ago(minutes: float) -> str:
+    from datetime import datetime, timedelta, timezone
+
+    return (datetime.now(timezone.utc) - timedelta(minutes=minutes)).isoformat(timespec="milliseconds")
+
+
+@pytest.mark.parametrize("updated,state", [(0, "running"), (9, "running"), (11, "interrupted"), (None, "interrupted"),
+                                           ("abc", "interrupted")])
+def test_another_hosts_running_status_reads_by_its_heartbeat(tmp_path, updated, state):
+    """A status.json written on another host of a shared disk read as running for ever: its pid
+    cannot be checked here. It is running while its heartbeat (updated_utc) is under 10 minutes old."""
+    from pyimgano_hydra.runs.status import current_state
+    from pyimgano_hydra.sweep.leaderboard import job_row
+
+    record = {"status": "running", "host": "node-17", "pid": os.getpid()}
+    if updated is not None:
+        record["updated_utc"] = _minutes_ago(updated) if isinstance(updated, int) else updated
+    assert current_state(record) == state
+    (tmp_path / "status.json").write_text(__import__("json").dumps(record))
+    assert job_row(tmp_path, None)["status"] == state
+
+
+@pytest.mark.parametrize("minutes", [1, 30])
+def test_a_run_left_running_on_another_host_is_taken_over_once_its_heartbeat_stops(tmp_path, minutes):
+    from pyimgano_hydra.errors import UserError
+    from pyimgano_hydra.runs.claim import claim_dir
+    from pyimgano_hydra.runs.writers import write_json_atomic
+
+    write_json_atomic(tmp_path / ".claim.json", {"pid": 1, "host": "node-17"})
+    write_json_atomic(tmp_path / "status.json", {"status": "running", "host": "node-17", "pid": 4242,
+                                                 "updated_utc": _minutes_ago(minutes), "config_hash": "abc"})
+    if minutes == 30:  # its job is gone: the same config finishes it
+        assert claim_dir(tmp_path, "abc", key="output_dir") is False
+        return
+    with pytest.raises(UserError, match=rf"^output_dir={tmp_path}: is being written by another process, "
+                                        r"still running \(pid 4242 on 'node-17'\)"):
+        claim_dir(tmp_path, "abc", key="output_dir")
+
+
+def test_a_running_status_keeps_its_heartbeat_until_its_final_state(tmp_path):
+    import time
+
+    from pyimgano_hydra.runs.status import COMPLETED, running, write_status
+    from pyimgano_hydra.runs.writers import read_json
+
+    path = tmp_path / "status.json"
+    with running(path, every=0.05, pid=os.getpid()):
+        first = read_json(path)["updated_utc"]
+        deadline = time.monotonic() + 10
+        while read_json(path)["updated_utc"] == first and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert read_json(path)["updated_utc"] != first and read_json(path)["pid"] == os.getpid()
+        write_status(path, COMPLETED)  # the final state, while the heartbeat still runs: never rewritten
+        time.sleep(0.3)
+        assert read_json(path)["status"] == COMPLETED

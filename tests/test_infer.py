@@ -148,3 +148,24 @@ def test_infer_console_is_free_of_faiss_loader_chatter(tmp_path):
     console = proc.stdout + proc.stderr
     assert "faiss" not in console, console[-2000:]
     assert read_jsonl(out / "predictions.jsonl")[0]["path"] == test_image
+
+
+def test_a_run_with_a_weights_file_stores_it_once_and_each_category_loads_it(tmp_path):
+    """The backbone weights file was copied into every category folder: one copy on disk per run
+    now (hard links), each category still self-contained, and the run needs no outside file."""
+    from pyimgano_hydra.api import load_inspector, run
+    from pyimgano_hydra.features import BACKBONES
+
+    weights = tmp_path / "lite0.pt"
+    torch.save(BACKBONES["efficientnet_lite0"]().build().state_dict(), weights)
+    run_dir = tmp_path / "run"
+    run(["model=padim", "model.pretrained=false", f"model.weights_path={weights}", "dataset.category=all",
+         "dataset.limit_train=6", "dataset.limit_test=4", "cache.enabled=false"], output_dir=run_dir)
+    copies = sorted(run_dir.glob("categories/*/backbone_weights.pt"))
+    assert len(copies) == 2 and copies[0].samefile(copies[1]) and copies[0].read_bytes() == weights.read_bytes()
+    weights.unlink()
+    for category in ("washer", "weave"):
+        image = read_jsonl(run_dir / "categories" / category / "per_image.jsonl")[0]
+        inspector = load_inspector(run_dir, category, device="cpu")
+        score = inspector.score_batch(inspector.load_images([image["path"]])).records[0]["score"]
+        assert score == pytest.approx(image["score"], rel=1e-4)

@@ -580,3 +580,47 @@ def test_hostile_category_names_make_one_short_error_line(fake_run, tmp_path):
         load_run(run_dir).category(None)
     message = str(caught.value)
     assert len(message) < 400 and "\n" not in message and "\x1b" not in message and r"a\nb\x1b[2J" in message
+
+
+def _oversized_models() -> dict:
+    """Small model files that declare a tensor of 16 GB."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    images = helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 3, 8, 8])
+    score = helper.make_tensor_value_info("score", TensorProto.FLOAT, [])
+    shape = numpy_helper.from_array(np.array([4, 1 << 30], np.int64), "shape")
+    fill = numpy_helper.from_array(np.array([1.0], np.float32))
+    summed = helper.make_node("ReduceSum", ["big"], ["score"], keepdims=0)
+    empty = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 1 << 30])  # declared, no data
+    values = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    sparse = helper.make_sparse_tensor(values, helper.make_tensor("i", TensorProto.INT64, [1], [0]), [4, 1 << 30])
+    return {
+        "constant of shape": helper.make_graph([helper.make_node("Constant", [], ["shape"], value=shape),
+                                                helper.make_node("ConstantOfShape", ["shape"], ["big"], value=fill),
+                                                summed], "g", [images], [score]),
+        "input shape": helper.make_graph([helper.make_node("ReduceSum", ["images"], ["score"], keepdims=0)], "g",
+                                         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [4, 1 << 30])],
+                                         [score]),
+        "initializer": helper.make_graph([helper.make_node("ReduceSum", ["w"], ["score"], keepdims=0)], "g",
+                                         [images], [score], initializer=[empty]),
+        "sparse": helper.make_graph([helper.make_node("ReduceSum", ["v"], ["score"], keepdims=0)], "g",
+                                    [images], [score], sparse_initializer=[sparse]),
+    }
+
+
+@pytest.mark.parametrize("kind", ["constant of shape", "input shape", "initializer", "sparse"])
+def test_an_exported_model_declaring_a_huge_tensor_is_refused_before_onnxruntime(kind, monkeypatch):
+    """A 212-byte model.onnx made ONNX Runtime ask for 16 GB."""
+    pytest.importorskip("onnx")
+    from onnx import helper
+
+    from pyimgano_hydra.export import runtime
+
+    monkeypatch.setattr(runtime, "_onnxruntime", lambda: pytest.fail("onnxruntime reached"))
+    model = helper.make_model(_oversized_models()[kind], opset_imports=[helper.make_opsetid("", 17)])
+    data = model.SerializeToString()
+    assert len(data) < 400
+    with pytest.raises(UserError, match=r"^x/model.onnx: refused: .*(declares|has shape) .*more than the 2 GB") as caught:
+        runtime._session(data, "x/model.onnx")
+    assert "\n" not in str(caught.value)

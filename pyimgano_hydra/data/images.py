@@ -231,9 +231,10 @@ def mask_files(path: str | Path) -> list[Path]:
 def mask_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of a mask file or of every file in a mask folder (which must agree)."""
     files = mask_files(path)
-    size = read_size(files[0])
+    size_of = lambda f: _npy_shape(f)[:2] if f.suffix.lower() == ".npy" else read_size(f)  # noqa: E731
+    size = size_of(files[0])
     for f in files[1:]:
-        other = read_size(f)
+        other = size_of(f)
         if other != size:
             raise DataError(f"{f}: mask is {other[1]}x{other[0]} but {files[0].name} in the same "
                             f"folder is {size[1]}x{size[0]}")
@@ -263,10 +264,37 @@ def load_mask(path: str | Path, size: Size = None) -> np.ndarray:
     return mask
 
 
-def _load_npy(path: Path) -> np.ndarray:
+_NPY_FIX = "write a 2-D (H, W) or 3-D (H, W, C) numeric array (defects.io.save_mask does)"
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    """The shape a ``.npy`` mask declares, checked from its header before any data is read: a
+    non-empty 2-D (H, W) or 3-D (H, W, C) numeric array the file is long enough to hold."""
     if not path.is_file():
         raise DataError(f"{path}: mask file not found")
-    return np.load(path, allow_pickle=False)
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(handle)
+            room = path.stat().st_size - handle.tell()
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise DataError(f"{path}: not a readable .npy mask ({_reason(exc)}); {_NPY_FIX}") from None
+    if dtype.kind not in "biuf" or len(shape) not in (2, 3) or 0 in shape:
+        raise DataError(f"{path}: refused: a .npy mask of shape {tuple(shape)} and dtype {dtype}; {_NPY_FIX}")
+    if int(np.prod(shape, dtype=object)) * dtype.itemsize > room:
+        raise DataError(f"{path}: refused: its header declares {tuple(shape)} {dtype}, more than the file "
+                        f"holds; {_NPY_FIX}")
+    return tuple(shape)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` mask, header checked first (``_npy_shape``); never a pickle."""
+    _npy_shape(path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npy mask ({_reason(exc)}); {_NPY_FIX}") from None
 
 
 def write_png(path: str | Path, array: np.ndarray) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pyimgano_hydra.errors import ConfigError
+from pyimgano_hydra.errors import ConfigError, UserError
 from pyimgano_hydra.schemas.export import MANIFEST_FORMAT, MANIFEST_VERSION, MODEL_FILE, OPSET, ExportManifest
 
 
@@ -80,4 +80,8 @@ def export_category(run_dir: str | Path, category: str, opset: int = OPSET) -> E
     root = loaded.run_dir.root
     out_dir = trust.no_links(root, loaded.run_dir.category(category).artifacts.relative_to(root), "an export")
     inspector = loaded.inspector(category, device="cpu")
-    return export_inspector(inspector, out_dir, opset)
+    try:
+        return export_inspector(inspector, out_dir, opset)
+    except OSError as exc:  # artifacts/ a file, model.onnx a folder, a read-only disk
+        raise UserError(f"run_dir={run_dir}: cannot write the export into {out_dir} "
+                        f"({exc.strerror or type(exc).__name__}); it must be a writable folder") from None

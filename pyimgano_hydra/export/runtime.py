@@ -10,6 +10,7 @@ models with external data refused; every refusal one line naming the file.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from pyimgano_hydra.models.base import BaseDetector, DetectorOutput
 from pyimgano_hydra.schemas.export import ExportManifest
 
 MAX_MODEL_BYTES = 2 << 30  # ONNX protobufs stop at 2 GB
+MAX_TENSOR_BYTES = MAX_MODEL_BYTES  # no tensor may declare more than a model file can hold
 
 
 def _onnxruntime():
@@ -32,24 +34,62 @@ def _onnxruntime():
     return onnxruntime
 
 
-def _external_tensor(message) -> bool:
-    """Whether any tensor in ``message`` points at an external data file: initializers, node
-    attributes (a ``Constant``), subgraphs, sparse tensors and functions alike."""
+def _messages(message, kind):
+    """Every ``kind`` message inside ``message`` (``message`` too): initializers, node attributes
+    (a ``Constant``), subgraphs, sparse tensors and functions alike."""
     from google.protobuf.message import Message
-    from onnx import TensorProto
 
-    if isinstance(message, TensorProto) and (message.data_location == TensorProto.EXTERNAL
-                                             or len(message.external_data)):
-        return True
+    if isinstance(message, kind):
+        yield message
     for field, value in message.ListFields():
         if field.message_type is not None:  # a message or a repeated one
-            if any(_external_tensor(v) for v in ([value] if isinstance(value, Message) else value)):
-                return True
-    return False
+            for item in [value] if isinstance(value, Message) else value:
+                yield from _messages(item, kind)
+
+
+def _declared_bytes(dims, elem_type: int) -> int:
+    """What a tensor of these dims and ONNX element type takes, as declared (unknown dims: 1)."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    try:
+        itemsize = tensor_dtype_to_np_dtype(elem_type).itemsize
+    except Exception:  # an undefined or unknown element type
+        itemsize = 1
+    return math.prod(abs(int(d)) for d in dims) * itemsize
+
+
+def _check_tensors(proto, where: Path) -> None:
+    """Refuse, before ONNX Runtime sees it, a model with a tensor stored outside it (external
+    data) or any tensor declaring more than ``MAX_TENSOR_BYTES``: initializers and constants by
+    their dims, inputs, outputs and intermediate values by their static shapes (with constant
+    shape arguments propagated: ``ConstantOfShape`` of a constant [4, 2**30] is 16 GB)."""
+    import onnx
+    from onnx import SparseTensorProto, TensorProto, ValueInfoProto
+
+    limit = f"more than the {MAX_TENSOR_BYTES >> 30} GB any tensor of an exported model may take"
+    for tensor in _messages(proto, TensorProto):
+        if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
+            raise UserError(f"{where}: refused: it references external data files")
+        if _declared_bytes(tensor.dims, tensor.data_type) > MAX_TENSOR_BYTES:
+            raise UserError(f"{where}: refused: tensor {tensor.name[:80]!r} declares {list(tensor.dims)[:8]}, {limit}")
+    for sparse in _messages(proto, SparseTensorProto):  # densified by ONNX Runtime
+        if _declared_bytes(sparse.dims, sparse.values.data_type) > MAX_TENSOR_BYTES:
+            raise UserError(f"{where}: refused: sparse tensor {sparse.values.name[:80]!r} declares "
+                            f"{list(sparse.dims)[:8]}, {limit}")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:  # an invalid graph: ONNX Runtime refuses it below
+        inferred = proto
+    for value in _messages(inferred, ValueInfoProto):
+        tensor_type = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor_type.shape.dim]
+        if _declared_bytes(dims, tensor_type.elem_type) > MAX_TENSOR_BYTES:
+            raise UserError(f"{where}: refused: value {value.name[:80]!r} has shape {dims[:8]}, {limit}")
 
 
 def _session(model: bytes, where: Path):
-    """An ONNX Runtime CPU session over ``model``; refused when it is not a self-contained ONNX model."""
+    """An ONNX Runtime CPU session over ``model``; refused when it is not a self-contained ONNX
+    model of sane tensor sizes (checked before onnxruntime is imported)."""
     try:
         import onnx
 
@@ -57,8 +97,7 @@ def _session(model: bytes, where: Path):
     except Exception as exc:  # protobuf decode errors
         message = " ".join(str(exc).split())[:160]
         raise UserError(f"{where}: not a loadable ONNX model ({type(exc).__name__}: {message})") from exc
-    if _external_tensor(proto):  # read from a path relative to the working dir, outside the run dir
-        raise UserError(f"{where}: refused: it references external data files")
+    _check_tensors(proto, where)  # external data: read from a path relative to the working dir
     ort = _onnxruntime()
     try:
         options = ort.SessionOptions()

@@ -4,7 +4,8 @@
 ``.hydra/*.yaml`` and the job log, so a refused run leaves the directory as it was
 (``on_multirun_start`` does the same for the sweep dir before any job starts). The claim
 is an exclusive create of ``.claim.json`` (pid, host, time): of two runs started together
-into one directory exactly one wins.
+into one directory exactly one wins. ``api.run`` claims its ``output_dir`` through the same
+``claim_dir`` (a ``UserError``; the callback's ``claim`` turns it into one line and exit 2).
 """
 from __future__ import annotations
 
@@ -19,26 +20,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.interrupt import CLAIMED
 from pyimgano_hydra.runs.status import utc_now
 
 CLAIM_FILE = ".claim.json"
 # Written by an earlier run (this version's or an older one's): the dir is taken.
 RUN_MARKERS = (CLAIM_FILE, ".hydra", "status.json", "report.json", "predictions.jsonl", "multirun.yaml")
-
-
-def may_take_over(run_dir: Path, config_hash: str | None = None) -> bool:
-    """Whether a run may continue in ``run_dir`` though it is claimed: an unfinished run that
-    nobody is writing (a requeued or re-started job) of the same config (``config_hash``, when
-    given, checked here before Hydra rewrites ``.hydra/``); the app keeps its finished categories."""
-    from pyimgano_hydra.runs.layout import RunDir
-    from pyimgano_hydra.runs.takeover import abandoned
-    from pyimgano_hydra.runs.trust import read_json_file
-
-    run = RunDir(Path(run_dir))
-    if not abandoned(run):
-        return False
-    return config_hash is None or read_json_file(run.status).get("config_hash") == config_hash
 
 
 def inside_a_run(run_dir: Path) -> Path | None:
@@ -56,33 +44,43 @@ def _refuse(message: str) -> None:
 
 def claim(run_dir: Path, config_hash: str | None = None, resumable: bool = True, key: str = "hydra.run.dir",
           empty: bool = False) -> None:
-    """Create ``run_dir/.claim.json`` exclusively; SystemExit(2) with one line if taken (but
-    by an unfinished ``resumable`` run of this config), if it is a file, if it lies inside
-    another run dir, or if it cannot be created (a dangling symlink, a read-only disk): an
-    exception here would be only a warning to Hydra, which then goes on. ``empty`` (a sweep
+    """``claim_dir`` for a Hydra callback: its refusal is one line on stderr and SystemExit(2)
+    (an exception here would be only a warning to Hydra, which then goes on)."""
+    try:
+        claim_dir(Path(run_dir), config_hash, resumable, key, empty)
+    except UserError as exc:
+        _refuse(str(exc))
+
+
+def claim_dir(run_dir: Path, config_hash: str | None = None, resumable: bool = True, key: str = "hydra.run.dir",
+              empty: bool = False) -> bool:
+    """Create ``run_dir/.claim.json`` exclusively; True when claimed, False when ``run_dir`` holds
+    an unfinished ``resumable`` run of this config nobody is writing (``runs/takeover.py``).
+    Raises ``UserError`` naming ``key`` if taken, if it is a file, if it lies inside another run
+    dir, or if it cannot be created (a dangling symlink, a read-only disk). ``empty`` (a sweep
     dir): an existing dir must hold nothing, since Hydra writes each job's ``.hydra/`` before
     any callback of the job runs (a job dir landing on a run already there rewrote its record)."""
-    from pyimgano_hydra.errors import UserError
-
     try:
-        _claim(Path(run_dir), config_hash, resumable, empty, key)
-    except (OSError, UserError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        _refuse(f"{key}={run_dir}: cannot claim it ({reason}); pick a new {key}")
+        return _claim(Path(run_dir), config_hash, resumable, empty, key)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"{key}={run_dir}: cannot claim it ({reason}); pick a new {key}") from None
 
 
-def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool = False,
-           key: str = "hydra.run.dir") -> None:
+def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool, key: str) -> bool:
+    from pyimgano_hydra.runs.layout import RunDir
+    from pyimgano_hydra.runs.takeover import may_take_over
+
     if run_dir.exists() and not run_dir.is_dir():
-        _refuse(f"{key}={run_dir}: is a file, not a directory; pick a new {key}")
+        raise UserError(f"{key}={run_dir}: is a file, not a directory; pick a new {key}")
     outer = inside_a_run(run_dir)
     if outer is not None:
-        _refuse(f"{key}={run_dir}: lies inside the run dir {outer}; runs are never written into "
-                f"another run: pick a new {key}")
+        raise UserError(f"{key}={run_dir}: lies inside the run dir {outer}; runs are never written into "
+                        f"another run: pick a new {key}")
     taken = next((name for name in RUN_MARKERS if (run_dir / name).exists()), None)
     if taken is None and empty and run_dir.is_dir() and any(run_dir.iterdir()):
-        _refuse(f"{key}={run_dir}: exists and is not empty; a sweep's job dirs could land on runs "
-                f"already there: pick a new {key}")
+        raise UserError(f"{key}={run_dir}: exists and is not empty; a sweep's job dirs could land on runs "
+                        f"already there: pick a new {key}")
     if taken is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -93,11 +91,11 @@ def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool 
             with os.fdopen(fd, "w") as handle:
                 json.dump({"pid": os.getpid(), "host": socket.gethostname(), "claimed_utc": utc_now()}, handle)
             CLAIMED.append((run_dir, config_hash))
-            return
-    if resumable and may_take_over(run_dir, config_hash):
-        return
-    _refuse(f"{run_dir} already holds a run or sweep (it has {taken}); runs are never overwritten: "
-            "pick a new hydra.run.dir (hydra.sweep.dir)")
+            return True
+    if resumable and may_take_over(RunDir(run_dir), config_hash, key):  # raises for a run it must not touch
+        return False
+    raise UserError(f"{key}={run_dir}: already holds a run or sweep (it has {taken}); runs are never "
+                    f"overwritten: pick a new {key}")
 
 
 def _task_hash(config: DictConfig) -> str | None:

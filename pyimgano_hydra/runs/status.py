@@ -1,15 +1,24 @@
 """status.json: running -> completed | failed | interrupted, written atomically, with the
-writing process (host, pid) so that readers can tell a killed run from a live one."""
+writing process (host, pid) so that readers can tell a killed run from a live one: by its pid
+on the same host, by its heartbeat (``updated_utc``, rewritten every ``HEARTBEAT_S`` while
+running) from another host of a shared disk."""
 from __future__ import annotations
 
 import os
 import socket
+import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from pyimgano_hydra.runs.writers import write_json_atomic
 
 RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
+HEARTBEAT_S = 60.0  # a running job rewrites its status.json this often
+STALE_S = 600.0  # another host's ``running`` status not rewritten for this long: its job is gone
+_WRITING = threading.RLock()  # one status write at a time: the heartbeat never follows the final state
+_LAST: dict[str, str] = {}  # status.json path -> the state this process last wrote there
 
 
 def utc_now() -> str:
@@ -21,7 +30,36 @@ def write_status(path: Path, state: str, error: str | None = None, **extra) -> N
     if error:
         record["error"] = error
     record.update(extra)
-    write_json_atomic(path, record)
+    with _WRITING:
+        write_json_atomic(path, record)
+        _LAST[str(path)] = state
+
+
+@contextmanager
+def running(path: Path, every: float = HEARTBEAT_S, **fields) -> Iterator[None]:
+    """Mark ``path`` running (with ``fields``: the owner) and rewrite it every ``every`` seconds
+    while the block runs, until another state is written: its fresh ``updated_utc`` is the
+    heartbeat by which another host tells a live run from a dead one (``owner_gone``)."""
+    write_status(path, RUNNING, **fields)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            with _WRITING:
+                if stop.is_set() or _LAST.get(str(path)) != RUNNING:
+                    return
+                try:
+                    write_status(path, RUNNING, **fields)
+                except OSError:  # a full or gone disk: the run itself reports it
+                    pass
+
+    thread = threading.Thread(target=beat, name="status-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def process_alive(pid: int) -> bool:
@@ -45,13 +83,24 @@ def process_start(pid: int) -> int | None:
         return None
 
 
+def silent_for(record: dict) -> float:
+    """Seconds since ``record``'s ``updated_utc`` (its last heartbeat); inf when it has none."""
+    try:
+        updated = datetime.fromisoformat(str(record.get("updated_utc")))
+        updated = updated if updated.tzinfo else updated.replace(tzinfo=timezone.utc)
+        return (datetime.now(timezone.utc) - updated).total_seconds()
+    except (ValueError, OverflowError, TypeError):
+        return float("inf")
+
+
 def owner_gone(record: dict) -> bool:
-    """The process that wrote ``record`` (its ``host``, ``pid`` and ``pid_start``) no longer runs
-    on this host: no such process, another one that reused the pid (another start time), or a
-    pid no process can have (0, negative, not an int). Another host's process cannot be checked."""
+    """The process that wrote ``record`` (its ``host``, ``pid`` and ``pid_start``) no longer runs:
+    on this host, no such process, another one that reused the pid (another start time), or a
+    pid no process can have (0, negative, not an int); on another host (its pid cannot be
+    checked from here), no heartbeat for ``STALE_S`` seconds (``running``)."""
     pid = record.get("pid")
     if record.get("host") != socket.gethostname():
-        return False
+        return silent_for(record) > STALE_S
     if type(pid) is not int or pid <= 0 or not process_alive(pid):
         return True
     started = record.get("pid_start")

@@ -3,70 +3,62 @@
 A requeued cluster job (SLURM preemption or timeout, submitit) starts again in the same job
 dir. It takes that dir over when the earlier attempt was the same run: status ``running``
 or ``interrupted`` and the same config hash. A ``running`` dir still owned by a live
-process, a different config, or a completed / failed run is never touched.
+process (``status.owner_gone``: by pid on this host, by heartbeat from another), a different
+config, or a completed / failed run is never touched. The run-dir claim (``runs/claim.py``)
+and the app both ask ``may_take_over``.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.recipes.context import CategoryResult
 from pyimgano_hydra.runs.layout import RunDir
-from pyimgano_hydra.runs.status import INTERRUPTED, RUNNING, owner_gone
+from pyimgano_hydra.runs.status import INTERRUPTED, RUNNING, current_state, describe
 from pyimgano_hydra.runs.trust import read_json_file
 from pyimgano_hydra.sweep.cluster import cluster_job_id
 
-NEVER = "runs are never overwritten: pick a new hydra.run.dir"
+NEVER = "runs are never overwritten"
 
 
-def _owner_gone(record: dict) -> bool:
-    """The process that marked the run ``running`` is this job's earlier attempt or is dead."""
+def _state(record: object) -> str | None:
+    """``current_state`` as this job sees it: its own earlier attempt (same cluster job id) is gone."""
     job_id = cluster_job_id()
-    if job_id and record.get("job_id") == job_id:
-        return True
-    return record.get("pid") != os.getpid() and owner_gone(record)
+    if isinstance(record, dict) and record.get("status") == RUNNING:
+        if job_id and record.get("job_id") == job_id:
+            return INTERRUPTED
+        if record.get("pid") == os.getpid() and record.get("host") == socket.gethostname():
+            return RUNNING
+    return current_state(record)
 
 
-def abandoned(run_dir: RunDir) -> bool:
-    """An unfinished run nobody is writing: ``interrupted``, or ``running`` by a gone owner.
+def may_take_over(run_dir: RunDir, config_hash: str | None, key: str = "hydra.run.dir") -> bool:
+    """False for a dir without status.json or report.json; True when this job may finish the
+    unfinished run in it (``config_hash`` None: checked later, by the app).
 
-    The run-dir claim (``runs/claim.py``) lets such a dir through; ``may_take_over`` then
-    checks that the new job is the same run (config hash).
-    """
-    try:
-        record = read_json_file(run_dir.status)  # never blocks on a FIFO, never recurses deep
-    except UserError:
-        return False
-    if not isinstance(record, dict) or run_dir.report.exists():
-        return False
-    return record.get("status") == INTERRUPTED or (record.get("status") == RUNNING and _owner_gone(record))
-
-
-def may_take_over(run_dir: RunDir, config_hash: str) -> bool:
-    """False for an empty dir; True when this job may finish the unfinished run in it.
-
-    Raises ``UserError`` (one line) when the dir holds a run this job must not touch.
+    Raises ``UserError`` (one line naming ``key``) when the dir holds a run this job must not touch.
     """
     if not run_dir.status.exists() and not run_dir.report.exists():
         return False
+    where, never = f"{key}={run_dir.root}", f"{NEVER}: pick a new {key}"
     try:
-        record = read_json_file(run_dir.status)
+        record = read_json_file(run_dir.status)  # never blocks on a FIFO, never recurses deep
     except UserError:
-        raise UserError(f"{run_dir.root} already holds a run; {NEVER}") from None
-    state = record.get("status") if isinstance(record, dict) else None
-    if state not in (RUNNING, INTERRUPTED) or run_dir.report.exists():
-        raise UserError(f"{run_dir.root} already holds a run ({state or 'finished'}); {NEVER}")
-    if record.get("config_hash") != config_hash:
-        raise UserError(f"{run_dir.root} holds an unfinished run of another config; {NEVER}")
-    if state == RUNNING and not _owner_gone(record):
-        raise UserError(f"{run_dir.root} is being written by another process "
-                        f"({record.get('host')}, pid {record.get('pid')}); {NEVER}")
-    _no_links_out(run_dir)
+        raise UserError(f"{where}: already holds a run; {never}") from None
+    state = _state(record)
+    if state == RUNNING:
+        raise UserError(f"{where}: is being written by another process, still {describe(record)}; {never}")
+    if state != INTERRUPTED or run_dir.report.exists():
+        raise UserError(f"{where}: already holds a run ({state or 'finished'}); {never}")
+    if config_hash is not None and record.get("config_hash") != config_hash:
+        raise UserError(f"{where}: already holds a run of another config (unfinished); {never}")
+    _no_links_out(run_dir, key)
     return True
 
 
-def _no_links_out(run_dir: RunDir) -> None:
+def _no_links_out(run_dir: RunDir, key: str = "hydra.run.dir") -> None:
     """Refuse to resume a run whose ``categories/`` (or a category folder) is a symlink: a
     resumed run deletes half-written categories and writes the rest, never outside its dir."""
     categories = run_dir.root / "categories"
@@ -74,7 +66,7 @@ def _no_links_out(run_dir: RunDir) -> None:
     for entry in entries:
         if entry.is_symlink():
             raise UserError(f"{entry}: a symlink in an unfinished run dir; a resumed run never writes or "
-                            f"deletes through one; {NEVER}")
+                            f"deletes through one; {NEVER}: pick a new {key}")
 
 
 def finished_categories(run_dir: RunDir, categories: list[str]) -> dict[str, CategoryResult]:
