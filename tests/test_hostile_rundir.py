@@ -164,6 +164,25 @@ def test_an_interrupted_run_of_another_config_keeps_its_hydra_record(completed_r
     assert _snapshot(unfinished) == before  # .hydra/overrides.yaml still without tag=EVIL
 
 
+@pytest.mark.parametrize("args", [["tag=${hydra:job.override_dirname}"], ["--multirun", "seed=1,2"]])
+def test_an_interrupted_run_takes_in_no_config_whose_hash_is_unknown_nor_a_sweep(completed_run, tmp_path, args):
+    """Pass D: tag=${hydra:job.override_dirname} cannot be hashed before the job, and an unknown
+    hash let any config take an interrupted run over: Hydra rewrote its .hydra/ before the app
+    refused. As hydra.sweep.dir, the same run took a whole sweep in (two runs inside it)."""
+    import shutil
+
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(completed_run, unfinished)
+    (unfinished / "report.json").unlink()
+    write_json_atomic(unfinished / "status.json", {"status": "interrupted", "config_hash": "0" * 16})
+    before = _snapshot(unfinished)
+    key = "hydra.sweep.dir" if "--multirun" in args else "hydra.run.dir"
+    proc = _cli([*args, *TINY, f"{key}={unfinished}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and "already holds a run" in err, err
+    assert _snapshot(unfinished) == before
+
+
 def test_a_job_dirs_overrides_yaml_is_read_without_resolving(tmp_path, monkeypatch):
     from pyimgano_hydra.sweep.leaderboard import _read_overrides
 
@@ -173,7 +192,8 @@ def test_a_job_dirs_overrides_yaml_is_read_without_resolving(tmp_path, monkeypat
     assert _read_overrides(tmp_path) == ["tag=${oc.env:PYIMGANO_SECRET}", "seed=1"]
 
 
-@pytest.mark.parametrize("subdir", ["same", "/abs_${hydra.job.num}", "${hydra.job.num}/../same"])
+@pytest.mark.parametrize("subdir", ["same", "/abs_${hydra.job.num}", "${hydra.job.num}/../same",
+                                    "hydra.job.num", "${oc.select:hydra.job.num_x,same}"])  # pass D: shared
 def test_a_sweep_subdir_that_jobs_could_share_is_refused_before_any_job(tmp_path, subdir):
     """A third pass: hydra.sweep.subdir=same made job 2 rewrite job 1's finished .hydra/ record
     (its overrides.yaml said seed=2, its report.json seed=1): Hydra writes .hydra/ before any

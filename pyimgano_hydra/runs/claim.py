@@ -29,8 +29,10 @@ RUN_MARKERS = (CLAIM_FILE, ".hydra", "status.json", "report.json", "predictions.
 
 def may_take_over(run_dir: Path, config_hash: str | None = None) -> bool:
     """Whether a run may continue in ``run_dir`` though it is claimed: an unfinished run that
-    nobody is writing (a requeued or re-started job) of the same config (``config_hash``, when
-    given, checked here before Hydra rewrites ``.hydra/``); the app keeps its finished categories."""
+    nobody is writing (a requeued or re-started job) of the same config (``config_hash``, checked
+    here before Hydra rewrites ``.hydra/``; None, a hash not known yet, never takes over: a
+    config that resolved only in the job rewrote another config's record); the app keeps its
+    finished categories."""
     from pyimgano_hydra.runs.layout import RunDir
     from pyimgano_hydra.runs.takeover import abandoned
     from pyimgano_hydra.runs.trust import read_json_file
@@ -38,7 +40,7 @@ def may_take_over(run_dir: Path, config_hash: str | None = None) -> bool:
     run = RunDir(Path(run_dir))
     if not abandoned(run):
         return False
-    return config_hash is None or read_json_file(run.status).get("config_hash") == config_hash
+    return config_hash is not None and read_json_file(run.status).get("config_hash") == config_hash
 
 
 def inside_a_run(run_dir: Path) -> Path | None:
@@ -132,7 +134,8 @@ class ClaimRunDir(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
         _check_subdir(config)
-        claim(Path(str(config.hydra.sweep.dir)), key="hydra.sweep.dir", empty=True)
+        # never resumable: a sweep root is not a run (an interrupted run dir took a whole sweep in)
+        claim(Path(str(config.hydra.sweep.dir)), resumable=False, key="hydra.sweep.dir", empty=True)
 
 
 def _check_subdir(config: DictConfig) -> None:
@@ -143,10 +146,14 @@ def _check_subdir(config: DictConfig) -> None:
     from omegaconf import OmegaConf
 
     subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
-    # ${hydra.runtime.cwd}/..., ${oc.env:X}, ${tag} with tag=a,../../x: absolute or climbing once resolved
-    resolved = [_probe_subdir(config, key, value) for key, value in _swept_values(config)]
+    # ${hydra.runtime.cwd}/..., ${oc.env:X}, ${tag} with tag=a,../../x: absolute or climbing once resolved;
+    # the same for jobs 0 and 1 (the text "hydra.job.num", ${oc.select:hydra.job.num_x,same}): shared
+    pairs = [(_probe_subdir(config, key, value, 0), _probe_subdir(config, key, value, 1))
+             for key, value in _swept_values(config)]
+    resolved = [r for pair in pairs for r in pair]
     if not any(key in subdir for key in ("hydra.job.num", "hydra.job.id")) or Path(subdir).is_absolute() \
-            or ".." in Path(subdir).parts or any(Path(r).is_absolute() or ".." in Path(r).parts for r in resolved):
+            or ".." in Path(subdir).parts or any(Path(r).is_absolute() or ".." in Path(r).parts for r in resolved) \
+            or any(first and first == second for first, second in pairs):
         _refuse(f"hydra.sweep.subdir={subdir}: must be a relative path naming the job (${{hydra.job.num}}), "
                 "so that no two jobs share a run dir")
 
@@ -171,16 +178,16 @@ def _swept_values(config: DictConfig) -> list[tuple[str | None, str | None]]:
     return pairs
 
 
-def _probe_subdir(config: DictConfig, key: str | None = None, value: str | None = None) -> str:
-    """``hydra.sweep.subdir`` resolved as job 0 would resolve it, with ``key=value`` when given
+def _probe_subdir(config: DictConfig, key: str | None = None, value: str | None = None, num: int = 0) -> str:
+    """``hydra.sweep.subdir`` resolved as job ``num`` would resolve it, with ``key=value`` when given
     ("" when it needs what only a job has): no interpolated value may make it absolute or climb out."""
     from omegaconf import OmegaConf, open_dict
 
     try:
         probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
         with open_dict(probe):
-            probe.hydra.job.num = 0
-            probe.hydra.job.id = "0"
+            probe.hydra.job.num = num
+            probe.hydra.job.id = str(num)
             if key is not None:
                 OmegaConf.update(probe, key, value, force_add=True)
         return str(OmegaConf.select(probe, "hydra.sweep.subdir", throw_on_resolution_failure=True))
