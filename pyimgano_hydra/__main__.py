@@ -26,6 +26,10 @@ def _job(cfg: DictConfig) -> dict:
     from pyimgano_hydra import app
 
     hc = HydraConfig.get()
+    # A job's changes to the environment (PYIMGANO_JOB_NUM, cv2's LD_LIBRARY_PATH) are undone after
+    # it: the next job resolves hydra.sweep.dir again, and ${oc.env:...} there moved it out of the
+    # claimed sweep dir onto a completed run.
+    env = dict(os.environ)
     if hc.mode == RunMode.MULTIRUN:  # model.device=cuda on a multi-GPU box: one GPU per job number
         os.environ["PYIMGANO_JOB_NUM"] = str(hc.job.num)
     try:
@@ -36,6 +40,10 @@ def _job(cfg: DictConfig) -> dict:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    finally:
+        if hc.mode == RunMode.MULTIRUN and dict(os.environ) != env:
+            os.environ.clear()
+            os.environ.update(env)
 
 
 def main() -> None:

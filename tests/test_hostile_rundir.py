@@ -243,6 +243,22 @@ def test_a_sweep_subdir_made_absolute_by_an_interpolation_is_refused(completed_r
     assert _snapshot(cwd) == before
 
 
+def test_a_sweep_dir_read_from_the_environment_stays_put_across_jobs(completed_run, tmp_path):
+    """Pass D: hydra.sweep.dir=<dir>/e${oc.env:PYIMGANO_JOB_NUM,x} is resolved again for every job,
+    and job 0 set that variable: job 1 left the claimed sweep dir for <dir>/e0 and Hydra rewrote a
+    completed run there (its .hydra/overrides.yaml said seed=2)."""
+    import shutil
+
+    shutil.copytree(completed_run, tmp_path / "e0" / "1_s2", symlinks=True)
+    before = _snapshot(tmp_path / "e0")
+    proc = _cli(["--multirun", *TINY, "seed=1,2", f"hydra.sweep.dir={tmp_path}/e${{oc.env:PYIMGANO_JOB_NUM,x}}",
+                 "hydra.sweep.subdir=${hydra.job.num}_s${seed}"], extra_env={"PYIMGANO_JOB_NUM": ""})
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    assert _snapshot(tmp_path / "e0") == before
+    assert (tmp_path / "e" / "0_s1" / "report.json").is_file() and (tmp_path / "e" / "1_s2" / "report.json").is_file()
+
+
 def test_a_sweep_subdir_naming_the_job_runs(tmp_path):
     sweep = tmp_path / "sweep"
     proc = _cli(["--multirun", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}_s${seed}"])
