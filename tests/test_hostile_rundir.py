@@ -109,6 +109,29 @@ def test_a_run_dir_inside_a_completed_run_is_refused(completed_run, module, insi
     assert _snapshot(completed_run) == before
 
 
+@pytest.mark.parametrize("module,name,target", [("pyimgano_hydra", "categories", "categories"),
+                                                 ("pyimgano_hydra", "pyimgano_hydra.log", "pyimgano_hydra.log"),
+                                                 ("pyimgano_hydra.infer", "maps", "categories/weave")])
+def test_an_existing_dir_with_a_link_into_a_completed_run_is_refused(completed_run, tmp_path, module, name, target):
+    """Pass D: hydra.run.dir=<a folder that is no run> whose ``categories`` linked into a completed
+    run: the new run overwrote that run's report.json and fitted state; a ``pyimgano_hydra.log``
+    link had Hydra append the new log to the linked file (any file the user may write)."""
+    import shutil
+
+    done = tmp_path / "done"
+    shutil.copytree(completed_run, done, symlinks=True)
+    before = _snapshot(done)
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    (trap / name).symlink_to(done / target)
+    args = [*TINY, "tag=EVIL"] if module == "pyimgano_hydra" else [
+        f"run_dir={completed_run}", f"input={completed_run}", "save_maps=true"]
+    proc = _cli_module(module, [*args, f"hydra.run.dir={trap}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and f"holds {name} (a symlink)" in err, err
+    assert _snapshot(done) == before
+
+
 @pytest.mark.parametrize("inside", ["categories", "categories/weave/plots/new"])
 def test_the_api_refuses_an_output_dir_inside_a_completed_run(completed_run, inside):
     """A fourth pass: ``api.run(output_dir=<run>/categories)`` wrote a whole run (.hydra,

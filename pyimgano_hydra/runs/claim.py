@@ -51,6 +51,23 @@ def inside_a_run(run_dir: Path) -> Path | None:
     return None
 
 
+# Folders a run (or an inference) writes into: one already there is a leftover or a trap.
+WRITTEN_FOLDERS = ("categories", "maps", "masks")
+
+
+def _nothing_to_write_through(run_dir: Path, key: str) -> None:
+    """An existing dir taken for a new run holds no symlink (a ``categories`` link into a completed
+    run had the new run overwrite its inspector and report; a ``<job>.log`` link had the log
+    appended to any file) and none of the folders a run writes into."""
+    from pyimgano_hydra.errors import console_line
+
+    for entry in sorted(run_dir.iterdir()):
+        if entry.is_symlink() or entry.name in WRITTEN_FOLDERS:
+            what = "a symlink" if entry.is_symlink() else "a folder a run writes into"
+            _refuse(f"{key}={console_line(str(run_dir))}: holds {console_line(entry.name)} ({what}); "
+                    f"a new run never writes through or into what is there: pick a new {key}")
+
+
 def _refuse(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)  # not an exception: Hydra turns a callback's exceptions into warnings
@@ -85,6 +102,8 @@ def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool 
     if taken is None and empty and run_dir.is_dir() and any(run_dir.iterdir()):
         _refuse(f"{key}={run_dir}: exists and is not empty; a sweep's job dirs could land on runs "
                 f"already there: pick a new {key}")
+    if taken is None and run_dir.is_dir():
+        _nothing_to_write_through(run_dir, key)
     if taken is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
