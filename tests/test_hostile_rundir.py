@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,23 @@ def test_two_runs_started_together_into_one_dir_exactly_one_wins(tmp_path):
     assert read_json(out / "report.json")["tag"] == f"racer{winner}"
     assert f"tag=racer{winner}" in (out / ".hydra" / "overrides.yaml").read_text()
     assert read_json(out / "status.json")["status"] == "completed"
+
+
+def test_a_second_run_of_one_slurm_allocation_never_takes_over_a_running_one(tmp_path):
+    """Pass D: two runs of one config into one dir from one ``salloc`` shell (same SLURM_JOB_ID):
+    the second read the first, still running, as its own earlier attempt and ran in the same dir."""
+    out = tmp_path / "run"
+    env = {"SLURM_JOB_ID": "4242", "SLURM_ARRAY_JOB_ID": "", "SUBMITIT_LOCAL_JOB_ID": ""}
+    args = [*[a.replace("model=zscore", "model=sleepy") for a in TINY], "model.seconds=6", f"hydra.run.dir={out}"]
+    first = _cli(args, extra_env=env)
+    deadline = time.monotonic() + 120
+    while not (out / "status.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = _cli(args, extra_env=env)
+    _, err = second.communicate(timeout=600)
+    assert second.returncode == 2 and err.strip().count("\n") == 0 and "already holds a run" in err, err
+    assert first.wait(timeout=600) == 0
+    assert read_json(out / "report.json")["resumed_categories"] == []
 
 
 def test_rerun_into_a_completed_sweep_is_refused_before_any_job(tmp_path):

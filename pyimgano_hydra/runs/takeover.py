@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.recipes.context import CategoryResult
@@ -21,9 +22,11 @@ NEVER = "runs are never overwritten: pick a new hydra.run.dir"
 
 
 def _owner_gone(record: dict) -> bool:
-    """The process that marked the run ``running`` is this job's earlier attempt or is dead."""
+    """The process that marked the run ``running`` is this job's earlier attempt or is dead. The
+    same job id with a live owner on this host is another run in the same allocation (two runs
+    from one ``salloc`` shell, ``srun -n 2``), not an earlier attempt: taking over mixed them."""
     job_id = cluster_job_id()
-    if job_id and record.get("job_id") == job_id:
+    if job_id and record.get("job_id") == job_id and record.get("host") != socket.gethostname():
         return True
     return record.get("pid") != os.getpid() and owner_gone(record)
 
