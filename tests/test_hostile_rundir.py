@@ -324,3 +324,26 @@ def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path, module):
     assert proc.returncode == 2 and err.strip().count("\n") == 0, err
     assert err.startswith(f"error: {key}={dangling}: cannot claim it (File exists)"), err
     assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("module,flag", [("pyimgano_hydra", "--experimental-rerun"), ("pyimgano_hydra.infer", "--exp="),
+                                         ("pyimgano_hydra.export", "--experimental-re")])
+def test_a_run_dirs_config_pickle_is_never_rerun(tmp_path, module, flag):
+    """Pass D: Hydra's ``--experimental-rerun <run dir>/.hydra/config.pickle`` (any abbreviation)
+    unpickled the file: a shipped run dir ran its code on all three entry points."""
+    import pickle
+
+    marker = tmp_path / "MARKER"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    pickled = tmp_path / "run" / ".hydra" / "config.pickle"
+    pickled.parent.mkdir(parents=True)
+    pickled.write_bytes(pickle.dumps(Evil()))
+    args = [flag + str(pickled)] if flag.endswith("=") else [flag, str(pickled)]
+    proc = _cli_module(module, args)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and "loads a pickle" in err, err
+    assert not marker.exists()
