@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pyimgano_hydra.console import one_line_errors
+from pyimgano_hydra.console import one_line_errors, refuse_pickled_rerun
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.interrupt import exit_on_interrupt
 from pyimgano_hydra.paths import CONFIG_PATH
@@ -26,6 +26,10 @@ def _job(cfg: DictConfig) -> dict:
     from pyimgano_hydra import app
 
     hc = HydraConfig.get()
+    # A job's changes to the environment (PYIMGANO_JOB_NUM, cv2's LD_LIBRARY_PATH) are undone after
+    # it: the next job resolves hydra.sweep.dir again, and ${oc.env:...} there moved it out of the
+    # claimed sweep dir onto a completed run.
+    env = dict(os.environ)
     if hc.mode == RunMode.MULTIRUN:  # model.device=cuda on a multi-GPU box: one GPU per job number
         os.environ["PYIMGANO_JOB_NUM"] = str(hc.job.num)
     try:
@@ -36,6 +40,10 @@ def _job(cfg: DictConfig) -> dict:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    finally:
+        if hc.mode == RunMode.MULTIRUN and dict(os.environ) != env:
+            os.environ.clear()
+            os.environ.update(env)
 
 
 def main() -> None:
@@ -44,6 +52,7 @@ def main() -> None:
 
         print(f"pyimgano_hydra {__version__}")
         return
+    refuse_pickled_rerun(sys.argv[1:])
     with exit_on_interrupt("the run"), one_line_errors():
         _job()
 

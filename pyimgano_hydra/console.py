@@ -14,6 +14,17 @@ _CHATTY_LOGGERS = ("faiss", "faiss.loader", "timm", "matplotlib", "PIL", "urllib
                    "git", "numba", "mlflow", "alembic", "optuna")
 
 
+def refuse_pickled_rerun(argv: list[str]) -> None:
+    """Hydra's ``--experimental-rerun <file>`` (or any abbreviation argparse takes, ``--exp=``)
+    unpickles the file: a run dir's ``.hydra/config.pickle`` would run its code. Refused (exit 2)."""
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if flag.startswith("--e") and "--experimental-rerun".startswith(flag):
+            print(f"error: {flag}: loads a pickle, which runs code from the file; re-run with the overrides "
+                  "in <run dir>/.hydra/overrides.yaml instead", file=sys.stderr)
+            sys.exit(2)
+
+
 def quiet_third_party_logs() -> None:
     """Keep libraries' INFO chatter (faiss's CPU-feature probing) out of Hydra's console log."""
     for name in _CHATTY_LOGGERS:

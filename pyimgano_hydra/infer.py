@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import sys
 import time
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pyimgano_hydra.console import one_line_errors, quiet_third_party_logs, user_errors_exit
+from pyimgano_hydra.console import (one_line_errors, quiet_third_party_logs, refuse_pickled_rerun,
+                                    user_errors_exit)
 from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, is_image_file
 from pyimgano_hydra.data.loader import checked_workers, loader_setting
 from pyimgano_hydra.defects.export import DefectsExporter, require_maps
@@ -144,6 +146,7 @@ def _job(cfg: DictConfig) -> dict:
 
 
 def main() -> None:
+    refuse_pickled_rerun(sys.argv[1:])
     with exit_on_interrupt("the inference run"), one_line_errors():
         _job()
 

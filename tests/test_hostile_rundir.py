@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,23 @@ def test_two_runs_started_together_into_one_dir_exactly_one_wins(tmp_path):
     assert read_json(out / "status.json")["status"] == "completed"
 
 
+def test_a_second_run_of_one_slurm_allocation_never_takes_over_a_running_one(tmp_path):
+    """Pass D: two runs of one config into one dir from one ``salloc`` shell (same SLURM_JOB_ID):
+    the second read the first, still running, as its own earlier attempt and ran in the same dir."""
+    out = tmp_path / "run"
+    env = {"SLURM_JOB_ID": "4242", "SLURM_ARRAY_JOB_ID": "", "SUBMITIT_LOCAL_JOB_ID": ""}
+    args = [*[a.replace("model=zscore", "model=sleepy") for a in TINY], "model.seconds=6", f"hydra.run.dir={out}"]
+    first = _cli(args, extra_env=env)
+    deadline = time.monotonic() + 120
+    while not (out / "status.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = _cli(args, extra_env=env)
+    _, err = second.communicate(timeout=600)
+    assert second.returncode == 2 and err.strip().count("\n") == 0 and "is being written by another process" in err, err
+    assert first.wait(timeout=600) == 0
+    assert read_json(out / "report.json")["resumed_categories"] == []
+
+
 def test_rerun_into_a_completed_sweep_is_refused_before_any_job(tmp_path):
     sweep = tmp_path / "sweep"
     first = _cli(["--multirun", *TINY, f"hydra.sweep.dir={sweep}"])
@@ -107,6 +125,29 @@ def test_a_run_dir_inside_a_completed_run_is_refused(completed_run, module, insi
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 2 and err.strip().count("\n") == 0 and "lies inside the run dir" in err, err
     assert _snapshot(completed_run) == before
+
+
+@pytest.mark.parametrize("module,name,target", [("pyimgano_hydra", "categories", "categories"),
+                                                 ("pyimgano_hydra", "pyimgano_hydra.log", "pyimgano_hydra.log"),
+                                                 ("pyimgano_hydra.infer", "maps", "categories/weave")])
+def test_an_existing_dir_with_a_link_into_a_completed_run_is_refused(completed_run, tmp_path, module, name, target):
+    """Pass D: hydra.run.dir=<a folder that is no run> whose ``categories`` linked into a completed
+    run: the new run overwrote that run's report.json and fitted state; a ``pyimgano_hydra.log``
+    link had Hydra append the new log to the linked file (any file the user may write)."""
+    import shutil
+
+    done = tmp_path / "done"
+    shutil.copytree(completed_run, done, symlinks=True)
+    before = _snapshot(done)
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    (trap / name).symlink_to(done / target)
+    args = [*TINY, "tag=EVIL"] if module == "pyimgano_hydra" else [
+        f"run_dir={completed_run}", f"input={completed_run}", "save_maps=true"]
+    proc = _cli_module(module, [*args, f"hydra.run.dir={trap}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and f"holds {name} (a symlink)" in err, err
+    assert _snapshot(done) == before
 
 
 @pytest.mark.parametrize("inside", ["categories", "categories/weave/plots/new"])
@@ -164,6 +205,25 @@ def test_an_interrupted_run_of_another_config_keeps_its_hydra_record(completed_r
     assert _snapshot(unfinished) == before  # .hydra/overrides.yaml still without tag=EVIL
 
 
+@pytest.mark.parametrize("args", [["tag=${hydra:job.override_dirname}"], ["--multirun", "seed=1,2"]])
+def test_an_interrupted_run_takes_in_no_config_whose_hash_is_unknown_nor_a_sweep(completed_run, tmp_path, args):
+    """Pass D: tag=${hydra:job.override_dirname} cannot be hashed before the job, and an unknown
+    hash let any config take an interrupted run over: Hydra rewrote its .hydra/ before the app
+    refused. As hydra.sweep.dir, the same run took a whole sweep in (two runs inside it)."""
+    import shutil
+
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(completed_run, unfinished)
+    (unfinished / "report.json").unlink()
+    write_json_atomic(unfinished / "status.json", {"status": "interrupted", "config_hash": "0" * 16})
+    before = _snapshot(unfinished)
+    key = "hydra.sweep.dir" if "--multirun" in args else "hydra.run.dir"
+    proc = _cli([*args, *TINY, f"{key}={unfinished}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and "already holds a run" in err, err
+    assert _snapshot(unfinished) == before
+
+
 def test_a_job_dirs_overrides_yaml_is_read_without_resolving(tmp_path, monkeypatch):
     from pyimgano_hydra.sweep.leaderboard import _read_overrides
 
@@ -173,7 +233,8 @@ def test_a_job_dirs_overrides_yaml_is_read_without_resolving(tmp_path, monkeypat
     assert _read_overrides(tmp_path) == ["tag=${oc.env:PYIMGANO_SECRET}", "seed=1"]
 
 
-@pytest.mark.parametrize("subdir", ["same", "/abs_${hydra.job.num}", "${hydra.job.num}/../same"])
+@pytest.mark.parametrize("subdir", ["same", "/abs_${hydra.job.num}", "${hydra.job.num}/../same",
+                                    "hydra.job.num", "${oc.select:hydra.job.num_x,same}"])  # pass D: shared
 def test_a_sweep_subdir_that_jobs_could_share_is_refused_before_any_job(tmp_path, subdir):
     """A third pass: hydra.sweep.subdir=same made job 2 rewrite job 1's finished .hydra/ record
     (its overrides.yaml said seed=2, its report.json seed=1): Hydra writes .hydra/ before any
@@ -221,6 +282,22 @@ def test_a_sweep_subdir_made_absolute_by_an_interpolation_is_refused(completed_r
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "hydra.sweep.subdir=" in proc.stderr, proc.stderr
     assert _snapshot(cwd) == before
+
+
+def test_a_sweep_dir_read_from_the_environment_stays_put_across_jobs(completed_run, tmp_path):
+    """Pass D: hydra.sweep.dir=<dir>/e${oc.env:PYIMGANO_JOB_NUM,x} is resolved again for every job,
+    and job 0 set that variable: job 1 left the claimed sweep dir for <dir>/e0 and Hydra rewrote a
+    completed run there (its .hydra/overrides.yaml said seed=2)."""
+    import shutil
+
+    shutil.copytree(completed_run, tmp_path / "e0" / "1_s2", symlinks=True)
+    before = _snapshot(tmp_path / "e0")
+    proc = _cli(["--multirun", *TINY, "seed=1,2", f"hydra.sweep.dir={tmp_path}/e${{oc.env:PYIMGANO_JOB_NUM,x}}",
+                 "hydra.sweep.subdir=${hydra.job.num}_s${seed}"], extra_env={"PYIMGANO_JOB_NUM": ""})
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    assert _snapshot(tmp_path / "e0") == before
+    assert (tmp_path / "e" / "0_s1" / "report.json").is_file() and (tmp_path / "e" / "1_s2" / "report.json").is_file()
 
 
 def test_a_sweep_subdir_naming_the_job_runs(tmp_path):
@@ -302,3 +379,26 @@ def test_the_api_refuses_a_completed_run_and_resumes_its_own_interrupted_one(com
         run([*TINY, "tag=EVIL"], output_dir=unfinished)
     assert run(TINY, output_dir=unfinished)["resumed_categories"] == ["weave"]
     assert "tag=EVIL" not in (unfinished / ".hydra" / "overrides.yaml").read_text()
+
+
+@pytest.mark.parametrize("module,flag", [("pyimgano_hydra", "--experimental-rerun"), ("pyimgano_hydra.infer", "--exp="),
+                                         ("pyimgano_hydra.export", "--experimental-re")])
+def test_a_run_dirs_config_pickle_is_never_rerun(tmp_path, module, flag):
+    """Pass D: Hydra's ``--experimental-rerun <run dir>/.hydra/config.pickle`` (any abbreviation)
+    unpickled the file: a shipped run dir ran its code on all three entry points."""
+    import pickle
+
+    marker = tmp_path / "MARKER"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    pickled = tmp_path / "run" / ".hydra" / "config.pickle"
+    pickled.parent.mkdir(parents=True)
+    pickled.write_bytes(pickle.dumps(Evil()))
+    args = [flag + str(pickled)] if flag.endswith("=") else [flag, str(pickled)]
+    proc = _cli_module(module, args)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and "loads a pickle" in err, err
+    assert not marker.exists()

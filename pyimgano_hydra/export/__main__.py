@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 
+import sys
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pyimgano_hydra.console import one_line_errors, quiet_third_party_logs, user_errors_exit
+from pyimgano_hydra.console import (one_line_errors, quiet_third_party_logs, refuse_pickled_rerun,
+                                    user_errors_exit)
 from pyimgano_hydra.errors import ConfigError
 from pyimgano_hydra.paths import CONFIG_PATH
 from pyimgano_hydra.schemas import register_configs
@@ -48,6 +51,7 @@ def _job(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    refuse_pickled_rerun(sys.argv[1:])
     with one_line_errors():
         _job()
 

@@ -37,6 +37,23 @@ def inside_a_run(run_dir: Path) -> Path | None:
     return None
 
 
+# Folders a run (or an inference) writes into: one already there is a leftover or a trap.
+WRITTEN_FOLDERS = ("categories", "maps", "masks")
+
+
+def _nothing_to_write_through(run_dir: Path, key: str) -> None:
+    """An existing dir taken for a new run holds no symlink (a ``categories`` link into a completed
+    run had the new run overwrite its inspector and report; a ``<job>.log`` link had the log
+    appended to any file) and none of the folders a run writes into."""
+    from pyimgano_hydra.errors import console_line
+
+    for entry in sorted(run_dir.iterdir()):
+        if entry.is_symlink() or entry.name in WRITTEN_FOLDERS:
+            what = "a symlink" if entry.is_symlink() else "a folder a run writes into"
+            raise UserError(f"{key}={console_line(str(run_dir))}: holds {console_line(entry.name)} ({what}); "
+                            f"a new run never writes through or into what is there: pick a new {key}")
+
+
 def _refuse(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)  # not an exception: Hydra turns a callback's exceptions into warnings
@@ -81,6 +98,8 @@ def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool,
     if taken is None and empty and run_dir.is_dir() and any(run_dir.iterdir()):
         raise UserError(f"{key}={run_dir}: exists and is not empty; a sweep's job dirs could land on runs "
                         f"already there: pick a new {key}")
+    if taken is None and run_dir.is_dir():
+        _nothing_to_write_through(run_dir, key)
     if taken is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -92,8 +111,10 @@ def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool,
                 json.dump({"pid": os.getpid(), "host": socket.gethostname(), "claimed_utc": utc_now()}, handle)
             CLAIMED.append((run_dir, config_hash))
             return True
-    if resumable and may_take_over(RunDir(run_dir), config_hash, key):  # raises for a run it must not touch
-        return False
+    # A hash not known before the job (an interpolation only the job resolves) never takes over:
+    # Hydra rewrites .hydra/ before the app could compare it (another config's record was rewritten).
+    if resumable and config_hash is not None and may_take_over(RunDir(run_dir), config_hash, key):
+        return False  # may_take_over raises for a run it must not touch
     raise UserError(f"{key}={run_dir}: already holds a run or sweep (it has {taken}); runs are never "
                     f"overwritten: pick a new {key}")
 
@@ -130,7 +151,8 @@ class ClaimRunDir(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
         _check_subdir(config)
-        claim(Path(str(config.hydra.sweep.dir)), key="hydra.sweep.dir", empty=True)
+        # never resumable: a sweep root is not a run (an interrupted run dir took a whole sweep in)
+        claim(Path(str(config.hydra.sweep.dir)), resumable=False, key="hydra.sweep.dir", empty=True)
 
 
 def _check_subdir(config: DictConfig) -> None:
@@ -141,10 +163,14 @@ def _check_subdir(config: DictConfig) -> None:
     from omegaconf import OmegaConf
 
     subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
-    # ${hydra.runtime.cwd}/..., ${oc.env:X}, ${tag} with tag=a,../../x: absolute or climbing once resolved
-    resolved = [_probe_subdir(config, key, value) for key, value in _swept_values(config)]
+    # ${hydra.runtime.cwd}/..., ${oc.env:X}, ${tag} with tag=a,../../x: absolute or climbing once resolved;
+    # the same for jobs 0 and 1 (the text "hydra.job.num", ${oc.select:hydra.job.num_x,same}): shared
+    pairs = [(_probe_subdir(config, key, value, 0), _probe_subdir(config, key, value, 1))
+             for key, value in _swept_values(config)]
+    resolved = [r for pair in pairs for r in pair]
     if not any(key in subdir for key in ("hydra.job.num", "hydra.job.id")) or Path(subdir).is_absolute() \
-            or ".." in Path(subdir).parts or any(Path(r).is_absolute() or ".." in Path(r).parts for r in resolved):
+            or ".." in Path(subdir).parts or any(Path(r).is_absolute() or ".." in Path(r).parts for r in resolved) \
+            or any(first and first == second for first, second in pairs):
         _refuse(f"hydra.sweep.subdir={subdir}: must be a relative path naming the job (${{hydra.job.num}}), "
                 "so that no two jobs share a run dir")
 
@@ -169,16 +195,16 @@ def _swept_values(config: DictConfig) -> list[tuple[str | None, str | None]]:
     return pairs
 
 
-def _probe_subdir(config: DictConfig, key: str | None = None, value: str | None = None) -> str:
-    """``hydra.sweep.subdir`` resolved as job 0 would resolve it, with ``key=value`` when given
+def _probe_subdir(config: DictConfig, key: str | None = None, value: str | None = None, num: int = 0) -> str:
+    """``hydra.sweep.subdir`` resolved as job ``num`` would resolve it, with ``key=value`` when given
     ("" when it needs what only a job has): no interpolated value may make it absolute or climb out."""
     from omegaconf import OmegaConf, open_dict
 
     try:
         probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
         with open_dict(probe):
-            probe.hydra.job.num = 0
-            probe.hydra.job.id = "0"
+            probe.hydra.job.num = num
+            probe.hydra.job.id = str(num)
             if key is not None:
                 OmegaConf.update(probe, key, value, force_add=True)
         return str(OmegaConf.select(probe, "hydra.sweep.subdir", throw_on_resolution_failure=True))

@@ -24,19 +24,21 @@ NEVER = "runs are never overwritten"
 
 
 def _state(record: object) -> str | None:
-    """``current_state`` as this job sees it: its own earlier attempt (same cluster job id) is gone."""
+    """``current_state`` as this job sees it: its own earlier attempt (same cluster job id, another
+    node) is gone. The same job id with a live owner on this host is another run of the same
+    allocation (two runs from one ``salloc`` shell, ``srun -n 2``), not an earlier attempt."""
     job_id = cluster_job_id()
     if isinstance(record, dict) and record.get("status") == RUNNING:
-        if job_id and record.get("job_id") == job_id:
+        if job_id and record.get("job_id") == job_id and record.get("host") != socket.gethostname():
             return INTERRUPTED
         if record.get("pid") == os.getpid() and record.get("host") == socket.gethostname():
             return RUNNING
     return current_state(record)
 
 
-def may_take_over(run_dir: RunDir, config_hash: str | None, key: str = "hydra.run.dir") -> bool:
-    """False for a dir without status.json or report.json; True when this job may finish the
-    unfinished run in it (``config_hash`` None: checked later, by the app).
+def may_take_over(run_dir: RunDir, config_hash: str, key: str = "hydra.run.dir") -> bool:
+    """False for a dir without status.json or report.json; True when this job (``config_hash``)
+    may finish the unfinished run in it.
 
     Raises ``UserError`` (one line naming ``key``) when the dir holds a run this job must not touch.
     """
@@ -52,7 +54,7 @@ def may_take_over(run_dir: RunDir, config_hash: str | None, key: str = "hydra.ru
         raise UserError(f"{where}: is being written by another process, still {describe(record)}; {never}")
     if state != INTERRUPTED or run_dir.report.exists():
         raise UserError(f"{where}: already holds a run ({state or 'finished'}); {never}")
-    if config_hash is not None and record.get("config_hash") != config_hash:
+    if record.get("config_hash") != config_hash:
         raise UserError(f"{where}: already holds a run of another config (unfinished); {never}")
     _no_links_out(run_dir, key)
     return True
