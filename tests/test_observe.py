@@ -227,3 +227,24 @@ def test_plots_draw_an_undecodable_category_or_defect_name(tmp_path):
     paths = category_plots(tmp_path, "bad\udcffname", labels, scores, 0.5, by_type)
     assert sorted(p.name for p in paths) == ["defect_types.png", "roc_pr.png", "score_histogram.png"]
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_plots_of_very_long_names_keep_their_size_and_show_both_ends(tmp_path):
+    """A 300-character category or defect-type folder name is shortened in the middle: the
+    figure keeps its size (it grew to fit the text) and the name's start and end stay readable."""
+    import numpy as np
+    from PIL import Image
+
+    from pyimgano_hydra.viz.plots import _shorten, category_plots
+
+    long_name = "line3_" + "x" * 288 + "_left"
+    labels, scores = np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])
+    short = category_plots(tmp_path / "short", "weave", labels, scores, 0.5, {"crack": {"image_auroc": 1.0, "n": 2}})
+    long = category_plots(tmp_path / "long", long_name, labels, scores, 0.5,
+                          {long_name: {"image_auroc": 1.0, "n": 2}})
+    for a, b in zip(short, long):
+        (wa, ha), (wb, hb) = Image.open(a).size, Image.open(b).size
+        assert hb == ha and wb <= wa + 250, (b.name, (wa, ha), (wb, hb))
+    cut = _shorten(long_name, 40)
+    assert len(cut) == 40 and cut.startswith("line3_") and cut.endswith("_left") and "…" in cut
+    assert _shorten("weave", 40) == "weave"
