@@ -247,6 +247,17 @@ def test_a_sweep_subdir_that_jobs_could_share_is_refused_before_any_job(tmp_path
     assert not sweep.exists() and not list(tmp_path.glob("abs_*"))
 
 
+def test_a_sweep_subdir_that_two_job_numbers_share_is_refused_before_any_job(tmp_path):
+    """Pass D: ``${tag}${hydra.job.num}`` with tag=a1,b,a and 4 seeds made jobs 0 and 10 both
+    ``a10``: job 10 rewrote job 0's finished .hydra/ (overrides tag=a seed=3, report tag=a1 seed=1)."""
+    sweep = tmp_path / "sweep"
+    proc = _cli(["--multirun", *TINY, "tag=a1,b,a", "seed=1,2,3,4", f"hydra.sweep.dir={sweep}",
+                 "hydra.sweep.subdir=${tag}${hydra.job.num}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and "jobs 0 and 10 would share" in err, err
+    assert not sweep.exists()
+
+
 def test_a_sweep_into_a_folder_holding_a_completed_run_leaves_it_untouched(completed_run, tmp_path):
     """A verification pass: hydra.sweep.dir=<folder without markers> with
     hydra.sweep.subdir=run${hydra.job.num} landed job 0 on a completed run already in that

@@ -175,6 +175,52 @@ def _check_subdir(config: DictConfig) -> None:
             or any(first and first == second for first, second in pairs):
         _refuse(f"hydra.sweep.subdir={subdir}: must be a relative path naming the job (${{hydra.job.num}}), "
                 "so that no two jobs share a run dir")
+    seen: dict[str, int] = {}
+    for num, job_dir in enumerate([] if subdir == DEFAULT_SUBDIR else _job_subdirs(config)):
+        if job_dir and seen.setdefault(job_dir, num) != num:
+            _refuse(f"hydra.sweep.subdir={subdir}: jobs {seen[job_dir]} and {num} would share the run dir "
+                    f"{job_dir}; name each job with ${{hydra.job.num}} alone or with a separator")
+
+
+MAX_PROBED_JOBS = 2000
+DEFAULT_SUBDIR = "${pyimgano_job_dir:${hydra.job.num},${hydra.sweep.dir},${hydra.overrides.task}}"  # <num>_...
+SWEEPERS_OF_THE_PRODUCT = ("hydra_plugins.pyimgano_hydra_sweepers.compose_once.ComposeOnceSweeper",
+                           "hydra._internal.core_plugins.basic_sweeper.BasicSweeper")
+
+
+def _job_subdirs(config: DictConfig) -> list[str]:
+    """Every job's ``hydra.sweep.subdir`` as it would resolve (normalised; "" when only the job
+    can resolve it), for sweepers that run the product of the values: ``${tag}${hydra.job.num}``
+    with tag=a1,b,a and 4 seeds made jobs 0 and 10 both ``a10`` (job 10 rewrote job 0's record)."""
+    from omegaconf import OmegaConf, open_dict
+
+    from pyimgano_hydra.sweep.compose import job_overrides
+    from pyimgano_hydra.sweep.naming import split_override
+
+    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) not in SWEEPERS_OF_THE_PRODUCT:
+        return []
+    try:
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+        params = OmegaConf.to_container(params) if params is not None else {}
+        jobs = job_overrides([f"{k}={v}" for k, v in params.items()]
+                             + list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or []))
+        probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+    except Exception:  # Hydra refuses the overrides itself
+        return []
+    subdirs = []
+    for num, overrides in enumerate(jobs[:MAX_PROBED_JOBS]):
+        try:
+            with open_dict(probe):
+                probe.hydra.job.num = num
+                probe.hydra.job.id = str(num)
+                probe.hydra.overrides.task = list(overrides)
+                for key, value in map(split_override, overrides):
+                    OmegaConf.update(probe, key, value, force_add=True)
+            subdirs.append(os.path.normpath(str(OmegaConf.select(probe, "hydra.sweep.subdir",
+                                                                 throw_on_resolution_failure=True))))
+        except Exception:  # an interpolation only a job can resolve
+            subdirs.append("")
+    return subdirs
 
 
 def _swept_values(config: DictConfig) -> list[tuple[str | None, str | None]]:
