@@ -247,14 +247,16 @@ def test_a_sweep_subdir_that_jobs_could_share_is_refused_before_any_job(tmp_path
     assert not sweep.exists() and not list(tmp_path.glob("abs_*"))
 
 
-def test_a_sweep_subdir_that_two_job_numbers_share_is_refused_before_any_job(tmp_path):
+@pytest.mark.parametrize("sweeps,expected", [(["tag=a1,b,a", "seed=1,2,3,4"], "jobs 0 and 10 would share"),
+                                             (["tag='',0/"], "job 1's dir 0/1 lies inside job 0's")])
+def test_a_sweep_subdir_that_two_job_numbers_share_is_refused_before_any_job(tmp_path, sweeps, expected):
     """Pass D: ``${tag}${hydra.job.num}`` with tag=a1,b,a and 4 seeds made jobs 0 and 10 both
-    ``a10``: job 10 rewrote job 0's finished .hydra/ (overrides tag=a seed=3, report tag=a1 seed=1)."""
+    ``a10``: job 10 rewrote job 0's finished .hydra/ (overrides tag=a seed=3, report tag=a1 seed=1);
+    with tag='',0/ job 1 ran inside job 0's run dir."""
     sweep = tmp_path / "sweep"
-    proc = _cli(["--multirun", *TINY, "tag=a1,b,a", "seed=1,2,3,4", f"hydra.sweep.dir={sweep}",
-                 "hydra.sweep.subdir=${tag}${hydra.job.num}"])
+    proc = _cli(["--multirun", *TINY, *sweeps, f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${tag}${hydra.job.num}"])
     _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 2 and err.strip().count("\n") == 0 and "jobs 0 and 10 would share" in err, err
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and expected in err, err
     assert not sweep.exists()
 
 

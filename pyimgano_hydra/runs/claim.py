@@ -180,6 +180,11 @@ def _check_subdir(config: DictConfig) -> None:
         if job_dir and seen.setdefault(job_dir, num) != num:
             _refuse(f"hydra.sweep.subdir={subdir}: jobs {seen[job_dir]} and {num} would share the run dir "
                     f"{job_dir}; name each job with ${{hydra.job.num}} alone or with a separator")
+    for job_dir, num in seen.items():  # tag=,0/ with ${tag}${hydra.job.num}: job 1 in 0/1, inside job 0's run
+        outer = next((d for d in Path(job_dir).parents if str(d) in seen), None)
+        if outer is not None:
+            _refuse(f"hydra.sweep.subdir={subdir}: job {num}'s dir {job_dir} lies inside job {seen[str(outer)]}'s; "
+                    "runs are never written into another run")
 
 
 MAX_PROBED_JOBS = 2000
@@ -194,8 +199,9 @@ def _job_subdirs(config: DictConfig) -> list[str]:
     with tag=a1,b,a and 4 seeds made jobs 0 and 10 both ``a10`` (job 10 rewrote job 0's record)."""
     from omegaconf import OmegaConf, open_dict
 
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     from pyimgano_hydra.sweep.compose import job_overrides
-    from pyimgano_hydra.sweep.naming import split_override
 
     if OmegaConf.select(config, "hydra.sweeper._target_", default=None) not in SWEEPERS_OF_THE_PRODUCT:
         return []
@@ -207,14 +213,18 @@ def _job_subdirs(config: DictConfig) -> list[str]:
         probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
     except Exception:  # Hydra refuses the overrides itself
         return []
-    subdirs = []
+    parser, values, subdirs = OverridesParser.create(), {}, []
     for num, overrides in enumerate(jobs[:MAX_PROBED_JOBS]):
         try:
+            for text in overrides:  # tag='' is the empty string, as the job gets it
+                if text not in values:
+                    override = parser.parse_override(text)
+                    values[text] = (override.key_or_group, override.value())
             with open_dict(probe):
                 probe.hydra.job.num = num
                 probe.hydra.job.id = str(num)
                 probe.hydra.overrides.task = list(overrides)
-                for key, value in map(split_override, overrides):
+                for key, value in (values[text] for text in overrides):
                     OmegaConf.update(probe, key, value, force_add=True)
             subdirs.append(os.path.normpath(str(OmegaConf.select(probe, "hydra.sweep.subdir",
                                                                  throw_on_resolution_failure=True))))
