@@ -360,3 +360,30 @@ def test_a_run_dirs_config_pickle_is_never_rerun(tmp_path, module, flag):
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 2 and err.strip().count("\n") == 0 and "loads a pickle" in err, err
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("module,override", [
+    ("pyimgano_hydra", "hydra.output_subdir={done}/.hydra"),
+    ("pyimgano_hydra.infer", "hydra.output_subdir=../done/.hydra"),
+    ("--multirun", "hydra.output_subdir=${{tag}}/.hydra"),
+    ("pyimgano_hydra", "hydra.job.name=../done/pyimgano_hydra")])
+def test_hydras_record_and_log_stay_inside_the_new_run(completed_run, tmp_path, module, override):
+    """Pass D: hydra.output_subdir=<completed run>/.hydra (absolute, ``..``, or a swept value) had Hydra
+    rewrite that run's overrides.yaml; hydra.job.name=../<run>/pyimgano_hydra appended to its log."""
+    import shutil
+
+    done = tmp_path / "done"
+    shutil.copytree(completed_run, done, symlinks=True)
+    before = _snapshot(done)
+    override = override.format(done=done)
+    if module == "pyimgano_hydra.infer":
+        args = [f"run_dir={completed_run}", f"input={completed_run}", f"hydra.run.dir={tmp_path / 'new'}", override]
+        proc = _cli_module(module, args)
+    elif module == "--multirun":
+        proc = _cli(["--multirun", *TINY, "tag=a,../../done", f"hydra.sweep.dir={tmp_path / 'sweep'}", override])
+    else:
+        proc = _cli([*TINY, "tag=EVIL", f"hydra.run.dir={tmp_path / 'new'}", override])
+    _, err = proc.communicate(timeout=600)
+    key = override.split("=", 1)[0]
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and err.startswith(f"error: {key}="), err
+    assert _snapshot(done) == before

@@ -148,13 +148,33 @@ class ClaimRunDir(Callback):
         # hydra.run.dir reads ${hydra:runtime.choices...}: set what run_job would set next;
         # ${now:} is cached in ``config``, so run_job resolves the same directory.
         HydraConfig.instance().set_config(config)
+        _check_output_subdir(config)
         claim(Path(str(config.hydra.run.dir)), _task_hash(config), self.resumable)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
+        _check_output_subdir(config)
         _check_subdir(config)
         # never resumable: a sweep root is not a run (an interrupted run dir took a whole sweep in)
         claim(Path(str(config.hydra.sweep.dir)), resumable=False, key="hydra.sweep.dir", empty=True)
+
+
+def _check_output_subdir(config: DictConfig) -> None:
+    """``hydra.output_subdir`` (``.hydra``; null: none) is where Hydra writes each run's record, before
+    any callback of the job: it must stay inside the run dir (``/<run>/.hydra`` or ``../<run>/.hydra``
+    rewrote a completed run's overrides.yaml); ``hydra.job.name`` names the log file in it."""
+    from omegaconf import OmegaConf
+
+    name = OmegaConf.select(config, "hydra.job.name", default=None)
+    if name is not None and (os.sep in str(name) or (os.altsep or os.sep) in str(name) or str(name) in ("", ".", "..")):
+        # <run dir>/<job name>.log: ../<run>/pyimgano_hydra appended this run's log to a completed run's
+        _refuse(f"hydra.job.name={name}: must be a plain name (it names <run dir>/<name>.log), not a path")
+    raw = OmegaConf.to_container(config.hydra, resolve=False).get("output_subdir")
+    if raw is None:
+        return
+    resolved = [_probe_subdir(config, key, value, name="hydra.output_subdir") for key, value in _swept_values(config)]
+    if any(Path(p).is_absolute() or ".." in Path(p).parts for p in [str(raw), *resolved]):
+        _refuse(f"hydra.output_subdir={raw}: must be a relative folder inside the run dir (default .hydra)")
 
 
 def _check_subdir(config: DictConfig) -> None:
@@ -253,9 +273,10 @@ def _swept_values(config: DictConfig) -> list[tuple[str | None, str | None]]:
     return pairs
 
 
-def _probe_subdir(config: DictConfig, key: str | None = None, value: str | None = None, num: int = 0) -> str:
-    """``hydra.sweep.subdir`` resolved as job ``num`` would resolve it, with ``key=value`` when given
-    ("" when it needs what only a job has): no interpolated value may make it absolute or climb out."""
+def _probe_subdir(config: DictConfig, key: str | None = None, value: str | None = None, num: int = 0,
+                  name: str = "hydra.sweep.subdir") -> str:
+    """``name`` (``hydra.sweep.subdir``) resolved as job ``num`` would resolve it, with ``key=value`` when
+    given ("" when it needs what only a job has): no interpolated value may make it absolute or climb out."""
     from omegaconf import OmegaConf, open_dict
 
     try:
@@ -265,6 +286,6 @@ def _probe_subdir(config: DictConfig, key: str | None = None, value: str | None 
             probe.hydra.job.id = str(num)
             if key is not None:
                 OmegaConf.update(probe, key, value, force_add=True)
-        return str(OmegaConf.select(probe, "hydra.sweep.subdir", throw_on_resolution_failure=True))
+        return str(OmegaConf.select(probe, name, throw_on_resolution_failure=True))
     except Exception:  # an interpolation only a job can resolve
         return ""
