@@ -387,3 +387,14 @@ def test_hydras_record_and_log_stay_inside_the_new_run(completed_run, tmp_path, 
     key = override.split("=", 1)[0]
     assert proc.returncode == 2 and err.strip().count("\n") == 0 and err.startswith(f"error: {key}="), err
     assert _snapshot(done) == before
+
+
+@pytest.mark.parametrize("name", ["..", ".", "..."])
+def test_a_category_named_with_dots_gets_its_own_folder(tmp_path, name):
+    """Pass D: dataset=folder dataset.name=.. wrote the category's report, inspector and plots into
+    the run root (categories/..); a resume then clears a half-done category with rmtree."""
+    from pyimgano_hydra.runs.layout import RunDir
+
+    folder = RunDir(tmp_path).category(name).root
+    assert folder.parent == tmp_path / "categories" and folder.resolve().parent == (tmp_path / "categories").resolve()
+    assert folder.name.startswith(name + "-")
