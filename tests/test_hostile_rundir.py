@@ -366,10 +366,13 @@ def test_a_run_dirs_config_pickle_is_never_rerun(tmp_path, module, flag):
     ("pyimgano_hydra", "hydra.output_subdir={done}/.hydra"),
     ("pyimgano_hydra.infer", "hydra.output_subdir=../done/.hydra"),
     ("--multirun", "hydra.output_subdir=${{tag}}/.hydra"),
-    ("pyimgano_hydra", "hydra.job.name=../done/pyimgano_hydra")])
+    ("pyimgano_hydra", "hydra.job.name=../done/pyimgano_hydra"),
+    ("pyimgano_hydra.export", "hydra.output_subdir={done}/.hydra"),
+    ("pyimgano_hydra.export", "hydra.output_subdir=.hydra")])
 def test_hydras_record_and_log_stay_inside_the_new_run(completed_run, tmp_path, module, override):
     """Pass D: hydra.output_subdir=<completed run>/.hydra (absolute, ``..``, or a swept value) had Hydra
-    rewrite that run's overrides.yaml; hydra.job.name=../<run>/pyimgano_hydra appended to its log."""
+    rewrite that run's overrides.yaml; hydra.job.name=../<run>/pyimgano_hydra appended to its log.
+    Export (run dir: the working dir) wrote its record into the run it exports."""
     import shutil
 
     done = tmp_path / "done"
@@ -379,6 +382,8 @@ def test_hydras_record_and_log_stay_inside_the_new_run(completed_run, tmp_path, 
     if module == "pyimgano_hydra.infer":
         args = [f"run_dir={completed_run}", f"input={completed_run}", f"hydra.run.dir={tmp_path / 'new'}", override]
         proc = _cli_module(module, args)
+    elif module == "pyimgano_hydra.export":  # run.dir is the working dir, here the completed run itself
+        proc = _cli_module(module, [f"run_dir={done}", f"hydra.run.dir={done}", override])
     elif module == "--multirun":
         proc = _cli(["--multirun", *TINY, "tag=a,../../done", f"hydra.sweep.dir={tmp_path / 'sweep'}", override])
     else:

@@ -159,6 +159,21 @@ class ClaimRunDir(Callback):
         claim(Path(str(config.hydra.sweep.dir)), resumable=False, key="hydra.sweep.dir", empty=True)
 
 
+class NoHydraRecord(Callback):
+    """Hydra callback of export, which claims nothing (it adds to a completed run, from any working
+    dir): ``hydra.output_subdir`` stays null (``=<run>/.hydra`` rewrote that run's record)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+
+        HydraConfig.instance().set_config(config)
+        _check_output_subdir(config)
+        raw = OmegaConf.to_container(config.hydra, resolve=False).get("output_subdir")
+        if raw is not None:
+            _refuse(f"hydra.output_subdir={raw}: export writes no Hydra record (it may run inside a run dir); "
+                    "leave it null")
+
+
 def _check_output_subdir(config: DictConfig) -> None:
     """``hydra.output_subdir`` (``.hydra``; null: none) is where Hydra writes each run's record, before
     any callback of the job: it must stay inside the run dir (``/<run>/.hydra`` or ``../<run>/.hydra``
