@@ -368,11 +368,15 @@ def test_a_run_dirs_config_pickle_is_never_rerun(tmp_path, module, flag):
     ("--multirun", "hydra.output_subdir=${{tag}}/.hydra"),
     ("pyimgano_hydra", "hydra.job.name=../done/pyimgano_hydra"),
     ("pyimgano_hydra.export", "hydra.output_subdir={done}/.hydra"),
-    ("pyimgano_hydra.export", "hydra.output_subdir=.hydra")])
+    ("pyimgano_hydra.export", "hydra.output_subdir=.hydra"),
+    ("pyimgano_hydra", "hydra.job_logging.handlers.file.filename={done}/status.json"),
+    ("--multirun", "hydra.job_logging.handlers.file.filename={done}/status.json"),
+    ("pyimgano_hydra.infer", "hydra.job_logging.handlers.file.filename={done}/report.json")])
 def test_hydras_record_and_log_stay_inside_the_new_run(completed_run, tmp_path, module, override):
     """Pass D: hydra.output_subdir=<completed run>/.hydra (absolute, ``..``, or a swept value) had Hydra
     rewrite that run's overrides.yaml; hydra.job.name=../<run>/pyimgano_hydra appended to its log.
-    Export (run dir: the working dir) wrote its record into the run it exports."""
+    Export (run dir: the working dir) wrote its record into the run it exports. A log file named
+    <completed run>/status.json got log lines appended: infer then refused that run."""
     import shutil
 
     done = tmp_path / "done"

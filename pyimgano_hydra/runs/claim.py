@@ -149,6 +149,7 @@ class ClaimRunDir(Callback):
         # ${now:} is cached in ``config``, so run_job resolves the same directory.
         HydraConfig.instance().set_config(config)
         _check_output_subdir(config)
+        _check_log_files(config, Path(str(config.hydra.run.dir)), Path(str(config.hydra.run.dir)))
         claim(Path(str(config.hydra.run.dir)), _task_hash(config), self.resumable)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -156,6 +157,7 @@ class ClaimRunDir(Callback):
         _check_output_subdir(config)
         _check_subdir(config)
         # never resumable: a sweep root is not a run (an interrupted run dir took a whole sweep in)
+        _check_log_files(config, Path(str(config.hydra.sweep.dir)) / "0", Path(str(config.hydra.sweep.dir)))
         claim(Path(str(config.hydra.sweep.dir)), resumable=False, key="hydra.sweep.dir", empty=True)
 
 
@@ -168,10 +170,40 @@ class NoHydraRecord(Callback):
 
         HydraConfig.instance().set_config(config)
         _check_output_subdir(config)
+        run_dir = OmegaConf.select(config, "run_dir", default=None)
+        _check_log_files(config, Path(str(config.hydra.run.dir)), Path(str(run_dir)) if run_dir else None)
         raw = OmegaConf.to_container(config.hydra, resolve=False).get("output_subdir")
         if raw is not None:
             _refuse(f"hydra.output_subdir={raw}: export writes no Hydra record (it may run inside a run dir); "
                     "leave it null")
+
+
+def _check_log_files(config: DictConfig, job_dir: Path, own: Path | None) -> None:
+    """Hydra's log files (``hydra.job_logging`` / ``hydra.hydra_logging`` handlers' ``filename``, as
+    job ``job_dir`` resolves them) lie in no run dir but ``own``: =<completed run>/status.json
+    appended log lines to it, and infer then refused that run."""
+    from omegaconf import OmegaConf, open_dict
+
+    try:
+        probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+        with open_dict(probe):
+            probe.hydra.runtime.output_dir = str(job_dir.absolute())
+    except Exception:  # noqa: BLE001 - Hydra reports a broken config itself
+        return
+    for section in ("job_logging", "hydra_logging"):
+        handlers = OmegaConf.select(probe, f"hydra.{section}.handlers", default=None)
+        for name in handlers.keys() if isinstance(handlers, DictConfig) else []:
+            key = f"hydra.{section}.handlers.{name}.filename"
+            try:
+                filename = OmegaConf.select(probe, key, default=None, throw_on_resolution_failure=True)
+            except Exception:  # noqa: BLE001 - an interpolation only the job can resolve
+                continue
+            if filename is None:
+                continue
+            outer = inside_a_run(Path(str(filename)).expanduser().absolute())
+            if outer is not None and (own is None or outer != own.resolve()):
+                _refuse(f"{key}={filename}: lies inside the run dir {outer}; a log is never written into "
+                        "another run")
 
 
 def _check_output_subdir(config: DictConfig) -> None:
