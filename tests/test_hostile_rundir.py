@@ -407,3 +407,24 @@ def test_a_category_named_with_dots_gets_its_own_folder(tmp_path, name):
     folder = RunDir(tmp_path).category(name).root
     assert folder.parent == tmp_path / "categories" and folder.resolve().parent == (tmp_path / "categories").resolve()
     assert folder.name.startswith(name + "-")
+
+
+def test_an_optuna_trial_never_lands_in_an_earlier_trials_dir():
+    """Pass D: sampled values in hydra.sweep.subdir (``${tag}${hydra.job.num}`` with tag sampled
+    from a1, a) can give trials 0 and 10 one dir (``a10``); the launcher wrapper refuses the later."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from pyimgano_hydra.sweep.optuna import BudgetLauncher
+
+    config = OmegaConf.create({"tag": "", "hydra": {"sweep": {"subdir": "${tag}${hydra.job.num}"},
+                                                    "job": {"num": 0, "id": "0"}, "overrides": {"task": []}}})
+    launched = []
+    inner = SimpleNamespace(launch=lambda jobs, initial_job_idx: launched.append(initial_job_idx) or [])
+    launcher = BudgetLauncher(inner, SimpleNamespace(config=config, n_trials=20), 1.0)
+    launcher.launch([["tag=a1"]], initial_job_idx=0)
+    launcher.launch([[f"tag=b{i}"] for i in range(9)], initial_job_idx=1)
+    with pytest.raises(SystemExit) as exc:
+        launcher.launch([["tag=a"]], initial_job_idx=10)
+    assert exc.value.code == 2 and launched == [0, 1]

@@ -242,16 +242,8 @@ def _check_subdir(config: DictConfig) -> None:
             or any(first and first == second for first, second in pairs):
         _refuse(f"hydra.sweep.subdir={subdir}: must be a relative path naming the job (${{hydra.job.num}}), "
                 "so that no two jobs share a run dir")
-    seen: dict[str, int] = {}
-    for num, job_dir in enumerate([] if subdir == DEFAULT_SUBDIR else _job_subdirs(config)):
-        if job_dir and seen.setdefault(job_dir, num) != num:
-            _refuse(f"hydra.sweep.subdir={subdir}: jobs {seen[job_dir]} and {num} would share the run dir "
-                    f"{job_dir}; name each job with ${{hydra.job.num}} alone or with a separator")
-    for job_dir, num in seen.items():  # tag=,0/ with ${tag}${hydra.job.num}: job 1 in 0/1, inside job 0's run
-        outer = next((d for d in Path(job_dir).parents if str(d) in seen), None)
-        if outer is not None:
-            _refuse(f"hydra.sweep.subdir={subdir}: job {num}'s dir {job_dir} lies inside job {seen[str(outer)]}'s; "
-                    "runs are never written into another run")
+    if subdir != DEFAULT_SUBDIR:  # <num>_...: unique by construction
+        JobDirs(config).check(0, _product_jobs(config))
 
 
 MAX_PROBED_JOBS = 2000
@@ -260,13 +252,9 @@ SWEEPERS_OF_THE_PRODUCT = ("hydra_plugins.pyimgano_hydra_sweepers.compose_once.C
                            "hydra._internal.core_plugins.basic_sweeper.BasicSweeper")
 
 
-def _job_subdirs(config: DictConfig) -> list[str]:
-    """Every job's ``hydra.sweep.subdir`` as it would resolve (normalised; "" when only the job
-    can resolve it), for sweepers that run the product of the values: ``${tag}${hydra.job.num}``
-    with tag=a1,b,a and 4 seeds made jobs 0 and 10 both ``a10`` (job 10 rewrote job 0's record)."""
-    from omegaconf import OmegaConf, open_dict
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def _product_jobs(config: DictConfig) -> list[list[str]]:
+    """Every job's overrides of a sweeper that runs the product of the values ([] for others)."""
+    from omegaconf import OmegaConf
 
     from pyimgano_hydra.sweep.compose import job_overrides
 
@@ -275,29 +263,67 @@ def _job_subdirs(config: DictConfig) -> list[str]:
     try:
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
         params = OmegaConf.to_container(params) if params is not None else {}
-        jobs = job_overrides([f"{k}={v}" for k, v in params.items()]
-                             + list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or []))
-        probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+        return job_overrides([f"{k}={v}" for k, v in params.items()]
+                             + list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or []))[:MAX_PROBED_JOBS]
     except Exception:  # Hydra refuses the overrides itself
         return []
-    parser, values, subdirs = OverridesParser.create(), {}, []
-    for num, overrides in enumerate(jobs[:MAX_PROBED_JOBS]):
+
+
+class JobDirs:
+    """Each job's ``hydra.sweep.subdir`` as it would resolve (normalised; "" when only the job can
+    resolve it), checked before the job is launched: no two jobs share a dir or nest. Hydra writes a
+    job's ``.hydra/`` before any callback: ``${tag}${hydra.job.num}`` with tag=a1,b,a and 4 seeds made
+    jobs 0 and 10 both ``a10`` (job 10 rewrote job 0's record); Optuna samples such values too."""
+
+    def __init__(self, config: DictConfig) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        self.text = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
+        self.probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+        self.parser = OverridesParser.create()
+        self.values: dict[str, tuple] = {}
+        self.seen: dict[str, int] = {}  # job dir -> job number
+        self.ancestors: dict[str, str] = {}  # each folder above a job dir -> that job dir
+
+    def subdir(self, num: int, overrides: list[str]) -> str:
+        from omegaconf import OmegaConf, open_dict
+
         try:
             for text in overrides:  # tag='' is the empty string, as the job gets it
-                if text not in values:
-                    override = parser.parse_override(text)
-                    values[text] = (override.key_or_group, override.value())
-            with open_dict(probe):
-                probe.hydra.job.num = num
-                probe.hydra.job.id = str(num)
-                probe.hydra.overrides.task = list(overrides)
-                for key, value in (values[text] for text in overrides):
-                    OmegaConf.update(probe, key, value, force_add=True)
-            subdirs.append(os.path.normpath(str(OmegaConf.select(probe, "hydra.sweep.subdir",
-                                                                 throw_on_resolution_failure=True))))
+                if text not in self.values:
+                    override = self.parser.parse_override(text)
+                    self.values[text] = (override.key_or_group, override.value())
+            with open_dict(self.probe):
+                self.probe.hydra.job.num = num
+                self.probe.hydra.job.id = str(num)
+                self.probe.hydra.overrides.task = list(overrides)
+                for key, value in (self.values[text] for text in overrides):
+                    OmegaConf.update(self.probe, key, value, force_add=True)
+            return os.path.normpath(str(OmegaConf.select(self.probe, "hydra.sweep.subdir",
+                                                         throw_on_resolution_failure=True)))
         except Exception:  # an interpolation only a job can resolve
-            subdirs.append("")
-    return subdirs
+            return ""
+
+    def check(self, first: int, jobs: list) -> None:
+        """SystemExit(2) with one line when a job of ``jobs`` (numbered from ``first``) would share
+        or nest in the dir of an earlier job (of this call or an earlier one)."""
+        for num, overrides in enumerate(jobs, first):
+            job_dir = self.subdir(num, list(overrides))
+            if not job_dir:
+                continue
+            if self.seen.setdefault(job_dir, num) != num:
+                _refuse(f"hydra.sweep.subdir={self.text}: jobs {self.seen[job_dir]} and {num} would share the run "
+                        f"dir {job_dir}; name each job with ${{hydra.job.num}} alone or with a separator")
+            # tag=,0/ with ${tag}${hydra.job.num}: job 1 in 0/1, inside job 0's run (either order)
+            outer = next((str(p) for p in Path(job_dir).parents if str(p) in self.seen), None)
+            inner = outer and job_dir or self.ancestors.get(job_dir)
+            if outer is not None or inner is not None:
+                outer = outer or job_dir
+                _refuse(f"hydra.sweep.subdir={self.text}: job {self.seen[inner]}'s dir {inner} lies inside job "
+                        f"{self.seen[outer]}'s; runs are never written into another run")
+            for parent in Path(job_dir).parents:
+                self.ancestors.setdefault(str(parent), job_dir)
 
 
 def _swept_values(config: DictConfig) -> list[tuple[str | None, str | None]]:
