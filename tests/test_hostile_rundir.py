@@ -428,3 +428,19 @@ def test_an_optuna_trial_never_lands_in_an_earlier_trials_dir():
     with pytest.raises(SystemExit) as exc:
         launcher.launch([["tag=a"]], initial_job_idx=10)
     assert exc.value.code == 2 and launched == [0, 1]
+
+
+def test_an_unfinished_run_with_a_symlink_is_not_resumed(tmp_path):
+    """Pass D: a resumed run appends to its ``pyimgano_hydra.log``; linked to any file, Hydra wrote
+    the log there."""
+    run = tmp_path / "run"
+    write_json_atomic(run / "status.json", {"status": "interrupted", "config_hash": "h" * 16})
+    (run / CLAIM_FILE).write_text("{}")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (run / "pyimgano_hydra.log").symlink_to(victim)
+    with pytest.raises(SystemExit) as exc:
+        claim(run, config_hash="h" * 16)
+    assert exc.value.code == 2 and victim.read_text() == "keep me"
+    (run / "pyimgano_hydra.log").unlink()
+    claim(run, config_hash="h" * 16)  # the same unfinished run without the link resumes

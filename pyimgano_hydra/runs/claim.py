@@ -55,14 +55,15 @@ def inside_a_run(run_dir: Path) -> Path | None:
 WRITTEN_FOLDERS = ("categories", "maps", "masks")
 
 
-def _nothing_to_write_through(run_dir: Path, key: str) -> None:
+def _nothing_to_write_through(run_dir: Path, key: str, resuming: bool = False) -> None:
     """An existing dir taken for a new run holds no symlink (a ``categories`` link into a completed
     run had the new run overwrite its inspector and report; a ``<job>.log`` link had the log
-    appended to any file) and none of the folders a run writes into."""
+    appended to any file) and none of the folders a run writes into; an unfinished run ``resuming``
+    may hold those folders, never a symlink."""
     from pyimgano_hydra.errors import console_line
 
     for entry in sorted(run_dir.iterdir()):
-        if entry.is_symlink() or entry.name in WRITTEN_FOLDERS:
+        if entry.is_symlink() or entry.name in WRITTEN_FOLDERS and not resuming:
             what = "a symlink" if entry.is_symlink() else "a folder a run writes into"
             _refuse(f"{key}={console_line(str(run_dir))}: holds {console_line(entry.name)} ({what}); "
                     f"a new run never writes through or into what is there: pick a new {key}")
@@ -116,6 +117,7 @@ def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool 
             CLAIMED.append((run_dir, config_hash))
             return
     if resumable and may_take_over(run_dir, config_hash):
+        _nothing_to_write_through(run_dir, key, resuming=True)  # its log is appended to, its .hydra rewritten
         return
     _refuse(f"{run_dir} already holds a run or sweep (it has {taken}); runs are never overwritten: "
             "pick a new hydra.run.dir (hydra.sweep.dir)")
