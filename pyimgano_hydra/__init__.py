@@ -56,9 +56,11 @@ def _inside_a_run_dir(path: str) -> bool:
     inside a received run dir imported its ``hydra_plugins/``)."""
     import os
 
-    markers = (".claim.json", "report.json", "status.json", "multirun.yaml", ".hydra")
-    while True:
-        if any(os.path.lexists(os.path.join(path, name)) for name in markers):
+    def holds(*names: str) -> bool:
+        return all(os.path.lexists(os.path.join(path, name)) for name in names)
+
+    while True:  # as runs/claim.py's inside_a_run: a claim, or report.json with status.json
+        if holds(".claim.json") or holds("report.json", "status.json"):
             return True
         parent = os.path.dirname(path)
         if parent == path:
