@@ -159,7 +159,7 @@ class ClaimRunDir(Callback):
         _check_output_subdir(config)
         _check_subdir(config)
         # never resumable: a sweep root is not a run (an interrupted run dir took a whole sweep in)
-        _check_log_files(config, Path(str(config.hydra.sweep.dir)) / "0", Path(str(config.hydra.sweep.dir)))
+        _check_log_files(config, Path(str(config.hydra.sweep.dir)) / "0", Path(str(config.hydra.sweep.dir)), sweep=True)
         claim(Path(str(config.hydra.sweep.dir)), resumable=False, key="hydra.sweep.dir", empty=True)
 
 
@@ -180,7 +180,7 @@ class NoHydraRecord(Callback):
                     "leave it null")
 
 
-def _check_log_files(config: DictConfig, job_dir: Path, own: Path | None) -> None:
+def _check_log_files(config: DictConfig, job_dir: Path, own: Path | None, sweep: bool = False) -> None:
     """Hydra's log files (``hydra.job_logging`` / ``hydra.hydra_logging`` handlers' ``filename``, as
     job ``job_dir`` resolves them) lie in no run dir but ``own``: =<completed run>/status.json
     appended log lines to it, and infer then refused that run."""
@@ -203,9 +203,10 @@ def _check_log_files(config: DictConfig, job_dir: Path, own: Path | None) -> Non
             if filename is None:
                 continue
             outer = inside_a_run(Path(str(filename)).expanduser().absolute())
-            if outer is not None and (own is None or outer != own.resolve()):
-                _refuse(f"{key}={filename}: lies inside the run dir {outer}; a log is never written into "
-                        "another run")
+            mine = own is not None and (outer == own.resolve() or sweep and own.resolve() in (outer or own).parents)
+            if outer is None or mine:
+                continue  # no run, ``own``, or a run inside the sweep dir ``own`` (the claim refuses it, by name)
+            _refuse(f"{key}={filename}: lies inside the run dir {outer}; a log is never written into another run")
 
 
 def _check_output_subdir(config: DictConfig) -> None:
@@ -265,8 +266,8 @@ def _product_jobs(config: DictConfig) -> list[list[str]]:
     try:
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
         params = OmegaConf.to_container(params) if params is not None else {}
-        return job_overrides([f"{k}={v}" for k, v in params.items()]
-                             + list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or []))[:MAX_PROBED_JOBS]
+        task = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+        return job_overrides([f"{k}={v}" for k, v in params.items()] + task)[:MAX_PROBED_JOBS]
     except Exception:  # Hydra refuses the overrides itself
         return []
 
