@@ -39,12 +39,33 @@ def _no_imports_from_a_run_dir() -> None:
     import sys
 
     module = _module_argument(list(getattr(sys, "orig_argv", [])))
-    if not module or module.split(".")[:2] not in (["pyimgano_hydra", "infer"], ["pyimgano_hydra", "export"]):
+    parts = (module or "").split(".")
+    app = parts in (["pyimgano_hydra"], ["pyimgano_hydra", "__main__"])
+    if not app and parts[:2] not in (["pyimgano_hydra", "infer"], ["pyimgano_hydra", "export"]):
         return
     cwd = os.getcwd()
     if os.path.dirname(os.path.dirname(os.path.abspath(__file__))) == cwd:
         return
+    if app and not _inside_a_run_dir(cwd):  # the app keeps a project's own modules (custom detectors)
+        return
     sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]
+
+
+def _inside_a_run_dir(path: str) -> bool:
+    """``path`` or a folder above it holds a run's record (``python -m pyimgano_hydra --help`` from
+    inside a received run dir imported its ``hydra_plugins/``)."""
+    import os
+
+    def holds(*names: str) -> bool:
+        return all(os.path.lexists(os.path.join(path, name)) for name in names)
+
+    while True:  # as runs/claim.py's inside_a_run: a claim, or report.json with status.json
+        if holds(".claim.json") or holds("report.json", "status.json"):
+            return True
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
 
 
 _no_imports_from_a_run_dir()

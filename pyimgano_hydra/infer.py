@@ -39,11 +39,30 @@ def collect_inputs(spec: str) -> list[Path]:
     if path.is_dir():
         found = [p for p in sorted(path.rglob("*")) if is_image_file(p)]
     else:
-        found = [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if is_image_file(Path(p))]
+        found = [p for p in sorted(_glob(spec)) if is_image_file(p)]
     if not found:
         raise UserError(f"input={spec}: matches no image ({', '.join(IMAGE_EXTENSIONS)}); "
                         "pass a file, a folder or a quoted glob")
     return found
+
+
+def _glob(spec: str) -> list[Path]:
+    """``glob.glob(spec, recursive=True)``, but ``**`` never follows a symlinked folder (two links
+    to ``.`` in the input folder made it walk 2^40 paths: the inference never ended)."""
+    if "**" not in spec:
+        return [Path(p) for p in glob.glob(spec)]
+    parts = Path(spec).parts
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = Path(*parts[:first]) if first else Path(".")
+    pattern = Path(*parts[first:])
+    if pattern.parts[-1] == "**":  # glob.glob's dir/** is every file below dir; pathlib's only its folders
+        pattern = pattern / "*"
+    try:
+        found = list(base.glob(str(pattern)))
+    except (ValueError, OSError) as exc:  # "**" inside a name: "Invalid pattern"
+        raise UserError(f"input={spec}: {exc}") from None
+    hidden_ok = any(part.startswith(".") for part in pattern.parts)  # as glob.glob: .x only when asked
+    return [p for p in found if hidden_ok or not any(part.startswith(".") for part in p.relative_to(base).parts)]
 
 
 def defects_settings_for(run_defects: dict | None, cfg_defects: DictConfig, task_overrides: list[str]) -> dict:

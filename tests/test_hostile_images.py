@@ -370,3 +370,23 @@ def test_an_unreadable_file_with_control_characters_in_its_name_warns_in_one_lin
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\x1b" not in err and r"a\nb\x1b[31m.png" in err
     assert str(bad) in unreadable[0]["error"]
+
+
+def test_a_recursive_input_glob_never_follows_symlinked_folders(tmp_path):
+    """Pass D: input='<dir>/**/*.png' over a folder holding two links to itself walked 2^40 paths:
+    the inference never ended (a folder input was fine: rglob does not follow links)."""
+    import subprocess
+    import sys
+
+    images = tmp_path / "line"
+    images.mkdir()
+    for name in ("a.png", "b.png", ".hidden.png"):
+        (images / name).write_bytes(b"x")
+    (images / "loop").symlink_to(".")
+    (images / "loop2").symlink_to(images)
+    code = ("import sys; from pyimgano_hydra.infer import collect_inputs; "
+            "print(sorted(p.name for p in collect_inputs(sys.argv[1])), sorted(p.name for p in collect_inputs(sys.argv[2])))")
+    proc = subprocess.run([sys.executable, "-c", code, f"{images}/**/*.png", f"{images}/**"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["['a.png',", "'b.png']", "['a.png',", "'b.png']"]

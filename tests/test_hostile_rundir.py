@@ -146,7 +146,9 @@ def test_an_existing_dir_with_a_link_into_a_completed_run_is_refused(completed_r
         f"run_dir={completed_run}", f"input={completed_run}", "save_maps=true"]
     proc = _cli_module(module, [*args, f"hydra.run.dir={trap}"])
     _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 2 and err.strip().count("\n") == 0 and f"holds {name} (a symlink)" in err, err
+    # (a linked log is also refused as a log file inside another run, checked first)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and (
+        f"holds {name} (a symlink)" in err or f"/{name}: lies inside the run dir {done}" in err), err
     assert _snapshot(done) == before
 
 
@@ -245,6 +247,19 @@ def test_a_sweep_subdir_that_jobs_could_share_is_refused_before_any_job(tmp_path
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 2 and err.strip().count("\n") == 0 and "hydra.sweep.subdir=" in err, err
     assert not sweep.exists() and not list(tmp_path.glob("abs_*"))
+
+
+@pytest.mark.parametrize("sweeps,expected", [(["tag=a1,b,a", "seed=1,2,3,4"], "jobs 0 and 10 would share"),
+                                             (["tag='',0/"], "job 1's dir 0/1 lies inside job 0's")])
+def test_a_sweep_subdir_that_two_job_numbers_share_is_refused_before_any_job(tmp_path, sweeps, expected):
+    """Pass D: ``${tag}${hydra.job.num}`` with tag=a1,b,a and 4 seeds made jobs 0 and 10 both
+    ``a10``: job 10 rewrote job 0's finished .hydra/ (overrides tag=a seed=3, report tag=a1 seed=1);
+    with tag='',0/ job 1 ran inside job 0's run dir."""
+    sweep = tmp_path / "sweep"
+    proc = _cli(["--multirun", *TINY, *sweeps, f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${tag}${hydra.job.num}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and expected in err, err
+    assert not sweep.exists()
 
 
 def test_a_sweep_into_a_folder_holding_a_completed_run_leaves_it_untouched(completed_run, tmp_path):
@@ -402,3 +417,87 @@ def test_a_run_dirs_config_pickle_is_never_rerun(tmp_path, module, flag):
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 2 and err.strip().count("\n") == 0 and "loads a pickle" in err, err
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("module,override", [
+    ("pyimgano_hydra", "hydra.output_subdir={done}/.hydra"),
+    ("pyimgano_hydra.infer", "hydra.output_subdir=../done/.hydra"),
+    ("--multirun", "hydra.output_subdir=${{tag}}/.hydra"),
+    ("pyimgano_hydra", "hydra.job.name=../done/pyimgano_hydra"),
+    ("pyimgano_hydra.export", "hydra.output_subdir={done}/.hydra"),
+    ("pyimgano_hydra.export", "hydra.output_subdir=.hydra"),
+    ("pyimgano_hydra", "hydra.job_logging.handlers.file.filename={done}/status.json"),
+    ("--multirun", "hydra.job_logging.handlers.file.filename={done}/status.json"),
+    ("pyimgano_hydra.infer", "hydra.job_logging.handlers.file.filename={done}/report.json")])
+def test_hydras_record_and_log_stay_inside_the_new_run(completed_run, tmp_path, module, override):
+    """Pass D: hydra.output_subdir=<completed run>/.hydra (absolute, ``..``, or a swept value) had Hydra
+    rewrite that run's overrides.yaml; hydra.job.name=../<run>/pyimgano_hydra appended to its log.
+    Export (run dir: the working dir) wrote its record into the run it exports. A log file named
+    <completed run>/status.json got log lines appended: infer then refused that run."""
+    import shutil
+
+    done = tmp_path / "done"
+    shutil.copytree(completed_run, done, symlinks=True)
+    before = _snapshot(done)
+    override = override.format(done=done)
+    if module == "pyimgano_hydra.infer":
+        args = [f"run_dir={completed_run}", f"input={completed_run}", f"hydra.run.dir={tmp_path / 'new'}", override]
+        proc = _cli_module(module, args)
+    elif module == "pyimgano_hydra.export":  # run.dir is the working dir, here the completed run itself
+        proc = _cli_module(module, [f"run_dir={done}", f"hydra.run.dir={done}", override])
+    elif module == "--multirun":
+        proc = _cli(["--multirun", *TINY, "tag=a,../../done", f"hydra.sweep.dir={tmp_path / 'sweep'}", override])
+    else:
+        proc = _cli([*TINY, "tag=EVIL", f"hydra.run.dir={tmp_path / 'new'}", override])
+    _, err = proc.communicate(timeout=600)
+    key = override.split("=", 1)[0]
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and err.startswith(f"error: {key}="), err
+    assert _snapshot(done) == before
+
+
+@pytest.mark.parametrize("name", ["..", ".", "..."])
+def test_a_category_named_with_dots_gets_its_own_folder(tmp_path, name):
+    """Pass D: dataset=folder dataset.name=.. wrote the category's report, inspector and plots into
+    the run root (categories/..); a resume then clears a half-done category with rmtree."""
+    from pyimgano_hydra.runs.layout import RunDir
+
+    folder = RunDir(tmp_path).category(name).root
+    assert folder.parent == tmp_path / "categories" and folder.resolve().parent == (tmp_path / "categories").resolve()
+    assert folder.name.startswith(name + "-")
+
+
+def test_an_optuna_trial_never_lands_in_an_earlier_trials_dir():
+    """Pass D: sampled values in hydra.sweep.subdir (``${tag}${hydra.job.num}`` with tag sampled
+    from a1, a) can give trials 0 and 10 one dir (``a10``); the launcher wrapper refuses the later."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from pyimgano_hydra.sweep.optuna import BudgetLauncher
+
+    config = OmegaConf.create({"tag": "", "hydra": {"sweep": {"subdir": "${tag}${hydra.job.num}"},
+                                                    "job": {"num": 0, "id": "0"}, "overrides": {"task": []}}})
+    launched = []
+    inner = SimpleNamespace(launch=lambda jobs, initial_job_idx: launched.append(initial_job_idx) or [])
+    launcher = BudgetLauncher(inner, SimpleNamespace(config=config, n_trials=20), 1.0)
+    launcher.launch([["tag=a1"]], initial_job_idx=0)
+    launcher.launch([[f"tag=b{i}"] for i in range(9)], initial_job_idx=1)
+    with pytest.raises(SystemExit) as exc:
+        launcher.launch([["tag=a"]], initial_job_idx=10)
+    assert exc.value.code == 2 and launched == [0, 1]
+
+
+def test_an_unfinished_run_with_a_symlink_is_not_resumed(tmp_path):
+    """Pass D: a resumed run appends to its ``pyimgano_hydra.log``; linked to any file, Hydra wrote
+    the log there."""
+    run = tmp_path / "run"
+    write_json_atomic(run / "status.json", {"status": "interrupted", "config_hash": "h" * 16})
+    (run / CLAIM_FILE).write_text("{}")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (run / "pyimgano_hydra.log").symlink_to(victim)
+    with pytest.raises(SystemExit) as exc:
+        claim(run, config_hash="h" * 16)
+    assert exc.value.code == 2 and victim.read_text() == "keep me"
+    (run / "pyimgano_hydra.log").unlink()
+    claim(run, config_hash="h" * 16)  # the same unfinished run without the link resumes

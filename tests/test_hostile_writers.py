@@ -71,3 +71,20 @@ def test_a_backbone_record_that_cannot_be_written_turns_the_cache_off(tmp_path):
     with feature_cache({"enabled": True, "dir": str(tmp_path / "file" / "cache"), "max_gb": 1}) as cache:
         feats = list(iter_features(deferred_backbone("efficientnet_lite0", ["blocks.2"], device="cpu"), images))
     assert feats[0]["blocks.2"].shape[0] == 2 and not cache.enabled
+
+
+def test_cache_eviction_deletes_only_its_own_entries(tmp_path):
+    """Pass D: cache.dir=<a data folder> with cache.max_gb small: eviction deleted the folder's own
+    masks/*.npz (any ``*/*.npz`` counted as an entry)."""
+    import numpy as np
+
+    from pyimgano_hydra.features.cache import FeatureCache, make_key
+
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "ab").mkdir()
+    np.savez(tmp_path / "masks" / "gt_0001.npz", a=np.zeros(1000))
+    np.savez(tmp_path / "ab" / "abc.npz", a=np.zeros(1000))
+    cache = FeatureCache(tmp_path, max_bytes=None)
+    cache.put(make_key("x"), np.zeros(1000))
+    assert cache.evict(max_bytes=100) > 0 and cache.get(make_key("x")) is None
+    assert (tmp_path / "masks" / "gt_0001.npz").is_file() and (tmp_path / "ab" / "abc.npz").is_file()

@@ -566,6 +566,26 @@ def test_python_m_started_inside_a_run_dir_imports_nothing_from_it(fake_run, tmp
     assert proc.returncode == 0 or module.endswith("export"), proc.stderr[-2000:]  # the fake detector has no export
 
 
+@pytest.mark.parametrize("module", ["pyimgano_hydra", "pyimgano_hydra.__main__"])
+def test_the_app_started_inside_a_run_dir_imports_nothing_from_it(fake_run, tmp_path, module):
+    """Pass D: ``cd <received run dir> && python -m pyimgano_hydra --help`` ran its ``hydra_plugins/``
+    (the working-dir guard covered infer and export only). The app keeps the working dir elsewhere
+    (a project's own detector modules)."""
+    import subprocess
+    import sys
+
+    run_dir = _planted(fake_run, tmp_path)
+    marker = tmp_path / "pwned"
+    plugin = run_dir / "categories" / "hydra_plugins" / "evil"
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=run_dir / "categories", env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and not marker.exists(), proc.stderr[-2000:]
+
+
 def test_hostile_category_names_make_one_short_error_line(fake_run, tmp_path):
     """A fourth pass: a 2 MB category name in report.json made a 2 MB error line, one holding
     a newline and an escape sequence split it and cleared the terminal."""

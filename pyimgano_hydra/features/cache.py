@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import os
+import re
 import zipfile
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -109,6 +110,10 @@ def _as_dict(value: np.ndarray | Mapping[str, np.ndarray]) -> ArrayDict:
 
 def _from_dict(arrays: ArrayDict) -> np.ndarray | ArrayDict:
     return arrays[SINGLE] if set(arrays) == {SINGLE} else arrays
+
+
+_ENTRY_FOLDER = re.compile("[0-9a-f]{2}")
+_ENTRY_KEY = re.compile("[0-9a-f]{64}")
 
 
 class FeatureCache:
@@ -251,14 +256,17 @@ class FeatureCache:
 
     # -- size management
     def entries(self) -> list[tuple[Path, int, float]]:
-        """(path, bytes, mtime) of every entry."""
+        """(path, bytes, mtime) of every entry: ``<2 hex>/<64 hex key>.npz`` only, so that eviction
+        never deletes what is not ours (cache.dir=<a data folder> evicted its masks/*.npz)."""
         out = []
         if not self.root.is_dir():
             return out
         for folder in self.root.iterdir():
-            if not folder.is_dir() or folder.name in (LOCK_DIR, BACKBONE_DIR):
+            if not _ENTRY_FOLDER.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir():
                 continue
-            for path in folder.glob(f"*{SUFFIX}"):
+            for path in folder.glob(f"{folder.name}*{SUFFIX}"):
+                if not _ENTRY_KEY.fullmatch(path.name[:-len(SUFFIX)]) or path.is_symlink():
+                    continue
                 try:
                     stat = path.stat()
                 except OSError:  # evicted by another process meanwhile

@@ -41,14 +41,15 @@ def inside_a_run(run_dir: Path) -> Path | None:
 WRITTEN_FOLDERS = ("categories", "maps", "masks")
 
 
-def _nothing_to_write_through(run_dir: Path, key: str) -> None:
+def _nothing_to_write_through(run_dir: Path, key: str, resuming: bool = False) -> None:
     """An existing dir taken for a new run holds no symlink (a ``categories`` link into a completed
     run had the new run overwrite its inspector and report; a ``<job>.log`` link had the log
-    appended to any file) and none of the folders a run writes into."""
+    appended to any file) and none of the folders a run writes into; an unfinished run ``resuming``
+    may hold those folders, never a symlink."""
     from pyimgano_hydra.errors import console_line
 
     for entry in sorted(run_dir.iterdir()):
-        if entry.is_symlink() or entry.name in WRITTEN_FOLDERS:
+        if entry.is_symlink() or entry.name in WRITTEN_FOLDERS and not resuming:
             what = "a symlink" if entry.is_symlink() else "a folder a run writes into"
             raise UserError(f"{key}={console_line(str(run_dir))}: holds {console_line(entry.name)} ({what}); "
                             f"a new run never writes through or into what is there: pick a new {key}")
@@ -114,6 +115,7 @@ def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool,
     # A hash not known before the job (an interpolation only the job resolves) never takes over:
     # Hydra rewrites .hydra/ before the app could compare it (another config's record was rewritten).
     if resumable and config_hash is not None and may_take_over(RunDir(run_dir), config_hash, key):
+        _nothing_to_write_through(run_dir, key, resuming=True)  # its log is appended to, its .hydra rewritten
         return False  # may_take_over raises for a run it must not touch
     raise UserError(f"{key}={run_dir}: already holds a run or sweep (it has {taken}); runs are never "
                     f"overwritten: pick a new {key}")
@@ -146,13 +148,81 @@ class ClaimRunDir(Callback):
         # hydra.run.dir reads ${hydra:runtime.choices...}: set what run_job would set next;
         # ${now:} is cached in ``config``, so run_job resolves the same directory.
         HydraConfig.instance().set_config(config)
+        _check_output_subdir(config)
+        _check_log_files(config, Path(str(config.hydra.run.dir)), Path(str(config.hydra.run.dir)))
         claim(Path(str(config.hydra.run.dir)), _task_hash(config), self.resumable)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
+        _check_output_subdir(config)
         _check_subdir(config)
         # never resumable: a sweep root is not a run (an interrupted run dir took a whole sweep in)
+        _check_log_files(config, Path(str(config.hydra.sweep.dir)) / "0", Path(str(config.hydra.sweep.dir)), sweep=True)
         claim(Path(str(config.hydra.sweep.dir)), resumable=False, key="hydra.sweep.dir", empty=True)
+
+
+class NoHydraRecord(Callback):
+    """Hydra callback of export, which claims nothing (it adds to a completed run, from any working
+    dir): ``hydra.output_subdir`` stays null (``=<run>/.hydra`` rewrote that run's record)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+
+        HydraConfig.instance().set_config(config)
+        _check_output_subdir(config)
+        run_dir = OmegaConf.select(config, "run_dir", default=None)
+        _check_log_files(config, Path(str(config.hydra.run.dir)), Path(str(run_dir)) if run_dir else None)
+        raw = OmegaConf.to_container(config.hydra, resolve=False).get("output_subdir")
+        if raw is not None:
+            _refuse(f"hydra.output_subdir={raw}: export writes no Hydra record (it may run inside a run dir); "
+                    "leave it null")
+
+
+def _check_log_files(config: DictConfig, job_dir: Path, own: Path | None, sweep: bool = False) -> None:
+    """Hydra's log files (``hydra.job_logging`` / ``hydra.hydra_logging`` handlers' ``filename``, as
+    job ``job_dir`` resolves them) lie in no run dir but ``own``: =<completed run>/status.json
+    appended log lines to it, and infer then refused that run."""
+    from omegaconf import OmegaConf, open_dict
+
+    try:
+        probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+        with open_dict(probe):
+            probe.hydra.runtime.output_dir = str(job_dir.absolute())
+    except Exception:  # noqa: BLE001 - Hydra reports a broken config itself
+        return
+    for section in ("job_logging", "hydra_logging"):
+        handlers = OmegaConf.select(probe, f"hydra.{section}.handlers", default=None)
+        for name in handlers.keys() if isinstance(handlers, DictConfig) else []:
+            key = f"hydra.{section}.handlers.{name}.filename"
+            try:
+                filename = OmegaConf.select(probe, key, default=None, throw_on_resolution_failure=True)
+            except Exception:  # noqa: BLE001 - an interpolation only the job can resolve
+                continue
+            if filename is None:
+                continue
+            outer = inside_a_run(Path(str(filename)).expanduser().absolute())
+            mine = own is not None and (outer == own.resolve() or sweep and own.resolve() in (outer or own).parents)
+            if outer is None or mine:
+                continue  # no run, ``own``, or a run inside the sweep dir ``own`` (the claim refuses it, by name)
+            _refuse(f"{key}={filename}: lies inside the run dir {outer}; a log is never written into another run")
+
+
+def _check_output_subdir(config: DictConfig) -> None:
+    """``hydra.output_subdir`` (``.hydra``; null: none) is where Hydra writes each run's record, before
+    any callback of the job: it must stay inside the run dir (``/<run>/.hydra`` or ``../<run>/.hydra``
+    rewrote a completed run's overrides.yaml); ``hydra.job.name`` names the log file in it."""
+    from omegaconf import OmegaConf
+
+    name = OmegaConf.select(config, "hydra.job.name", default=None)
+    if name is not None and (os.sep in str(name) or (os.altsep or os.sep) in str(name) or str(name) in ("", ".", "..")):
+        # <run dir>/<job name>.log: ../<run>/pyimgano_hydra appended this run's log to a completed run's
+        _refuse(f"hydra.job.name={name}: must be a plain name (it names <run dir>/<name>.log), not a path")
+    raw = OmegaConf.to_container(config.hydra, resolve=False).get("output_subdir")
+    if raw is None:
+        return
+    resolved = [_probe_subdir(config, key, value, name="hydra.output_subdir") for key, value in _swept_values(config)]
+    if any(Path(p).is_absolute() or ".." in Path(p).parts for p in [str(raw), *resolved]):
+        _refuse(f"hydra.output_subdir={raw}: must be a relative folder inside the run dir (default .hydra)")
 
 
 def _check_subdir(config: DictConfig) -> None:
@@ -173,6 +243,88 @@ def _check_subdir(config: DictConfig) -> None:
             or any(first and first == second for first, second in pairs):
         _refuse(f"hydra.sweep.subdir={subdir}: must be a relative path naming the job (${{hydra.job.num}}), "
                 "so that no two jobs share a run dir")
+    if subdir != DEFAULT_SUBDIR:  # <num>_...: unique by construction
+        JobDirs(config).check(0, _product_jobs(config))
+
+
+MAX_PROBED_JOBS = 2000
+DEFAULT_SUBDIR = "${pyimgano_job_dir:${hydra.job.num},${hydra.sweep.dir},${hydra.overrides.task}}"  # <num>_...
+SWEEPERS_OF_THE_PRODUCT = ("hydra_plugins.pyimgano_hydra_sweepers.compose_once.ComposeOnceSweeper",
+                           "hydra._internal.core_plugins.basic_sweeper.BasicSweeper")
+
+
+def _product_jobs(config: DictConfig) -> list[list[str]]:
+    """Every job's overrides of a sweeper that runs the product of the values ([] for others)."""
+    from omegaconf import OmegaConf
+
+    from pyimgano_hydra.sweep.compose import job_overrides
+
+    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) not in SWEEPERS_OF_THE_PRODUCT:
+        return []
+    try:
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+        params = OmegaConf.to_container(params) if params is not None else {}
+        task = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+        return job_overrides([f"{k}={v}" for k, v in params.items()] + task)[:MAX_PROBED_JOBS]
+    except Exception:  # Hydra refuses the overrides itself
+        return []
+
+
+class JobDirs:
+    """Each job's ``hydra.sweep.subdir`` as it would resolve (normalised; "" when only the job can
+    resolve it), checked before the job is launched: no two jobs share a dir or nest. Hydra writes a
+    job's ``.hydra/`` before any callback: ``${tag}${hydra.job.num}`` with tag=a1,b,a and 4 seeds made
+    jobs 0 and 10 both ``a10`` (job 10 rewrote job 0's record); Optuna samples such values too."""
+
+    def __init__(self, config: DictConfig) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        self.text = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
+        self.probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+        self.parser = OverridesParser.create()
+        self.values: dict[str, tuple] = {}
+        self.seen: dict[str, int] = {}  # job dir -> job number
+        self.ancestors: dict[str, str] = {}  # each folder above a job dir -> that job dir
+
+    def subdir(self, num: int, overrides: list[str]) -> str:
+        from omegaconf import OmegaConf, open_dict
+
+        try:
+            for text in overrides:  # tag='' is the empty string, as the job gets it
+                if text not in self.values:
+                    override = self.parser.parse_override(text)
+                    self.values[text] = (override.key_or_group, override.value())
+            with open_dict(self.probe):
+                self.probe.hydra.job.num = num
+                self.probe.hydra.job.id = str(num)
+                self.probe.hydra.overrides.task = list(overrides)
+                for key, value in (self.values[text] for text in overrides):
+                    OmegaConf.update(self.probe, key, value, force_add=True)
+            return os.path.normpath(str(OmegaConf.select(self.probe, "hydra.sweep.subdir",
+                                                         throw_on_resolution_failure=True)))
+        except Exception:  # an interpolation only a job can resolve
+            return ""
+
+    def check(self, first: int, jobs: list) -> None:
+        """SystemExit(2) with one line when a job of ``jobs`` (numbered from ``first``) would share
+        or nest in the dir of an earlier job (of this call or an earlier one)."""
+        for num, overrides in enumerate(jobs, first):
+            job_dir = self.subdir(num, list(overrides))
+            if not job_dir:
+                continue
+            if self.seen.setdefault(job_dir, num) != num:
+                _refuse(f"hydra.sweep.subdir={self.text}: jobs {self.seen[job_dir]} and {num} would share the run "
+                        f"dir {job_dir}; name each job with ${{hydra.job.num}} alone or with a separator")
+            # tag=,0/ with ${tag}${hydra.job.num}: job 1 in 0/1, inside job 0's run (either order)
+            outer = next((str(p) for p in Path(job_dir).parents if str(p) in self.seen), None)
+            inner = outer and job_dir or self.ancestors.get(job_dir)
+            if outer is not None or inner is not None:
+                outer = outer or job_dir
+                _refuse(f"hydra.sweep.subdir={self.text}: job {self.seen[inner]}'s dir {inner} lies inside job "
+                        f"{self.seen[outer]}'s; runs are never written into another run")
+            for parent in Path(job_dir).parents:
+                self.ancestors.setdefault(str(parent), job_dir)
 
 
 def _swept_values(config: DictConfig) -> list[tuple[str | None, str | None]]:
@@ -195,9 +347,10 @@ def _swept_values(config: DictConfig) -> list[tuple[str | None, str | None]]:
     return pairs
 
 
-def _probe_subdir(config: DictConfig, key: str | None = None, value: str | None = None, num: int = 0) -> str:
-    """``hydra.sweep.subdir`` resolved as job ``num`` would resolve it, with ``key=value`` when given
-    ("" when it needs what only a job has): no interpolated value may make it absolute or climb out."""
+def _probe_subdir(config: DictConfig, key: str | None = None, value: str | None = None, num: int = 0,
+                  name: str = "hydra.sweep.subdir") -> str:
+    """``name`` (``hydra.sweep.subdir``) resolved as job ``num`` would resolve it, with ``key=value`` when
+    given ("" when it needs what only a job has): no interpolated value may make it absolute or climb out."""
     from omegaconf import OmegaConf, open_dict
 
     try:
@@ -207,6 +360,6 @@ def _probe_subdir(config: DictConfig, key: str | None = None, value: str | None 
             probe.hydra.job.id = str(num)
             if key is not None:
                 OmegaConf.update(probe, key, value, force_add=True)
-        return str(OmegaConf.select(probe, "hydra.sweep.subdir", throw_on_resolution_failure=True))
+        return str(OmegaConf.select(probe, name, throw_on_resolution_failure=True))
     except Exception:  # an interpolation only a job can resolve
         return ""

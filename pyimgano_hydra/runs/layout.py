@@ -17,9 +17,10 @@ def safe_name(text: str) -> str:
 def category_dir_name(name: str) -> str:
     """The folder of category ``name``: the name itself when file-name safe and at most 100
     characters, else its safe form (cut to 100) and a hash of the exact name (``a b`` and
-    ``a_b`` never share a folder; a 250-byte name never makes a name too long)."""
+    ``a_b`` never share a folder; a 250-byte name never makes a name too long). ``.`` and ``..``
+    are no folder names (dataset.name=.. wrote the category into the run root)."""
     safe = safe_name(name)
-    if safe == str(name) and len(safe) <= 100:
+    if safe == str(name) and len(safe) <= 100 and safe.strip("."):
         return safe
     return f"{safe[:100]}-{hashlib.sha256(str(name).encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 

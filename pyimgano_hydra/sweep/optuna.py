@@ -51,8 +51,15 @@ class BudgetLauncher:
         self.max_failure_rate = max_failure_rate
         self.failed: list[str] = []
         self.first_error: BaseException | None = None
+        self.job_dirs: Any = None
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+        from pyimgano_hydra.runs.claim import JobDirs
+
+        if self.job_dirs is None and getattr(self.sweeper, "config", None) is not None:
+            self.job_dirs = JobDirs(self.sweeper.config)
+        if self.job_dirs is not None:  # sampled values in hydra.sweep.subdir: no two trials share a dir
+            self.job_dirs.check(initial_job_idx, job_overrides)
         returns = list(self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx))
         out = []
         for ret in returns:
