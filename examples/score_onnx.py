@@ -16,6 +16,9 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+# Raster formats only: an EPS named .png would reach Pillow's EPS plugin, which runs Ghostscript.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
+
 
 def fail(path, problem) -> None:
     """One line naming the file, exit code 2 (bad input, not a bug)."""
@@ -48,7 +51,7 @@ def load(artifacts: Path):
 
 def read_image(path: Path, manifest: dict) -> np.ndarray:
     """uint8 (1, C, H, W) at the model's input size."""
-    image = Image.open(path)
+    image = Image.open(path, formats=IMAGE_FORMATS)
     image = image.convert("L" if manifest["channels"] == 1 else "RGB")
     height, width = manifest["input_size"]
     if image.size != (width, height):
