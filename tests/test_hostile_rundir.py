@@ -501,3 +501,37 @@ def test_an_unfinished_run_with_a_symlink_is_not_resumed(tmp_path):
     assert exc.value.code == 2 and victim.read_text() == "keep me"
     (run / "pyimgano_hydra.log").unlink()
     claim(run, config_hash="h" * 16)  # the same unfinished run without the link resumes
+
+
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+def test_a_resumed_run_never_rewrites_a_linked_hydra_record(completed_run, tmp_path, link):
+    """Pass E: Hydra rewrites a resumed run's ``.hydra/*.yaml`` in place (open "w"); an interrupted
+    run whose ``.hydra/hydra.yaml`` linked to a completed run's report.json turned it into YAML."""
+    unfinished = tmp_path / "unfinished"
+    config_hash = read_json(completed_run / "report.json")["config_hash"]
+    write_json_atomic(unfinished / "status.json", {"status": "interrupted", "config_hash": config_hash})
+    (unfinished / CLAIM_FILE).write_text("{}")
+    (unfinished / ".hydra").mkdir()
+    target, victim = unfinished / ".hydra" / "hydra.yaml", completed_run / "report.json"
+    target.symlink_to(victim) if link == "symlink" else os.link(victim, target)
+    before = _snapshot(completed_run)
+    proc = _cli([*TINY, f"hydra.run.dir={unfinished}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and f"(a {link})" in err, err
+    assert _snapshot(completed_run) == before
+
+
+def test_two_jobs_resuming_one_interrupted_run_together_exactly_one_goes_on(tmp_path):
+    """Pass E: both resumers of one interrupted attempt took it over (two CLI runs started together
+    both ran to the end; the second rewrote the first one's completed report)."""
+    from pyimgano_hydra.errors import UserError
+    from pyimgano_hydra.runs.claim import claim_dir
+
+    run = tmp_path / "run"
+    write_json_atomic(run / "status.json", {"status": "interrupted", "config_hash": "h" * 16})
+    (run / CLAIM_FILE).write_text("{}")
+    assert claim_dir(run, config_hash="h" * 16) is False  # the first one resumes it
+    with pytest.raises(UserError, match=f"^hydra.run.dir={run}: its interrupted run is being resumed by another"):
+        claim_dir(run, config_hash="h" * 16)
+    write_json_atomic(run / "status.json", {"status": "interrupted", "config_hash": "h" * 16, "pid": 7})
+    assert claim_dir(run, config_hash="h" * 16) is False  # that attempt interrupted in turn: resumed again

@@ -42,16 +42,21 @@ WRITTEN_FOLDERS = ("categories", "maps", "masks")
 
 
 def _nothing_to_write_through(run_dir: Path, key: str, resuming: bool = False) -> None:
-    """An existing dir taken for a new run holds no symlink (a ``categories`` link into a completed
-    run had the new run overwrite its inspector and report; a ``<job>.log`` link had the log
-    appended to any file) and none of the folders a run writes into; an unfinished run ``resuming``
-    may hold those folders, never a symlink."""
+    """An existing dir taken for a new run holds no symlink or hard-linked file (a ``categories`` link
+    into a completed run had the new run overwrite its inspector and report; a ``<job>.log`` link had
+    the log appended to any file) and none of the folders a run writes into; an unfinished run
+    ``resuming`` may hold those folders, never a link, in ``.hydra/`` neither (Hydra rewrote a
+    linked ``.hydra/hydra.yaml`` in place: a completed run's report.json became YAML)."""
     from pyimgano_hydra.errors import console_line
 
-    for entry in sorted(run_dir.iterdir()):
-        if entry.is_symlink() or entry.name in WRITTEN_FOLDERS and not resuming:
-            what = "a symlink" if entry.is_symlink() else "a folder a run writes into"
-            raise UserError(f"{key}={console_line(str(run_dir))}: holds {console_line(entry.name)} ({what}); "
+    record = run_dir / ".hydra"  # a resumed job's Hydra rewrites its files in place (open "w")
+    inner = sorted(record.iterdir()) if resuming and record.is_dir() and not record.is_symlink() else []
+    for entry in [*sorted(run_dir.iterdir()), *inner]:
+        linked = not entry.is_symlink() and entry.is_file() and entry.stat().st_nlink > 1
+        if entry.is_symlink() or linked or entry.name in WRITTEN_FOLDERS and entry.parent == run_dir and not resuming:
+            what = "a symlink" if entry.is_symlink() else "a hard link" if linked else "a folder a run writes into"
+            name = console_line(str(entry.relative_to(run_dir)))
+            raise UserError(f"{key}={console_line(str(run_dir))}: holds {name} ({what}); "
                             f"a new run never writes through or into what is there: pick a new {key}")
 
 
@@ -116,9 +121,29 @@ def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool,
     # Hydra rewrites .hydra/ before the app could compare it (another config's record was rewritten).
     if resumable and config_hash is not None and may_take_over(RunDir(run_dir), config_hash, key):
         _nothing_to_write_through(run_dir, key, resuming=True)  # its log is appended to, its .hydra rewritten
+        _claim_takeover(run_dir, key)
         return False  # may_take_over raises for a run it must not touch
     raise UserError(f"{key}={run_dir}: already holds a run or sweep (it has {taken}); runs are never "
                     f"overwritten: pick a new {key}")
+
+
+def _claim_takeover(run_dir: Path, key: str) -> None:
+    """Of two jobs resuming one interrupted attempt together, exactly one goes on: an exclusive
+    create of ``.takeover-<digest of that attempt's status.json>.json`` (both ran the run to the end
+    and the second rewrote the first one's completed record); a later attempt has another status."""
+    import hashlib
+
+    from pyimgano_hydra.runs.trust import read_json_file
+
+    record = json.dumps(read_json_file(run_dir / "status.json"), sort_keys=True, default=str)
+    name = f".takeover-{hashlib.sha256(record.encode()).hexdigest()[:16]}.json"
+    try:
+        fd = os.open(run_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        raise UserError(f"{key}={run_dir}: its interrupted run is being resumed by another process; "
+                        f"runs are never overwritten: pick a new {key}") from None
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "claimed_utc": utc_now()}, handle)
 
 
 def _task_hash(config: DictConfig) -> str | None:
