@@ -262,6 +262,19 @@ def test_a_sweep_subdir_that_two_job_numbers_share_is_refused_before_any_job(tmp
     assert not sweep.exists()
 
 
+@pytest.mark.parametrize("subdir", ["${hydra.job.override_dirname}${hydra.job.num}",
+                                    "${hydra:job.override_dirname}${hydra.job.num}"])
+def test_a_sweep_subdir_of_each_jobs_override_dirname_is_probed_per_job(tmp_path, subdir):
+    """Pass E: the probe read the sweep's override_dirname for every job: tag=x1,...,x gave jobs 0
+    and 10 one dir (``...tag=x10``) unseen, and job 10 rewrote job 0's finished .hydra/."""
+    sweep = tmp_path / "sweep"
+    proc = _cli(["--multirun", *TINY, "tag=x1,b,c,d,e,f,g,h,i,j,x", f"hydra.sweep.dir={sweep}",
+                 f"hydra.sweep.subdir={subdir}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and "jobs 0 and 10 would share" in err, err
+    assert not sweep.exists()
+
+
 def test_a_sweep_into_a_folder_holding_a_completed_run_leaves_it_untouched(completed_run, tmp_path):
     """A verification pass: hydra.sweep.dir=<folder without markers> with
     hydra.sweep.subdir=run${hydra.job.num} landed job 0 on a completed run already in that

@@ -313,23 +313,36 @@ class JobDirs:
         self.ancestors: dict[str, str] = {}  # each folder above a job dir -> that job dir
 
     def subdir(self, num: int, overrides: list[str]) -> str:
+        """Job ``num``'s dir as Hydra resolves it: with this job's ``hydra.job.override_dirname``, and
+        ``${hydra:...}`` read from this job's config (both read the sweep's: ``${hydra.job.override_dirname}
+        ${hydra.job.num}`` with tag=x1,b,...,x gave jobs 0 and 10 one dir, unseen)."""
+        from hydra._internal.config_loader_impl import get_overrides_dirname
         from omegaconf import OmegaConf, open_dict
 
+        hydra_config = HydraConfig.instance()
+        saved = hydra_config.cfg
         try:
             for text in overrides:  # tag='' is the empty string, as the job gets it
                 if text not in self.values:
                     override = self.parser.parse_override(text)
-                    self.values[text] = (override.key_or_group, override.value())
+                    self.values[text] = (override.key_or_group, override.value(), override)
             with open_dict(self.probe):
                 self.probe.hydra.job.num = num
                 self.probe.hydra.job.id = str(num)
                 self.probe.hydra.overrides.task = list(overrides)
-                for key, value in (self.values[text] for text in overrides):
+                settings = self.probe.hydra.job.config.override_dirname
+                self.probe.hydra.job.override_dirname = get_overrides_dirname(
+                    [self.values[t][2] for t in overrides if not self.values[t][2].is_hydra_override()],
+                    list(settings.exclude_keys), str(settings.item_sep), str(settings.kv_sep))
+                for key, value, _ in (self.values[text] for text in overrides):
                     OmegaConf.update(self.probe, key, value, force_add=True)
+            hydra_config.cfg = self.probe  # ${hydra:job.override_dirname} as the job reads it
             return os.path.normpath(str(OmegaConf.select(self.probe, "hydra.sweep.subdir",
                                                          throw_on_resolution_failure=True)))
         except Exception:  # an interpolation only a job can resolve
             return ""
+        finally:
+            hydra_config.cfg = saved
 
     def check(self, first: int, jobs: list) -> None:
         """SystemExit(2) with one line when a job of ``jobs`` (numbered from ``first``) would share
