@@ -548,3 +548,22 @@ def test_two_jobs_resuming_one_interrupted_run_together_exactly_one_goes_on(tmp_
         claim_dir(run, config_hash="h" * 16)
     write_json_atomic(run / "status.json", {"status": "interrupted", "config_hash": "h" * 16, "pid": 7})
     assert claim_dir(run, config_hash="h" * 16) is False  # that attempt interrupted in turn: resumed again
+
+
+def test_a_fifo_named_model_onnx_is_refused_without_blocking(tmp_path):
+    """Pass E: infer runtime=onnxruntime read ``artifacts/model.onnx`` with read_bytes; a FIFO of a
+    hostile run dir held it until killed."""
+    import json
+
+    from pyimgano_hydra.errors import UserError
+    from pyimgano_hydra.export.runtime import read_export
+
+    artifacts = tmp_path / "run" / "categories" / "weave" / "artifacts"
+    artifacts.mkdir(parents=True)
+    (artifacts / "export.json").write_text(json.dumps({
+        "format": "pyimgano_hydra.export", "version": 1, "package_version": "x", "category": "weave",
+        "detector": "d", "model_file": "model.onnx", "sha256": "0" * 64, "opset": 17, "input_size": [64, 64],
+        "channels": 3, "preprocessing": {}, "image_threshold": {"value": 1.0, "provenance": None}}))
+    os.mkfifo(artifacts / "model.onnx")
+    with pytest.raises(UserError, match="model.onnx: not a regular file"):
+        read_export(tmp_path / "run", artifacts.parent)

@@ -162,6 +162,8 @@ def read_export(run_root: Path, category_dir: Path) -> tuple[ExportManifest, byt
         raise UserError(f"{manifest_path}: holds category {manifest.category!r}, not {category_dir.name!r}")
     model_path = trust.confined(run_root, relative / MODEL_FILE, str(manifest_path) + ": model_file")
     try:
+        if not model_path.is_file():  # a FIFO named model.onnx held infer forever in read_bytes
+            raise UserError(f"{model_path}: not a regular file; not an exported model")
         if model_path.stat().st_size > MAX_MODEL_BYTES:
             raise UserError(f"{model_path}: larger than 2 GB; not an exported model")
         model = model_path.read_bytes()
