@@ -390,3 +390,21 @@ def test_a_recursive_input_glob_never_follows_symlinked_folders(tmp_path):
                           capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["['a.png',", "'b.png']", "['a.png',", "'b.png']"]
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 30_000_000), (20_000, 20_000)])
+def test_a_npy_mask_declaring_more_than_an_image_may_take_is_refused_from_its_header(tmp_path, shape):
+    """Pass E: a sparse mask.npy of shape (64, 64, 3e7) matched its 64x64 image's size and was
+    loaded whole: MemoryError (114 GiB) ended the run, on_bad_image=skip or not."""
+    from numpy.lib import format as npy_format
+
+    from pyimgano_hydra.data.images import load_mask, mask_size
+
+    path = tmp_path / "mask.npy"
+    with open(path, "wb") as handle:
+        npy_format.write_array_header_1_0(handle, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        offset = handle.tell()
+    os.truncate(path, offset + int(np.prod(shape, dtype=object)))
+    for check in (mask_size, load_mask):
+        with pytest.raises(DataError, match=r"mask\.npy: refused: "):
+            check(path)

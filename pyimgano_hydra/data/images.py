@@ -269,7 +269,8 @@ _NPY_FIX = "write a 2-D (H, W) or 3-D (H, W, C) numeric array (defects.io.save_m
 
 def _npy_shape(path: Path) -> tuple[int, ...]:
     """The shape a ``.npy`` mask declares, checked from its header before any data is read: a
-    non-empty 2-D (H, W) or 3-D (H, W, C) numeric array the file is long enough to hold."""
+    non-empty 2-D (H, W) or 3-D (H, W, C <= 4) numeric array of at most
+    ``DEFAULT_MAX_IMAGE_MEGABYTES`` that the file is long enough to hold."""
     if not path.is_file():
         raise DataError(f"{path}: mask file not found")
     try:
@@ -280,11 +281,15 @@ def _npy_shape(path: Path) -> tuple[int, ...]:
             room = path.stat().st_size - handle.tell()
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
         raise DataError(f"{path}: not a readable .npy mask ({_reason(exc)}); {_NPY_FIX}") from None
-    if dtype.kind not in "biuf" or len(shape) not in (2, 3) or 0 in shape:
+    # (64, 64, 3e7): the height and width of its image, 114 GiB to load (MemoryError ended the run)
+    if dtype.kind not in "biuf" or len(shape) not in (2, 3) or 0 in shape or len(shape) == 3 and shape[2] > 4:
         raise DataError(f"{path}: refused: a .npy mask of shape {tuple(shape)} and dtype {dtype}; {_NPY_FIX}")
     if int(np.prod(shape, dtype=object)) * dtype.itemsize > room:
         raise DataError(f"{path}: refused: its header declares {tuple(shape)} {dtype}, more than the file "
                         f"holds; {_NPY_FIX}")
+    if int(np.prod(shape, dtype=object)) * dtype.itemsize > DEFAULT_MAX_IMAGE_MEGABYTES * 2**20:
+        raise DataError(f"{path}: refused: its header declares {tuple(shape)} {dtype}, more than "
+                        f"{DEFAULT_MAX_IMAGE_MEGABYTES:g} MB; {_NPY_FIX}")
     return tuple(shape)
 
 
