@@ -275,6 +275,17 @@ def test_a_sweep_subdir_of_each_jobs_override_dirname_is_probed_per_job(tmp_path
     assert not sweep.exists()
 
 
+def test_a_sweep_too_large_to_probe_needs_a_subdir_numbered_first(tmp_path):
+    """Pass E: only the first 2000 jobs were probed: ${tag}${hydra.job.num} with tag=a200,a over 4000
+    jobs put jobs 0 and 2000 both in a2000, unseen (job 2000 would rewrite job 0's .hydra/)."""
+    sweep = tmp_path / "sweep"
+    proc = _cli(["--multirun", *TINY, "tag=a200,a", "seed=range(0,40)", "dataset.limit_test=range(1,51)",
+                 f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${tag}${hydra.job.num}"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and "more than 2000 jobs must start" in err, err
+    assert not sweep.exists()
+
+
 def test_a_sweep_into_a_folder_holding_a_completed_run_leaves_it_untouched(completed_run, tmp_path):
     """A verification pass: hydra.sweep.dir=<folder without markers> with
     hydra.sweep.subdir=run${hydra.job.num} landed job 0 on a completed run already in that

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -269,10 +270,18 @@ def _check_subdir(config: DictConfig) -> None:
         _refuse(f"hydra.sweep.subdir={subdir}: must be a relative path naming the job (${{hydra.job.num}}), "
                 "so that no two jobs share a run dir")
     if subdir != DEFAULT_SUBDIR:  # <num>_...: unique by construction
-        JobDirs(config).check(0, _product_jobs(config))
+        jobs = _product_jobs(config)
+        if len(jobs) > MAX_PROBED_JOBS and not NUMBERED_FIRST.fullmatch(subdir):
+            # job 2000 was never probed: ${tag}${hydra.job.num}, tag=a200,a, seed=range(0,2000): jobs 0 and 2000 in a2000
+            _refuse(f"hydra.sweep.subdir={subdir}: a sweep of more than {MAX_PROBED_JOBS} jobs must start its "
+                    "subdir with ${hydra.job.num} then a separator (or keep the default), so that no two jobs "
+                    "share a run dir")
+        JobDirs(config).check(0, jobs[:MAX_PROBED_JOBS])
 
 
 MAX_PROBED_JOBS = 2000
+# ${hydra.job.num}, alone or then a literal non-digit: each job's first folder is its own number
+NUMBERED_FIRST = re.compile(r"\$\{hydra\.job\.num\}(?:[^0-9$\\].*)?", re.S)
 DEFAULT_SUBDIR = "${pyimgano_job_dir:${hydra.job.num},${hydra.sweep.dir},${hydra.overrides.task}}"  # <num>_...
 SWEEPERS_OF_THE_PRODUCT = ("hydra_plugins.pyimgano_hydra_sweepers.compose_once.ComposeOnceSweeper",
                            "hydra._internal.core_plugins.basic_sweeper.BasicSweeper")
@@ -290,7 +299,7 @@ def _product_jobs(config: DictConfig) -> list[list[str]]:
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
         params = OmegaConf.to_container(params) if params is not None else {}
         task = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
-        return job_overrides([f"{k}={v}" for k, v in params.items()] + task)[:MAX_PROBED_JOBS]
+        return job_overrides([f"{k}={v}" for k, v in params.items()] + task)[:MAX_PROBED_JOBS + 1]
     except Exception:  # Hydra refuses the overrides itself
         return []
 
