@@ -578,3 +578,20 @@ def test_a_fifo_named_model_onnx_is_refused_without_blocking(tmp_path):
     os.mkfifo(artifacts / "model.onnx")
     with pytest.raises(UserError, match="model.onnx: not a regular file"):
         read_export(tmp_path / "run", artifacts.parent)
+
+
+def test_a_resume_whose_holder_died_before_writing_status_is_resumed_again(tmp_path):
+    """The takeover claim of a job killed between its claim and its first status.json write
+    does not keep the run from being resumed (by exactly one job)."""
+    from pyimgano_hydra.errors import UserError
+    from pyimgano_hydra.runs.claim import claim_dir
+
+    run = tmp_path / "run"
+    write_json_atomic(run / "status.json", {"status": "interrupted", "config_hash": "h" * 16})
+    (run / CLAIM_FILE).write_text("{}")
+    assert claim_dir(run, config_hash="h" * 16) is False
+    (takeover,) = run.glob(".takeover-*.json")
+    write_json_atomic(takeover, {**read_json(takeover), "pid": 2**31 - 1})  # no such process: gone
+    assert claim_dir(run, config_hash="h" * 16) is False
+    with pytest.raises(UserError, match="being resumed by another"):
+        claim_dir(run, config_hash="h" * 16)

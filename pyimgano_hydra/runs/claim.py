@@ -131,20 +131,34 @@ def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool,
 def _claim_takeover(run_dir: Path, key: str) -> None:
     """Of two jobs resuming one interrupted attempt together, exactly one goes on: an exclusive
     create of ``.takeover-<digest of that attempt's status.json>.json`` (both ran the run to the end
-    and the second rewrote the first one's completed record); a later attempt has another status."""
+    and the second rewrote the first one's completed record); a later attempt has another status.
+    A holder that died before its run wrote status.json is passed over by the next name in a chain
+    (the digest of the dead holder's file), which every contender computes alike."""
     import hashlib
 
+    from pyimgano_hydra.runs.status import owner_gone, process_start
     from pyimgano_hydra.runs.trust import read_json_file
 
-    record = json.dumps(read_json_file(run_dir / "status.json"), sort_keys=True, default=str)
-    name = f".takeover-{hashlib.sha256(record.encode()).hexdigest()[:16]}.json"
-    try:
-        fd = os.open(run_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except FileExistsError:
-        raise UserError(f"{key}={run_dir}: its interrupted run is being resumed by another process; "
-                        f"runs are never overwritten: pick a new {key}") from None
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "claimed_utc": utc_now()}, handle)
+    seed = json.dumps(read_json_file(run_dir / "status.json"), sort_keys=True, default=str)
+    for _ in range(64):
+        name = f".takeover-{hashlib.sha256(seed.encode()).hexdigest()[:16]}.json"
+        try:
+            fd = os.open(run_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            try:
+                holder = read_json_file(run_dir / name)
+            except UserError:
+                holder = None  # being written this instant: alive
+            if not isinstance(holder, dict) or not owner_gone(holder):
+                break
+            seed = name + json.dumps(holder, sort_keys=True, default=str)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"pid": os.getpid(), "pid_start": process_start(os.getpid()), "host": socket.gethostname(),
+                       "updated_utc": utc_now()}, handle)
+        return
+    raise UserError(f"{key}={run_dir}: its interrupted run is being resumed by another process; "
+                    f"runs are never overwritten: pick a new {key}")
 
 
 def _task_hash(config: DictConfig) -> str | None:
