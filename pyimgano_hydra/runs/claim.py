@@ -339,7 +339,6 @@ class JobDirs:
         """Job ``num``'s dir as Hydra resolves it: with this job's ``hydra.job.override_dirname``, and
         ``${hydra:...}`` read from this job's config (both read the sweep's: ``${hydra.job.override_dirname}
         ${hydra.job.num}`` with tag=x1,b,...,x gave jobs 0 and 10 one dir, unseen)."""
-        from hydra._internal.config_loader_impl import get_overrides_dirname
         from omegaconf import OmegaConf, open_dict
 
         hydra_config = HydraConfig.instance()
@@ -354,9 +353,11 @@ class JobDirs:
                 self.probe.hydra.job.id = str(num)
                 self.probe.hydra.overrides.task = list(overrides)
                 settings = self.probe.hydra.job.config.override_dirname
-                self.probe.hydra.job.override_dirname = get_overrides_dirname(
-                    [self.values[t][2] for t in overrides if not self.values[t][2].is_hydra_override()],
-                    list(settings.exclude_keys), str(settings.item_sep), str(settings.kv_sep))
+                lines = sorted(o.input_line for o in (self.values[t][2] for t in overrides)
+                               if not o.is_hydra_override() and o.key_or_group not in settings.exclude_keys)
+                # as Hydra's config loader: sorted input lines, item_sep between, "=" -> kv_sep
+                self.probe.hydra.job.override_dirname = str(settings.item_sep).join(lines).replace(
+                    "=", str(settings.kv_sep))
                 for key, value, _ in (self.values[text] for text in overrides):
                     OmegaConf.update(self.probe, key, value, force_add=True)
             hydra_config.cfg = self.probe  # ${hydra:job.override_dirname} as the job reads it
