@@ -40,6 +40,10 @@ def _no_imports_from_a_run_dir() -> None:
 
     module = _module_argument(list(getattr(sys, "orig_argv", [])))
     parts = (module or "").split(".")
+    if _inside_a_run_dir(os.getcwd()):
+        # child Pythons (joblib's loky workers: python -m / -c) put the working dir first on sys.path:
+        # a run dir's joblib/ ran in them, under the console scripts too
+        os.environ["PYTHONSAFEPATH"] = "1"
     app = parts in (["pyimgano_hydra"], ["pyimgano_hydra", "__main__"])
     if not app and parts[:2] not in (["pyimgano_hydra", "infer"], ["pyimgano_hydra", "export"]):
         return

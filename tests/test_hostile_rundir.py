@@ -595,3 +595,23 @@ def test_a_resume_whose_holder_died_before_writing_status_is_resumed_again(tmp_p
     assert claim_dir(run, config_hash="h" * 16) is False
     with pytest.raises(UserError, match="being resumed by another"):
         claim_dir(run, config_hash="h" * 16)
+
+
+def test_a_joblib_sweep_started_inside_a_run_dir_imports_nothing_from_it(completed_run, tmp_path):
+    """Pass E: under the console script (``-P`` here: no working dir on sys.path), joblib's loky
+    started its resource tracker (``python -c``) and workers (``python -m``) with the run dir first
+    on sys.path: the run dir's ``joblib/`` ran."""
+    import shutil
+
+    hostile = tmp_path / "received"
+    shutil.copytree(completed_run, hostile)
+    marker = tmp_path / "MARKER"
+    (hostile / "joblib").mkdir()
+    (hostile / "joblib" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
+    env.pop("PYTHONSAFEPATH", None)
+    proc = subprocess.run([sys.executable, "-P", "-m", "pyimgano_hydra", "--multirun", *TINY, "seed=1,2",
+                           "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          cwd=hostile, env=env, capture_output=True, text=True, timeout=600)
+    assert not marker.exists(), proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-2000:]
