@@ -352,12 +352,13 @@ class JobDirs:
                 self.probe.hydra.job.num = num
                 self.probe.hydra.job.id = str(num)
                 self.probe.hydra.overrides.task = list(overrides)
-                settings = self.probe.hydra.job.config.override_dirname
+                settings = OmegaConf.select(self.probe, "hydra.job.config.override_dirname", default=None) or {}
+                exclude = list(settings.get("exclude_keys") or [])
                 lines = sorted(o.input_line for o in (self.values[t][2] for t in overrides)
-                               if not o.is_hydra_override() and o.key_or_group not in settings.exclude_keys)
+                               if not o.is_hydra_override() and o.key_or_group not in exclude)
                 # as Hydra's config loader: sorted input lines, item_sep between, "=" -> kv_sep
-                self.probe.hydra.job.override_dirname = str(settings.item_sep).join(lines).replace(
-                    "=", str(settings.kv_sep))
+                self.probe.hydra.job.override_dirname = str(settings.get("item_sep", ",")).join(lines).replace(
+                    "=", str(settings.get("kv_sep", "=")))
                 for key, value, _ in (self.values[text] for text in overrides):
                     OmegaConf.update(self.probe, key, value, force_add=True)
             hydra_config.cfg = self.probe  # ${hydra:job.override_dirname} as the job reads it
