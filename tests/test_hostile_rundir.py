@@ -615,3 +615,16 @@ def test_a_joblib_sweep_started_inside_a_run_dir_imports_nothing_from_it(complet
                           cwd=hostile, env=env, capture_output=True, text=True, timeout=600)
     assert not marker.exists(), proc.stderr[-2000:]
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_an_existing_dir_with_a_hard_linked_log_is_refused(tmp_path):
+    """Pass E: a new run appended its log to ``pyimgano_hydra.log``, a hard link to a completed
+    run's report.json (the symlink was refused, the hard link was not)."""
+    victim = tmp_path / "report.json"
+    victim.write_text("{}")
+    run = tmp_path / "run"
+    run.mkdir()
+    os.link(victim, run / "pyimgano_hydra.log")
+    with pytest.raises(SystemExit) as exc:
+        claim(run)
+    assert exc.value.code == 2 and not (run / CLAIM_FILE).exists()
