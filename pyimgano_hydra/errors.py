@@ -1,4 +1,8 @@
 """User-facing errors: one line naming the file or config key and what to do."""
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -25,3 +29,10 @@ def console_line(text: str) -> str:
     """``text`` as one console line: newlines and escape sequences (from file or category names)
     shown escaped."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def refuse(message: str) -> NoReturn:
+    """``error: <message>`` on stderr and exit 2: for Hydra callbacks, which turn an exception
+    into a warning and go on."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +19,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.errors import UserError, refuse
 from pyimgano_hydra.interrupt import CLAIMED
 from pyimgano_hydra.runs.status import utc_now
+from pyimgano_hydra.sweep.job_dirs import check_subdir, probe_subdir, swept_values
 
 CLAIM_FILE = ".claim.json"
 # Written by an earlier run (this version's or an older one's): the dir is taken.
@@ -61,11 +60,6 @@ def _nothing_to_write_through(run_dir: Path, key: str, resuming: bool = False) -
                             f"a new run never writes through or into what is there: pick a new {key}")
 
 
-def _refuse(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)  # not an exception: Hydra turns a callback's exceptions into warnings
-
-
 def claim(run_dir: Path, config_hash: str | None = None, resumable: bool = True, key: str = "hydra.run.dir",
           empty: bool = False) -> None:
     """``claim_dir`` for a Hydra callback: its refusal is one line on stderr and SystemExit(2)
@@ -73,7 +67,7 @@ def claim(run_dir: Path, config_hash: str | None = None, resumable: bool = True,
     try:
         claim_dir(Path(run_dir), config_hash, resumable, key, empty)
     except UserError as exc:
-        _refuse(str(exc))
+        refuse(str(exc))
 
 
 def claim_dir(run_dir: Path, config_hash: str | None = None, resumable: bool = True, key: str = "hydra.run.dir",
@@ -195,7 +189,7 @@ class ClaimRunDir(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
         _check_output_subdir(config)
-        _check_subdir(config)
+        check_subdir(config)
         # never resumable: a sweep root is not a run (an interrupted run dir took a whole sweep in)
         _check_log_files(config, Path(str(config.hydra.sweep.dir)) / "0", Path(str(config.hydra.sweep.dir)), sweep=True)
         claim(Path(str(config.hydra.sweep.dir)), resumable=False, key="hydra.sweep.dir", empty=True)
@@ -214,7 +208,7 @@ class NoHydraRecord(Callback):
         _check_log_files(config, Path(str(config.hydra.run.dir)), Path(str(run_dir)) if run_dir else None)
         raw = OmegaConf.to_container(config.hydra, resolve=False).get("output_subdir")
         if raw is not None:
-            _refuse(f"hydra.output_subdir={raw}: export writes no Hydra record (it may run inside a run dir); "
+            refuse(f"hydra.output_subdir={raw}: export writes no Hydra record (it may run inside a run dir); "
                     "leave it null")
 
 
@@ -244,7 +238,7 @@ def _check_log_files(config: DictConfig, job_dir: Path, own: Path | None, sweep:
             mine = own is not None and (outer == own.resolve() or sweep and own.resolve() in (outer or own).parents)
             if outer is None or mine:
                 continue  # no run, ``own``, or a run inside the sweep dir ``own`` (the claim refuses it, by name)
-            _refuse(f"{key}={filename}: lies inside the run dir {outer}; a log is never written into another run")
+            refuse(f"{key}={filename}: lies inside the run dir {outer}; a log is never written into another run")
 
 
 def _check_output_subdir(config: DictConfig) -> None:
@@ -256,173 +250,10 @@ def _check_output_subdir(config: DictConfig) -> None:
     name = OmegaConf.select(config, "hydra.job.name", default=None)
     if name is not None and (os.sep in str(name) or (os.altsep or os.sep) in str(name) or str(name) in ("", ".", "..")):
         # <run dir>/<job name>.log: ../<run>/pyimgano_hydra appended this run's log to a completed run's
-        _refuse(f"hydra.job.name={name}: must be a plain name (it names <run dir>/<name>.log), not a path")
+        refuse(f"hydra.job.name={name}: must be a plain name (it names <run dir>/<name>.log), not a path")
     raw = OmegaConf.to_container(config.hydra, resolve=False).get("output_subdir")
     if raw is None:
         return
-    resolved = [_probe_subdir(config, key, value, name="hydra.output_subdir") for key, value in _swept_values(config)]
+    resolved = [probe_subdir(config, key, value, name="hydra.output_subdir") for key, value in swept_values(config)]
     if any(Path(p).is_absolute() or ".." in Path(p).parts for p in [str(raw), *resolved]):
-        _refuse(f"hydra.output_subdir={raw}: must be a relative folder inside the run dir (default .hydra)")
-
-
-def _check_subdir(config: DictConfig) -> None:
-    """Each job of a sweep gets its own dir inside the (claimed) sweep dir: ``hydra.sweep.subdir``
-    must name the job (``hydra.job.num`` or ``.id``), be relative and never climb with ``..``.
-    Hydra writes a job's ``.hydra/`` before any callback of the job runs, so a constant subdir
-    let a second job rewrite the first one's finished record."""
-    from omegaconf import OmegaConf
-
-    subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
-    # ${hydra.runtime.cwd}/..., ${oc.env:X}, ${tag} with tag=a,../../x: absolute or climbing once resolved;
-    # the same for jobs 0 and 1 (the text "hydra.job.num", ${oc.select:hydra.job.num_x,same}): shared
-    pairs = [(_probe_subdir(config, key, value, 0), _probe_subdir(config, key, value, 1))
-             for key, value in _swept_values(config)]
-    resolved = [r for pair in pairs for r in pair]
-    if not any(key in subdir for key in ("hydra.job.num", "hydra.job.id")) or Path(subdir).is_absolute() \
-            or ".." in Path(subdir).parts or any(Path(r).is_absolute() or ".." in Path(r).parts for r in resolved) \
-            or any(first and first == second for first, second in pairs):
-        _refuse(f"hydra.sweep.subdir={subdir}: must be a relative path naming the job (${{hydra.job.num}}), "
-                "so that no two jobs share a run dir")
-    if subdir != DEFAULT_SUBDIR:  # <num>_...: unique by construction
-        jobs = _product_jobs(config)
-        if len(jobs) > MAX_PROBED_JOBS and not NUMBERED_FIRST.fullmatch(subdir):
-            # job 2000 was never probed: ${tag}${hydra.job.num}, tag=a200,a, seed=range(0,2000): jobs 0 and 2000 in a2000
-            _refuse(f"hydra.sweep.subdir={subdir}: a sweep of more than {MAX_PROBED_JOBS} jobs must start its "
-                    "subdir with ${hydra.job.num} then a separator (or keep the default), so that no two jobs "
-                    "share a run dir")
-        JobDirs(config).check(0, jobs[:MAX_PROBED_JOBS])
-
-
-MAX_PROBED_JOBS = 2000
-# ${hydra.job.num}, alone or then a literal non-digit: each job's first folder is its own number
-NUMBERED_FIRST = re.compile(r"\$\{hydra\.job\.num\}(?:[^0-9$\\].*)?", re.S)
-DEFAULT_SUBDIR = "${pyimgano_job_dir:${hydra.job.num},${hydra.sweep.dir},${hydra.overrides.task}}"  # <num>_...
-SWEEPERS_OF_THE_PRODUCT = ("hydra_plugins.pyimgano_hydra_sweepers.compose_once.ComposeOnceSweeper",
-                           "hydra._internal.core_plugins.basic_sweeper.BasicSweeper")
-
-
-def _product_jobs(config: DictConfig) -> list[list[str]]:
-    """Every job's overrides of a sweeper that runs the product of the values ([] for others)."""
-    from omegaconf import OmegaConf
-
-    from pyimgano_hydra.sweep.compose import job_overrides
-
-    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) not in SWEEPERS_OF_THE_PRODUCT:
-        return []
-    try:
-        params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
-        params = OmegaConf.to_container(params) if params is not None else {}
-        task = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
-        return job_overrides([f"{k}={v}" for k, v in params.items()] + task)[:MAX_PROBED_JOBS + 1]
-    except Exception:  # Hydra refuses the overrides itself
-        return []
-
-
-class JobDirs:
-    """Each job's ``hydra.sweep.subdir`` as it would resolve (normalised; "" when only the job can
-    resolve it), checked before the job is launched: no two jobs share a dir or nest. Hydra writes a
-    job's ``.hydra/`` before any callback: ``${tag}${hydra.job.num}`` with tag=a1,b,a and 4 seeds made
-    jobs 0 and 10 both ``a10`` (job 10 rewrote job 0's record); Optuna samples such values too."""
-
-    def __init__(self, config: DictConfig) -> None:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-        from omegaconf import OmegaConf
-
-        self.text = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
-        self.probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
-        self.parser = OverridesParser.create()
-        self.values: dict[str, tuple] = {}
-        self.seen: dict[str, int] = {}  # job dir -> job number
-        self.ancestors: dict[str, str] = {}  # each folder above a job dir -> that job dir
-
-    def subdir(self, num: int, overrides: list[str]) -> str:
-        """Job ``num``'s dir as Hydra resolves it: with this job's ``hydra.job.override_dirname``, and
-        ``${hydra:...}`` read from this job's config (both read the sweep's: ``${hydra.job.override_dirname}
-        ${hydra.job.num}`` with tag=x1,b,...,x gave jobs 0 and 10 one dir, unseen)."""
-        from omegaconf import OmegaConf, open_dict
-
-        hydra_config = HydraConfig.instance()
-        saved = hydra_config.cfg
-        try:
-            for text in overrides:  # tag='' is the empty string, as the job gets it
-                if text not in self.values:
-                    override = self.parser.parse_override(text)
-                    self.values[text] = (override.key_or_group, override.value(), override)
-            with open_dict(self.probe):
-                self.probe.hydra.job.num = num
-                self.probe.hydra.job.id = str(num)
-                self.probe.hydra.overrides.task = list(overrides)
-                settings = OmegaConf.select(self.probe, "hydra.job.config.override_dirname", default=None) or {}
-                exclude = list(settings.get("exclude_keys") or [])
-                lines = sorted(o.input_line for o in (self.values[t][2] for t in overrides)
-                               if not o.is_hydra_override() and o.key_or_group not in exclude)
-                # as Hydra's config loader: sorted input lines, item_sep between, "=" -> kv_sep
-                self.probe.hydra.job.override_dirname = str(settings.get("item_sep", ",")).join(lines).replace(
-                    "=", str(settings.get("kv_sep", "=")))
-                for key, value, _ in (self.values[text] for text in overrides):
-                    OmegaConf.update(self.probe, key, value, force_add=True)
-            hydra_config.cfg = self.probe  # ${hydra:job.override_dirname} as the job reads it
-            return os.path.normpath(str(OmegaConf.select(self.probe, "hydra.sweep.subdir",
-                                                         throw_on_resolution_failure=True)))
-        except Exception:  # an interpolation only a job can resolve
-            return ""
-        finally:
-            hydra_config.cfg = saved
-
-    def check(self, first: int, jobs: list) -> None:
-        """SystemExit(2) with one line when a job of ``jobs`` (numbered from ``first``) would share
-        or nest in the dir of an earlier job (of this call or an earlier one)."""
-        for num, overrides in enumerate(jobs, first):
-            job_dir = self.subdir(num, list(overrides))
-            if not job_dir:
-                continue
-            if self.seen.setdefault(job_dir, num) != num:
-                _refuse(f"hydra.sweep.subdir={self.text}: jobs {self.seen[job_dir]} and {num} would share the run "
-                        f"dir {job_dir}; name each job with ${{hydra.job.num}} alone or with a separator")
-            # tag=,0/ with ${tag}${hydra.job.num}: job 1 in 0/1, inside job 0's run (either order)
-            outer = next((str(p) for p in Path(job_dir).parents if str(p) in self.seen), None)
-            inner = outer and job_dir or self.ancestors.get(job_dir)
-            if outer is not None or inner is not None:
-                outer = outer or job_dir
-                _refuse(f"hydra.sweep.subdir={self.text}: job {self.seen[inner]}'s dir {inner} lies inside job "
-                        f"{self.seen[outer]}'s; runs are never written into another run")
-            for parent in Path(job_dir).parents:
-                self.ancestors.setdefault(str(parent), job_dir)
-
-
-def _swept_values(config: DictConfig) -> list[tuple[str | None, str | None]]:
-    """(key, value) of each value the command line sweeps over, and (None, None) for the base."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
-    pairs: list[tuple[str | None, str | None]] = [(None, None)]
-    try:
-        task = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
-        for override in OverridesParser.create().parse_overrides(task):
-            if override.is_sweep_override():
-                try:
-                    values = list(override.sweep_string_iterator())
-                except Exception:  # an interval sweep: numbers only
-                    continue
-                pairs.extend((override.key_or_group, str(value)) for value in values)
-    except Exception:  # Hydra refuses the overrides itself
-        pass
-    return pairs
-
-
-def _probe_subdir(config: DictConfig, key: str | None = None, value: str | None = None, num: int = 0,
-                  name: str = "hydra.sweep.subdir") -> str:
-    """``name`` (``hydra.sweep.subdir``) resolved as job ``num`` would resolve it, with ``key=value`` when
-    given ("" when it needs what only a job has): no interpolated value may make it absolute or climb out."""
-    from omegaconf import OmegaConf, open_dict
-
-    try:
-        probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
-        with open_dict(probe):
-            probe.hydra.job.num = num
-            probe.hydra.job.id = str(num)
-            if key is not None:
-                OmegaConf.update(probe, key, value, force_add=True)
-        return str(OmegaConf.select(probe, name, throw_on_resolution_failure=True))
-    except Exception:  # an interpolation only a job can resolve
-        return ""
+        refuse(f"hydra.output_subdir={raw}: must be a relative folder inside the run dir (default .hydra)")

@@ -54,7 +54,7 @@ class BudgetLauncher:
         self.job_dirs: Any = None
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
-        from pyimgano_hydra.runs.claim import JobDirs
+        from pyimgano_hydra.sweep.job_dirs import JobDirs
 
         if self.job_dirs is None and getattr(self.sweeper, "config", None) is not None:
             self.job_dirs = JobDirs(self.sweeper.config)
