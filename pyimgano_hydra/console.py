@@ -7,7 +7,7 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.errors import UserError, refuse
 
 _HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
 _CHATTY_LOGGERS = ("faiss", "faiss.loader", "timm", "matplotlib", "PIL", "urllib3", "fsspec", "filelock",
@@ -20,9 +20,8 @@ def refuse_pickled_rerun(argv: list[str]) -> None:
     for arg in argv:
         flag = arg.split("=", 1)[0]
         if flag.startswith("--e") and "--experimental-rerun".startswith(flag):
-            print(f"error: {flag}: loads a pickle, which runs code from the file; re-run with the overrides "
-                  "in <run dir>/.hydra/overrides.yaml instead", file=sys.stderr)
-            sys.exit(2)
+            refuse(f"{flag}: loads a pickle, which runs code from the file; re-run with the overrides "
+                   "in <run dir>/.hydra/overrides.yaml instead")
 
 
 def quiet_third_party_logs() -> None:
