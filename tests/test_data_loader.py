@@ -105,7 +105,7 @@ def test_run_and_infer_with_workers_record_the_unreadable_file(tmp_path):
     from pyimgano_hydra.runs.writers import read_jsonl
 
     tests = Path(__file__).resolve().parent
-    env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(tests)])}
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(tests), os.environ.get("PYTHONPATH", "")])}
     rng = np.random.default_rng(0)
     root = tmp_path / "data"
     for split, n in (("train/normal", 6), ("test/normal", 3), ("test/scratch", 3)):

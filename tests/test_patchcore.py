@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 
 from pyimgano_hydra.api import compose_config
 from pyimgano_hydra.errors import ConfigError, UserError
-from pyimgano_hydra.models.coreset import greedy_coreset
+from pyimgano_hydra.models.coreset import StreamingCoreset, greedy_coreset, greedy_coreset_parts
 from pyimgano_hydra.models.patchcore import PatchCore
 from pyimgano_hydra.schemas import validate
 from _texture import check_image_score_option, textures
@@ -83,6 +83,34 @@ def test_gray_images_work(data):
 def test_predict_before_fit_is_a_clear_error(data):
     with pytest.raises(UserError, match="not fitted"):
         PatchCore(**FAST).score_maps(data[1])
+
+
+def test_parts_at_once_pick_what_each_part_picks_alone():
+    """The GPU's batched greedy (no host sync per pick) is the same greedy, part by part."""
+    import torch
+
+    x = torch.from_numpy(np.random.default_rng(3).normal(size=(5, 200, 8)).astype(np.float32))
+    starts = torch.tensor([0, 17, 199, 4, 100])
+    got = greedy_coreset_parts(x, 30, starts)
+    for part, start, picked in zip(x, starts.tolist(), got):
+        assert picked.tolist() == greedy_coreset(part, 30, start=start).tolist()
+
+
+def test_streaming_coreset_keeps_the_same_bank_batched_or_part_by_part():
+    """Blocks fill mid-batch here (merge_rows is small): the random starts are drawn in the
+    same order either way, so a GPU fit keeps the rows a CPU fit keeps."""
+    import torch
+
+    rng = np.random.default_rng(4)
+    banks = []
+    for batch_parts in (False, True):
+        coreset = StreamingCoreset(0.1, 4, seed=0, merge_rows=120, batch_parts=batch_parts)
+        for _ in range(3):
+            coreset.add(torch.from_numpy(rng.normal(size=(7 * 64, 12)).astype(np.float32)), part_size=64)
+        banks.append(coreset.result())
+        rng = np.random.default_rng(4)
+    assert banks[0].shape == (round(0.1 * 3 * 7 * 64), 12)
+    assert torch.equal(banks[0], banks[1])
 
 
 def test_greedy_coreset_matches_brute_force_farthest_point():

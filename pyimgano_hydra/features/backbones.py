@@ -34,10 +34,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from pyimgano_hydra.features.device import resolve_device
+from pyimgano_hydra.features.precision import exact_float32
 from pyimgano_hydra.errors import ConfigError, UserError
 from pyimgano_hydra.schemas.model import IMAGE_NORMS
 
@@ -323,7 +325,23 @@ def build_backbone(
     fold_batchnorm(net)
     backbone = Backbone(net, name, list(layers) if layers else list(spec.default_layers), image_norm)
     backbone.eval().requires_grad_(False)
-    return backbone.to(resolve_device(device), memory_format=torch.channels_last)
+    target = resolve_device(device)
+    if target.type == "cuda":
+        exact_float32()
+    return backbone.to(target, memory_format=torch.channels_last)
+
+
+def forward_images(backbone: Any, chunk: np.ndarray, batch_size: int) -> dict[str, torch.Tensor]:
+    """``backbone(backbone.preprocess(chunk))`` for uint8 images (N, H, W, C).
+
+    On a GPU a short batch is padded to ``batch_size`` images (copies of its last) and cut
+    back after the pass: cuDNN builds its plans again for each new batch shape (~50 ms per
+    convolution on an H200), so every pass keeps the one shape."""
+    n = len(chunk)
+    if backbone.device.type == "cuda" and n < batch_size:
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
+    feats = backbone(backbone.preprocess(torch.from_numpy(np.ascontiguousarray(chunk))))
+    return feats if len(chunk) == n else {layer: value[:n] for layer, value in feats.items()}
 
 
 KEEP_BUILT = 2  # built backbones this process keeps for its next jobs (a sweep's in-process or worker jobs)

@@ -383,13 +383,16 @@ def backbone_key(cache: FeatureCache | None, backbone: Any) -> str:
     return key
 
 
-def cached_backbone_features(cache: FeatureCache, backbone: Any, chunk: np.ndarray) -> dict:
+def cached_backbone_features(cache: FeatureCache, backbone: Any, chunk: np.ndarray, batch_size: int | None = None) -> dict:
     """``backbone(backbone.preprocess(chunk))`` through the cache: ``{layer: tensor}`` on the
-    backbone's device, one cache entry per image."""
+    backbone's device, one cache entry per image (missing ones computed in passes of
+    ``batch_size`` images on a GPU, see ``forward_images``)."""
     import torch
 
+    from pyimgano_hydra.features.backbones import forward_images
+
     def compute(images: np.ndarray) -> ArrayDict:
-        feats = backbone(backbone.preprocess(torch.from_numpy(np.ascontiguousarray(images))))
+        feats = forward_images(backbone, images, batch_size or len(chunk))
         return {layer: (v.float() if v.dtype in (torch.bfloat16, torch.float16) else v).cpu().numpy()
                 for layer, v in feats.items()}
 

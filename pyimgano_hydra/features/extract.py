@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pyimgano_hydra.errors import ConfigError, DataError
-from pyimgano_hydra.features.backbones import Backbone
+from pyimgano_hydra.features.backbones import Backbone, forward_images
 from pyimgano_hydra.features.precision import backbone_autocast, float_features
 from pyimgano_hydra.features.cache import active_cache, cached_backbone_features
 from pyimgano_hydra.features.device_store import keep_features, kept_features
@@ -51,9 +51,9 @@ def iter_features(
                 continue
             with backbone_autocast(backbone.device):  # gpu.autocast; off by default
                 if cache is not None:
-                    feats = cached_backbone_features(cache, backbone, chunk)
+                    feats = cached_backbone_features(cache, backbone, chunk, batch_size)
                 else:
-                    feats = backbone(backbone.preprocess(torch.from_numpy(chunk)))
+                    feats = forward_images(backbone, chunk, batch_size)
             feats = float_features(feats)
             keep_features(backbone, chunk, feats)
             yield feats

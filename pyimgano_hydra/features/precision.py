@@ -45,6 +45,17 @@ def backbone_autocast(device: torch.device) -> ContextManager:
     return torch.autocast(device_type=device.type, dtype=DTYPES[name])
 
 
+def exact_float32() -> None:
+    """Float32 on a GPU means float32: no TF32 in cuDNN convolutions or cuBLAS products.
+
+    torch lets cuDNN use TF32 by default; on an H200 that moved PatchCore scores by 1e-3
+    relative to the CPU's and changed which patches the coreset kept. Called when a backbone
+    is put on a GPU; ``gpu.autocast`` is the opt-in for reduced precision.
+    """
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def float_features(feats: dict) -> dict:
     """Autocast's half-precision maps back to float32 (no copy when already float32)."""
     return {k: v.float() if v.dtype in (torch.bfloat16, torch.float16) else v for k, v in feats.items()}
