@@ -17,12 +17,18 @@ FAST = ["dataset.category=weave", "dataset.limit_train=4", "dataset.limit_test=4
 ENV = {"PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
 
 
+def _as_from_a_terminal() -> None:
+    """SIGHUP at its default, as in a shell (the suite may run under ``nohup``, which the app honours)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def _terminate_when(args, module, ready: Path, env=None, delay: float = 0.5, signals=(signal.SIGTERM,),
                     poll: float = 0.2) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **ENV, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_as_from_a_terminal)
     deadline = time.time() + 300
     while time.time() < deadline and not ready.exists() and proc.poll() is None:
         time.sleep(poll)
