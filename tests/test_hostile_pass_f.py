@@ -1,0 +1,74 @@
+"""Attacker pass F: hostile run dirs and artifacts that still hang, blow up or mis-report."""
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, TINY, run_cli
+
+SCORE_ONNX = REPO / "examples" / "score_onnx.py"
+MANIFEST = {"tiling": None, "image_threshold": {"value": 1.0}, "sha256": "0" * 64, "channels": 3,
+            "input_size": [8, 8]}
+
+
+def _score_onnx(artifacts, image, tmp_path, timeout=20):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def limit():  # a model.onnx linked to /dev/zero must not take the machine's memory
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    return subprocess.run([sys.executable, "-I", str(SCORE_ONNX), str(artifacts), str(image)], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=tmp_path, preexec_fn=limit)
+
+
+def test_score_onnx_never_waits_on_a_fifo_export_json(tmp_path):
+    """examples/score_onnx.py on a hostile artifacts dir whose export.json is a FIFO: it blocks forever
+    (infer refuses a FIFO in a run dir); expected one line naming the file, exit 2."""
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    os.mkfifo(artifacts / "export.json")
+    (artifacts / "model.onnx").write_bytes(b"x")
+    try:
+        proc = _score_onnx(artifacts, tmp_path / "img.png", tmp_path, timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("score_onnx.py blocked on a FIFO export.json")
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {artifacts / 'export.json'}: "), proc.stderr
+
+
+def test_score_onnx_refuses_a_model_linked_to_dev_zero(tmp_path):
+    """model.onnx -> /dev/zero: read_bytes() reads until memory runs out (MemoryError traceback under a
+    limit, the whole machine's memory without one); expected one line naming model.onnx, exit 2."""
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    (artifacts / "export.json").write_text(json.dumps(MANIFEST))
+    (artifacts / "model.onnx").symlink_to("/dev/zero")
+    proc = _score_onnx(artifacts, tmp_path / "img.png", tmp_path, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr[-500:]
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {artifacts / 'model.onnx'}: "), proc.stderr
+
+
+def test_resumed_run_names_a_forged_category_report(tmp_path):
+    """A requeued job takes over its own interrupted run dir; a kept category's report.json whose
+    ``metrics`` is a list (not an object) ends the run with "AttributeError: 'list' object has no
+    attribute 'items'", naming neither the file nor the key; expected the file named (as for a
+    report lacking a key: 'delete its category folder to redo the category')."""
+    first = tmp_path / "first"
+    assert run_cli([*TINY, f"hydra.run.dir={first}"]).returncode == 0
+    run_dir = tmp_path / "run"
+    shutil.copytree(first, run_dir)
+    config_hash = json.loads((run_dir / "report.json").read_text())["config_hash"]
+    (run_dir / "report.json").unlink()
+    (run_dir / "report.html").unlink()
+    (run_dir / "status.json").write_text(json.dumps({"status": "interrupted", "config_hash": config_hash,
+                                                      "updated_utc": "2026-01-01T00:00:00.000+00:00"}))
+    category = run_dir / "categories" / "weave" / "report.json"
+    record = json.loads(category.read_text())
+    record["metrics"] = [1, 2]
+    category.write_text(json.dumps(record))
+    proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"])
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert str(category) in proc.stderr, proc.stderr[-500:]
