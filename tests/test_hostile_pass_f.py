@@ -72,3 +72,36 @@ def test_resumed_run_names_a_forged_category_report(tmp_path):
     proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"])
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert str(category) in proc.stderr, proc.stderr[-500:]
+
+
+def _interrupted_copy(tmp_path):
+    """A completed TINY run turned back into its own interrupted attempt (what a requeued job finds)."""
+    first = tmp_path / "first"
+    assert run_cli([*TINY, f"hydra.run.dir={first}"]).returncode == 0
+    run_dir = tmp_path / "run"
+    shutil.copytree(first, run_dir)
+    config_hash = json.loads((run_dir / "report.json").read_text())["config_hash"]
+    (run_dir / "report.json").unlink()
+    (run_dir / "report.html").unlink()
+    (run_dir / "status.json").write_text(json.dumps({"status": "interrupted", "config_hash": config_hash,
+                                                      "updated_utc": "2026-01-01T00:00:00.000+00:00"}))
+    return run_dir
+
+
+def test_resumed_run_never_records_a_forged_category_name(tmp_path):
+    """A kept category's report.json is trusted field by field: its ``category`` ("../../x" with an
+    ANSI escape) becomes the completed run's category key (weave is gone from report.json, its inspector
+    path points at a folder that does not exist), the escape reaches the console raw, and a forged
+    absolute ``plots`` entry becomes a link to /etc/passwd in report.html."""
+    run_dir = _interrupted_copy(tmp_path)
+    category = run_dir / "categories" / "weave" / "report.json"
+    record = json.loads(category.read_text())
+    record["category"] = "../../evil\x1b[31mRED"
+    record["plots"] = ["/etc/passwd"]
+    category.write_text(json.dumps(record))
+    proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"])
+    assert "\x1b[31m" not in proc.stdout + proc.stderr
+    if proc.returncode == 0:
+        report = json.loads((run_dir / "report.json").read_text())
+        assert list(report["categories"]) == ["weave"], list(report["categories"])
+        assert "/etc/passwd" not in (run_dir / "report.html").read_text()
