@@ -105,3 +105,21 @@ def test_resumed_run_never_records_a_forged_category_name(tmp_path):
         report = json.loads((run_dir / "report.json").read_text())
         assert list(report["categories"]) == ["weave"], list(report["categories"])
         assert "/etc/passwd" not in (run_dir / "report.html").read_text()
+
+
+def test_app_inside_an_unfinished_run_dir_imports_nothing_from_it(tmp_path):
+    """``python -m pyimgano_hydra`` started inside a received *unfinished* run dir (status.json
+    interrupted, .hydra/, no report.json, its .claim.json removed) to resume it: the dir is not seen
+    as a run dir (``_inside_a_run_dir`` wants .claim.json, or report.json with status.json), the working
+    dir stays on sys.path and Hydra imports the dir's ``hydra_plugins/`` (code runs), although the
+    takeover check treats the same dir as a run (status.json alone)."""
+    run_dir = tmp_path / "received"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "status.json").write_text(json.dumps({"status": "interrupted", "config_hash": "0"}))
+    marker = tmp_path / "PWNED"
+    plugin = run_dir / "hydra_plugins" / "evil"
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    proc = run_cli([*TINY, "hydra.run.dir=."], cwd=run_dir)
+    assert not marker.exists(), "the run dir's hydra_plugins/ ran"
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
