@@ -123,3 +123,18 @@ def test_app_inside_an_unfinished_run_dir_imports_nothing_from_it(tmp_path):
     proc = run_cli([*TINY, "hydra.run.dir=."], cwd=run_dir)
     assert not marker.exists(), "the run dir's hydra_plugins/ ran"
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("fifo", [".hydra/overrides.yaml", "pyimgano_hydra.log"])
+def test_resumed_run_never_waits_on_a_fifo(tmp_path, fifo):
+    """A requeued job taking over its own interrupted run dir that holds a FIFO (``.hydra/overrides.yaml``,
+    which Hydra rewrites, or the run log it appends to): the takeover checks refuse symlinks and hard
+    links only, and the job blocks forever opening the FIFO; expected one line naming it, non-zero exit."""
+    run_dir = _interrupted_copy(tmp_path)
+    (run_dir / fifo).unlink()
+    os.mkfifo(run_dir / fifo)
+    try:
+        proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"], timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the resumed run blocked on the FIFO {fifo}")
+    assert proc.returncode != 0 and fifo.split("/")[-1] in proc.stderr, proc.stderr
