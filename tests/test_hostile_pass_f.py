@@ -134,7 +134,7 @@ def test_resumed_run_never_waits_on_a_fifo(tmp_path, fifo):
     (run_dir / fifo).unlink()
     os.mkfifo(run_dir / fifo)
     try:
-        proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"], timeout=60)
+        proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"], timeout=30)
     except subprocess.TimeoutExpired:
         pytest.fail(f"the resumed run blocked on the FIFO {fifo}")
     assert proc.returncode != 0 and fifo.split("/")[-1] in proc.stderr, proc.stderr
