@@ -9,6 +9,8 @@ Runs exported with tiling are refused here (``infer runtime=onnxruntime`` tiles 
 """
 import hashlib
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -28,16 +30,32 @@ def fail(path, problem) -> None:
     sys.exit(2)
 
 
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes: a FIFO is never
+    waited on, a link to /dev/zero never read (the artifacts dir is untrusted input)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > limit:
+            raise ValueError(f"{info.st_size} bytes, over the {limit} this file may have")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(limit + 1)
+    finally:
+        os.close(fd)
+
+
 def load(artifacts: Path):
     try:
-        manifest = json.loads((artifacts / "export.json").read_text())
+        manifest = json.loads(read_regular(artifacts / "export.json", 1 << 20))
         tiled, threshold = manifest["tiling"] is not None, float(manifest["image_threshold"]["value"])
         expected, _, _ = manifest["sha256"], int(manifest["channels"]), [int(n) for n in manifest["input_size"]]
     except Exception as exc:  # missing, not JSON, lacking a key
         fail(artifacts / "export.json", exc)
     try:
-        model = (artifacts / "model.onnx").read_bytes()
-    except OSError as exc:
+        model = read_regular(artifacts / "model.onnx", 2 << 30)  # ONNX protobufs stop at 2 GB
+    except (OSError, ValueError) as exc:
         fail(artifacts / "model.onnx", exc)
     if hashlib.sha256(model).hexdigest() != expected:
         fail(artifacts / "model.onnx", "sha256 does not match export.json")

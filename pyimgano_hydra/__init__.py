@@ -63,8 +63,8 @@ def _inside_a_run_dir(path: str) -> bool:
     def holds(*names: str) -> bool:
         return all(os.path.lexists(os.path.join(path, name)) for name in names)
 
-    while True:  # as runs/claim.py's inside_a_run: a claim, or report.json with status.json
-        if holds(".claim.json") or holds("report.json", "status.json"):
+    while True:  # as runs/claim.py's holds_a_run: a claim, a status.json (an unfinished run) or a report.json
+        if holds(".claim.json") or holds("status.json") or holds("report.json"):
             return True
         parent = os.path.dirname(path)
         if parent == path:

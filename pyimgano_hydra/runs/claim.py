@@ -32,9 +32,14 @@ RUN_MARKERS = (CLAIM_FILE, ".hydra", "status.json", "report.json", "predictions.
 def inside_a_run(run_dir: Path) -> Path | None:
     """The run dir that holds ``run_dir`` (its ``categories/``, ``.hydra/``...), if any."""
     for parent in run_dir.resolve().parents:
-        if (parent / CLAIM_FILE).exists() or (parent / "report.json").exists() and (parent / "status.json").exists():
+        if holds_a_run(parent):
             return parent
     return None
+
+
+def holds_a_run(path: Path) -> bool:
+    """``path`` holds a run's record: a claim, a status.json (an unfinished run is one) or a report.json."""
+    return any(os.path.lexists(path / name) for name in (CLAIM_FILE, "status.json", "report.json"))
 
 
 # Folders a run (or an inference) writes into: one already there is a leftover or a trap.
@@ -53,8 +58,11 @@ def _nothing_to_write_through(run_dir: Path, key: str, resuming: bool = False) -
     inner = sorted(record.iterdir()) if resuming and record.is_dir() and not record.is_symlink() else []
     for entry in [*sorted(run_dir.iterdir()), *inner]:
         linked = not entry.is_symlink() and entry.is_file() and entry.stat().st_nlink > 1
-        if entry.is_symlink() or linked or entry.name in WRITTEN_FOLDERS and entry.parent == run_dir and not resuming:
-            what = "a symlink" if entry.is_symlink() else "a hard link" if linked else "a folder a run writes into"
+        special = not entry.is_symlink() and not entry.is_file() and not entry.is_dir()  # a FIFO: opening it blocks
+        if entry.is_symlink() or linked or special or (
+                entry.name in WRITTEN_FOLDERS and entry.parent == run_dir and not resuming):
+            what = ("a symlink" if entry.is_symlink() else "a hard link" if linked else
+                    "not a regular file" if special else "a folder a run writes into")
             name = console_line(str(entry.relative_to(run_dir)))
             raise UserError(f"{key}={console_line(str(run_dir))}: holds {name} ({what}); "
                             f"a new run never writes through or into what is there: pick a new {key}")

@@ -9,9 +9,11 @@ and the app both ask ``may_take_over``.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import socket
+from pathlib import PurePosixPath
 
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.recipes.context import CategoryResult
@@ -83,15 +85,44 @@ def finished_categories(run_dir: RunDir, categories: list[str]) -> dict[str, Cat
                 _no_links_out(run_dir)
                 shutil.rmtree(out.root)  # half-written by the interrupted attempt: redo it
             continue
-        done[category] = category_result(record, out.report)
+        done[category] = category_result(record, out.report, category)
     return done
 
 
-def category_result(record: dict, path) -> CategoryResult:
-    """A category's report.json back into the recipe's result (``to_dict``'s inverse)."""
+def category_result(record: dict, path, category: str) -> CategoryResult:
+    """A category's report.json back into the recipe's result (``to_dict``'s inverse), checked: it
+    is a file of an unfinished run dir, so its name, types and file references are parsed, not trusted."""
+    redo = "delete its category folder to redo the category"
     fields = ("category", "metrics", "threshold", "timings", "counts", "notes")
     try:
         kwargs = {key: record[key] for key in fields}
     except (KeyError, TypeError) as exc:
-        raise UserError(f"{path}: lacks {exc}; delete its category folder to redo the category") from None
-    return CategoryResult(**kwargs, extra={k: v for k, v in record.items() if k not in fields})
+        raise UserError(f"{path}: lacks {exc}; {redo}") from None
+
+    def bad(key: str, what: str) -> UserError:
+        return UserError(f"{path}: {key} {what}; {redo}")
+
+    if kwargs["category"] != category:
+        raise bad("category", f"is not this folder's category {category!r}")
+    for key in ("metrics", "threshold", "timings", "counts"):
+        if not isinstance(kwargs[key], dict):
+            raise bad(key, "must be an object")
+    for key in ("fit_s", "predict_s"):
+        value = kwargs["timings"].get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad(f"timings.{key}", "must be a finite number")
+    if not isinstance(kwargs["notes"], list) or not all(isinstance(n, str) for n in kwargs["notes"]):
+        raise bad("notes", "must be a list of strings")
+    extra = {k: v for k, v in record.items() if k not in fields}
+    for key in ("plots", "overlays"):
+        if not isinstance(extra.get(key, []), list) or not all(_inside(p) for p in extra.get(key, [])):
+            raise bad(key, "must list files inside the category folder")
+    if "inspector" in extra and not _inside(extra["inspector"]):
+        raise bad("inspector", "must name a file inside the category folder")
+    return CategoryResult(**kwargs, extra=extra)
+
+
+def _inside(name: object) -> bool:
+    """A relative path with no ``..``, no control character (a file the category folder holds)."""
+    return (isinstance(name, str) and bool(name) and not PurePosixPath(name).is_absolute()
+            and ".." not in PurePosixPath(name).parts and name.isprintable())
