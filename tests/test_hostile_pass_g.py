@@ -75,3 +75,66 @@ def test_infer_refuses_a_deflated_inspector_hidden_behind_a_bad_extra_field(trai
                    module="pyimgano_hydra.infer", timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-800:]
     assert "compressed" in proc.stderr, proc.stderr[-800:]
+
+
+def _interrupted_copy(trained, tmp_path):
+    """A completed TINY run turned back into its own interrupted attempt (what a requeued job finds)."""
+    run_dir = _copy(trained, tmp_path)
+    config_hash = json.loads((run_dir / "report.json").read_text())["config_hash"]
+    (run_dir / "report.json").unlink()
+    (run_dir / "report.html").unlink()
+    (run_dir / "status.json").write_text(json.dumps({"status": "interrupted", "config_hash": config_hash,
+                                                      "updated_utc": "2026-01-01T00:00:00.000+00:00"}))
+    return run_dir
+
+
+def _forge_kept(run_dir, change):
+    path = run_dir / "categories" / "weave" / "report.json"
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def _set_threshold(value):
+    def change(record):
+        record["threshold"]["value"] = value
+    return change
+
+
+def _drop_threshold_value(record):
+    del record["threshold"]["value"]
+
+
+def _drop_total_s(record):
+    del record["timings"]["total_s"]
+
+
+@pytest.mark.parametrize("change", [_set_threshold("abc"), _drop_threshold_value, _drop_total_s],
+                         ids=["threshold-value-str", "threshold-no-value", "timings-no-total_s"])
+def test_resumed_run_checks_the_kept_threshold_and_total_time(trained, tmp_path, change):
+    """``category_result`` checks ``timings.fit_s`` / ``predict_s`` but not ``threshold.value`` nor
+    ``timings.total_s``, which ``summary_table`` formats *after* report.json and status.json
+    ``completed`` are written. Observed: status.json "completed", report.json holding the forged
+    threshold (infer will trip on it), exit 1 with "error: job [...]: ValueError: Unknown format code
+    'g' for object of type 'str'" / "KeyError: 'value'" / "KeyError: 'total_s'", naming neither the
+    file nor the key. Expected: the kept report.json refused in one line naming it and the key, and the
+    run never recorded as completed."""
+    run_dir = _interrupted_copy(trained, tmp_path)
+    forged = _forge_kept(run_dir, change)
+    proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"], timeout=300)
+    status = json.loads((run_dir / "status.json").read_text())["status"]
+    assert (proc.returncode == 0) == (status == "completed"), (proc.returncode, status, proc.stderr[-500:])
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-500:]
+    assert str(forged) in proc.stderr, proc.stderr[-500:]
+
+
+def test_resumed_run_never_echoes_escapes_from_kept_notes(trained, tmp_path):
+    """A kept category's ``notes`` are checked to be strings only: ``"\\x1b[2J\\x1b]0;owned\\x07"``
+    (clear screen, set the terminal title) reaches the console raw as ``note [weave]: ...``
+    (pass F escaped a forged category name, not the notes). Expected: control characters
+    escaped or the file refused."""
+    run_dir = _interrupted_copy(trained, tmp_path)
+    _forge_kept(run_dir, lambda record: record.__setitem__("notes", ["\x1b[2J\x1b]0;owned\x07"]))
+    proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"], timeout=300)
+    assert "\x1b" not in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-500:]
