@@ -138,3 +138,37 @@ def test_resumed_run_never_echoes_escapes_from_kept_notes(trained, tmp_path):
     _forge_kept(run_dir, lambda record: record.__setitem__("notes", ["\x1b[2J\x1b]0;owned\x07"]))
     proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"], timeout=300)
     assert "\x1b" not in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-500:]
+
+
+ESCAPE_NAME = "\x1b[2J\x1b]0;owned\x07weave"
+
+
+def _renamed_category(trained, tmp_path, name):
+    """A completed run whose only category is called ``name`` (report.json key and the inspector's
+    ``category`` both: what a crafted run dir holds; infer checks that the two agree)."""
+    import torch
+
+    run_dir = _copy(trained, tmp_path)
+    inspector = run_dir / "categories" / "weave" / "inspector.pt"
+    state = torch.load(inspector, weights_only=True)
+    state["category"] = name
+    torch.save(state, inspector)
+    report = json.loads((run_dir / "report.json").read_text())
+    report["categories"] = {name: report["categories"]["weave"]}
+    report["thresholds"] = {name: report["thresholds"]["weave"]}
+    (run_dir / "report.json").write_text(json.dumps(report))
+    return run_dir
+
+
+@pytest.mark.parametrize("module", ["pyimgano_hydra.infer", "pyimgano_hydra.export"])
+def test_infer_and_export_never_echo_escapes_from_a_category_name(trained, tmp_path, module):
+    """A run dir whose only category is named ``"\\x1b[2J\\x1b]0;owned\\x07weave"``: infer prints
+    "1 images scored with <ESC>[2J<ESC>]0;owned<BEL>weave from ..." and export "<ESC>[2J...weave: .../model.onnx"
+    raw (clear screen, set the terminal title); load.py escapes names only in its error lines. Expected:
+    control characters escaped (or the name refused) on every console line."""
+    run_dir = _renamed_category(trained, tmp_path, ESCAPE_NAME)
+    args = [f"run_dir={run_dir}"]
+    if module.endswith("infer"):
+        args += [f"input={_image(trained)}", f"hydra.run.dir={tmp_path / 'infer'}"]
+    proc = run_cli(args, module=module, timeout=300)
+    assert "\x1b" not in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-500:]
