@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import pyimgano_hydra
 from pyimgano_hydra.data.loader import loader_setting
+from pyimgano_hydra.errors import console_line
 from pyimgano_hydra.features.cache import feature_cache
 from pyimgano_hydra.features.precision import autocast_setting
 from pyimgano_hydra.instantiate import build, build_detector_factory
@@ -208,7 +209,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
     log.info("%s", summary_table(results))
     for r in results:
         for note in r.notes:
-            log.info("note [%s]: %s", r.category, note)
+            log.info("note [%s]: %s", console_line(r.category), console_line(note))
     if report["skipped_images"]:
         log.info("skipped %d unreadable image(s) (dataset.on_bad_image=skip); listed under skipped_images in %s",
                  len(report["skipped_images"]), run_dir.report)

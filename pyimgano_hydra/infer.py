@@ -16,7 +16,7 @@ from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, is_image_file
 from pyimgano_hydra.data.loader import checked_workers, loader_setting
 from pyimgano_hydra.defects.export import DefectsExporter, require_maps
 from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
-from pyimgano_hydra.errors import ConfigError, UserError
+from pyimgano_hydra.errors import ConfigError, UserError, console_line
 from pyimgano_hydra.inspector import RecordOutputs, score_all
 from pyimgano_hydra.interrupt import exit_on_interrupt, sigterm_as_interrupt
 from pyimgano_hydra.paths import CONFIG_PATH
@@ -149,10 +149,10 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
         raise
     write_status(out / "status.json", COMPLETED)
     n_scored = len(records) - len(unreadable)
-    print(f"{n_scored} images scored with {category} from {loaded.run_dir.root}: "
-          f"{n_anomalous} anomalous, {n_scored - n_anomalous} normal (threshold {threshold['value']:.4g})"
-          + (f"; {len(unreadable)} unreadable (see their error in predictions.jsonl)" if unreadable else ""))
-    print(f"predictions: {out / 'predictions.jsonl'}")
+    print(console_line(f"{n_scored} images scored with {category} from {loaded.run_dir.root}: "
+                       f"{n_anomalous} anomalous, {n_scored - n_anomalous} normal (threshold {threshold['value']:.4g})"
+                       + (f"; {len(unreadable)} unreadable (see their error in predictions.jsonl)" if unreadable else "")))
+    print(console_line(f"predictions: {out / 'predictions.jsonl'}"))
     return summary
 
 

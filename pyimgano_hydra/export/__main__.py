@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pyimgano_hydra.console import (one_line_errors, quiet_third_party_logs, refuse_pickled_rerun,
                                     user_errors_exit)
-from pyimgano_hydra.errors import ConfigError
+from pyimgano_hydra.errors import ConfigError, console_line
 from pyimgano_hydra.paths import CONFIG_PATH
 from pyimgano_hydra.schemas import register_configs
 from pyimgano_hydra.schemas.export import ExportSchema
@@ -32,8 +32,8 @@ def run_export(settings: ExportSchema) -> list[str]:
     for category in categories:
         manifest = export_category(settings.run_dir, category, settings.opset)
         path = loaded.run_dir.category(category).onnx_model
-        print(f"{category}: {path} ({manifest.detector}, input {manifest.input_size[0]}x{manifest.input_size[1]}, "
-              f"sha256 {manifest.sha256[:12]})")
+        print(console_line(f"{category}: {path} ({manifest.detector}, input {manifest.input_size[0]}x"
+                           f"{manifest.input_size[1]}, sha256 {manifest.sha256[:12]})"))
         written.append(str(path))
     return written
 

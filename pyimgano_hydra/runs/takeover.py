@@ -107,10 +107,10 @@ def category_result(record: dict, path, category: str) -> CategoryResult:
     for key in ("metrics", "threshold", "timings", "counts"):
         if not isinstance(kwargs[key], dict):
             raise bad(key, "must be an object")
-    for key in ("fit_s", "predict_s"):
-        value = kwargs["timings"].get(key)
+    for key, value in [("threshold.value", kwargs["threshold"].get("value")),
+                       *((f"timings.{k}", kwargs["timings"].get(k)) for k in ("fit_s", "predict_s", "total_s"))]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise bad(f"timings.{key}", "must be a finite number")
+            raise bad(key, "must be a finite number")
     if not isinstance(kwargs["notes"], list) or not all(isinstance(n, str) for n in kwargs["notes"]):
         raise bad("notes", "must be a list of strings")
     extra = {k: v for k, v in record.items() if k not in fields}
