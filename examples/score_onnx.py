@@ -9,6 +9,7 @@ Runs exported with tiling are refused here (``infer runtime=onnxruntime`` tiles 
 """
 import hashlib
 import json
+import math
 import os
 import stat
 import sys
@@ -50,9 +51,13 @@ def load(artifacts: Path):
     try:
         manifest = json.loads(read_regular(artifacts / "export.json", 1 << 20))
         tiled, threshold = manifest["tiling"] is not None, float(manifest["image_threshold"]["value"])
-        expected, _, _ = manifest["sha256"], int(manifest["channels"]), [int(n) for n in manifest["input_size"]]
+        expected, channels, size = manifest["sha256"], int(manifest["channels"]), [int(n) for n in manifest["input_size"]]
     except Exception as exc:  # missing, not JSON, lacking a key
         fail(artifacts / "export.json", exc)
+    if not math.isfinite(threshold):
+        fail(artifacts / "export.json", f"image_threshold.value {threshold} is not a finite number")
+    if channels not in (1, 3) or len(size) != 2 or not all(1 <= n <= 16384 for n in size):
+        fail(artifacts / "export.json", f"channels {channels} / input_size {size}: expected 1 or 3 / two sizes in 1..16384")
     try:
         model = read_regular(artifacts / "model.onnx", 2 << 30)  # ONNX protobufs stop at 2 GB
     except (OSError, ValueError) as exc:

@@ -172,3 +172,57 @@ def test_infer_and_export_never_echo_escapes_from_a_category_name(trained, tmp_p
         args += [f"input={_image(trained)}", f"hydra.run.dir={tmp_path / 'infer'}"]
     proc = run_cli(args, module=module, timeout=300)
     assert "\x1b" not in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-500:]
+
+
+def test_resumed_run_never_waits_on_a_fifo_category_folder(trained, tmp_path):
+    """A requeued job taking over its own interrupted run whose ``categories/weave`` is a FIFO (not a
+    folder): ``finished_categories`` finds no readable report.json in it, takes it for a half-written
+    category and calls ``shutil.rmtree`` on it, which opens the FIFO without O_NONBLOCK and blocks
+    forever (the takeover checks refuse special files at the top and in .hydra/, not under
+    categories/). Expected: one line naming it, non-zero exit, no hang; the run still interrupted."""
+    run_dir = _interrupted_copy(trained, tmp_path)
+    folder = run_dir / "categories" / "weave"
+    shutil.rmtree(folder)
+    os.mkfifo(folder)
+    try:
+        proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"], timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the resumed run blocked on the FIFO categories/weave")
+    assert proc.returncode != 0 and str(folder) in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("resume", [True, False], ids=["resumed", "new-dir"])
+def test_a_log_file_that_is_a_folder_is_named(trained, tmp_path, resume):
+    """The run dir holds a *folder* named ``pyimgano_hydra.log`` (the job log Hydra's file handler
+    appends to): the special-file check passes folders, and the run ends with "error: ValueError:
+    Unable to configure handler 'file'" naming neither the file nor a key. Expected: one line naming
+    pyimgano_hydra.log (as for a FIFO there, tests/test_hostile_pass_f.py)."""
+    if resume:
+        run_dir = _interrupted_copy(trained, tmp_path)
+        (run_dir / "pyimgano_hydra.log").unlink()
+    else:
+        run_dir = tmp_path / "new"
+        run_dir.mkdir()
+    (run_dir / "pyimgano_hydra.log").mkdir()
+    proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"], timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-500:]
+    assert "pyimgano_hydra.log" in proc.stderr, proc.stderr[-500:]
+
+
+def test_score_onnx_refuses_a_nan_threshold(trained, tmp_path):
+    """examples/score_onnx.py reads export.json's ``image_threshold.value`` with ``float()``: a ``NaN``
+    there (json accepts it; the sha256 covers model.onnx only) makes every ``score > threshold`` false,
+    so every image is printed ``"pred_label": 0`` with ``"threshold": NaN`` and exit 0: a silent wrong
+    result. ``infer runtime=onnxruntime`` on the same file refuses it ("must be finite, got nan").
+    Expected: one line naming export.json, non-zero exit."""
+    run_dir = _copy(trained, tmp_path)
+    proc = run_cli([f"run_dir={run_dir}"], module="pyimgano_hydra.export", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    artifacts = run_dir / "categories" / "weave" / "artifacts"
+    manifest = json.loads((artifacts / "export.json").read_text())
+    manifest["image_threshold"]["value"] = float("nan")
+    (artifacts / "export.json").write_text(json.dumps(manifest))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-I", str(REPO / "examples" / "score_onnx.py"), str(artifacts),
+                           str(_image(trained))], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode != 0 and str(artifacts / "export.json") in proc.stderr, (proc.stdout, proc.stderr[-500:])

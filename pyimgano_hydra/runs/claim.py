@@ -242,7 +242,11 @@ def _check_log_files(config: DictConfig, job_dir: Path, own: Path | None, sweep:
                 continue
             if filename is None:
                 continue
-            outer = inside_a_run(Path(str(filename)).expanduser().absolute())
+            path = Path(str(filename)).expanduser()
+            if os.path.lexists(path) and not path.is_symlink() and not path.is_file():  # links: the claim's
+                refuse(f"{key}={filename}: is not a regular file (a folder or a FIFO); "
+                       f"a log is only ever appended to a file: remove it or pick a new run dir")
+            outer = inside_a_run(path.absolute())
             mine = own is not None and (outer == own.resolve() or sweep and own.resolve() in (outer or own).parents)
             if outer is None or mine:
                 continue  # no run, ``own``, or a run inside the sweep dir ``own`` (the claim refuses it, by name)

@@ -13,9 +13,10 @@ import math
 import os
 import shutil
 import socket
-from pathlib import PurePosixPath
+import stat
+from pathlib import Path, PurePosixPath
 
-from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.errors import UserError, console_line
 from pyimgano_hydra.recipes.context import CategoryResult
 from pyimgano_hydra.runs.layout import RunDir
 from pyimgano_hydra.runs.status import INTERRUPTED, RUNNING, current_state, describe
@@ -63,14 +64,29 @@ def may_take_over(run_dir: RunDir, config_hash: str, key: str = "hydra.run.dir")
 
 
 def _no_links_out(run_dir: RunDir, key: str = "hydra.run.dir") -> None:
-    """Refuse to resume a run whose ``categories/`` (or a category folder) is a symlink: a
-    resumed run deletes half-written categories and writes the rest, never outside its dir."""
+    """Refuse to resume a run whose ``categories/`` tree holds anything but folders and regular
+    files: a resumed run deletes half-written categories and writes the rest, never through a
+    symlink (outside its dir) nor into a FIFO (it would wait forever), and keeps only plain files."""
     categories = run_dir.root / "categories"
-    entries = [categories, *(categories.iterdir() if categories.is_dir() and not categories.is_symlink() else [])]
-    for entry in entries:
-        if entry.is_symlink():
-            raise UserError(f"{entry}: a symlink in an unfinished run dir; a resumed run never writes or "
-                            f"deletes through one; {NEVER}: pick a new {key}")
+    if not os.path.lexists(categories):
+        return
+    _plain(categories, key, folder=True)
+    for folder, dirs, files in os.walk(categories):
+        here = Path(folder)
+        for name in dirs:
+            _plain(here / name, key, folder=True)
+        for name in files:
+            _plain(here / name, key, folder=here == categories)
+
+
+def _plain(entry: Path, key: str, folder: bool = False) -> None:
+    """``entry`` is a real folder (``folder``) or a regular file; else one line naming it."""
+    mode = os.lstat(entry).st_mode
+    if stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode):
+        return
+    what = ("a symlink" if stat.S_ISLNK(mode) else "not a folder" if folder else "not a regular file")
+    raise UserError(f"{console_line(str(entry))}: {what} in an unfinished run dir; a resumed run never writes "
+                    f"or deletes through it; {NEVER}: pick a new {key}")
 
 
 def finished_categories(run_dir: RunDir, categories: list[str]) -> dict[str, CategoryResult]:
