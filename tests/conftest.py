@@ -54,3 +54,18 @@ def run_cli(args, cwd=None, module="pyimgano_hydra", env=None, timeout=600) -> s
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def interrupted_copy(completed: Path, run_dir: Path) -> Path:
+    """A copy of the ``completed`` run turned back into its own interrupted attempt (what a requeued
+    job finds): report.json and report.html gone, status.json ``interrupted`` with the run's hash."""
+    import json
+    import shutil
+
+    shutil.copytree(completed, run_dir)
+    config_hash = json.loads((run_dir / "report.json").read_text())["config_hash"]
+    (run_dir / "report.json").unlink()
+    (run_dir / "report.html").unlink()
+    (run_dir / "status.json").write_text(json.dumps({"status": "interrupted", "config_hash": config_hash,
+                                                      "updated_utc": "2026-01-01T00:00:00.000+00:00"}))
+    return run_dir

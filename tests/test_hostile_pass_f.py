@@ -2,13 +2,12 @@
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, TINY, run_cli
+from conftest import REPO, TINY, interrupted_copy, run_cli
 
 SCORE_ONNX = REPO / "examples" / "score_onnx.py"
 MANIFEST = {"tiling": None, "image_threshold": {"value": 1.0}, "sha256": "0" * 64, "channels": 3,
@@ -56,15 +55,7 @@ def test_resumed_run_names_a_forged_category_report(tmp_path):
     ``metrics`` is a list (not an object) ends the run with "AttributeError: 'list' object has no
     attribute 'items'", naming neither the file nor the key; expected the file named (as for a
     report lacking a key: 'delete its category folder to redo the category')."""
-    first = tmp_path / "first"
-    assert run_cli([*TINY, f"hydra.run.dir={first}"]).returncode == 0
-    run_dir = tmp_path / "run"
-    shutil.copytree(first, run_dir)
-    config_hash = json.loads((run_dir / "report.json").read_text())["config_hash"]
-    (run_dir / "report.json").unlink()
-    (run_dir / "report.html").unlink()
-    (run_dir / "status.json").write_text(json.dumps({"status": "interrupted", "config_hash": config_hash,
-                                                      "updated_utc": "2026-01-01T00:00:00.000+00:00"}))
+    run_dir = _interrupted_copy(tmp_path)
     category = run_dir / "categories" / "weave" / "report.json"
     record = json.loads(category.read_text())
     record["metrics"] = [1, 2]
@@ -78,14 +69,7 @@ def _interrupted_copy(tmp_path):
     """A completed TINY run turned back into its own interrupted attempt (what a requeued job finds)."""
     first = tmp_path / "first"
     assert run_cli([*TINY, f"hydra.run.dir={first}"]).returncode == 0
-    run_dir = tmp_path / "run"
-    shutil.copytree(first, run_dir)
-    config_hash = json.loads((run_dir / "report.json").read_text())["config_hash"]
-    (run_dir / "report.json").unlink()
-    (run_dir / "report.html").unlink()
-    (run_dir / "status.json").write_text(json.dumps({"status": "interrupted", "config_hash": config_hash,
-                                                      "updated_utc": "2026-01-01T00:00:00.000+00:00"}))
-    return run_dir
+    return interrupted_copy(first, tmp_path / "run")
 
 
 def test_resumed_run_never_records_a_forged_category_name(tmp_path):

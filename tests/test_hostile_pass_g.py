@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from conftest import REPO, TINY, run_cli
+from conftest import REPO, TINY, interrupted_copy, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +78,7 @@ def test_infer_refuses_a_deflated_inspector_hidden_behind_a_bad_extra_field(trai
 
 
 def _interrupted_copy(trained, tmp_path):
-    """A completed TINY run turned back into its own interrupted attempt (what a requeued job finds)."""
-    run_dir = _copy(trained, tmp_path)
-    config_hash = json.loads((run_dir / "report.json").read_text())["config_hash"]
-    (run_dir / "report.json").unlink()
-    (run_dir / "report.html").unlink()
-    (run_dir / "status.json").write_text(json.dumps({"status": "interrupted", "config_hash": config_hash,
-                                                      "updated_utc": "2026-01-01T00:00:00.000+00:00"}))
-    return run_dir
+    return interrupted_copy(trained, tmp_path / "run")
 
 
 def _forge_kept(run_dir, change):
