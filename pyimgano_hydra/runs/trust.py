@@ -216,21 +216,22 @@ def check_against_schema(cls: type, params: dict, where: str) -> None:
 def uncompressed_archive(path: Path, key: str | None = None) -> None:
     """Refuse a torch zip file with compressed entries: ``torch.save`` stores every entry as is,
     and a deflated one is a decompression bomb (a 1 MB file inflating to gigabytes)."""
+    import os
     import zipfile
 
     where = f"{key + ': ' if key else ''}{path}"
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            entries = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        if magic == b"PK\x03\x04":  # torch reads it as a zip (its own reader): so must we
-            raise UserError(f"{where}: refused: a zip archive Python's zipfile cannot read, so it cannot "
-                            "be checked for compressed entries (a decompression bomb?)") from None
-        return  # not a zip file (torch's legacy format): torch.load reads or refuses it
-    if any(e.compress_type != zipfile.ZIP_STORED for e in entries) or \
-            sum(e.file_size for e in entries) > Path(path).stat().st_size:
+    with open(path, "rb") as handle:  # one open: the bytes checked are the bytes torch will read
+        magic, size = handle.read(4), os.fstat(handle.fileno()).st_size
+        handle.seek(0)
+        try:
+            with zipfile.ZipFile(handle) as archive:
+                entries = archive.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            if magic == b"PK\x03\x04":  # torch reads it as a zip (its own reader): so must we
+                raise UserError(f"{where}: refused: a zip archive Python's zipfile cannot read, so it cannot "
+                                "be checked for compressed entries (a decompression bomb?)") from None
+            return  # not a zip file (torch's legacy format): torch.load reads or refuses it
+    if any(e.compress_type != zipfile.ZIP_STORED for e in entries) or sum(e.file_size for e in entries) > size:
         raise UserError(f"{where}: refused: compressed entries (torch.save never writes them; "
                         "a decompression bomb?)")
 
