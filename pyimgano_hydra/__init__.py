@@ -55,16 +55,17 @@ def _no_imports_from_a_run_dir() -> None:
     sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]
 
 
+# One of these marks a run dir: a claim, a status.json (an unfinished run is one) or a report.json.
+RUN_RECORD_FILES = (".claim.json", "status.json", "report.json")
+
+
 def _inside_a_run_dir(path: str) -> bool:
     """``path`` or a folder above it holds a run's record (``python -m pyimgano_hydra --help`` from
     inside a received run dir imported its ``hydra_plugins/``)."""
     import os
 
-    def holds(*names: str) -> bool:
-        return all(os.path.lexists(os.path.join(path, name)) for name in names)
-
-    while True:  # as runs/claim.py's holds_a_run: a claim, a status.json (an unfinished run) or a report.json
-        if holds(".claim.json") or holds("status.json") or holds("report.json"):
+    while True:
+        if any(os.path.lexists(os.path.join(path, name)) for name in RUN_RECORD_FILES):
             return True
         parent = os.path.dirname(path)
         if parent == path:

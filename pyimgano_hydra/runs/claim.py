@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from pyimgano_hydra import RUN_RECORD_FILES
 from pyimgano_hydra.errors import UserError, refuse
 from pyimgano_hydra.interrupt import CLAIMED
 from pyimgano_hydra.runs.status import utc_now
@@ -38,8 +39,8 @@ def inside_a_run(run_dir: Path) -> Path | None:
 
 
 def holds_a_run(path: Path) -> bool:
-    """``path`` holds a run's record: a claim, a status.json (an unfinished run is one) or a report.json."""
-    return any(os.path.lexists(path / name) for name in (CLAIM_FILE, "status.json", "report.json"))
+    """``path`` holds a run's record (``RUN_RECORD_FILES``: a claim, a status.json or a report.json)."""
+    return any(os.path.lexists(path / name) for name in RUN_RECORD_FILES)
 
 
 # Folders a run (or an inference) writes into: one already there is a leftover or a trap.
