@@ -170,6 +170,24 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
                 write_json_atomic(out.report, result.to_dict())
                 results.append(result)
                 log.info("[category %d/%d %s] %s", index, len(categories), category, _metrics_line(result))
+        report.update(
+            status=COMPLETED,
+            dataset={"target": cfg.dataset._target_, "categories": categories},
+            model={"target": cfg.model._target_},
+            recipe={"target": cfg.recipe._target_},
+            tiling=_plain(cfg.get("tiling")),
+            postprocess=_plain(cfg.get("postprocess")),
+            defects=_plain(cfg.get("defects")),
+            thresholds={r.category: r.threshold for r in results},
+            aggregate=aggregate(results),
+            categories={r.category: {"metrics": r.metrics, "timings": r.timings, "counts": r.counts,
+                                     "notes": r.notes, "inspector": _inspector_path(run_dir, r),
+                                     **_figures(run_dir, r)} for r in results},
+            skipped_images=list(getattr(dataset, "skipped", [])),
+            timings={"total_s": time.perf_counter() - started,
+                     "fit_s": sum(r.timings["fit_s"] for r in results),
+                     "predict_s": sum(r.timings["predict_s"] for r in results)},
+        )
     except (KeyboardInterrupt, SystemExit) as exc:
         # SystemExit: submitit requeued the job (preemption / timeout) and ends this attempt
         reason = f"exit {exc.code}" if isinstance(exc, SystemExit) else (exc or "SIGINT")
@@ -182,24 +200,6 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
         report.update(status=FAILED, error=line)
         write_json_atomic(run_dir.report, report)
         raise
-    report.update(
-        status=COMPLETED,
-        dataset={"target": cfg.dataset._target_, "categories": categories},
-        model={"target": cfg.model._target_},
-        recipe={"target": cfg.recipe._target_},
-        tiling=_plain(cfg.get("tiling")),
-        postprocess=_plain(cfg.get("postprocess")),
-        defects=_plain(cfg.get("defects")),
-        thresholds={r.category: r.threshold for r in results},
-        aggregate=aggregate(results),
-        categories={r.category: {"metrics": r.metrics, "timings": r.timings, "counts": r.counts,
-                                 "notes": r.notes, "inspector": _inspector_path(run_dir, r),
-                                 **_figures(run_dir, r)} for r in results},
-        skipped_images=list(getattr(dataset, "skipped", [])),
-        timings={"total_s": time.perf_counter() - started,
-                 "fit_s": sum(r.timings["fit_s"] for r in results),
-                 "predict_s": sum(r.timings["predict_s"] for r in results)},
-    )
     write_json_atomic(run_dir.report, report)
     write_status(run_dir.status, COMPLETED)  # report.json is the result; the HTML view cannot lose it
     try:

@@ -364,3 +364,66 @@ def test_the_next_job_in_a_process_reuses_the_built_backbone(tmp_path):
     assert rebuilt is not first and job(weights_path=str(weights)) is rebuilt
     random = job(pretrained=False, seed=1)
     assert job(pretrained=False, seed=2) is not random and job(pretrained=False, seed=1) is random
+
+
+def _forge_entry(path: Path, kind: str) -> None:
+    import io
+    import zipfile
+
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "compressed":
+        np.savez_compressed(path, layer1=np.zeros((8, 8), np.float32), layer2=np.zeros(1, np.float32))
+    elif kind == "object":
+        np.savez(path, layer1=np.array([{"a": 1}], dtype=object), layer2=np.zeros(1, np.float32))
+    elif kind == "short":  # a header declaring far more data than the member holds
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                     "shape": (1 << 20, 1 << 20)})
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("layer1.npy", header.getvalue() + bytes(64))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "compressed", "object", "short"])
+def test_a_forged_entry_is_a_miss_and_gets_recomputed(tmp_path, kind):
+    """A shared cache dir may hold anything: a FIFO is not waited on, a deflated, pickled or
+    short npz is not inflated, unpickled or allocated; each is recomputed like a missing row."""
+    images = _images(4)
+    cache = FeatureCache(tmp_path)
+    cache.map_images(images, "k", _features)
+    entry = sorted(cache.root.glob("[0-9a-f][0-9a-f]/*.npz"))[0]
+    _forge_entry(entry, kind)
+    counting = Counting()
+    out = cache.map_images(images, "k", counting)
+    assert counting.calls == [1]
+    np.testing.assert_array_equal(out["layer1"], _features(images)["layer1"])
+
+
+def test_stored_rows_unlike_fresh_ones_are_recomputed(tmp_path):
+    """Rows whose layers or shapes differ from the rest of the batch are not stacked with them:
+    the batch is recomputed and the odd entry rewritten."""
+    images = _images(4)
+    cache = FeatureCache(tmp_path)
+    cache.map_images(images, "k", _features)
+    entries = sorted(cache.root.glob("[0-9a-f][0-9a-f]/*.npz"))
+    np.savez(entries[0], layer1=np.zeros((2, 2), np.float32), layer2=np.zeros(1, np.float32))
+    entries[1].unlink()
+    counting = Counting()
+    out = cache.map_images(images, "k", counting)
+    np.testing.assert_array_equal(out["layer1"], _features(images)["layer1"])
+    done = list(counting.calls)
+    assert cache.map_images(images, "k", counting)["layer1"].shape == (4, 8, 8)
+    assert counting.calls == done
+
+
+def test_stored_rows_that_agree_but_differ_from_a_computed_row_are_redone(tmp_path):
+    images = _images(4)
+    cache = FeatureCache(tmp_path)
+    cache.map_images(images, "k", _features)
+    entries = sorted(cache.root.glob("[0-9a-f][0-9a-f]/*.npz"))
+    for entry in entries[:3]:
+        np.savez(entry, layer1=np.zeros((2, 2), np.float32), layer2=np.zeros(1, np.float32))
+    entries[3].unlink()
+    out = cache.map_images(images, "k", _features)
+    np.testing.assert_array_equal(out["layer1"], _features(images)["layer1"])

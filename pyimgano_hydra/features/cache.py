@@ -37,7 +37,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from pyimgano_hydra.errors import check
+from pyimgano_hydra.errors import UserError, check
+from pyimgano_hydra.runs.trust import read_regular_file
 from pyimgano_hydra.runs.writers import write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ LOCK_DIR = ".locks"
 BACKBONE_DIR = "backbones"  # <identity digest>.txt: the feature key of a backbone built from it
 LOCK_STRIPE_CHARS = 3
 CACHE_VERSION = 1
+MAX_ENTRY_BYTES = 1 << 30
 
 
 # ---- keys ----------------------------------------------------------------------------
@@ -116,6 +118,34 @@ _ENTRY_FOLDER = re.compile("[0-9a-f]{2}")
 _ENTRY_KEY = re.compile("[0-9a-f]{64}")
 
 
+def read_entry(path: Path) -> ArrayDict | None:
+    """The arrays of an entry as ``put`` writes it (a regular file holding a stored npz of plain
+    numeric arrays whose headers fit the bytes present), else None: the cache dir may be shared,
+    so a FIFO, a bomb, a pickle or a short file is a miss, never a hang or a crash."""
+    try:
+        data = read_regular_file(path, MAX_ENTRY_BYTES)
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for info in archive.infolist():
+                if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                    return None
+                with archive.open(info) as member:
+                    major, _ = np.lib.format.read_magic(member)
+                    read_header = np.lib.format.read_array_header_1_0 if major == 1 else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read_header(member)
+                if dtype.hasobject or dtype.kind not in "biuf" or \
+                        int(np.prod(shape, dtype=object)) * dtype.itemsize > info.file_size:
+                    return None
+        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+            return {name: stored[name] for name in stored.files}
+    except (UserError, OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _signature(arrays: ArrayDict) -> tuple:
+    return tuple(sorted((name, arr.shape, arr.dtype.str) for name, arr in arrays.items()))
+
+
 class FeatureCache:
     """A directory of feature entries with atomic writes, batch locks and LRU-ish eviction."""
 
@@ -173,10 +203,8 @@ class FeatureCache:
         if not self.enabled:
             return None
         path = self.path(key)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        arrays = read_entry(path)
+        if arrays is None:
             return None
         try:
             os.utime(path)  # recently used: evicted last
@@ -220,22 +248,34 @@ class FeatureCache:
 
     # -- per-image batches
     def map_images(self, images: np.ndarray, key_parts: Any,
-                   compute_fn: Callable[[np.ndarray], np.ndarray | Mapping[str, np.ndarray]]
-                   ) -> np.ndarray | ArrayDict:
+                   compute_fn: Callable[[np.ndarray], np.ndarray | Mapping[str, np.ndarray]],
+                   valid: Callable[[ArrayDict], bool] = lambda arrays: True) -> np.ndarray | ArrayDict:
         """Per-image features of ``images`` (N, ...): cached rows are read, the rest computed in
         one ``compute_fn(images[missing])`` call (returning an array or a dict of arrays with a
-        leading axis of len(missing)) and stored one entry per image."""
+        leading axis of len(missing)) and stored one entry per image. A stored row that fails
+        ``valid``, or whose names, shapes and dtypes differ from the other rows, is recomputed."""
         if not self.enabled or len(images) == 0:
             return compute_fn(images)
         prefix = make_key(key_parts)
         keys = [make_key(prefix, image_digest(img)) for img in images]
         found: dict[int, ArrayDict] = {}
+        computed_rows: set[int] = set()
 
         def read_all(indices: Iterable[int]) -> None:
             for i in indices:
                 value = self.get(keys[i])
-                if value is not None:
+                if value is not None and valid(_as_dict(value)):
                     found[i] = _as_dict(value)
+            if len({_signature(v) for v in found.values()}) > 1:  # rows of one batch agree
+                for i in set(found) - computed_rows:
+                    del found[i]
+
+        def compute(indices: list[int]) -> None:
+            computed = _as_dict(compute_fn(images[indices]))
+            for row, i in enumerate(indices):
+                found[i] = {name: np.ascontiguousarray(arr[row]) for name, arr in computed.items()}
+                computed_rows.add(i)
+                self.put(keys[i], found[i])
 
         read_all(range(len(images)))
         missing = [i for i in range(len(images)) if i not in found]
@@ -244,10 +284,12 @@ class FeatureCache:
                 read_all(missing)
                 missing = [i for i in range(len(images)) if i not in found]
                 if missing:
-                    computed = _as_dict(compute_fn(images[missing]))
-                    for row, i in enumerate(missing):
-                        found[i] = {name: np.ascontiguousarray(arr[row]) for name, arr in computed.items()}
-                        self.put(keys[i], found[i])
+                    compute(missing)
+                    truth = _signature(found[missing[0]])
+                    stale = [i for i in found if _signature(found[i]) != truth]
+                    if stale:  # stored rows unlike what the backbone gives: redo them
+                        compute(stale)
+                        missing += stale
         self.misses += len(missing)
         self.hits += len(images) - len(missing)
         names = list(found[0])
@@ -366,8 +408,8 @@ def backbone_key(cache: FeatureCache | None, backbone: Any) -> str:
     record = cache.root / BACKBONE_DIR / f"{make_key(identity)}.txt" if cache is not None and identity else None
     if record is not None and not backbone.built:
         try:
-            key = record.read_text(encoding="ascii").strip()
-        except (OSError, ValueError):
+            key = read_regular_file(record, 1024).decode("ascii").strip()
+        except (UserError, OSError, ValueError):
             key = None
         if key is not None and len(key) == 64 and all(c in "0123456789abcdef" for c in key):
             backbone._feature_cache_key = key
@@ -407,7 +449,9 @@ def cached_backbone_features(cache: FeatureCache, backbone: Any, chunk: np.ndarr
     parts = backbone_key(cache, backbone)
     if active_autocast() != "none":  # half-precision features are other features
         parts = [parts, active_autocast()]
-    arrays = cache.map_images(chunk, parts, compute)
+    layers = set(backbone.layers)
+    arrays = cache.map_images(chunk, parts, compute, valid=lambda stored: set(stored) == layers and all(
+        v.ndim == 3 and v.dtype == np.float32 for v in stored.values()))
     return {layer: as_output(arrays[layer]) for layer in backbone.layers}
 
 

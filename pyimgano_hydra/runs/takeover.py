@@ -125,8 +125,19 @@ def category_result(record: dict, path, category: str) -> CategoryResult:
             raise bad(key, "must be an object")
     for key, value in [("threshold.value", kwargs["threshold"].get("value")),
                        *((f"timings.{k}", kwargs["timings"].get(k)) for k in ("fit_s", "predict_s", "total_s"))]:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not _finite(value):
             raise bad(key, "must be a finite number")
+    for section, fits, what in (("metrics", lambda v: v is None or _finite(v), "must be a finite number or null"),
+                                ("timings", lambda v: _finite(v) and v >= 0, "must be a finite number >= 0"),
+                                ("counts", _count, "must be a whole number >= 0")):
+        for name, value in kwargs[section].items():
+            if not fits(value):
+                raise bad(f"{section}.{console_line(name)}", what)
+    kwargs["metrics"] = {k: math.nan if v is None else v for k, v in kwargs["metrics"].items()}
+    provenance = kwargs["threshold"].get("provenance", {})
+    if set(kwargs["threshold"]) - {"value", "provenance"} or not isinstance(provenance, dict) or not all(
+            v is None or isinstance(v, str) or _finite(v) for v in provenance.values()):
+        raise bad("threshold", "must hold a value and a provenance of plain values")
     if not isinstance(kwargs["notes"], list) or not all(isinstance(n, str) for n in kwargs["notes"]):
         raise bad("notes", "must be a list of strings")
     extra = {k: v for k, v in record.items() if k not in fields}
@@ -136,6 +147,20 @@ def category_result(record: dict, path, category: str) -> CategoryResult:
     if "inspector" in extra and not _inside(extra["inspector"]):
         raise bad("inspector", "must name a file inside the category folder")
     return CategoryResult(**kwargs, extra=extra)
+
+
+def _finite(value: object) -> bool:
+    """A JSON number a float holds exactly enough: not a bool, not NaN/inf, not an int past float range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
 
 
 def _inside(name: object) -> bool:
