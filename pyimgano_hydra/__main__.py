@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pyimgano_hydra.console import one_line_errors, refuse_pickled_rerun
+from pyimgano_hydra.console import one_line_errors, refuse_unsafe_arguments
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.interrupt import exit_on_interrupt
 from pyimgano_hydra.paths import CONFIG_PATH
@@ -52,7 +52,7 @@ def main() -> None:
 
         print(f"pyimgano_hydra {__version__}")
         return
-    refuse_pickled_rerun(sys.argv[1:])
+    refuse_unsafe_arguments(sys.argv[1:])
     with exit_on_interrupt("the run"), one_line_errors():
         _job()
 

@@ -20,6 +20,7 @@ from pyimgano_hydra.interrupt import sigterm_as_interrupt
 from pyimgano_hydra.logs import run_log
 from pyimgano_hydra import progress
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
+from pyimgano_hydra.runs.claim import refuse_foreign
 from pyimgano_hydra.runs.environment import environment, git_sha
 from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
 from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, RUNNING, running, utc_now, write_status
@@ -102,6 +103,15 @@ def _inspector_path(run_dir: RunDir, result: CategoryResult) -> str | None:
     return str(run_dir.category(result.category).inspector.relative_to(run_dir.root))
 
 
+def _cache_settings(cfg: DictConfig, run_dir: RunDir) -> Any:
+    """The ``cache:`` node; its dir may not lie in another run dir (the cache's entries, locks and
+    backbone records were written into a completed run)."""
+    settings = cfg.get("cache")
+    if isinstance(settings, DictConfig) and settings.get("enabled", True) and settings.get("dir"):
+        refuse_foreign("cache.dir", settings.dir, run_dir.root, "the feature cache")
+    return settings
+
+
 def _plain(node: Any) -> dict:
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
@@ -138,7 +148,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
     }
     try:
         with running(run_dir.status, started_utc=report["timestamp_utc"], config_hash=cfg_hash, resumed=resuming,
-                     **owner()), sigterm_as_interrupt(), feature_cache(cfg.get("cache")), \
+                     **owner()), sigterm_as_interrupt(), feature_cache(_cache_settings(cfg, run_dir)), \
                 autocast_setting(OmegaConf.select(cfg, "gpu.autocast", default="none")), \
                 loader_setting(OmegaConf.select(cfg, "loader.num_workers"), _device_used(cfg.model) or "cpu"):
             validate(cfg)  # range checks, before any work; a failure is recorded in status.json

@@ -14,14 +14,24 @@ _CHATTY_LOGGERS = ("faiss", "faiss.loader", "timm", "matplotlib", "PIL", "urllib
                    "git", "numba", "mlflow", "alembic", "optuna")
 
 
-def refuse_pickled_rerun(argv: list[str]) -> None:
-    """Hydra's ``--experimental-rerun <file>`` (or any abbreviation argparse takes, ``--exp=``)
-    unpickles the file: a run dir's ``.hydra/config.pickle`` would run its code. Refused (exit 2)."""
+HYDRA_LOGGING_CHOICES = ("default", "disabled", "none", "hydra_debug")  # Hydra's own: console only
+
+
+def refuse_unsafe_arguments(argv: list[str]) -> None:
+    """Refuse (exit 2) what acts before any check of ours: Hydra's ``--experimental-rerun <file>``
+    (or any abbreviation argparse takes, ``--exp=``) unpickles the file, so a run dir's
+    ``.hydra/config.pickle`` would run its code; ``hydra.hydra_logging`` handlers open while Hydra
+    composes the config (a FileHandler with mode w truncated a completed run's report.json)."""
     for arg in argv:
         flag = arg.split("=", 1)[0]
         if flag.startswith("--e") and "--experimental-rerun".startswith(flag):
             refuse(f"{flag}: loads a pickle, which runs code from the file; re-run with the overrides "
                    "in <run dir>/.hydra/overrides.yaml instead")
+        key, _, value = arg.lstrip("+~").partition("=")
+        if (key == "hydra.hydra_logging" or key.startswith("hydra.hydra_logging.handlers")
+                or key == "hydra/hydra_logging" and value not in HYDRA_LOGGING_CHOICES):
+            refuse(f"{key}: Hydra opens its own log handlers before any check, so they could write into a run; "
+                   "set file handlers under hydra.job_logging, which is checked")
 
 
 def quiet_third_party_logs() -> None:

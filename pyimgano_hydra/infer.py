@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pyimgano_hydra.console import (one_line_errors, quiet_third_party_logs, refuse_pickled_rerun,
+from pyimgano_hydra.console import (one_line_errors, quiet_third_party_logs, refuse_unsafe_arguments,
                                     user_errors_exit)
 from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, is_image_file
 from pyimgano_hydra.data.loader import checked_workers, loader_setting
@@ -165,7 +165,7 @@ def _job(cfg: DictConfig) -> dict:
 
 
 def main() -> None:
-    refuse_pickled_rerun(sys.argv[1:])
+    refuse_unsafe_arguments(sys.argv[1:])
     with exit_on_interrupt("the inference run"), one_line_errors():
         _job()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import signal
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from pyimgano_hydra.sweep.cluster import under_submitit
@@ -36,6 +37,43 @@ def _mark_unstarted_run(signum: int) -> None:
         if not status.exists():
             write_status(status, INTERRUPTED, error=f"interrupted ({signal.Signals(signum).name}) before it started",
                          config_hash=config_hash)
+
+
+def _mark_abandoned_jobs(signum: int, wait_s: float = 5.0, limit: int = 10000) -> None:
+    """A sweep stopped in its launching process: the jobs its local workers ran (joblib's loky
+    processes are killed without running their handlers) are marked interrupted once their
+    process is gone; a job of another host or a live process is left as it is."""
+    import os
+    import socket
+    import time
+
+    from pyimgano_hydra.errors import UserError
+    from pyimgano_hydra.runs.status import INTERRUPTED, RUNNING, owner_gone, write_status
+    from pyimgano_hydra.runs.trust import read_json_file
+
+    deadline = time.monotonic() + wait_s
+    for sweep_dir, config_hash in CLAIMED:
+        if config_hash is not None:  # a single run: its own handler marked it
+            continue
+        seen = 0
+        for folder, dirs, files in os.walk(sweep_dir):
+            dirs[:] = [d for d in dirs if d not in ("categories", ".hydra", ".submitit")]
+            seen += 1
+            if seen > limit or "status.json" not in files:
+                continue
+            path = os.path.join(folder, "status.json")
+            try:
+                record = read_json_file(path)
+            except UserError:
+                continue
+            if not isinstance(record, dict) or record.get("status") != RUNNING or \
+                    record.get("host") != socket.gethostname() or record.get("pid") == os.getpid():
+                continue
+            while not owner_gone(record) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if owner_gone(record):
+                write_status(Path(path), INTERRUPTED, error=f"interrupted ({signal.Signals(signum).name}): "
+                             "its sweep was stopped", config_hash=record.get("config_hash"))
 
 
 @contextmanager
@@ -76,6 +114,7 @@ def exit_on_interrupt(what: str) -> Iterator[None]:
             signal.signal(signum, signal.SIG_IGN)
         signum = getattr(exc, "signum", int(signal.SIGINT))
         _mark_unstarted_run(signum)
+        _mark_abandoned_jobs(signum)
         print(f"interrupted: {signal.Signals(signum).name}; {what} marked interrupted in its status.json",
               file=sys.stderr)
         sys.exit(128 + signum)

@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pyimgano_hydra.console import (one_line_errors, quiet_third_party_logs, refuse_pickled_rerun,
+from pyimgano_hydra.console import (one_line_errors, quiet_third_party_logs, refuse_unsafe_arguments,
                                     user_errors_exit)
 from pyimgano_hydra.errors import ConfigError, console_line
 from pyimgano_hydra.paths import CONFIG_PATH
@@ -51,7 +51,7 @@ def _job(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    refuse_pickled_rerun(sys.argv[1:])
+    refuse_unsafe_arguments(sys.argv[1:])
     with one_line_errors():
         _job()
 

@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from pyimgano_hydra import RUN_RECORD_FILES
-from pyimgano_hydra.errors import UserError, refuse
+from pyimgano_hydra.errors import UserError, console_line, refuse
 from pyimgano_hydra.interrupt import CLAIMED
 from pyimgano_hydra.runs.status import utc_now
 from pyimgano_hydra.sweep.job_dirs import check_subdir, probe_subdir, swept_values
@@ -43,6 +43,26 @@ def holds_a_run(path: Path) -> bool:
     return any(os.path.lexists(path / name) for name in RUN_RECORD_FILES)
 
 
+def foreign_run(path: Path, own: Path) -> Path | None:
+    """The run dir holding ``path`` (itself or a parent) when it is not ``own`` nor a sweep dir
+    holding ``own``: where a run must not write its cache, study or launcher files."""
+    path = Path(path).expanduser().absolute()
+    mine = Path(own).absolute().resolve()
+    for candidate in [path, *path.parents]:
+        if holds_a_run(candidate):
+            real = candidate.resolve()
+            return None if real == mine or real in mine.parents else real
+    return None
+
+
+def refuse_foreign(key: str, value: object, own: Path, what: str) -> None:
+    """``UserError`` naming ``key`` when the path ``value`` lies in another run dir (``foreign_run``)."""
+    outer = foreign_run(Path(str(value)), own)
+    if outer is not None:
+        raise UserError(f"{key}={value}: lies inside the run dir {outer}; {what} is never written into "
+                        f"another run: pick a path outside it")
+
+
 # Folders a run (or an inference) writes into: one already there is a leftover or a trap.
 WRITTEN_FOLDERS = ("categories", "maps", "masks")
 
@@ -53,8 +73,6 @@ def _nothing_to_write_through(run_dir: Path, key: str, resuming: bool = False) -
     the log appended to any file) and none of the folders a run writes into; an unfinished run
     ``resuming`` may hold those folders, never a link, in ``.hydra/`` neither (Hydra rewrote a
     linked ``.hydra/hydra.yaml`` in place: a completed run's report.json became YAML)."""
-    from pyimgano_hydra.errors import console_line
-
     record = run_dir / ".hydra"  # a resumed job's Hydra rewrites its files in place (open "w")
     inner = sorted(record.iterdir()) if resuming and record.is_dir() and not record.is_symlink() else []
     for entry in [*sorted(run_dir.iterdir()), *inner]:
@@ -201,6 +219,8 @@ class ClaimRunDir(Callback):
         check_subdir(config)
         # never resumable: a sweep root is not a run (an interrupted run dir took a whole sweep in)
         _check_log_files(config, Path(str(config.hydra.sweep.dir)) / "0", Path(str(config.hydra.sweep.dir)), sweep=True)
+        _check_sweep_files(config)
+        _check_launcher_cwd(config)
         claim(Path(str(config.hydra.sweep.dir)), resumable=False, key="hydra.sweep.dir", empty=True)
 
 
@@ -219,6 +239,66 @@ class NoHydraRecord(Callback):
         if raw is not None:
             refuse(f"hydra.output_subdir={raw}: export writes no Hydra record (it may run inside a run dir); "
                     "leave it null")
+
+
+def _check_launcher_cwd(config: DictConfig) -> None:
+    """Ray puts the driver's working dir on each worker's ``sys.path`` (the app drops it from its
+    own): started inside a received run dir, its workers imported the run dir's modules."""
+    from pyimgano_hydra import _inside_a_run_dir
+
+    target = str(config.hydra.launcher.get("_target_", ""))
+    if "ray" in target.lower() and _inside_a_run_dir(os.getcwd()):
+        refuse(f"hydra.launcher._target_={target}: started inside the run dir {console_line(os.getcwd())}, whose "
+               "modules Ray's workers would import; start the sweep from another folder")
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_sweep_files(config: DictConfig) -> None:
+    """What a launcher or sweeper writes besides the job dirs (submitit's job pickles and logs, an
+    Optuna sqlite study) lies in no other run dir; a study file that exists is a regular sqlite file
+    (a FIFO hung the sweep; a run's report.json gave a line naming nothing)."""
+    from omegaconf import OmegaConf
+
+    own = Path(str(config.hydra.sweep.dir))
+    for key, what in (("hydra.launcher.submitit_folder", "a launcher's job files"),
+                      ("hydra.sweeper.storage", "an Optuna study")):
+        try:
+            value = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=True)
+        except Exception:  # noqa: BLE001 - Hydra's plugin reports its own config
+            continue
+        if not isinstance(value, str):
+            continue
+        if key.endswith("storage"):
+            if not value.startswith("sqlite:///"):
+                continue
+            value = value[len("sqlite:///"):]
+        path = Path(value.split("%", 1)[0])  # submitit's %j (job id) names folders made later
+        try:
+            refuse_foreign(key, value, own, what)
+            if key.endswith("storage") and os.path.lexists(path):
+                head = _head(path)
+                if head and head != SQLITE_MAGIC:
+                    raise UserError(f"{key}=sqlite:///{value}: is not an SQLite database; "
+                                    "name a new file or an Optuna study database")
+        except UserError as exc:
+            refuse(str(exc) if str(exc).startswith(key) else f"{key}={value}: {exc}")
+        except OSError as exc:
+            refuse(f"{key}={value}: cannot be read ({exc.strerror or type(exc).__name__})")
+
+
+def _head(path: Path) -> bytes:
+    """The first 16 bytes of a regular file, never blocking on a FIFO."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError("not a regular file (a FIFO or a device); name a new file or an Optuna study database")
+        return os.read(fd, 16)
+    finally:
+        os.close(fd)
 
 
 def _check_log_files(config: DictConfig, job_dir: Path, own: Path | None, sweep: bool = False) -> None:

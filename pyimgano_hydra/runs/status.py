@@ -71,7 +71,16 @@ def process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return _process_state(pid) != b"Z"  # a zombie (killed, not yet reaped) runs nothing
+
+
+def _process_state(pid: int) -> bytes | None:
+    """The state letter of ``/proc/<pid>/stat`` (R, S, Z...); None where unknown."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def process_start(pid: int) -> int | None:

@@ -9,6 +9,7 @@ and the app both ask ``may_take_over``.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -23,6 +24,7 @@ from pyimgano_hydra.runs.status import INTERRUPTED, RUNNING, current_state, desc
 from pyimgano_hydra.runs.trust import read_json_file
 from pyimgano_hydra.sweep.cluster import cluster_job_id
 
+log = logging.getLogger(__name__)
 NEVER = "runs are never overwritten"
 
 
@@ -101,7 +103,15 @@ def finished_categories(run_dir: RunDir, categories: list[str]) -> dict[str, Cat
                 _no_links_out(run_dir)
                 shutil.rmtree(out.root)  # half-written by the interrupted attempt: redo it
             continue
-        done[category] = category_result(record, out.report, category)
+        result = category_result(record, out.report, category)
+        named = [result.extra.get("inspector"), *result.extra.get("plots", []), *result.extra.get("overlays", [])]
+        gone = next((name for name in named if name and not (out.root / name).is_file()), None)
+        if gone is not None:  # deleted since: the report alone is no finished category
+            log.warning("%s names %s, which is missing: category %s is redone", out.report, gone, category)
+            _no_links_out(run_dir)
+            shutil.rmtree(out.root)
+            continue
+        done[category] = result
     return done
 
 

@@ -106,13 +106,21 @@ def continue_study(sampler: Any, storage: Any, study_name: str | None) -> int:
     return existing
 
 
+def _raised_by_storage(exc: BaseException) -> bool:
+    """``exc`` comes from Optuna or SQLAlchemy (a stored study that does not fit, a broken database)."""
+    frame, tb = "", exc.__traceback__
+    while tb is not None:
+        frame, tb = tb.tb_frame.f_globals.get("__name__", ""), tb.tb_next
+    return any(name.split(".")[0] in ("optuna", "sqlalchemy") for name in (type(exc).__module__, frame))
+
+
 def study_sweeper(sampler: Any, direction: Any, storage: Any, study_name: str | None, n_trials: int,
                   n_jobs: int, max_failure_rate: float, search_space: Any, custom_search_space: Any,
                   params: Any) -> Any:
     """hydra-optuna-sweeper's implementation with the study-wide budget and resume."""
     from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 
-    from pyimgano_hydra.errors import ConfigError
+    from pyimgano_hydra.errors import ConfigError, UserError
 
     if not 0.0 <= float(max_failure_rate) <= 1.0:
         raise ConfigError(f"hydra.sweeper.max_failure_rate: {max_failure_rate} is not in [0, 1]")
@@ -123,8 +131,15 @@ def study_sweeper(sampler: Any, direction: Any, storage: Any, study_name: str | 
             self.launcher = BudgetLauncher(self.launcher, self, float(max_failure_rate))
 
         def sweep(self, arguments: list[str]) -> None:
-            continue_study(self.sampler, self.storage, self.study_name)
-            return super().sweep(arguments)
+            try:
+                continue_study(self.sampler, self.storage, self.study_name)
+                return super().sweep(arguments)
+            except Exception as exc:  # noqa: BLE001 - only Optuna's and its database's are named here
+                if not self.storage or not _raised_by_storage(exc):
+                    raise
+                line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise UserError(f"hydra.sweeper.storage={self.storage}: study {self.study_name!r} cannot be "
+                                f"continued ({line}); name a new storage or study_name") from exc
 
     # max_failure_rate=1.0: the base class's per-batch check never fires; BudgetLauncher counts
     return StudySweeperImpl(sampler, direction, storage, study_name, n_trials, n_jobs, 1.0,
