@@ -16,7 +16,8 @@ from pyimgano_hydra.errors import console_line
 from pyimgano_hydra.features.cache import feature_cache
 from pyimgano_hydra.features.precision import autocast_setting
 from pyimgano_hydra.instantiate import build, build_detector_factory
-from pyimgano_hydra.interrupt import sigterm_as_interrupt
+from pyimgano_hydra import interrupt
+from pyimgano_hydra.interrupt import interrupts_deferred, sigterm_as_interrupt
 from pyimgano_hydra.logs import run_log
 from pyimgano_hydra import progress
 from pyimgano_hydra.recipes.context import CategoryResult, RecipeContext
@@ -124,6 +125,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
     requeued cluster job): then finished categories are kept and the rest is redone.
     """
     run_dir = RunDir(Path(output_dir))
+    interrupt.COMPLETED.clear()  # this run is not recorded completed (yet)
     cfg_hash = config_hash(cfg)
     resuming = may_take_over(run_dir, cfg_hash)
     run_dir.root.mkdir(parents=True, exist_ok=True)
@@ -210,8 +212,10 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
         report.update(status=FAILED, error=line)
         write_json_atomic(run_dir.report, report)
         raise
-    write_json_atomic(run_dir.report, report)
-    write_status(run_dir.status, COMPLETED)  # report.json is the result; the HTML view cannot lose it
+    with interrupts_deferred():  # both written, or neither: a run is never left half-recorded
+        write_json_atomic(run_dir.report, report)
+        write_status(run_dir.status, COMPLETED)  # report.json is the result; the HTML view cannot lose it
+        interrupt.COMPLETED.append(run_dir.root)
     try:
         write_report_html(run_dir.root / "report.html", report, OmegaConf.to_container(cfg, resolve=True))
     except Exception as exc:  # noqa: BLE001

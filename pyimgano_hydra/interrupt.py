@@ -20,6 +20,8 @@ class Interrupted(KeyboardInterrupt):
 
 _RAISED = []  # an interrupt was raised: later signals must not break the cleanup that writes status.json
 CLAIMED: list = []  # (run dir, config hash) claimed by runs/claim.py in this process
+COMPLETED: list = []  # the run of this process (the last one started) was recorded completed
+_PENDING: list = []  # signals that arrived inside ``interrupts_deferred``
 
 
 def _raise_once(signum, frame):
@@ -77,6 +79,30 @@ def _mark_abandoned_jobs(signum: int, wait_s: float = 5.0, limit: int = 10000) -
 
 
 @contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Signals arriving inside the block (the writes that record a run as finished) take effect at
+    its end: a SIGTERM between report.json and status.json left a completed report with a
+    ``running`` status, which neither infer nor a resume would take."""
+    if under_submitit():
+        yield
+        return
+    try:
+        previous = {signum: signal.signal(signum, lambda signum, frame: _PENDING.append(signum))
+                    for signum in [signal.SIGINT, *_caught()]}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if _PENDING and not _RAISED:
+        _RAISED.append(_PENDING[0])
+        raise Interrupted(_PENDING[0])
+
+
+@contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block SIGTERM (and SIGHUP) raises :class:`Interrupted` (main thread only; not under
     submitit, which owns SIGTERM and the requeue signal: see ``sweep/cluster.py``)."""
@@ -115,6 +141,7 @@ def exit_on_interrupt(what: str) -> Iterator[None]:
         signum = getattr(exc, "signum", int(signal.SIGINT))
         _mark_unstarted_run(signum)
         _mark_abandoned_jobs(signum)
-        print(f"interrupted: {signal.Signals(signum).name}; {what} marked interrupted in its status.json",
-              file=sys.stderr)
+        done = bool(COMPLETED)
+        state = "had completed (its status.json says so)" if done else "marked interrupted in its status.json"
+        print(f"interrupted: {signal.Signals(signum).name}; {what} {state}", file=sys.stderr)
         sys.exit(128 + signum)

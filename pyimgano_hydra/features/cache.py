@@ -174,6 +174,15 @@ class FeatureCache:
             log.warning("feature cache %s turned off for this run (%s)", self.root, exc)
         self.enabled = False
 
+    def own_folder(self, folder: Path) -> bool:
+        """``folder`` (an entry folder, ``.locks``, ``backbones``) is the cache's own, not a symlink: a
+        prepared cache linked its folders into a completed run, and entries were written there. A
+        linked one turns the cache off (``_off``)."""
+        if folder.is_symlink():
+            self._off(OSError(f"{folder} is a symlink; the cache writes only into its own folders"))
+            return False
+        return True
+
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:
         """Hold the key stripe's lock; when it cannot be created the cache turns off (``_off``)."""
@@ -194,8 +203,14 @@ class FeatureCache:
         from filelock import FileLock
 
         folder = self.root / LOCK_DIR
+        if not self.own_folder(folder):
+            raise OSError(f"{folder} is a symlink")
         folder.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(folder / f"{key[:LOCK_STRIPE_CHARS]}.lock"), timeout=self.lock_timeout_s)
+        path = folder / f"{key[:LOCK_STRIPE_CHARS]}.lock"
+        if os.path.lexists(path) and (path.is_symlink() or not path.is_file() or path.stat().st_nlink > 1):
+            # FileLock opens it with O_TRUNC: a linked lock file truncated a completed run's report.json
+            raise OSError(f"{path} is a link or not a regular file")
+        return FileLock(str(path), timeout=self.lock_timeout_s)
 
     # -- single entries
     def get(self, key: str) -> np.ndarray | ArrayDict | None:
@@ -219,6 +234,8 @@ class FeatureCache:
         buffer = io.BytesIO()
         np.savez(buffer, **_as_dict(value))
         data = buffer.getvalue()
+        if not self.own_folder(self.path(key).parent):
+            return
         try:
             write_bytes_atomic(self.path(key), data)
             self._written_since_check += len(data)
@@ -416,7 +433,7 @@ def backbone_key(cache: FeatureCache | None, backbone: Any) -> str:
             return key
     built = backbone.resolve() if hasattr(backbone, "resolve") else backbone
     key = make_key(backbone_key_parts(built))
-    if record is not None and cache.enabled:
+    if record is not None and cache.enabled and cache.own_folder(record.parent):
         try:
             write_bytes_atomic(record, key.encode("ascii"))
         except OSError as exc:  # a full or read-only cache disk

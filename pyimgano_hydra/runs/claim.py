@@ -256,13 +256,14 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def _check_sweep_files(config: DictConfig) -> None:
-    """What a launcher or sweeper writes besides the job dirs (submitit's job pickles and logs, an
-    Optuna sqlite study) lies in no other run dir; a study file that exists is a regular sqlite file
+    """What a launcher or sweeper writes besides the job dirs (submitit's job pickles and logs, Ray's
+    session tree, an Optuna sqlite study) lies in no other run dir; a study file that exists is a regular sqlite file
     (a FIFO hung the sweep; a run's report.json gave a line naming nothing)."""
     from omegaconf import OmegaConf
 
     own = Path(str(config.hydra.sweep.dir))
     for key, what in (("hydra.launcher.submitit_folder", "a launcher's job files"),
+                      ("hydra.launcher.ray.init._temp_dir", "Ray's session files"),
                       ("hydra.sweeper.storage", "an Optuna study")):
         try:
             value = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=True)

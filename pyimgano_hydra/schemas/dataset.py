@@ -35,6 +35,9 @@ class DatasetSchema:
             check(value is None or value >= 1, f"dataset.{key}", "must be >= 1 or null")
 
 
+MAX_SYNTHETIC = 10000  # generated images per split (a typo of 10**30 generated until killed)
+
+
 @dataclass
 class SyntheticDatasetSchema(DatasetSchema):
     resize: Optional[int] = 128  # the generated images are image_size px: no resampling by default
@@ -46,9 +49,9 @@ class SyntheticDatasetSchema(DatasetSchema):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(64 <= self.image_size <= MAX_SIDE, "dataset.image_size", f"must be in 64..{MAX_SIDE}")
-        check(self.n_train >= 1, "dataset.n_train", "must be >= 1")
-        check(self.n_test_good >= 0, "dataset.n_test_good", "must be >= 0")
-        check(self.n_test_defect >= 0, "dataset.n_test_defect", "must be >= 0")
+        check(1 <= self.n_train <= MAX_SYNTHETIC, "dataset.n_train", f"must be in 1..{MAX_SYNTHETIC}")
+        for key in ("n_test_good", "n_test_defect"):
+            check(0 <= getattr(self, key) <= MAX_SYNTHETIC, f"dataset.{key}", f"must be in 0..{MAX_SYNTHETIC}")
 
 
 @dataclass
