@@ -8,6 +8,7 @@ bilinear when enlarging: close to, not bit-identical with, the OpenCV resize of 
 Runs exported with tiling are refused here (``infer runtime=onnxruntime`` tiles them).
 """
 import hashlib
+import io
 import json
 import math
 import os
@@ -47,6 +48,72 @@ def read_regular(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
+# Ops with subgraphs: an exported model has none (a forged endless Loop would never return).
+CONTROL_FLOW = ("Loop", "If", "Scan", "SequenceMap")
+MAX_NODES = 100_000  # an export has a few thousand; 600,000 Identity nodes took 2.4 GB to load
+
+
+def _fields(data: bytes):
+    """(field number, wire type, value) of a protobuf message's top-level fields (no schema needed)."""
+    i = 0
+
+    def varint():
+        nonlocal i
+        shift = value = 0
+        while True:
+            byte = data[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    while i < len(data):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            yield number, wire, varint()
+        elif wire == 2:
+            size = varint()
+            if i + size > len(data):
+                raise ValueError("truncated field")
+            yield number, wire, data[i:i + size]
+            i += size
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire}")
+
+
+def check_ops(model: bytes) -> None:
+    """Refuse local functions, control flow (subgraphs) and ops outside the standard domain
+    (ModelProto.graph 7 / functions 25; GraphProto.node 1; NodeProto.op_type 4 / domain 7)."""
+    for number, wire, value in _fields(model):
+        if number == 25:
+            raise ValueError("it defines local functions; an exported model has none")
+        if number == 7 and wire == 2:
+            nodes = [node for field, _, node in _fields(value) if field == 1]
+            if len(nodes) > MAX_NODES:
+                raise ValueError(f"{len(nodes)} nodes, more than the {MAX_NODES} an exported model may have")
+            for node in nodes:
+                parts = {n: v for n, w, v in _fields(node) if w == 2 and n in (4, 7)}
+                op, domain = parts.get(4, b"").decode(errors="replace"), parts.get(7, b"").decode(errors="replace")
+                if op in CONTROL_FLOW or domain not in ("", "ai.onnx"):
+                    raise ValueError(f"op {domain + '.' if domain else ''}{op[:40]} is not one an exported model uses")
+
+
+def session_options():
+    """Quiet options whose allocations come from one CPU arena capped at half this machine's memory
+    (a forged model could otherwise size a tensor from pixel values)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    cap = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(cap, -1, -1, -1))
+    options.add_session_config_entry("session.use_env_allocators", "1")
+    return options
+
+
 def load(artifacts: Path):
     try:
         manifest = json.loads(read_regular(artifacts / "export.json", 1 << 20))
@@ -67,14 +134,21 @@ def load(artifacts: Path):
     if tiled:
         fail(artifacts, "this run was exported with tiling; score it with pyimgano_hydra infer runtime=onnxruntime")
     try:
-        return manifest, threshold, ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        check_ops(model)
+        session = ort.InferenceSession(model, session_options(), providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=["ConstantFolding"])  # folding runs at load, unstoppable
     except Exception as exc:
         fail(artifacts / "model.onnx", exc)
+    declared = session.get_inputs()[0].shape
+    if list(declared[1:]) != [channels, *size]:
+        fail(artifacts / "export.json", f"channels {channels} / input_size {size} do not match the model's "
+                                        f"input {declared}")
+    return manifest, threshold, session
 
 
 def read_image(path: Path, manifest: dict) -> np.ndarray:
     """uint8 (1, C, H, W) at the model's input size."""
-    image = Image.open(path, formats=IMAGE_FORMATS)
+    image = Image.open(io.BytesIO(read_regular(path, 512 << 20)), formats=IMAGE_FORMATS)  # a FIFO: refused
     image = image.convert("L" if manifest["channels"] == 1 else "RGB")
     height, width = manifest["input_size"]
     if image.size != (width, height):
@@ -91,9 +165,18 @@ def main(argv: list[str]) -> None:
     manifest, threshold, session = load(Path(argv[0]))
     for name in argv[1:]:
         try:
-            score, anomaly_map = session.run(["score", "map"], {"images": read_image(Path(name), manifest)})
-        except Exception as exc:  # unreadable image, a model that does not fit export.json
+            image = read_image(Path(name), manifest)
+        except Exception as exc:  # unreadable image
             fail(name, exc)
+        try:
+            score, anomaly_map = session.run(["score", "map"], {"images": image})
+        except Exception as exc:  # a model that does not fit export.json, over the memory cap
+            fail(Path(argv[0]) / "model.onnx", exc)
+        if np.shape(score) != (1,) or np.shape(anomaly_map) != (1, *image.shape[2:]):
+            fail(Path(argv[0]) / "model.onnx", f"returned score {np.shape(score)} / map {np.shape(anomaly_map)} "
+                                               "for one image; not an exported model's outputs")
+        if not (np.isfinite(score).all() and np.isfinite(anomaly_map).all()):
+            fail(Path(argv[0]) / "model.onnx", f"returned a NaN or infinite score or map for {name}; no verdict")
         print(json.dumps({"image": name, "score": float(score[0]), "pred_label": int(score[0] > threshold),
                           "threshold": threshold, "map_max": float(anomaly_map[0].max())}))
 

@@ -94,6 +94,10 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
     for key in ("trust_targets", "save_maps"):  # "trust_targets=no" is the string "no": truthy
         if type(cfg[key]) is not bool:
             raise ConfigError(f"{key}: must be true or false, got {cfg[key]!r}")
+    memory = cfg.get("onnx_max_memory_gb")
+    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float))
+                               or not 0.01 <= memory <= 65536):
+        raise ConfigError(f"onnx_max_memory_gb: must be a number of GB in 0.01..65536 or null, got {memory!r}")
     if type(cfg.batch_size) is not int or not 1 <= cfg.batch_size <= 4096:
         raise ConfigError(f"batch_size: must be an int in 1..4096, got {cfg.batch_size!r}")
     num_workers = checked_workers(OmegaConf.select(cfg, "loader.num_workers"))  # +loader.num_workers=N
@@ -109,7 +113,8 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
             if runtime == "onnxruntime":
                 from pyimgano_hydra.export.runtime import load_exported
 
-                _, inspector.detector = load_exported(loaded.run_dir.root, loaded.run_dir.category(category).root)
+                _, inspector.detector = load_exported(loaded.run_dir.root, loaded.run_dir.category(category).root,
+                                                      cfg.get("onnx_max_memory_gb"))
             threshold = inspector.image_threshold
             defects = defects_settings_for(inspector.defects, cfg.defects, task_overrides or [])
             exporter = None

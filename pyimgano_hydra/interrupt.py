@@ -129,11 +129,14 @@ def _caught() -> list[int]:
 
 
 @contextmanager
-def exit_on_interrupt(what: str) -> Iterator[None]:
-    """At an entry point: an interrupt prints one line and exits 128 + signal (143, 130)."""
+def exit_on_interrupt(what: str, recorded: bool = True) -> Iterator[None]:
+    """At an entry point: an interrupt prints one line and exits 128 + signal (143, 130);
+    ``recorded=False``: ``what`` keeps no status.json (an export)."""
     try:
         with sigterm_as_interrupt():  # from the start: Hydra's setup runs before the job's own handler
             yield
+        for signum in [signal.SIGINT, *_caught()]:  # done and recorded: a signal during the interpreter's
+            signal.signal(signum, signal.SIG_IGN)   # teardown must not turn it into a death by signal
     except KeyboardInterrupt as exc:
         _RAISED.append(signal.SIGINT)
         for signum in _caught():  # one line, one exit code, whatever follows
@@ -142,6 +145,7 @@ def exit_on_interrupt(what: str) -> Iterator[None]:
         _mark_unstarted_run(signum)
         _mark_abandoned_jobs(signum)
         done = bool(COMPLETED)
-        state = "had completed (its status.json says so)" if done else "marked interrupted in its status.json"
+        state = ("had completed (its status.json says so)" if done else "marked interrupted in its status.json"
+                 if recorded else "stopped; what it had written is complete, what it had not is absent")
         print(f"interrupted: {signal.Signals(signum).name}; {what} {state}", file=sys.stderr)
         sys.exit(128 + signum)

@@ -9,6 +9,7 @@ float images holding NaN/inf, and negative 32-bit int or float values.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Sequence, Union
@@ -61,6 +62,21 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def open_regular(path: str | Path):
+    """``path`` opened for reading when it is a regular file, checked on the open descriptor: a
+    file swapped for a FIFO after the input folder was listed is never waited on."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataError(f"{path}: not a regular file (a FIFO, device or folder); replace or remove it")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _multi_scan_jpeg(path: str | Path, img: Image.Image) -> bool:
     """A progressive JPEG, or one whose components come in separate scans: libjpeg then keeps
     every DCT coefficient of the full-size image (2 bytes each) whatever the draft scale."""
@@ -70,7 +86,7 @@ def _multi_scan_jpeg(path: str | Path, img: Image.Image) -> bool:
         return True
     import mmap
 
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+    with open_regular(path) as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         first = data.find(b"\xff\xda")  # start of scan; entropy-coded 0xFF bytes are stuffed (FF 00)
         return first >= 0 and data.find(b"\xff\xda", first + 2) >= 0
 
@@ -94,14 +110,15 @@ def _open(path: str | Path, draft_to: tuple[int, int] | None = None,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path, formats=PILLOW_FORMATS)
-            if max_megabytes is not None and _multi_scan_jpeg(path, img):  # a 1 KB one took 1 GB at 1/8
-                _check_decode_size(path, img, max_megabytes, coefficients=decoded_megabytes(img) * 2)
-            if draft_to is not None and img.format == "JPEG":
-                img.draft(img.mode, (draft_to[1], draft_to[0]))  # decode large JPEGs at 1/2..1/8
-            _check_decode_size(path, img, max_megabytes)
-            img.load()
-            return ImageOps.exif_transpose(img)
+            with open_regular(path) as handle:
+                img = Image.open(handle, formats=PILLOW_FORMATS)
+                if max_megabytes is not None and _multi_scan_jpeg(path, img):  # a 1 KB one took 1 GB at 1/8
+                    _check_decode_size(path, img, max_megabytes, coefficients=decoded_megabytes(img) * 2)
+                if draft_to is not None and img.format == "JPEG":
+                    img.draft(img.mode, (draft_to[1], draft_to[0]))  # decode large JPEGs at 1/2..1/8
+                _check_decode_size(path, img, max_megabytes)
+                img.load()
+                return ImageOps.exif_transpose(img)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except DataError:
@@ -118,7 +135,7 @@ def read_size(path: str | Path, max_megabytes: float | None = None) -> tuple[int
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path, formats=PILLOW_FORMATS) as img:
+            with open_regular(path) as handle, Image.open(handle, formats=PILLOW_FORMATS) as img:
                 _check_decode_size(path, img, max_megabytes)
                 width, height = img.size
                 try:
@@ -274,7 +291,7 @@ def _npy_shape(path: Path) -> tuple[int, ...]:
     if not path.is_file():
         raise DataError(f"{path}: mask file not found")
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             version = np.lib.format.read_magic(handle)
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = read_header(handle)
@@ -297,7 +314,8 @@ def _load_npy(path: Path) -> np.ndarray:
     """A ``.npy`` mask, header checked first (``_npy_shape``); never a pickle."""
     _npy_shape(path)
     try:
-        return np.load(path, allow_pickle=False)
+        with open_regular(path) as handle:  # swapped for a FIFO since its header was read: not waited on
+            return np.load(handle, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npy mask ({_reason(exc)}); {_NPY_FIX}") from None
 

@@ -50,6 +50,7 @@ def export_inspector(inspector, out_dir: Path, opset: int = OPSET) -> ExportMani
     from pyimgano_hydra import __version__
     from pyimgano_hydra.adapt.tiling import PARAM_NAMES as TILING_PARAMS, TiledDetector
     from pyimgano_hydra.export.graph import build_graph
+    from pyimgano_hydra.interrupt import interrupts_deferred
     from pyimgano_hydra.registry import detector_name
     from pyimgano_hydra.runs.writers import write_bytes_atomic, write_json_atomic
 
@@ -58,7 +59,6 @@ def export_inspector(inspector, out_dir: Path, opset: int = OPSET) -> ExportMani
     size = input_size(inspector)
     channels = 1 if inspector.preprocessing.get("input_mode") == "gray" else 3
     model = onnx_bytes(build_graph(detector, size), size, channels, opset)
-    write_bytes_atomic(out_dir / MODEL_FILE, model)
     manifest = ExportManifest(
         format=MANIFEST_FORMAT, version=MANIFEST_VERSION, package_version=__version__,
         category=inspector.category, detector=detector_name(type(detector)), model_file=MODEL_FILE,
@@ -67,7 +67,9 @@ def export_inspector(inspector, out_dir: Path, opset: int = OPSET) -> ExportMani
         pixel_threshold=inspector.pixel_threshold,
         postprocess=inspector.postprocessor.state_dict() if inspector.postprocessor is not None else None,
         tiling={k: getattr(inspector.detector, k) for k in TILING_PARAMS} if tiled else None)
-    write_json_atomic(out_dir / "export.json", dataclasses.asdict(manifest))
+    with interrupts_deferred():  # the model and its manifest, both or neither (a lone new model fails its sha256)
+        write_bytes_atomic(out_dir / MODEL_FILE, model)
+        write_json_atomic(out_dir / "export.json", dataclasses.asdict(manifest))
     return manifest
 
 

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from pyimgano_hydra.console import (one_line_errors, quiet_third_party_logs, refuse_unsafe_arguments,
                                     user_errors_exit)
 from pyimgano_hydra.errors import ConfigError, console_line
+from pyimgano_hydra.interrupt import exit_on_interrupt
 from pyimgano_hydra.paths import CONFIG_PATH
 from pyimgano_hydra.schemas import register_configs
 from pyimgano_hydra.schemas.export import ExportSchema
@@ -52,7 +53,7 @@ def _job(cfg: DictConfig) -> None:
 
 def main() -> None:
     refuse_unsafe_arguments(sys.argv[1:])
-    with one_line_errors():
+    with exit_on_interrupt("the export", recorded=False), one_line_errors():
         _job()
 
 

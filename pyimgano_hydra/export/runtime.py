@@ -9,6 +9,7 @@ models with external data refused; every refusal one line naming the file.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -87,9 +88,55 @@ def _check_tensors(proto, where: Path) -> None:
             raise UserError(f"{where}: refused: value {value.name[:80]!r} has shape {dims[:8]}, {limit}")
 
 
-def _session(model: bytes, where: Path):
+# Ops with subgraphs (an endless Loop hung infer; SIGTERM could not stop it): export writes none.
+CONTROL_FLOW = ("Loop", "If", "Scan", "SequenceMap")
+MAX_NODES = 100_000  # an export has a few thousand; 600,000 Identity nodes took 2.4 GB to load
+_ARENA: list[int] = []  # ONNX Runtime takes one shared CPU arena per process: its cap, once set
+
+
+def default_memory_gb() -> float:
+    """Half of this machine's memory: what a model's run may take (``onnx_max_memory_gb``)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 / 1024**3
+
+
+def _check_ops(proto, where: Path) -> None:
+    """Only standard-domain ops without subgraphs: no control flow, no local functions."""
+    from onnx import GraphProto
+
+    if len(proto.graph.node) > MAX_NODES:
+        raise UserError(f"{where}: refused: {len(proto.graph.node)} nodes, more than the {MAX_NODES} an "
+                        "exported model may have")
+    for graph in _messages(proto.graph, GraphProto):
+        for node in graph.node:
+            if node.op_type in CONTROL_FLOW or node.domain not in ("", "ai.onnx") or node.op_type not in _standard_ops():
+                raise UserError(f"{where}: refused: op {node.domain + '.' if node.domain else ''}"
+                                f"{node.op_type[:40]} is not one an exported model uses (control flow or custom)")
+
+
+@functools.lru_cache(maxsize=1)
+def _standard_ops() -> frozenset[str]:
+    from onnx import defs
+
+    return frozenset(schema.name for schema in defs.get_all_schemas() if schema.domain == "") - set(CONTROL_FLOW)
+
+
+def _capped_options(ort, max_memory_gb: float):
+    """Session options whose allocations come from one CPU arena capped at ``max_memory_gb`` (a
+    1 KB model's ``ConstantOfShape`` sized by pixel values took 3.8 GB), quiet (one error line)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    options.log_severity_level = 4
+    if not _ARENA:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(int(max_memory_gb * 1024**3), -1, -1, -1))
+        _ARENA.append(int(max_memory_gb * 1024**3))
+    options.add_session_config_entry("session.use_env_allocators", "1")
+    return options
+
+
+def _session(model: bytes, where: Path, max_memory_gb: float | None = None):
     """An ONNX Runtime CPU session over ``model``; refused when it is not a self-contained ONNX
-    model of sane tensor sizes (checked before onnxruntime is imported)."""
+    model of standard ops and sane tensor sizes (checked before onnxruntime is imported)."""
     try:
         import onnx
 
@@ -97,12 +144,14 @@ def _session(model: bytes, where: Path):
     except Exception as exc:  # protobuf decode errors
         message = " ".join(str(exc).split())[:160]
         raise UserError(f"{where}: not a loadable ONNX model ({type(exc).__name__}: {message})") from exc
+    _check_ops(proto, where)
     _check_tensors(proto, where)  # external data: read from a path relative to the working dir
     ort = _onnxruntime()
     try:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        options = _capped_options(ort, max_memory_gb or default_memory_gb())
+        # no constant folding: folding a forged chain of constant MatMuls ran at load, where no signal stops it
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=["ConstantFolding"])
     except UserError:
         raise
     except Exception as exc:  # protobuf decode errors, invalid graphs
@@ -131,8 +180,46 @@ class OnnxDetector(BaseDetector):
             raise DataError(f"{self.where}: expects {self.input_size[0]}x{self.input_size[1]} images, "
                             f"got {images.shape[1]}x{images.shape[2]}")
         batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.uint8)
-        score, maps = self.session_.run(["score", "map"], {"images": batch})
+        score, maps = interruptible_run(self.session_, {"images": batch}, self.where)
+        n, height, width = batch.shape[0], batch.shape[2], batch.shape[3]
+        if np.shape(score) != (n,) or np.shape(maps) != (n, height, width):
+            raise UserError(f"{self.where}: returned scores {np.shape(score)} and maps {np.shape(maps)} for "
+                            f"{n} images of {height}x{width}; refused (not an exported model's outputs)")
+        if not (np.isfinite(score).all() and np.isfinite(maps).all()):
+            raise UserError(f"{self.where}: returned a NaN or infinite score or map; refused (no verdict "
+                            "without a number)")
         return DetectorOutput(scores=score.astype(np.float64), maps=maps.astype(np.float32, copy=False))
+
+
+def interruptible_run(session, feeds: dict, where: str) -> list:
+    """``session.run`` in a worker thread: the main thread stays free for SIGTERM and Ctrl-C, which
+    stop the run (``RunOptions.terminate``; inside ONNX Runtime no Python handler runs). Its
+    failures (a memory cap hit) are one line naming the model."""
+    import threading
+
+    run_options = _onnxruntime().RunOptions()
+    result: dict = {}
+
+    def work() -> None:
+        try:
+            result["outputs"] = session.run(["score", "map"], feeds, run_options)
+        except Exception as exc:  # noqa: BLE001 - reported below, in the caller's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=work, name="onnxruntime-run", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except BaseException:
+        run_options.terminate = True
+        thread.join(10)
+        raise
+    if "error" in result:
+        message = " ".join(str(result["error"]).split())
+        hint = "; raise onnx_max_memory_gb if the model needs it" if "Available memory" in message else ""
+        raise UserError(f"{where}: ONNX Runtime failed ({message[-200:]}){hint}") from result["error"]
+    return result["outputs"]
 
 
 class TiledOnnx(TiledDetector):
@@ -174,11 +261,14 @@ def read_export(run_root: Path, category_dir: Path) -> tuple[ExportManifest, byt
     return manifest, model
 
 
-def load_exported(run_root: Path, category_dir: Path) -> tuple[ExportManifest, BaseDetector]:
-    """The manifest and an ONNX-backed detector (tiled as at fit) for one exported category."""
+def load_exported(run_root: Path, category_dir: Path,
+                  max_memory_gb: float | None = None) -> tuple[ExportManifest, BaseDetector]:
+    """The manifest and an ONNX-backed detector (tiled as at fit) for one exported category; its
+    runs take at most ``max_memory_gb`` (None: half of this machine's memory)."""
     manifest, model = read_export(run_root, category_dir)
     where = category_dir / "artifacts" / manifest.model_file
-    detector = OnnxDetector(input_size=tuple(manifest.input_size), where=str(where)).with_session(_session(model, where))
+    session = _session(model, where, max_memory_gb)
+    detector = OnnxDetector(input_size=tuple(manifest.input_size), where=str(where)).with_session(session)
     if manifest.tiling is None:
         return manifest, detector
     from pyimgano_hydra.adapt.tiling import PARAM_NAMES
