@@ -79,24 +79,31 @@ def _mark_abandoned_jobs(signum: int, wait_s: float = 5.0, limit: int = 10000) -
 
 
 @contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Signals arriving inside the block (the writes that record a run as finished) take effect at
-    its end: a SIGTERM between report.json and status.json left a completed report with a
-    ``running`` status, which neither infer nor a resume would take."""
+def _handling(signums: list[int], handler) -> Iterator[None]:
+    """``handler`` for ``signums`` within the block, then the previous ones (main thread only; not
+    under submitit, which owns SIGTERM and the requeue signal: see ``sweep/cluster.py``)."""
     if under_submitit():
         yield
         return
     try:
-        previous = {signum: signal.signal(signum, lambda signum, frame: _PENDING.append(signum))
-                    for signum in [signal.SIGINT, *_caught()]}
+        previous = {signum: signal.signal(signum, handler) for signum in signums}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Signals arriving inside the block (the writes that record a run as finished) take effect at
+    its end: a SIGTERM between report.json and status.json left a completed report with a
+    ``running`` status, which neither infer nor a resume would take."""
+    with _handling([signal.SIGINT, *_caught()], lambda signum, frame: _PENDING.append(signum)):
+        yield
     if _PENDING and not _RAISED:
         _RAISED.append(_PENDING[0])
         raise Interrupted(_PENDING[0])
@@ -104,22 +111,9 @@ def interrupts_deferred() -> Iterator[None]:
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block SIGTERM (and SIGHUP) raises :class:`Interrupted` (main thread only; not under
-    submitit, which owns SIGTERM and the requeue signal: see ``sweep/cluster.py``)."""
-    if under_submitit():
+    """Within the block SIGTERM (and SIGHUP) raises :class:`Interrupted` (main thread only)."""
+    with _handling(_caught(), _raise_once):
         yield
-        return
-
-    try:
-        previous = {signum: signal.signal(signum, _raise_once) for signum in _caught()}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _caught() -> list[int]:

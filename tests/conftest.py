@@ -69,3 +69,44 @@ def interrupted_copy(completed: Path, run_dir: Path) -> Path:
     (run_dir / "status.json").write_text(json.dumps({"status": "interrupted", "config_hash": config_hash,
                                                       "updated_utc": "2026-01-01T00:00:00.000+00:00"}))
     return run_dir
+
+
+def trained_run(tmp_path_factory, export: bool = False) -> Path:
+    """One completed TINY run (exported to ONNX with ``export``): module fixtures build it once and
+    each test forges files in a copy (``copy_run``)."""
+    root = tmp_path_factory.mktemp("trained") / "run"
+    proc = run_cli([*TINY, f"hydra.run.dir={root}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if export:
+        proc = run_cli([f"run_dir={root}"], module="pyimgano_hydra.export", timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return root
+
+
+def copy_run(trained: Path, tmp_path: Path, name: str = "run") -> Path:
+    import shutil
+
+    run_dir = tmp_path / name
+    shutil.copytree(trained, run_dir)
+    return run_dir
+
+
+def small_png(trained: Path) -> Path:
+    """A 32x32 grey PNG beside the trained run: any image is fine as infer input."""
+    from PIL import Image
+
+    path = trained.parent / "img.png"
+    if not path.exists():
+        Image.new("RGB", (32, 32), (120, 120, 120)).save(path)
+    return path
+
+
+def forge_kept(run_dir: Path, change, category: str = "weave") -> Path:
+    """Apply ``change`` to a kept category's report.json (a dict, in place); return its path."""
+    import json
+
+    path = run_dir / "categories" / category / "report.json"
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+    return path

@@ -10,32 +10,17 @@ import zipfile
 
 import pytest
 
-from conftest import REPO, TINY, interrupted_copy, run_cli
+from conftest import REPO, TINY, copy_run, forge_kept, interrupted_copy, run_cli, small_png, trained_run
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One completed TINY run, copied by each test that forges a file in it."""
-    root = tmp_path_factory.mktemp("trained") / "run"
-    proc = run_cli([*TINY, f"hydra.run.dir={root}"])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return root
+    return trained_run(tmp_path_factory)
 
 
-def _copy(trained, tmp_path, name="run"):
-    run_dir = tmp_path / name
-    shutil.copytree(trained, run_dir)
-    return run_dir
 
 
-def _image(trained):
-    """Any PNG the run's report points at is fine as infer input; write a tiny one instead."""
-    from PIL import Image
-
-    path = trained.parent / "img.png"
-    if not path.exists():
-        Image.new("RGB", (32, 32), (120, 120, 120)).save(path)
-    return path
 
 
 def _deflate_bomb(path, inflated: int) -> None:
@@ -69,9 +54,9 @@ def test_infer_refuses_a_deflated_inspector_hidden_behind_a_bad_extra_field(trai
     reader then inflates every entry; the tensors-vs-file-size check only comes after the memory is
     taken. Observed with 1 MB -> 1 GB: infer's max RSS 1.6 GB, then "its tensors hold 1024 MB".
     Expected: refused before torch.load, as a compressed archive (docs/WORKBENCH.md "Trust model")."""
-    run_dir = _copy(trained, tmp_path)
+    run_dir = copy_run(trained, tmp_path)
     _deflate_bomb(run_dir / "categories" / "weave" / "inspector.pt", 64 << 20)
-    proc = run_cli([f"run_dir={run_dir}", f"input={_image(trained)}", f"hydra.run.dir={tmp_path / 'infer'}"],
+    proc = run_cli([f"run_dir={run_dir}", f"input={small_png(trained)}", f"hydra.run.dir={tmp_path / 'infer'}"],
                    module="pyimgano_hydra.infer", timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-800:]
     assert "compressed" in proc.stderr, proc.stderr[-800:]
@@ -81,12 +66,6 @@ def _interrupted_copy(trained, tmp_path):
     return interrupted_copy(trained, tmp_path / "run")
 
 
-def _forge_kept(run_dir, change):
-    path = run_dir / "categories" / "weave" / "report.json"
-    record = json.loads(path.read_text())
-    change(record)
-    path.write_text(json.dumps(record))
-    return path
 
 
 def _set_threshold(value):
@@ -114,7 +93,7 @@ def test_resumed_run_checks_the_kept_threshold_and_total_time(trained, tmp_path,
     file nor the key. Expected: the kept report.json refused in one line naming it and the key, and the
     run never recorded as completed."""
     run_dir = _interrupted_copy(trained, tmp_path)
-    forged = _forge_kept(run_dir, change)
+    forged = forge_kept(run_dir, change)
     proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"], timeout=300)
     status = json.loads((run_dir / "status.json").read_text())["status"]
     assert (proc.returncode == 0) == (status == "completed"), (proc.returncode, status, proc.stderr[-500:])
@@ -128,7 +107,7 @@ def test_resumed_run_never_echoes_escapes_from_kept_notes(trained, tmp_path):
     (pass F escaped a forged category name, not the notes). Expected: control characters
     escaped or the file refused."""
     run_dir = _interrupted_copy(trained, tmp_path)
-    _forge_kept(run_dir, lambda record: record.__setitem__("notes", ["\x1b[2J\x1b]0;owned\x07"]))
+    forge_kept(run_dir, lambda record: record.__setitem__("notes", ["\x1b[2J\x1b]0;owned\x07"]))
     proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"], timeout=300)
     assert "\x1b" not in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-500:]
 
@@ -141,7 +120,7 @@ def _renamed_category(trained, tmp_path, name):
     ``category`` both: what a crafted run dir holds; infer checks that the two agree)."""
     import torch
 
-    run_dir = _copy(trained, tmp_path)
+    run_dir = copy_run(trained, tmp_path)
     inspector = run_dir / "categories" / "weave" / "inspector.pt"
     state = torch.load(inspector, weights_only=True)
     state["category"] = name
@@ -162,7 +141,7 @@ def test_infer_and_export_never_echo_escapes_from_a_category_name(trained, tmp_p
     run_dir = _renamed_category(trained, tmp_path, ESCAPE_NAME)
     args = [f"run_dir={run_dir}"]
     if module.endswith("infer"):
-        args += [f"input={_image(trained)}", f"hydra.run.dir={tmp_path / 'infer'}"]
+        args += [f"input={small_png(trained)}", f"hydra.run.dir={tmp_path / 'infer'}"]
     proc = run_cli(args, module=module, timeout=300)
     assert "\x1b" not in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-500:]
 
@@ -208,7 +187,7 @@ def test_score_onnx_refuses_a_nan_threshold(trained, tmp_path):
     so every image is printed ``"pred_label": 0`` with ``"threshold": NaN`` and exit 0: a silent wrong
     result. ``infer runtime=onnxruntime`` on the same file refuses it ("must be finite, got nan").
     Expected: one line naming export.json, non-zero exit."""
-    run_dir = _copy(trained, tmp_path)
+    run_dir = copy_run(trained, tmp_path)
     proc = run_cli([f"run_dir={run_dir}"], module="pyimgano_hydra.export", timeout=300)
     assert proc.returncode == 0, proc.stderr[-500:]
     artifacts = run_dir / "categories" / "weave" / "artifacts"
@@ -217,5 +196,5 @@ def test_score_onnx_refuses_a_nan_threshold(trained, tmp_path):
     (artifacts / "export.json").write_text(json.dumps(manifest))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-I", str(REPO / "examples" / "score_onnx.py"), str(artifacts),
-                           str(_image(trained))], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+                           str(small_png(trained))], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode != 0 and str(artifacts / "export.json") in proc.stderr, (proc.stdout, proc.stderr[-500:])

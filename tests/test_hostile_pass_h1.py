@@ -11,33 +11,17 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY, run_cli
+from conftest import REPO, copy_run, run_cli, small_png, trained_run
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One completed TINY run, exported to ONNX; each test forges a file in a copy of it."""
-    root = tmp_path_factory.mktemp("trained") / "run"
-    proc = run_cli([*TINY, f"hydra.run.dir={root}"])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = run_cli([f"run_dir={root}"], module="pyimgano_hydra.export", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return root
+    return trained_run(tmp_path_factory, export=True)
 
 
-def _copy(trained, tmp_path, name="run"):
-    run_dir = tmp_path / name
-    shutil.copytree(trained, run_dir)
-    return run_dir
 
 
-def _image(trained):
-    from PIL import Image
-
-    path = trained.parent / "img.png"
-    if not path.exists():
-        Image.new("RGB", (32, 32), (120, 120, 120)).save(path)
-    return path
 
 
 def _artifacts(run_dir):
@@ -103,10 +87,10 @@ def test_infer_onnxruntime_refuses_an_exported_model_with_an_endless_loop(traine
     bounds tensor sizes, so ``infer runtime=onnxruntime`` hangs in session.run for ever (observed:
     still running after 11 minutes, status.json "running"; SIGTERM from ``timeout 60`` did not stop it).
     Expected: refused in one line naming model.onnx (ops outside what export writes: Loop, If, Scan...)."""
-    run_dir = _copy(trained, tmp_path)
+    run_dir = copy_run(trained, tmp_path)
     _install(_loop_model(), _artifacts(run_dir))
     try:
-        proc = run_cli([f"run_dir={run_dir}", f"input={_image(trained)}", "runtime=onnxruntime",
+        proc = run_cli([f"run_dir={run_dir}", f"input={small_png(trained)}", "runtime=onnxruntime",
                         f"hydra.run.dir={tmp_path / 'infer'}"], module="pyimgano_hydra.infer", timeout=30)
     except subprocess.TimeoutExpired:
         pytest.fail("infer runtime=onnxruntime still running after 30 s on a model.onnx with a 10**12-trip Loop")
@@ -117,11 +101,11 @@ def test_infer_onnxruntime_refuses_an_exported_model_with_an_endless_loop(traine
 def test_score_onnx_refuses_an_exported_model_with_an_endless_loop(trained, tmp_path):
     """The same forged Loop model through ``examples/score_onnx.py`` (it checks only the sha256):
     it hangs in session.run. Expected: refused in one line naming model.onnx, non-zero exit."""
-    run_dir = _copy(trained, tmp_path)
+    run_dir = copy_run(trained, tmp_path)
     _install(_loop_model(), _artifacts(run_dir))
     try:
         proc = subprocess.run([sys.executable, str(REPO / "examples" / "score_onnx.py"), str(_artifacts(run_dir)),
-                               str(_image(trained))], capture_output=True, text=True, timeout=30, env=_env())
+                               str(small_png(trained))], capture_output=True, text=True, timeout=30, env=_env())
     except subprocess.TimeoutExpired:
         pytest.fail("score_onnx.py still running after 30 s on a model.onnx with a 10**12-trip Loop")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-800:]
@@ -149,11 +133,11 @@ def test_sigterm_stops_infer_onnxruntime_inside_session_run(trained, tmp_path):
     it into a Python KeyboardInterrupt, which is never delivered while session.run holds the thread;
     observed: SIGTERM and then SIGINT ignored, status.json left "running" until SIGKILL.
     Expected: infer ends within seconds of SIGTERM, status.json "interrupted", one line on stderr."""
-    run_dir = _copy(trained, tmp_path)
+    run_dir = copy_run(trained, tmp_path)
     _install(_slow_model(), _artifacts(run_dir))
     out = tmp_path / "infer"
     proc = subprocess.Popen([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={run_dir}",
-                             f"input={_image(trained)}", "runtime=onnxruntime", f"hydra.run.dir={out}"],
+                             f"input={small_png(trained)}", "runtime=onnxruntime", f"hydra.run.dir={out}"],
                             cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
@@ -215,10 +199,10 @@ def test_infer_onnxruntime_bounds_a_data_dependent_constantofshape(trained, tmp_
     for a 32x32 gray(120) image (the memory scales with ``k`` and the pixel values: OOM at will).
     Expected: run under a memory bound (ONNX Runtime's arena capped at half of the machine's memory, or
     at ``onnx_max_memory_gb``): past it, one line naming model.onnx and the key; never gigabytes."""
-    run_dir = _copy(trained, tmp_path)
+    run_dir = copy_run(trained, tmp_path)
     _install(_alloc_model(k), _artifacts(run_dir))
     rc, stderr, rss = _max_rss_mb([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={run_dir}",
-                                   f"input={_image(trained)}", "runtime=onnxruntime",
+                                   f"input={small_png(trained)}", "runtime=onnxruntime",
                                    *([f"onnx_max_memory_gb={cap}"] if cap else []),
                                    f"hydra.run.dir={tmp_path / 'infer'}"])
     assert rss < 2048, f"infer runtime=onnxruntime took {rss} MB (rc {rc}) for a 1 KB forged model.onnx"
@@ -228,10 +212,10 @@ def test_infer_onnxruntime_bounds_a_data_dependent_constantofshape(trained, tmp_
 
 def test_score_onnx_bounds_a_data_dependent_constantofshape(trained, tmp_path):
     """The same ConstantOfShape model through ``examples/score_onnx.py`` (no tensor check at all)."""
-    run_dir = _copy(trained, tmp_path)
+    run_dir = copy_run(trained, tmp_path)
     _install(_alloc_model(10**9), _artifacts(run_dir))  # 480 GB: past half of any machine's memory
     rc, stderr, rss = _max_rss_mb([sys.executable, str(REPO / "examples" / "score_onnx.py"),
-                                   str(_artifacts(run_dir)), str(_image(trained))])
+                                   str(_artifacts(run_dir)), str(small_png(trained))])
     assert rss < 2048, f"score_onnx.py took {rss} MB (rc {rc}) for a 1 KB forged model.onnx"
     assert "Traceback" not in stderr, stderr[-800:]
     assert rc != 0 and "model.onnx" in stderr, stderr[-800:]
@@ -262,7 +246,7 @@ def test_infer_onnxruntime_loses_no_image_when_the_model_returns_fewer_scores(tr
     from onnx import helper, numpy_helper
     from PIL import Image
 
-    run_dir = _copy(trained, tmp_path)
+    run_dir = copy_run(trained, tmp_path)
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     for i in range(3):
@@ -288,11 +272,11 @@ def test_infer_onnxruntime_never_calls_a_nan_score_normal(trained, tmp_path):
     Expected: a non-finite score is an error naming model.onnx (or the image), never a "normal" verdict."""
     from onnx import helper
 
-    run_dir = _copy(trained, tmp_path)
+    run_dir = copy_run(trained, tmp_path)
     _install(_score_model([helper.make_node("Sub", ["s0", "s0"], ["z"]), helper.make_node("Div", ["z", "z"], ["score"])]),
              _artifacts(run_dir))
     out = tmp_path / "infer"
-    proc = run_cli([f"run_dir={run_dir}", f"input={_image(trained)}", "runtime=onnxruntime", f"hydra.run.dir={out}"],
+    proc = run_cli([f"run_dir={run_dir}", f"input={small_png(trained)}", "runtime=onnxruntime", f"hydra.run.dir={out}"],
                    module="pyimgano_hydra.infer", timeout=120)
     assert "Traceback" not in proc.stderr, proc.stderr[-800:]
     if proc.returncode == 0:
@@ -310,12 +294,12 @@ def test_infer_onnxruntime_nan_map_error_names_the_model(trained, tmp_path):
     Expected: the error line names the file (model.onnx, or the image whose map it is)."""
     from onnx import helper
 
-    run_dir = _copy(trained, tmp_path)
+    run_dir = copy_run(trained, tmp_path)
     _install(_score_model([helper.make_node("Identity", ["s0"], ["score"])], map_nodes=[
         helper.make_node("ReduceMean", ["xf"], ["m0"], axes=[1], keepdims=0),
         helper.make_node("Sub", ["m0", "m0"], ["mz"]), helper.make_node("Div", ["mz", "mz"], ["map"])]),
         _artifacts(run_dir))
-    proc = run_cli([f"run_dir={run_dir}", f"input={_image(trained)}", "runtime=onnxruntime", "defects=default",
+    proc = run_cli([f"run_dir={run_dir}", f"input={small_png(trained)}", "runtime=onnxruntime", "defects=default",
                     "defects.pixel_threshold=0.5", f"hydra.run.dir={tmp_path / 'infer'}"],
                    module="pyimgano_hydra.infer", timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-800:]
@@ -329,13 +313,13 @@ def test_score_onnx_refuses_an_input_size_the_model_does_not_take(trained, tmp_p
     2635 MB for a 32x32 PNG, then "error: .../img.png: InvalidArgument: ... Got invalid dimensions".
     Expected: input_size checked against the model's input (or refused) before any image is decoded;
     one line naming export.json; never gigabytes."""
-    run_dir = _copy(trained, tmp_path)
+    run_dir = copy_run(trained, tmp_path)
     manifest_path = _artifacts(run_dir) / "export.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["input_size"] = [16384, 16384]
     manifest_path.write_text(json.dumps(manifest))
     rc, stderr, rss = _max_rss_mb([sys.executable, str(REPO / "examples" / "score_onnx.py"),
-                                   str(_artifacts(run_dir)), str(_image(trained))])
+                                   str(_artifacts(run_dir)), str(small_png(trained))])
     assert rc != 0 and "Traceback" not in stderr, stderr[-800:]
     assert rss < 2048, f"score_onnx.py took {rss} MB on a forged input_size ({stderr.strip()[-200:]})"
     assert "export.json" in stderr, stderr[-800:]
@@ -349,14 +333,14 @@ def test_export_interrupted_midway_says_so_in_one_line(trained, tmp_path, sig):
     ending in "KeyboardInterrupt" (…importlib._bootstrap… _compile_bytecode) or nothing at all;
     SIGTERM -> rc -15 and an empty stderr. Expected: non-zero exit, one line on stderr saying the
     export was interrupted, no traceback, and no half-written artifacts."""
-    source = _copy(trained, tmp_path, "timed")
+    source = copy_run(trained, tmp_path, "timed")
     shutil.rmtree(source / "categories" / "weave" / "artifacts")
     started = time.monotonic()
     proc = run_cli([f"run_dir={source}"], module="pyimgano_hydra.export", timeout=300)
     assert proc.returncode == 0, proc.stderr[-800:]
     duration = time.monotonic() - started
     for fraction in (0.6, 0.85):
-        run_dir = _copy(trained, tmp_path, f"run{fraction}")
+        run_dir = copy_run(trained, tmp_path, f"run{fraction}")
         shutil.rmtree(run_dir / "categories" / "weave" / "artifacts")
         proc = subprocess.Popen([sys.executable, "-m", "pyimgano_hydra.export", f"run_dir={run_dir}"], cwd=REPO,
                                 env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -381,7 +365,7 @@ def test_infer_never_waits_on_an_input_image_swapped_for_a_fifo(trained, tmp_pat
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     for i in range(3):
-        shutil.copy(_image(trained), inputs / f"{i}.png")
+        shutil.copy(small_png(trained), inputs / f"{i}.png")
     out = tmp_path / "infer"
     proc = subprocess.Popen([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={trained}",
                              f"input={inputs}", f"hydra.run.dir={out}"], cwd=REPO, env=_env(),
@@ -429,12 +413,12 @@ def test_infer_onnxruntime_bounds_memory_of_a_long_node_chain(trained, tmp_path)
     refused in one line naming model.onnx, memory bounded."""
     from onnx import helper
 
-    run_dir = _copy(trained, tmp_path)
+    run_dir = copy_run(trained, tmp_path)
     n = 600_000
     nodes = [helper.make_node("Identity", [f"t{i}" if i else "s0"], [f"t{i + 1}"]) for i in range(n)]
     _install(_graph(nodes, f"t{n}"), _artifacts(run_dir))
     rc, stderr, rss = _max_rss_mb([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={run_dir}",
-                                   f"input={_image(trained)}", "runtime=onnxruntime",
+                                   f"input={small_png(trained)}", "runtime=onnxruntime",
                                    f"hydra.run.dir={tmp_path / 'infer'}"], timeout=120)
     assert rss < 2048, f"infer runtime=onnxruntime took {rss} MB (rc {rc}) for a 17 MB chain of Identity nodes"
     assert "Traceback" not in stderr, stderr[-800:]

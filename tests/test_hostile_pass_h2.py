@@ -8,24 +8,15 @@ import sys
 
 import pytest
 
-from conftest import REPO, TINY, interrupted_copy, run_cli
+from conftest import REPO, TINY, forge_kept, interrupted_copy, run_cli, trained_run
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One completed TINY run, copied by each test that forges a file in it."""
-    root = tmp_path_factory.mktemp("trained") / "run"
-    proc = run_cli([*TINY, f"hydra.run.dir={root}"])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return root
+    return trained_run(tmp_path_factory)
 
 
-def _forge_kept(run_dir, change):
-    path = run_dir / "categories" / "weave" / "report.json"
-    record = json.loads(path.read_text())
-    change(record)
-    path.write_text(json.dumps(record))
-    return path
 
 
 def _status(run_dir):
@@ -48,7 +39,7 @@ def test_resumed_run_names_a_kept_huge_int(trained, tmp_path, change):
     try block) status.json is even left "running" by a process that is gone. Expected: the kept
     report.json refused in one line naming it, non-zero exit, the run never left "running"."""
     run_dir = interrupted_copy(trained, tmp_path / "run")
-    forged = _forge_kept(run_dir, change)
+    forged = forge_kept(run_dir, change)
     proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"], timeout=300)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-500:]
     assert str(forged) in proc.stderr, proc.stderr[-500:]
@@ -64,7 +55,7 @@ def test_resumed_run_never_records_a_forged_metric_type(trained, tmp_path, value
     category's report.json has "its fields of the right types"): refused in one line naming the file,
     non-zero exit, the run not recorded as completed."""
     run_dir = interrupted_copy(trained, tmp_path / "run")
-    forged = _forge_kept(run_dir, _set("metrics", "image_auroc", value))
+    forged = forge_kept(run_dir, _set("metrics", "image_auroc", value))
     proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"], timeout=300)
     assert proc.returncode != 0 and str(forged) in proc.stderr, (proc.returncode, proc.stderr[-500:])
     assert _status(run_dir) != "completed"
