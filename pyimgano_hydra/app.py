@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import pyimgano_hydra
 from pyimgano_hydra.data.loader import loader_setting
-from pyimgano_hydra.errors import console_line
+from pyimgano_hydra.errors import UserError, console_line
 from pyimgano_hydra.features.cache import feature_cache
 from pyimgano_hydra.features.precision import autocast_setting
 from pyimgano_hydra.instantiate import build, build_detector_factory
@@ -104,6 +104,10 @@ def _inspector_path(run_dir: RunDir, result: CategoryResult) -> str | None:
     return str(run_dir.category(result.category).inspector.relative_to(run_dir.root))
 
 
+class RunDirSwapped(UserError):
+    """The run dir (or its categories/) was moved or made a link while the run ran."""
+
+
 def _cache_settings(cfg: DictConfig, run_dir: RunDir) -> Any:
     """The ``cache:`` node; its dir may not lie in another run dir (the cache's entries, locks and
     backbone records were written into a completed run)."""
@@ -136,6 +140,13 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
 def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: dict | None,
          cfg_hash: str, resuming: bool) -> dict:
     started = time.perf_counter()
+    pinned = run_dir.identity()  # where this run writes; a swap for a link later stops it
+
+    def still_here() -> None:
+        swapped = run_dir.swapped(pinned)
+        if swapped:
+            raise RunDirSwapped(f"{swapped}; a run never writes through it: start again in a new dir")
+
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "timestamp_utc": utc_now(),
@@ -154,9 +165,12 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
                 autocast_setting(OmegaConf.select(cfg, "gpu.autocast", default="none")), \
                 loader_setting(OmegaConf.select(cfg, "loader.num_workers"), _device_used(cfg.model) or "cpu"):
             validate(cfg)  # range checks, before any work; a failure is recorded in status.json
+            still_here()
             write_json_atomic(run_dir.config, OmegaConf.to_container(cfg, resolve=True))
             write_json_atomic(run_dir.environment, environment(device=_device_used(cfg.model)))
             dataset = build(cfg.dataset, "dataset")
+            if getattr(dataset, "writes_root", False):  # the synthetic set is generated there
+                refuse_foreign("dataset.root", dataset.root, run_dir.root, "a generated dataset")
             recipe = build(cfg.recipe, "recipe")
             categories = dataset.categories()
             run_dir.check_categories(categories)
@@ -167,6 +181,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
             report["resumed_categories"] = sorted(done)
             log.info("run dir: %s (%d categor%s)", run_dir.root, len(categories), "y" if len(categories) == 1 else "ies")
             for index, category in enumerate(categories, 1):
+                still_here()
                 if category in done:
                     results.append(done[category])
                     log.info("[category %d/%d %s] kept from the interrupted attempt", index, len(categories), category)
@@ -179,6 +194,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
                                     defects=_plain(cfg.get("defects")), seed=int(cfg.get("seed", 0)))
                 with progress.category(index, len(categories), category):
                     result = recipe(ctx)
+                still_here()
                 write_json_atomic(out.report, result.to_dict())
                 results.append(result)
                 log.info("[category %d/%d %s] %s", index, len(categories), category, _metrics_line(result))
@@ -200,18 +216,25 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
                      "fit_s": sum(r.timings["fit_s"] for r in results),
                      "predict_s": sum(r.timings["predict_s"] for r in results)},
         )
+    except RunDirSwapped:
+        raise  # its status.json is no longer this run's to write
     except (KeyboardInterrupt, SystemExit) as exc:
+        if run_dir.swapped(pinned):
+            raise
         # SystemExit: submitit requeued the job (preemption / timeout) and ends this attempt
         reason = f"exit {exc.code}" if isinstance(exc, SystemExit) else (exc or "SIGINT")
         write_status(run_dir.status, INTERRUPTED, error=f"interrupted ({reason})", config_hash=cfg_hash,
                      **owner())
         raise
     except BaseException as exc:
+        if run_dir.swapped(pinned):
+            raise
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         write_status(run_dir.status, FAILED, error=line)
         report.update(status=FAILED, error=line)
         write_json_atomic(run_dir.report, report)
         raise
+    still_here()
     with interrupts_deferred():  # both written, or neither: a run is never left half-recorded
         write_json_atomic(run_dir.report, report)
         write_status(run_dir.status, COMPLETED)  # report.json is the result; the HTML view cannot lose it

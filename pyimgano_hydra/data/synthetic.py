@@ -285,6 +285,7 @@ class SyntheticDataset(MVTecDataset):
 
     layout = "synthetic"
     known_categories = tuple(sorted(DEFECTS))
+    writes_root = True  # generated into ``root`` on first use (never into another run: app.py checks)
 
     def __init__(self, root: str, category: Any = "all", resize: int | None = 256,
                  input_mode: str = "rgb", limit_train: int | None = None,

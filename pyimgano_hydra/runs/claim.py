@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -46,12 +47,11 @@ def holds_a_run(path: Path) -> bool:
 def foreign_run(path: Path, own: Path) -> Path | None:
     """The run dir holding ``path`` (itself or a parent) when it is not ``own`` nor a sweep dir
     holding ``own``: where a run must not write its cache, study or launcher files."""
-    path = Path(path).expanduser().absolute()
+    path = Path(path).expanduser().resolve()  # missing/../<run>: the folders a writer would create
     mine = Path(own).absolute().resolve()
     for candidate in [path, *path.parents]:
         if holds_a_run(candidate):
-            real = candidate.resolve()
-            return None if real == mine or real in mine.parents else real
+            return None if candidate == mine or candidate in mine.parents else candidate
     return None
 
 
@@ -243,13 +243,26 @@ class NoHydraRecord(Callback):
 
 def _check_launcher_cwd(config: DictConfig) -> None:
     """Ray puts the driver's working dir on each worker's ``sys.path`` (the app drops it from its
-    own): started inside a received run dir, its workers imported the run dir's modules."""
+    own): started inside a received run dir, its workers imported the run dir's modules; so did a
+    ``runtime_env`` whose ``working_dir`` or ``py_modules`` named a run dir."""
+    from omegaconf import OmegaConf
+
     from pyimgano_hydra import _inside_a_run_dir
 
     target = str(config.hydra.launcher.get("_target_", ""))
-    if "ray" in target.lower() and _inside_a_run_dir(os.getcwd()):
+    if "ray" not in target.lower():
+        return
+    if _inside_a_run_dir(os.getcwd()):
         refuse(f"hydra.launcher._target_={target}: started inside the run dir {console_line(os.getcwd())}, whose "
                "modules Ray's workers would import; start the sweep from another folder")
+    env = OmegaConf.select(config, "hydra.launcher.ray.init.runtime_env", default=None)
+    env = OmegaConf.to_container(env, resolve=True) if OmegaConf.is_config(env) else env
+    for key in ("working_dir", "py_modules"):
+        values = (env or {}).get(key) if isinstance(env, dict) else None
+        for value in values if isinstance(values, list) else [values] if values else []:
+            if isinstance(value, str) and _inside_a_run_dir(os.path.realpath(os.path.expanduser(value))):
+                refuse(f"hydra.launcher.ray.init.runtime_env.{key}={console_line(value)}: lies in a run dir, "
+                       "whose modules Ray's workers would import; name your own code's folder")
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -272,16 +285,17 @@ def _check_sweep_files(config: DictConfig) -> None:
         if not isinstance(value, str):
             continue
         if key.endswith("storage"):
-            if not value.startswith("sqlite:///"):
+            database = re.match(r"sqlite(\+\w+)?:///", value)  # sqlite+pysqlite:/// is the same file
+            if database is None:
                 continue
-            value = value[len("sqlite:///"):]
+            value = value[database.end():]
         path = Path(value.split("%", 1)[0])  # submitit's %j (job id) names folders made later
         try:
             refuse_foreign(key, value, own, what)
             if key.endswith("storage") and os.path.lexists(path):
                 head = _head(path)
                 if head and head != SQLITE_MAGIC:
-                    raise UserError(f"{key}=sqlite:///{value}: is not an SQLite database; "
+                    raise UserError(f"{key}={database.group(0)}{value}: is not an SQLite database; "
                                     "name a new file or an Optuna study database")
         except UserError as exc:
             refuse(str(exc) if str(exc).startswith(key) else f"{key}={value}: {exc}")

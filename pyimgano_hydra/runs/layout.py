@@ -48,6 +48,26 @@ class RunDir:
     def category(self, name: str) -> "CategoryDir":
         return CategoryDir(self.root / "categories" / category_dir_name(name))
 
+    def identity(self) -> tuple | None:
+        """(device, inode) of the run dir itself, not through a link; None when it is a link or gone."""
+        import os
+        import stat
+
+        try:
+            info = os.lstat(self.root)
+        except OSError:
+            return None
+        return None if stat.S_ISLNK(info.st_mode) else (info.st_dev, info.st_ino)
+
+    def swapped(self, pinned: tuple | None) -> str | None:
+        """What changed since ``pinned`` (``identity()`` at the start): the run dir moved or replaced
+        by a link, or its ``categories/`` made a link; None when the run still writes where it began."""
+        if pinned is None or self.identity() != pinned:
+            return f"{self.root} was moved or replaced by a link while the run ran"
+        if (self.root / "categories").is_symlink():
+            return f"{self.root / 'categories'} was replaced by a link while the run ran"
+        return None
+
     def check_categories(self, names: list[str]) -> None:
         """Refuse categories that would share a folder (one would overwrite the other's results)."""
         from pyimgano_hydra.errors import DataError

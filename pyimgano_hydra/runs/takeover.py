@@ -106,13 +106,28 @@ def finished_categories(run_dir: RunDir, categories: list[str]) -> dict[str, Cat
         result = category_result(record, out.report, category)
         named = [result.extra.get("inspector"), *result.extra.get("plots", []), *result.extra.get("overlays", [])]
         gone = next((name for name in named if name and not (out.root / name).is_file()), None)
-        if gone is not None:  # deleted since: the report alone is no finished category
-            log.warning("%s names %s, which is missing: category %s is redone", out.report, gone, category)
+        if gone is None and result.extra.get("inspector") and not _loadable(out.root / result.extra["inspector"]):
+            gone = result.extra["inspector"]
+        if gone is not None:  # deleted or broken since: the report alone is no finished category
+            log.warning("%s names %s, which is missing or unreadable: category %s is redone", out.report, gone,
+                        category)
             _no_links_out(run_dir)
             shutil.rmtree(out.root)
             continue
         done[category] = result
     return done
+
+
+def _loadable(path: Path) -> bool:
+    """A kept inspector infer will read (``trust.load_weights``, an inspector's format): an empty,
+    text or pickled file kept the category and the resumed run completed with a model nobody loads."""
+    from pyimgano_hydra.inspector import FORMAT
+    from pyimgano_hydra.runs.trust import load_weights
+
+    try:
+        return load_weights(path).get("format") == FORMAT
+    except UserError:
+        return False
 
 
 def category_result(record: dict, path, category: str) -> CategoryResult:
