@@ -14,11 +14,13 @@ import math
 import os
 import stat
 import sys
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
+from PIL import Image, ImageOps
 
 # Raster formats only: an EPS named .png would reach Pillow's EPS plugin, which runs Ghostscript.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
@@ -51,6 +53,10 @@ def read_regular(path: Path, limit: int) -> bytes:
 # Ops with subgraphs: an exported model has none (a forged endless Loop would never return).
 CONTROL_FLOW = ("Loop", "If", "Scan", "SequenceMap")
 MAX_NODES = 100_000  # an export has a few thousand; 600,000 Identity nodes took 2.4 GB to load
+OUTSIDE_ARENA = ("NonZero", "Unique", "Compress", "NonMaxSuppression", "StringNormalizer", "StringSplit",
+                 "StringConcat", "RegexFullMatch", "TfIdfVectorizer")  # outputs sized by the data, off the arena
+STRING = 8  # TensorProto.STRING
+MAX_SECONDS = 600  # one image's run; a forged chain of big MatMuls computed for hours
 
 
 def _fields(data: bytes):
@@ -86,20 +92,36 @@ def _fields(data: bytes):
 
 
 def check_ops(model: bytes) -> None:
-    """Refuse local functions, control flow (subgraphs) and ops outside the standard domain
-    (ModelProto.graph 7 / functions 25; GraphProto.node 1; NodeProto.op_type 4 / domain 7)."""
+    """Refuse local functions, control flow (subgraphs), ops outside the standard domain or sized by
+    the data outside ONNX Runtime's arena, string tensors and more than MAX_NODES nodes
+    (ModelProto.graph 7 / functions 25; GraphProto.node 1 / initializer 5; NodeProto.op_type 4 /
+    domain 7 / attribute 5; AttributeProto.name 1 / i 3 / t 5; TensorProto.data_type 2)."""
+    nodes = []
     for number, wire, value in _fields(model):
         if number == 25:
             raise ValueError("it defines local functions; an exported model has none")
-        if number == 7 and wire == 2:
-            nodes = [node for field, _, node in _fields(value) if field == 1]
-            if len(nodes) > MAX_NODES:
-                raise ValueError(f"{len(nodes)} nodes, more than the {MAX_NODES} an exported model may have")
-            for node in nodes:
-                parts = {n: v for n, w, v in _fields(node) if w == 2 and n in (4, 7)}
-                op, domain = parts.get(4, b"").decode(errors="replace"), parts.get(7, b"").decode(errors="replace")
-                if op in CONTROL_FLOW or domain not in ("", "ai.onnx"):
-                    raise ValueError(f"op {domain + '.' if domain else ''}{op[:40]} is not one an exported model uses")
+        if number == 7 and wire == 2:  # protobuf merges repeated graph records: count them all
+            for field, _, item in _fields(value):
+                if field == 1:
+                    nodes.append(item)
+                elif field == 5 and _is_string_tensor(item):
+                    raise ValueError("a string tensor; an exported model holds numbers only")
+    if len(nodes) > MAX_NODES:
+        raise ValueError(f"{len(nodes)} nodes, more than the {MAX_NODES} an exported model may have")
+    for node in nodes:
+        fields = list(_fields(node))
+        parts = {n: v for n, w, v in fields if w == 2 and n in (4, 7)}
+        op, domain = parts.get(4, b"").decode(errors="replace"), parts.get(7, b"").decode(errors="replace")
+        attributes = [dict((n, v) for n, _, v in _fields(a)) for n, w, a in fields if n == 5 and w == 2]
+        strings = any(a.get(1) == b"to" and a.get(3) == STRING or isinstance(a.get(5), bytes) and
+                      _is_string_tensor(a[5]) for a in attributes)
+        if op in CONTROL_FLOW + OUTSIDE_ARENA or domain not in ("", "ai.onnx") or strings:
+            raise ValueError(f"op {domain + '.' if domain else ''}{op[:40]} is not one an exported model uses "
+                             "(control flow, custom, string or data-sized output)")
+
+
+def _is_string_tensor(tensor: bytes) -> bool:
+    return any(n == 2 and w == 0 and v == STRING for n, w, v in _fields(tensor))
 
 
 def session_options():
@@ -149,6 +171,11 @@ def load(artifacts: Path):
 def read_image(path: Path, manifest: dict) -> np.ndarray:
     """uint8 (1, C, H, W) at the model's input size."""
     image = Image.open(io.BytesIO(read_regular(path, 512 << 20)), formats=IMAGE_FORMATS)  # a FIFO: refused
+    with warnings.catch_warnings():  # Pillow warns once per broken EXIF tag (thousands of lines)
+        warnings.simplefilter("ignore")
+        image = ImageOps.exif_transpose(image)  # as training and infer see it
+    if image.mode.startswith("I;16"):  # 16-bit: 0..65535 -> rint(v / 257), as infer maps it
+        image = Image.fromarray(np.rint(np.asarray(image, dtype=np.float64) / 257.0).astype(np.uint8))
     image = image.convert("L" if manifest["channels"] == 1 else "RGB")
     height, width = manifest["input_size"]
     if image.size != (width, height):
@@ -168,10 +195,17 @@ def main(argv: list[str]) -> None:
             image = read_image(Path(name), manifest)
         except Exception as exc:  # unreadable image
             fail(name, exc)
+        options = ort.RunOptions()
+        timer = threading.Timer(MAX_SECONDS, lambda: setattr(options, "terminate", True))
+        timer.start()
         try:
-            score, anomaly_map = session.run(["score", "map"], {"images": image})
-        except Exception as exc:  # a model that does not fit export.json, over the memory cap
+            score, anomaly_map = session.run(["score", "map"], {"images": image}, options)
+        except Exception as exc:  # a model that does not fit export.json, over the memory cap or time
             fail(Path(argv[0]) / "model.onnx", exc)
+        finally:
+            timer.cancel()
+        if np.asarray(score).dtype.kind not in "fiu" or np.asarray(anomaly_map).dtype.kind not in "fiu":
+            fail(Path(argv[0]) / "model.onnx", "returned a score or map that is not numbers")
         if np.shape(score) != (1,) or np.shape(anomaly_map) != (1, *image.shape[2:]):
             fail(Path(argv[0]) / "model.onnx", f"returned score {np.shape(score)} / map {np.shape(anomaly_map)} "
                                                "for one image; not an exported model's outputs")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import glob
+import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +32,8 @@ from pyimgano_hydra.sweep.cluster import owner
 
 register_configs()
 
+log = logging.getLogger(__name__)
+
 
 def collect_inputs(spec: str) -> list[Path]:
     """Image files named by a file, a directory (recursively) or a glob pattern, sorted."""
@@ -37,13 +41,26 @@ def collect_inputs(spec: str) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        found = [p for p in sorted(path.rglob("*")) if is_image_file(p)]
+        found = [p for p in sorted(_walk(path)) if is_image_file(p)]
     else:
         found = [p for p in sorted(_glob(spec)) if is_image_file(p)]
     if not found:
         raise UserError(f"input={spec}: matches no image ({', '.join(IMAGE_EXTENSIONS)}); "
                         "pass a file, a folder or a quoted glob")
     return found
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Every file below ``folder`` (symlinked folders not followed); a folder that cannot be listed
+    (a path past PATH_MAX, no permission) is named in one warning, the rest are scored."""
+    unreadable: list[OSError] = []
+    files = [Path(root) / name for root, _, names in os.walk(folder, onerror=unreadable.append) for name in names]
+    if unreadable:
+        first = unreadable[0]
+        log.warning("input=%s: %d folder(s) could not be listed, e.g. %s (%s); their images are not scored",
+                    console_line(str(folder)), len(unreadable), console_line(str(first.filename)[:200]),
+                    first.strerror or type(first).__name__)
+    return files
 
 
 def _glob(spec: str) -> list[Path]:
@@ -94,10 +111,11 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
     for key in ("trust_targets", "save_maps"):  # "trust_targets=no" is the string "no": truthy
         if type(cfg[key]) is not bool:
             raise ConfigError(f"{key}: must be true or false, got {cfg[key]!r}")
-    memory = cfg.get("onnx_max_memory_gb")
-    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float))
-                               or not 0.01 <= memory <= 65536):
-        raise ConfigError(f"onnx_max_memory_gb: must be a number of GB in 0.01..65536 or null, got {memory!r}")
+    for key, low, high in (("onnx_max_memory_gb", 0.01, 65536), ("onnx_max_seconds", 0.1, 10**6)):
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not low <= value <= high):
+            raise ConfigError(f"{key}: must be a number in {low:g}..{high:g} or null, got {value!r}")
     if type(cfg.batch_size) is not int or not 1 <= cfg.batch_size <= 4096:
         raise ConfigError(f"batch_size: must be an int in 1..4096, got {cfg.batch_size!r}")
     num_workers = checked_workers(OmegaConf.select(cfg, "loader.num_workers"))  # +loader.num_workers=N
@@ -114,7 +132,7 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
                 from pyimgano_hydra.export.runtime import load_exported
 
                 _, inspector.detector = load_exported(loaded.run_dir.root, loaded.run_dir.category(category).root,
-                                                      cfg.get("onnx_max_memory_gb"))
+                                                      cfg.get("onnx_max_memory_gb"), cfg.get("onnx_max_seconds"))
             threshold = inspector.image_threshold
             defects = defects_settings_for(inspector.defects, cfg.defects, task_overrides or [])
             exporter = None

@@ -302,7 +302,7 @@ def test_a_signal_to_a_joblib_sweep_marks_its_running_jobs_interrupted(tmp_path,
                              "hydra.launcher.n_jobs=2", *TINY[:3], "cache.enabled=false",
                              "model.coreset_ratio=0.2,0.3", f"hydra.sweep.dir={sweep}"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGHUP)])
     try:
         deadline = time.time() + 60
         while len(glob.glob(f"{sweep}/*/status.json")) < 2 and time.time() < deadline:

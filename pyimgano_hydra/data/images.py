@@ -110,6 +110,7 @@ def _open(path: str | Path, draft_to: tuple[int, int] | None = None,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's one line per broken EXIF tag: 3950 lines
             with open_regular(path) as handle:
                 img = Image.open(handle, formats=PILLOW_FORMATS)
                 if max_megabytes is not None and _multi_scan_jpeg(path, img):  # a 1 KB one took 1 GB at 1/8
@@ -135,6 +136,7 @@ def read_size(path: str | Path, max_megabytes: float | None = None) -> tuple[int
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)
             with open_regular(path) as handle, Image.open(handle, formats=PILLOW_FORMATS) as img:
                 _check_decode_size(path, img, max_megabytes)
                 width, height = img.size

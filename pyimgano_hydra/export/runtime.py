@@ -90,6 +90,9 @@ def _check_tensors(proto, where: Path) -> None:
 
 # Ops with subgraphs (an endless Loop hung infer; SIGTERM could not stop it): export writes none.
 CONTROL_FLOW = ("Loop", "If", "Scan", "SequenceMap")
+# Ops whose output size comes from the data and is built outside the capped arena (NonZero's indices)
+OUTSIDE_ARENA = ("NonZero", "Unique", "Compress", "NonMaxSuppression", "StringNormalizer", "StringSplit",
+                 "StringConcat", "RegexFullMatch", "TfIdfVectorizer")
 MAX_NODES = 100_000  # an export has a few thousand; 600,000 Identity nodes took 2.4 GB to load
 _ARENA: list[int] = []  # ONNX Runtime takes one shared CPU arena per process: its cap, once set
 
@@ -99,18 +102,84 @@ def default_memory_gb() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 / 1024**3
 
 
-def _check_ops(proto, where: Path) -> None:
-    """Only standard-domain ops without subgraphs: no control flow, no local functions."""
-    from onnx import GraphProto
+def _wire_fields(data: bytes):
+    """(field number, length-delimited value or None) of a protobuf message's top-level fields."""
+    i, end = 0, len(data)
 
-    if len(proto.graph.node) > MAX_NODES:
-        raise UserError(f"{where}: refused: {len(proto.graph.node)} nodes, more than the {MAX_NODES} an "
-                        "exported model may have")
+    def varint() -> int:
+        nonlocal i
+        shift = value = 0
+        while True:
+            byte = data[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    while i < end:
+        key = varint()
+        wire = key & 7
+        if wire == 0:
+            varint()
+            yield key >> 3, None
+        elif wire == 2:
+            size = varint()
+            yield key >> 3, data[i:i + size]
+            i += size
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire}")
+
+
+def _graph_nodes(graph: bytes, depth: int = 0) -> int:
+    """Nodes of a serialised GraphProto (node 1), with those of subgraphs in node attributes
+    (NodeProto.attribute 5; AttributeProto.g 6 / graphs 11)."""
+    if depth > 8:
+        raise ValueError("subgraphs nested too deep")
+    total = 0
+    for field, node in _wire_fields(graph):
+        if field != 1 or node is None:
+            continue
+        total += 1
+        for number, attribute in _wire_fields(node):
+            if number == 5 and attribute is not None:
+                total += sum(_graph_nodes(sub, depth + 1) for n, sub in _wire_fields(attribute)
+                             if n in (6, 11) and sub is not None)
+    return total
+
+
+def count_nodes(model: bytes) -> int:
+    """Nodes of a serialised model (ModelProto.graph 7, repeated records merge; FunctionProto in
+    functions 25 holds node 7), subgraphs included, counted on the bytes before protobuf builds
+    them (600,000 parsed nodes took 2.7 GB); -1 when it is no protobuf (onnx refuses it next)."""
+    try:
+        return sum(_graph_nodes(value) if number == 7 else
+                   sum(1 for n, _ in _wire_fields(value) if n == 7)
+                   for number, value in _wire_fields(model) if number in (7, 25) and value is not None)
+    except (IndexError, ValueError):
+        return -1
+
+
+def _check_ops(proto, where: Path) -> None:
+    """Only standard-domain ops without subgraphs (no control flow, no local functions), none whose
+    output is sized by the data outside ONNX Runtime's arena, and no string tensors (an Expand of
+    a string took 3.7 GB past a 1 GB cap: the characters live outside the arena)."""
+    from onnx import GraphProto, TensorProto, ValueInfoProto
+
     for graph in _messages(proto.graph, GraphProto):
         for node in graph.node:
-            if node.op_type in CONTROL_FLOW or node.domain not in ("", "ai.onnx") or node.op_type not in _standard_ops():
+            if (node.op_type in CONTROL_FLOW + OUTSIDE_ARENA or node.domain not in ("", "ai.onnx")
+                    or node.op_type not in _standard_ops()
+                    or any(a.name == "to" and a.i == TensorProto.STRING for a in node.attribute)):
                 raise UserError(f"{where}: refused: op {node.domain + '.' if node.domain else ''}"
-                                f"{node.op_type[:40]} is not one an exported model uses (control flow or custom)")
+                                f"{node.op_type[:40]} is not one an exported model uses (control flow, "
+                                "custom, string or data-sized output)")
+    strings = [t.name for t in _messages(proto, TensorProto) if t.data_type == TensorProto.STRING] + [
+        v.name for v in _messages(proto, ValueInfoProto) if v.type.tensor_type.elem_type == TensorProto.STRING]
+    if strings:
+        raise UserError(f"{where}: refused: string tensor {strings[0][:80]!r} (an exported model holds numbers only)")
 
 
 @functools.lru_cache(maxsize=1)
@@ -137,6 +206,9 @@ def _capped_options(ort, max_memory_gb: float):
 def _session(model: bytes, where: Path, max_memory_gb: float | None = None):
     """An ONNX Runtime CPU session over ``model``; refused when it is not a self-contained ONNX
     model of standard ops and sane tensor sizes (checked before onnxruntime is imported)."""
+    nodes = count_nodes(model)
+    if nodes > MAX_NODES:  # before parsing: 600,000 parsed nodes took 2.7 GB
+        raise UserError(f"{where}: refused: {nodes} nodes, more than the {MAX_NODES} an exported model may have")
     try:
         import onnx
 
@@ -144,8 +216,8 @@ def _session(model: bytes, where: Path, max_memory_gb: float | None = None):
     except Exception as exc:  # protobuf decode errors
         message = " ".join(str(exc).split())[:160]
         raise UserError(f"{where}: not a loadable ONNX model ({type(exc).__name__}: {message})") from exc
-    _check_ops(proto, where)
     _check_tensors(proto, where)  # external data: read from a path relative to the working dir
+    _check_ops(proto, where)
     ort = _onnxruntime()
     try:
         options = _capped_options(ort, max_memory_gb or default_memory_gb())
@@ -165,9 +237,11 @@ class OnnxDetector(BaseDetector):
     produces_maps = True
     fitted_attribute = "session_"
 
-    def __init__(self, *, input_size: tuple[int, int] = (0, 0), where: str = "model.onnx") -> None:
+    def __init__(self, *, input_size: tuple[int, int] = (0, 0), where: str = "model.onnx",
+                 max_seconds: float | None = None) -> None:
         self.input_size = input_size
         self.where = where
+        self.max_seconds = max_seconds
 
     def with_session(self, session) -> "OnnxDetector":
         self.session_ = session
@@ -180,8 +254,11 @@ class OnnxDetector(BaseDetector):
             raise DataError(f"{self.where}: expects {self.input_size[0]}x{self.input_size[1]} images, "
                             f"got {images.shape[1]}x{images.shape[2]}")
         batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.uint8)
-        score, maps = interruptible_run(self.session_, {"images": batch}, self.where)
+        score, maps = interruptible_run(self.session_, {"images": batch}, self.where, self.max_seconds)
         n, height, width = batch.shape[0], batch.shape[2], batch.shape[3]
+        if np.asarray(score).dtype.kind not in "fiu" or np.asarray(maps).dtype.kind not in "fiu":
+            raise UserError(f"{self.where}: returned {np.asarray(score).dtype} scores / {np.asarray(maps).dtype} "
+                            "maps; refused (an exported model returns numbers)")
         if np.shape(score) != (n,) or np.shape(maps) != (n, height, width):
             raise UserError(f"{self.where}: returned scores {np.shape(score)} and maps {np.shape(maps)} for "
                             f"{n} images of {height}x{width}; refused (not an exported model's outputs)")
@@ -191,11 +268,13 @@ class OnnxDetector(BaseDetector):
         return DetectorOutput(scores=score.astype(np.float64), maps=maps.astype(np.float32, copy=False))
 
 
-def interruptible_run(session, feeds: dict, where: str) -> list:
+def interruptible_run(session, feeds: dict, where: str, max_seconds: float | None = None) -> list:
     """``session.run`` in a worker thread: the main thread stays free for SIGTERM and Ctrl-C, which
-    stop the run (``RunOptions.terminate``; inside ONNX Runtime no Python handler runs). Its
-    failures (a memory cap hit) are one line naming the model."""
+    stop the run (``RunOptions.terminate``; inside ONNX Runtime no Python handler runs), as does
+    ``max_seconds`` (a forged chain of big MatMuls computed for hours). Its failures (a memory cap
+    hit) are one line naming the model."""
     import threading
+    import time
 
     run_options = _onnxruntime().RunOptions()
     result: dict = {}
@@ -207,14 +286,20 @@ def interruptible_run(session, feeds: dict, where: str) -> list:
             result["error"] = exc
 
     thread = threading.Thread(target=work, name="onnxruntime-run", daemon=True)
+    deadline = time.monotonic() + max_seconds if max_seconds else math.inf
     thread.start()
     try:
-        while thread.is_alive():
+        while thread.is_alive() and time.monotonic() < deadline:
             thread.join(0.2)
     except BaseException:
         run_options.terminate = True
         thread.join(10)
         raise
+    if thread.is_alive():
+        run_options.terminate = True
+        thread.join(10)
+        raise UserError(f"{where}: one batch ran longer than onnx_max_seconds={max_seconds:g}; stopped "
+                        "(raise it for a model that needs it)")
     if "error" in result:
         message = " ".join(str(result["error"]).split())
         hint = "; raise onnx_max_memory_gb if the model needs it" if "Available memory" in message else ""
@@ -261,14 +346,16 @@ def read_export(run_root: Path, category_dir: Path) -> tuple[ExportManifest, byt
     return manifest, model
 
 
-def load_exported(run_root: Path, category_dir: Path,
-                  max_memory_gb: float | None = None) -> tuple[ExportManifest, BaseDetector]:
+def load_exported(run_root: Path, category_dir: Path, max_memory_gb: float | None = None,
+                  max_seconds: float | None = None) -> tuple[ExportManifest, BaseDetector]:
     """The manifest and an ONNX-backed detector (tiled as at fit) for one exported category; its
-    runs take at most ``max_memory_gb`` (None: half of this machine's memory)."""
+    runs take at most ``max_memory_gb`` (None: half of this machine's memory) and ``max_seconds``
+    a batch (None: no limit)."""
     manifest, model = read_export(run_root, category_dir)
     where = category_dir / "artifacts" / manifest.model_file
     session = _session(model, where, max_memory_gb)
-    detector = OnnxDetector(input_size=tuple(manifest.input_size), where=str(where)).with_session(session)
+    detector = OnnxDetector(input_size=tuple(manifest.input_size), where=str(where),
+                            max_seconds=max_seconds).with_session(session)
     if manifest.tiling is None:
         return manifest, detector
     from pyimgano_hydra.adapt.tiling import PARAM_NAMES
