@@ -139,7 +139,8 @@ def exit_on_interrupt(what: str, recorded: bool = True) -> Iterator[None]:
         _mark_unstarted_run(signum)
         _mark_abandoned_jobs(signum)
         done = bool(COMPLETED)
-        state = ("had completed (its status.json says so)" if done else "marked interrupted in its status.json"
-                 if recorded else "stopped; what it had written is complete, what it had not is absent")
+        state = ("had completed (its status.json says so)" if done else
+                 "stopped; what it had written is complete, what it had not is absent" if not recorded else
+                 "marked interrupted in its status.json" if CLAIMED else "stopped before its dir was made")
         print(f"interrupted: {signal.Signals(signum).name}; {what} {state}", file=sys.stderr)
         sys.exit(128 + signum)

@@ -422,3 +422,41 @@ def test_infer_onnxruntime_names_model_onnx_for_a_string_score(trained, tmp_path
                     f"hydra.run.dir={tmp_path / 'infer'}"], module="pyimgano_hydra.infer", timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-800:]
     assert "model.onnx" in proc.stderr and "inspector.pt" not in proc.stderr, proc.stderr[-800:]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_an_infer_interrupted_before_its_dir_exists_does_not_claim_a_status_json(trained, tmp_path, sig):
+    """SIGINT/SIGTERM 1 s after ``python -m pyimgano_hydra.infer`` starts (handlers installed, Hydra not
+    yet at the job): observed rc 130/143 and "interrupted: SIGTERM; the inference run marked interrupted
+    in its status.json" while hydra.run.dir does not exist at all (no status.json anywhere).
+    Expected: the one line says what happened (nothing was started / written), never points the
+    operator at a status.json that is not there."""
+    out = tmp_path / "infer"
+    proc = subprocess.Popen([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={trained}",
+                             f"input={small_png(trained)}", f"hydra.run.dir={out}"], cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    if proc.returncode < 0 or (out / "status.json").exists():
+        pytest.skip(f"the signal landed outside the window (rc {proc.returncode})")
+    assert "Traceback" not in stderr, stderr[-800:]
+    assert "marked interrupted in its status.json" not in stderr, \
+        f"rc {proc.returncode}, {out} exists: {out.exists()}; stderr {stderr.strip()[-200:]!r}"
+
+
+def test_export_reads_a_report_with_many_keys_and_one_duplicate_in_linear_time(trained, tmp_path):
+    """The same 300,001-key report.json (one key repeated) through ``python -m pyimgano_hydra.export``:
+    observed still running after 30 s (``trust._no_duplicates``' ``keys.count`` per key).
+    Expected: refused in one line naming report.json within seconds."""
+    run_dir = copy_run(trained, tmp_path)
+    path = run_dir / "report.json"
+    n = 300_000
+    path.write_text(path.read_text().rstrip()[:-1] + ", " + ", ".join(f'"k{i}": 0' for i in range(n))
+                    + f', "k{n - 1}": 1}}')
+    try:
+        proc = run_cli([f"run_dir={run_dir}"], module="pyimgano_hydra.export", timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("export still parsing report.json (300,001 keys, one repeated) after 30 s")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-800:]
+    assert "report.json" in proc.stderr and "duplicate key" in proc.stderr, proc.stderr[-800:]

@@ -3,7 +3,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -200,3 +199,73 @@ def test_resumed_run_keeps_a_broken_inspector_as_completed(trained, tmp_path, co
         assert check.returncode == 0, ("resume completed with a broken inspector", check.stderr[-300:])
     else:
         assert _status(run_dir) != "completed" and "inspector.pt" in proc.stderr, proc.stderr[-300:]
+
+
+def test_run_dir_dotdot_through_a_missing_folder_onto_an_unclaimed_completed_run(trained, tmp_path):
+    """A completed run without ``.claim.json`` (made before claims, or copied without it) and
+    ``hydra.run.dir=<tmp>/missing/../done``: ``_claim`` checks the run markers on the unnormalised path
+    before creating ``missing`` (none "exists"), then mkdir makes the path real and the exclusive
+    ``.claim.json`` succeeds; Hydra rewrites the completed run's ``.hydra/config.yaml``,
+    ``overrides.yaml`` and ``hydra.yaml`` before the app refuses ("already holds a run (completed)").
+    The plain ``hydra.run.dir=<tmp>/done`` is refused before anything is written. Expected: the same
+    for the ``..`` spelling: the completed run's record unchanged."""
+    done = shutil.copytree(trained, tmp_path / "done")
+    (done / ".claim.json").unlink()
+    before = _digest(done)
+    proc = run_cli([*TINY, "model.coreset_ratio=0.3", f"hydra.run.dir={tmp_path}/missing/../done"], timeout=120)
+    changed = sorted(k for k in before if _digest(done).get(k) != before[k])
+    assert not changed, (changed, proc.stderr[-300:])
+    assert proc.returncode != 0 and "hydra.run.dir" in proc.stderr, proc.stderr[-300:]
+
+
+def test_sweep_dir_dotdot_through_a_missing_folder_onto_an_unclaimed_completed_run(trained, tmp_path):
+    """As above for ``--multirun hydra.sweep.dir=<tmp>/missing/../done``: the "must be empty" and
+    marker checks see no dir, the claim succeeds, and the whole sweep (job dir ``0``,
+    ``multirun.yaml``, ``sweep.json``, ``leaderboard.*``, ``.leaderboard.lock``) is written into the
+    completed run; exit 0. Expected: refused in one line naming hydra.sweep.dir, nothing added."""
+    done = shutil.copytree(trained, tmp_path / "done")
+    (done / ".claim.json").unlink()
+    before = _entries(done)
+    proc = run_cli(["--multirun", *TINY, f"hydra.sweep.dir={tmp_path}/missing/../done"], timeout=120)
+    assert _entries(done) - {".claim.json"} == before, sorted(_entries(done) - before)[:6]
+    assert proc.returncode != 0 and "hydra.sweep.dir" in proc.stderr, proc.stderr[-300:]
+
+
+def test_sweep_log_file_names_job_0s_dir_and_job_1_appends_to_its_completed_record(tmp_path):
+    """``--multirun ... hydra.job_logging.handlers.file.filename=${hydra.sweep.dir}/0/config.json``:
+    ``_check_log_files`` probes job 0 only (its own dir: allowed) and before any job ran (no run there
+    yet). Job 0 completes (config.json replaced atomically); job 1's Hydra then opens job 0's
+    config.json for append and writes its whole log into that completed run (config.json no longer
+    JSON); exit 0. Expected: a log file every job shares, or one inside another job's dir, refused in
+    one line naming the key before any job; a completed job's files never change."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["--multirun", *TINY, f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}",
+                    "hydra.job_logging.handlers.file.filename=${hydra.sweep.dir}/0/config.json",
+                    "model.coreset_ratio=0.2,0.3"], timeout=150)
+    if (sweep / "0" / "config.json").exists():
+        json.loads((sweep / "0" / "config.json").read_text())  # job 0's record intact
+    assert proc.returncode != 0 and "hydra.job_logging.handlers.file.filename" in proc.stderr, proc.stderr[-300:]
+
+
+def test_resumed_run_with_a_long_kept_plots_list_completes_a_report_infer_refuses(trained, tmp_path):
+    """A requeued run whose kept category's report.json (62 MB, under the 64 MB read limit) lists one
+    existing file (a 150-character name in the category folder) 400,000 times under ``plots``: every
+    entry passes ``category_result`` and the ``is_file`` check, the resume exits 0 ``completed``, and the
+    new top-level report.json (entries prefixed ``categories/weave/`` and indented) is ~71 MB: infer
+    then refuses the completed run ("report.json: larger than 64 MB; not a run-dir file"). Expected:
+    the kept list refused (or bounded) in one line naming the file; never a run recorded completed
+    whose report.json its own reader refuses."""
+    run_dir = interrupted_copy(trained, tmp_path / "run")
+    name = "p" * 150
+    (run_dir / "categories" / "weave" / name).write_bytes(b"")
+
+    def change(record):
+        record["plots"] = [name] * 400_000
+    forge_kept(run_dir, change)
+    proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"], timeout=150)
+    if proc.returncode == 0:
+        check = run_cli([f"run_dir={run_dir}", f"input={small_png(trained)}", f"hydra.run.dir={tmp_path / 'inf'}"],
+                        module="pyimgano_hydra.infer", timeout=120)
+        assert check.returncode == 0, ("resume completed a report infer refuses", check.stderr[-300:])
+    else:
+        assert _status(run_dir) != "completed" and "report.json" in proc.stderr, proc.stderr[-300:]

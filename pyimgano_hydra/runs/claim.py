@@ -116,6 +116,11 @@ def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool,
     from pyimgano_hydra.runs.layout import RunDir
     from pyimgano_hydra.runs.takeover import may_take_over
 
+    # what the path will name once written (missing/../<run>: the run, after mkdir makes ``missing``);
+    # a link itself stays as given (a dangling one is refused below, never created through)
+    if not os.path.islink(run_dir):
+        run_dir = Path(os.path.realpath(run_dir))
+
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{key}={run_dir}: is a file, not a directory; pick a new {key}")
     outer = inside_a_run(run_dir)
@@ -316,10 +321,9 @@ def _head(path: Path) -> bytes:
         os.close(fd)
 
 
-def _check_log_files(config: DictConfig, job_dir: Path, own: Path | None, sweep: bool = False) -> None:
-    """Hydra's log files (``hydra.job_logging`` / ``hydra.hydra_logging`` handlers' ``filename``, as
-    job ``job_dir`` resolves them) lie in no run dir but ``own``: =<completed run>/status.json
-    appended log lines to it, and infer then refused that run."""
+def _log_files(config: DictConfig, job_dir: Path) -> list[tuple[str, str, Path]]:
+    """(key, filename, path) of Hydra's log files (``hydra.job_logging`` / ``hydra.hydra_logging``
+    handlers' ``filename``) as a job in ``job_dir`` resolves them."""
     from omegaconf import OmegaConf, open_dict
 
     try:
@@ -327,7 +331,8 @@ def _check_log_files(config: DictConfig, job_dir: Path, own: Path | None, sweep:
         with open_dict(probe):
             probe.hydra.runtime.output_dir = str(job_dir.absolute())
     except Exception:  # noqa: BLE001 - Hydra reports a broken config itself
-        return
+        return []
+    found = []
     for section in ("job_logging", "hydra_logging"):
         handlers = OmegaConf.select(probe, f"hydra.{section}.handlers", default=None)
         for name in handlers.keys() if isinstance(handlers, DictConfig) else []:
@@ -336,12 +341,27 @@ def _check_log_files(config: DictConfig, job_dir: Path, own: Path | None, sweep:
                 filename = OmegaConf.select(probe, key, default=None, throw_on_resolution_failure=True)
             except Exception:  # noqa: BLE001 - an interpolation only the job can resolve
                 continue
-            if filename is None:
-                continue
-            path = Path(str(filename)).expanduser()
+            if filename is not None:
+                found.append((key, str(filename), Path(str(filename)).expanduser()))
+    return found
+
+
+def _check_log_files(config: DictConfig, job_dir: Path, own: Path | None, sweep: bool = False) -> None:
+    """Hydra's log files, as job ``job_dir`` resolves them, lie in no run dir but ``own``:
+    =<completed run>/status.json appended log lines to it, and infer then refused that run. In a
+    sweep (``own`` its dir) each job's log lies in its own job dir or outside the sweep dir: one
+    in ``${hydra.sweep.dir}/0`` had job 1 append its log to job 0's completed config.json."""
+    probes = [job_dir, job_dir.parent / "1"] if sweep else [job_dir]
+    for probe in probes:
+        for key, filename, path in _log_files(config, probe):
             if os.path.lexists(path) and not path.is_symlink() and not path.is_file():  # links: the claim's
                 refuse(f"{key}={filename}: is not a regular file (a folder or a FIFO); "
                        f"a log is only ever appended to a file: remove it or pick a new run dir")
+            real = Path(os.path.realpath(path))
+            if sweep and own is not None and own.resolve() in real.parents and \
+                    probe.resolve() not in real.parents:
+                refuse(f"{key}={filename}: lies in the sweep dir outside the job's own dir, so every job "
+                       "would append to it (or to another job's files); keep it under ${hydra.runtime.output_dir}")
             outer = inside_a_run(path.absolute())
             mine = own is not None and (outer == own.resolve() or sweep and own.resolve() in (outer or own).parents)
             if outer is None or mine:

@@ -26,6 +26,7 @@ from pyimgano_hydra.sweep.cluster import cluster_job_id
 
 log = logging.getLogger(__name__)
 NEVER = "runs are never overwritten"
+MAX_LISTED = 10000  # notes, plots or overlays of a kept category (400,000 made a report.json infer refused)
 
 
 def _state(record: object) -> str | None:
@@ -163,12 +164,14 @@ def category_result(record: dict, path, category: str) -> CategoryResult:
     if set(kwargs["threshold"]) - {"value", "provenance"} or not isinstance(provenance, dict) or not all(
             v is None or isinstance(v, str) or _finite(v) for v in provenance.values()):
         raise bad("threshold", "must hold a value and a provenance of plain values")
-    if not isinstance(kwargs["notes"], list) or not all(isinstance(n, str) for n in kwargs["notes"]):
-        raise bad("notes", "must be a list of strings")
+    if not isinstance(kwargs["notes"], list) or not all(isinstance(n, str) for n in kwargs["notes"]) or \
+            len(kwargs["notes"]) > MAX_LISTED:
+        raise bad("notes", f"must be a list of at most {MAX_LISTED} strings")
     extra = {k: v for k, v in record.items() if k not in fields}
     for key in ("plots", "overlays"):
-        if not isinstance(extra.get(key, []), list) or not all(_inside(p) for p in extra.get(key, [])):
-            raise bad(key, "must list files inside the category folder")
+        listed = extra.get(key, [])
+        if not isinstance(listed, list) or len(listed) > MAX_LISTED or not all(_inside(p) for p in listed):
+            raise bad(key, f"must list at most {MAX_LISTED} files inside the category folder")
     if "inspector" in extra and not _inside(extra["inspector"]):
         raise bad("inspector", "must name a file inside the category folder")
     return CategoryResult(**kwargs, extra=extra)
