@@ -1,5 +1,4 @@
 """Attacker pass H1: hostile run dirs on the line side (infer, export, ONNX scoring) that hang, blow up or lose a run."""
-import hashlib
 import json
 import os
 import shutil
@@ -11,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from forged_onnx import artifacts, env, graph, install, matmul_chain, max_rss_mb
 from conftest import REPO, copy_run, run_cli, small_png, trained_run
 
 
@@ -24,25 +24,6 @@ def trained(tmp_path_factory):
 
 
 
-def _artifacts(run_dir):
-    return run_dir / "categories" / "weave" / "artifacts"
-
-
-def _graph(extra_nodes, score_src, inits=()):
-    """A graph with the exported model's interface: uint8 images (batch, 3, 128, 128) in,
-    ``score`` (batch,) and ``map`` (batch, 128, 128) out; ``score`` comes from ``score_src``."""
-    from onnx import TensorProto, helper
-
-    images = helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", 3, 128, 128])
-    score = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])
-    amap = helper.make_tensor_value_info("map", TensorProto.FLOAT, ["batch", 128, 128])
-    nodes = [helper.make_node("Cast", ["images"], ["xf"], to=TensorProto.FLOAT),
-             helper.make_node("ReduceMean", ["xf"], ["s0"], axes=[1, 2, 3], keepdims=0),
-             helper.make_node("ReduceMean", ["xf"], ["map"], axes=[1], keepdims=0),
-             *extra_nodes,
-             helper.make_node("Identity", [score_src], ["score"])]
-    graph = helper.make_graph(nodes, "forged", [images], [score, amap], initializer=list(inits))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def _loop_model(trips=10**12):
@@ -60,25 +41,9 @@ def _loop_model(trips=10**12):
          helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
     inits = [numpy_helper.from_array(np.array(trips, dtype=np.int64), "M"),
              numpy_helper.from_array(np.array(True), "C")]
-    return _graph([helper.make_node("Loop", ["M", "C", "s0"], ["s1"], body=body)], "s1", inits)
+    return graph([helper.make_node("Loop", ["M", "C", "s0"], ["s1"], body=body)], "s1", inits)
 
 
-def _install(model, artifacts, **manifest_changes):
-    """Write ``model`` as model.onnx and re-sign export.json with its sha256 (anyone can)."""
-    data = model.SerializeToString()
-    (artifacts / "model.onnx").write_bytes(data)
-    manifest = json.loads((artifacts / "export.json").read_text())
-    manifest["sha256"] = hashlib.sha256(data).hexdigest()
-    manifest.update(manifest_changes)
-    (artifacts / "export.json").write_text(json.dumps(manifest))
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("HYDRA_FULL_ERROR", None)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
 
 
 def test_infer_onnxruntime_refuses_an_exported_model_with_an_endless_loop(trained, tmp_path):
@@ -88,7 +53,7 @@ def test_infer_onnxruntime_refuses_an_exported_model_with_an_endless_loop(traine
     still running after 11 minutes, status.json "running"; SIGTERM from ``timeout 60`` did not stop it).
     Expected: refused in one line naming model.onnx (ops outside what export writes: Loop, If, Scan...)."""
     run_dir = copy_run(trained, tmp_path)
-    _install(_loop_model(), _artifacts(run_dir))
+    install(_loop_model(), artifacts(run_dir))
     try:
         proc = run_cli([f"run_dir={run_dir}", f"input={small_png(trained)}", "runtime=onnxruntime",
                         f"hydra.run.dir={tmp_path / 'infer'}"], module="pyimgano_hydra.infer", timeout=30)
@@ -102,30 +67,15 @@ def test_score_onnx_refuses_an_exported_model_with_an_endless_loop(trained, tmp_
     """The same forged Loop model through ``examples/score_onnx.py`` (it checks only the sha256):
     it hangs in session.run. Expected: refused in one line naming model.onnx, non-zero exit."""
     run_dir = copy_run(trained, tmp_path)
-    _install(_loop_model(), _artifacts(run_dir))
+    install(_loop_model(), artifacts(run_dir))
     try:
-        proc = subprocess.run([sys.executable, str(REPO / "examples" / "score_onnx.py"), str(_artifacts(run_dir)),
-                               str(small_png(trained))], capture_output=True, text=True, timeout=30, env=_env())
+        proc = subprocess.run([sys.executable, str(REPO / "examples" / "score_onnx.py"), str(artifacts(run_dir)),
+                               str(small_png(trained))], capture_output=True, text=True, timeout=30, env=env())
     except subprocess.TimeoutExpired:
         pytest.fail("score_onnx.py still running after 30 s on a model.onnx with a 10**12-trip Loop")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-800:]
     assert "model.onnx" in proc.stderr, proc.stderr[-800:]
 
-
-def _slow_model(steps=400, side=2000):
-    """score = mean pixel + 0 * sum of ``steps`` chained (side x side) MatMuls: standard ops only, minutes
-    of ONNX Runtime on one core for a few MB of memory."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes = [helper.make_node("ConstantOfShape", ["side"], ["w"],
-                              value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1e-3]))]
-    nodes += [helper.make_node("MatMul", [f"m{i}" if i else "w", "w"], [f"m{i + 1}"]) for i in range(steps)]
-    nodes += [helper.make_node("ReduceSum", [f"m{steps}"], ["total"], keepdims=0),
-              helper.make_node("Mul", ["total", "zero"], ["nothing"]),
-              helper.make_node("Add", ["s0", "nothing"], ["s1"])]
-    inits = [numpy_helper.from_array(np.array([side, side], dtype=np.int64), "side"),
-             numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")]
-    return _graph(nodes, "s1", inits)
 
 
 def test_sigterm_stops_infer_onnxruntime_inside_session_run(trained, tmp_path):
@@ -134,11 +84,11 @@ def test_sigterm_stops_infer_onnxruntime_inside_session_run(trained, tmp_path):
     observed: SIGTERM and then SIGINT ignored, status.json left "running" until SIGKILL.
     Expected: infer ends within seconds of SIGTERM, status.json "interrupted", one line on stderr."""
     run_dir = copy_run(trained, tmp_path)
-    _install(_slow_model(), _artifacts(run_dir))
+    install(matmul_chain(400), artifacts(run_dir))
     out = tmp_path / "infer"
     proc = subprocess.Popen([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={run_dir}",
                              f"input={small_png(trained)}", "runtime=onnxruntime", f"hydra.run.dir={out}"],
-                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and proc.poll() is None and not (out / "status.json").exists():
@@ -171,24 +121,8 @@ def _alloc_model(k):
                               value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
              helper.make_node("ReduceSum", ["big"], ["bs"], keepdims=1),
              helper.make_node("Mul", ["s0", "bs"], ["s1"])]
-    return _graph(nodes, "s1", [numpy_helper.from_array(np.array([k], dtype=np.int64), "K")])
+    return graph(nodes, "s1", [numpy_helper.from_array(np.array([k], dtype=np.int64), "K")])
 
-
-def _max_rss_mb(cmd, timeout=60):
-    """(returncode, stderr, max RSS in MB) of ``cmd`` run to completion."""
-    with open(os.devnull, "w") as devnull:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=devnull, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while True:  # not proc.poll(): it would reap the child before wait4 reads its usage
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                return proc.returncode, proc.stderr.read().decode(errors="replace"), usage.ru_maxrss // 1024
-            if time.monotonic() > deadline:
-                proc.kill()
-                os.wait4(proc.pid, 0)
-                pytest.fail(f"{cmd[:3]} still running after {timeout} s")
-            time.sleep(0.1)
 
 
 @pytest.mark.parametrize("k, cap", [(10**9, None), (6_500_000, 1)], ids=["default-cap", "onnx_max_memory_gb=1"])
@@ -200,8 +134,8 @@ def test_infer_onnxruntime_bounds_a_data_dependent_constantofshape(trained, tmp_
     Expected: run under a memory bound (ONNX Runtime's arena capped at half of the machine's memory, or
     at ``onnx_max_memory_gb``): past it, one line naming model.onnx and the key; never gigabytes."""
     run_dir = copy_run(trained, tmp_path)
-    _install(_alloc_model(k), _artifacts(run_dir))
-    rc, stderr, rss = _max_rss_mb([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={run_dir}",
+    install(_alloc_model(k), artifacts(run_dir))
+    rc, stderr, rss = max_rss_mb([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={run_dir}",
                                    f"input={small_png(trained)}", "runtime=onnxruntime",
                                    *([f"onnx_max_memory_gb={cap}"] if cap else []),
                                    f"hydra.run.dir={tmp_path / 'infer'}"])
@@ -213,9 +147,9 @@ def test_infer_onnxruntime_bounds_a_data_dependent_constantofshape(trained, tmp_
 def test_score_onnx_bounds_a_data_dependent_constantofshape(trained, tmp_path):
     """The same ConstantOfShape model through ``examples/score_onnx.py`` (no tensor check at all)."""
     run_dir = copy_run(trained, tmp_path)
-    _install(_alloc_model(10**9), _artifacts(run_dir))  # 480 GB: past half of any machine's memory
-    rc, stderr, rss = _max_rss_mb([sys.executable, str(REPO / "examples" / "score_onnx.py"),
-                                   str(_artifacts(run_dir)), str(small_png(trained))])
+    install(_alloc_model(10**9), artifacts(run_dir))  # 480 GB: past half of any machine's memory
+    rc, stderr, rss = max_rss_mb([sys.executable, str(REPO / "examples" / "score_onnx.py"),
+                                   str(artifacts(run_dir)), str(small_png(trained))])
     assert rss < 2048, f"score_onnx.py took {rss} MB (rc {rc}) for a 1 KB forged model.onnx"
     assert "Traceback" not in stderr, stderr[-800:]
     assert rc != 0 and "model.onnx" in stderr, stderr[-800:]
@@ -251,9 +185,9 @@ def test_infer_onnxruntime_loses_no_image_when_the_model_returns_fewer_scores(tr
     inputs.mkdir()
     for i in range(3):
         Image.new("RGB", (32, 32), (100 + 10 * i,) * 3).save(inputs / f"{i}.png")
-    _install(_score_model([helper.make_node("Slice", ["s0", "st", "en"], ["score"])],
+    install(_score_model([helper.make_node("Slice", ["s0", "st", "en"], ["score"])],
                           [numpy_helper.from_array(np.array([0], dtype=np.int64), "st"),
-                           numpy_helper.from_array(np.array([1], dtype=np.int64), "en")]), _artifacts(run_dir))
+                           numpy_helper.from_array(np.array([1], dtype=np.int64), "en")]), artifacts(run_dir))
     out = tmp_path / "infer"
     proc = run_cli([f"run_dir={run_dir}", f"input={inputs}", "runtime=onnxruntime", f"hydra.run.dir={out}"],
                    module="pyimgano_hydra.infer", timeout=120)
@@ -273,8 +207,8 @@ def test_infer_onnxruntime_never_calls_a_nan_score_normal(trained, tmp_path):
     from onnx import helper
 
     run_dir = copy_run(trained, tmp_path)
-    _install(_score_model([helper.make_node("Sub", ["s0", "s0"], ["z"]), helper.make_node("Div", ["z", "z"], ["score"])]),
-             _artifacts(run_dir))
+    install(_score_model([helper.make_node("Sub", ["s0", "s0"], ["z"]), helper.make_node("Div", ["z", "z"], ["score"])]),
+             artifacts(run_dir))
     out = tmp_path / "infer"
     proc = run_cli([f"run_dir={run_dir}", f"input={small_png(trained)}", "runtime=onnxruntime", f"hydra.run.dir={out}"],
                    module="pyimgano_hydra.infer", timeout=120)
@@ -295,10 +229,10 @@ def test_infer_onnxruntime_nan_map_error_names_the_model(trained, tmp_path):
     from onnx import helper
 
     run_dir = copy_run(trained, tmp_path)
-    _install(_score_model([helper.make_node("Identity", ["s0"], ["score"])], map_nodes=[
+    install(_score_model([helper.make_node("Identity", ["s0"], ["score"])], map_nodes=[
         helper.make_node("ReduceMean", ["xf"], ["m0"], axes=[1], keepdims=0),
         helper.make_node("Sub", ["m0", "m0"], ["mz"]), helper.make_node("Div", ["mz", "mz"], ["map"])]),
-        _artifacts(run_dir))
+        artifacts(run_dir))
     proc = run_cli([f"run_dir={run_dir}", f"input={small_png(trained)}", "runtime=onnxruntime", "defects=default",
                     "defects.pixel_threshold=0.5", f"hydra.run.dir={tmp_path / 'infer'}"],
                    module="pyimgano_hydra.infer", timeout=120)
@@ -314,12 +248,12 @@ def test_score_onnx_refuses_an_input_size_the_model_does_not_take(trained, tmp_p
     Expected: input_size checked against the model's input (or refused) before any image is decoded;
     one line naming export.json; never gigabytes."""
     run_dir = copy_run(trained, tmp_path)
-    manifest_path = _artifacts(run_dir) / "export.json"
+    manifest_path = artifacts(run_dir) / "export.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["input_size"] = [16384, 16384]
     manifest_path.write_text(json.dumps(manifest))
-    rc, stderr, rss = _max_rss_mb([sys.executable, str(REPO / "examples" / "score_onnx.py"),
-                                   str(_artifacts(run_dir)), str(small_png(trained))])
+    rc, stderr, rss = max_rss_mb([sys.executable, str(REPO / "examples" / "score_onnx.py"),
+                                   str(artifacts(run_dir)), str(small_png(trained))])
     assert rc != 0 and "Traceback" not in stderr, stderr[-800:]
     assert rss < 2048, f"score_onnx.py took {rss} MB on a forged input_size ({stderr.strip()[-200:]})"
     assert "export.json" in stderr, stderr[-800:]
@@ -343,7 +277,7 @@ def test_export_interrupted_midway_says_so_in_one_line(trained, tmp_path, sig):
         run_dir = copy_run(trained, tmp_path, f"run{fraction}")
         shutil.rmtree(run_dir / "categories" / "weave" / "artifacts")
         proc = subprocess.Popen([sys.executable, "-m", "pyimgano_hydra.export", f"run_dir={run_dir}"], cwd=REPO,
-                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(duration * fraction)
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
@@ -368,7 +302,7 @@ def test_infer_never_waits_on_an_input_image_swapped_for_a_fifo(trained, tmp_pat
         shutil.copy(small_png(trained), inputs / f"{i}.png")
     out = tmp_path / "infer"
     proc = subprocess.Popen([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={trained}",
-                             f"input={inputs}", f"hydra.run.dir={out}"], cwd=REPO, env=_env(),
+                             f"input={inputs}", f"hydra.run.dir={out}"], cwd=REPO, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
@@ -395,8 +329,8 @@ def test_score_onnx_never_waits_on_a_fifo_image(trained, tmp_path):
     fifo = tmp_path / "x.png"
     os.mkfifo(fifo)
     try:
-        proc = subprocess.run([sys.executable, str(REPO / "examples" / "score_onnx.py"), str(_artifacts(trained)),
-                               str(fifo)], capture_output=True, text=True, timeout=30, env=_env())
+        proc = subprocess.run([sys.executable, str(REPO / "examples" / "score_onnx.py"), str(artifacts(trained)),
+                               str(fifo)], capture_output=True, text=True, timeout=30, env=env())
     except subprocess.TimeoutExpired:
         pytest.fail("score_onnx.py blocked on a FIFO image for 30 s")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-800:]
@@ -416,8 +350,8 @@ def test_infer_onnxruntime_bounds_memory_of_a_long_node_chain(trained, tmp_path)
     run_dir = copy_run(trained, tmp_path)
     n = 600_000
     nodes = [helper.make_node("Identity", [f"t{i}" if i else "s0"], [f"t{i + 1}"]) for i in range(n)]
-    _install(_graph(nodes, f"t{n}"), _artifacts(run_dir))
-    rc, stderr, rss = _max_rss_mb([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={run_dir}",
+    install(graph(nodes, f"t{n}"), artifacts(run_dir))
+    rc, stderr, rss = max_rss_mb([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={run_dir}",
                                    f"input={small_png(trained)}", "runtime=onnxruntime",
                                    f"hydra.run.dir={tmp_path / 'infer'}"], timeout=120)
     assert rss < 2048, f"infer runtime=onnxruntime took {rss} MB (rc {rc}) for a 17 MB chain of Identity nodes"

@@ -1,6 +1,5 @@
 """Attacker pass I1: line-side run dirs and inputs (infer, export, score_onnx) that hang, blow memory, lose a run or give a silent wrong verdict."""
 import glob
-import hashlib
 import json
 import os
 import signal
@@ -11,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
+from forged_onnx import SCORE_ONNX, artifacts, env, graph, install, matmul_chain, max_rss_mb
 from conftest import REPO, copy_run, run_cli, small_png, trained_run
 
-SCORE_ONNX = REPO / "examples" / "score_onnx.py"
 
 
 @pytest.fixture(scope="module")
@@ -22,59 +21,9 @@ def trained(tmp_path_factory):
     return trained_run(tmp_path_factory, export=True)
 
 
-def _artifacts(run_dir):
-    return run_dir / "categories" / "weave" / "artifacts"
 
 
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("HYDRA_FULL_ERROR", None)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
 
-
-def _install(model, artifacts, raw=None):
-    """Write ``model`` (or ``raw`` bytes) as model.onnx and re-sign export.json with its sha256 (anyone can)."""
-    data = raw if raw is not None else model.SerializeToString()
-    (artifacts / "model.onnx").write_bytes(data)
-    manifest = json.loads((artifacts / "export.json").read_text())
-    manifest["sha256"] = hashlib.sha256(data).hexdigest()
-    (artifacts / "export.json").write_text(json.dumps(manifest))
-
-
-def _graph(extra_nodes, score_src, inits=()):
-    """The exported model's interface (uint8 images (batch, 3, 128, 128) in, ``score`` (batch,) and
-    ``map`` (batch, 128, 128) out); ``s0`` is the per-image mean pixel, ``score`` comes from ``score_src``."""
-    from onnx import TensorProto, helper
-
-    images = helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", 3, 128, 128])
-    score = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])
-    amap = helper.make_tensor_value_info("map", TensorProto.FLOAT, ["batch", 128, 128])
-    nodes = [helper.make_node("Cast", ["images"], ["xf"], to=TensorProto.FLOAT),
-             helper.make_node("ReduceMean", ["xf"], ["s0"], axes=[1, 2, 3], keepdims=0),
-             helper.make_node("ReduceMean", ["xf"], ["map"], axes=[1], keepdims=0),
-             *extra_nodes,
-             helper.make_node("Identity", [score_src], ["score"])]
-    graph = helper.make_graph(nodes, "forged", [images], [score, amap], initializer=list(inits))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _max_rss_mb(cmd, timeout=90):
-    """(returncode, stderr, max RSS in MB) of ``cmd`` run to completion."""
-    with open(os.devnull, "w") as devnull:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=devnull, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                return proc.returncode, proc.stderr.read().decode(errors="replace"), usage.ru_maxrss // 1024
-            if time.monotonic() > deadline:
-                proc.kill()
-                os.wait4(proc.pid, 0)
-                pytest.fail(f"{cmd[:3]} still running after {timeout} s")
-            time.sleep(0.1)
 
 
 def _good_image():
@@ -93,8 +42,8 @@ def _infer_scores(run_dir, inputs, out):
 
 
 def _score_onnx_scores(run_dir, files):
-    proc = subprocess.run([sys.executable, str(SCORE_ONNX), str(_artifacts(run_dir)), *map(str, files)],
-                          capture_output=True, text=True, timeout=120, env=_env())
+    proc = subprocess.run([sys.executable, str(SCORE_ONNX), str(artifacts(run_dir)), *map(str, files)],
+                          capture_output=True, text=True, timeout=120, env=env())
     assert proc.returncode == 0, proc.stderr[-800:]
     return {os.path.basename(r["image"]): r["score"] for r in map(json.loads, proc.stdout.splitlines())}
 
@@ -137,7 +86,7 @@ def _string_expand_model(copies=3000, size=1 << 20):
     inits = [numpy_helper.from_array(np.array(["1" + " " * (size - 1)], dtype=object), "S"),
              numpy_helper.from_array(np.array([copies], dtype=np.int64), "shape"),
              numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")]
-    return _graph(nodes, "s1", inits)
+    return graph(nodes, "s1", inits)
 
 
 def _nonzero_model(n=200_000_000):
@@ -154,7 +103,7 @@ def _nonzero_model(n=200_000_000):
              helper.make_node("Add", ["s0", "z"], ["s1"])]
     inits = [numpy_helper.from_array(np.array([n], dtype=np.int64), "shape"),
              numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")]
-    return _graph(nodes, "s1", inits)
+    return graph(nodes, "s1", inits)
 
 
 @pytest.mark.parametrize("kind", ["string-expand", "nonzero"])
@@ -168,8 +117,8 @@ def test_infer_onnxruntime_memory_stays_under_onnx_max_memory_gb_outside_the_are
     Expected: memory bounded by onnx_max_memory_gb (string tensors / such ops refused, or the process
     capped): never gigabytes past it; a refusal is one line naming model.onnx."""
     run_dir = copy_run(trained, tmp_path)
-    _install(_string_expand_model() if kind == "string-expand" else _nonzero_model(), _artifacts(run_dir))
-    rc, stderr, rss = _max_rss_mb([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={run_dir}",
+    install(_string_expand_model() if kind == "string-expand" else _nonzero_model(), artifacts(run_dir))
+    rc, stderr, rss = max_rss_mb([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={run_dir}",
                                    f"input={small_png(trained)}", "runtime=onnxruntime", "onnx_max_memory_gb=1",
                                    f"hydra.run.dir={tmp_path / 'infer'}"])
     assert "Traceback" not in stderr, stderr[-800:]
@@ -181,8 +130,8 @@ def test_score_onnx_memory_stays_bounded_on_a_string_expand(trained, tmp_path):
     and max RSS 3069 MB for 3000 copies; the copies scale without bound (the arena never sees them).
     Expected: refused (string tensors are not in an exported model) in one line naming model.onnx."""
     run_dir = copy_run(trained, tmp_path)
-    _install(_string_expand_model(), _artifacts(run_dir))
-    rc, stderr, rss = _max_rss_mb([sys.executable, str(SCORE_ONNX), str(_artifacts(run_dir)), str(small_png(trained))])
+    install(_string_expand_model(), artifacts(run_dir))
+    rc, stderr, rss = max_rss_mb([sys.executable, str(SCORE_ONNX), str(artifacts(run_dir)), str(small_png(trained))])
     assert "Traceback" not in stderr, stderr[-800:]
     assert rss < 2048, f"score_onnx.py took {rss} MB (rc {rc}) for a 1 MB model.onnx"
 
@@ -228,30 +177,15 @@ def test_score_onnx_refuses_a_model_whose_nodes_are_split_across_graph_records(t
     from onnx import helper
 
     chain = [helper.make_node("Identity", [f"c{i}" if i else "s0"], [f"c{i + 1}"]) for i in range(600_000)]
-    raw = _split_graph_bytes(_graph(chain, "c600000"), 7)
+    raw = _split_graph_bytes(graph(chain, "c600000"), 7)
     assert len(onnx.load_from_string(raw).graph.node) == 600_004
     run_dir = copy_run(trained, tmp_path)
-    _install(None, _artifacts(run_dir), raw=raw)
-    proc = subprocess.run([sys.executable, str(SCORE_ONNX), str(_artifacts(run_dir)), str(small_png(trained))],
-                          capture_output=True, text=True, timeout=120, env=_env())
+    install(None, artifacts(run_dir), raw=raw)
+    proc = subprocess.run([sys.executable, str(SCORE_ONNX), str(artifacts(run_dir)), str(small_png(trained))],
+                          capture_output=True, text=True, timeout=120, env=env())
     assert "Traceback" not in proc.stderr, proc.stderr[-800:]
     assert proc.returncode != 0 and "model.onnx" in proc.stderr, f"rc {proc.returncode}: {proc.stdout[-300:]}"
 
-
-def _matmul_chain(steps=5000, side=2000):
-    """score = s0 + 0 * sum of ``steps`` chained (side x side) float MatMuls: standard ops, 5k nodes,
-    ~16 GFLOP per node (hours on one core), a few MB of memory."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes = [helper.make_node("ConstantOfShape", ["side"], ["w"],
-                              value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1e-3]))]
-    nodes += [helper.make_node("MatMul", [f"m{i}" if i else "w", "w"], [f"m{i + 1}"]) for i in range(steps)]
-    nodes += [helper.make_node("ReduceSum", [f"m{steps}"], ["total"], keepdims=0),
-              helper.make_node("Mul", ["total", "zero"], ["nothing"]),
-              helper.make_node("Add", ["s0", "nothing"], ["s1"])]
-    inits = [numpy_helper.from_array(np.array([side, side], dtype=np.int64), "side"),
-             numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")]
-    return _graph(nodes, "s1", inits)
 
 
 def test_infer_onnxruntime_ends_on_a_model_that_computes_for_hours(trained, tmp_path):
@@ -261,12 +195,12 @@ def test_infer_onnxruntime_ends_on_a_model_that_computes_for_hours(trained, tmp_
     Expected: a bound on the time a batch may take (``onnx_max_seconds``, default 600 s; 5 here): past
     it, stopped and refused in one line naming model.onnx and the key."""
     run_dir = copy_run(trained, tmp_path)
-    _install(_matmul_chain(), _artifacts(run_dir))
+    install(matmul_chain(5000), artifacts(run_dir))
     out = tmp_path / "infer"
     proc = subprocess.Popen([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={run_dir}",
                              f"input={small_png(trained)}", "runtime=onnxruntime", "onnx_max_seconds=5",
                              f"hydra.run.dir={out}"],
-                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         try:
             _, stderr = proc.communicate(timeout=60)
@@ -404,9 +338,9 @@ def test_score_onnx_refuses_a_string_score_in_one_line(trained, tmp_path):
     Python traceback ending "TypeError: ufunc 'isfinite' not supported for the input types ...".
     Expected: one line naming model.onnx, non-zero exit, no traceback."""
     run_dir = copy_run(trained, tmp_path)
-    _install(_string_score_model(), _artifacts(run_dir))
-    proc = subprocess.run([sys.executable, str(SCORE_ONNX), str(_artifacts(run_dir)), str(small_png(trained))],
-                          capture_output=True, text=True, timeout=60, env=_env())
+    install(_string_score_model(), artifacts(run_dir))
+    proc = subprocess.run([sys.executable, str(SCORE_ONNX), str(artifacts(run_dir)), str(small_png(trained))],
+                          capture_output=True, text=True, timeout=60, env=env())
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-800:]
     assert "model.onnx" in proc.stderr, proc.stderr[-800:]
 
@@ -417,7 +351,7 @@ def test_infer_onnxruntime_names_model_onnx_for_a_string_score(trained, tmp_path
     'isfinite' not supported ...)": it blames inspector.pt, which is intact. Expected: the one line
     names model.onnx (the file that is wrong)."""
     run_dir = copy_run(trained, tmp_path)
-    _install(_string_score_model(), _artifacts(run_dir))
+    install(_string_score_model(), artifacts(run_dir))
     proc = run_cli([f"run_dir={run_dir}", f"input={small_png(trained)}", "runtime=onnxruntime",
                     f"hydra.run.dir={tmp_path / 'infer'}"], module="pyimgano_hydra.infer", timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-800:]
@@ -433,7 +367,7 @@ def test_an_infer_interrupted_before_its_dir_exists_does_not_claim_a_status_json
     operator at a status.json that is not there."""
     out = tmp_path / "infer"
     proc = subprocess.Popen([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={trained}",
-                             f"input={small_png(trained)}", f"hydra.run.dir={out}"], cwd=REPO, env=_env(),
+                             f"input={small_png(trained)}", f"hydra.run.dir={out}"], cwd=REPO, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)
     proc.send_signal(sig)

@@ -74,44 +74,30 @@ def _wait_for(path: Path, timeout: float = 60.0) -> bool:
     return False
 
 
-def test_categories_swapped_for_a_link_to_a_completed_run_while_fitting(trained, tmp_path):
+@pytest.mark.parametrize("swap", ["categories", "run-dir"])
+def test_a_run_dir_swapped_for_a_link_to_a_completed_run_while_fitting(trained, tmp_path, swap):
     """A run started into a new dir; once its status.json says ``running`` (before it made
-    ``categories/``), ``<new>/categories`` is created as a symlink to a completed run's ``categories``.
-    The run writes its category's report.json, inspector.pt, plots and per_image.jsonl through the
-    link: the completed run's record changes. Expected: the completed run unchanged (a run never
-    writes through a link in its own dir; it stops with one line instead)."""
+    ``categories/``), ``<new>/categories`` is created as a symlink to a completed run's ``categories``
+    (or the dir is renamed away and a symlink to the completed run put in its place). The run wrote
+    its category's report.json, inspector.pt, plots (and its status.json, config.json, report.json)
+    through the link: the completed run's record changed. Expected: the completed run unchanged
+    (a run never writes through a link in its own dir; it stops with one line instead)."""
     done = shutil.copytree(trained, tmp_path / "done")
     before = _digest(done)
     new = tmp_path / "new"
     proc = _start([*TINY, f"hydra.run.dir={new}"])
     try:
         assert _wait_for(new / "status.json"), "the run never started"
-        os.symlink(done / "categories", new / "categories")
+        if swap == "categories":
+            os.symlink(done / "categories", new / "categories")
+        else:
+            os.rename(new, tmp_path / "moved")
+            os.symlink(done, new)
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     changed = sorted(k for k in before if _digest(done).get(k) != before[k])
     assert not changed and _entries(done) >= set(before), (changed, err[-300:])
-
-
-def test_run_dir_swapped_for_a_link_to_a_completed_run_while_fitting(trained, tmp_path):
-    """A run started into a new dir; once its status.json says ``running``, the dir is renamed away
-    and a symlink to a completed run put in its place. The run goes on writing by path: its
-    status.json, config.json, report.json and categories land in the completed run. Expected: the
-    completed run unchanged (the run keeps writing into the dir it claimed, or stops with one line)."""
-    done = shutil.copytree(trained, tmp_path / "done")
-    before = _digest(done)
-    new = tmp_path / "new"
-    proc = _start([*TINY, f"hydra.run.dir={new}"])
-    try:
-        assert _wait_for(new / "status.json"), "the run never started"
-        os.rename(new, tmp_path / "moved")
-        os.symlink(done, new)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    changed = sorted(k for k in before if _digest(done).get(k) != before[k])
-    assert not changed, (changed, err[-300:])
 
 
 @pytest.mark.parametrize("how", ["dataset.root", "PYIMGANO_CACHE"])
@@ -182,6 +168,17 @@ def _status(run_dir: Path) -> str:
     return json.loads((run_dir / "status.json").read_text())["status"]
 
 
+def _resume_completes_only_what_infer_loads(trained, run_dir: Path, tmp_path: Path, named: str) -> None:
+    """Resume ``run_dir``: completed only if infer then loads it; otherwise refused naming ``named``."""
+    proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"], timeout=150)
+    if proc.returncode == 0:
+        check = run_cli([f"run_dir={run_dir}", f"input={small_png(trained)}", f"hydra.run.dir={tmp_path / 'inf'}"],
+                        module="pyimgano_hydra.infer", timeout=120)
+        assert check.returncode == 0, ("the resume completed a run infer refuses", check.stderr[-300:])
+    else:
+        assert _status(run_dir) != "completed" and named in proc.stderr, proc.stderr[-300:]
+
+
 @pytest.mark.parametrize("content", [b"", b"not a torch file", b"\x80\x04K\x01."], ids=["empty", "text", "pickle"])
 def test_resumed_run_keeps_a_broken_inspector_as_completed(trained, tmp_path, content):
     """A requeued run whose kept category's ``inspector.pt`` is empty / not a torch file / a bare
@@ -192,13 +189,7 @@ def test_resumed_run_keeps_a_broken_inspector_as_completed(trained, tmp_path, co
     run recorded completed that infer cannot load."""
     run_dir = interrupted_copy(trained, tmp_path / "run")
     (run_dir / "categories" / "weave" / "inspector.pt").write_bytes(content)
-    proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"], timeout=120)
-    if proc.returncode == 0:
-        check = run_cli([f"run_dir={run_dir}", f"input={small_png(trained)}", f"hydra.run.dir={tmp_path / 'inf'}"],
-                        module="pyimgano_hydra.infer", timeout=120)
-        assert check.returncode == 0, ("resume completed with a broken inspector", check.stderr[-300:])
-    else:
-        assert _status(run_dir) != "completed" and "inspector.pt" in proc.stderr, proc.stderr[-300:]
+    _resume_completes_only_what_infer_loads(trained, run_dir, tmp_path, "inspector.pt")
 
 
 def test_run_dir_dotdot_through_a_missing_folder_onto_an_unclaimed_completed_run(trained, tmp_path):
@@ -262,10 +253,4 @@ def test_resumed_run_with_a_long_kept_plots_list_completes_a_report_infer_refuse
     def change(record):
         record["plots"] = [name] * 400_000
     forge_kept(run_dir, change)
-    proc = run_cli([*TINY, f"hydra.run.dir={run_dir}"], timeout=150)
-    if proc.returncode == 0:
-        check = run_cli([f"run_dir={run_dir}", f"input={small_png(trained)}", f"hydra.run.dir={tmp_path / 'inf'}"],
-                        module="pyimgano_hydra.infer", timeout=120)
-        assert check.returncode == 0, ("resume completed a report infer refuses", check.stderr[-300:])
-    else:
-        assert _status(run_dir) != "completed" and "report.json" in proc.stderr, proc.stderr[-300:]
+    _resume_completes_only_what_infer_loads(trained, run_dir, tmp_path, "report.json")
