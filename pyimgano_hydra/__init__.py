@@ -44,6 +44,7 @@ def _no_imports_from_a_run_dir() -> None:
         # child Pythons (joblib's loky workers: python -m / -c) put the working dir first on sys.path:
         # a run dir's joblib/ ran in them, under the console scripts too
         os.environ["PYTHONSAFEPATH"] = "1"
+        _matplotlib_without_working_dir()
     app = parts in (["pyimgano_hydra"], ["pyimgano_hydra", "__main__"])
     if not app and parts[:2] not in (["pyimgano_hydra", "infer"], ["pyimgano_hydra", "export"]):
         return
@@ -53,6 +54,21 @@ def _no_imports_from_a_run_dir() -> None:
     if app and not _inside_a_run_dir(cwd):  # the app keeps a project's own modules (custom detectors)
         return
     sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]
+
+
+def _matplotlib_without_working_dir() -> None:
+    """matplotlib reads ``./matplotlibrc`` when imported (before $MATPLOTLIBRC): a run dir's
+    ``text.usetex: True`` failed a training run at its plots. Imported once from the root instead."""
+    import os
+
+    cwd = os.getcwd()
+    try:
+        os.chdir(os.sep)
+        import matplotlib  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        os.chdir(cwd)
 
 
 # One of these marks a run dir: a claim, a status.json (an unfinished run is one) or a report.json.

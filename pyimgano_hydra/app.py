@@ -216,10 +216,9 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
                      "fit_s": sum(r.timings["fit_s"] for r in results),
                      "predict_s": sum(r.timings["predict_s"] for r in results)},
         )
-    except RunDirSwapped:
-        raise  # its status.json is no longer this run's to write
+        still_here()
     except (KeyboardInterrupt, SystemExit) as exc:
-        if run_dir.swapped(pinned):
+        if run_dir.identity() != pinned:  # its status.json is no longer this run's to write
             raise
         # SystemExit: submitit requeued the job (preemption / timeout) and ends this attempt
         reason = f"exit {exc.code}" if isinstance(exc, SystemExit) else (exc or "SIGINT")
@@ -227,14 +226,13 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
                      **owner())
         raise
     except BaseException as exc:
-        if run_dir.swapped(pinned):
+        if run_dir.identity() != pinned:
             raise
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         write_status(run_dir.status, FAILED, error=line)
         report.update(status=FAILED, error=line)
         write_json_atomic(run_dir.report, report)
         raise
-    still_here()
     with interrupts_deferred():  # both written, or neither: a run is never left half-recorded
         write_json_atomic(run_dir.report, report)
         write_status(run_dir.status, COMPLETED)  # report.json is the result; the HTML view cannot lose it

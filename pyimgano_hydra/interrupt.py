@@ -117,9 +117,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _caught() -> list[int]:
-    """SIGTERM, and SIGHUP (a closed terminal or ssh session) unless ignored (``nohup``)."""
-    hangup = getattr(signal, "SIGHUP", None)
-    return [signal.SIGTERM] + ([hangup] if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN else [])
+    """SIGTERM, and SIGHUP (a closed terminal or ssh session) and SIGQUIT (Ctrl-\\, which left
+    status.json ``running``) unless ignored (``nohup``)."""
+    extra = [getattr(signal, name) for name in ("SIGHUP", "SIGQUIT") if hasattr(signal, name)]
+    return [signal.SIGTERM] + [s for s in extra if signal.getsignal(s) is not signal.SIG_IGN]
 
 
 @contextmanager

@@ -68,7 +68,17 @@ class MlflowCallback(Callback):
         return mlflow
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        from urllib.parse import urlparse
+
+        from pyimgano_hydra.runs.claim import foreign_run
+
         run_dir = RunDir(Path(config.hydra.runtime.output_dir))
+        uri = self.tracking_uri or Path("outputs/mlruns").resolve().as_uri()
+        outer = foreign_run(Path(urlparse(uri).path), run_dir.root) if uri.startswith("file:") else None
+        if outer is not None:  # started inside a completed run, the default store landed in it
+            log.warning("mlflow: not logged: the store %s lies inside the run dir %s, which a run never writes "
+                        "into; set hydra.callbacks.mlflow.tracking_uri", urlparse(uri).path, outer)
+            return
         mlflow = self._mlflow()
         report = read_json(run_dir.report) if run_dir.report.is_file() else {}
         params = flatten(read_json(run_dir.config)) if run_dir.config.is_file() else {}

@@ -214,12 +214,14 @@ class ClaimRunDir(Callback):
         # hydra.run.dir reads ${hydra:runtime.choices...}: set what run_job would set next;
         # ${now:} is cached in ``config``, so run_job resolves the same directory.
         HydraConfig.instance().set_config(config)
+        _check_config_sources(config)
         _check_output_subdir(config)
         _check_log_files(config, Path(str(config.hydra.run.dir)), Path(str(config.hydra.run.dir)))
         claim(Path(str(config.hydra.run.dir)), _task_hash(config), self.resumable)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
+        _check_config_sources(config)
         _check_output_subdir(config)
         check_subdir(config)
         # never resumable: a sweep root is not a run (an interrupted run dir took a whole sweep in)
@@ -244,6 +246,20 @@ class NoHydraRecord(Callback):
         if raw is not None:
             refuse(f"hydra.output_subdir={raw}: export writes no Hydra record (it may run inside a run dir); "
                     "leave it null")
+
+
+def _check_config_sources(config: DictConfig) -> None:
+    """No config dir or search path in a run dir (``--config-dir``, ``hydra.searchpath``): its YAML
+    shadowed a schema and a ``_target_`` in it unpickled a file of the run dir."""
+    from omegaconf import OmegaConf
+
+    from pyimgano_hydra import _inside_a_run_dir
+
+    for source in OmegaConf.select(config, "hydra.runtime.config_sources", default=None) or []:
+        path = str(source.get("path", "")) if source.get("schema") == "file" else ""
+        if path and _inside_a_run_dir(os.path.realpath(path)):
+            refuse(f"--config-dir / hydra.searchpath {console_line(path)}: lies in a run dir, whose YAML would "
+                   "be composed and instantiated; copy the configs you trust to a folder of your own")
 
 
 def _check_launcher_cwd(config: DictConfig) -> None:
@@ -294,6 +310,8 @@ def _check_sweep_files(config: DictConfig) -> None:
             if database is None:
                 continue
             value = value[database.end():]
+            if value.startswith("file:"):  # SQLite's URI form: file:<path>?<options>
+                value = value[len("file:"):].split("?", 1)[0]
         path = Path(value.split("%", 1)[0])  # submitit's %j (job id) names folders made later
         try:
             refuse_foreign(key, value, own, what)

@@ -61,12 +61,15 @@ class RunDir:
 
     def swapped(self, pinned: tuple | None) -> str | None:
         """What changed since ``pinned`` (``identity()`` at the start): the run dir moved or replaced
-        by a link, or its ``categories/`` made a link; None when the run still writes where it began."""
+        by a link, or its ``categories/``, a category folder or ``.hydra/`` made a link; None when the
+        run still writes where it began."""
         if pinned is None or self.identity() != pinned:
             return f"{self.root} was moved or replaced by a link while the run ran"
-        if (self.root / "categories").is_symlink():
-            return f"{self.root / 'categories'} was replaced by a link while the run ran"
-        return None
+        folders = [self.root / "categories", self.root / ".hydra"]
+        if folders[0].is_dir() and not folders[0].is_symlink():
+            folders += sorted(folders[0].iterdir())
+        linked = next((folder for folder in folders if folder.is_symlink()), None)
+        return f"{linked} was replaced by a link while the run ran" if linked else None
 
     def check_categories(self, names: list[str]) -> None:
         """Refuse categories that would share a folder (one would overwrite the other's results)."""
