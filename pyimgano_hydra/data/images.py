@@ -62,19 +62,25 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
 def open_regular(path: str | Path):
     """``path`` opened for reading when it is a regular file, checked on the open descriptor: a
-    file swapped for a FIFO after the input folder was listed is never waited on."""
+    file swapped for a FIFO after the input folder was listed is never waited on. The file object
+    owns the descriptor from the start (a signal between a raw open and its wrapping closed the
+    descriptor twice; another thread's image then read from a closed one)."""
     import stat
 
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    handle = open(path, "rb", opener=_nonblocking)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
             raise DataError(f"{path}: not a regular file (a FIFO, device or folder); replace or remove it")
-        return os.fdopen(fd, "rb")
     except BaseException:
-        os.close(fd)
+        handle.close()
         raise
+    return handle
 
 
 def _multi_scan_jpeg(path: str | Path, img: Image.Image) -> bool:
