@@ -60,8 +60,10 @@ def _matplotlib_without_working_dir() -> None:
     """matplotlib reads ``./matplotlibrc`` when imported (before $MATPLOTLIBRC): a run dir's
     ``text.usetex: True`` failed a training run at its plots. Imported once from the root instead."""
     import os
+    import sys
 
-    cwd = os.getcwd()
+    cwd, saved = os.getcwd(), list(sys.path)
+    sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]  # nor its matplotlib.py
     try:
         os.chdir(os.sep)
         import matplotlib  # noqa: F401
@@ -69,6 +71,7 @@ def _matplotlib_without_working_dir() -> None:
         pass
     finally:
         os.chdir(cwd)
+        sys.path[:] = saved
 
 
 # One of these marks a run dir: a claim, a status.json (an unfinished run is one) or a report.json.
