@@ -21,7 +21,7 @@ from pyimgano_hydra.errors import UserError, console_line
 from pyimgano_hydra.recipes.context import CategoryResult
 from pyimgano_hydra.runs.layout import RunDir
 from pyimgano_hydra.runs.status import INTERRUPTED, RUNNING, current_state, describe
-from pyimgano_hydra.runs.trust import read_json_file
+from pyimgano_hydra.runs.trust import is_finite_number, read_json_file
 from pyimgano_hydra.sweep.cluster import cluster_job_id
 
 log = logging.getLogger(__name__)
@@ -151,10 +151,11 @@ def category_result(record: dict, path, category: str) -> CategoryResult:
             raise bad(key, "must be an object")
     for key, value in [("threshold.value", kwargs["threshold"].get("value")),
                        *((f"timings.{k}", kwargs["timings"].get(k)) for k in ("fit_s", "predict_s", "total_s"))]:
-        if not _finite(value):
+        if not is_finite_number(value):
             raise bad(key, "must be a finite number")
-    for section, fits, what in (("metrics", lambda v: v is None or _finite(v), "must be a finite number or null"),
-                                ("timings", lambda v: _finite(v) and v >= 0, "must be a finite number >= 0"),
+    for section, fits, what in (("metrics", lambda v: v is None or is_finite_number(v),
+                                 "must be a finite number or null"),
+                                ("timings", lambda v: is_finite_number(v) and v >= 0, "must be a finite number >= 0"),
                                 ("counts", _count, "must be a whole number >= 0")):
         for name, value in kwargs[section].items():
             if not fits(value):
@@ -162,7 +163,7 @@ def category_result(record: dict, path, category: str) -> CategoryResult:
     kwargs["metrics"] = {k: math.nan if v is None else v for k, v in kwargs["metrics"].items()}
     provenance = kwargs["threshold"].get("provenance", {})
     if set(kwargs["threshold"]) - {"value", "provenance"} or not isinstance(provenance, dict) or not all(
-            v is None or isinstance(v, str) or _finite(v) for v in provenance.values()):
+            v is None or isinstance(v, str) or is_finite_number(v) for v in provenance.values()):
         raise bad("threshold", "must hold a value and a provenance of plain values")
     if not isinstance(kwargs["notes"], list) or not all(isinstance(n, str) for n in kwargs["notes"]) or \
             len(kwargs["notes"]) > MAX_LISTED:
@@ -175,16 +176,6 @@ def category_result(record: dict, path, category: str) -> CategoryResult:
     if "inspector" in extra and not _inside(extra["inspector"]):
         raise bad("inspector", "must name a file inside the category folder")
     return CategoryResult(**kwargs, extra=extra)
-
-
-def _finite(value: object) -> bool:
-    """A JSON number a float holds exactly enough: not a bool, not NaN/inf, not an int past float range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def _count(value: object) -> bool:

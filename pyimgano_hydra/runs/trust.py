@@ -129,13 +129,17 @@ def _names(types) -> str:
     return " or ".join("null" if t is type(None) else t.__name__ for t in _tuple(types))
 
 
-def finite(value: Any, where: str) -> float:
-    """``value`` as a float when it is a finite int or float (not a bool, not past float range)."""
+def is_finite_number(value: Any) -> bool:
+    """A finite int or float: not a bool, not NaN/inf, not an int past the float range."""
     try:
-        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     except OverflowError:  # an int past the float range
-        ok = False
-    if not ok:
+        return False
+
+
+def finite(value: Any, where: str) -> float:
+    """``value`` as a float when it is a finite int or float (``is_finite_number``)."""
+    if not is_finite_number(value):
         raise UserError(f"{where}: must be a finite number, got {repr(value)[:40]}")
     return float(value)
 
