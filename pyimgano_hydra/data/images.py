@@ -9,15 +9,15 @@ float images holding NaN/inf, and negative 32-bit int or float values.
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Sequence, Union
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
+from pyimgano_hydra import files
 from pyimgano_hydra.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -62,25 +62,10 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _nonblocking(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NONBLOCK)
-
-
 def open_regular(path: str | Path):
-    """``path`` opened for reading when it is a regular file, checked on the open descriptor: a
-    file swapped for a FIFO after the input folder was listed is never waited on. The file object
-    owns the descriptor from the start (a signal between a raw open and its wrapping closed the
-    descriptor twice; another thread's image then read from a closed one)."""
-    import stat
-
-    handle = open(path, "rb", opener=_nonblocking)
-    try:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise DataError(f"{path}: not a regular file (a FIFO, device or folder); replace or remove it")
-    except BaseException:
-        handle.close()
-        raise
-    return handle
+    """``path`` opened for reading when it is a regular file: a file swapped for a FIFO after the
+    input folder was listed is never waited on."""
+    return files.open_regular(path, "replace or remove it", DataError)
 
 
 def _multi_scan_jpeg(path: str | Path, img: Image.Image) -> bool:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from pyimgano_hydra import RUN_RECORD_FILES
 from pyimgano_hydra.errors import UserError, console_line, refuse
+from pyimgano_hydra.files import open_regular
 from pyimgano_hydra.interrupt import CLAIMED
 from pyimgano_hydra.runs.status import utc_now
 from pyimgano_hydra.sweep.job_dirs import check_subdir, probe_subdir, swept_values
@@ -328,15 +329,8 @@ def _check_sweep_files(config: DictConfig) -> None:
 
 def _head(path: Path) -> bytes:
     """The first 16 bytes of a regular file, never blocking on a FIFO."""
-    import stat
-
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UserError("not a regular file (a FIFO or a device); name a new file or an Optuna study database")
-        return os.read(fd, 16)
-    finally:
-        os.close(fd)
+    with open_regular(path, "name a new file or an Optuna study database") as handle:
+        return handle.read(16)
 
 
 def _log_files(config: DictConfig, job_dir: Path) -> list[tuple[str, str, Path]]:

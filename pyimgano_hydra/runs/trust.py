@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.files import open_regular
 
 MAX_JSON_BYTES = 64 << 20
 MAX_DEPTH = 32
@@ -69,19 +70,11 @@ def read_regular_file(path: Path, limit: int = MAX_JSON_BYTES) -> bytes:
     """The bytes of ``path`` when it is a regular file of at most ``limit`` bytes; a FIFO,
     device (``/dev/zero``) or directory is refused without blocking or reading it."""
     import os
-    import stat
 
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UserError(f"{path}: not a regular file; not a run-dir file")
-        if info.st_size > limit:
+    with open_regular(path, "not a run-dir file") as handle:
+        if os.fstat(handle.fileno()).st_size > limit:
             raise UserError(f"{path}: larger than {limit >> 20} MB; not a run-dir file")
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            return handle.read(limit + 1)
-    finally:
-        os.close(fd)
+        return handle.read(limit + 1)
 
 
 def read_json_file(path: Path) -> Any:
