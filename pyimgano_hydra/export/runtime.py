@@ -61,7 +61,7 @@ def _declared_bytes(dims, elem_type: int) -> int:
 
 def _check_tensors(proto, where: Path) -> None:
     """Refuse, before ONNX Runtime sees it, a model with a tensor stored outside it (external
-    data) or any tensor declaring more than ``MAX_TENSOR_BYTES``: initializers and constants by
+    data), a string tensor or any tensor declaring more than ``MAX_TENSOR_BYTES``: initializers and constants by
     their dims, inputs, outputs and intermediate values by their static shapes (with constant
     shape arguments propagated: ``ConstantOfShape`` of a constant [4, 2**30] is 16 GB)."""
     import onnx
@@ -69,6 +69,8 @@ def _check_tensors(proto, where: Path) -> None:
 
     limit = f"more than the {MAX_TENSOR_BYTES >> 30} GB any tensor of an exported model may take"
     for tensor in _messages(proto, TensorProto):
+        if tensor.data_type == TensorProto.STRING:  # the characters live outside the capped arena
+            raise UserError(f"{where}: refused: string tensor {tensor.name[:80]!r} (an exported model holds numbers only)")
         if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
             raise UserError(f"{where}: refused: it references external data files")
         if _declared_bytes(tensor.dims, tensor.data_type) > MAX_TENSOR_BYTES:
@@ -83,6 +85,8 @@ def _check_tensors(proto, where: Path) -> None:
         inferred = proto
     for value in _messages(inferred, ValueInfoProto):
         tensor_type = value.type.tensor_type
+        if tensor_type.elem_type == TensorProto.STRING:
+            raise UserError(f"{where}: refused: string tensor {value.name[:80]!r} (an exported model holds numbers only)")
         dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor_type.shape.dim]
         if _declared_bytes(dims, tensor_type.elem_type) > MAX_TENSOR_BYTES:
             raise UserError(f"{where}: refused: value {value.name[:80]!r} has shape {dims[:8]}, {limit}")
@@ -164,9 +168,9 @@ def count_nodes(model: bytes) -> int:
 
 def _check_ops(proto, where: Path) -> None:
     """Only standard-domain ops without subgraphs (no control flow, no local functions), none whose
-    output is sized by the data outside ONNX Runtime's arena, and no string tensors (an Expand of
+    output is sized by the data outside ONNX Runtime's arena, and no cast to strings (an Expand of
     a string took 3.7 GB past a 1 GB cap: the characters live outside the arena)."""
-    from onnx import GraphProto, TensorProto, ValueInfoProto
+    from onnx import GraphProto, TensorProto
 
     for graph in _messages(proto.graph, GraphProto):
         for node in graph.node:
@@ -176,10 +180,6 @@ def _check_ops(proto, where: Path) -> None:
                 raise UserError(f"{where}: refused: op {node.domain + '.' if node.domain else ''}"
                                 f"{node.op_type[:40]} is not one an exported model uses (control flow, "
                                 "custom, string or data-sized output)")
-    strings = [t.name for t in _messages(proto, TensorProto) if t.data_type == TensorProto.STRING] + [
-        v.name for v in _messages(proto, ValueInfoProto) if v.type.tensor_type.elem_type == TensorProto.STRING]
-    if strings:
-        raise UserError(f"{where}: refused: string tensor {strings[0][:80]!r} (an exported model holds numbers only)")
 
 
 @functools.lru_cache(maxsize=1)
