@@ -1,4 +1,4 @@
-"""SIGTERM, SIGHUP and Ctrl-C: raised as :class:`Interrupted` inside a run, one line and 128+signal at exit."""
+"""SIGTERM, SIGHUP, Ctrl-C and the other signals that end a process: raised as :class:`Interrupted` inside a run, one line and 128+signal at exit."""
 from __future__ import annotations
 
 import signal
@@ -102,7 +102,7 @@ def interrupts_deferred() -> Iterator[None]:
     """Signals arriving inside the block (the writes that record a run as finished) take effect at
     its end: a SIGTERM between report.json and status.json left a completed report with a
     ``running`` status, which neither infer nor a resume would take."""
-    with _handling([signal.SIGINT, *_caught()], lambda signum, frame: _PENDING.append(signum)):
+    with _handling([signal.SIGINT, *_caught()], _defer):
         yield
     if _PENDING and not _RAISED:
         _RAISED.append(_PENDING[0])
@@ -116,11 +116,18 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
 
 
+def _defer(signum, frame):
+    _PENDING.append(signum)
+
+
 def _caught() -> list[int]:
-    """SIGTERM, and SIGHUP (a closed terminal or ssh session) and SIGQUIT (Ctrl-\\, which left
-    status.json ``running``) unless ignored (``nohup``)."""
+    """SIGTERM; SIGHUP (a closed terminal or ssh session) and SIGQUIT (Ctrl-\\, which left
+    status.json ``running``) unless ignored (``nohup``); SIGUSR1, SIGUSR2, SIGALRM and SIGXCPU
+    (whose default also ends the process) unless some other handler owns them."""
     extra = [getattr(signal, name) for name in ("SIGHUP", "SIGQUIT") if hasattr(signal, name)]
-    return [signal.SIGTERM] + [s for s in extra if signal.getsignal(s) is not signal.SIG_IGN]
+    unowned = [getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2", "SIGALRM", "SIGXCPU") if hasattr(signal, name)]
+    return ([signal.SIGTERM] + [s for s in extra if signal.getsignal(s) is not signal.SIG_IGN]
+            + [s for s in unowned if signal.getsignal(s) in (signal.SIG_DFL, _raise_once, _defer)])
 
 
 @contextmanager

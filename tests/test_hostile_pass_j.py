@@ -152,9 +152,10 @@ def test_optuna_sqlite_uri_filename_into_a_completed_run(trained, tmp_path):
     assert proc.returncode != 0 and "hydra.sweeper.storage" in proc.stderr, proc.stderr[-300:]
 
 
-def test_ctrl_backslash_leaves_status_running(tmp_path):
+@pytest.mark.parametrize("name", ["SIGQUIT", "SIGUSR1", "SIGALRM"])
+def test_ctrl_backslash_leaves_status_running(tmp_path, name):
     """Ctrl-\\ (SIGQUIT) during a training run: the process dies (rc -3) and ``status.json`` stays
-    ``running`` for a process that has ended (SIGUSR1 the same, rc -10).
+    ``running`` for a process that has ended (SIGUSR1 the same, rc -10; SIGALRM, rc -14).
     Expected: the run recorded ``interrupted`` (as for SIGTERM, SIGHUP and Ctrl-C)."""
     import signal
     import subprocess
@@ -170,7 +171,9 @@ def test_ctrl_backslash_leaves_status_running(tmp_path):
     while not (out / "status.json").exists() and time.monotonic() - start < 120:
         time.sleep(0.01)
     time.sleep(1.0)
-    proc.send_signal(signal.SIGQUIT)
+    proc.send_signal(getattr(signal, name))
     output, _ = proc.communicate(timeout=120)
     status = json.loads((out / "status.json").read_text())["status"]
-    assert status != "running", (proc.returncode, status, output[-300:])
+    assert status == "interrupted", (proc.returncode, status, output[-300:])
+    assert proc.returncode == 128 + getattr(signal, name) and f"interrupted: {name}" in output, output[-300:]
+    assert "Traceback" not in output, output[-600:]
