@@ -22,10 +22,14 @@ from pyimgano_hydra.schemas import register_configs
 
 
 def compose_with_choices(overrides: Sequence[str] = (), config_name: str = "config") -> tuple[DictConfig, dict]:
-    """The composed config (hydra node removed) and the chosen option of each group."""
+    """The composed config (hydra node removed) and the chosen option of each group; ``UserError``
+    when a config source lies in a run dir."""
+    from pyimgano_hydra.config_sources import check_composed_sources
+
     register_configs()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="api"):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    check_composed_sources(OmegaConf.to_container(cfg.hydra.runtime.config_sources))
     choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items()
                if not k.startswith("hydra/")}
     with open_dict(cfg):
@@ -49,8 +53,10 @@ def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> 
     """Compose and run one job; returns report.json's content. ``output_dir`` is claimed as the
     CLI claims ``hydra.run.dir`` (``runs/claim.py``): ``UserError`` naming it if it is taken."""
     from pyimgano_hydra import app
+    from pyimgano_hydra.config_sources import check_config_arguments
     from pyimgano_hydra.runs.claim import claim_dir
 
+    check_config_arguments(list(overrides))
     cfg, choices = compose_with_choices(overrides)
     out = Path(output_dir) if output_dir else default_run_dir(choices)
     if claim_dir(out, app.config_hash(cfg), key="output_dir"):  # False: this config's unfinished run, resumed

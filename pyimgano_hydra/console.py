@@ -21,7 +21,8 @@ def refuse_unsafe_arguments(argv: list[str]) -> None:
     """Refuse (exit 2) what acts before any check of ours: Hydra's ``--experimental-rerun <file>``
     (or any abbreviation argparse takes, ``--exp=``) unpickles the file, so a run dir's
     ``.hydra/config.pickle`` would run its code; ``hydra.hydra_logging`` handlers open while Hydra
-    composes the config (a FileHandler with mode w truncated a completed run's report.json)."""
+    composes the config (a FileHandler with mode w truncated a completed run's report.json); a
+    config folder, search path or group option reading a run dir's YAML."""
     for arg in argv:
         flag = arg.split("=", 1)[0]
         if flag.startswith("--e") and "--experimental-rerun".startswith(flag):
@@ -32,6 +33,12 @@ def refuse_unsafe_arguments(argv: list[str]) -> None:
                 or key == "hydra/hydra_logging" and value not in HYDRA_LOGGING_CHOICES):
             refuse(f"{key}: Hydra opens its own log handlers before any check, so they could write into a run; "
                    "set file handlers under hydra.job_logging, which is checked")
+    from pyimgano_hydra.config_sources import check_config_arguments
+
+    try:  # Hydra instantiates a config's callbacks before any callback of ours could check it
+        check_config_arguments(argv)
+    except UserError as exc:
+        refuse(str(exc))
 
 
 def quiet_third_party_logs() -> None:

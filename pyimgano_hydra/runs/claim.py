@@ -250,17 +250,15 @@ class NoHydraRecord(Callback):
 
 
 def _check_config_sources(config: DictConfig) -> None:
-    """No config dir or search path in a run dir (``--config-dir``, ``hydra.searchpath``): its YAML
-    shadowed a schema and a ``_target_`` in it unpickled a file of the run dir."""
+    """No config dir or search path in a run dir, also one set inside a config file."""
     from omegaconf import OmegaConf
 
-    from pyimgano_hydra import _inside_a_run_dir
+    from pyimgano_hydra.config_sources import check_composed_sources
 
-    for source in OmegaConf.select(config, "hydra.runtime.config_sources", default=None) or []:
-        path = str(source.get("path", "")) if source.get("schema") == "file" else ""
-        if path and _inside_a_run_dir(os.path.realpath(path)):
-            refuse(f"--config-dir / hydra.searchpath {console_line(path)}: lies in a run dir, whose YAML would "
-                   "be composed and instantiated; copy the configs you trust to a folder of your own")
+    try:
+        check_composed_sources(OmegaConf.select(config, "hydra.runtime.config_sources", default=None) or [])
+    except UserError as exc:
+        refuse(str(exc))
 
 
 def _check_launcher_cwd(config: DictConfig) -> None:
