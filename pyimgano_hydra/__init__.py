@@ -54,6 +54,9 @@ def _no_imports_from_a_run_dir() -> None:
     if app and not _inside_a_run_dir(cwd):  # the app keeps a project's own modules (custom detectors)
         return
     sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]
+    # nor its child Pythons: the decode workers' forkserver (python -c) ran a multiprocessing.py
+    # of the image folder infer was started in
+    os.environ["PYTHONSAFEPATH"] = "1"
 
 
 def _matplotlib_without_working_dir() -> None:
