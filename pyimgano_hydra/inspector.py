@@ -117,9 +117,9 @@ class Inspector:
 
     def _stored(self, score: Callable, images: np.ndarray):
         """``score(images)``; for a loaded inspector a failure inside the detector (a stored state
-        that does not fit its backbone) is one line naming the file."""
+        that does not fit its backbone) or a non-finite output is one line naming the file."""
         try:
-            return score(images)
+            out = score(images)
         except UserError:
             raise
         except _STATE_ERRORS as exc:
@@ -128,6 +128,12 @@ class Inspector:
             message = " ".join(str(exc).split())[:200]
             raise UserError(f"{self.source}: scoring with the stored detector failed "
                             f"({type(exc).__name__}: {message})") from exc
+        values = [getattr(out, "scores", out), getattr(out, "maps", None)]
+        if self.source is not None and not all(v is None or np.isfinite(v).all() for v in values):
+            # a finite memory bank of 3e38 overflowed the distances: a NaN score was called normal
+            raise UserError(f"{self.source}: the stored detector returned a NaN or infinite score or map; "
+                            "refused (no verdict without a number)")
+        return out
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """0 (normal) / 1 (anomalous) per image: score above the image threshold."""
@@ -300,7 +306,7 @@ def _stored_weights(stored: str, where: str, folder: Path | None, trust_targets:
         raise UserError(f"{exc}; {hint}") from None
     if weights.is_symlink() or not weights.is_file():
         raise UserError(f"{key}: {stored!r} is not a regular file in {folder}; {hint}")
-    return str(weights)
+    return str(weights.absolute())  # relative, a run-dir folder named ~ became the home folder
 
 
 def _detector_from_state(state: dict, where: str, trust_targets: bool, device: str | None = None,
