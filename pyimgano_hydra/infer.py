@@ -132,7 +132,8 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
                 from pyimgano_hydra.export.runtime import load_exported
 
                 _, inspector.detector = load_exported(loaded.run_dir.root, loaded.run_dir.category(category).root,
-                                                      cfg.get("onnx_max_memory_gb"), cfg.get("onnx_max_seconds"))
+                                                      cfg.get("onnx_max_memory_gb"), cfg.get("onnx_max_seconds"),
+                                                      category=category)
             threshold = inspector.image_threshold
             defects = defects_settings_for(inspector.defects, cfg.defects, task_overrides or [])
             exporter = None

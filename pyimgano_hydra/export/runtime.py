@@ -318,8 +318,9 @@ class TiledOnnx(TiledDetector):
         return super().score_maps(images)
 
 
-def read_export(run_root: Path, category_dir: Path) -> tuple[ExportManifest, bytes]:
-    """A category's manifest and verified model bytes, read from inside ``run_root`` only."""
+def read_export(run_root: Path, category_dir: Path, category: str | None = None) -> tuple[ExportManifest, bytes]:
+    """A category's manifest and verified model bytes, read from inside ``run_root`` only; the
+    manifest must name ``category`` (when given)."""
     from pyimgano_hydra.runs import trust
     from pyimgano_hydra.runs.layout import category_dir_name
     from pyimgano_hydra.schemas.export import MODEL_FILE
@@ -330,8 +331,9 @@ def read_export(run_root: Path, category_dir: Path) -> tuple[ExportManifest, byt
         raise UserError(f"{manifest_path}: missing; export the run first: "
                         f"python -m pyimgano_hydra.export run_dir={run_root}")
     manifest = ExportManifest.parse(trust.read_json_file(manifest_path), str(manifest_path))
-    if category_dir_name(manifest.category) != category_dir.name:
-        raise UserError(f"{manifest_path}: holds category {manifest.category!r}, not {category_dir.name!r}")
+    if category_dir_name(manifest.category) != category_dir.name or category not in (None, manifest.category):
+        raise UserError(f"{manifest_path}: holds category {manifest.category!r}, not "
+                        f"{category if category is not None else category_dir.name!r}")
     model_path = trust.confined(run_root, relative / MODEL_FILE, str(manifest_path) + ": model_file")
     try:
         if not model_path.is_file():  # a FIFO named model.onnx held infer forever in read_bytes
@@ -347,11 +349,11 @@ def read_export(run_root: Path, category_dir: Path) -> tuple[ExportManifest, byt
 
 
 def load_exported(run_root: Path, category_dir: Path, max_memory_gb: float | None = None,
-                  max_seconds: float | None = None) -> tuple[ExportManifest, BaseDetector]:
+                  max_seconds: float | None = None, category: str | None = None) -> tuple[ExportManifest, BaseDetector]:
     """The manifest and an ONNX-backed detector (tiled as at fit) for one exported category; its
     runs take at most ``max_memory_gb`` (None: half of this machine's memory) and ``max_seconds``
     a batch (None: no limit)."""
-    manifest, model = read_export(run_root, category_dir)
+    manifest, model = read_export(run_root, category_dir, category)
     where = category_dir / "artifacts" / manifest.model_file
     session = _session(model, where, max_memory_gb)
     detector = OnnxDetector(input_size=tuple(manifest.input_size), where=str(where),

@@ -77,6 +77,10 @@ def load_run(path: str | Path) -> LoadedRun:
         raise UserError(f"{run_dir.report}: schema_version {version} run dirs are no longer read "
                         f"(this version reads {SCHEMA_VERSION}); re-run the training to get a loadable run dir")
     categories = trust.require(report, "categories", dict, str(run_dir.report))
+    try:  # training never writes such a pair; an export of one overwrote the other's
+        run_dir.check_categories(list(categories))
+    except UserError as exc:
+        raise UserError(f"{run_dir.report}: {exc}; not a run training wrote") from None
     inspectors = {}
     for name, entry in categories.items():
         where = f"{run_dir.report}: categories.{name}"
