@@ -54,8 +54,14 @@ def read_regular(path: Path, limit: int) -> bytes:
 CONTROL_FLOW = ("Loop", "If", "Scan", "SequenceMap")
 MAX_NODES = 100_000  # an export has a few thousand; 600,000 Identity nodes took 2.4 GB to load
 OUTSIDE_ARENA = ("NonZero", "Unique", "Compress", "NonMaxSuppression", "StringNormalizer", "StringSplit",
-                 "StringConcat", "RegexFullMatch", "TfIdfVectorizer")  # outputs sized by the data, off the arena
+                 "StringConcat", "RegexFullMatch", "TfIdfVectorizer",
+                 # sequences and optionals: each element an OrtValue outside the arena (8M scalars took 3 GB)
+                 "SplitToSequence", "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase",
+                 "SequenceAt", "SequenceLength", "ConcatFromSequence", "Optional", "OptionalGetElement",
+                 "OptionalHasElement")  # outputs sized by the data, off the arena
 STRING = 8  # TensorProto.STRING
+MAX_SIDE = 8192  # pixels per side of an exported model's input (pyimgano_hydra's MAX_SIDE)
+MAX_DECODED_BYTES = 256 << 20  # an image's decoded pixels (infer's default dataset.max_image_megabytes)
 MAX_SECONDS = 600  # one image's run; a forged chain of big MatMuls computed for hours
 
 
@@ -104,24 +110,33 @@ def check_ops(model: bytes) -> None:
             for field, _, item in _fields(value):
                 if field == 1:
                     nodes.append(item)
-                elif field == 5 and _is_string_tensor(item):
-                    raise ValueError("a string tensor; an exported model holds numbers only")
+                elif field in (5, 15):  # an initializer, a sparse one (values 1, indices 2)
+                    for tensor in [item] if field == 5 else [v for n, _, v in _fields(item) if n in (1, 2)]:
+                        _check_tensor(tensor)
     if len(nodes) > MAX_NODES:
         raise ValueError(f"{len(nodes)} nodes, more than the {MAX_NODES} an exported model may have")
     for node in nodes:
         fields = list(_fields(node))
         parts = {n: v for n, w, v in fields if w == 2 and n in (4, 7)}
         op, domain = parts.get(4, b"").decode(errors="replace"), parts.get(7, b"").decode(errors="replace")
-        attributes = [dict((n, v) for n, _, v in _fields(a)) for n, w, a in fields if n == 5 and w == 2]
-        strings = any(a.get(1) == b"to" and a.get(3) == STRING or isinstance(a.get(5), bytes) and
-                      _is_string_tensor(a[5]) for a in attributes)
+        attributes = [list(_fields(a)) for n, w, a in fields if n == 5 and w == 2]
+        for attribute in attributes:  # a Constant's tensor (t 5, tensors 10)
+            for tensor in (v for n, w, v in attribute if n in (5, 10) and w == 2):
+                _check_tensor(tensor)
+        strings = any((1, 2, b"to") in attribute and (3, 0, STRING) in attribute for attribute in attributes)
         if op in CONTROL_FLOW + OUTSIDE_ARENA or domain not in ("", "ai.onnx") or strings:
             raise ValueError(f"op {domain + '.' if domain else ''}{op[:40]} is not one an exported model uses "
                              "(control flow, custom, string or data-sized output)")
 
 
-def _is_string_tensor(tensor: bytes) -> bool:
-    return any(n == 2 and w == 0 and v == STRING for n, w, v in _fields(tensor))
+def _check_tensor(tensor: bytes) -> None:
+    """No string tensor (TensorProto.data_type 2) and no external data (external_data 13,
+    data_location 14): ONNX Runtime reads that from a path relative to the working dir."""
+    fields = list(_fields(tensor))
+    if (2, 0, STRING) in fields:
+        raise ValueError("a string tensor; an exported model holds numbers only")
+    if any(n == 13 or (n, w, v) == (14, 0, 1) for n, w, v in fields):
+        raise ValueError("a tensor stored as external data (a file beside it); an exported model holds its own")
 
 
 def session_options():
@@ -145,8 +160,9 @@ def load(artifacts: Path):
         fail(artifacts / "export.json", exc)
     if not math.isfinite(threshold):
         fail(artifacts / "export.json", f"image_threshold.value {threshold} is not a finite number")
-    if channels not in (1, 3) or len(size) != 2 or not all(1 <= n <= 16384 for n in size):
-        fail(artifacts / "export.json", f"channels {channels} / input_size {size}: expected 1 or 3 / two sizes in 1..16384")
+    if channels not in (1, 3) or len(size) != 2 or not all(1 <= n <= MAX_SIDE for n in size):
+        fail(artifacts / "export.json", f"channels {channels} / input_size {size}: expected 1 or 3 / two sizes in "
+                                        f"1..{MAX_SIDE}")
     try:
         model = read_regular(artifacts / "model.onnx", 2 << 30)  # ONNX protobufs stop at 2 GB
     except (OSError, ValueError) as exc:
@@ -170,12 +186,17 @@ def load(artifacts: Path):
 
 def read_image(path: Path, manifest: dict) -> np.ndarray:
     """uint8 (1, C, H, W) at the model's input size."""
-    image = Image.open(io.BytesIO(read_regular(path, 512 << 20)), formats=IMAGE_FORMATS)  # a FIFO: refused
-    with warnings.catch_warnings():  # Pillow warns once per broken EXIF tag (thousands of lines)
+    with warnings.catch_warnings():  # Pillow warns of big images (checked below) and once per broken EXIF tag
         warnings.simplefilter("ignore")
+        image = Image.open(io.BytesIO(read_regular(path, 512 << 20)), formats=IMAGE_FORMATS)  # a FIFO: refused
+        depth = 2 if "16" in image.mode else 4 if image.mode in ("I", "F") else 1
+        decoded = image.size[0] * image.size[1] * max(len(image.getbands()), 3) * depth
+        if decoded > MAX_DECODED_BYTES:  # from the header, as infer's dataset.max_image_megabytes
+            raise ValueError(f"{image.size[0]}x{image.size[1]} {image.mode} decodes to {decoded >> 20} MB, "
+                             f"over {MAX_DECODED_BYTES >> 20} MB")
         image = ImageOps.exif_transpose(image)  # as training and infer see it
     if image.mode.startswith("I;16"):  # 16-bit: 0..65535 -> rint(v / 257), as infer maps it
-        image = Image.fromarray(np.rint(np.asarray(image, dtype=np.float64) / 257.0).astype(np.uint8))
+        image = Image.fromarray(((np.asarray(image, dtype=np.uint32) + 128) // 257).astype(np.uint8))
     image = image.convert("L" if manifest["channels"] == 1 else "RGB")
     height, width = manifest["input_size"]
     if image.size != (width, height):

@@ -80,7 +80,9 @@ def _check_tensors(proto, where: Path) -> None:
             raise UserError(f"{where}: refused: sparse tensor {sparse.values.name[:80]!r} declares "
                             f"{list(sparse.dims)[:8]}, {limit}")
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+        # constant shape arguments are propagated without data_prop, which held each doubled
+        # Concat of a Shape as protobuf dims (22 such nodes: 2.9 GB)
+        inferred = onnx.shape_inference.infer_shapes(proto)
     except Exception:  # an invalid graph: ONNX Runtime refuses it below
         inferred = proto
     for value in _messages(inferred, ValueInfoProto):
@@ -96,7 +98,11 @@ def _check_tensors(proto, where: Path) -> None:
 CONTROL_FLOW = ("Loop", "If", "Scan", "SequenceMap")
 # Ops whose output size comes from the data and is built outside the capped arena (NonZero's indices)
 OUTSIDE_ARENA = ("NonZero", "Unique", "Compress", "NonMaxSuppression", "StringNormalizer", "StringSplit",
-                 "StringConcat", "RegexFullMatch", "TfIdfVectorizer")
+                 "StringConcat", "RegexFullMatch", "TfIdfVectorizer",
+                 # sequences and optionals: each element an OrtValue outside the arena (8M scalars took 3 GB)
+                 "SplitToSequence", "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase",
+                 "SequenceAt", "SequenceLength", "ConcatFromSequence", "Optional", "OptionalGetElement",
+                 "OptionalHasElement")
 MAX_NODES = 100_000  # an export has a few thousand; 600,000 Identity nodes took 2.4 GB to load
 _ARENA: list[int] = []  # ONNX Runtime takes one shared CPU arena per process: its cap, once set
 

@@ -10,6 +10,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Optional
 
 from pyimgano_hydra.errors import UserError, check
+from pyimgano_hydra.schemas.dataset import MAX_SIDE
 
 FORMATS = ("onnx",)
 RUNTIMES = ("torch", "onnxruntime")
@@ -78,8 +79,8 @@ class ExportManifest:
         if manifest.model_file != MODEL_FILE:
             raise UserError(f"{where}: model_file must be {MODEL_FILE!r}, got {manifest.model_file!r}")
         size = manifest.input_size
-        if len(size) != 2 or not all(type(v) is int and 1 <= v <= 65536 for v in size):
-            raise UserError(f"{where}: input_size must be [height, width] of positive ints")
+        if len(size) != 2 or not all(type(v) is int and 1 <= v <= MAX_SIDE for v in size):
+            raise UserError(f"{where}: input_size must be [height, width] of ints in 1..{MAX_SIDE}")
         if manifest.channels not in (1, 3):
             raise UserError(f"{where}: channels must be 1 or 3")
         trust.finite(manifest.image_threshold.get("value"), f"{where}: image_threshold.value")
