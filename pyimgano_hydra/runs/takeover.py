@@ -107,8 +107,9 @@ def finished_categories(run_dir: RunDir, categories: list[str]) -> dict[str, Cat
         result = category_result(record, out.report, category)
         named = [result.extra.get("inspector"), *result.extra.get("plots", []), *result.extra.get("overlays", [])]
         gone = next((name for name in named if name and not (out.root / name).is_file()), None)
-        if gone is None and result.extra.get("inspector") and not _loadable(out.root / result.extra["inspector"]):
-            gone = result.extra["inspector"]
+        inspector = result.extra.get("inspector")
+        if gone is None and inspector and (inspector != out.inspector.name or not _loadable(out.inspector)):
+            gone = inspector  # the run records the standard inspector.pt: another file kept it, none there
         if gone is not None:  # deleted or broken since: the report alone is no finished category
             log.warning("%s names %s, which is missing or unreadable: category %s is redone", out.report, gone,
                         category)
