@@ -138,8 +138,8 @@ def read_entry(path: Path) -> ArrayDict | None:
                     return None
         with np.load(io.BytesIO(data), allow_pickle=False) as stored:
             return {name: stored[name] for name in stored.files}
-    except (UserError, OSError, ValueError, EOFError, zipfile.BadZipFile):
-        return None
+    except (UserError, OSError, ValueError, EOFError, zipfile.BadZipFile, RuntimeError, NotImplementedError):
+        return None  # RuntimeError: an entry flagged encrypted; NotImplementedError: an unknown zip feature
 
 
 def _signature(arrays: ArrayDict) -> tuple:
@@ -175,11 +175,12 @@ class FeatureCache:
         self.enabled = False
 
     def own_folder(self, folder: Path) -> bool:
-        """``folder`` (an entry folder, ``.locks``, ``backbones``) is the cache's own, not a symlink: a
-        prepared cache linked its folders into a completed run, and entries were written there. A
-        linked one turns the cache off (``_off``)."""
-        if folder.is_symlink():
-            self._off(OSError(f"{folder} is a symlink; the cache writes only into its own folders"))
+        """``folder`` (an entry folder, ``.locks``, ``backbones``) and the (resolved) root are the
+        cache's own, not symlinks: a prepared cache linked its folders into a completed run, and
+        entries were written there. A linked one turns the cache off (``_off``)."""
+        linked = next((f for f in (self.root, folder) if f.is_symlink()), None)
+        if linked is not None:
+            self._off(OSError(f"{linked} is a symlink; the cache writes only into its own folders"))
             return False
         return True
 
@@ -383,7 +384,9 @@ def open_cache(enabled: bool = True, dir: str | Path | None = None, max_gb: floa
     if not enabled:
         return None
     check(bool(dir), "cache.dir", "must name a folder (or set cache.enabled=false)")
-    return FeatureCache(Path(str(dir)).expanduser(), max_bytes=int(max_gb * 1024**3) if max_gb else None)
+    # resolved once: a shared cache.dir link re-pointed at a completed run while the run ran wrote into it
+    root = Path(os.path.realpath(Path(str(dir)).expanduser()))
+    return FeatureCache(root, max_bytes=int(max_gb * 1024**3) if max_gb else None)
 
 
 def active_cache() -> FeatureCache | None:
