@@ -141,7 +141,14 @@ def one_line_errors() -> Iterator[None]:
     except SystemExit as exc:
         sys.stderr = real
         if catcher.held and exc.code not in (0, None):
-            print(fold_error("".join(catcher.held)), file=real)
+            line = fold_error("".join(catcher.held))
+            if "Unable to configure" in line:  # logging.config's words: only hydra.job_logging reaches it
+                line = line.replace("error: ", "error: hydra.job_logging: ", 1) + "; fix that logging config"
+            print(line, file=real)
+            from pyimgano_hydra.interrupt import mark_unstarted_runs
+            from pyimgano_hydra.runs.status import FAILED
+
+            mark_unstarted_runs(FAILED, f"failed ({line[len('error: '):][:300]})")  # claimed, then Hydra failed
         raise
     finally:
         sys.stderr = real

@@ -22,6 +22,7 @@ _RAISED = []  # an interrupt was raised: later signals must not break the cleanu
 CLAIMED: list = []  # (run dir, config hash) claimed by runs/claim.py in this process
 COMPLETED: list = []  # the run of this process (the last one started) was recorded completed
 _PENDING: list = []  # signals that arrived inside ``interrupts_deferred``
+ON_INTERRUPT: list = []  # callables run once an interrupted run is recorded (a sweep's leaderboard)
 
 
 def _raise_once(signum, frame):
@@ -30,15 +31,22 @@ def _raise_once(signum, frame):
         raise Interrupted(signum)
 
 
-def _mark_unstarted_run(signum: int) -> None:
-    """A run interrupted after its claim but before it wrote status.json is marked interrupted."""
-    from pyimgano_hydra.runs.status import INTERRUPTED, write_status
+def mark_unstarted_runs(status: str, why: str) -> None:
+    """Runs claimed by this process that never wrote status.json are recorded ``status``: a run
+    interrupted or failed (Hydra's job log config) after its claim but before the app started."""
+    from pyimgano_hydra.runs.status import write_status
 
     for run_dir, config_hash in CLAIMED:
-        status = run_dir / "status.json"
-        if not status.exists():
-            write_status(status, INTERRUPTED, error=f"interrupted ({signal.Signals(signum).name}) before it started",
-                         config_hash=config_hash)
+        path = run_dir / "status.json"
+        if not path.exists():
+            what = "before it started" if config_hash is not None else "(the sweep; see leaderboard.json)"
+            write_status(path, status, error=f"{why} {what}", config_hash=config_hash)
+
+
+def _mark_unstarted_run(signum: int) -> None:
+    from pyimgano_hydra.runs.status import INTERRUPTED
+
+    mark_unstarted_runs(INTERRUPTED, f"interrupted ({signal.Signals(signum).name})")
 
 
 def _mark_abandoned_jobs(signum: int, wait_s: float = 5.0, limit: int = 10000) -> None:
@@ -146,6 +154,11 @@ def exit_on_interrupt(what: str, recorded: bool = True) -> Iterator[None]:
         signum = getattr(exc, "signum", int(signal.SIGINT))
         _mark_unstarted_run(signum)
         _mark_abandoned_jobs(signum)
+        for hook in ON_INTERRUPT:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - the one line and the exit code come first
+                pass
         done = bool(COMPLETED)
         state = ("had completed (its status.json says so)" if done else
                  "stopped; what it had written is complete, what it had not is absent" if not recorded else

@@ -24,6 +24,7 @@ from pyimgano_hydra import RUN_RECORD_FILES
 from pyimgano_hydra.errors import UserError, console_line, refuse
 from pyimgano_hydra.files import open_regular
 from pyimgano_hydra.interrupt import CLAIMED
+from pyimgano_hydra.runs.layout import pin_sweep_dir
 from pyimgano_hydra.runs.status import utc_now
 from pyimgano_hydra.sweep.job_dirs import check_subdir, probe_subdir, swept_values
 
@@ -230,6 +231,7 @@ class ClaimRunDir(Callback):
         _check_sweep_files(config)
         _check_launcher_cwd(config)
         claim(Path(str(config.hydra.sweep.dir)), resumable=False, key="hydra.sweep.dir", empty=True)
+        pin_sweep_dir(Path(str(config.hydra.sweep.dir)))  # each job's dir name checks it (sweep/naming.py)
 
 
 class NoHydraRecord(Callback):

@@ -25,6 +25,36 @@ def category_dir_name(name: str) -> str:
     return f"{safe[:100]}-{hashlib.sha256(str(name).encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
+SWEEP_PIN_ENV = "PYIMGANO_SWEEP_DIR_PIN"  # "<dev>:<inode>:<path>" of the claimed sweep dir, for every job
+
+
+def pin_sweep_dir(path: Path) -> None:
+    """Remember the claimed sweep dir's identity for its jobs (this process and the workers it
+    starts, which inherit the environment)."""
+    import os
+
+    info = os.stat(path, follow_symlinks=False)
+    os.environ[SWEEP_PIN_ENV] = f"{info.st_dev}:{info.st_ino}:{os.path.abspath(path)}"
+
+
+def sweep_dir_swapped(path: Path) -> str | None:
+    """Why ``path`` is no longer the sweep dir this sweep claimed (renamed and replaced by a link:
+    the next job ran inside a completed run), or None (same dir, or no pin for it)."""
+    import os
+
+    dev, _, rest = os.environ.get(SWEEP_PIN_ENV, "").partition(":")
+    ino, _, pinned = rest.partition(":")
+    if not pinned or pinned != os.path.abspath(path):
+        return None
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return f"{path} is gone"
+    if f"{info.st_dev}:{info.st_ino}" != f"{dev}:{ino}":
+        return f"{path} was moved or replaced by a link while the sweep ran"
+    return None
+
+
 @dataclass(frozen=True)
 class RunDir:
     root: Path

@@ -16,8 +16,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pyimgano_hydra import interrupt
 from pyimgano_hydra.errors import UserError
-from pyimgano_hydra.runs.layout import RunDir
+from pyimgano_hydra.runs.layout import RunDir, sweep_dir_swapped
 from pyimgano_hydra.runs.status import FAILED, write_status
 from pyimgano_hydra.sweep.leaderboard import main_value, write_leaderboard
 from pyimgano_hydra.resolvers import register_resolvers
@@ -89,6 +90,10 @@ class LeaderboardCallback(Callback):
     def write(self, root: Path, final: bool = False) -> dict | None:
         from filelock import FileLock, Timeout
 
+        swapped = sweep_dir_swapped(root)
+        if swapped:
+            log.warning("leaderboard not written: %s", swapped)
+            return None
         root.mkdir(parents=True, exist_ok=True)
         now = time.monotonic()
         chart = self.chart and (final or self._charted_at is None or now - self._charted_at >= self.chart_every_s)
@@ -111,6 +116,7 @@ class LeaderboardCallback(Callback):
         root.mkdir(parents=True, exist_ok=True)
         plan = planned_jobs(config)
         record = write_sweep_file(root, config, extra={"planned": plan} if plan is not None else None)
+        interrupt.ON_INTERRUPT.append(lambda: self.write(root, final=True))  # the board shows the job stopped
         log.info("sweep varies %s; leaderboard: %s", ", ".join(record["varying"]) or "nothing",
                  root / "leaderboard.md")
 

@@ -11,7 +11,6 @@ keys' values from the job's own overrides, file-safe, key names stripped
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.runs.writers import read_json, write_json_atomic
 
 SWEEP_FILE = "sweep.json"
@@ -105,7 +105,13 @@ def read_sweep_file(sweep_dir: str | Path) -> dict | None:
 
 
 def job_dir_resolver(num: Any, sweep_dir: Any, overrides: Any) -> str:
-    """``${pyimgano_job_dir:...}``: the job's folder name (registered by ``pyimgano_hydra.resolvers``)."""
+    """``${pyimgano_job_dir:...}``: the job's folder name (registered by ``pyimgano_hydra.resolvers``);
+    Hydra resolves it right before it makes the job's dir, so a swapped sweep dir stops the sweep there."""
+    from pyimgano_hydra.runs.layout import sweep_dir_swapped
+
+    swapped = sweep_dir_swapped(Path(str(sweep_dir)))
+    if swapped:
+        raise UserError(f"hydra.sweep.dir: {swapped}; a sweep never writes through it: start it again")
     record = read_sweep_file(str(sweep_dir))
     items = list(overrides) if isinstance(overrides, (ListConfig, list, tuple)) else []
     return job_name(num, [str(o) for o in items], record.get("varying") if record else None)
