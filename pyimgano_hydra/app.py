@@ -221,7 +221,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
         if run_dir.identity() != pinned:  # its status.json is no longer this run's to write
             raise
         # SystemExit: submitit requeued the job (preemption / timeout) and ends this attempt
-        reason = f"exit {exc.code}" if isinstance(exc, SystemExit) else (exc or "SIGINT")
+        reason = f"exit {exc.code}" if isinstance(exc, SystemExit) else (str(exc) or "SIGINT")
         write_status(run_dir.status, INTERRUPTED, error=f"interrupted ({reason})", config_hash=cfg_hash,
                      **owner())
         raise

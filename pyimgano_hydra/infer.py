@@ -166,7 +166,7 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
                            "images_with_defects": sum(1 for r in records if r.get("defects", {}).get("n_regions"))}}
             write_json_atomic(out / "summary.json", summary)
     except KeyboardInterrupt as exc:
-        write_status(out / "status.json", INTERRUPTED, error=f"interrupted ({exc or 'SIGINT'})")
+        write_status(out / "status.json", INTERRUPTED, error=f"interrupted ({str(exc) or 'SIGINT'})")
         raise
     except BaseException as exc:
         write_status(out / "status.json", FAILED, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
