@@ -46,3 +46,20 @@ def test_own_config_folders_and_plain_paths_pass(tmp_path):
     check_config_arguments(["--config-dir", str(tmp_path / "mine"), f"hydra.searchpath=[file://{tmp_path / 'mine'}]",
                             "experiment=mtd_tuned", "dataset.root=../data", "hydra.run.dir=../out",
                             "model=patchcore,padim", "--multirun"])
+
+
+@pytest.mark.parametrize("module", ["pyimgano_hydra", "pyimgano_hydra.infer", "pyimgano_hydra.export"])
+def test_every_entry_point_refuses_a_config_path_in_a_run_dir_before_composing(received, tmp_path, module):
+    """``-cp <run>/.hydra -cn config`` made Hydra compose the run dir's own config (its callbacks and
+    ``_target_`` entries instantiated): refused in one line before Hydra starts, nothing written."""
+    from conftest import run_cli
+
+    marker = tmp_path / "PWNED"
+    (received / ".hydra" / "config.yaml").write_text(
+        f"hydra:\n  callbacks:\n    evil:\n      _target_: pathlib.Path.touch\n      self: {marker}\n")
+    before = sorted(p.name for p in received.rglob("*"))
+    proc = run_cli(["-cp", str(received / ".hydra"), "-cn", "config", f"+run_dir={received}"], module=module,
+                   cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-500:]
+    assert "--config-path" in proc.stderr and "lies in a run dir" in proc.stderr, proc.stderr
+    assert not marker.exists() and sorted(p.name for p in received.rglob("*")) == before
