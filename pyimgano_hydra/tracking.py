@@ -70,14 +70,22 @@ class MlflowCallback(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
         from urllib.parse import urlparse
 
-        from pyimgano_hydra.runs.claim import foreign_run
+        from pyimgano_hydra.runs.claim import foreign_run, sqlite_path
 
         run_dir = RunDir(Path(config.hydra.runtime.output_dir))
         uri = self.tracking_uri or Path("outputs/mlruns").resolve().as_uri()
-        outer = foreign_run(Path(urlparse(uri).path), run_dir.root) if uri.startswith("file:") else None
-        if outer is not None:  # started inside a completed run, the default store landed in it
-            log.warning("mlflow: not logged: the store %s lies inside the run dir %s, which a run never writes "
-                        "into; set hydra.callbacks.mlflow.tracking_uri", urlparse(uri).path, outer)
+        database = sqlite_path(uri)[1]
+        # what MLflow writes: a file store, an sqlite file, and a database store's default artifact
+        # root ./mlruns (started inside a completed run, log_artifacts copied the new run into it)
+        store = (urlparse(uri).path if uri.startswith("file:") else database if database is not None
+                 else uri if "://" not in uri else None)
+        places = [Path(store)] if store else []
+        if database is not None or uri.startswith(("postgresql", "mysql", "mssql")):
+            places.append(Path("mlruns").absolute())
+        outer = next(((p, o) for p in places if (o := foreign_run(p, run_dir.root)) is not None), None)
+        if outer is not None:
+            log.warning("mlflow: not logged: %s lies inside the run dir %s, which a run never writes into; set "
+                        "hydra.callbacks.mlflow.tracking_uri (and start from a folder of your own)", *outer)
             return
         mlflow = self._mlflow()
         report = read_json(run_dir.report) if run_dir.report.is_file() else {}

@@ -290,6 +290,18 @@ def _check_launcher_cwd(config: DictConfig) -> None:
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
+def sqlite_path(url: str) -> tuple[str, str | None]:
+    """(``sqlite:///`` prefix, database file path) of an SQLAlchemy SQLite URL in any spelling
+    (``sqlite+pysqlite:///``, SQLite's ``file:<path>?uri=true`` form); (``""``, None) otherwise."""
+    database = re.match(r"sqlite(\+\w+)?:///", url)  # sqlite+pysqlite:/// is the same file
+    if database is None:
+        return "", None
+    value = url[database.end():]
+    if value.startswith("file:"):  # SQLite's URI form: file:<path>?<options>
+        value = value[len("file:"):].split("?", 1)[0]
+    return database.group(0), value
+
+
 def _check_sweep_files(config: DictConfig) -> None:
     """What a launcher or sweeper writes besides the job dirs (submitit's job pickles and logs, Ray's
     session tree, an Optuna sqlite study) lies in no other run dir; a study file that exists is a regular sqlite file
@@ -307,19 +319,16 @@ def _check_sweep_files(config: DictConfig) -> None:
         if not isinstance(value, str):
             continue
         if key.endswith("storage"):
-            database = re.match(r"sqlite(\+\w+)?:///", value)  # sqlite+pysqlite:/// is the same file
-            if database is None:
+            scheme, value = sqlite_path(value)
+            if value is None:
                 continue
-            value = value[database.end():]
-            if value.startswith("file:"):  # SQLite's URI form: file:<path>?<options>
-                value = value[len("file:"):].split("?", 1)[0]
         path = Path(value.split("%", 1)[0])  # submitit's %j (job id) names folders made later
         try:
             refuse_foreign(key, value, own, what)
             if key.endswith("storage") and os.path.lexists(path):
                 head = _head(path)
                 if head and head != SQLITE_MAGIC:
-                    raise UserError(f"{key}={database.group(0)}{value}: is not an SQLite database; "
+                    raise UserError(f"{key}={scheme}{value}: is not an SQLite database; "
                                     "name a new file or an Optuna study database")
         except UserError as exc:
             refuse(str(exc) if str(exc).startswith(key) else f"{key}={value}: {exc}")
