@@ -30,3 +30,18 @@ def open_regular(path: str | Path, advice: str, error: type[UserError] = UserErr
         handle.close()
         raise
     return handle
+
+
+def read_text(path: str | Path, limit: int, advice: str, error: type[UserError] = UserError,
+              encoding: str = "utf-8") -> str:
+    """A regular text file of at most ``limit`` bytes, decoded; otherwise ``error`` naming it and
+    ending with ``advice`` (a 2 GB sparse CSV was read as one line; bytes that are not text gave a
+    decoder error naming no file)."""
+    with open_regular(path, advice, error) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{path}: larger than {limit >> 20} MB; {advice}")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not {encoding} text (byte {exc.start}); {advice}") from None

@@ -25,7 +25,8 @@ import numpy as np
 
 from pyimgano_hydra.data.images import write_png
 from pyimgano_hydra.data.mvtec import MVTecDataset
-from pyimgano_hydra.errors import DataError
+from pyimgano_hydra.errors import DataError, UserError
+from pyimgano_hydra.files import read_text
 
 GENERATOR_VERSION = 2
 GENERATOR_SEED = 20240611
@@ -242,9 +243,9 @@ def ensure_generated(root: str | Path, image_size: int = 256, n_train: int = 40,
     final = root / key
 
     def complete() -> bool:
-        try:
-            return json.loads((final / STAMP_FILE).read_text()) == params
-        except (OSError, ValueError):
+        try:  # the cache may be shared: a FIFO stamp hung the run
+            return json.loads(read_text(final / STAMP_FILE, 1 << 16, "regenerated")) == params
+        except (OSError, ValueError, UserError):
             return False
 
     if complete():

@@ -7,17 +7,20 @@ relative to root.
 from __future__ import annotations
 
 import csv
+import io
 from typing import Any
 
 from pyimgano_hydra.data.base import ImageDataset
 from pyimgano_hydra.data.sample import ANOMALOUS, NORMAL, CategorySplit, Sample
 from pyimgano_hydra.errors import DataError
+from pyimgano_hydra.files import read_text
 
 VISA_CATEGORIES = (
     "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2",
     "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
 )
 CSV_COLUMNS = ("object", "split", "label", "image", "mask")
+MAX_CSV_BYTES = 64 << 20  # VisA's own 1cls.csv is ~1 MB
 
 
 class VisaDataset(ImageDataset):
@@ -45,15 +48,18 @@ class VisaDataset(ImageDataset):
             if not path.is_file():
                 raise DataError(f"{path}: VisA split CSV not found; expected the visa layout: "
                                 f"{self.expected_layout}")
-            with open(path, newline="", encoding="utf-8-sig") as fh:
-                reader = csv.DictReader(fh)
+            advice = f"expected VisA's split CSV with the header {','.join(CSV_COLUMNS)}"
+            text = read_text(path, MAX_CSV_BYTES, advice, DataError, encoding="utf-8-sig")
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            try:
                 header = [h.strip() for h in (reader.fieldnames or [])]
                 missing = [c for c in CSV_COLUMNS if c not in header]
                 if missing:
-                    raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected "
-                                    f"the header {','.join(CSV_COLUMNS)}")
+                    raise DataError(f"{path}: missing column(s) {', '.join(missing)}; {advice}")
                 self._rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k}
                               for row in reader]
+            except csv.Error as exc:
+                raise DataError(f"{path}: not a readable CSV (line {reader.line_num}: {exc}); {advice}") from None
         return self._rows
 
     def discover(self) -> list[str]:
