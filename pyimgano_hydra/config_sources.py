@@ -20,6 +20,7 @@ _LONG_FLAGS = {"--config-path": "--config-path", "--config-dir": "--config-dir",
 _SHORT_FLAGS = {"-cp": "--config-path", "-cd": "--config-dir", "-cn": "--config-name"}
 _UP_OR_ROOT = re.compile(r"(^|[/\\,\[\](){}\s'\"=:])(\.\.([/\\,\])}\s'\"]|$)|/)")
 _ADVICE = "copy the configs you trust to a folder of your own"
+MAX_WALKED = 20000  # entries of a config folder checked for run dirs and links into them
 
 
 def source_folders(source: str, relative_to: Iterable[Path] = ()) -> list[str]:
@@ -40,11 +41,34 @@ def source_folders(source: str, relative_to: Iterable[Path] = ()) -> list[str]:
     return [os.path.realpath(os.path.join(base, path)) for base in (Path.cwd(), *relative_to)]
 
 
+def _run_in_tree(folder: str, limit: int = MAX_WALKED) -> str | None:
+    """A run dir inside ``folder``, or a link in it leading into one (a preset linked to a run dir's
+    YAML, a received run saved among the presets): Hydra composes what it finds there."""
+    from pyimgano_hydra import RUN_RECORD_FILES
+
+    seen = 0
+    for parent, dirs, files in os.walk(folder):
+        seen += len(dirs) + len(files)
+        if seen > limit:
+            return None
+        if any(name in files or name in dirs for name in RUN_RECORD_FILES):
+            return parent
+        for name in dirs + files:
+            path = os.path.join(parent, name)
+            if os.path.islink(path) and _inside_a_run_dir(os.path.realpath(path)):
+                return path
+    return None
+
+
 def check_source(key: str, source: str, relative_to: Iterable[Path] = ()) -> None:
-    """``UserError`` naming ``key`` when ``source`` may read a folder in a run dir."""
+    """``UserError`` naming ``key`` when ``source`` may read a folder in a run dir, holds one, or
+    links into one."""
     for folder in source_folders(source, relative_to):
-        if os.path.exists(folder) and _inside_a_run_dir(folder):
-            raise UserError(f"{key}={console_line(source)}: lies in a run dir ({console_line(folder)}), whose YAML "
+        if not os.path.exists(folder):
+            continue
+        found = folder if _inside_a_run_dir(folder) else _run_in_tree(folder) if os.path.isdir(folder) else None
+        if found:
+            raise UserError(f"{key}={console_line(source)}: reads a run dir ({console_line(found)}), whose YAML "
                             f"would be composed and instantiated; {_ADVICE}")
 
 

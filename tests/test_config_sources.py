@@ -18,7 +18,7 @@ def received(tmp_path):
 @pytest.mark.parametrize("form", ["--config-dir={}", "--config-d={}", "-cd={}", "-cd{}", "--config-path={}/.hydra",
                                   "-cp{}/.hydra", "hydra.searchpath=[file://{}]", "+hydra.searchpath=['{}']"])
 def test_a_config_folder_in_a_run_dir_is_refused_in_any_spelling(received, form):
-    with pytest.raises(UserError, match="lies in a run dir"):
+    with pytest.raises(UserError, match="reads a run dir"):
         check_config_arguments(form.format(received).split(" "))
 
 
@@ -61,5 +61,21 @@ def test_every_entry_point_refuses_a_config_path_in_a_run_dir_before_composing(r
     proc = run_cli(["-cp", str(received / ".hydra"), "-cn", "config", f"+run_dir={received}"], module=module,
                    cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-500:]
-    assert "--config-path" in proc.stderr and "lies in a run dir" in proc.stderr, proc.stderr
+    assert "--config-path" in proc.stderr and "reads a run dir" in proc.stderr, proc.stderr
     assert not marker.exists() and sorted(p.name for p in received.rglob("*")) == before
+
+
+def test_a_config_folder_holding_a_run_dir_or_a_link_into_one_is_refused(received, tmp_path):
+    """A preset linked to a run dir's YAML, or a received run saved among the presets, would be
+    composed through the user's own (trusted) config folder."""
+    mine = tmp_path / "mine"
+    (mine / "experiment").mkdir(parents=True)
+    check_config_arguments(["--config-dir", str(mine)])
+    (mine / "experiment" / "x.yaml").symlink_to(received / ".hydra" / "config.yaml")
+    with pytest.raises(UserError, match="reads a run dir .*x.yaml"):
+        check_config_arguments(["--config-dir", str(mine)])
+    (mine / "experiment" / "x.yaml").unlink()
+    (mine / "experiment" / "recv").mkdir()
+    (mine / "experiment" / "recv" / "report.json").write_text("{}")
+    with pytest.raises(UserError, match="reads a run dir .*recv"):
+        check_config_arguments([f"hydra.searchpath=[file://{mine}]"])
