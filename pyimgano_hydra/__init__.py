@@ -38,6 +38,10 @@ def _no_imports_from_a_run_dir() -> None:
     import os
     import sys
 
+    if os.path.lexists(".numba_config.yaml") and "NUMBA_CACHE_DIR" not in os.environ:
+        # numba reads it from the working dir (env vars win): its cache_dir pointed numba at a run
+        # dir's pickled cache index, which numba unpickles
+        os.environ["NUMBA_CACHE_DIR"] = os.path.join(os.path.expanduser("~"), ".cache", "pyimgano_hydra", "numba")
     module = _module_argument(list(getattr(sys, "orig_argv", [])))
     parts = (module or "").split(".")
     if _inside_a_run_dir(os.getcwd()):
@@ -49,6 +53,12 @@ def _no_imports_from_a_run_dir() -> None:
     if not app and parts[:2] not in (["pyimgano_hydra", "infer"], ["pyimgano_hydra", "export"]):
         return
     cwd = os.getcwd()
+    # nor a PYTHONPATH entry inside a run dir (a relative PYTHONPATH=src read a run dir's src/torch.py)
+    sys.path[:] = [p for p in sys.path if not (p and _inside_a_run_dir(os.path.abspath(p)))]
+    if os.environ.get("PYTHONPATH"):  # child Pythons resolve it against their own working dir
+        entries = [os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p]
+        kept = [p for p in entries if not _inside_a_run_dir(p)]
+        os.environ["PYTHONPATH"] = os.pathsep.join(kept)
     if os.path.dirname(os.path.dirname(os.path.abspath(__file__))) == cwd:
         return
     if app and not _inside_a_run_dir(cwd):  # the app keeps a project's own modules (custom detectors)

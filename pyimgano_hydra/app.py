@@ -4,8 +4,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -133,12 +134,36 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
     cfg_hash = config_hash(cfg)
     resuming = may_take_over(run_dir, cfg_hash)
     run_dir.root.mkdir(parents=True, exist_ok=True)
-    with run_log(run_dir.root):
-        return _run(cfg, run_dir, overrides, choices, cfg_hash, resuming)
+    with run_log(run_dir.root), _held(run_dir.root) as own_folder:
+        return _run(cfg, run_dir, overrides, choices, cfg_hash, resuming, own_folder)
+
+
+@contextmanager
+def _held(folder: Path) -> Iterator[Path | None]:
+    """The run's folder itself, whatever its path leads to later (``/proc/self/fd``): a run dir
+    moved away mid-run was left ``running``, its status now written there. None without /proc."""
+    import os
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        proc = Path(f"/proc/self/fd/{fd}")
+        yield proc if proc.is_dir() else None
+    finally:
+        os.close(fd)
+
+
+def _record_moved(own_folder: Path | None, state: str, error: str, **fields) -> None:
+    """Record the end of a run whose dir was moved or replaced by a link, in its own folder only."""
+    if own_folder is not None:
+        try:
+            write_status(own_folder / "status.json", state, error=f"{error} (its dir was moved or made a link)",
+                         **fields)
+        except OSError:
+            pass
 
 
 def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: dict | None,
-         cfg_hash: str, resuming: bool) -> dict:
+         cfg_hash: str, resuming: bool, own_folder: Path | None = None) -> dict:
     started = time.perf_counter()
     pinned = run_dir.identity()  # where this run writes; a swap for a link later stops it
 
@@ -218,17 +243,19 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
         )
         still_here()
     except (KeyboardInterrupt, SystemExit) as exc:
-        if run_dir.identity() != pinned:  # its status.json is no longer this run's to write
-            raise
         # SystemExit: submitit requeued the job (preemption / timeout) and ends this attempt
         reason = f"exit {exc.code}" if isinstance(exc, SystemExit) else (str(exc) or "SIGINT")
+        if run_dir.identity() != pinned:  # its status.json path is no longer this run's to write
+            _record_moved(own_folder, INTERRUPTED, f"interrupted ({reason})", config_hash=cfg_hash)
+            raise
         write_status(run_dir.status, INTERRUPTED, error=f"interrupted ({reason})", config_hash=cfg_hash,
                      **owner())
         raise
     except BaseException as exc:
-        if run_dir.identity() != pinned:
-            raise
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if run_dir.identity() != pinned:
+            _record_moved(own_folder, FAILED, line)
+            raise
         write_status(run_dir.status, FAILED, error=line)
         report.update(status=FAILED, error=line)
         write_json_atomic(run_dir.report, report)
@@ -238,6 +265,8 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
         write_status(run_dir.status, COMPLETED)  # report.json is the result; the HTML view cannot lose it
         interrupt.COMPLETED.append(run_dir.root)
     try:
+        if run_dir.swapped(pinned):  # recorded completed in its own folder; nothing written through a link
+            raise RunDirSwapped(run_dir.swapped(pinned))
         write_report_html(run_dir.root / "report.html", report, OmegaConf.to_container(cfg, resolve=True))
     except Exception as exc:  # noqa: BLE001
         log.warning("report.html not written (%s: %s); report.json holds the results", type(exc).__name__, exc)

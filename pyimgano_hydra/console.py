@@ -126,12 +126,28 @@ def user_errors_exit() -> Iterator[None]:
         sys.exit(exc.exit_code)
 
 
+def _record_unstarted_failure(error: str) -> None:
+    """A run (or sweep job) claimed and then failed by Hydra before the app recorded it: status failed."""
+    from pyimgano_hydra.interrupt import mark_unstarted_runs
+    from pyimgano_hydra.runs.status import FAILED
+
+    mark_unstarted_runs(FAILED, f"failed ({error[:300]})")
+
+
 @contextmanager
 def one_line_errors() -> Iterator[None]:
     """Run a Hydra entry point; on failure print one line and exit with the same code."""
     tolerant_console()
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        yield
+        try:
+            yield
+        except SystemExit as exc:
+            if exc.code not in (0, None):
+                _record_unstarted_failure(f"exit {exc.code}")
+            raise
+        except Exception as exc:
+            _record_unstarted_failure(f"{type(exc).__name__}: {str(exc).strip()[:200]}")
+            raise
         return
     real = sys.stderr
     catcher = _HydraReportCatcher(real)
@@ -145,10 +161,7 @@ def one_line_errors() -> Iterator[None]:
             if "Unable to configure" in line:  # logging.config's words: only hydra.job_logging reaches it
                 line = line.replace("error: ", "error: hydra.job_logging: ", 1) + "; fix that logging config"
             print(line, file=real)
-            from pyimgano_hydra.interrupt import mark_unstarted_runs
-            from pyimgano_hydra.runs.status import FAILED
-
-            mark_unstarted_runs(FAILED, f"failed ({line[len('error: '):][:300]})")  # claimed, then Hydra failed
+            _record_unstarted_failure(line[len("error: "):])
         raise
     finally:
         sys.stderr = real

@@ -34,13 +34,34 @@ def _raise_once(signum, frame):
 def mark_unstarted_runs(status: str, why: str) -> None:
     """Runs claimed by this process that never wrote status.json are recorded ``status``: a run
     interrupted or failed (Hydra's job log config) after its claim but before the app started."""
+    from pyimgano_hydra.runs.layout import sweep_dir_swapped
     from pyimgano_hydra.runs.status import write_status
 
     for run_dir, config_hash in CLAIMED:
+        if config_hash is None and sweep_dir_swapped(run_dir):  # never through a link to another run
+            continue
         path = run_dir / "status.json"
         if not path.exists():
             what = "before it started" if config_hash is not None else "(the sweep; see leaderboard.json)"
             write_status(path, status, error=f"{why} {what}", config_hash=config_hash)
+        if config_hash is None:  # a sweep: job dirs Hydra made (its record written) before the app ran
+            for job in _job_dirs(run_dir):
+                if not (job / "status.json").exists():
+                    write_status(job / "status.json", status, error=f"{why} before the job started")
+
+
+def _job_dirs(sweep_dir: Path, limit: int = 10000) -> Iterator[Path]:
+    """Folders under a sweep dir holding a Hydra job record (``.hydra/``), not following links."""
+    import os
+
+    seen = 0
+    for folder, dirs, _ in os.walk(sweep_dir):
+        seen += 1
+        if seen > limit:
+            return
+        if ".hydra" in dirs and Path(folder) != sweep_dir:
+            yield Path(folder)
+        dirs[:] = [d for d in dirs if d not in ("categories", ".hydra", ".submitit")]
 
 
 def _mark_unstarted_run(signum: int) -> None:
@@ -61,9 +82,11 @@ def _mark_abandoned_jobs(signum: int, wait_s: float = 5.0, limit: int = 10000) -
     from pyimgano_hydra.runs.status import INTERRUPTED, RUNNING, owner_gone, write_status
     from pyimgano_hydra.runs.trust import read_json_file
 
+    from pyimgano_hydra.runs.layout import sweep_dir_swapped
+
     deadline = time.monotonic() + wait_s
     for sweep_dir, config_hash in CLAIMED:
-        if config_hash is not None:  # a single run: its own handler marked it
+        if config_hash is not None or sweep_dir_swapped(sweep_dir):  # a single run: its own handler marked it
             continue
         seen = 0
         for folder, dirs, files in os.walk(sweep_dir):

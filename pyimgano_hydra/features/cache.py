@@ -152,6 +152,7 @@ class FeatureCache:
     def __init__(self, root: str | Path, max_bytes: int | float | None = 2 * 1024**3,
                  enabled: bool = True, lock_timeout_s: float = 900.0) -> None:
         self.root = Path(root)
+        self._real_root = os.path.realpath(self.root)  # a folder above it swapped for a link later: off
         self.max_bytes = int(max_bytes) if max_bytes else None
         self.enabled = bool(enabled)
         self.lock_timeout_s = lock_timeout_s
@@ -179,6 +180,8 @@ class FeatureCache:
         cache's own, not symlinks: a prepared cache linked its folders into a completed run, and
         entries were written there. A linked one turns the cache off (``_off``)."""
         linked = next((f for f in (self.root, folder) if f.is_symlink()), None)
+        if linked is None and os.path.realpath(self.root) != self._real_root:
+            linked = f"a folder above {self.root}"
         if linked is not None:
             self._off(OSError(f"{linked} is a symlink; the cache writes only into its own folders"))
             return False

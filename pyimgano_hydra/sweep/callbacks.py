@@ -126,7 +126,8 @@ class LeaderboardCallback(Callback):
         job_dir = Path(str(config.hydra.runtime.output_dir))
         status = getattr(getattr(job_return, "status", None), "name", "")
         value = getattr(job_return, "_return_value", None)
-        if status == "FAILED" and not RunDir(job_dir).status.exists():
+        root = sweep_root(config)
+        if status == "FAILED" and not sweep_dir_swapped(root) and not RunDir(job_dir).status.exists():
             # the job failed before the app could record it: record it, so every board sees it
             error = _one_line(value) if isinstance(value, BaseException) else "failed"
             write_status(RunDir(job_dir).status, FAILED, error=error)
@@ -135,7 +136,6 @@ class LeaderboardCallback(Callback):
             row = {"aggregate": value.get("aggregate") or {}}
             score = main_value(row, self.metric)
             job_return.return_value = float(score) if score is not None else math.nan
-        root = sweep_root(config)
         if status == "FAILED":
             error = _one_line(value) if isinstance(value, BaseException) else "failed"
             log.warning("job %s failed: %s (the other jobs go on; leaderboard: %s)", job_dir.name, error,

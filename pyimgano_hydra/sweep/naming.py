@@ -114,5 +114,9 @@ def job_dir_resolver(num: Any, sweep_dir: Any, overrides: Any) -> str:
         raise UserError(f"hydra.sweep.dir: {swapped}; a sweep never writes through it: start it again")
     record = read_sweep_file(str(sweep_dir))
     items = list(overrides) if isinstance(overrides, (ListConfig, list, tuple)) else []
-    return job_name(num, [str(o) for o in items], record.get("varying") if record else None)
+    name = job_name(num, [str(o) for o in items], record.get("varying") if record else None)
+    if os.path.islink(os.path.join(str(sweep_dir), name)):  # Hydra would write the job's record through it
+        raise UserError(f"hydra.sweep.dir: the job dir {name} was made a link while the sweep ran; a sweep never "
+                        "writes through it: start it again")
+    return name
 

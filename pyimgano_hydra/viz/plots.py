@@ -51,9 +51,19 @@ def loss_curve(path: str | Path, epochs: Sequence[int], losses: Sequence[float],
     return _write(fig, Path(path))
 
 
+_RC_RESET: list = []
+
+
 def _pyplot():
+    import os
+
     import matplotlib
 
+    if os.path.dirname(os.path.abspath(matplotlib.matplotlib_fname())) == os.getcwd() and not _RC_RESET:
+        # a matplotlibrc of the working dir (a dataset folder) is no setting of ours: text.usetex
+        # without LaTeX failed a whole training run at its plots
+        matplotlib.rcdefaults()
+        _RC_RESET.append(True)
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
