@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -82,8 +83,12 @@ def export_category(run_dir: str | Path, category: str, opset: int = OPSET) -> E
     root = loaded.run_dir.root
     out_dir = trust.no_links(root, loaded.run_dir.category(category).artifacts.relative_to(root), "an export")
     inspector = loaded.inspector(category, device="cpu")
-    try:
-        return export_inspector(inspector, out_dir, opset)
+    held = os.open(out_dir.parent, os.O_RDONLY | os.O_DIRECTORY)  # the category folder checked above
+    try:  # written there even if its path is swapped for a link while the graph is exported
+        folder = Path(f"/proc/self/fd/{held}")
+        return export_inspector(inspector, folder / out_dir.name if folder.is_dir() else out_dir, opset)
     except OSError as exc:  # artifacts/ a file, model.onnx a folder, a read-only disk
         raise UserError(f"run_dir={run_dir}: cannot write the export into {out_dir} "
                         f"({exc.strerror or type(exc).__name__}); it must be a writable folder") from None
+    finally:
+        os.close(held)
