@@ -265,9 +265,9 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
         write_status(run_dir.status, COMPLETED)  # report.json is the result; the HTML view cannot lose it
         interrupt.COMPLETED.append(run_dir.root)
     try:
-        if run_dir.swapped(pinned):  # recorded completed in its own folder; nothing written through a link
-            raise RunDirSwapped(run_dir.swapped(pinned))
-        write_report_html(run_dir.root / "report.html", report, OmegaConf.to_container(cfg, resolve=True))
+        # into the run's own folder, even if its path was swapped for a link meanwhile
+        write_report_html((own_folder or run_dir.root) / "report.html", report,
+                          OmegaConf.to_container(cfg, resolve=True))
     except Exception as exc:  # noqa: BLE001
         log.warning("report.html not written (%s: %s); report.json holds the results", type(exc).__name__, exc)
     log.info("%s", summary_table(results))
