@@ -46,14 +46,47 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def run_cli(args, cwd=None, module="pyimgano_hydra", env=None, timeout=600) -> subprocess.CompletedProcess:
-    """Run ``python -m <module> args`` in a subprocess, importing this checkout."""
+def _cli_env(env=None) -> dict:
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.pop("HYDRA_FULL_ERROR", None)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full_env,
+    return full_env
+
+
+def run_cli(args, cwd=None, module="pyimgano_hydra", env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> args`` in a subprocess, importing this checkout."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=_cli_env(env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(args, cwd=None, env=None, module="pyimgano_hydra") -> subprocess.Popen:
+    """``run_cli`` started in the background (for signals and swaps while it runs)."""
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=_cli_env(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, timeout: float = 90.0) -> bool:
+    """True once ``path`` exists (a link too), False after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.lexists(path):
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def pickle_that_touches(path: Path, marker: Path) -> None:
+    """A pickle at ``path`` whose loading runs ``touch marker`` (the proof of code execution)."""
+    import pickle
+
+    class Touch:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path.write_bytes(pickle.dumps(Touch()))
 
 
 def interrupted_copy(completed: Path, run_dir: Path) -> Path:

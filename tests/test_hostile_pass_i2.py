@@ -3,14 +3,11 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, forge_kept, interrupted_copy, run_cli, small_png, trained_run
+from conftest import TINY, forge_kept, interrupted_copy, run_cli, small_png, start_cli, trained_run, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -56,24 +53,6 @@ def test_submitit_folder_dotdot_through_a_missing_folder_into_a_completed_run(tr
         proc.stderr[-500:]
 
 
-def _start(args, cwd=None, env=None):
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
-    full_env.pop("HYDRA_FULL_ERROR", None)
-    full_env.update(env or {})
-    return subprocess.Popen([sys.executable, "-m", "pyimgano_hydra", *args], cwd=cwd or REPO, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(path: Path, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.lexists(path):
-            return True
-        time.sleep(0.005)
-    return False
-
-
 @pytest.mark.parametrize("swap", ["categories", "run-dir"])
 def test_a_run_dir_swapped_for_a_link_to_a_completed_run_while_fitting(trained, tmp_path, swap):
     """A run started into a new dir; once its status.json says ``running`` (before it made
@@ -85,9 +64,9 @@ def test_a_run_dir_swapped_for_a_link_to_a_completed_run_while_fitting(trained, 
     done = shutil.copytree(trained, tmp_path / "done")
     before = _digest(done)
     new = tmp_path / "new"
-    proc = _start([*TINY, f"hydra.run.dir={new}"])
+    proc = start_cli([*TINY, f"hydra.run.dir={new}"])
     try:
-        assert _wait_for(new / "status.json"), "the run never started"
+        assert wait_for(new / "status.json"), "the run never started"
         if swap == "categories":
             os.symlink(done / "categories", new / "categories")
         else:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, run_cli, trained_run
+from conftest import REPO, TINY, pickle_that_touches, run_cli, trained_run
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +93,6 @@ def test_a_category_folder_made_a_link_during_the_fit_is_never_recorded_complete
     assert "categories/weave was replaced by a link" in output and "Traceback" not in output, output[-300:]
 
 
-def _pickle_that_touches(path: Path, marker: Path) -> None:
-    import pickle
-
-    class Touch:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    path.write_bytes(pickle.dumps(Touch()))
-
-
 @pytest.mark.parametrize("how", ["config_dir", "searchpath"])
 def test_a_run_dirs_schema_yaml_shadows_a_structured_schema_and_runs_code(trained, tmp_path, how):
     """The user points Hydra at a received run dir (``--config-dir <run dir>`` or
@@ -114,7 +104,7 @@ def test_a_run_dirs_schema_yaml_shadows_a_structured_schema_and_runs_code(traine
     Expected: nothing from the run dir is instantiated or unpickled (refused, or not composed)."""
     received = shutil.copytree(trained, tmp_path / "received")
     marker = tmp_path / "PWNED"
-    _pickle_that_touches(received / "evil.pkl", marker)
+    pickle_that_touches(received / "evil.pkl", marker)
     (received / "schema" / "run").mkdir(parents=True)
     (received / "schema" / "run" / "app.yaml").write_text(
         f"dataset:\n  evil:\n    _target_: numpy.load\n    file: {received / 'evil.pkl'}\n    allow_pickle: true\n")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, interrupted_copy, run_cli, trained_run
+from conftest import REPO, TINY, interrupted_copy, pickle_that_touches, run_cli, start_cli, trained_run
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +50,6 @@ def _tree(path: Path) -> dict:
             for p in sorted(path.rglob("*"))}
 
 
-def _start(args, cwd=None):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([sys.executable, "-m", "pyimgano_hydra", *args], cwd=cwd or REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def _wait_for(path: Path, proc, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -79,7 +71,7 @@ def test_a_shared_cache_root_swapped_for_a_link_never_writes_into_a_completed_ru
     (shared / "real").mkdir(parents=True)
     (shared / "features").symlink_to(shared / "real")
     run_dir = tmp_path / "new"
-    proc = _start([*TINY, f"hydra.run.dir={run_dir}", f"cache.dir={shared / 'features'}"])
+    proc = start_cli([*TINY, f"hydra.run.dir={run_dir}", f"cache.dir={shared / 'features'}"])
     try:
         _wait_for(run_dir / "status.json", proc)
         (shared / "swap").symlink_to(done)
@@ -122,16 +114,6 @@ def test_a_sweep_dir_swapped_for_a_link_between_jobs_never_writes_into_a_complet
     assert not added, added[:6]
 
 
-def _pickle_that_touches(path: Path, marker: Path) -> None:
-    import pickle
-
-    class Touch:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    path.write_bytes(pickle.dumps(Touch()))
-
-
 @pytest.mark.parametrize("how", ["config_dir", "searchpath"])
 def test_a_run_dirs_yaml_never_adds_a_hydra_callback_that_runs_before_the_config_dir_check(trained, tmp_path, how):
     """The user points Hydra at a received run dir (``--config-dir <run dir>`` or
@@ -144,7 +126,7 @@ def test_a_run_dirs_yaml_never_adds_a_hydra_callback_that_runs_before_the_config
     run dir is instantiated or unpickled."""
     received = shutil.copytree(trained, tmp_path / "received")
     marker = tmp_path / "PWNED"
-    _pickle_that_touches(received / "evil.pkl", marker)
+    pickle_that_touches(received / "evil.pkl", marker)
     (received / "schema" / "run").mkdir(parents=True)
     (received / "schema" / "run" / "app.yaml").write_text("defaults:\n  - /evil@_global_\n")
     (received / "evil.yaml").write_text(
@@ -169,7 +151,7 @@ def test_rerunning_a_received_runs_hydra_config_with_config_path_runs_nothing_fr
     nothing from the run dir is instantiated or unpickled."""
     received = shutil.copytree(trained, tmp_path / "received")
     marker = tmp_path / "PWNED"
-    _pickle_that_touches(received / "evil.pkl", marker)
+    pickle_that_touches(received / "evil.pkl", marker)
     load = f"_target_: numpy.load\n      file: {received / 'evil.pkl'}\n      allow_pickle: true\n"
     config = received / ".hydra" / "config.yaml"
     if where == "callbacks":
@@ -192,7 +174,7 @@ def test_the_api_never_composes_a_search_path_in_a_run_dir(trained, tmp_path):
     Expected: a ``UserError`` naming ``hydra.searchpath``, nothing from the run dir unpickled."""
     received = shutil.copytree(trained, tmp_path / "received")
     marker = tmp_path / "PWNED"
-    _pickle_that_touches(received / "evil.pkl", marker)
+    pickle_that_touches(received / "evil.pkl", marker)
     (received / "schema" / "run").mkdir(parents=True)
     (received / "schema" / "run" / "app.yaml").write_text(
         f"dataset:\n  evil:\n    _target_: numpy.load\n    file: {received / 'evil.pkl'}\n    allow_pickle: true\n")
@@ -216,7 +198,7 @@ def test_an_experiment_option_with_dotdot_never_composes_a_run_dirs_yaml(trained
     exit 0. Expected: refused in one line naming ``experiment``, nothing from the run dir unpickled."""
     received = shutil.copytree(trained, tmp_path / "received")
     marker = tmp_path / "PWNED"
-    _pickle_that_touches(received / "evil.pkl", marker)
+    pickle_that_touches(received / "evil.pkl", marker)
     (received / "exp.yaml").write_text(
         f"# @package _global_\nhydra:\n  callbacks:\n    evil:\n      _target_: numpy.load\n"
         f"      file: {received / 'evil.pkl'}\n      allow_pickle: true\n")
@@ -266,7 +248,7 @@ def test_a_pkg_search_path_naming_a_run_dir_is_refused_like_a_file_one(trained, 
     Expected: refused in one line, nothing from the run dir unpickled."""
     received = shutil.copytree(trained, tmp_path / "received")
     marker = tmp_path / "PWNED"
-    _pickle_that_touches(received / "evil.pkl", marker)
+    pickle_that_touches(received / "evil.pkl", marker)
     (received / "schema" / "run").mkdir(parents=True)
     (received / "schema" / "run" / "app.yaml").write_text(
         f"dataset:\n  evil:\n    _target_: numpy.load\n    file: {received / 'evil.pkl'}\n    allow_pickle: true\n")
@@ -362,7 +344,7 @@ def test_a_sigterm_during_sweep_job_1_is_recorded_in_the_leaderboard_and_sweep_s
     before it started`` although job 0 completed. Expected: the board counts job 1 ``interrupted`` and
     the sweep's status does not claim it never started."""
     sweep = tmp_path / "sweep"
-    proc = _start(["--multirun", *TINY, "seed=0,1,2", f"hydra.sweep.dir={sweep}"])
+    proc = start_cli(["--multirun", *TINY, "seed=0,1,2", f"hydra.sweep.dir={sweep}"])
     try:
         deadline = time.monotonic() + 240
         while not list(sweep.glob("1_*/status.json")):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, copy_run, run_cli, trained_run
+from conftest import TINY, copy_run, run_cli, start_cli, trained_run, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -24,6 +24,12 @@ def _evil_preset(path, victim):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# @package _global_\nhydra:\n  callbacks:\n    evil:\n      _target_: logging.FileHandler\n"
                     f"      filename: {victim}\n      mode: w\n")
+
+
+def _changes(run_dir, before):
+    """(files added, files changed) in ``run_dir`` since ``before`` (a ``_snapshot``)."""
+    after = _snapshot(run_dir)
+    return sorted(set(after) - set(before)), sorted(k for k in before if after.get(k) != before[k])
 
 
 def _snapshot(run_dir):
@@ -69,30 +75,6 @@ def test_a_run_dir_inside_an_own_config_folder_is_never_composed(trained, tmp_pa
     assert proc.returncode != 0 and "recv" in proc.stderr
 
 
-def _start(args, cwd=None, env=None):
-    import subprocess
-
-    from conftest import REPO
-
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
-    full_env.pop("HYDRA_FULL_ERROR", None)
-    full_env.update(env or {})
-    return subprocess.Popen([sys.executable, "-m", "pyimgano_hydra", *args], cwd=cwd or REPO, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(path, timeout=90.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.lexists(path):
-            return True
-        time.sleep(0.005)
-    return False
-
-
 def test_a_sweep_jobs_dir_made_a_link_before_the_job_starts_never_writes_into_a_completed_run(trained, tmp_path):
     """``--multirun seed=0,1`` with the default subdir; while job 0 runs, ``<sweep>/1_1`` (job 1's dir
     name) is created as a symlink to a completed run. The sweep dir itself is the pinned one, so
@@ -102,9 +84,9 @@ def test_a_sweep_jobs_dir_made_a_link_before_the_job_starts_never_writes_into_a_
     done = copy_run(trained, tmp_path, "done")
     before = _snapshot(done)
     sweep = tmp_path / "sweep"
-    proc = _start(["--multirun", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}"])
+    proc = start_cli(["--multirun", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}"])
     try:
-        assert _wait_for(sweep / "0_0" / "status.json"), "job 0 never started"
+        assert wait_for(sweep / "0_0" / "status.json"), "job 0 never started"
         os.symlink(done, sweep / "1_1")
         out, err = proc.communicate(timeout=240)
     finally:
@@ -141,17 +123,15 @@ def test_a_parent_of_the_feature_cache_swapped_for_a_link_never_writes_into_a_co
     elsewhere = tmp_path / "elsewhere"
     done = copy_run(trained, elsewhere, "fc")
     before = _snapshot(done)
-    proc = _start([*TINY, f"hydra.run.dir={tmp_path / 'new'}", f"cache.dir={shared / 'fc'}"])
+    proc = start_cli([*TINY, f"hydra.run.dir={tmp_path / 'new'}", f"cache.dir={shared / 'fc'}"])
     try:
-        assert _wait_for(shared / "fc" / ".locks"), "the cache was never used"  # opened, root resolved
+        assert wait_for(shared / "fc" / ".locks"), "the cache was never used"  # opened, root resolved
         os.rename(shared, tmp_path / "moved")
         os.symlink(elsewhere, shared)
         out, err = proc.communicate(timeout=240)
     finally:
         proc.kill()
-    after = _snapshot(done)
-    added = sorted(set(after) - set(before))
-    changed = sorted(k for k in before if after.get(k) != before[k])
+    added, changed = _changes(done, before)
     assert not added and not changed, (added[:5], changed, err[-300:])
 
 
@@ -163,9 +143,9 @@ def test_a_run_dir_swapped_for_a_link_leaves_its_real_folder_marked_running(tmp_
     or interrupted (written through the pinned folder, not the path), never left ``running``."""
     new, moved, empty = tmp_path / "new", tmp_path / "moved", tmp_path / "empty"
     empty.mkdir()
-    proc = _start([*TINY, f"hydra.run.dir={new}"])
+    proc = start_cli([*TINY, f"hydra.run.dir={new}"])
     try:
-        assert _wait_for(new / "status.json"), "the run never started"
+        assert wait_for(new / "status.json"), "the run never started"
         os.rename(new, moved)
         os.symlink(empty, new)
         out, err = proc.communicate(timeout=120)
@@ -205,15 +185,13 @@ def test_an_infer_output_dir_swapped_for_a_link_never_writes_into_a_completed_ru
                              "save_maps=true", "batch_size=2", f"hydra.run.dir={new}"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert _wait_for(new / "status.json"), "infer never started"
+        assert wait_for(new / "status.json"), "infer never started"
         os.rename(new, tmp_path / "moved")
         os.symlink(done, new)
         out, err = proc.communicate(timeout=180)
     finally:
         proc.kill()
-    after = _snapshot(done)
-    added = sorted(set(after) - set(before))
-    changed = sorted(k for k in before if after.get(k) != before[k])
+    added, changed = _changes(done, before)
     assert not added and not changed, (added[:4], changed, proc.returncode, err[-300:])
     # infer writes into the folder it made, wherever it now lies: its results are not lost either
     moved = tmp_path / "moved"
@@ -251,9 +229,7 @@ def test_an_export_whose_category_folder_is_swapped_for_a_link_never_writes_into
         out, err = proc.communicate(timeout=180)
     finally:
         proc.kill()
-    after = _snapshot(done)
-    added = sorted(set(after) - set(before))
-    changed = sorted(k for k in before if after.get(k) != before[k])
+    added, changed = _changes(done, before)
     assert not added and not changed, (added, changed, proc.returncode, err[-300:])
     # the export lands in the category folder it checked, wherever that now lies (or is refused)
     assert proc.returncode != 0 or (tmp_path / "moved" / "artifacts" / "export.json").is_file(), err[-300:]
@@ -313,17 +289,15 @@ def test_a_sweep_dir_swapped_for_a_link_to_a_completed_run_gets_no_job_status_wr
     before = _snapshot(done)
     sweep = tmp_path / "sweep"
     extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
-    proc = _start(["--multirun", *extra, *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}"])
+    proc = start_cli(["--multirun", *extra, *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}"])
     try:
-        assert _wait_for(sweep / "0_0" / "status.json"), "job 0 never started"
+        assert wait_for(sweep / "0_0" / "status.json"), "job 0 never started"
         os.rename(sweep, tmp_path / "moved")
         os.symlink(done, sweep)
         out, err = proc.communicate(timeout=240)
     finally:
         proc.kill()
-    after = _snapshot(done)
-    added = sorted(set(after) - set(before))
-    changed = sorted(k for k in before if after.get(k) != before[k])
+    added, changed = _changes(done, before)
     assert not added and not changed, (added, changed, err[-300:])
 
 
