@@ -112,9 +112,14 @@ class RunDirSwapped(UserError):
 def _cache_settings(cfg: DictConfig, run_dir: RunDir) -> Any:
     """The ``cache:`` node; its dir may not lie in another run dir (the cache's entries, locks and
     backbone records were written into a completed run)."""
+    import os
+
     settings = cfg.get("cache")
     if isinstance(settings, DictConfig) and settings.get("enabled", True) and settings.get("dir"):
         refuse_foreign("cache.dir", settings.dir, run_dir.root, "the feature cache")
+        # the folder checked, not the path: a link re-pointed before the cache opened led elsewhere
+        settings = OmegaConf.create(OmegaConf.to_container(settings, resolve=True))
+        settings.dir = os.path.realpath(os.path.expanduser(str(settings.dir)))
     return settings
 
 
