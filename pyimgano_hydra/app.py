@@ -4,9 +4,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -16,6 +15,7 @@ from pyimgano_hydra.data.loader import loader_setting
 from pyimgano_hydra.errors import UserError, console_line
 from pyimgano_hydra.features.cache import feature_cache
 from pyimgano_hydra.features.precision import autocast_setting
+from pyimgano_hydra.files import held_folder
 from pyimgano_hydra.instantiate import build, build_detector_factory
 from pyimgano_hydra import interrupt
 from pyimgano_hydra.interrupt import interrupts_deferred, sigterm_as_interrupt
@@ -139,22 +139,8 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
     cfg_hash = config_hash(cfg)
     resuming = may_take_over(run_dir, cfg_hash)
     run_dir.root.mkdir(parents=True, exist_ok=True)
-    with run_log(run_dir.root), _held(run_dir.root) as own_folder:
+    with run_log(run_dir.root), held_folder(run_dir.root) as own_folder:
         return _run(cfg, run_dir, overrides, choices, cfg_hash, resuming, own_folder)
-
-
-@contextmanager
-def _held(folder: Path) -> Iterator[Path | None]:
-    """The run's folder itself, whatever its path leads to later (``/proc/self/fd``): a run dir
-    moved away mid-run was left ``running``, its status now written there. None without /proc."""
-    import os
-
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        proc = Path(f"/proc/self/fd/{fd}")
-        yield proc if proc.is_dir() else None
-    finally:
-        os.close(fd)
 
 
 def _record_moved(own_folder: Path | None, state: str, error: str, **fields) -> None:

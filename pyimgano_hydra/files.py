@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from pyimgano_hydra.errors import UserError
 
@@ -32,16 +33,37 @@ def open_regular(path: str | Path, advice: str, error: type[UserError] = UserErr
     return handle
 
 
+def read_regular(path: str | Path, limit: int, advice: str, error: type[UserError] = UserError) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (checked before and while reading: a
+    2 GB sparse file is never read); otherwise ``error`` naming it and ending with ``advice``."""
+    with open_regular(path, advice, error) as handle:
+        if os.fstat(handle.fileno()).st_size > limit:
+            raise error(f"{path}: larger than {limit >> 20} MB; {advice}")
+        data = handle.read(limit + 1)
+    if len(data) > limit:  # grew meanwhile
+        raise error(f"{path}: larger than {limit >> 20} MB; {advice}")
+    return data
+
+
 def read_text(path: str | Path, limit: int, advice: str, error: type[UserError] = UserError,
               encoding: str = "utf-8") -> str:
-    """A regular text file of at most ``limit`` bytes, decoded; otherwise ``error`` naming it and
-    ending with ``advice`` (a 2 GB sparse CSV was read as one line; bytes that are not text gave a
-    decoder error naming no file)."""
-    with open_regular(path, advice, error) as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise error(f"{path}: larger than {limit >> 20} MB; {advice}")
+    """``read_regular`` decoded; bytes that are not text are ``error`` naming the file (a decoder
+    error named none)."""
+    data = read_regular(path, limit, advice, error)
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
         raise error(f"{path}: not {encoding} text (byte {exc.start}); {advice}") from None
+
+
+@contextmanager
+def held_folder(folder: str | Path) -> Iterator[Path | None]:
+    """``folder`` itself, whatever its path leads to later: ``/proc/self/fd/<n>`` of a descriptor
+    held open for the block (a run dir moved or swapped for a link mid-run got writes through the
+    link, or kept ``running``); None where there is no ``/proc``."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        proc = Path(f"/proc/self/fd/{fd}")
+        yield proc if proc.is_dir() else None
+    finally:
+        os.close(fd)

@@ -17,6 +17,7 @@ from pyimgano_hydra.console import (one_line_errors, quiet_third_party_logs, ref
 from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, is_image_file
 from pyimgano_hydra.data.loader import checked_workers, loader_setting
 from pyimgano_hydra.defects.export import DefectsExporter, require_maps
+from pyimgano_hydra.files import held_folder
 from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
 from pyimgano_hydra.errors import ConfigError, UserError, console_line
 from pyimgano_hydra.inspector import RecordOutputs, score_all
@@ -124,58 +125,58 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
     paths = collect_inputs(str(cfg.input))
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    held = os.open(out, os.O_RDONLY | os.O_DIRECTORY)  # writes go to this folder even if out is swapped
-    here = Path(f"/proc/self/fd/{held}") if Path(f"/proc/self/fd/{held}").is_dir() else out
-    try:
-        with running(here / "status.json", **owner()):  # its heartbeat, until the final state
-            inspector = loaded.inspector(category, trust_targets=bool(cfg.trust_targets),
-                                         device="cpu" if runtime == "onnxruntime" else str(cfg.device))
-            if runtime == "onnxruntime":
-                from pyimgano_hydra.export.runtime import load_exported
+    with held_folder(out) as held:  # writes go to this folder even if out is swapped for a link
+        here = held or out
+        try:
+            with running(here / "status.json", **owner()):  # its heartbeat, until the final state
+                inspector = loaded.inspector(category, trust_targets=bool(cfg.trust_targets),
+                                             device="cpu" if runtime == "onnxruntime" else str(cfg.device))
+                if runtime == "onnxruntime":
+                    from pyimgano_hydra.export.runtime import load_exported
 
-                _, inspector.detector = load_exported(loaded.run_dir.root, loaded.run_dir.category(category).root,
-                                                      cfg.get("onnx_max_memory_gb"), cfg.get("onnx_max_seconds"),
-                                                      category=category)
-            threshold = inspector.image_threshold
-            defects = defects_settings_for(inspector.defects, cfg.defects, task_overrides or [])
-            exporter = None
-            if defects.get("enabled"):
-                require_maps(inspector.detector)
-                stored = inspector.pixel_threshold or {}
-                pixel_threshold = resolve_pixel_threshold(defects, run_threshold=stored.get("value"),
-                                                          run_provenance=stored.get("provenance"))
-                exporter = DefectsExporter(defects, pixel_threshold, here / "masks", here)
-            items = [{"index": i, "path": str(p), "category": category} for i, p in enumerate(paths)]
-            unreadable: list[dict] = []
-            from pyimgano_hydra.features.device import resolve_device
+                    _, inspector.detector = load_exported(loaded.run_dir.root, loaded.run_dir.category(category).root,
+                                                          cfg.get("onnx_max_memory_gb"), cfg.get("onnx_max_seconds"),
+                                                          category=category)
+                threshold = inspector.image_threshold
+                defects = defects_settings_for(inspector.defects, cfg.defects, task_overrides or [])
+                exporter = None
+                if defects.get("enabled"):
+                    require_maps(inspector.detector)
+                    stored = inspector.pixel_threshold or {}
+                    pixel_threshold = resolve_pixel_threshold(defects, run_threshold=stored.get("value"),
+                                                              run_provenance=stored.get("provenance"))
+                    exporter = DefectsExporter(defects, pixel_threshold, here / "masks", here)
+                items = [{"index": i, "path": str(p), "category": category} for i, p in enumerate(paths)]
+                unreadable: list[dict] = []
+                from pyimgano_hydra.features.device import resolve_device
 
-            with loader_setting(num_workers, str(resolve_device(str(cfg.device), key="device"))):
-                records = score_all(inspector, items, lambda chunk: inspector.load_images([i["path"] for i in chunk]),
-                                    int(cfg.batch_size),
-                                    RecordOutputs(root=here, maps_dir=here / "maps" if cfg.save_maps else None,
-                                                  exporter=exporter, unreadable=unreadable))
-            if not records:
-                raise UserError(f"input={cfg.input}: no image could be read; first: {unreadable[0]['error']}")
-            records = sorted(records + unreadable, key=lambda r: r["index"])
-            write_jsonl_atomic(here / "predictions.jsonl", records)
-            n_anomalous = sum(r.get("pred_label", 0) for r in records)
-            summary = {"run_dir": str(loaded.run_dir.root), "category": category, "n_images": len(records),
-                       "n_unreadable": len(unreadable), "n_anomalous": n_anomalous, "threshold": threshold,
-                       "seconds": time.perf_counter() - started,
-                       "defects": None if exporter is None else {
-                           "settings": defects, "pixel_threshold": exporter.threshold.value,
-                           "pixel_threshold_provenance": exporter.threshold.provenance,
-                           "images_with_defects": sum(1 for r in records if r.get("defects", {}).get("n_regions"))}}
-            write_json_atomic(here / "summary.json", summary)
-        write_status(here / "status.json", COMPLETED)
-    except KeyboardInterrupt as exc:
-        write_status(here / "status.json", INTERRUPTED, error=f"interrupted ({str(exc) or 'SIGINT'})")
-        raise
-    except BaseException as exc:
-        write_status(here / "status.json", FAILED, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        raise
-    finally:
-        os.close(held)
+                with loader_setting(num_workers, str(resolve_device(str(cfg.device), key="device"))):
+                    records = score_all(inspector, items,
+                                        lambda chunk: inspector.load_images([i["path"] for i in chunk]),
+                                        int(cfg.batch_size),
+                                        RecordOutputs(root=here, maps_dir=here / "maps" if cfg.save_maps else None,
+                                                      exporter=exporter, unreadable=unreadable))
+                if not records:
+                    raise UserError(f"input={cfg.input}: no image could be read; first: {unreadable[0]['error']}")
+                records = sorted(records + unreadable, key=lambda r: r["index"])
+                write_jsonl_atomic(here / "predictions.jsonl", records)
+                n_anomalous = sum(r.get("pred_label", 0) for r in records)
+                summary = {"run_dir": str(loaded.run_dir.root), "category": category, "n_images": len(records),
+                           "n_unreadable": len(unreadable), "n_anomalous": n_anomalous, "threshold": threshold,
+                           "seconds": time.perf_counter() - started,
+                           "defects": None if exporter is None else {
+                               "settings": defects, "pixel_threshold": exporter.threshold.value,
+                               "pixel_threshold_provenance": exporter.threshold.provenance,
+                               "images_with_defects": sum(1 for r in records if r.get("defects", {}).get("n_regions"))}}
+                write_json_atomic(here / "summary.json", summary)
+            write_status(here / "status.json", COMPLETED)
+        except KeyboardInterrupt as exc:
+            write_status(here / "status.json", INTERRUPTED, error=f"interrupted ({str(exc) or 'SIGINT'})")
+            raise
+        except BaseException as exc:
+            line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            write_status(here / "status.json", FAILED, error=line)
+            raise
     n_scored = len(records) - len(unreadable)
     print(console_line(f"{n_scored} images scored with {category} from {loaded.run_dir.root}: "
                        f"{n_anomalous} anomalous, {n_scored - n_anomalous} normal (threshold {threshold['value']:.4g})"

@@ -45,22 +45,20 @@ def mark_unstarted_runs(status: str, why: str) -> None:
             what = "before it started" if config_hash is not None else "(the sweep; see leaderboard.json)"
             write_status(path, status, error=f"{why} {what}", config_hash=config_hash)
         if config_hash is None:  # a sweep: job dirs Hydra made (its record written) before the app ran
-            for job in _job_dirs(run_dir):
-                if not (job / "status.json").exists():
-                    write_status(job / "status.json", status, error=f"{why} before the job started")
+            for folder, dirs, _ in _sweep_folders(run_dir):
+                if folder != run_dir and ".hydra" in dirs and not (folder / "status.json").exists():
+                    write_status(folder / "status.json", status, error=f"{why} before the job started")
 
 
-def _job_dirs(sweep_dir: Path, limit: int = 10000) -> Iterator[Path]:
-    """Folders under a sweep dir holding a Hydra job record (``.hydra/``), not following links."""
+def _sweep_folders(sweep_dir: Path, limit: int = 10000) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """(folder, its folder names, its file names) for the first ``limit`` folders of a sweep dir,
+    not following links nor entering a job's ``categories/``, ``.hydra/`` or ``.submitit/``."""
     import os
 
-    seen = 0
-    for folder, dirs, _ in os.walk(sweep_dir):
-        seen += 1
-        if seen > limit:
+    for count, (folder, dirs, files) in enumerate(os.walk(sweep_dir)):
+        if count >= limit:
             return
-        if ".hydra" in dirs and Path(folder) != sweep_dir:
-            yield Path(folder)
+        yield Path(folder), list(dirs), files
         dirs[:] = [d for d in dirs if d not in ("categories", ".hydra", ".submitit")]
 
 
@@ -79,22 +77,18 @@ def _mark_abandoned_jobs(signum: int, wait_s: float = 5.0, limit: int = 10000) -
     import time
 
     from pyimgano_hydra.errors import UserError
+    from pyimgano_hydra.runs.layout import sweep_dir_swapped
     from pyimgano_hydra.runs.status import INTERRUPTED, RUNNING, owner_gone, write_status
     from pyimgano_hydra.runs.trust import read_json_file
-
-    from pyimgano_hydra.runs.layout import sweep_dir_swapped
 
     deadline = time.monotonic() + wait_s
     for sweep_dir, config_hash in CLAIMED:
         if config_hash is not None or sweep_dir_swapped(sweep_dir):  # a single run: its own handler marked it
             continue
-        seen = 0
-        for folder, dirs, files in os.walk(sweep_dir):
-            dirs[:] = [d for d in dirs if d not in ("categories", ".hydra", ".submitit")]
-            seen += 1
-            if seen > limit or "status.json" not in files:
+        for folder, _, files in _sweep_folders(sweep_dir, limit):
+            if "status.json" not in files:
                 continue
-            path = os.path.join(folder, "status.json")
+            path = folder / "status.json"
             try:
                 record = read_json_file(path)
             except UserError:
@@ -105,7 +99,7 @@ def _mark_abandoned_jobs(signum: int, wait_s: float = 5.0, limit: int = 10000) -
             while not owner_gone(record) and time.monotonic() < deadline:
                 time.sleep(0.1)
             if owner_gone(record):
-                write_status(Path(path), INTERRUPTED, error=f"interrupted ({signal.Signals(signum).name}): "
+                write_status(path, INTERRUPTED, error=f"interrupted ({signal.Signals(signum).name}): "
                              "its sweep was stopped", config_hash=record.get("config_hash"))
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
 from pyimgano_hydra.errors import ConfigError, UserError
+from pyimgano_hydra.files import held_folder
 from pyimgano_hydra.schemas.export import MANIFEST_FORMAT, MANIFEST_VERSION, MODEL_FILE, OPSET, ExportManifest
 
 
@@ -83,12 +83,9 @@ def export_category(run_dir: str | Path, category: str, opset: int = OPSET) -> E
     root = loaded.run_dir.root
     out_dir = trust.no_links(root, loaded.run_dir.category(category).artifacts.relative_to(root), "an export")
     inspector = loaded.inspector(category, device="cpu")
-    held = os.open(out_dir.parent, os.O_RDONLY | os.O_DIRECTORY)  # the category folder checked above
-    try:  # written there even if its path is swapped for a link while the graph is exported
-        folder = Path(f"/proc/self/fd/{held}")
-        return export_inspector(inspector, folder / out_dir.name if folder.is_dir() else out_dir, opset)
+    try:  # into the category folder checked above, even if swapped for a link while the graph is exported
+        with held_folder(out_dir.parent) as held:
+            return export_inspector(inspector, held / out_dir.name if held else out_dir, opset)
     except OSError as exc:  # artifacts/ a file, model.onnx a folder, a read-only disk
         raise UserError(f"run_dir={run_dir}: cannot write the export into {out_dir} "
                         f"({exc.strerror or type(exc).__name__}); it must be a writable folder") from None
-    finally:
-        os.close(held)

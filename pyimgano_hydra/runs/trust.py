@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pyimgano_hydra.errors import UserError
-from pyimgano_hydra.files import open_regular
+from pyimgano_hydra.files import read_regular
 
 MAX_JSON_BYTES = 64 << 20
 MAX_DEPTH = 32
@@ -69,21 +69,14 @@ def _no_duplicates(pairs: list) -> dict:
 def read_regular_file(path: Path, limit: int = MAX_JSON_BYTES) -> bytes:
     """The bytes of ``path`` when it is a regular file of at most ``limit`` bytes; a FIFO,
     device (``/dev/zero``) or directory is refused without blocking or reading it."""
-    import os
-
-    with open_regular(path, "not a run-dir file") as handle:
-        if os.fstat(handle.fileno()).st_size > limit:
-            raise UserError(f"{path}: larger than {limit >> 20} MB; not a run-dir file")
-        return handle.read(limit + 1)
+    return read_regular(path, limit, "not a run-dir file")
 
 
 def read_json_file(path: Path) -> Any:
     """A JSON file's value; refused in one line when unreadable, not a regular file, not JSON
     (duplicate keys included), huge or too deep."""
     try:
-        data = read_regular_file(path)
-        if len(data) > MAX_JSON_BYTES:
-            raise UserError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MB; not a run-dir file")
+        data = read_regular_file(path)  # at most MAX_JSON_BYTES
         value = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except FileNotFoundError as exc:
         raise UserError(f"{path}: missing; the run dir is incomplete") from exc

@@ -85,6 +85,7 @@ class LeaderboardCallback(Callback):
         self.chart_every_s = chart_every_s
         self.lock_timeout_s = lock_timeout_s
         self._charted_at: float | None = None
+        self._on_interrupt = None
 
     # ---- writing -----------------------------------------------------------------------
     def write(self, root: Path, final: bool = False) -> dict | None:
@@ -116,7 +117,8 @@ class LeaderboardCallback(Callback):
         root.mkdir(parents=True, exist_ok=True)
         plan = planned_jobs(config)
         record = write_sweep_file(root, config, extra={"planned": plan} if plan is not None else None)
-        interrupt.ON_INTERRUPT.append(lambda: self.write(root, final=True))  # the board shows the job stopped
+        self._on_interrupt = lambda: self.write(root, final=True)  # the board shows the job stopped
+        interrupt.ON_INTERRUPT.append(self._on_interrupt)
         log.info("sweep varies %s; leaderboard: %s", ", ".join(record["varying"]) or "nothing",
                  root / "leaderboard.md")
 
@@ -143,6 +145,8 @@ class LeaderboardCallback(Callback):
         self.write(root)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._on_interrupt in interrupt.ON_INTERRUPT:  # a later sweep of this process never rewrites this board
+            interrupt.ON_INTERRUPT.remove(self._on_interrupt)
         root = sweep_root(config)
         board = self.write(root, final=True)
         if board:
