@@ -15,7 +15,7 @@ from pyimgano_hydra.data.loader import loader_setting
 from pyimgano_hydra.errors import UserError, console_line
 from pyimgano_hydra.features.cache import feature_cache
 from pyimgano_hydra.features.precision import autocast_setting
-from pyimgano_hydra.files import held_folder
+from pyimgano_hydra.files import held_folder, shown
 from pyimgano_hydra.instantiate import build, build_detector_factory
 from pyimgano_hydra import interrupt
 from pyimgano_hydra.interrupt import interrupts_deferred, sigterm_as_interrupt
@@ -105,6 +105,20 @@ def _inspector_path(run_dir: RunDir, result: CategoryResult) -> str | None:
     return str(run_dir.category(result.category).inspector.relative_to(run_dir.root))
 
 
+def _record_end(run_dir: RunDir, own: RunDir, pinned: tuple | None, state: str, error: str, **fields) -> bool:
+    """Write the run's end state into its own folder; True when its dir is still where it began
+    (a moved one gets its status only, and none without a held folder)."""
+    if run_dir.identity() == pinned:
+        write_status(own.status, state, error=error, **fields)
+        return True
+    if own is not run_dir:
+        try:
+            write_status(own.status, state, error=f"{error} (its dir was moved or made a link)", **fields)
+        except OSError:
+            pass
+    return False
+
+
 class RunDirSwapped(UserError):
     """The run dir (or its categories/) was moved or made a link while the run ran."""
 
@@ -143,20 +157,13 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Iterable[str] = (),
         return _run(cfg, run_dir, overrides, choices, cfg_hash, resuming, own_folder)
 
 
-def _record_moved(own_folder: Path | None, state: str, error: str, **fields) -> None:
-    """Record the end of a run whose dir was moved or replaced by a link, in its own folder only."""
-    if own_folder is not None:
-        try:
-            write_status(own_folder / "status.json", state, error=f"{error} (its dir was moved or made a link)",
-                         **fields)
-        except OSError:
-            pass
-
-
 def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: dict | None,
          cfg_hash: str, resuming: bool, own_folder: Path | None = None) -> dict:
     started = time.perf_counter()
     pinned = run_dir.identity()  # where this run writes; a swap for a link later stops it
+    # every write goes into the folder held open, never through a path swapped meanwhile (a
+    # concurrent sweep job wrote its categories through a sweep dir made a link between checks)
+    own = RunDir(own_folder) if own_folder is not None else run_dir
 
     def still_here() -> None:
         swapped = run_dir.swapped(pinned)
@@ -176,14 +183,14 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
         "status": RUNNING,
     }
     try:
-        with running(run_dir.status, started_utc=report["timestamp_utc"], config_hash=cfg_hash, resumed=resuming,
+        with running(own.status, started_utc=report["timestamp_utc"], config_hash=cfg_hash, resumed=resuming,
                      **owner()), sigterm_as_interrupt(), feature_cache(_cache_settings(cfg, run_dir)), \
                 autocast_setting(OmegaConf.select(cfg, "gpu.autocast", default="none")), \
                 loader_setting(OmegaConf.select(cfg, "loader.num_workers"), _device_used(cfg.model) or "cpu"):
             validate(cfg)  # range checks, before any work; a failure is recorded in status.json
             still_here()
-            write_json_atomic(run_dir.config, OmegaConf.to_container(cfg, resolve=True))
-            write_json_atomic(run_dir.environment, environment(device=_device_used(cfg.model)))
+            write_json_atomic(own.config, OmegaConf.to_container(cfg, resolve=True))
+            write_json_atomic(own.environment, environment(device=_device_used(cfg.model)))
             dataset = build(cfg.dataset, "dataset")
             if getattr(dataset, "writes_root", False):  # the synthetic set is generated there
                 refuse_foreign("dataset.root", dataset.root, run_dir.root, "a generated dataset")
@@ -202,7 +209,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
                     results.append(done[category])
                     log.info("[category %d/%d %s] kept from the interrupted attempt", index, len(categories), category)
                     continue
-                out = run_dir.category(category)
+                out = own.category(category)
                 ctx = RecipeContext(dataset=dataset, category=category,
                                     make_detector=build_detector_factory(cfg.model, cfg.get("tiling")),
                                     out=out, preprocessing=preprocessing,
@@ -236,28 +243,20 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
     except (KeyboardInterrupt, SystemExit) as exc:
         # SystemExit: submitit requeued the job (preemption / timeout) and ends this attempt
         reason = f"exit {exc.code}" if isinstance(exc, SystemExit) else (str(exc) or "SIGINT")
-        if run_dir.identity() != pinned:  # its status.json path is no longer this run's to write
-            _record_moved(own_folder, INTERRUPTED, f"interrupted ({reason})", config_hash=cfg_hash)
-            raise
-        write_status(run_dir.status, INTERRUPTED, error=f"interrupted ({reason})", config_hash=cfg_hash,
-                     **owner())
+        _record_end(run_dir, own, pinned, INTERRUPTED, f"interrupted ({reason})", config_hash=cfg_hash, **owner())
         raise
     except BaseException as exc:
-        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if run_dir.identity() != pinned:
-            _record_moved(own_folder, FAILED, line)
-            raise
-        write_status(run_dir.status, FAILED, error=line)
-        report.update(status=FAILED, error=line)
-        write_json_atomic(run_dir.report, report)
+        line = shown(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        if _record_end(run_dir, own, pinned, FAILED, line):
+            report.update(status=FAILED, error=line)
+            write_json_atomic(own.report, report)
         raise
     with interrupts_deferred():  # both written, or neither: a run is never left half-recorded
-        write_json_atomic(run_dir.report, report)
-        write_status(run_dir.status, COMPLETED)  # report.json is the result; the HTML view cannot lose it
+        write_json_atomic(own.report, report)
+        write_status(own.status, COMPLETED)  # report.json is the result; the HTML view cannot lose it
         interrupt.COMPLETED.append(run_dir.root)
     try:
-        # into the run's own folder, even if its path was swapped for a link meanwhile
-        write_report_html((own_folder or run_dir.root) / "report.html", report,
+        write_report_html(own.root / "report.html", report,
                           OmegaConf.to_container(cfg, resolve=True))
     except Exception as exc:  # noqa: BLE001
         log.warning("report.html not written (%s: %s); report.json holds the results", type(exc).__name__, exc)

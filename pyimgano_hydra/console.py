@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from pyimgano_hydra.errors import UserError, refuse
+from pyimgano_hydra.files import shown
 
 _HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
 _CHATTY_LOGGERS = ("faiss", "faiss.loader", "timm", "matplotlib", "PIL", "urllib3", "fsspec", "filelock",
@@ -66,6 +67,7 @@ def _fold_traceback(text: str) -> str:
 
 def fold_error(text: str) -> str:
     """Hydra's multi-line error report -> 'error: <first line>: <detail>'."""
+    text = shown(text)
     if "Traceback (most recent call last)" in text:
         return _fold_traceback(text)
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(_HINT)]

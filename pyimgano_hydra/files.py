@@ -3,6 +3,7 @@ waiting on a FIFO or reading a device."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,6 +57,15 @@ def read_text(path: str | Path, limit: int, advice: str, error: type[UserError] 
         raise error(f"{path}: not {encoding} text (byte {exc.start}); {advice}") from None
 
 
+_HELD: dict[str, str] = {}  # descriptor number -> the path of the folder held_folder opened with it
+_HELD_PATH = re.compile(r"/proc/self/fd/(\d+)(?=/|\W|$)")
+
+
+def shown(text: str) -> str:
+    """``text`` with each held folder's ``/proc/self/fd/<n>`` put back as the path the user gave."""
+    return _HELD_PATH.sub(lambda m: _HELD.get(m.group(1), m.group(0)), text)
+
+
 @contextmanager
 def held_folder(folder: str | Path) -> Iterator[Path | None]:
     """``folder`` itself, whatever its path leads to later: ``/proc/self/fd/<n>`` of a descriptor
@@ -64,6 +74,7 @@ def held_folder(folder: str | Path) -> Iterator[Path | None]:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         proc = Path(f"/proc/self/fd/{fd}")
+        _HELD[str(fd)] = os.path.abspath(folder)
         yield proc if proc.is_dir() else None
     finally:
         os.close(fd)

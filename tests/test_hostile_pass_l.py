@@ -251,7 +251,7 @@ def test_a_relative_pythonpath_entry_never_imports_from_the_run_dir_infer_runs_i
     assert proc.returncode == 0, proc.stderr[-300:]
 
 
-@pytest.mark.parametrize("launcher", ["basic"])  # joblib: see tests/known_gaps.md
+@pytest.mark.parametrize("launcher", ["basic"])  # joblib: tests/test_held_folders.py
 def test_a_sweep_dir_swapped_for_a_link_to_a_completed_run_gets_no_job_status_written_into_it(trained, tmp_path,
                                                                                               launcher):
     """``--multirun seed=0,1`` (default subdir; basic or joblib launcher); while job 0 runs, the sweep dir

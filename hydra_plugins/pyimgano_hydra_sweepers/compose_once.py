@@ -24,25 +24,23 @@ class ComposeOnceSweeper(Sweeper):
         self.launcher: Any = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: Any, config: DictConfig) -> None:
-        from pyimgano_hydra.sweep.compose import BASIC_LAUNCHER, ComposedOnce
+        from pyimgano_hydra.sweep.compose import BASIC_LAUNCHER, KEEP_AT_MOST, ComposedOnce
 
-        if OmegaConf.select(config, "hydra.launcher._target_", default=None) == BASIC_LAUNCHER:
-            hydra_context = HydraContext(config_loader=ComposedOnce(hydra_context.config_loader),
-                                         callbacks=hydra_context.callbacks)
+        # every job's config comes through ComposedOnce, which checks the sweep dir first; only
+        # an in-process launcher reuses the configs the batch check composed
+        in_process = OmegaConf.select(config, "hydra.launcher._target_", default=None) == BASIC_LAUNCHER
+        hydra_context = HydraContext(config_loader=ComposedOnce(hydra_context.config_loader,
+                                                                KEEP_AT_MOST if in_process else 0),
+                                     callbacks=hydra_context.callbacks)
         self.hydra_context = hydra_context
         self.config = config
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        from pyimgano_hydra.sweep.compose import ComposedOnce
-
         loader = self.hydra_context.config_loader
         for overrides in batch:
-            if isinstance(loader, ComposedOnce):
-                loader.check(self.config, overrides)
-            else:
-                loader.load_sweep_config(master_config=self.config, sweep_overrides=list(overrides))
+            loader.check(self.config, overrides)
 
     def sweep(self, arguments: list[str]) -> Any:
         from pyimgano_hydra.sweep.compose import batches, job_overrides

@@ -30,7 +30,7 @@ import logging
 import os
 import re
 import zipfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from pyimgano_hydra.errors import UserError, check
+from pyimgano_hydra.files import held_folder
 from pyimgano_hydra.runs.trust import read_regular_file
 from pyimgano_hydra.runs.writers import write_bytes_atomic
 
@@ -152,6 +153,7 @@ class FeatureCache:
     def __init__(self, root: str | Path, max_bytes: int | float | None = 2 * 1024**3,
                  enabled: bool = True, lock_timeout_s: float = 900.0) -> None:
         self.root = Path(root)
+        self.name = Path(root)  # for messages: ``root`` is the held folder inside ``held()``
         self._real_root = os.path.realpath(self.root)  # a folder above it swapped for a link later: off
         self.max_bytes = int(max_bytes) if max_bytes else None
         self.enabled = bool(enabled)
@@ -159,10 +161,11 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
         self._written_since_check = 0
+        self._held = False
 
     def __repr__(self) -> str:
         state = "on" if self.enabled else "off"
-        return f"FeatureCache({str(self.root)!r}, max_bytes={self.max_bytes}, {state})"
+        return f"FeatureCache({str(self.name)!r}, max_bytes={self.max_bytes}, {state})"
 
     # -- paths and locks
     def path(self, key: str) -> Path:
@@ -172,15 +175,37 @@ class FeatureCache:
         """A cache that cannot be written (a full or read-only disk) turns off: the run goes on
         extracting features afresh; the cache is never what loses a run."""
         if self.enabled:
-            log.warning("feature cache %s turned off for this run (%s)", self.root, exc)
+            log.warning("feature cache %s turned off for this run (%s)", self.name, exc)
         self.enabled = False
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Work inside the root folder itself for the block, held open: a folder above it swapped
+        for a link meanwhile changes nothing (a lock file was created behind such a link). A root
+        that cannot be made turns the cache off."""
+        with ExitStack() as stack:
+            folder = None
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                folder = stack.enter_context(held_folder(self.root))
+            except OSError as exc:
+                self._off(exc)
+            if folder is not None:
+                self.root, self._held = folder, True
+            try:
+                yield
+            finally:
+                self.root, self._held = self.name, False
 
     def own_folder(self, folder: Path) -> bool:
         """``folder`` (an entry folder, ``.locks``, ``backbones``) and the (resolved) root are the
         cache's own, not symlinks: a prepared cache linked its folders into a completed run, and
         entries were written there. A linked one turns the cache off (``_off``)."""
-        linked = next((f for f in (self.root, folder) if f.is_symlink()), None)
-        if linked is None and os.path.realpath(self.root) != self._real_root:
+        if self._held:  # the root is the folder held open, whatever its path leads to now
+            linked = folder if folder.is_symlink() else None
+        else:
+            linked = next((f for f in (self.root, folder) if f.is_symlink()), None)
+        if linked is None and not self._held and os.path.realpath(self.root) != self._real_root:
             linked = f"a folder above {self.root}"
         if linked is not None:
             self._off(OSError(f"{linked} is a symlink; the cache writes only into its own folders"))
@@ -489,7 +514,11 @@ def feature_cache(settings: Any):
     cache = open_cache(**(dict(settings) if settings else {"enabled": False}))
     token = _ACTIVE.set(cache)
     try:
-        yield cache
+        if cache is None:
+            yield cache
+        else:
+            with cache.held():
+                yield cache
     finally:
         if cache is not None and (cache.hits or cache.misses):
             log.info("feature cache %s: %d images read, %d extracted", cache.root, cache.hits, cache.misses)

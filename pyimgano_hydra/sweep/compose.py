@@ -44,6 +44,30 @@ def batches(jobs: list[list[str]], max_batch_size: int | None) -> list[list[list
     return [jobs[i:i + max_batch_size] for i in range(0, len(jobs), max_batch_size)]
 
 
+def check_sweep_dir(config: DictConfig) -> None:
+    """Refuse to start a job whose sweep dir was swapped for a link, or holds a link, since the
+    sweep began: Hydra writes the job's record right after, whatever ``hydra.sweep.subdir`` is."""
+    import os
+    from pathlib import Path
+
+    from pyimgano_hydra.errors import UserError
+    from pyimgano_hydra.runs.layout import sweep_dir_swapped
+
+    from omegaconf import OmegaConf
+
+    if OmegaConf.select(config, "hydra.sweep.dir", default=None) is None:
+        return
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    swapped = sweep_dir_swapped(sweep_dir)
+    try:
+        linked = None if swapped else next((e.name for e in os.scandir(sweep_dir) if e.is_symlink()), None)
+    except OSError:
+        linked = None
+    if swapped or linked:
+        why = swapped or f"{sweep_dir / linked} was made a link while the sweep ran"
+        raise UserError(f"hydra.sweep.dir: {why}; a sweep never writes through it: start it again")
+
+
 class ComposedOnce(ConfigLoader):
     """Hydra's config loader, with the sweep configs :meth:`check` composed kept for one reuse."""
 
@@ -59,6 +83,7 @@ class ComposedOnce(ConfigLoader):
             self._kept[(id(master_config), tuple(overrides))] = config
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        check_sweep_dir(master_config)
         kept = self._kept.pop((id(master_config), tuple(sweep_overrides)), None)
         return kept if kept is not None else self.loader.load_sweep_config(master_config, sweep_overrides)
 
