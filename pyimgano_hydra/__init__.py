@@ -88,7 +88,7 @@ def _matplotlib_without_working_dir() -> None:
 
 
 # One of these marks a run dir: a claim, a status.json (an unfinished run is one) or a report.json.
-RUN_RECORD_FILES = (".claim.json", "status.json", "report.json")
+RUN_RECORD_FILES = (".claim.json", "status.json", "report.json", ".hydra")
 
 
 def _inside_a_run_dir(path: str) -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -49,10 +50,47 @@ def quiet_third_party_logs() -> None:
 
 
 def tolerant_console() -> None:
-    """File names that are not UTF-8 print as ``\\xff`` escapes instead of crashing the run."""
+    """File names that are not UTF-8 print as ``\\xff`` escapes instead of crashing the run; a
+    stdout whose reader went away (``| head -1``) drops what follows (one logging error per line)."""
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    if not isinstance(sys.stdout, _ReaderMayGo):
+        sys.stdout = _ReaderMayGo(sys.stdout)
+
+
+class _ReaderMayGo:
+    """stdout proxy: after a broken pipe every write is dropped, and the descriptor points at
+    /dev/null so that the interpreter's last flush succeeds too."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self._gone = True
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _fold_traceback(text: str) -> str:
@@ -76,6 +114,7 @@ def fold_error(text: str) -> str:
         return "error: failed (set HYDRA_FULL_ERROR=1 for details)"
     head = lines[0][len("error: "):] if lines[0].startswith("error: ") else lines[0]
     head = head.replace("'.:", "':").rstrip(".")
+    head = re.sub(r"^pyimgano_hydra\.errors\.\w+: ", "", head)  # ours, raised inside Hydra's config loading
     detail = []
     for line in lines[1:]:
         if line.startswith("Config search path"):

@@ -155,6 +155,12 @@ def _caught() -> list[int]:
             + [s for s in unowned if signal.getsignal(s) in (signal.SIG_DFL, _raise_once, _defer)])
 
 
+def _sweep_claimed() -> bool:
+    from pyimgano_hydra.sweep.naming import read_sweep_file
+
+    return any(config_hash is None and read_sweep_file(folder) is not None for folder, config_hash in CLAIMED)
+
+
 @contextmanager
 def exit_on_interrupt(what: str, recorded: bool = True) -> Iterator[None]:
     """At an entry point: an interrupt prints one line and exits 128 + signal (143, 130);
@@ -176,7 +182,9 @@ def exit_on_interrupt(what: str, recorded: bool = True) -> Iterator[None]:
                 hook()
             except Exception:  # noqa: BLE001 - the one line and the exit code come first
                 pass
-        done = bool(COMPLETED)
+        if _sweep_claimed():
+            what, recorded = "the sweep", True  # its jobs that completed (COMPLETED) keep their records
+        done = bool(COMPLETED) and what != "the sweep"
         state = ("had completed (its status.json says so)" if done else
                  "stopped; what it had written is complete, what it had not is absent" if not recorded else
                  "marked interrupted in its status.json" if CLAIMED else "stopped before its dir was made")
