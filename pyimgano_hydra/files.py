@@ -66,6 +66,30 @@ def shown(text: str) -> str:
     return _HELD_PATH.sub(lambda m: _HELD.get(m.group(1), m.group(0)), text)
 
 
+_KEPT: list[BinaryIO] = []  # files held open for the process (see held_file)
+
+
+def held_file(path: str | Path, advice: str, error: type[UserError] = UserError) -> str:
+    """``/proc/self/fd/<n>`` of ``path`` opened now (a regular file, not a link) and held open: a
+    reader later gets these bytes even if a link is swapped in by then (a stored backbone file,
+    checked at load and read at the first batch, was read from outside the run dir). ``path`` where
+    there is no ``/proc``."""
+    try:
+        handle = open(path, "rb", opener=lambda name, flags: _nonblocking(name, flags | os.O_NOFOLLOW))
+    except OSError:
+        raise error(f"{path}: not a regular file (a link, FIFO or folder?); {advice}") from None
+    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        handle.close()
+        raise error(f"{path}: not a regular file (a FIFO, device or folder); {advice}")
+    proc = f"/proc/self/fd/{handle.fileno()}"
+    if not os.path.exists(proc):
+        handle.close()
+        return str(path)
+    _KEPT.append(handle)
+    _HELD[str(handle.fileno())] = os.path.abspath(path)
+    return proc
+
+
 @contextmanager
 def held_folder(folder: str | Path) -> Iterator[Path | None]:
     """``folder`` itself, whatever its path leads to later: ``/proc/self/fd/<n>`` of a descriptor

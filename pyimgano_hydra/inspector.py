@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from pyimgano_hydra.errors import UserError, console_line
+from pyimgano_hydra.files import held_file
 from pyimgano_hydra.runs import trust
 from pyimgano_hydra.schemas.dataset import MAX_SIDE
 
@@ -306,7 +307,9 @@ def _stored_weights(stored: str, where: str, folder: Path | None, trust_targets:
         raise UserError(f"{exc}; {hint}") from None
     if weights.is_symlink() or not weights.is_file():
         raise UserError(f"{key}: {stored!r} is not a regular file in {folder}; {hint}")
-    return str(weights.absolute())  # relative, a run-dir folder named ~ became the home folder
+    # absolute (a run-dir folder named ~ became the home folder), and held open: the backbone reads
+    # it at its first batch, by then a link swapped in must not lead out of the run dir
+    return held_file(weights.absolute(), hint, UserError)
 
 
 def _detector_from_state(state: dict, where: str, trust_targets: bool, device: str | None = None,

@@ -247,11 +247,12 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
 
 
 def _read_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
-    from pyimgano_hydra.runs.trust import uncompressed_archive
+    from pyimgano_hydra.runs.trust import torch_file
 
-    uncompressed_archive(path, key)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state, _ = torch_file(path, key)
+    except UserError:
+        raise
     except Exception as exc:  # corrupt file, pickle with code, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""  # torch's refusal runs to 6 lines
         raise UserError(f"{key}: cannot read weights from {path} ({type(exc).__name__}: {first})") from exc

@@ -10,13 +10,14 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pyimgano_hydra.errors import UserError
-from pyimgano_hydra.files import read_regular
+from pyimgano_hydra.files import open_regular, read_regular
 
 MAX_JSON_BYTES = 64 << 20
 MAX_DEPTH = 32
@@ -204,49 +205,59 @@ def check_against_schema(cls: type, params: dict, where: str) -> None:
         raise UserError(f"{where}: {str(exc).splitlines()[0]}") from exc
 
 
-def uncompressed_archive(path: Path, key: str | None = None) -> None:
+def _stored_entries_only(handle: BinaryIO, where: str) -> None:
     """Refuse a torch zip file with compressed entries: ``torch.save`` stores every entry as is,
     and a deflated one is a decompression bomb (a 1 MB file inflating to gigabytes)."""
     import os
     import zipfile
 
-    where = f"{key + ': ' if key else ''}{path}"
-    with open(path, "rb") as handle:  # one open: the bytes checked are the bytes torch will read
-        magic, size = handle.read(4), os.fstat(handle.fileno()).st_size
-        handle.seek(0)
-        try:
-            with zipfile.ZipFile(handle) as archive:
-                entries = archive.infolist()
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-            if magic == b"PK\x03\x04":  # torch reads it as a zip (its own reader): so must we
-                raise UserError(f"{where}: refused: a zip archive Python's zipfile cannot read, so it cannot "
-                                "be checked for compressed entries (a decompression bomb?)") from None
-            return  # not a zip file (torch's legacy format): torch.load reads or refuses it
+    magic, size = handle.read(4), os.fstat(handle.fileno()).st_size
+    handle.seek(0)
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        if magic == b"PK\x03\x04":  # torch reads it as a zip (its own reader): so must we
+            raise UserError(f"{where}: refused: a zip archive Python's zipfile cannot read, so it cannot "
+                            "be checked for compressed entries (a decompression bomb?)") from None
+        return  # not a zip file (torch's legacy format): torch.load reads or refuses it
     if any(e.compress_type != zipfile.ZIP_STORED for e in entries) or sum(e.file_size for e in entries) > size:
         raise UserError(f"{where}: refused: compressed entries (torch.save never writes them; "
                         "a decompression bomb?)")
 
 
-def load_weights(path: Path) -> dict:
-    """A torch file of tensors and plain containers (``weights_only=True``); pickled objects refused."""
+def torch_file(path: Path, key: str | None = None) -> tuple[Any, int]:
+    """(``torch.load(weights_only=True)`` of ``path``, its size), read through ONE open descriptor of
+    a regular file: the bytes checked for compressed entries are the bytes torch reads (a FIFO or
+    a bomb renamed over the file after a check by name hung infer). Torch's own errors pass."""
+    import os
+
     import torch
 
-    if path.exists() and not path.is_file():
-        raise UserError(f"{path}: not a regular file; not a run-dir file")
-    if not path.is_file():
-        raise UserError(f"{path}: missing; the run dir is incomplete (was it saved with recipe.save_checkpoint=true?)")
-    uncompressed_archive(path)
-    try:
+    where = f"{key + ': ' if key else ''}{path}"
+    with open_regular(path, "not a run-dir file") as handle:
+        _stored_entries_only(handle, where)
+        handle.seek(0)
         with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing
             warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(handle, map_location="cpu", weights_only=True), os.fstat(handle.fileno()).st_size
+
+
+def load_weights(path: Path) -> dict:
+    """A torch file of tensors and plain containers (``weights_only=True``); pickled objects refused."""
+    if not os.path.lexists(path):
+        raise UserError(f"{path}: missing; the run dir is incomplete (was it saved with recipe.save_checkpoint=true?)")
+    try:
+        payload, size = torch_file(path)
+    except UserError:
+        raise
     except pickle.UnpicklingError as exc:
         raise UserError(f"{path}: refused: it holds pickled objects, not just tensors and plain data") from exc
     except Exception as exc:  # corrupt / not a torch file
         raise UserError(f"{path}: not a readable torch file ({type(exc).__name__})") from exc
     if not isinstance(payload, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
-    bounded_payload(payload, path, path.stat().st_size)
+    bounded_payload(payload, path, size)
     return payload
 
 
