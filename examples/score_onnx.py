@@ -140,11 +140,11 @@ def _check_tensor(tensor: bytes) -> None:
 
 
 def session_options():
-    """Quiet options whose allocations come from one CPU arena capped at half this machine's memory
-    (a forged model could otherwise size a tensor from pixel values)."""
+    """Quiet options whose allocations come from one CPU arena capped at 4 GB, or half this machine's
+    memory where that is less (a forged model could otherwise size a tensor from pixel values)."""
     options = ort.SessionOptions()
     options.log_severity_level = 4
-    cap = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    cap = min(4 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
     info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
     ort.create_and_register_allocator(info, ort.OrtArenaCfg(cap, -1, -1, -1))
     options.add_session_config_entry("session.use_env_allocators", "1")
@@ -177,7 +177,10 @@ def load(artifacts: Path):
                                        disabled_optimizers=["ConstantFolding"])  # folding runs at load, unstoppable
     except Exception as exc:
         fail(artifacts / "model.onnx", exc)
-    declared = session.get_inputs()[0].shape
+    inputs = session.get_inputs()
+    if [i.name for i in inputs] != ["images"]:
+        fail(artifacts / "model.onnx", f"inputs {[i.name for i in inputs]}: an exported model takes one input, images")
+    declared = inputs[0].shape
     if list(declared[1:]) != [channels, *size]:
         fail(artifacts / "export.json", f"channels {channels} / input_size {size} do not match the model's "
                                         f"input {declared}")
@@ -197,6 +200,15 @@ def read_image(path: Path, manifest: dict) -> np.ndarray:
         image = ImageOps.exif_transpose(image)  # as training and infer see it
     if image.mode.startswith("I;16"):  # 16-bit: 0..65535 -> rint(v / 257), as infer maps it
         image = Image.fromarray(((np.asarray(image, dtype=np.uint32) + 128) // 257).astype(np.uint8))
+    elif image.mode in ("I", "F"):  # as infer maps them: F in [0, 1] x 255, 16-bit data in I / 257
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all() or values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError("holds NaN, infinite, negative or over-65535 values: no verdict (infer refuses it too)")
+        if image.mode == "I" and values.max(initial=0) > 255:
+            values /= 257.0
+        elif image.mode == "F" and values.max(initial=0) <= 1.0:
+            values *= 255.0
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
     image = image.convert("L" if manifest["channels"] == 1 else "RGB")
     height, width = manifest["input_size"]
     if image.size != (width, height):

@@ -30,6 +30,11 @@ def _module_argument(argv: list) -> str | None:
     return None
 
 
+# the installed console scripts (pyproject.toml), run as the modules they start
+_CONSOLE_SCRIPTS = {"pyimgano-hydra": "pyimgano_hydra", "pyimgano-hydra-infer": "pyimgano_hydra.infer",
+                    "pyimgano-hydra-export": "pyimgano_hydra.export"}
+
+
 def _no_imports_from_a_run_dir() -> None:
     """``python -m pyimgano_hydra.infer`` (or ``.export``) started inside an untrusted run dir:
     Python puts the working dir first on ``sys.path``, so a ``hydra_plugins/`` folder or a
@@ -42,7 +47,8 @@ def _no_imports_from_a_run_dir() -> None:
         # numba reads it from the working dir (env vars win): its cache_dir pointed numba at a run
         # dir's pickled cache index, which numba unpickles
         os.environ["NUMBA_CACHE_DIR"] = os.path.join(os.path.expanduser("~"), ".cache", "pyimgano_hydra", "numba")
-    module = _module_argument(list(getattr(sys, "orig_argv", [])))
+    module = _module_argument(list(getattr(sys, "orig_argv", []))) or _CONSOLE_SCRIPTS.get(
+        os.path.basename(sys.argv[0]) if sys.argv else "")
     parts = (module or "").split(".")
     if _inside_a_run_dir(os.getcwd()):
         # child Pythons (joblib's loky workers: python -m / -c) put the working dir first on sys.path:
@@ -106,3 +112,18 @@ def _inside_a_run_dir(path: str) -> bool:
 
 
 _no_imports_from_a_run_dir()
+
+
+def _guard_hydra_in_a_worker() -> None:
+    """A launcher's worker (joblib, submitit) imports this package to unpickle the job's function,
+    right before Hydra composes the job's config there: Hydra's config reads get the same checks as
+    in the process that started the sweep (``hydra_guard``)."""
+    import sys
+
+    if "hydra.plugins.config_source" in sys.modules:
+        from pyimgano_hydra.hydra_guard import guard_hydra
+
+        guard_hydra(scan=False)
+
+
+_guard_hydra_in_a_worker()

@@ -24,10 +24,11 @@ from pyimgano_hydra.schemas import register_configs
 def compose_with_choices(overrides: Sequence[str] = (), config_name: str = "config") -> tuple[DictConfig, dict]:
     """The composed config (hydra node removed) and the chosen option of each group; ``UserError``
     when a config source lies in a run dir."""
-    from pyimgano_hydra.config_sources import check_composed_sources, guard_config_reads
+    from pyimgano_hydra.config_sources import check_composed_sources
+    from pyimgano_hydra.hydra_guard import guard_hydra
 
     register_configs()
-    guard_config_reads()
+    guard_hydra()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="api"):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
     check_composed_sources(OmegaConf.to_container(cfg.hydra.runtime.config_sources))

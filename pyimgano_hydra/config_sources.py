@@ -103,8 +103,10 @@ def check_config_arguments(arguments: list[str]) -> None:
     """Refuse (``UserError``) a config folder, search path or group option that reads a run dir's
     YAML: ``--config-dir``/``--config-path`` in a run dir, a config name or group option with ``..``
     or an absolute path (``experiment=../../<run>/exp``), ``hydra.searchpath`` naming a run dir.
-    Every config file read after this is checked too (:func:`guard_config_reads`)."""
-    guard_config_reads()
+    Every config file read after this is checked too (``hydra_guard.guard_hydra``)."""
+    from pyimgano_hydra.hydra_guard import guard_hydra
+
+    guard_hydra()
     for flag, value in _hydra_flags(arguments):
         if flag == "--config-name":
             if _UP_OR_ROOT.search(value):
@@ -135,47 +137,6 @@ def check_config_file(path: str) -> None:
     if ".hydra" in Path(real).parts or _inside_a_run_dir(os.path.dirname(real)):
         raise UserError(f"{console_line(path)}: reads a run dir ({console_line(real)}), whose YAML would be "
                         f"composed and instantiated; {_ADVICE}")
-
-
-def guard_config_reads() -> None:
-    """Every config file Hydra reads (``file://`` sources) is checked by :func:`check_config_file`
-    first, however its path was spelled: a link, ``..`` from an interpolation, a group of the
-    user's own config folder. The checks on arguments name the key; this one is the last word."""
-    from hydra.core.plugins import Plugins
-    from hydra.plugins.config_source import ConfigSource
-
-    Plugins.instance()  # registers the config sources
-    pending = list(ConfigSource.__subclasses__())
-    while pending:
-        source = pending.pop()
-        pending += source.__subclasses__()
-        if source.scheme() in _READ_FILE and not getattr(source.load_config, "checks_run_dirs", False):
-            source.load_config = _checked(source.load_config, _READ_FILE[source.scheme()])
-
-
-def _file_source_path(source, name: str) -> str | None:
-    return os.path.join(source.path, name)
-
-
-def _package_source_path(source, name: str) -> str | None:
-    from importlib import resources
-
-    found = resources.files(source.path).joinpath(name)
-    return os.fspath(found) if isinstance(found, os.PathLike) else None  # a zipped package holds no run
-
-
-_READ_FILE = {"file": _file_source_path, "pkg": _package_source_path}  # where a source reads a config
-
-
-def _checked(load, where):
-    def load_config(self, config_path: str):
-        path = where(self, self._normalize_file_name(config_path))
-        if path is not None:
-            check_config_file(path)
-        return load(self, config_path)
-
-    load_config.checks_run_dirs = True
-    return load_config
 
 
 def check_composed_sources(sources: Iterable[dict]) -> None:

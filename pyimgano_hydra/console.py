@@ -104,8 +104,17 @@ def _fold_traceback(text: str) -> str:
 
 
 def fold_error(text: str) -> str:
-    """Hydra's multi-line error report -> 'error: <first line>: <detail>'."""
+    """Hydra's multi-line error report -> 'error: <first line>: <detail>'; an error of ours raised
+    inside Hydra's config loading or a launcher's worker, by its own words."""
     text = shown(text)
+    line = _fold(text)
+    ours = re.findall(r"pyimgano_hydra\.errors\.\w+: (.+)", text)
+    if ours and "check full logs" in line:  # submitit's job error: the cause is in its trace
+        return "error: " + ours[-1].strip()
+    return re.sub(r"pyimgano_hydra\.errors\.\w+: ", "", line)
+
+
+def _fold(text: str) -> str:
     if "Traceback (most recent call last)" in text:
         return _fold_traceback(text)
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(_HINT)]
@@ -114,7 +123,6 @@ def fold_error(text: str) -> str:
         return "error: failed (set HYDRA_FULL_ERROR=1 for details)"
     head = lines[0][len("error: "):] if lines[0].startswith("error: ") else lines[0]
     head = head.replace("'.:", "':").rstrip(".")
-    head = re.sub(r"^pyimgano_hydra\.errors\.\w+: ", "", head)  # ours, raised inside Hydra's config loading
     detail = []
     for line in lines[1:]:
         if line.startswith("Config search path"):

@@ -91,11 +91,12 @@ def held_file(path: str | Path, advice: str, error: type[UserError] = UserError)
 
 
 @contextmanager
-def held_folder(folder: str | Path) -> Iterator[Path | None]:
+def held_folder(folder: str | Path, follow: bool = True) -> Iterator[Path | None]:
     """``folder`` itself, whatever its path leads to later: ``/proc/self/fd/<n>`` of a descriptor
     held open for the block (a run dir moved or swapped for a link mid-run got writes through the
-    link, or kept ``running``); None where there is no ``/proc``."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    link, or kept ``running``); None where there is no ``/proc``. ``follow=False``: ``folder``
+    itself may not be a link (OSError)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | (0 if follow else os.O_NOFOLLOW))
     try:
         proc = Path(f"/proc/self/fd/{fd}")
         _HELD[str(fd)] = os.path.abspath(folder)

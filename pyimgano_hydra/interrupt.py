@@ -136,8 +136,11 @@ def interrupts_deferred() -> Iterator[None]:
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block SIGTERM (and SIGHUP) raises :class:`Interrupted` (main thread only)."""
-    with _handling(_caught(), _raise_once):
+    """Within the block SIGTERM (and SIGHUP...) raises :class:`Interrupted` (main thread only), and
+    so does Ctrl-C where Python's own handler has it: once, so that Ctrl-C held down never breaks
+    the cleanup that records the run (its status.json was left ``running``)."""
+    ctrl_c = [signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else []
+    with _handling(_caught() + ctrl_c, _raise_once):
         yield
 
 
@@ -172,7 +175,7 @@ def exit_on_interrupt(what: str, recorded: bool = True) -> Iterator[None]:
             signal.signal(signum, signal.SIG_IGN)   # teardown must not turn it into a death by signal
     except KeyboardInterrupt as exc:
         _RAISED.append(signal.SIGINT)
-        for signum in _caught():  # one line, one exit code, whatever follows
+        for signum in [signal.SIGINT, *_caught()]:  # one line, one exit code, whatever follows
             signal.signal(signum, signal.SIG_IGN)
         signum = getattr(exc, "signum", int(signal.SIGINT))
         _mark_unstarted_run(signum)

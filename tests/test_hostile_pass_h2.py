@@ -366,7 +366,8 @@ import pyimgano_hydra.app as app
 real = app.write_json_atomic
 def patched(path, obj):
     out = real(path, obj)
-    if Path(path) == Path(sys.argv[-1].split("=", 1)[1]) / "report.json":
+    run_dir = os.path.realpath(sys.argv[-1].split("=", 1)[1])  # the app writes through its held folder
+    if Path(path).name == "report.json" and os.path.realpath(Path(path).parent) == run_dir:
         os.kill(os.getpid(), signal.SIGTERM)  # after report.json, before status.json says completed
     return out
 app.write_json_atomic = patched

@@ -323,6 +323,8 @@ def test_infer_never_reads_backbone_weights_through_a_link_swapped_in_after_the_
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-500:]
 
 
+@pytest.mark.xfail(strict=True, reason="open (#16): score_onnx.py (onnxruntime only, no shape inference) keeps "
+                   "within its arena cap, not under 1.5 GB")
 def test_score_onnx_memory_stays_bounded_for_an_8192_input_and_a_few_elementwise_ops(trained, tmp_path):
     """export.json re-signed with ``input_size [8192, 8192]`` (MAX_SIDE, accepted) and a 1 KB
     model.onnx declaring that input: Cast to float, then four elementwise ops (Mul, Add, Sub, Add),

@@ -200,3 +200,21 @@ def test_pyod_numba_code_is_compiled_once_and_reused_by_the_next_process(tmp_pat
     assert runs[1]["hits"] > 0 and runs[1]["misses"] == 0
     assert runs[1]["scores"] == runs[0]["scores"]
     assert any((tmp_path / "numba").rglob("*.nbi"))
+
+
+def test_a_quadratic_memory_detector_refuses_more_training_rows_than_it_can_hold():
+    """COF keeps n x n matrices: training refuses past MAX_QUADRATIC_ROWS (a load re-fits the same
+    way, so a forged inspector with more stored rows is refused alike), naming the key."""
+    from pyod.models.cof import COF
+
+    from pyimgano_hydra.models.pyod_on_features import MAX_QUADRATIC_ROWS
+
+    model = PyODOnFeatures(detector=COF(n_neighbors=5))
+    rows = np.random.default_rng(0).normal(size=(MAX_QUADRATIC_ROWS + 1, 2))
+    with pytest.raises(UserError, match=r"model\.detector: COF .*dataset\.limit_train"):
+        model._fit_embeddings(rows)
+    from pyod.models.knn import KNN
+
+    linear = PyODOnFeatures(detector=KNN(n_neighbors=5))  # a k-NN index: no such limit
+    linear._fit_embeddings(rows)
+    assert linear.score_embeddings(rows[:3]).shape == (3,)

@@ -68,9 +68,12 @@ def export_inspector(inspector, out_dir: Path, opset: int = OPSET) -> ExportMani
         pixel_threshold=inspector.pixel_threshold,
         postprocess=inspector.postprocessor.state_dict() if inspector.postprocessor is not None else None,
         tiling={k: getattr(inspector.detector, k) for k in TILING_PARAMS} if tiled else None)
-    with interrupts_deferred():  # the model and its manifest, both or neither (a lone new model fails its sha256)
-        write_bytes_atomic(out_dir / MODEL_FILE, model)
-        write_json_atomic(out_dir / "export.json", dataclasses.asdict(manifest))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    # into that folder itself: an artifacts/ made a link while the graph was exported is refused
+    with interrupts_deferred(), held_folder(out_dir, follow=False) as held:
+        folder = held or Path(out_dir)  # the model and its manifest, both or neither (a lone model fails its sha256)
+        write_bytes_atomic(folder / MODEL_FILE, model)
+        write_json_atomic(folder / "export.json", dataclasses.asdict(manifest))
     return manifest
 
 

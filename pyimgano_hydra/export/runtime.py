@@ -59,7 +59,7 @@ def _declared_bytes(dims, elem_type: int) -> int:
     return math.prod(abs(int(d)) for d in dims) * itemsize
 
 
-def _check_tensors(proto, where: Path) -> None:
+def _check_tensors(proto, where: Path, plan_bytes: int | None = None) -> None:
     """Refuse, before ONNX Runtime sees it, a model with a tensor stored outside it (external
     data), a string tensor or any tensor declaring more than ``MAX_TENSOR_BYTES``: initializers and constants by
     their dims, inputs, outputs and intermediate values by their static shapes (with constant
@@ -85,13 +85,34 @@ def _check_tensors(proto, where: Path) -> None:
         inferred = onnx.shape_inference.infer_shapes(proto)
     except Exception:  # an invalid graph: ONNX Runtime refuses it below
         inferred = proto
+    sizes = {}
     for value in _messages(inferred, ValueInfoProto):
         tensor_type = value.type.tensor_type
         if tensor_type.elem_type == TensorProto.STRING:
             raise UserError(f"{where}: refused: string tensor {value.name[:80]!r} (an exported model holds numbers only)")
         dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor_type.shape.dim]
-        if _declared_bytes(dims, tensor_type.elem_type) > MAX_TENSOR_BYTES:
+        sizes[value.name] = _declared_bytes(dims, tensor_type.elem_type)
+        if sizes[value.name] > MAX_TENSOR_BYTES:
             raise UserError(f"{where}: refused: value {value.name[:80]!r} has shape {dims[:8]}, {limit}")
+    peak = _peak_bytes(inferred.graph, sizes)
+    if plan_bytes is not None and peak > plan_bytes:  # three live 1.6 GB values of a tiny model took 5.5 GB
+        raise UserError(f"{where}: refused: its values take {peak >> 20} MB at once for one image, over the "
+                        f"{plan_bytes >> 20} MB cap; raise onnx_max_memory_gb if the model needs it")
+
+
+def _peak_bytes(graph, sizes: dict) -> int:
+    """The most bytes of values alive at once when the nodes run in order (each freed after its
+    last use), from their static sizes: what a run needs at least."""
+    last_use = {name: index for index, node in enumerate(graph.node) for name in node.input}
+    last_use.update({value.name: len(graph.node) for value in graph.output})
+    live = sum(sizes.get(value.name, 0) for value in graph.input)
+    peak = live
+    for index, node in enumerate(graph.node):
+        live += sum(sizes.get(name, 0) for name in node.output)
+        peak = max(peak, live)
+        live -= sum(sizes.get(name, 0) for name in set(node.input) | set(node.output)
+                    if last_use.get(name, index) == index)
+    return peak
 
 
 # Ops with subgraphs (an endless Loop hung infer; SIGTERM could not stop it): export writes none.
@@ -107,9 +128,13 @@ MAX_NODES = 100_000  # an export has a few thousand; 600,000 Identity nodes took
 _ARENA: list[int] = []  # ONNX Runtime takes one shared CPU arena per process: its cap, once set
 
 
+DEFAULT_MEMORY_GB = 4.0  # an exported model's run at most (half the machine where that is less)
+
+
 def default_memory_gb() -> float:
-    """Half of this machine's memory: what a model's run may take (``onnx_max_memory_gb``)."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 / 1024**3
+    """What a model's run may take unless ``onnx_max_memory_gb`` says otherwise: 4 GB, or half of
+    this machine's memory where that is less (a 1 KB forged model took 5.5 GB under half of 24 GB)."""
+    return min(DEFAULT_MEMORY_GB, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 / 1024**3)
 
 
 def _wire_fields(data: bytes):
@@ -222,11 +247,12 @@ def _session(model: bytes, where: Path, max_memory_gb: float | None = None):
     except Exception as exc:  # protobuf decode errors
         message = " ".join(str(exc).split())[:160]
         raise UserError(f"{where}: not a loadable ONNX model ({type(exc).__name__}: {message})") from exc
-    _check_tensors(proto, where)  # external data: read from a path relative to the working dir
+    cap_gb = max_memory_gb or default_memory_gb()
+    _check_tensors(proto, where, int(cap_gb * 1024**3))  # external data: read from a path relative to the working dir
     _check_ops(proto, where)
     ort = _onnxruntime()
     try:
-        options = _capped_options(ort, max_memory_gb or default_memory_gb())
+        options = _capped_options(ort, cap_gb)
         # no constant folding: folding a forged chain of constant MatMuls ran at load, where no signal stops it
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"],
                                     disabled_optimizers=["ConstantFolding"])
@@ -357,7 +383,7 @@ def read_export(run_root: Path, category_dir: Path, category: str | None = None)
 def load_exported(run_root: Path, category_dir: Path, max_memory_gb: float | None = None,
                   max_seconds: float | None = None, category: str | None = None) -> tuple[ExportManifest, BaseDetector]:
     """The manifest and an ONNX-backed detector (tiled as at fit) for one exported category; its
-    runs take at most ``max_memory_gb`` (None: half of this machine's memory) and ``max_seconds``
+    runs take at most ``max_memory_gb`` (None: ``default_memory_gb()``) and ``max_seconds``
     a batch (None: no limit)."""
     manifest, model = read_export(run_root, category_dir, category)
     where = category_dir / "artifacts" / manifest.model_file

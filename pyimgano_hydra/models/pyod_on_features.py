@@ -98,6 +98,11 @@ def _is_json(value: Any) -> bool:
         return False
 
 
+# PyOD classes whose fit holds n x n matrices, and the training rows they may take (n² x 8 B, a few copies)
+QUADRATIC_MEMORY = ("COF", "LOCI", "SOD", "SOS", "RGraph")
+MAX_QUADRATIC_ROWS = 5000
+
+
 class PyODOnFeatures(BackboneMixin, BaseDetector):
     """A PyOD detector fitted on pooled backbone embeddings (image-level; no maps)."""
 
@@ -187,6 +192,11 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
     def _fit_embeddings(self, train_emb: np.ndarray, params: dict[str, Any] | None = None,
                         stats: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.train_embeddings_ = np.asarray(train_emb, dtype=np.float32)
+        name = type(self._prototype()).__name__
+        if name in QUADRATIC_MEMORY and len(self.train_embeddings_) > MAX_QUADRATIC_ROWS:
+            # training and a load (which re-fits) refuse alike: 58 KB of stored rows took 3.7 GB in COF
+            raise UserError(f"model.detector: {name} holds a {len(self.train_embeddings_)}² distance matrix; at most "
+                            f"{MAX_QUADRATIC_ROWS} training images (set dataset.limit_train, or use KNN / LOF)")
         if stats is None:
             x = self.train_embeddings_.astype(np.float64)
             mean, scale = x.mean(axis=0), x.std(axis=0)

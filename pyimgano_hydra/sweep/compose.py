@@ -83,9 +83,9 @@ class ComposedOnce(ConfigLoader):
             self._kept[(id(master_config), tuple(overrides))] = config
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        from pyimgano_hydra.config_sources import guard_config_reads
+        from pyimgano_hydra.hydra_guard import guard_hydra
 
-        guard_config_reads()  # a launcher's worker process composes here first
+        guard_hydra()  # a launcher's worker process composes here first
         check_sweep_dir(master_config)
         kept = self._kept.pop((id(master_config), tuple(sweep_overrides)), None)
         return kept if kept is not None else self.loader.load_sweep_config(master_config, sweep_overrides)

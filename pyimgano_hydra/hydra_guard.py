@@ -1,0 +1,142 @@
+"""Checks inside Hydra's own config loading, where no callback reaches: every config file is
+checked as it is read (``config_sources.check_config_file``: never from a run dir, however the
+path was spelled), a file of the user's may not set ``hydra.hydra_logging`` (Hydra opens those
+handlers before any check), and each sweep job's config keeps the Hydra settings checked for the
+whole sweep (Hydra writes a job's record and log before any callback of the job runs).
+
+Installed by every entry point before Hydra starts, and on import in a launcher's worker process
+(``pyimgano_hydra/__init__.py``), which composes its jobs' configs itself."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pyimgano_hydra.errors import UserError, console_line
+
+# Hydra settings a sweep job may not change: checked once on the sweep's config, used per job
+SAME_FOR_EVERY_JOB = ("output_subdir", "job_logging", "hydra_logging", "sweep", "run", "callbacks", "launcher",
+                      "sweeper", "searchpath", "job.name", "job.chdir", "job.env_set", "job.env_copy")
+_TRUSTED_PACKAGES = ("hydra.", "hydra_plugins.", "pyimgano_hydra.")  # installed code's own configs
+
+
+def guard_hydra(scan: bool = True) -> None:
+    """Patch the config sources and loaders Hydra has (``scan``: register them all first); once."""
+    from hydra.core.config_loader import ConfigLoader
+    from hydra.plugins.config_source import ConfigSource
+
+    if scan:
+        from hydra.core.plugins import Plugins
+
+        Plugins.instance()  # registers the config sources
+    for source in _subclasses(ConfigSource):
+        if source.scheme() in _READ_FILE and not getattr(source.load_config, "guarded", False):
+            source.load_config = _checked_read(source.load_config, _READ_FILE[source.scheme()])
+    for loader in _subclasses(ConfigLoader):
+        if "load_sweep_config" in vars(loader) and not getattr(loader.load_sweep_config, "guarded", False):
+            loader.load_sweep_config = _checked_job(loader.load_sweep_config)
+
+
+def _subclasses(cls: type) -> list[type]:
+    found, pending = [], list(cls.__subclasses__())
+    while pending:
+        found.append(pending.pop())
+        pending += found[-1].__subclasses__()
+    return found
+
+
+def _file_source_path(source: Any, name: str) -> str | None:
+    return os.path.join(source.path, name)
+
+
+def _package_source_path(source: Any, name: str) -> str | None:
+    from importlib import resources
+
+    found = resources.files(source.path).joinpath(name)
+    return os.fspath(found) if isinstance(found, os.PathLike) else None  # a zipped package holds no run
+
+
+_READ_FILE = {"file": _file_source_path, "pkg": _package_source_path}  # where a source reads a config
+
+
+def _checked_read(load, where):
+    from pyimgano_hydra.config_sources import check_config_file
+
+    def load_config(self, config_path: str):
+        path = where(self, self._normalize_file_name(config_path))
+        if path is not None:
+            check_config_file(path)
+        result = load(self, config_path)
+        if path is not None and not _installed(self, path) and (
+                config_path.startswith("hydra/hydra_logging") or _has_key(result.config, "hydra_logging")):
+            raise UserError(f"{console_line(path)}: sets hydra.hydra_logging, whose handlers Hydra opens before any "
+                            "check (they could write into a run); set file handlers under hydra.job_logging")
+        return result
+
+    load_config.guarded = True
+    return load_config
+
+
+def _installed(source: Any, path: str) -> bool:
+    """A config shipped by installed code (Hydra's, a plugin's, ours), not a file of the user's."""
+    from pyimgano_hydra.paths import conf_dir
+
+    if source.scheme() == "pkg":
+        return str(source.path).startswith(_TRUSTED_PACKAGES)
+    return os.path.realpath(path).startswith(os.path.realpath(conf_dir()) + os.sep)
+
+
+def _has_key(node: Any, key: str) -> bool:
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=False)
+    if isinstance(node, dict):
+        return key in node or any(_has_key(value, key) for value in node.values())
+    if isinstance(node, list):
+        return any(_has_key(value, key) for value in node)
+    return False
+
+
+def _checked_job(load):
+    def load_sweep_config(self, master_config, sweep_overrides):
+        guard_hydra(scan=False)  # config sources a worker process loaded since
+        config = load(self, master_config, sweep_overrides)
+        check_job_config(master_config, config, sweep_overrides)
+        return config
+
+    load_sweep_config.guarded = True
+    return load_sweep_config
+
+
+def check_job_config(master: Any, job: Any, overrides: Any = ()) -> None:
+    """``UserError`` when a sweep job's config changes a Hydra setting of ``SAME_FOR_EVERY_JOB``
+    (a swept preset that moves the job log or ``.hydra/`` into a completed run)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(master, DictConfig) or OmegaConf.select(master, "hydra", default=None) is None:
+        return
+    before = OmegaConf.to_container(master.hydra, resolve=False)
+    after = OmegaConf.to_container(job.hydra, resolve=False)
+    for key in SAME_FOR_EVERY_JOB:
+        changed = _difference(_at(before, key), _at(after, key), f"hydra.{key}")
+        if changed:
+            raise UserError(f"{changed}: job {console_line(' '.join(map(str, overrides)))} changes it; a sweep's "
+                            "Hydra settings are the same for every job (set them for the whole sweep)")
+
+
+def _difference(before: Any, after: Any, key: str) -> str | None:
+    """The dotted key of the first difference between two config trees, or None."""
+    if before == after:
+        return None
+    if isinstance(before, dict) and isinstance(after, dict):
+        for name in [*before, *(k for k in after if k not in before)]:
+            found = _difference(before.get(name), after.get(name), f"{key}.{name}")
+            if found:
+                return found
+    return key
+
+
+def _at(tree: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
