@@ -50,14 +50,15 @@ def _no_imports_from_a_run_dir() -> None:
     module = _module_argument(list(getattr(sys, "orig_argv", []))) or _CONSOLE_SCRIPTS.get(
         os.path.basename(sys.argv[0]) if sys.argv else "")
     parts = (module or "").split(".")
-    if _inside_a_run_dir(os.getcwd()):
+    inside = _inside_a_run_dir(os.getcwd())
+    if inside:
         # child Pythons (joblib's loky workers: python -m / -c) put the working dir first on sys.path:
         # a run dir's joblib/ ran in them, under the console scripts too
         os.environ["PYTHONSAFEPATH"] = "1"
         _matplotlib_without_working_dir()
     app = parts in (["pyimgano_hydra"], ["pyimgano_hydra", "__main__"])
-    if not app and parts[:2] not in (["pyimgano_hydra", "infer"], ["pyimgano_hydra", "export"]):
-        return
+    if not inside and not app and parts[:2] not in (["pyimgano_hydra", "infer"], ["pyimgano_hydra", "export"]):
+        return  # any entry inside a run dir (the API from a notebook there: Hydra's plugin scan) drops it
     cwd = os.getcwd()
     # nor a PYTHONPATH entry inside a run dir (a relative PYTHONPATH=src read a run dir's src/torch.py)
     sys.path[:] = [p for p in sys.path if not (p and _inside_a_run_dir(os.path.abspath(p)))]
@@ -127,3 +128,17 @@ def _guard_hydra_in_a_worker() -> None:
 
 
 _guard_hydra_in_a_worker()
+
+
+def _quiet_resource_tracker() -> None:
+    """multiprocessing's resource tracker (a child process) warns of the semaphores of joblib
+    workers that were killed: lines after the one error line, nothing a user can act on."""
+    import os
+
+    quiet = "ignore:resource_tracker:UserWarning"
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if quiet not in current:
+        os.environ["PYTHONWARNINGS"] = f"{current},{quiet}" if current else quiet
+
+
+_quiet_resource_tracker()

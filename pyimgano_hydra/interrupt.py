@@ -17,6 +17,9 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum = int(signum)
 
+    def __reduce__(self):  # a joblib worker's job sends it back pickled: by number, not by name
+        return (type(self), (self.signum,))
+
 
 _RAISED = []  # an interrupt was raised: later signals must not break the cleanup that writes status.json
 CLAIMED: list = []  # (run dir, config hash) claimed by runs/claim.py in this process
@@ -72,13 +75,22 @@ def _mark_abandoned_jobs(signum: int, wait_s: float = 5.0, limit: int = 10000) -
     """A sweep stopped in its launching process: the jobs its local workers ran (joblib's loky
     processes are killed without running their handlers) are marked interrupted once their
     process is gone; a job of another host or a live process is left as it is."""
+    from pyimgano_hydra.runs.status import INTERRUPTED
+
+    mark_abandoned_jobs(INTERRUPTED, f"interrupted ({signal.Signals(signum).name}): its sweep was stopped",
+                        wait_s, limit)
+
+
+def mark_abandoned_jobs(state: str, why: str, wait_s: float = 5.0, limit: int = 10000) -> None:
+    """The jobs of this process's sweeps left ``running`` by a local process that is gone (killed
+    loky workers) are recorded ``state`` with ``why``."""
     import os
     import socket
     import time
 
     from pyimgano_hydra.errors import UserError
     from pyimgano_hydra.runs.layout import sweep_dir_swapped
-    from pyimgano_hydra.runs.status import INTERRUPTED, RUNNING, owner_gone, write_status
+    from pyimgano_hydra.runs.status import RUNNING, owner_gone, write_status
     from pyimgano_hydra.runs.trust import read_json_file
 
     deadline = time.monotonic() + wait_s
@@ -99,8 +111,26 @@ def _mark_abandoned_jobs(signum: int, wait_s: float = 5.0, limit: int = 10000) -
             while not owner_gone(record) and time.monotonic() < deadline:
                 time.sleep(0.1)
             if owner_gone(record):
-                write_status(path, INTERRUPTED, error=f"interrupted ({signal.Signals(signum).name}): "
-                             "its sweep was stopped", config_hash=record.get("config_hash"))
+                write_status(path, state, error=why, config_hash=record.get("config_hash"))
+
+
+@contextmanager
+def workers_may_die() -> Iterator[None]:
+    """Around a launch: when the launcher's worker processes end under it (SIGKILL, an OOM kill,
+    a signal to one loky worker), the jobs they left ``running`` are recorded failed and the
+    error is one line naming the launcher."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc).__name__ not in ("TerminatedWorkerError", "BrokenProcessPool"):
+            raise
+        from pyimgano_hydra.errors import UserError
+        from pyimgano_hydra.runs.status import FAILED
+
+        line = " ".join(str(exc).split())[:200]
+        mark_abandoned_jobs(FAILED, f"failed: its worker process ended ({line})")
+        raise UserError(f"hydra.launcher: a worker process ended under the sweep ({line}); the jobs it left "
+                        "running are recorded failed") from exc
 
 
 @contextmanager

@@ -50,11 +50,14 @@ class ComposeOnceSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        from pyimgano_hydra.interrupt import workers_may_die
+
         returns, first = [], 0
         for batch in batches(jobs, self.max_batch_size):
             self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=first)
             try:
+                with workers_may_die():
+                    results = self.launcher.launch(batch, initial_job_idx=first)
                 for result in results:
                     _ = result.return_value  # a failed job raises here, after its batch, as in Hydra's
             except BaseException:

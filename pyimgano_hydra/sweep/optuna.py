@@ -60,7 +60,14 @@ class BudgetLauncher:
             self.job_dirs = JobDirs(self.sweeper.config)
         if self.job_dirs is not None:  # sampled values in hydra.sweep.subdir: no two trials share a dir
             self.job_dirs.check(initial_job_idx, job_overrides)
-        returns = list(self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx))
+        from pyimgano_hydra.interrupt import workers_may_die
+
+        try:
+            with workers_may_die():
+                returns = list(self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx))
+        except BaseException:
+            self.sweeper.hydra_context.callbacks.on_multirun_end(config=self.sweeper.config)  # the board so far
+            raise
         out = []
         for ret in returns:
             if _objective_ok(ret):
@@ -98,12 +105,34 @@ def stored_trials(storage: Any, study_name: str | None) -> int:
 
 
 def continue_study(sampler: Any, storage: Any, study_name: str | None) -> int:
-    """Reseed ``sampler`` when the study already has trials; return how many it has."""
+    """Reseed ``sampler`` when the study already has trials; return how many it has. A stored
+    CMA-ES state is refused: Optuna's CMA-ES sampler unpickles it (a handed-over database ran code)."""
+    pickled = _pickled_sampler_state(storage, study_name) if "CmaEs" in type(sampler).__name__ else None
+    if pickled:
+        from pyimgano_hydra.errors import UserError
+
+        raise UserError(f"hydra.sweeper.storage={storage}: study {study_name!r} stores a pickled CMA-ES state "
+                        f"({pickled}), which Optuna would unpickle (run code from the database); continue it "
+                        "with hydra/sweeper/sampler=tpe, or start a new study")
     existing = stored_trials(storage, study_name)
     if existing and hasattr(sampler, "reseed_rng"):
         sampler.reseed_rng()
         log.info("continuing study %s: %d trials stored; sampler reseeded", study_name, existing)
     return existing
+
+
+def _pickled_sampler_state(storage: Any, study_name: str | None) -> str | None:
+    """The first trial system attribute holding a pickled CMA-ES optimizer, or None."""
+    if not storage or not study_name:
+        return None
+    import optuna
+
+    try:
+        trials = optuna.load_study(study_name=study_name, storage=storage).trials
+    except KeyError:
+        return None
+    return next((key for trial in trials for key in trial.system_attrs
+                 if key.split(":")[0].endswith("cma") and "optimizer" in key), None)
 
 
 def _raised_by_storage(exc: BaseException) -> bool:
