@@ -35,6 +35,34 @@ _CONSOLE_SCRIPTS = {"pyimgano-hydra": "pyimgano_hydra", "pyimgano-hydra-infer": 
                     "pyimgano-hydra-export": "pyimgano_hydra.export"}
 
 
+def _entry_module() -> str:
+    """The module this Python was started to run (``-m`` or one of our console scripts), or ''."""
+    import os
+    import sys
+
+    return _module_argument(list(getattr(sys, "orig_argv", []))) or _CONSOLE_SCRIPTS.get(
+        os.path.basename(sys.argv[0]) if sys.argv else "", "")
+
+
+def _stop_while_starting(signum, frame):
+    """Ctrl-C while an entry point imports (before ``main`` handles it): one line, exit 130, and
+    a held-down Ctrl-C ignored from then on (it gave tracebacks from imports and finalizers)."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print("interrupted: SIGINT; stopped while starting, nothing was written", file=sys.stderr)
+    raise SystemExit(130)
+
+
+def _ctrl_c_while_starting() -> None:
+    import signal
+
+    if _entry_module() in _CONSOLE_SCRIPTS.values() or _entry_module() == "pyimgano_hydra.__main__":
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _stop_while_starting)
+
+
 def _no_imports_from_a_run_dir() -> None:
     """``python -m pyimgano_hydra.infer`` (or ``.export``) started inside an untrusted run dir:
     Python puts the working dir first on ``sys.path``, so a ``hydra_plugins/`` folder or a
@@ -47,9 +75,7 @@ def _no_imports_from_a_run_dir() -> None:
         # numba reads it from the working dir (env vars win): its cache_dir pointed numba at a run
         # dir's pickled cache index, which numba unpickles
         os.environ["NUMBA_CACHE_DIR"] = os.path.join(os.path.expanduser("~"), ".cache", "pyimgano_hydra", "numba")
-    module = _module_argument(list(getattr(sys, "orig_argv", []))) or _CONSOLE_SCRIPTS.get(
-        os.path.basename(sys.argv[0]) if sys.argv else "")
-    parts = (module or "").split(".")
+    parts = _entry_module().split(".")
     inside = _inside_a_run_dir(os.getcwd())
     if inside:
         # child Pythons (joblib's loky workers: python -m / -c) put the working dir first on sys.path:
@@ -94,7 +120,8 @@ def _matplotlib_without_working_dir() -> None:
         sys.path[:] = saved
 
 
-# One of these marks a run dir: a claim, a status.json (an unfinished run is one) or a report.json.
+# One of these marks a run dir: a claim, a status.json (an unfinished run is one), a report.json or
+# Hydra's record (a run shipped without the other three).
 RUN_RECORD_FILES = (".claim.json", "status.json", "report.json", ".hydra")
 
 
@@ -112,6 +139,7 @@ def _inside_a_run_dir(path: str) -> bool:
         path = parent
 
 
+_ctrl_c_while_starting()
 _no_imports_from_a_run_dir()
 
 

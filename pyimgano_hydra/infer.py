@@ -51,11 +51,22 @@ def collect_inputs(spec: str) -> list[Path]:
     return found
 
 
+RUN_OR_INFER_DIR = (".claim.json", "status.json", ".hydra")  # a folder of results, not of line images
+
+
 def _walk(folder: Path) -> list[Path]:
     """Every file below ``folder`` (symlinked folders not followed); a folder that cannot be listed
     (a path past PATH_MAX, no permission) is named in one warning, the rest are scored."""
     unreadable: list[OSError] = []
-    files = [Path(root) / name for root, _, names in os.walk(folder, onerror=unreadable.append) for name in names]
+    files, skipped = [], []
+    for root, dirs, names in os.walk(folder, onerror=unreadable.append):
+        runs = [d for d in dirs if any(os.path.lexists(os.path.join(root, d, n)) for n in RUN_OR_INFER_DIR)]
+        skipped += runs  # an earlier infer's outputs (its masks) under the image folder are no line images
+        dirs[:] = [d for d in dirs if d not in runs]
+        files += [Path(root) / name for name in names]
+    if skipped:
+        log.info("input=%s: %d run or infer folder(s) inside it not scored, e.g. %s", console_line(str(folder)),
+                 len(skipped), console_line(skipped[0]))
     if unreadable:
         first = unreadable[0]
         log.warning("input=%s: %d folder(s) could not be listed, e.g. %s (%s); their images are not scored",
@@ -120,12 +131,13 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
     if type(cfg.batch_size) is not int or not 1 <= cfg.batch_size <= 4096:
         raise ConfigError(f"batch_size: must be an int in 1..4096, got {cfg.batch_size!r}")
     num_workers = checked_workers(OmegaConf.select(cfg, "loader.num_workers"))  # +loader.num_workers=N
-    loaded = load_run(cfg.run_dir)
-    category = loaded.category(cfg.category)
-    paths = collect_inputs(str(cfg.input))
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with held_folder(out) as held:  # writes go to this folder even if out is swapped for a link
+    # writes go to this folder even if out is swapped for a link (also while the run dir loads)
+    with held_folder(out) as held:
+        loaded = load_run(cfg.run_dir)
+        category = loaded.category(cfg.category)
+        paths = collect_inputs(str(cfg.input))
+        started = time.perf_counter()
         here = held or out
         try:
             with running(here / "status.json", **owner()):  # its heartbeat, until the final state
@@ -134,9 +146,15 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
                 if runtime == "onnxruntime":
                     from pyimgano_hydra.export.runtime import load_exported
 
-                    _, inspector.detector = load_exported(loaded.run_dir.root, loaded.run_dir.category(category).root,
-                                                          cfg.get("onnx_max_memory_gb"), cfg.get("onnx_max_seconds"),
-                                                          category=category)
+                    manifest, inspector.detector = load_exported(
+                        loaded.run_dir.root, loaded.run_dir.category(category).root, cfg.get("onnx_max_memory_gb"),
+                        cfg.get("onnx_max_seconds"), category=category)
+                    if manifest.image_threshold.get("value") != inspector.image_threshold.get("value"):
+                        # artifacts/ copied from another fit: its scores against this run's threshold
+                        raise UserError(f"{category}: artifacts/export.json holds threshold "
+                                        f"{manifest.image_threshold.get('value')}, the run's inspector "
+                                        f"{inspector.image_threshold.get('value')}: exported from another fit; "
+                                        f"export this run again")
                 threshold = inspector.image_threshold
                 defects = defects_settings_for(inspector.defects, cfg.defects, task_overrides or [])
                 exporter = None

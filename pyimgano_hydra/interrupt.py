@@ -169,7 +169,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block SIGTERM (and SIGHUP...) raises :class:`Interrupted` (main thread only), and
     so does Ctrl-C where Python's own handler has it: once, so that Ctrl-C held down never breaks
     the cleanup that records the run (its status.json was left ``running``)."""
-    ctrl_c = [signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else []
+    from pyimgano_hydra import _stop_while_starting
+
+    starting = (signal.default_int_handler, _stop_while_starting)
+    ctrl_c = [signal.SIGINT] if signal.getsignal(signal.SIGINT) in starting else []
     with _handling(_caught() + ctrl_c, _raise_once):
         yield
 

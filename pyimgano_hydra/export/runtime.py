@@ -19,6 +19,7 @@ import numpy as np
 
 from pyimgano_hydra.adapt.tiling import TiledDetector
 from pyimgano_hydra.errors import ConfigError, DataError, UserError
+from pyimgano_hydra.files import read_regular
 from pyimgano_hydra.models.base import BaseDetector, DetectorOutput
 from pyimgano_hydra.schemas.export import ExportManifest
 
@@ -367,12 +368,8 @@ def read_export(run_root: Path, category_dir: Path, category: str | None = None)
         raise UserError(f"{manifest_path}: holds category {manifest.category!r}, not "
                         f"{category if category is not None else category_dir.name!r}")
     model_path = trust.confined(run_root, relative / MODEL_FILE, str(manifest_path) + ": model_file")
-    try:
-        if not model_path.is_file():  # a FIFO named model.onnx held infer forever in read_bytes
-            raise UserError(f"{model_path}: not a regular file; not an exported model")
-        if model_path.stat().st_size > MAX_MODEL_BYTES:
-            raise UserError(f"{model_path}: larger than 2 GB; not an exported model")
-        model = model_path.read_bytes()
+    try:  # one non-blocking open: a FIFO swapped in after a check by name held infer forever
+        model = read_regular(model_path, MAX_MODEL_BYTES, "not an exported model")
     except OSError as exc:
         raise UserError(f"{model_path}: unreadable ({type(exc).__name__})") from exc
     if hashlib.sha256(model).hexdigest() != manifest.sha256:
