@@ -9,6 +9,21 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _deliverable_signals() -> None:
+    """A suite started in the background (``nohup ... &``) inherits SIGINT and SIGQUIT ignored, and
+    so would every command a test starts: an operator's Ctrl-C or Ctrl-\\ that a test sends would
+    never arrive (the product rightly keeps an ignored signal ignored)."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
+_deliverable_signals()
 MTD_ROOT = REPO.parent / "shared" / "datasets" / "mtd"
 
 # Small, fast settings for end-to-end runs on the embedded synthetic dataset.
