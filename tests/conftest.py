@@ -81,6 +81,20 @@ def start_cli(args, cwd=None, env=None, module="pyimgano_hydra") -> subprocess.P
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def hold_ctrl_c(proc: subprocess.Popen, times: int = 1000, every: float = 0.002) -> str:
+    """An operator holding Ctrl-C: SIGINT to ``proc`` every ``every`` seconds until it ends (at most
+    ``times``); its stderr."""
+    import signal
+    import time
+
+    for _ in range(times):
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGINT)
+        time.sleep(every)
+    return proc.communicate(timeout=60)[1]
+
+
 def wait_for(path: Path, timeout: float = 90.0) -> bool:
     """True once ``path`` exists (a link too), False after ``timeout`` seconds."""
     import time
@@ -119,11 +133,13 @@ def interrupted_copy(completed: Path, run_dir: Path) -> Path:
     return run_dir
 
 
-def trained_run(tmp_path_factory, export: bool = False) -> Path:
-    """One completed TINY run (exported to ONNX with ``export``): module fixtures build it once and
-    each test forges files in a copy (``copy_run``)."""
-    root = tmp_path_factory.mktemp("trained") / "run"
-    proc = run_cli([*TINY, f"hydra.run.dir={root}"])
+def trained_run(tmp_path_factory, export: bool = False, model: str | None = None) -> Path:
+    """One completed TINY run (exported to ONNX with ``export``; of another ``model`` option, TINY's
+    ``model.*`` settings left out): module fixtures build it once and each test forges files in a
+    copy (``copy_run``)."""
+    root = tmp_path_factory.mktemp(f"trained_{model}" if model else "trained") / "run"
+    args = [*TINY] if model is None else [*[a for a in TINY if not a.startswith("model.")], f"model={model}"]
+    proc = run_cli([*args, f"hydra.run.dir={root}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     if export:
         proc = run_cli([f"run_dir={root}"], module="pyimgano_hydra.export", timeout=300)

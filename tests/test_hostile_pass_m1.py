@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from conftest import REPO, copy_run, run_cli, small_png, trained_run
 from forged_onnx import SCORE_ONNX, artifacts, env, install
+from watch_files import IN_OPEN, _on_first_close, _watch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -97,61 +97,6 @@ def test_an_export_whose_artifacts_folder_appears_as_a_link_never_writes_into_an
     assert not added and not changed, (added, changed, proc.returncode, err[-300:])
 
 
-IN_CLOSE_NOWRITE = 0x10
-IN_OPEN = 0x20
-
-
-def _watch(path: Path, mask: int):
-    """A callable telling whether ``path`` saw an inotify event of ``mask`` since this call."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.inotify_init1(os.O_NONBLOCK)
-    assert fd >= 0 and libc.inotify_add_watch(fd, os.fsencode(str(path)), mask) >= 0
-
-    def seen() -> bool:
-        try:
-            return bool(os.read(fd, 4096))
-        except BlockingIOError:
-            return False
-
-    return seen
-
-
-def _on_first_close(path: Path, action) -> threading.Thread:
-    """A thread that runs ``action()`` as soon as ``path`` is first closed after reading
-    (inotify ``IN_CLOSE_NOWRITE``): the moment a check's own open of the file ends."""
-    return _on_close_count(path, 1, action)
-
-
-def _on_close_count(path: Path, count: int, action) -> threading.Thread:
-    """``_on_first_close`` at the ``count``-th close."""
-    import ctypes
-    import select
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.inotify_init1(os.O_NONBLOCK)
-    assert fd >= 0
-    assert libc.inotify_add_watch(fd, os.fsencode(str(path)), IN_CLOSE_NOWRITE) >= 0
-
-    def watch() -> None:
-        seen = 0
-        try:
-            while seen < count:
-                ready, _, _ = select.select([fd], [], [], 120)
-                if not ready:
-                    return
-                data = os.read(fd, 4096)
-                seen += len(data) // 16 if data else 0  # no name: one 16-byte event each
-            action()
-        finally:
-            os.close(fd)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_infer_never_waits_on_an_inspector_swapped_for_a_fifo_after_its_zip_check(trained, tmp_path):
     """``trust.load_weights`` checks inspector.pt (is_file, then ``uncompressed_archive`` opens it,
     reads the zip directory and closes it) and then ``torch.load(path)`` opens it again by name. The
@@ -182,8 +127,6 @@ def test_ctrl_c_held_down_never_leaves_infer_running_or_a_traceback(trained, tmp
     so the second one lands inside the first one's cleanup: in ``write_status(INTERRUPTED)`` (the
     atomic write is undone, status.json stays ``running``) or in ``exit_on_interrupt``'s handler
     (a KeyboardInterrupt traceback). Expected: status.json not ``running``, one line, rc 130."""
-    import signal
-
     from PIL import Image
 
     inputs = tmp_path / "inputs"
@@ -191,19 +134,14 @@ def test_ctrl_c_held_down_never_leaves_infer_running_or_a_traceback(trained, tmp
     for i in range(300):
         Image.new("RGB", (64, 64), (i % 256,) * 3).save(inputs / f"{i:03d}.png")
     out = tmp_path / "out"
-    from conftest import start_cli, wait_for
+    from conftest import hold_ctrl_c, start_cli, wait_for
 
     proc = start_cli([f"run_dir={trained}", f"input={inputs}", f"hydra.run.dir={out}"],
                      module="pyimgano_hydra.infer")
     try:
         assert wait_for(out / "status.json", 120)
         time.sleep(1.0)  # scoring
-        for _ in range(1000):
-            if proc.poll() is not None:
-                break
-            proc.send_signal(signal.SIGINT)
-            time.sleep(0.002)
-        _, err = proc.communicate(timeout=60)
+        err = hold_ctrl_c(proc)
     finally:
         proc.kill()
     status = json.loads((out / "status.json").read_text())
@@ -213,12 +151,9 @@ def test_ctrl_c_held_down_never_leaves_infer_running_or_a_traceback(trained, tmp
 
 @pytest.fixture(scope="module")
 def trained_lof(tmp_path_factory):
-    from conftest import TINY
+    from conftest import trained_run
 
-    root = tmp_path_factory.mktemp("trained_lof") / "run"
-    proc = run_cli([*[a for a in TINY if not a.startswith("model.")], "model=lof", f"hydra.run.dir={root}"])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return root
+    return trained_run(tmp_path_factory, model="lof")
 
 
 @pytest.mark.parametrize("module", ["pyimgano_hydra.infer", "pyimgano_hydra.export"])

@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, TINY as TINY_ARGS, copy_run, run_cli, small_png, trained_run
+from watch_files import _on_first_close
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-IN_CLOSE_NOWRITE = 0x10
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -32,29 +28,6 @@ def _snapshot(run_dir: Path) -> dict:
 def _changes(run_dir: Path, before: dict):
     after = _snapshot(run_dir)
     return sorted(set(after) - set(before)), sorted(k for k in before if after.get(k) != before[k])
-
-
-def _on_first_close(path: Path, action) -> threading.Thread:
-    """A thread that runs ``action()`` as soon as ``path`` is first closed after a read (inotify)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.inotify_init1(os.O_NONBLOCK)
-    assert fd >= 0
-    assert libc.inotify_add_watch(fd, os.fsencode(str(path)), IN_CLOSE_NOWRITE) >= 0
-
-    def watch() -> None:
-        try:
-            ready, _, _ = select.select([fd], [], [], 120)
-            if ready:
-                os.read(fd, 4096)
-                action()
-        finally:
-            os.close(fd)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
 
 
 @pytest.mark.xfail(strict=True, reason="open (#16): a category folder swapped for a link before export holds it; needs reads and writes relative to held descriptors")
@@ -147,6 +120,23 @@ def test_an_inspector_link_swapped_in_after_its_confined_check_is_never_read_fro
     assert "hits=0" in proc.stdout, proc.stdout
 
 
+def _infer_swapping(run_dir, image, out, watched, folder, target, tmp_path):
+    """infer of ``image`` with ``run_dir`` into ``out``; the moment ``watched`` is first closed after
+    reading, ``folder`` is renamed away and replaced by a link to ``target``."""
+    def swap() -> None:
+        os.rename(folder, tmp_path / "moved")
+        os.symlink(target, folder)
+
+    watcher = _on_first_close(watched, swap)
+    try:
+        proc = run_cli([f"run_dir={run_dir}", f"input={image}", f"hydra.run.dir={out}"],
+                       module="pyimgano_hydra.infer", timeout=180)
+    finally:
+        watcher.join(5)
+    assert os.path.islink(folder), "the swap did not happen"
+    return proc
+
+
 def test_an_infer_output_dir_swapped_while_the_run_dir_loads_never_writes_into_a_completed_run(trained, tmp_path):
     """infer into a new ``hydra.run.dir``: Hydra's claim makes it, ``run_inference`` checks it holds no
     status.json, reads the received run (load_run), and only then pins the output dir with
@@ -159,19 +149,8 @@ def test_an_infer_output_dir_swapped_while_the_run_dir_loads_never_writes_into_a
     received = copy_run(trained, tmp_path, "received")
     done = copy_run(trained, tmp_path, "done")
     before = _snapshot(done)
-    new, moved = tmp_path / "new", tmp_path / "moved"
-
-    def swap() -> None:
-        os.rename(new, moved)
-        os.symlink(done, new)
-
-    watcher = _on_first_close(received / "report.json", swap)
-    try:
-        proc = run_cli([f"run_dir={received}", f"input={small_png(trained)}", f"hydra.run.dir={new}"],
-                       module="pyimgano_hydra.infer", timeout=180)
-    finally:
-        watcher.join(5)
-    assert os.path.islink(new), "the swap did not happen"
+    new = tmp_path / "new"
+    proc = _infer_swapping(received, small_png(trained), new, received / "report.json", new, done, tmp_path)
     added, changed = _changes(done, before)
     assert not added and not changed, (added, changed, proc.returncode, proc.stderr[-300:])
     assert "Traceback" not in proc.stderr, proc.stderr[-500:]
@@ -278,10 +257,7 @@ def test_infer_onnxruntime_never_scores_another_fits_export_against_this_runs_th
 
 @pytest.fixture(scope="module")
 def trained_lof(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trained_lof") / "run"
-    proc = run_cli([*[a for a in TINY_ARGS if not a.startswith("model.")], "model=lof", f"hydra.run.dir={root}"])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return root
+    return trained_run(tmp_path_factory, model="lof")
 
 
 @pytest.mark.xfail(strict=True, reason="open (#16): PyOD params bounded one by one, not by the re-fit's cost")
@@ -460,18 +436,8 @@ def test_infer_never_builds_the_backbone_from_weights_outside_the_run_dir_after_
     state = torch.load(stored, weights_only=True)
     torch.save({k: v * 0.5 if v.is_floating_point() else v for k, v in state.items()}, stored)
 
-    def swap() -> None:
-        os.rename(category, tmp_path / "moved")
-        os.symlink(outside, category)
-
-    watcher = _on_first_close(category / "inspector.pt", swap)
     out = tmp_path / "out"
-    try:
-        proc = run_cli([f"run_dir={run_dir}", f"input={image}", f"hydra.run.dir={out}"],
-                       module="pyimgano_hydra.infer", timeout=180)
-    finally:
-        watcher.join(5)
-    assert os.path.islink(category), "the swap did not happen"
+    proc = _infer_swapping(run_dir, image, out, category / "inspector.pt", category, outside, tmp_path)
     assert "Traceback" not in proc.stderr, proc.stderr[-500:]
     if proc.returncode == 0:
         score = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])["score"]
@@ -487,7 +453,6 @@ def test_ctrl_c_held_down_while_the_command_starts_is_one_line(trained, tmp_path
     KeyboardInterrupt traceback from the imports, then more from the interpreter's teardown
     (weakref finalizers in torch/library.py). Expected: one line, rc 130, no traceback (the package's
     ``__init__``, which runs first, could take SIGINT)."""
-    import signal
     import time
 
     run_dir = copy_run(trained, tmp_path)
@@ -498,14 +463,11 @@ def test_ctrl_c_held_down_while_the_command_starts_is_one_line(trained, tmp_path
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from conftest import hold_ctrl_c
+
     try:
         time.sleep(0.2)
-        for _ in range(3000):
-            if proc.poll() is not None:
-                break
-            proc.send_signal(signal.SIGINT)
-            time.sleep(0.002)
-        _, err = proc.communicate(timeout=60)
+        err = hold_ctrl_c(proc, times=3000)
     finally:
         proc.kill()
     assert "Traceback" not in err and proc.returncode == 130, (proc.returncode, err[-600:])
