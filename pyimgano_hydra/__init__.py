@@ -58,7 +58,8 @@ def _stop_while_starting(signum, frame):
 def _ctrl_c_while_starting() -> None:
     import signal
 
-    if _entry_module() in _CONSOLE_SCRIPTS.values() or _entry_module() == "pyimgano_hydra.__main__":
+    entry = _entry_module()
+    if entry in (*_CONSOLE_SCRIPTS.values(), "pyimgano_hydra.__main__"):
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, _stop_while_starting)
 

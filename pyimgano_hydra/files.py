@@ -16,15 +16,25 @@ def _nonblocking(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK)
 
 
-def open_regular(path: str | Path, advice: str, error: type[UserError] = UserError) -> BinaryIO:
+def _nonblocking_no_link(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK | os.O_NOFOLLOW)
+
+
+def open_regular(path: str | Path, advice: str, error: type[UserError] = UserError,
+                 follow: bool = True) -> BinaryIO:
     """``path`` opened for binary reading when it is a regular file; otherwise ``error`` naming it,
     ending with ``advice``. The file object owns the descriptor from the open (a signal between a
-    raw open and its wrapping once closed a descriptor twice)."""
+    raw open and its wrapping once closed a descriptor twice). ``follow=False``: ``path`` itself may
+    not be a link either."""
     message = f"{path}: not a regular file (a FIFO, device or folder); {advice}"
     try:
-        handle = open(path, "rb", opener=_nonblocking)
+        handle = open(path, "rb", opener=_nonblocking if follow else _nonblocking_no_link)
     except IsADirectoryError:
         raise error(message) from None
+    except OSError:
+        if follow:
+            raise
+        raise error(f"{path}: not a regular file (a link, FIFO or folder?); {advice}") from None
     try:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
             raise error(message)
@@ -74,13 +84,7 @@ def held_file(path: str | Path, advice: str, error: type[UserError] = UserError)
     reader later gets these bytes even if a link is swapped in by then (a stored backbone file,
     checked at load and read at the first batch, was read from outside the run dir). ``path`` where
     there is no ``/proc``."""
-    try:
-        handle = open(path, "rb", opener=lambda name, flags: _nonblocking(name, flags | os.O_NOFOLLOW))
-    except OSError:
-        raise error(f"{path}: not a regular file (a link, FIFO or folder?); {advice}") from None
-    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-        handle.close()
-        raise error(f"{path}: not a regular file (a FIFO, device or folder); {advice}")
+    handle = open_regular(path, advice, error, follow=False)
     proc = f"/proc/self/fd/{handle.fileno()}"
     if not os.path.exists(proc):
         handle.close()

@@ -31,8 +31,9 @@ def guard_hydra(scan: bool = True) -> None:
     for source in _subclasses(ConfigSource):
         if source.scheme() in _READ_FILE and not getattr(source.load_config, "guarded", False):
             source.load_config = _checked_read(source.load_config, _READ_FILE[source.scheme()])
-    for loader in _subclasses(ConfigLoader):
-        if "load_sweep_config" in vars(loader) and not getattr(loader.load_sweep_config, "guarded", False):
+    for loader in _subclasses(ConfigLoader):  # not ours (ComposedOnce): it hands out what Hydra's loader composed
+        if "load_sweep_config" in vars(loader) and not loader.__module__.startswith("pyimgano_hydra") \
+                and not getattr(loader.load_sweep_config, "guarded", False):
             loader.load_sweep_config = _checked_job(loader.load_sweep_config)
 
 

@@ -205,8 +205,8 @@ class FeatureCache:
             linked = folder if folder.is_symlink() else None
         else:
             linked = next((f for f in (self.root, folder) if f.is_symlink()), None)
-        if linked is None and not self._held and os.path.realpath(self.root) != self._real_root:
-            linked = f"a folder above {self.root}"
+            if linked is None and os.path.realpath(self.root) != self._real_root:
+                linked = f"a folder above {self.root}"
         if linked is not None:
             self._off(OSError(f"{linked} is a symlink; the cache writes only into its own folders"))
             return False

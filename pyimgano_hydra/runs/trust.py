@@ -208,7 +208,6 @@ def check_against_schema(cls: type, params: dict, where: str) -> None:
 def _stored_entries_only(handle: BinaryIO, where: str) -> None:
     """Refuse a torch zip file with compressed entries: ``torch.save`` stores every entry as is,
     and a deflated one is a decompression bomb (a 1 MB file inflating to gigabytes)."""
-    import os
     import zipfile
 
     magic, size = handle.read(4), os.fstat(handle.fileno()).st_size
@@ -230,8 +229,6 @@ def torch_file(path: Path, key: str | None = None) -> tuple[Any, int]:
     """(``torch.load(weights_only=True)`` of ``path``, its size), read through ONE open descriptor of
     a regular file: the bytes checked for compressed entries are the bytes torch reads (a FIFO or
     a bomb renamed over the file after a check by name hung infer). Torch's own errors pass."""
-    import os
-
     import torch
 
     where = f"{key + ': ' if key else ''}{path}"

@@ -78,6 +78,9 @@ class ComposedOnce(ConfigLoader):
 
     def check(self, master_config: DictConfig, overrides: Sequence[str]) -> None:
         """Compose one job's config (a bad override raises here, before any job runs); keep it."""
+        from pyimgano_hydra.hydra_guard import guard_hydra
+
+        guard_hydra()  # the config handed out later is checked as it is composed here
         config = self.loader.load_sweep_config(master_config, list(overrides))
         if len(self._kept) < self.keep_at_most:
             self._kept[(id(master_config), tuple(overrides))] = config
