@@ -260,7 +260,6 @@ def trained_lof(tmp_path_factory):
     return trained_run(tmp_path_factory, model="lof")
 
 
-@pytest.mark.xfail(strict=True, reason="open (#16): PyOD params bounded one by one, not by the re-fit's cost")
 def test_a_pyod_inspector_with_in_range_loda_params_never_takes_gigabytes_to_load(trained_lof, tmp_path):
     """A PyODOnFeatures inspector (the run's own 12 training embeddings) re-signed as
     ``pyod.models.loda.LODA`` (a registry class) with ``n_bins=10000, n_random_cuts=10000``: both
@@ -285,7 +284,6 @@ def test_a_pyod_inspector_with_in_range_loda_params_never_takes_gigabytes_to_loa
     assert "Traceback" not in stderr, stderr[-500:]
 
 
-@pytest.mark.xfail(strict=True, reason="open (#16): PyOD params bounded one by one, not by the re-fit's cost (float tol unbounded)")
 def test_a_pyod_inspector_with_in_range_gmm_params_never_hangs_infer(trained_lof, tmp_path):
     """A PyODOnFeatures inspector re-signed as ``pyod.models.gmm.GMM`` with ``n_init=10000,
     max_iter=10000, tol=0.0``: ints within ``bounded_ints``' -1..10,000, a float no check bounds.

@@ -218,3 +218,21 @@ def test_a_quadratic_memory_detector_refuses_more_training_rows_than_it_can_hold
     linear = PyODOnFeatures(detector=KNN(n_neighbors=5))  # a k-NN index: no such limit
     linear._fit_embeddings(rows)
     assert linear.score_embeddings(rows[:3]).shape == (3,)
+
+
+@pytest.mark.parametrize("name, params, key", [
+    ("GMM", {"n_components": 2, "n_init": 100, "max_iter": 100}, "n_init"),
+    ("LODA", {"n_bins": 2000, "n_random_cuts": 1000}, "n_random_cuts"),
+])
+def test_a_fit_that_repeats_its_work_past_the_bound_is_refused_at_training_and_within_it_fits(name, params, key):
+    """GMM's EM steps and LODA's histograms grow with the product of their params; a load re-fits, so
+    training refuses past the bound in one line naming the params, and a fit within it goes ahead."""
+    from pyimgano_hydra.registry import resolve_pyod
+
+    cls = resolve_pyod(f"pyod.models.{name.lower()}.{name}", "model.detector")
+    rows = np.random.default_rng(0).normal(size=(30, 4))
+    with pytest.raises(UserError, match=rf"model\.detector: {name} .*{key}"):
+        PyODOnFeatures(detector=cls(**params))._fit_embeddings(rows)
+    model = PyODOnFeatures(detector=cls(**{k: max(1, v // 100) for k, v in params.items()}))
+    model._fit_embeddings(rows)
+    assert np.isfinite(model.score_embeddings(rows[:3])).all()

@@ -101,6 +101,27 @@ def _is_json(value: Any) -> bool:
 # PyOD classes whose fit holds n x n matrices, and the training rows they may take (n² x 8 B, a few copies)
 QUADRATIC_MEMORY = ("COF", "LOCI", "SOD", "SOS", "RGraph")
 MAX_QUADRATIC_ROWS = 5000
+# PyOD classes whose fit repeats work (EM steps, histograms) by the product of these params, and its bound:
+# a load re-fits, so a stored GMM(n_init=max_iter=10000, tol=0) ran for hours, a LODA(10000, 10000) took 2.5 GB
+REPEATED_WORK = {"GMM": (("n_components", "n_init", "max_iter"), 10_000),
+                 "LODA": (("n_bins", "n_random_cuts"), 1_000_000),
+                 "LMDD": (("n_iter",), 1_000)}
+
+
+def _check_repeated_work(detector: Any) -> None:
+    """Training and a load (which re-fits) refuse alike a fit whose repeated work is past its bound."""
+    name = type(detector).__name__
+    if name not in REPEATED_WORK:
+        return
+    keys, bound = REPEATED_WORK[name]
+    own = detector.get_params(deep=False)
+    work = 1
+    for key in keys:
+        value = own.get(key)
+        work *= value if type(value) is int and value > 0 else 1
+    if work > bound:
+        raise UserError(f"model.detector: {name} {' x '.join(f'{k}={own.get(k)}' for k in keys)} repeats its fit "
+                        f"{work:,} times; at most {bound:,} (lower {' or '.join(keys)})")
 
 
 class PyODOnFeatures(BackboneMixin, BaseDetector):
@@ -205,6 +226,7 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
         self.mean_, self.scale_ = (np.asarray(a, dtype=np.float64) for a in stats)
         z = self._standardized(self.train_embeddings_)
         self.detector_ = self._configured_clone(params, len(z))
+        _check_repeated_work(self.detector_)
         keep_compiled_code(self.detector_)
         try:
             self.detector_.fit(z)
