@@ -6,6 +6,7 @@ Prints one JSON line per image: {"image", "score", "pred_label", "threshold", "m
 Images are resized to ``export.json``'s ``preprocessing.resize`` (box filter when shrinking,
 bilinear when enlarging: close to, not bit-identical with, the OpenCV resize of training).
 Runs exported with tiling are refused here (``infer runtime=onnxruntime`` tiles them).
+The model allocates from one arena of at most $SCORE_ONNX_MAX_MEMORY_GB (default 1 GB).
 """
 import hashlib
 import io
@@ -61,6 +62,7 @@ OUTSIDE_ARENA = ("NonZero", "Unique", "Compress", "NonMaxSuppression", "StringNo
                  "OptionalHasElement")  # outputs sized by the data, off the arena
 STRING = 8  # TensorProto.STRING
 MAX_SIDE = 8192  # pixels per side of an exported model's input (pyimgano_hydra's MAX_SIDE)
+FLOAT_COPIES = 8  # float copies of the input image the memory cap must hold at least
 MAX_DECODED_BYTES = 256 << 20  # an image's decoded pixels (infer's default dataset.max_image_megabytes)
 MAX_SECONDS = 600  # one image's run; a forged chain of big MatMuls computed for hours
 
@@ -139,12 +141,22 @@ def _check_tensor(tensor: bytes) -> None:
         raise ValueError("a tensor stored as external data (a file beside it); an exported model holds its own")
 
 
-def session_options():
-    """Quiet options whose allocations come from one CPU arena capped at 4 GB, or half this machine's
-    memory where that is less (a forged model could otherwise size a tensor from pixel values)."""
+def memory_cap() -> int:
+    """Bytes the model may allocate: $SCORE_ONNX_MAX_MEMORY_GB (default 1), at most half this machine."""
+    value = os.environ.get("SCORE_ONNX_MAX_MEMORY_GB", "1")
+    try:
+        gb = float(value)
+        assert math.isfinite(gb) and gb > 0
+    except (ValueError, AssertionError):
+        fail("SCORE_ONNX_MAX_MEMORY_GB", f"{value!r} is not a positive number of GB")
+    return int(min(gb * (1 << 30), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2))
+
+
+def session_options(cap: int):
+    """Quiet options whose allocations come from one CPU arena capped at ``cap`` bytes (a forged
+    model could otherwise size a tensor from pixel values)."""
     options = ort.SessionOptions()
     options.log_severity_level = 4
-    cap = min(4 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
     info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
     ort.create_and_register_allocator(info, ort.OrtArenaCfg(cap, -1, -1, -1))
     options.add_session_config_entry("session.use_env_allocators", "1")
@@ -163,6 +175,10 @@ def load(artifacts: Path):
     if channels not in (1, 3) or len(size) != 2 or not all(1 <= n <= MAX_SIDE for n in size):
         fail(artifacts / "export.json", f"channels {channels} / input_size {size}: expected 1 or 3 / two sizes in "
                                         f"1..{MAX_SIDE}")
+    cap = memory_cap()
+    if FLOAT_COPIES * 4 * channels * size[0] * size[1] > cap:  # a model holds a few float copies of its input
+        fail(artifacts / "export.json", f"input_size {size}: {FLOAT_COPIES} float copies of such an image exceed "
+                                        f"the {cap / (1 << 30):.2g} GB memory cap; raise SCORE_ONNX_MAX_MEMORY_GB")
     try:
         model = read_regular(artifacts / "model.onnx", 2 << 30)  # ONNX protobufs stop at 2 GB
     except (OSError, ValueError) as exc:
@@ -173,7 +189,7 @@ def load(artifacts: Path):
         fail(artifacts, "this run was exported with tiling; score it with pyimgano_hydra infer runtime=onnxruntime")
     try:
         check_ops(model)
-        session = ort.InferenceSession(model, session_options(), providers=["CPUExecutionProvider"],
+        session = ort.InferenceSession(model, session_options(cap), providers=["CPUExecutionProvider"],
                                        disabled_optimizers=["ConstantFolding"])  # folding runs at load, unstoppable
     except Exception as exc:
         fail(artifacts / "model.onnx", exc)

@@ -124,15 +124,17 @@ def _matplotlib_without_working_dir() -> None:
 # One of these marks a run dir: a claim, a status.json (an unfinished run is one), a report.json or
 # Hydra's record (a run shipped without the other three).
 RUN_RECORD_FILES = (".claim.json", "status.json", "report.json", ".hydra")
+# and one of these a sweep dir, also when copied without its dot files (``cp -r sweep/* dest``)
+SWEEP_RECORD_FILES = ("multirun.yaml", "sweep.json")
 
 
 def _inside_a_run_dir(path: str) -> bool:
-    """``path`` or a folder above it holds a run's record (``python -m pyimgano_hydra --help`` from
-    inside a received run dir imported its ``hydra_plugins/``)."""
+    """``path`` or a folder above it holds a run's or a sweep's record (``python -m pyimgano_hydra
+    --help`` from inside a received run dir imported its ``hydra_plugins/``)."""
     import os
 
     while True:
-        if any(os.path.lexists(os.path.join(path, name)) for name in RUN_RECORD_FILES):
+        if any(os.path.lexists(os.path.join(path, name)) for name in RUN_RECORD_FILES + SWEEP_RECORD_FILES):
             return True
         parent = os.path.dirname(path)
         if parent == path:

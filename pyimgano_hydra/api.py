@@ -24,9 +24,11 @@ from pyimgano_hydra.schemas import register_configs
 def compose_with_choices(overrides: Sequence[str] = (), config_name: str = "config") -> tuple[DictConfig, dict]:
     """The composed config (hydra node removed) and the chosen option of each group; ``UserError``
     when a config source lies in a run dir."""
+    from pyimgano_hydra import _no_imports_from_a_run_dir
     from pyimgano_hydra.config_sources import check_composed_sources
     from pyimgano_hydra.hydra_guard import guard_hydra
 
+    _no_imports_from_a_run_dir()  # again: a notebook may have changed into a run dir since its import
     register_configs()
     guard_hydra()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="api"):

@@ -44,14 +44,14 @@ def source_folders(source: str, relative_to: Iterable[Path] = ()) -> list[str]:
 def _run_in_tree(folder: str, limit: int = MAX_WALKED) -> str | None:
     """A run dir inside ``folder``, or a link in it leading into one (a preset linked to a run dir's
     YAML, a received run saved among the presets): Hydra composes what it finds there."""
-    from pyimgano_hydra import RUN_RECORD_FILES
+    from pyimgano_hydra import RUN_RECORD_FILES, SWEEP_RECORD_FILES
 
     seen = 0
     for parent, dirs, files in os.walk(folder):
         seen += len(dirs) + len(files)
         if seen > limit:
             return None
-        if any(name in files or name in dirs for name in RUN_RECORD_FILES):
+        if any(name in files or name in dirs for name in RUN_RECORD_FILES + SWEEP_RECORD_FILES):
             return parent
         for name in dirs + files:
             path = os.path.join(parent, name)

@@ -26,7 +26,7 @@ def open_regular(path: str | Path, advice: str, error: type[UserError] = UserErr
     ending with ``advice``. The file object owns the descriptor from the open (a signal between a
     raw open and its wrapping once closed a descriptor twice). ``follow=False``: ``path`` itself may
     not be a link either."""
-    message = f"{path}: not a regular file (a FIFO, device or folder); {advice}"
+    message = f"{shown(str(path))}: not a regular file (a FIFO, device or folder); {advice}"
     try:
         handle = open(path, "rb", opener=_nonblocking if follow else _nonblocking_no_link)
     except IsADirectoryError:
@@ -34,7 +34,7 @@ def open_regular(path: str | Path, advice: str, error: type[UserError] = UserErr
     except OSError:
         if follow:
             raise
-        raise error(f"{path}: not a regular file (a link, FIFO or folder?); {advice}") from None
+        raise error(f"{shown(str(path))}: not a regular file (a link, FIFO or folder?); {advice}") from None
     try:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
             raise error(message)
@@ -44,15 +44,16 @@ def open_regular(path: str | Path, advice: str, error: type[UserError] = UserErr
     return handle
 
 
-def read_regular(path: str | Path, limit: int, advice: str, error: type[UserError] = UserError) -> bytes:
+def read_regular(path: str | Path, limit: int, advice: str, error: type[UserError] = UserError,
+                 follow: bool = True) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes (checked before and while reading: a
     2 GB sparse file is never read); otherwise ``error`` naming it and ending with ``advice``."""
-    with open_regular(path, advice, error) as handle:
+    with open_regular(path, advice, error, follow) as handle:
         if os.fstat(handle.fileno()).st_size > limit:
-            raise error(f"{path}: larger than {limit >> 20} MB; {advice}")
+            raise error(f"{shown(str(path))}: larger than {limit >> 20} MB; {advice}")
         data = handle.read(limit + 1)
     if len(data) > limit:  # grew meanwhile
-        raise error(f"{path}: larger than {limit >> 20} MB; {advice}")
+        raise error(f"{shown(str(path))}: larger than {limit >> 20} MB; {advice}")
     return data
 
 
@@ -64,7 +65,7 @@ def read_text(path: str | Path, limit: int, advice: str, error: type[UserError] 
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise error(f"{path}: not {encoding} text (byte {exc.start}); {advice}") from None
+        raise error(f"{shown(str(path))}: not {encoding} text (byte {exc.start}); {advice}") from None
 
 
 _HELD: dict[str, str] = {}  # descriptor number -> the path of the folder held_folder opened with it
@@ -90,20 +91,61 @@ def held_file(path: str | Path, advice: str, error: type[UserError] = UserError)
         handle.close()
         return str(path)
     _KEPT.append(handle)
-    _HELD[str(handle.fileno())] = os.path.abspath(path)
+    _HELD[str(handle.fileno())] = shown(os.path.abspath(path))
     return proc
 
 
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY
+
+
+def _open_folder(folder: str | Path, follow: bool, below: str | Path | None) -> int:
+    """A descriptor of ``folder``; with ``below``, of ``below/folder`` reached one component at a
+    time with no link on the way (OSError otherwise: a link anywhere, not only at the end)."""
+    if below is None:
+        return os.open(folder, _FOLDER | (0 if follow else os.O_NOFOLLOW))
+    if Path(folder).is_absolute() or ".." in Path(folder).parts:
+        raise OSError(f"{folder}: not a folder below {below}")
+    fd = os.open(below, _FOLDER)
+    try:
+        for part in Path(folder).parts:
+            inner = os.open(part, _FOLDER | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _proc_path(fd: int, shown_as: str) -> Path | None:
+    proc = Path(f"/proc/self/fd/{fd}")
+    _HELD[str(fd)] = shown(shown_as)
+    return proc if proc.is_dir() else None
+
+
 @contextmanager
-def held_folder(folder: str | Path, follow: bool = True) -> Iterator[Path | None]:
+def held_folder(folder: str | Path, follow: bool = True, below: str | Path | None = None) -> Iterator[Path | None]:
     """``folder`` itself, whatever its path leads to later: ``/proc/self/fd/<n>`` of a descriptor
     held open for the block (a run dir moved or swapped for a link mid-run got writes through the
     link, or kept ``running``); None where there is no ``/proc``. ``follow=False``: ``folder``
-    itself may not be a link (OSError)."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | (0 if follow else os.O_NOFOLLOW))
+    itself may not be a link (OSError). ``below``: ``folder`` is relative to it and no component
+    of it may be a link."""
+    fd = _open_folder(folder, follow, below)
     try:
-        proc = Path(f"/proc/self/fd/{fd}")
-        _HELD[str(fd)] = os.path.abspath(folder)
-        yield proc if proc.is_dir() else None
+        yield _proc_path(fd, os.path.abspath(os.path.join(below, folder) if below is not None else folder))
     finally:
         os.close(fd)
+
+
+class KeptFolder:
+    """A folder held open while this object lives: ``path`` is its ``/proc/self/fd/<n>`` (the
+    folder itself, whatever its name leads to later), or its name where there is no ``/proc``."""
+
+    def __init__(self, folder: str | Path):
+        self._fd = _open_folder(folder, True, None)
+        self.path = _proc_path(self._fd, os.path.abspath(folder)) or Path(folder)
+
+    def __del__(self):
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            os.close(fd)

@@ -141,20 +141,22 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
         here = held or out
         try:
             with running(here / "status.json", **owner()):  # its heartbeat, until the final state
-                inspector = loaded.inspector(category, trust_targets=bool(cfg.trust_targets),
-                                             device="cpu" if runtime == "onnxruntime" else str(cfg.device))
-                if runtime == "onnxruntime":
-                    from pyimgano_hydra.export.runtime import load_exported
+                with loaded.category_folder(category) as folder:  # every stored file read from it
+                    inspector = loaded.inspector(category, trust_targets=bool(cfg.trust_targets), folder=folder,
+                                                 device="cpu" if runtime == "onnxruntime" else str(cfg.device))
+                    if runtime == "onnxruntime":
+                        from pyimgano_hydra.export.runtime import load_exported
 
-                    manifest, inspector.detector = load_exported(
-                        loaded.run_dir.root, loaded.run_dir.category(category).root, cfg.get("onnx_max_memory_gb"),
-                        cfg.get("onnx_max_seconds"), category=category)
-                    if manifest.image_threshold.get("value") != inspector.image_threshold.get("value"):
-                        # artifacts/ copied from another fit: its scores against this run's threshold
-                        raise UserError(f"{category}: artifacts/export.json holds threshold "
-                                        f"{manifest.image_threshold.get('value')}, the run's inspector "
-                                        f"{inspector.image_threshold.get('value')}: exported from another fit; "
-                                        f"export this run again")
+                        manifest, inspector.detector = load_exported(
+                            loaded.run_dir.root, loaded.run_dir.category(category).root,
+                            cfg.get("onnx_max_memory_gb"), cfg.get("onnx_max_seconds"), category=category,
+                            folder=folder)
+                        if manifest.image_threshold.get("value") != inspector.image_threshold.get("value"):
+                            # artifacts/ copied from another fit: its scores against this run's threshold
+                            raise UserError(f"{category}: artifacts/export.json holds threshold "
+                                            f"{manifest.image_threshold.get('value')}, the run's inspector "
+                                            f"{inspector.image_threshold.get('value')}: exported from another fit; "
+                                            f"export this run again")
                 threshold = inspector.image_threshold
                 defects = defects_settings_for(inspector.defects, cfg.defects, task_overrides or [])
                 exporter = None

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from pyimgano_hydra.errors import UserError, console_line
-from pyimgano_hydra.files import held_file
+from pyimgano_hydra.files import held_file, shown
 from pyimgano_hydra.runs import trust
 from pyimgano_hydra.schemas.dataset import MAX_SIDE
 
@@ -185,11 +185,15 @@ class Inspector:
         return write_bytes_atomic(path, buffer.getvalue())
 
     @classmethod
-    def load(cls, path: Path, trust_targets: bool = False, device: str | None = None) -> "Inspector":
-        """Parse a stored inspector (``weights_only``); one-line refusal naming ``path``.
-        ``device`` replaces the device it was fitted on (a record, never a requirement)."""
-        inspector = cls.from_state(trust.load_weights(Path(path)), str(path), trust_targets, device, Path(path).parent)
-        inspector.source = str(path)
+    def load(cls, path: Path, trust_targets: bool = False, device: str | None = None,
+             shown_as: Path | None = None) -> "Inspector":
+        """Parse a stored inspector (``weights_only``, ``path`` itself not a link); one-line refusal
+        naming ``shown_as`` (default ``path``). ``device`` replaces the device it was fitted on (a
+        record, never a requirement)."""
+        where = str(shown_as or path)
+        state = trust.load_weights(Path(path), follow=False, shown_as=where)
+        inspector = cls.from_state(state, where, trust_targets, device, Path(path).parent)
+        inspector.source = where
         return inspector
 
     @classmethod
@@ -301,14 +305,14 @@ def _stored_weights(stored: str, where: str, folder: Path | None, trust_targets:
     if folder is None:
         raise UserError(f"{key}: a stored weights file is read only from the inspector's folder")
     hint = f"a run reads its weights only beside {Path(where).name} (trust_targets=true reads any path)"
-    try:
-        weights = trust.confined(folder, stored, key)
-    except UserError as exc:
-        raise UserError(f"{exc}; {hint}") from None
+    if "\x00" in stored or stored in ("", ".", "..") or Path(stored).name != stored:
+        raise UserError(f"{key}: {console_line(stored)[:200]!r} is not a file name beside {Path(where).name}; {hint}")
+    weights = folder / stored
     if weights.is_symlink() or not weights.is_file():
-        raise UserError(f"{key}: {stored!r} is not a regular file in {folder}; {hint}")
+        raise UserError(f"{key}: {stored!r} is not a regular file in {shown(str(folder))}; {hint}")
     # absolute (a run-dir folder named ~ became the home folder), and held open: the backbone reads
-    # it at its first batch, by then a link swapped in must not lead out of the run dir
+    # it at its first batch, by then a link swapped in must not lead out of the run dir; ``folder``
+    # is the held category folder (a link swapped in for it never leads elsewhere)
     return held_file(weights.absolute(), hint, UserError)
 
 

@@ -252,24 +252,30 @@ def test_an_export_path_of_the_wrong_kind_is_one_line_naming_run_dir(runs, tmp_p
     assert artifacts.is_dir() or artifacts.read_text() == "keep me"
 
 
-@pytest.mark.parametrize("bad", ["image", "EPS named .png", "artifacts dir", "export.json", "model.onnx"])
+@pytest.mark.parametrize("bad", ["image", "EPS named .png", "artifacts dir", "export.json", "model.onnx",
+                                 "memory cap not a number", "memory cap under the input"])
 def test_standalone_example_refuses_bad_input_in_one_line(runs, tmp_path, bad):
-    """examples/score_onnx.py printed a traceback (exit 1) on a bad image or artifacts dir."""
+    """examples/score_onnx.py printed a traceback (exit 1) on a bad image or artifacts dir; a memory cap
+    that is no number, or too small for 8 float copies of the model's input, is refused before it runs."""
     artifacts = tmp_path / "artifacts"
     shutil.copytree(runs("padim") / "categories" / "washer" / "artifacts", artifacts)
     image = tmp_path / "line.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
     named = {"image": image, "EPS named .png": image, "artifacts dir": tmp_path / "nowhere" / "export.json",
-             "export.json": artifacts / "export.json", "model.onnx": artifacts / "model.onnx"}[bad]
+             "export.json": artifacts / "export.json", "model.onnx": artifacts / "model.onnx",
+             "memory cap not a number": "SCORE_ONNX_MAX_MEMORY_GB",
+             "memory cap under the input": artifacts / "export.json"}[bad]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if bad == "image":
         image.write_text("not an image")
     elif bad == "EPS named .png":  # Pillow's EPS plugin runs Ghostscript where it is installed
         image.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n")
     elif bad == "artifacts dir":
         artifacts = tmp_path / "nowhere"
+    elif bad.startswith("memory cap"):
+        env["SCORE_ONNX_MAX_MEMORY_GB"] = "abc" if bad.endswith("number") else "0.0001"
     else:
         named.write_bytes(b"{not json" if bad == "export.json" else b"garbage")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-I", str(REPO / "examples" / "score_onnx.py"), str(artifacts), str(image)],
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith(f"error: {named}: "), proc.stderr

@@ -30,7 +30,6 @@ def _changes(run_dir: Path, before: dict):
     return sorted(set(after) - set(before)), sorted(k for k in before if after.get(k) != before[k])
 
 
-@pytest.mark.xfail(strict=True, reason="open (#16): a category folder swapped for a link before export holds it; needs reads and writes relative to held descriptors")
 def test_an_export_whose_category_folder_is_swapped_while_its_inspector_loads_never_writes_into_another_run(
         trained, tmp_path):
     """export of run A: export.export_category checks artifacts/ for links (trust.no_links), then loads
@@ -100,7 +99,6 @@ print(f"hits={hits} refused={refused} ok={ok}")
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="open (#16): check by name, open by name; needs O_NOFOLLOW opens relative to the held run root")
 def test_an_inspector_link_swapped_in_after_its_confined_check_is_never_read_from_outside(trained, tmp_path):
     """``LoadedRun.inspector`` checks ``categories/<cat>/inspector.pt`` with ``trust.confined`` (by
     name: ``path.resolve()`` inside the run dir), then ``trust.torch_file`` opens it again by name
@@ -345,22 +343,25 @@ cat.mkdir(parents=True)
 (cat / "backbone_weights.pt").write_bytes(b"inside")
 outside = base / "outside"; outside.mkdir()
 (outside / "backbone_weights.pt").write_bytes(b"outside")
-real = run / "categories" / ".real"
-os.rename(cat, real)
-os.symlink(real.name, cat)  # start as a link to the real folder (inside the run dir)
+away = run / "categories" / ".away"
 from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.inspector import _stored_weights
+from pyimgano_hydra.runs.layout import RunDir
+from pyimgano_hydra.runs.load import LoadedRun
+from pyimgano_hydra.files import KeptFolder
+loaded = LoadedRun(RunDir(run), {}, {"weave": "categories/weave/inspector.pt"}, KeptFolder(run))
 stop = False
-def flip():
+def flip():  # the category folder, then a link out in its place, then the folder again
     while not stop:
-        os.symlink(str(outside), run / "categories" / ".l"); os.replace(run / "categories" / ".l", cat)
-        os.symlink(real.name, run / "categories" / ".r"); os.replace(run / "categories" / ".r", cat)
+        os.rename(cat, away); os.symlink(str(outside), cat)
+        os.unlink(cat); os.rename(away, cat)
 threading.Thread(target=flip, daemon=True).start()
 hits = refused = ok = 0
 start = time.monotonic()
 while time.monotonic() - start < seconds and not hits:
     try:
-        held = _stored_weights("backbone_weights.pt", str(cat / "inspector.pt"), cat, False)
+        with loaded.category_folder("weave") as folder:
+            held = _stored_weights("backbone_weights.pt", str(cat / "inspector.pt"), folder, False)
     except UserError:
         refused += 1
         continue
@@ -372,7 +373,6 @@ print(f"hits={hits} refused={refused} ok={ok}")
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="open (#16): O_NOFOLLOW guards the last component only; needs the category folder held")
 def test_stored_backbone_weights_are_never_read_from_outside_through_a_category_folder_link(tmp_path):
     """``inspector._stored_weights`` checks ``categories/<cat>/backbone_weights.pt`` by name
     (``trust.confined`` resolves it inside the run dir, ``is_symlink``/``is_file``), then
@@ -406,7 +406,6 @@ def trained_weights(tmp_path_factory):
     return root
 
 
-@pytest.mark.xfail(strict=True, reason="open (#16): O_NOFOLLOW guards the last component only; needs the category folder held")
 def test_infer_never_builds_the_backbone_from_weights_outside_the_run_dir_after_a_category_folder_swap(
         trained_weights, tmp_path):
     """End to end: infer on a run fitted with ``model.weights_path``. The moment its inspector.pt is

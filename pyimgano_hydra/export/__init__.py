@@ -85,10 +85,12 @@ def export_category(run_dir: str | Path, category: str, opset: int = OPSET) -> E
     loaded = load_run(run_dir)
     root = loaded.run_dir.root
     out_dir = trust.no_links(root, loaded.run_dir.category(category).artifacts.relative_to(root), "an export")
-    inspector = loaded.inspector(category, device="cpu")
-    try:  # into the category folder checked above, even if swapped for a link while the graph is exported
-        with held_folder(out_dir.parent) as held:
-            return export_inspector(inspector, held / out_dir.name if held else out_dir, opset)
-    except OSError as exc:  # artifacts/ a file, model.onnx a folder, a read-only disk
-        raise UserError(f"run_dir={run_dir}: cannot write the export into {out_dir} "
-                        f"({exc.strerror or type(exc).__name__}); it must be a writable folder") from None
+    # read from and written into the one category folder held from the start (one swapped for a
+    # link while the inspector loads never leads the export into another run)
+    with loaded.category_folder(category) as folder:
+        inspector = loaded.inspector(category, device="cpu", folder=folder)
+        try:
+            return export_inspector(inspector, folder / out_dir.name, opset)
+        except OSError as exc:  # artifacts/ a file or a link, model.onnx a folder, a read-only disk
+            raise UserError(f"run_dir={run_dir}: cannot write the export into {out_dir} "
+                            f"({exc.strerror or type(exc).__name__}); it must be a writable folder") from None

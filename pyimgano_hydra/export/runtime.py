@@ -351,9 +351,14 @@ class TiledOnnx(TiledDetector):
         return super().score_maps(images)
 
 
-def read_export(run_root: Path, category_dir: Path, category: str | None = None) -> tuple[ExportManifest, bytes]:
+def read_export(run_root: Path, category_dir: Path, category: str | None = None,
+                folder: Path | None = None) -> tuple[ExportManifest, bytes]:
     """A category's manifest and verified model bytes, read from inside ``run_root`` only; the
-    manifest must name ``category`` (when given)."""
+    manifest must name ``category`` (when given). ``folder``: the category folder, held (see
+    ``LoadedRun.category_folder``); else held here, reached from ``run_root`` with no link."""
+    from contextlib import ExitStack
+
+    from pyimgano_hydra.files import held_folder
     from pyimgano_hydra.runs import trust
     from pyimgano_hydra.runs.layout import category_dir_name
     from pyimgano_hydra.schemas.export import MODEL_FILE
@@ -363,26 +368,34 @@ def read_export(run_root: Path, category_dir: Path, category: str | None = None)
     if not manifest_path.is_file():
         raise UserError(f"{manifest_path}: missing; export the run first: "
                         f"python -m pyimgano_hydra.export run_dir={run_root}")
-    manifest = ExportManifest.parse(trust.read_json_file(manifest_path), str(manifest_path))
-    if category_dir_name(manifest.category) != category_dir.name or category not in (None, manifest.category):
-        raise UserError(f"{manifest_path}: holds category {manifest.category!r}, not "
-                        f"{category if category is not None else category_dir.name!r}")
-    model_path = trust.confined(run_root, relative / MODEL_FILE, str(manifest_path) + ": model_file")
-    try:  # one non-blocking open: a FIFO swapped in after a check by name held infer forever
-        model = read_regular(model_path, MAX_MODEL_BYTES, "not an exported model")
-    except OSError as exc:
-        raise UserError(f"{model_path}: unreadable ({type(exc).__name__})") from exc
+    with ExitStack() as stack:
+        try:  # every read from this folder, reached with no link on the way
+            artifacts = stack.enter_context(held_folder("artifacts", below=folder) if folder is not None
+                                            else held_folder(relative, below=run_root)) or manifest_path.parent
+        except OSError:
+            raise UserError(f"{manifest_path.parent}: not a folder of the run dir (a link?); refused") from None
+        manifest = ExportManifest.parse(trust.read_json_file(artifacts / "export.json", follow=False),
+                                        str(manifest_path))
+        if category_dir_name(manifest.category) != category_dir.name or category not in (None, manifest.category):
+            raise UserError(f"{manifest_path}: holds category {manifest.category!r}, not "
+                            f"{category if category is not None else category_dir.name!r}")
+        model_path = trust.confined(run_root, relative / MODEL_FILE, str(manifest_path) + ": model_file")
+        try:  # one non-blocking open: a FIFO swapped in after a check by name held infer forever
+            model = read_regular(artifacts / MODEL_FILE, MAX_MODEL_BYTES, "not an exported model", follow=False)
+        except OSError as exc:
+            raise UserError(f"{model_path}: unreadable ({type(exc).__name__})") from exc
     if hashlib.sha256(model).hexdigest() != manifest.sha256:
         raise UserError(f"{model_path}: sha256 does not match {manifest_path.name}; refused (corrupt or replaced)")
     return manifest, model
 
 
 def load_exported(run_root: Path, category_dir: Path, max_memory_gb: float | None = None,
-                  max_seconds: float | None = None, category: str | None = None) -> tuple[ExportManifest, BaseDetector]:
+                  max_seconds: float | None = None, category: str | None = None,
+                  folder: Path | None = None) -> tuple[ExportManifest, BaseDetector]:
     """The manifest and an ONNX-backed detector (tiled as at fit) for one exported category; its
     runs take at most ``max_memory_gb`` (None: ``default_memory_gb()``) and ``max_seconds``
-    a batch (None: no limit)."""
-    manifest, model = read_export(run_root, category_dir, category)
+    a batch (None: no limit); ``folder`` as in :func:`read_export`."""
+    manifest, model = read_export(run_root, category_dir, category, folder)
     where = category_dir / "artifacts" / manifest.model_file
     session = _session(model, where, max_memory_gb)
     detector = OnnxDetector(input_size=tuple(manifest.input_size), where=str(where),

@@ -187,15 +187,17 @@ class FeatureCache:
             folder = None
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
-                folder = stack.enter_context(held_folder(self.root))
+                # every folder from / down, none a link: the root was resolved when the cache was
+                # opened, so a folder above it swapped for a link since then is refused, not followed
+                folder = stack.enter_context(held_folder(os.path.relpath(self._real_root, os.sep), below=os.sep))
             except OSError as exc:
                 self._off(exc)
             if folder is not None:
                 self.root, self._held = folder, True
             try:
                 yield
-            finally:
-                self.root, self._held = self.name, False
+            finally:  # used after the block (a late writer) it would be by name: off instead
+                self.root, self._held, self.enabled = self.name, False, False
 
     def own_folder(self, folder: Path) -> bool:
         """``folder`` (an entry folder, ``.locks``, ``backbones``) and the (resolved) root are the

@@ -1,10 +1,13 @@
 """Loading a finished run directory back: parsing its untrusted files, never running them."""
 from __future__ import annotations
 
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from pyimgano_hydra.errors import UserError, console_line
+from pyimgano_hydra.files import KeptFolder, held_folder
 from pyimgano_hydra.runs import trust
 from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
 from pyimgano_hydra.runs.status import COMPLETED, current_state, describe
@@ -22,6 +25,7 @@ class LoadedRun:
     run_dir: RunDir
     report: dict
     inspectors: dict[str, str | None]  # category -> inspector file relative to the run dir
+    held: KeptFolder  # the run dir itself, open while this lives: every file is reached from it
 
     def category(self, name: str | None) -> str:
         """The category to use: ``name``, or the run's only one."""
@@ -35,17 +39,39 @@ class LoadedRun:
             raise UserError(f"category={name} is not in this run; available: {_names(available)}")
         return name
 
-    def inspector(self, category: str, trust_targets: bool = False, device: str | None = "auto"):
+    @contextmanager
+    def category_folder(self, category: str) -> Iterator[Path]:
+        """The category's folder, held open for the block and reached from the held run dir with no
+        link on the way (a folder swapped for a link mid-read never leads into another run)."""
+        folder = self.run_dir.category(category).root
+        stack = ExitStack()
+        try:
+            held = stack.enter_context(held_folder(folder.relative_to(self.run_dir.root), below=self.held.path))
+        except OSError:
+            raise UserError(f"{folder}: not a folder of the run dir (a link, or missing?); refused") from None
+        with stack:
+            yield held or folder
+
+    def inspector(self, category: str, trust_targets: bool = False, device: str | None = "auto",
+                  folder: Path | None = None):
         """The category's stored :class:`~pyimgano_hydra.inspector.Inspector` (parsed, checked),
-        its detector on ``device`` (None: the device it was fitted with)."""
+        its detector on ``device`` (None: the device it was fitted with); read from ``folder`` (the
+        held :meth:`category_folder`) when given."""
         from pyimgano_hydra.inspector import Inspector
 
         relative = self.inspectors[category]
         if not relative:
             raise UserError(f"run_dir={self.run_dir.root}: category {category} has no stored inspector "
                             "(its detector cannot be saved, or recipe.save_checkpoint=false); re-run with a saveable model")
-        path = trust.confined(self.run_dir.root, relative, f"{self.run_dir.report}: categories.{category}.inspector")
-        inspector = Inspector.load(path, trust_targets=trust_targets, device=device)
+        key = f"{self.run_dir.report}: categories.{category}.inspector"
+        path = trust.confined(self.run_dir.root, relative, key)
+        stored = self.run_dir.category(category).inspector
+        if path != stored:  # where training writes it, and nowhere else
+            raise UserError(f"{key}: {console_line(str(relative))[:200]!r} is not "
+                            f"{str(stored.relative_to(self.run_dir.root))!r}, where training stores it; refused")
+        with ExitStack() as stack:
+            held = folder or stack.enter_context(self.category_folder(category))
+            inspector = Inspector.load(held / stored.name, trust_targets=trust_targets, device=device, shown_as=path)
         if inspector.category != category:
             raise UserError(f"{path}: holds category {inspector.category!r}, not {category!r}")
         return inspector
@@ -54,11 +80,14 @@ class LoadedRun:
 def load_run(path: str | Path) -> LoadedRun:
     """Read a completed run dir's report.json; refuse unfinished runs and other schema versions."""
     run_dir = RunDir(Path(path))
-    if not run_dir.root.is_dir():
-        raise UserError(f"run_dir={path}: no such directory; pass the folder that holds report.json")
+    try:
+        held = KeptFolder(run_dir.root)
+    except OSError:
+        raise UserError(f"run_dir={path}: no such directory; pass the folder that holds report.json") from None
     state = None
     if run_dir.status.exists() or run_dir.status.is_symlink():
-        record = trust.read_json_file(trust.confined(run_dir.root, run_dir.status.name, str(run_dir.status)))
+        trust.confined(run_dir.root, run_dir.status.name, str(run_dir.status))
+        record = trust.read_json_file(held.path / run_dir.status.name, follow=False)
         state = current_state(record)
         if not isinstance(state, str):
             raise UserError(f"{run_dir.status}: status: expected a string such as \"completed\"")
@@ -66,7 +95,8 @@ def load_run(path: str | Path) -> LoadedRun:
         state = describe(record) if isinstance(state, str) else state
         raise UserError(f"run_dir={path}: the run is {state or 'missing status.json'}, not completed; "
                         "only completed runs can be used for inference")
-    report = trust.read_json_file(trust.confined(run_dir.root, run_dir.report.name, str(run_dir.report)))
+    trust.confined(run_dir.root, run_dir.report.name, str(run_dir.report))
+    report = trust.read_json_file(held.path / run_dir.report.name, follow=False)
     if not isinstance(report, dict):
         raise UserError(f"{run_dir.report}: expected a JSON object")
     version = trust.schema_version(report.get("schema_version"), str(run_dir.report))
@@ -85,4 +115,4 @@ def load_run(path: str | Path) -> LoadedRun:
     for name, entry in categories.items():
         where = f"{run_dir.report}: categories.{name}"
         inspectors[name] = trust.require(entry, "inspector", (str, type(None)), where)
-    return LoadedRun(run_dir, report, inspectors)
+    return LoadedRun(run_dir, report, inspectors, held)

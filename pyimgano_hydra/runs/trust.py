@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pyimgano_hydra.errors import UserError
-from pyimgano_hydra.files import open_regular, read_regular
+from pyimgano_hydra.files import open_regular, read_regular, shown
 
 MAX_JSON_BYTES = 64 << 20
 MAX_DEPTH = 32
@@ -33,7 +33,11 @@ def confined(root: Path, relative: str | Path, key: str) -> Path:
     if rel.is_absolute() or ".." in rel.parts:
         raise UserError(f"{key}: {str(relative)!r} must be a path inside the run dir")
     path = root / rel
-    if not path.resolve().is_relative_to(root.resolve()):
+    try:
+        inside = path.resolve().is_relative_to(root.resolve())
+    except OSError:  # a link loop, or one changing while it is resolved
+        inside = False
+    if not inside:
         raise UserError(f"{key}: {str(relative)!r} leads outside the run dir (a symlink?); refused")
     return path
 
@@ -67,25 +71,26 @@ def _no_duplicates(pairs: list) -> dict:
     return out
 
 
-def read_regular_file(path: Path, limit: int = MAX_JSON_BYTES) -> bytes:
+def read_regular_file(path: Path, limit: int = MAX_JSON_BYTES, follow: bool = True) -> bytes:
     """The bytes of ``path`` when it is a regular file of at most ``limit`` bytes; a FIFO,
     device (``/dev/zero``) or directory is refused without blocking or reading it."""
-    return read_regular(path, limit, "not a run-dir file")
+    return read_regular(path, limit, "not a run-dir file", follow=follow)
 
 
-def read_json_file(path: Path) -> Any:
+def read_json_file(path: Path, follow: bool = True) -> Any:
     """A JSON file's value; refused in one line when unreadable, not a regular file, not JSON
-    (duplicate keys included), huge or too deep."""
+    (duplicate keys included), huge or too deep. ``follow=False``: ``path`` may not be a link."""
+    path = Path(path)
     try:
-        data = read_regular_file(path)  # at most MAX_JSON_BYTES
+        data = read_regular_file(path, follow=follow)  # at most MAX_JSON_BYTES
         value = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except FileNotFoundError as exc:
-        raise UserError(f"{path}: missing; the run dir is incomplete") from exc
+        raise UserError(f"{shown(str(path))}: missing; the run dir is incomplete") from exc
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         detail = str(exc) if str(exc).startswith("duplicate key") else type(exc).__name__
-        raise UserError(f"{path}: not a readable JSON file ({detail})") from exc
+        raise UserError(f"{shown(str(path))}: not a readable JSON file ({detail})") from exc
     if _depth(value, MAX_DEPTH) > MAX_DEPTH:
-        raise UserError(f"{path}: nested deeper than {MAX_DEPTH} levels; not a run-dir file")
+        raise UserError(f"{shown(str(path))}: nested deeper than {MAX_DEPTH} levels; not a run-dir file")
     return value
 
 
@@ -225,14 +230,15 @@ def _stored_entries_only(handle: BinaryIO, where: str) -> None:
                         "a decompression bomb?)")
 
 
-def torch_file(path: Path, key: str | None = None) -> tuple[Any, int]:
+def torch_file(path: Path, key: str | None = None, follow: bool = True) -> tuple[Any, int]:
     """(``torch.load(weights_only=True)`` of ``path``, its size), read through ONE open descriptor of
     a regular file: the bytes checked for compressed entries are the bytes torch reads (a FIFO or
-    a bomb renamed over the file after a check by name hung infer). Torch's own errors pass."""
+    a bomb renamed over the file after a check by name hung infer). Torch's own errors pass.
+    ``follow=False``: ``path`` may not be a link."""
     import torch
 
-    where = f"{key + ': ' if key else ''}{path}"
-    with open_regular(path, "not a run-dir file") as handle:
+    where = f"{key + ': ' if key else ''}{shown(str(path))}"
+    with open_regular(path, "not a run-dir file", follow=follow) as handle:
         _stored_entries_only(handle, where)
         handle.seek(0)
         with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing
@@ -240,28 +246,30 @@ def torch_file(path: Path, key: str | None = None) -> tuple[Any, int]:
             return torch.load(handle, map_location="cpu", weights_only=True), os.fstat(handle.fileno()).st_size
 
 
-def load_weights(path: Path) -> dict:
-    """A torch file of tensors and plain containers (``weights_only=True``); pickled objects refused."""
+def load_weights(path: Path, follow: bool = True, shown_as: str | None = None) -> dict:
+    """A torch file of tensors and plain containers (``weights_only=True``); pickled objects refused.
+    Errors name ``shown_as`` (default: ``path``)."""
+    name = shown_as or shown(str(path))
     if not os.path.lexists(path):
-        raise UserError(f"{path}: missing; the run dir is incomplete (was it saved with recipe.save_checkpoint=true?)")
+        raise UserError(f"{name}: missing; the run dir is incomplete (was it saved with recipe.save_checkpoint=true?)")
     try:
-        payload, size = torch_file(path)
+        payload, size = torch_file(path, follow=follow)
     except UserError:
         raise
     except pickle.UnpicklingError as exc:
-        raise UserError(f"{path}: refused: it holds pickled objects, not just tensors and plain data") from exc
+        raise UserError(f"{name}: refused: it holds pickled objects, not just tensors and plain data") from exc
     except Exception as exc:  # corrupt / not a torch file
-        raise UserError(f"{path}: not a readable torch file ({type(exc).__name__})") from exc
+        raise UserError(f"{name}: not a readable torch file ({type(exc).__name__})") from exc
     if not isinstance(payload, dict):
-        raise UserError(f"{path}: expected a mapping at the top level")
-    bounded_payload(payload, path, size)
+        raise UserError(f"{name}: expected a mapping at the top level")
+    bounded_payload(payload, name, size)
     return payload
 
 
 MAX_NODES = 1_000_000  # containers and values walked in one stored file (an inspector holds a few hundred)
 
 
-def bounded_payload(payload: Any, path: Path, file_size: int) -> None:
+def bounded_payload(payload: Any, path: str | Path, file_size: int) -> None:
     """Refuse a loaded torch payload that is far larger than its file: a pickle naming one list
     2**30 times through shared references (walking it never ends), or tensors whose elements
     outnumber the bytes stored for them (a stride-0 view of one float as a 15 GB matrix)."""
