@@ -305,7 +305,21 @@ def test_a_warm_cache_serves_features_without_building_the_backbone(tmp_path):
     assert later.built  # new images: built then
 
 
-@pytest.mark.parametrize("change", ["touched weights file", "corrupt record"])
+def _replace_keeping_size_and_mtime(weights: Path) -> None:
+    """Other weights of the same network put in place of ``weights`` with its old mtime (tar, cp -p)."""
+    import torch
+
+    from pyimgano_hydra.features import BACKBONES
+
+    before = os.stat(weights)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        torch.save(BACKBONES["efficientnet_lite0"]().build().state_dict(), weights)
+    assert os.stat(weights).st_size == before.st_size
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.mark.parametrize("change", ["weights replaced, same size and mtime", "corrupt record"])
 def test_a_backbone_whose_record_does_not_hold_is_built(tmp_path, change):
     import torch
 
@@ -323,8 +337,8 @@ def test_a_backbone_whose_record_does_not_hold_is_built(tmp_path, change):
 
     with feature_cache(settings):
         list(iter_features(backbone(), images))
-    if change == "touched weights file":
-        os.utime(weights, ns=(os.stat(weights).st_atime_ns, os.stat(weights).st_mtime_ns + 10**9))
+    if change.startswith("weights replaced"):
+        _replace_keeping_size_and_mtime(weights)
     else:
         (record,) = (tmp_path / "cache" / BACKBONE_DIR).iterdir()
         record.write_text("not a key")
@@ -360,6 +374,8 @@ def test_the_next_job_in_a_process_reuses_the_built_backbone(tmp_path):
     assert job(weights_path=str(weights)) is first
     assert job(weights_path=str(weights), image_norm="standardize") is not first
     os.utime(weights, ns=(os.stat(weights).st_atime_ns, os.stat(weights).st_mtime_ns + 10**9))
+    assert job(weights_path=str(weights)) is first  # touched, same content: the same network
+    _replace_keeping_size_and_mtime(weights)
     rebuilt = job(weights_path=str(weights))
     assert rebuilt is not first and job(weights_path=str(weights)) is rebuilt
     random = job(pretrained=False, seed=1)

@@ -14,7 +14,6 @@ from conftest import TINY, run_cli, start_cli, wait_for
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.xfail(strict=True, reason="open (#16): being fixed")
 def test_a_leaked_submitit_executor_variable_never_leaves_a_sigterm_run_running(tmp_path):
     """``SUBMITIT_EXECUTOR`` inherited by a plain run (a shell or notebook started inside a submitit
     job, an exported variable) makes the app leave SIGTERM to submitit (``interrupt._handling`` trusts
@@ -51,7 +50,6 @@ def _metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "report.json").read_text())["categories"]["weave"]["metrics"]
 
 
-@pytest.mark.xfail(strict=True, reason="open (#16): being fixed")
 def test_weights_replaced_by_a_file_of_the_same_size_and_mtime_never_reuse_the_old_features(tmp_path):
     """The feature cache keys a ``model.weights_path`` backbone by (path, size, mtime_ns) only
     (``features/backbones._file_identity`` -> ``features/cache.backbone_key``'s record under
@@ -108,7 +106,6 @@ def test_the_app_inside_a_received_sweep_dir_without_its_claim_imports_nothing_f
     assert not marker.exists(), "a hydra_plugins/ module shipped in a received sweep dir was imported"
 
 
-@pytest.mark.xfail(strict=True, reason="open (#16): being fixed")
 def test_a_sigterm_during_an_optuna_trial_never_leaves_the_trial_running_in_the_study(tmp_path):
     """SIGTERM while trial 1 of an Optuna sweep with ``hydra.sweeper.storage`` runs: the job's
     status.json and the sweep say ``interrupted`` (rc 143), but the study in optuna.db keeps trial 1
@@ -186,7 +183,6 @@ def _forge_waiting_trial(db: Path, params: dict) -> None:
                         "VALUES (?, ?, ?, ?)", (trial_id, name, 0.0, dist))
 
 
-@pytest.mark.xfail(strict=True, reason="open (#16): being fixed")
 def test_a_handed_over_optuna_db_never_adds_overrides_or_a_target_to_a_sweep_job(tmp_path):
     """hydra-optuna-sweeper turns ``trial.params`` of each asked trial into the job's overrides
     (``f"{name}={val}"``); Optuna hands a stored WAITING trial out first, with every param its
@@ -202,6 +198,8 @@ def test_a_handed_over_optuna_db_never_adds_overrides_or_a_target_to_a_sweep_job
     proc = run_cli(["--multirun", *TINY, "hydra/sweeper=optuna_patchcore", "hydra.sweeper.n_trials=1",
                     f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={sweep}"], timeout=300)
     assert "print()" not in proc.stderr, proc.stderr[-600:]
+    assert proc.returncode != 0 and "outside hydra.sweeper.params" in proc.stderr, proc.stderr[-600:]
+    assert proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr, proc.stderr[-600:]
     for overrides in sweep.glob("*/.hydra/overrides.yaml"):
         text = overrides.read_text()
         assert "_target_" not in text and "dataset.resize" not in text, f"{overrides}: {text}"

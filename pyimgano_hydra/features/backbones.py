@@ -400,8 +400,20 @@ class DeferredBackbone:
 
 
 def _file_identity(path: Path) -> list:
+    """The weights file by its content (a file of the same size and mtime put in its place, as tar,
+    ``rsync -a`` or ``cp -p`` do, served the old file's cached features)."""
     stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    return [_content_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)]
+
+
+@functools.lru_cache(maxsize=16)
+def _content_digest(path: str, *stat: int) -> str:
+    """sha256 of ``path``; memoised on its stat, ctime and inode included (a rewrite changes them)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=1)

@@ -12,8 +12,12 @@ import socket
 
 
 def under_submitit() -> bool:
-    """True inside a job started by submitit (``SUBMITIT_EXECUTOR`` is set by its launcher)."""
-    return bool(os.environ.get("SUBMITIT_EXECUTOR"))
+    """True inside a job started by submitit: its launcher sets ``SUBMITIT_EXECUTOR`` and its job
+    handles SIGTERM (the variable alone, leaked into a plain run, left nobody handling SIGTERM)."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGTERM)
+    return bool(os.environ.get("SUBMITIT_EXECUTOR")) and getattr(handler, "__module__", "").startswith("submitit")
 
 
 def cluster_job_id() -> str | None:

@@ -135,6 +135,36 @@ def _pickled_sampler_state(storage: Any, study_name: str | None) -> str | None:
                  if key.split(":")[0].endswith("cma") and "optimizer" in key), None)
 
 
+def stored_params_in(trial: Any, search_space: dict, storage: Any) -> None:
+    """Refuse a trial handed out with params outside the search space (a forged or foreign
+    optuna.db: hydra-optuna-sweeper turns every param of a trial into an override of its job)."""
+    from pyimgano_hydra.errors import UserError, console_line
+
+    for name, value in trial.params.items():
+        distribution = search_space.get(name)
+        inside = distribution is not None
+        try:
+            inside = inside and distribution._contains(distribution.to_internal_repr(value))
+        except (TypeError, ValueError):
+            inside = False
+        if not inside:
+            raise UserError(f"hydra.sweeper.storage={storage}: trial {trial.number} holds {console_line(name)[:80]}="
+                            f"{console_line(str(value))[:80]}, outside hydra.sweeper.params; such a trial would "
+                            "become a job's override: start a new study (or a new storage)")
+
+
+def fail_running(trials: list) -> None:
+    """Tell the study that each of ``trials`` still RUNNING failed (the sweep stopped under it)."""
+    import optuna
+
+    for trial in trials:
+        try:
+            if trial.study._storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING:
+                trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        except Exception as exc:  # noqa: BLE001 - a broken database must not hide why the sweep stopped
+            log.warning("could not mark trial %s failed in the study (%s)", trial.number, type(exc).__name__)
+
+
 def _raised_by_storage(exc: BaseException) -> bool:
     """``exc`` comes from Optuna or SQLAlchemy (a stored study that does not fit, a broken database)."""
     frame, tb = "", exc.__traceback__
@@ -158,17 +188,28 @@ def study_sweeper(sampler: Any, direction: Any, storage: Any, study_name: str | 
         def setup(self, **kwargs: Any) -> None:
             super().setup(**kwargs)
             self.launcher = BudgetLauncher(self.launcher, self, float(max_failure_rate))
+            self.asked: list = []
+
+        def _configure_trials(self, trials: list, search_space_distributions: dict, fixed_params: dict) -> Any:
+            self.asked = list(trials)
+            for trial in trials:  # what the database handed out, before anything is suggested
+                stored_params_in(trial, search_space_distributions, self.storage)
+            return super()._configure_trials(trials, search_space_distributions, fixed_params)
 
         def sweep(self, arguments: list[str]) -> None:
             try:
                 continue_study(self.sampler, self.storage, self.study_name)
                 return super().sweep(arguments)
             except Exception as exc:  # noqa: BLE001 - only Optuna's and its database's are named here
+                fail_running(self.asked)
                 if not self.storage or not _raised_by_storage(exc):
                     raise
                 line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise UserError(f"hydra.sweeper.storage={self.storage}: study {self.study_name!r} cannot be "
                                 f"continued ({line}); name a new storage or study_name") from exc
+            except BaseException:  # interrupted: no trial of this sweep stays RUNNING in the study
+                fail_running(self.asked)
+                raise
 
     # max_failure_rate=1.0: the base class's per-batch check never fires; BudgetLauncher counts
     return StudySweeperImpl(sampler, direction, storage, study_name, n_trials, n_jobs, 1.0,
