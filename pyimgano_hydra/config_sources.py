@@ -12,6 +12,7 @@ from typing import Iterable
 
 from pyimgano_hydra import _inside_a_run_dir
 from pyimgano_hydra.errors import UserError, console_line
+from pyimgano_hydra.files import walk
 from pyimgano_hydra.paths import conf_dir
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -47,7 +48,7 @@ def _run_in_tree(folder: str, limit: int = MAX_WALKED) -> str | None:
     from pyimgano_hydra import RUN_RECORD_FILES, SWEEP_RECORD_FILES
 
     seen = 0
-    for parent, dirs, files in os.walk(folder):
+    for parent, dirs, files in walk(folder):
         seen += len(dirs) + len(files)
         if seen > limit:
             return None

@@ -17,7 +17,7 @@ from pyimgano_hydra.console import (one_line_errors, quiet_third_party_logs, ref
 from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, is_image_file
 from pyimgano_hydra.data.loader import checked_workers, loader_setting
 from pyimgano_hydra.defects.export import DefectsExporter, require_maps
-from pyimgano_hydra.files import held_folder
+from pyimgano_hydra.files import glob_parts_match, held_folder, walk
 from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
 from pyimgano_hydra.errors import ConfigError, UserError, console_line
 from pyimgano_hydra.inspector import RecordOutputs, score_all
@@ -59,7 +59,7 @@ def _walk(folder: Path) -> list[Path]:
     (a path past PATH_MAX, no permission) is named in one warning, the rest are scored."""
     unreadable: list[OSError] = []
     files, skipped = [], []
-    for root, dirs, names in os.walk(folder, onerror=unreadable.append):
+    for root, dirs, names in walk(folder, onerror=unreadable.append):  # no recursion: any depth
         runs = [d for d in dirs if any(os.path.lexists(os.path.join(root, d, n)) for n in RUN_OR_INFER_DIR)]
         skipped += runs  # an earlier infer's outputs (its masks) under the image folder are no line images
         dirs[:] = [d for d in dirs if d not in runs]
@@ -86,10 +86,12 @@ def _glob(spec: str) -> list[Path]:
     pattern = Path(*parts[first:])
     if pattern.parts[-1] == "**":  # glob.glob's dir/** is every file below dir; pathlib's only its folders
         pattern = pattern / "*"
-    try:
-        found = list(base.glob(str(pattern)))
-    except (ValueError, OSError) as exc:  # "**" inside a name: "Invalid pattern"
-        raise UserError(f"input={spec}: {exc}") from None
+    if any("**" in part and part != "**" for part in pattern.parts):
+        raise UserError(f"input={spec}: Invalid pattern: '**' can only be an entire path component")
+    found = []
+    for root, dirs, names in walk(base):  # no recursion, as pathlib's ** had (RecursionError at any depth)
+        above = Path(root).relative_to(base).parts
+        found += [Path(root) / name for name in dirs + names if glob_parts_match(pattern.parts, (*above, name))]
     hidden_ok = any(part.startswith(".") for part in pattern.parts)  # as glob.glob: .x only when asked
     return [p for p in found if hidden_ok or not any(part.startswith(".") for part in p.relative_to(base).parts)]
 

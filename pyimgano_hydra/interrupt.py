@@ -56,9 +56,9 @@ def mark_unstarted_runs(status: str, why: str) -> None:
 def _sweep_folders(sweep_dir: Path, limit: int = 10000) -> Iterator[tuple[Path, list[str], list[str]]]:
     """(folder, its folder names, its file names) for the first ``limit`` folders of a sweep dir,
     not following links nor entering a job's ``categories/``, ``.hydra/`` or ``.submitit/``."""
-    import os
+    from pyimgano_hydra.files import walk
 
-    for count, (folder, dirs, files) in enumerate(os.walk(sweep_dir)):
+    for count, (folder, dirs, files) in enumerate(walk(sweep_dir)):
         if count >= limit:
             return
         yield Path(folder), list(dirs), files

@@ -12,6 +12,7 @@ from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, list_images
 from pyimgano_hydra.data.mvtec_loco import MVTecLocoDataset
 from pyimgano_hydra.data.sample import ANOMALOUS, NORMAL, UNKNOWN, CategorySplit, Sample
 from pyimgano_hydra.errors import ConfigError
+from pyimgano_hydra.files import walk
 
 AD2_CATEGORIES = ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs",
                   "walnuts")
@@ -55,7 +56,7 @@ class MVTecAD2Dataset(MVTecLocoDataset):
                                    "bad", "test"))
         else:
             private = base / self.test_split
-            files = sorted(p for p in private.rglob("*")
+            files = sorted(p for root, _, names in walk(private) for p in (Path(root) / n for n in names)
                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                            and not p.name.startswith(".")) if private.is_dir() else []
             test += [Sample(str(p), UNKNOWN, None, category, "unknown", "test") for p in files]

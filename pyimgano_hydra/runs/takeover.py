@@ -18,6 +18,7 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from pyimgano_hydra.errors import UserError, console_line
+from pyimgano_hydra.files import walk
 from pyimgano_hydra.recipes.context import CategoryResult
 from pyimgano_hydra.runs.layout import RunDir
 from pyimgano_hydra.runs.status import INTERRUPTED, RUNNING, current_state, describe
@@ -74,7 +75,7 @@ def _no_links_out(run_dir: RunDir, key: str = "hydra.run.dir") -> None:
     if not os.path.lexists(categories):
         return
     _plain(categories, key, folder=True)
-    for folder, dirs, files in os.walk(categories):
+    for folder, dirs, files in walk(categories):
         here = Path(folder)
         for name in dirs:
             _plain(here / name, key, folder=True)

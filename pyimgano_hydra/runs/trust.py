@@ -20,6 +20,7 @@ from pyimgano_hydra.errors import UserError
 from pyimgano_hydra.files import open_regular, read_regular, shown
 
 MAX_JSON_BYTES = 64 << 20
+MAX_JSON_VALUES = 200_000  # containers and list/object entries: a run's report.json holds a few thousand
 MAX_DEPTH = 32
 PLAIN = (type(None), bool, int, float, str)
 
@@ -83,6 +84,9 @@ def read_json_file(path: Path, follow: bool = True) -> Any:
     path = Path(path)
     try:
         data = read_regular_file(path, follow=follow)  # at most MAX_JSON_BYTES
+        # counted before parsing: 64 MB of [{},{},...] became 22 million dicts (2.4 GB)
+        if data.count(b"{") + data.count(b"[") + data.count(b",") > MAX_JSON_VALUES:
+            raise UserError(f"{shown(str(path))}: holds more than {MAX_JSON_VALUES:,} values; not a run-dir file")
         value = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except FileNotFoundError as exc:
         raise UserError(f"{shown(str(path))}: missing; the run dir is incomplete") from exc
