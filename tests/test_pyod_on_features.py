@@ -220,19 +220,30 @@ def test_a_quadratic_memory_detector_refuses_more_training_rows_than_it_can_hold
     assert linear.score_embeddings(rows[:3]).shape == (3,)
 
 
-@pytest.mark.parametrize("name, params, key", [
-    ("GMM", {"n_components": 2, "n_init": 100, "max_iter": 100}, "n_init"),
-    ("LODA", {"n_bins": 2000, "n_random_cuts": 1000}, "n_random_cuts"),
+@pytest.mark.parametrize("name, params, dims, key", [
+    ("GMM", {"n_components": 2, "n_init": 100, "max_iter": 100}, 4, "n_init"),
+    ("LODA", {"n_bins": 2000, "n_random_cuts": 1000}, 4, "n_random_cuts"),
+    ("ABOD", {"n_neighbors": 29}, 4, "n_neighbors"),
+    ("ROD", {}, 64, "embedding size"),
 ])
-def test_a_fit_that_repeats_its_work_past_the_bound_is_refused_at_training_and_within_it_fits(name, params, key):
-    """GMM's EM steps and LODA's histograms grow with the product of their params; a load re-fits, so
-    training refuses past the bound in one line naming the params, and a fit within it goes ahead."""
+def test_a_fit_whose_work_is_past_the_bound_is_refused_at_training_and_within_it_fits(name, params, dims, key):
+    """GMM's EM steps, LODA's histograms, ABOD's neighbour pairs and ROD's 3-dimension subspaces grow
+    with params, images and embedding size; a load re-fits, so training refuses past the bound in one
+    line naming what to lower, and a fit within it goes ahead."""
+    from pyimgano_hydra.models.pyod_on_features import FIT_WORK
     from pyimgano_hydra.registry import resolve_pyod
 
     cls = resolve_pyod(f"pyod.models.{name.lower()}.{name}", "model.detector")
-    rows = np.random.default_rng(0).normal(size=(30, 4))
+    rng = np.random.default_rng(0)
+    if name == "ABOD":  # 30 images x 29² pairs is within; the same k over 3,000 images is not
+        big = rng.normal(size=(3000, dims))
+    else:
+        big = rng.normal(size=(30, dims))
     with pytest.raises(UserError, match=rf"model\.detector: {name} .*{key}"):
-        PyODOnFeatures(detector=cls(**params))._fit_embeddings(rows)
-    model = PyODOnFeatures(detector=cls(**{k: max(1, v // 100) for k, v in params.items()}))
+        PyODOnFeatures(detector=cls(**params))._fit_embeddings(big)
+    small = {k: max(1, v // 100) for k, v in params.items()} if name in ("GMM", "LODA") else params
+    model = PyODOnFeatures(detector=cls(**small))
+    rows = rng.normal(size=(30, 4))
     model._fit_embeddings(rows)
     assert np.isfinite(model.score_embeddings(rows[:3])).all()
+    assert name in FIT_WORK

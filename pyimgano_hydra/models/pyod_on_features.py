@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import warnings
 from typing import Any
@@ -101,27 +102,41 @@ def _is_json(value: Any) -> bool:
 # PyOD classes whose fit holds n x n matrices, and the training rows they may take (n² x 8 B, a few copies)
 QUADRATIC_MEMORY = ("COF", "LOCI", "SOD", "SOS", "RGraph")
 MAX_QUADRATIC_ROWS = 5000
-# PyOD classes whose fit repeats work (EM steps, histograms) by the product of these params, and its bound:
-# a load re-fits, so a stored GMM(n_init=max_iter=10000, tol=0) ran for hours, a LODA(10000, 10000) took 2.5 GB
-REPEATED_WORK = {"GMM": (("n_components", "n_init", "max_iter"), 10_000),
-                 "LODA": (("n_bins", "n_random_cuts"), 1_000_000),
-                 "LMDD": (("n_iter",), 1_000)}
+# PyOD fits whose work grows with a product of params, training images ("rows") and embedding size
+# ("dims"), and its bound (about half a minute on one core). A load re-fits, so the same bound
+# holds at training and at load: a stored GMM(n_init=max_iter=10000, tol=0) ran for hours, a
+# LODA(10000, 10000) took 2.5 GB, ROD on 64 dims took 108 s for 12 images.
+FIT_WORK = {
+    "GMM": (("n_components", "n_init", "max_iter"), False, 0, 10_000),
+    "LODA": (("n_bins", "n_random_cuts"), False, 0, 1_000_000),
+    "LMDD": (("n_iter",), True, 0, 100_000),
+    "ABOD": (("n_neighbors", "n_neighbors"), True, 0, 2_000_000),
+    "ROD": ((), True, 3, 100_000),  # every 3-dimension subspace of the embedding
+}
 
 
-def _check_repeated_work(detector: Any) -> None:
-    """Training and a load (which re-fits) refuse alike a fit whose repeated work is past its bound."""
+def _check_fit_work(detector: Any, rows: int, dims: int) -> None:
+    """Training and a load (which re-fits) refuse alike a fit whose work is past its bound."""
     name = type(detector).__name__
-    if name not in REPEATED_WORK:
+    if name not in FIT_WORK:
         return
-    keys, bound = REPEATED_WORK[name]
+    keys, per_row, subspace, bound = FIT_WORK[name]
     own = detector.get_params(deep=False)
-    work = 1
+    work, terms = 1, []
     for key in keys:
         value = own.get(key)
         work *= value if type(value) is int and value > 0 else 1
+        terms.append(f"{key}={own.get(key)}")
+    if per_row:
+        work *= rows
+        terms.append(f"{rows} training images")
+    if subspace:
+        work *= math.comb(dims, subspace)
+        terms.append(f"C({dims} dims, {subspace})")
     if work > bound:
-        raise UserError(f"model.detector: {name} {' x '.join(f'{k}={own.get(k)}' for k in keys)} repeats its fit "
-                        f"{work:,} times; at most {bound:,} (lower {' or '.join(keys)})")
+        raise UserError(f"model.detector: {name} fits {' x '.join(terms)} = {work:,} units of work; at most "
+                        f"{bound:,} (a load re-fits it): lower {' or '.join(dict.fromkeys(keys)) or 'the embedding size'}"
+                        f"{' or dataset.limit_train' if per_row else ''}")
 
 
 class PyODOnFeatures(BackboneMixin, BaseDetector):
@@ -226,7 +241,7 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
         self.mean_, self.scale_ = (np.asarray(a, dtype=np.float64) for a in stats)
         z = self._standardized(self.train_embeddings_)
         self.detector_ = self._configured_clone(params, len(z))
-        _check_repeated_work(self.detector_)
+        _check_fit_work(self.detector_, *z.shape)
         keep_compiled_code(self.detector_)
         try:
             self.detector_.fit(z)
