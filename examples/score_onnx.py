@@ -7,6 +7,7 @@ Images are resized to ``export.json``'s ``preprocessing.resize`` (box filter whe
 bilinear when enlarging: close to, not bit-identical with, the OpenCV resize of training).
 Runs exported with tiling are refused here (``infer runtime=onnxruntime`` tiles them).
 The model allocates from one arena of at most $SCORE_ONNX_MAX_MEMORY_GB (default 1 GB).
+An image that gets no verdict is named in one line on stderr and skipped (exit code 2 at the end).
 """
 import hashlib
 import io
@@ -27,11 +28,16 @@ from PIL import Image, ImageOps
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
 
 
-def fail(path, problem) -> None:
-    """One line naming the file, exit code 2 (bad input, not a bug)."""
+def report(path, problem) -> None:
+    """One line naming the file on stderr."""
     if isinstance(problem, Exception):
         problem = f"{type(problem).__name__}: {(str(problem).splitlines() or [''])[0]}"
     print(f"error: {path}: {problem}", file=sys.stderr)
+
+
+def fail(path, problem) -> None:
+    """One line naming the file, exit code 2 (bad input, not a bug)."""
+    report(path, problem)
     sys.exit(2)
 
 
@@ -239,29 +245,46 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2:
         fail("usage", "python score_onnx.py <artifacts dir with model.onnx + export.json> <image> [<image> ...]")
     manifest, threshold, session = load(Path(argv[0]))
-    for name in argv[1:]:
+    failed = 0
+    for name in argv[1:]:  # one bad image is named and skipped; the others are still scored
         try:
-            image = read_image(Path(name), manifest)
-        except Exception as exc:  # unreadable image
-            fail(name, exc)
-        options = ort.RunOptions()
-        timer = threading.Timer(MAX_SECONDS, lambda: setattr(options, "terminate", True))
-        timer.start()
-        try:
-            score, anomaly_map = session.run(["score", "map"], {"images": image}, options)
-        except Exception as exc:  # a model that does not fit export.json, over the memory cap or time
-            fail(Path(argv[0]) / "model.onnx", exc)
-        finally:
-            timer.cancel()
-        if np.asarray(score).dtype.kind not in "fiu" or np.asarray(anomaly_map).dtype.kind not in "fiu":
-            fail(Path(argv[0]) / "model.onnx", "returned a score or map that is not numbers")
-        if np.shape(score) != (1,) or np.shape(anomaly_map) != (1, *image.shape[2:]):
-            fail(Path(argv[0]) / "model.onnx", f"returned score {np.shape(score)} / map {np.shape(anomaly_map)} "
-                                               "for one image; not an exported model's outputs")
-        if not (np.isfinite(score).all() and np.isfinite(anomaly_map).all()):
-            fail(Path(argv[0]) / "model.onnx", f"returned a NaN or infinite score or map for {name}; no verdict")
-        print(json.dumps({"image": name, "score": float(score[0]), "pred_label": int(score[0] > threshold),
-                          "threshold": threshold, "map_max": float(anomaly_map[0].max())}))
+            print(json.dumps(score(Path(argv[0]), name, manifest, threshold, session)))
+        except ImageFailed as exc:
+            report(*exc.args)
+            failed += 1
+    if failed:
+        sys.exit(2)
+
+
+class ImageFailed(Exception):
+    """(path, problem) of one image that got no verdict."""
+
+
+def score(artifacts: Path, name: str, manifest: dict, threshold: float, session) -> dict:
+    """One image's JSON record; ``ImageFailed`` naming the image or the model."""
+    model_path = artifacts / "model.onnx"
+    try:
+        image = read_image(Path(name), manifest)
+    except Exception as exc:  # unreadable image
+        raise ImageFailed(name, exc) from None
+    options = ort.RunOptions()
+    timer = threading.Timer(MAX_SECONDS, lambda: setattr(options, "terminate", True))
+    timer.start()
+    try:
+        score, anomaly_map = session.run(["score", "map"], {"images": image}, options)
+    except Exception as exc:  # a model that does not fit export.json, over the memory cap or time
+        raise ImageFailed(model_path, exc) from None
+    finally:
+        timer.cancel()
+    if np.asarray(score).dtype.kind not in "fiu" or np.asarray(anomaly_map).dtype.kind not in "fiu":
+        raise ImageFailed(model_path, "returned a score or map that is not numbers")
+    if np.shape(score) != (1,) or np.shape(anomaly_map) != (1, *image.shape[2:]):
+        raise ImageFailed(model_path, f"returned score {np.shape(score)} / map {np.shape(anomaly_map)} "
+                                      "for one image; not an exported model's outputs")
+    if not (np.isfinite(score).all() and np.isfinite(anomaly_map).all()):
+        raise ImageFailed(model_path, f"returned a NaN or infinite score or map for {name}; no verdict")
+    return {"image": name, "score": float(score[0]), "pred_label": int(score[0] > threshold),
+            "threshold": threshold, "map_max": float(anomaly_map[0].max())}
 
 
 if __name__ == "__main__":

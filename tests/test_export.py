@@ -235,6 +235,23 @@ def test_standalone_example_scores_like_infer(runs, tmp_path):
     assert result["threshold"] == pytest.approx(expected["threshold"])
 
 
+def test_standalone_example_names_a_bad_image_and_scores_the_others(runs, tmp_path):
+    """examples/score_onnx.py given good, bad, good: the bad one is one line on stderr, the other two
+    are scored, and the exit code says one failed (it stopped at the bad one, losing the third)."""
+    artifacts = runs("padim") / "categories" / "washer" / "artifacts"
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-I", str(REPO / "examples" / "score_onnx.py"), str(artifacts),
+                           str(good), str(bad), str(good)], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {bad}: "), proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert [json.loads(line)["image"] for line in proc.stdout.splitlines()] == [str(good), str(good)]
+
+
 @pytest.mark.parametrize("blocker", ["artifacts is a file", "model.onnx is a folder"])
 def test_an_export_path_of_the_wrong_kind_is_one_line_naming_run_dir(runs, tmp_path, blocker):
     """A hostile pass: ``artifacts`` a file where the export writes a folder exited 1 with a raw FileExistsError."""

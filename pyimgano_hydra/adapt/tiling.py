@@ -22,6 +22,9 @@ PARAM_NAMES = ("tile_size", "stride", "score_reduce", "score_topk", "map_reduce"
                "batch_size", "max_fit_tiles", "seed")
 
 
+MAX_TILES = 4096  # tiles per image
+
+
 def tile_starts(length: int, tile_size: int, stride: int) -> np.ndarray:
     """Start offsets along one axis; the last tile is shifted inward to end at ``length``."""
     if length <= tile_size:
@@ -36,6 +39,10 @@ def tile_grid(height: int, width: int, tile_size: int, stride: int) -> np.ndarra
     """(n_tiles, 2) array of (y, x) tile origins covering an image row by row."""
     ys = tile_starts(height, tile_size, stride)
     xs = tile_starts(width, tile_size, stride)
+    # training and a stored inspector alike: stride 1 on a 1024-pixel image was a million tiles
+    check(len(ys) * len(xs) <= MAX_TILES, "tiling.stride",
+          f"tile_size={tile_size}, stride={stride} cut a {width}x{height} image into {len(ys) * len(xs):,} tiles; "
+          f"at most {MAX_TILES:,}: raise tiling.stride or tiling.tile_size")
     return np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2)
 
 

@@ -24,11 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from pyimgano_hydra.errors import ConfigError, DataError, UserError
+from pyimgano_hydra.errors import DataError, UserError
 from pyimgano_hydra.models.base import BaseDetector, DetectorOutput
 from pyimgano_hydra.smoothing import gaussian_blur
 
 STATE_VERSION = 1
+SCORING_BYTES = 512 << 20  # activations of the images scored in one forward pass
 
 
 def _network(in_channels: int, base_channels: int, depth: int, latent_channels: int):
@@ -192,9 +193,14 @@ class ConvAutoencoder(BaseDetector):
                             f"got {images.shape[-1]}; use the same dataset.input_mode")
         height, width = images.shape[1:3]
         scores, maps = [], []
+        from pyimgano_hydra.schemas.model_zoo import ACTIVATION_COPIES, largest_activation
+
+        per_image = ACTIVATION_COPIES * 4 * largest_activation(self.image_size, self.base_channels, self.depth,
+                                                               self.latent_channels)
+        chunk = max(1, min(int(self.batch_size), SCORING_BYTES // per_image))  # memory, not batch_size, decides
         with torch.inference_mode():
-            for first in range(0, len(images), self.batch_size):
-                x = self._to_input(images[first:first + self.batch_size])
+            for first in range(0, len(images), chunk):
+                x = self._to_input(images[first:first + chunk])
                 error = ((self.net_(x) - x) ** 2).mean(dim=1, keepdim=True)
                 error = torch.from_numpy(gaussian_blur(error[:, 0].float().cpu().numpy(), self.smoothing_sigma))[:, None]
                 scores.append(error.flatten(1).amax(dim=1).double().cpu().numpy())

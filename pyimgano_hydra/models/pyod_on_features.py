@@ -31,7 +31,7 @@ import logging
 import math
 import sys
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -102,16 +102,40 @@ def _is_json(value: Any) -> bool:
 # PyOD classes whose fit holds n x n matrices, and the training rows they may take (n² x 8 B, a few copies)
 QUADRATIC_MEMORY = ("COF", "LOCI", "SOD", "SOS", "RGraph")
 MAX_QUADRATIC_ROWS = 5000
-# PyOD fits whose work grows with a product of params, training images ("rows") and embedding size
-# ("dims"), and its bound (about half a minute on one core). A load re-fits, so the same bound
-# holds at training and at load: a stored GMM(n_init=max_iter=10000, tol=0) ran for hours, a
-# LODA(10000, 10000) took 2.5 GB, ROD on 64 dims took 108 s for 12 images.
-FIT_WORK = {
-    "GMM": (("n_components", "n_init", "max_iter"), False, 0, 10_000),
-    "LODA": (("n_bins", "n_random_cuts"), False, 0, 1_000_000),
-    "LMDD": (("n_iter",), True, 0, 100_000),
-    "ABOD": (("n_neighbors", "n_neighbors"), True, 0, 2_000_000),
-    "ROD": ((), True, 3, 100_000),  # every 3-dimension subspace of the embedding
+def _samples(value: Any, rows: int, auto: int) -> int:
+    """Training rows a tree-ensemble estimator draws (``max_samples``: "auto", a fraction or a count)."""
+    if type(value) is int:
+        return min(value, rows)
+    if type(value) is float:
+        return max(1, int(value * rows))
+    return min(auto, rows)
+
+
+def _int(value: Any) -> int:
+    return value if type(value) is int and value > 0 else 1
+
+
+# PyOD fits whose work or memory grows with params, training images (n) and embedding size (d):
+# (what to lower, the work, its bound: about half a minute or a few hundred MB on one core). A
+# load re-fits, so the same bound holds at training and at load: a stored GMM(n_init=max_iter=
+# 10000, tol=0) ran for hours, a LODA(10000, 10000) took 2.5 GB, ROD on 64 dims took 108 s for 12
+# images, IForest(10000, max_samples=10000) 3.8 GB, KNN(n_neighbors=10000) 3.5 GB.
+FIT_WORK: dict[str, Callable[[dict, int, int], tuple[str, int, int]]] = {
+    "GMM": lambda p, n, d: ("n_components x n_init x max_iter",
+                            _int(p["n_components"]) * _int(p["n_init"]) * _int(p["max_iter"]), 10_000),
+    "LODA": lambda p, n, d: ("n_bins x n_random_cuts", _int(p["n_bins"]) * _int(p["n_random_cuts"]), 1_000_000),
+    "LMDD": lambda p, n, d: ("n_iter x images", _int(p["n_iter"]) * n, 100_000),
+    "ABOD": lambda p, n, d: (("images x n_neighbors²", n * _int(p["n_neighbors"]) ** 2, 2_000_000)
+                             if p.get("method") == "fast" else ("images³ (method=default; use fast)", n ** 3, 2_000_000)),
+    "ROD": lambda p, n, d: ("images x C(embedding size, 3)", n * math.comb(d, 3), 100_000),
+    "IForest": lambda p, n, d: ("n_estimators x max_samples",
+                                _int(p["n_estimators"]) * _samples(p.get("max_samples"), n, 256), 2_000_000),
+    "INNE": lambda p, n, d: ("n_estimators x max_samples²",
+                             _int(p["n_estimators"]) * _samples(p.get("max_samples"), n, 8) ** 2, 10_000_000),
+    "KNN": lambda p, n, d: ("images x n_neighbors", n * _int(p["n_neighbors"]), 10_000_000),
+    "LOF": lambda p, n, d: ("images x n_neighbors", n * _int(p["n_neighbors"]), 10_000_000),
+    "CBLOF": lambda p, n, d: ("images x n_clusters", n * _int(p["n_clusters"]), 10_000_000),
+    "OCSVM": lambda p, n, d: ("images²", n * n, 50_000_000),
 }
 
 
@@ -120,23 +144,10 @@ def _check_fit_work(detector: Any, rows: int, dims: int) -> None:
     name = type(detector).__name__
     if name not in FIT_WORK:
         return
-    keys, per_row, subspace, bound = FIT_WORK[name]
-    own = detector.get_params(deep=False)
-    work, terms = 1, []
-    for key in keys:
-        value = own.get(key)
-        work *= value if type(value) is int and value > 0 else 1
-        terms.append(f"{key}={own.get(key)}")
-    if per_row:
-        work *= rows
-        terms.append(f"{rows} training images")
-    if subspace:
-        work *= math.comb(dims, subspace)
-        terms.append(f"C({dims} dims, {subspace})")
+    what, work, bound = FIT_WORK[name](detector.get_params(deep=False), rows, dims)
     if work > bound:
-        raise UserError(f"model.detector: {name} fits {' x '.join(terms)} = {work:,} units of work; at most "
-                        f"{bound:,} (a load re-fits it): lower {' or '.join(dict.fromkeys(keys)) or 'the embedding size'}"
-                        f"{' or dataset.limit_train' if per_row else ''}")
+        raise UserError(f"model.detector: {name} fits {rows} training images of size {dims}: {what} = {work:,}; "
+                        f"at most {bound:,} (a load re-fits it): lower these params or dataset.limit_train")
 
 
 class PyODOnFeatures(BackboneMixin, BaseDetector):

@@ -77,6 +77,29 @@ class AutoencoderSchema(BackboneSchema):
         check(0 <= self.weight_decay < 1, "model.weight_decay", "must be in [0, 1)")
         check(0 <= self.perceptual_weight <= 1000, "model.perceptual_weight", "must be in [0, 1000]")
         check(0 <= self.smoothing_sigma <= 64, "model.smoothing_sigma", "must be in [0, 64] (0 = no smoothing)")
+        need = ACTIVATION_COPIES * 4 * largest_activation(self.image_size, self.base_channels, self.depth,
+                                                           self.latent_channels)
+        check(need <= MAX_IMAGE_ACTIVATION_BYTES, "model.image_size",
+              f"with base_channels={self.base_channels}, latent_channels={self.latent_channels} and depth="
+              f"{self.depth} one image takes {need / 2**30:.1f} GB of activations; at most "
+              f"{MAX_IMAGE_ACTIVATION_BYTES / 2**30:.0f} GB: lower image_size or the channels")
+
+
+ACTIVATION_COPIES = 3  # float32 activations alive at once in the autoencoder (a conv's input, output, blur)
+MAX_IMAGE_ACTIVATION_BYTES = 1 << 30  # one image's: a stored inspector is checked alike at load
+
+
+def largest_activation(image_size: int, base_channels: int, depth: int, latent_channels: int) -> int:
+    """Elements of the largest activation of one image in the autoencoder (``models/autoencoder``)."""
+    widths = [min(base_channels * 2 ** i, 512) for i in range(depth)]
+    sizes = [(image_size >> (i + 1)) ** 2 * w for i, w in enumerate(widths)]  # encoder blocks
+    sizes.append((image_size >> depth) ** 2 * max(latent_channels, widths[-1]))  # bottleneck
+    outs = list(reversed(widths[:-1])) + [widths[0]]
+    c_in = widths[-1]
+    for k, out in enumerate(outs, start=1):  # decoder: upsample, then convolutions
+        sizes.append((image_size >> (depth - k)) ** 2 * max(c_in, out))
+        c_in = out
+    return max(sizes)
 
 
 SCHEMAS = {"pyod": PyODSchema, "autoencoder": AutoencoderSchema}

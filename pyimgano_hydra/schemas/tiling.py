@@ -33,7 +33,7 @@ class TilingSchema:
         check(self.score_topk >= 1, "tiling.score_topk", "must be >= 1")
         check(self.map_reduce in MAP_REDUCES, "tiling.map_reduce",
               f"must be one of {', '.join(MAP_REDUCES)}")
-        check(self.batch_size >= 1, "tiling.batch_size", "must be >= 1")
+        check(1 <= self.batch_size <= 4096, "tiling.batch_size", "must be in 1..4096")
         check(self.max_fit_tiles is None or self.max_fit_tiles >= 1, "tiling.max_fit_tiles",
               "must be >= 1 or null")
 
