@@ -93,9 +93,16 @@ def _no_imports_from_a_run_dir() -> None:
         entries = [os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p]
         kept = [p for p in entries if not _inside_a_run_dir(p)]
         os.environ["PYTHONPATH"] = os.pathsep.join(kept)
-    if os.path.dirname(os.path.dirname(os.path.abspath(__file__))) == cwd:
-        return
-    if app and not _inside_a_run_dir(cwd):  # the app keeps a project's own modules (custom detectors)
+    if os.path.dirname(os.path.dirname(os.path.abspath(__file__))) == cwd or (app and not _inside_a_run_dir(cwd)):
+        # the app keeps a project's own modules (custom detectors), as does a source checkout run
+        # from its root; its child Pythons (loky's python -c, submitit's python -m, the decode
+        # workers' forkserver) see the working dir only where this process does: started from a
+        # received dataset folder, the console script's workers imported its joblib/
+        keeps = any(p in ("", ".", cwd) for p in sys.path)
+        os.environ["PYTHONSAFEPATH"] = "1"
+        entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if keeps and cwd not in entries:
+            os.environ["PYTHONPATH"] = os.pathsep.join([cwd, *entries])
         return
     sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]
     # nor its child Pythons: the decode workers' forkserver (python -c) ran a multiprocessing.py

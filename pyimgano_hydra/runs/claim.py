@@ -330,10 +330,45 @@ def _check_sweep_files(config: DictConfig) -> None:
                 if head and head != SQLITE_MAGIC:
                     raise UserError(f"{key}={scheme}{value}: is not an SQLite database; "
                                     "name a new file or an Optuna study database")
+                if head:
+                    _check_study_database(path, f"{key}={scheme}{value}")
         except UserError as exc:
             refuse(str(exc) if str(exc).startswith(key) else f"{key}={value}: {exc}")
         except OSError as exc:
             refuse(f"{key}={value}: cannot be read ({exc.strerror or type(exc).__name__})")
+
+
+STUDY_TABLES = ("studies", "trials", "trial_params", "trial_values", "trial_intermediate_values",
+                "trial_user_attributes", "trial_system_attributes", "study_user_attributes",
+                "study_system_attributes", "study_directions")
+MAX_STUDY_ROWS = 1_000_000  # per table of a handed-over Optuna database (a study of 10,000 trials holds ~100,000)
+
+
+def _check_study_database(path: Path, where: str) -> None:
+    """An Optuna database holds tables only, of bounded size: a view in place of ``trials`` (stored
+    in a 110 KB file) made Optuna read rows for ever (20 GB), one in place of ``studies`` hung it."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise UserError(f"{where}: not a readable SQLite database ({exc})") from None
+    try:
+        other = con.execute("SELECT type, name FROM sqlite_master WHERE type NOT IN ('table', 'index')").fetchone()
+        if other:
+            raise UserError(f"{where}: holds a {other[0]} ({console_line(str(other[1]))[:80]}); an Optuna "
+                            "database holds tables only: name a new file or study")
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table in STUDY_TABLES:
+            if table in tables:
+                rows = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                if rows > MAX_STUDY_ROWS:
+                    raise UserError(f"{where}: its table {table} holds {rows:,} rows, more than {MAX_STUDY_ROWS:,}; "
+                                    "name a new file or study")
+    except sqlite3.Error as exc:
+        raise UserError(f"{where}: not a readable SQLite database ({exc})") from None
+    finally:
+        con.close()
 
 
 def _head(path: Path) -> bytes:

@@ -149,8 +149,9 @@ def stored_params_in(trial: Any, search_space: dict, storage: Any) -> None:
             inside = False
         if not inside:
             raise UserError(f"hydra.sweeper.storage={storage}: trial {trial.number} holds {console_line(name)[:80]}="
-                            f"{console_line(str(value))[:80]}, outside hydra.sweeper.params; such a trial would "
-                            "become a job's override: start a new study (or a new storage)")
+                            f"{console_line(str(value))[:80]}, outside hydra.sweeper.params (a trial handed out "
+                            "becomes a job's overrides, a stored one the sweep's best): continue a study with its "
+                            "own search space, or start a new study")
 
 
 def fail_running(trials: list) -> None:
@@ -166,11 +167,15 @@ def fail_running(trials: list) -> None:
 
 
 def _raised_by_storage(exc: BaseException) -> bool:
-    """``exc`` comes from Optuna or SQLAlchemy (a stored study that does not fit, a broken database)."""
-    frame, tb = "", exc.__traceback__
+    """``exc`` comes from what a stored study feeds: Optuna or SQLAlchemy anywhere on its way (a
+    100,000-deep JSON attribute failed in json's decoder), or hydra-optuna-sweeper raising it."""
+    frames, tb = [], exc.__traceback__
     while tb is not None:
-        frame, tb = tb.tb_frame.f_globals.get("__name__", ""), tb.tb_next
-    return any(name.split(".")[0] in ("optuna", "sqlalchemy") for name in (type(exc).__module__, frame))
+        frames.append(tb.tb_frame.f_globals.get("__name__", ""))
+        tb = tb.tb_next
+    deepest = frames[-1] if frames else ""
+    return (any(name.split(".")[0] in ("optuna", "sqlalchemy") for name in (type(exc).__module__, *frames))
+            or deepest.startswith("hydra_plugins.hydra_optuna_sweeper"))
 
 
 def study_sweeper(sampler: Any, direction: Any, storage: Any, study_name: str | None, n_trials: int,
@@ -189,10 +194,15 @@ def study_sweeper(sampler: Any, direction: Any, storage: Any, study_name: str | 
             super().setup(**kwargs)
             self.launcher = BudgetLauncher(self.launcher, self, float(max_failure_rate))
             self.asked: list = []
+            self.checked_study = False
 
         def _configure_trials(self, trials: list, search_space_distributions: dict, fixed_params: dict) -> Any:
             self.asked = list(trials)
-            for trial in trials:  # what the database handed out, before anything is suggested
+            # what the database holds and hands out, before anything is suggested: every stored trial
+            # (TPE learns from them, the best one is the sweep's result) and the ones asked now
+            stored = trials[0].study.get_trials(deepcopy=False) if trials and not self.checked_study else []
+            self.checked_study = True
+            for trial in [*stored, *trials]:
                 stored_params_in(trial, search_space_distributions, self.storage)
             return super()._configure_trials(trials, search_space_distributions, fixed_params)
 
@@ -202,7 +212,7 @@ def study_sweeper(sampler: Any, direction: Any, storage: Any, study_name: str | 
                 return super().sweep(arguments)
             except Exception as exc:  # noqa: BLE001 - only Optuna's and its database's are named here
                 fail_running(self.asked)
-                if not self.storage or not _raised_by_storage(exc):
+                if not self.storage or isinstance(exc, UserError) or not _raised_by_storage(exc):
                     raise
                 line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise UserError(f"hydra.sweeper.storage={self.storage}: study {self.study_name!r} cannot be "
