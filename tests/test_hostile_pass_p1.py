@@ -40,7 +40,6 @@ def _deep_folder(root, depth=1100):
     """``root`` with ``top.png`` and ``a/a/.../a/bottom.png`` ``depth`` folders down (2 bytes a level:
     within PATH_MAX, built relative to the working dir as a tar or rsync would)."""
     import os
-    import shutil
 
     root.mkdir()
     here = os.getcwd()

@@ -21,18 +21,28 @@ def test_a_leaked_submitit_executor_variable_never_leaves_a_sigterm_run_running(
     and status.json stays ``running`` for ever."""
     run_dir = tmp_path / "run"
     proc = start_cli([*TINY, f"hydra.run.dir={run_dir}"], env={"SUBMITIT_EXECUTOR": "slurm"})
-    try:
+
+    def started() -> bool:
         assert wait_for(run_dir / "status.json", 120)
         time.sleep(1.0)
+        return True
+
+    err = _sigterm_once(proc, started, timeout=60)
+    status = json.loads((run_dir / "status.json").read_text())["status"]
+    assert status != "running", f"rc {proc.returncode}, stderr {err[-300:]!r}: status.json left running"
+    assert proc.returncode != 0
+
+
+def _sigterm_once(proc, ready, timeout: float) -> str:
+    """SIGTERM to ``proc`` once ``ready()`` returns; its stderr (killed if still running)."""
+    try:
+        ready()
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        return proc.communicate(timeout=timeout)[1]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    status = json.loads((run_dir / "status.json").read_text())["status"]
-    assert status != "running", f"rc {proc.returncode}, stderr {err[-300:]!r}: status.json left running"
-    assert proc.returncode != 0
 
 
 def _save_weights(path: Path, seed: int) -> None:
@@ -104,6 +114,7 @@ def test_the_app_inside_a_received_sweep_dir_without_its_claim_imports_nothing_f
     (plugin / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     proc = run_cli(["--help"], cwd=received, timeout=120)
     assert not marker.exists(), "a hydra_plugins/ module shipped in a received sweep dir was imported"
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-500:]
 
 
 def test_a_sigterm_during_an_optuna_trial_never_leaves_the_trial_running_in_the_study(tmp_path):
@@ -116,16 +127,14 @@ def test_a_sigterm_during_an_optuna_trial_never_leaves_the_trial_running_in_the_
     sweep, db = tmp_path / "sweep", tmp_path / "optuna.db"
     proc = start_cli(["--multirun", *TINY, "hydra/sweeper=optuna_patchcore", "hydra.sweeper.n_trials=3",
                       f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={sweep}"])
-    try:
+
+    def trial_started() -> bool:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and not any((d / "status.json").exists() for d in sweep.glob("1_*")):
             time.sleep(0.01)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        return True
+
+    err = _sigterm_once(proc, trial_started, timeout=90)
     assert proc.returncode == 143, err[-500:]
     with sqlite3.connect(db) as con:
         states = con.execute("SELECT number, state FROM trials ORDER BY number").fetchall()
@@ -148,7 +157,7 @@ def test_the_api_composing_after_a_notebook_changed_into_a_received_run_dir_impo
     import subprocess
     import sys
 
-    from conftest import REPO, _cli_env, copy_run
+    from conftest import _cli_env, copy_run
 
     run_dir = copy_run(trained, tmp_path)
     marker = tmp_path / "MARKER"
