@@ -44,7 +44,12 @@ def fail(path, problem) -> None:
 def read_regular(path: Path, limit: int) -> bytes:
     """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes: a FIFO is never
     waited on, a link to /dev/zero never read (the artifacts dir is untrusted input)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:  # the file itself, never a link (one to another product's export passed its sha256)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        if os.path.islink(path):
+            raise ValueError("a symlink; an artifacts dir's files are read only as plain files") from None
+        raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -109,7 +114,8 @@ def check_ops(model: bytes) -> None:
     """Refuse local functions, control flow (subgraphs), ops outside the standard domain or sized by
     the data outside ONNX Runtime's arena, string tensors and more than MAX_NODES nodes
     (ModelProto.graph 7 / functions 25; GraphProto.node 1 / initializer 5; NodeProto.op_type 4 /
-    domain 7 / attribute 5; AttributeProto.name 1 / i 3 / t 5; TensorProto.data_type 2)."""
+    domain 7 / attribute 5; AttributeProto.name 1 / i 3 / t 5 / sparse_tensor 22 / sparse_tensors 23;
+    TensorProto.data_type 2)."""
     nodes = []
     for number, wire, value in _fields(model):
         if number == 25:
@@ -131,7 +137,12 @@ def check_ops(model: bytes) -> None:
         for attribute in attributes:  # a Constant's tensor (t 5, tensors 10)
             for tensor in (v for n, w, v in attribute if n in (5, 10) and w == 2):
                 _check_tensor(tensor)
-        strings = any((1, 2, b"to") in attribute and (3, 0, STRING) in attribute for attribute in attributes)
+        strings = any(((1, 2, b"to") in attribute and (3, 0, STRING) in attribute)  # a Cast to string
+                      or (1, 2, b"value_string") in attribute or (1, 2, b"value_strings") in attribute
+                      for attribute in attributes)
+        if any(n in (22, 23) for attribute in attributes for n, _, _ in attribute):
+            raise ValueError(f"op {op[:40]} holds a sparse tensor attribute (it may name external data); "
+                             "an exported model holds none")
         if op in CONTROL_FLOW + OUTSIDE_ARENA or domain not in ("", "ai.onnx") or strings:
             raise ValueError(f"op {domain + '.' if domain else ''}{op[:40]} is not one an exported model uses "
                              "(control flow, custom, string or data-sized output)")

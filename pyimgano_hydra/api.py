@@ -56,6 +56,9 @@ def default_run_dir(choices: dict, base: str | Path = "outputs/runs") -> Path:
 def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> dict:
     """Compose and run one job; returns report.json's content. ``output_dir`` is claimed as the
     CLI claims ``hydra.run.dir`` (``runs/claim.py``): ``UserError`` naming it if it is taken."""
+    from pyimgano_hydra import _no_imports_from_a_run_dir
+
+    _no_imports_from_a_run_dir()  # before the app's imports (torch...): never from a run dir changed into
     from pyimgano_hydra import app
     from pyimgano_hydra.config_sources import check_config_arguments
     from pyimgano_hydra.runs.claim import claim_dir
@@ -78,6 +81,9 @@ def load_inspector(run_dir: str | Path, category: str | None = None, trust_targe
                    device: str = "auto"):
     """The fitted :class:`~pyimgano_hydra.inspector.Inspector` of ``category`` in a completed run
     dir (the run's only category when None), on ``device``; parsed and checked like ``infer`` does."""
+    from pyimgano_hydra import _no_imports_from_a_run_dir
+
+    _no_imports_from_a_run_dir()  # the first load imports torch, cv2...: never from a run dir changed into
     from pyimgano_hydra.runs.load import load_run
 
     loaded = load_run(run_dir)

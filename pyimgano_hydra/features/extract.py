@@ -25,6 +25,9 @@ from pyimgano_hydra.features.device_store import keep_features, kept_features
 from pyimgano_hydra.progress import stage
 
 
+MAX_FEATURE_PIXELS = 2048 * 2048  # one image's, and one forward pass's (about 1 GB of activations)
+
+
 def _check_images(images: np.ndarray) -> None:
     if not (isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[-1] in (1, 3)):
         shape = getattr(images, "shape", None)
@@ -40,6 +43,12 @@ def iter_features(
     the feature cache when a job activated one (``cache:`` config node)."""
     _check_images(images)
     n = len(images)
+    pixels = int(images.shape[1]) * int(images.shape[2])
+    if pixels > MAX_FEATURE_PIXELS:  # a stored resize of 3072 took 3.1 GB for one image
+        raise ConfigError(f"dataset.resize: {images.shape[2]}x{images.shape[1]} images through a backbone take "
+                          f"gigabytes each; at most {MAX_FEATURE_PIXELS:,} pixels (2048x2048): set a smaller "
+                          "dataset.resize, or tiling")
+    batch_size = max(1, min(int(batch_size), MAX_FEATURE_PIXELS // pixels))  # pixels per pass, not images
     cache = active_cache()
     with torch.inference_mode(), stage(desc, total=n) as bar:
         for start in range(0, n, batch_size):
