@@ -93,16 +93,21 @@ def _no_imports_from_a_run_dir() -> None:
         entries = [os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p]
         kept = [p for p in entries if not _inside_a_run_dir(p)]
         os.environ["PYTHONPATH"] = os.pathsep.join(kept)
-    if os.path.dirname(os.path.dirname(os.path.abspath(__file__))) == cwd or (app and not _inside_a_run_dir(cwd)):
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if repo_root == cwd or (app and not _inside_a_run_dir(cwd)):
         # the app keeps a project's own modules (custom detectors), as does a source checkout run
         # from its root; its child Pythons (loky's python -c, submitit's python -m, the decode
         # workers' forkserver) see the working dir only where this process does: started from a
         # received dataset folder, the console script's workers imported its joblib/
-        keeps = any(p in ("", ".", cwd) for p in sys.path)
+        # ``python -m`` puts the working dir first on purpose; the console script never has it, and
+        # one reached through an empty PYTHONPATH entry (PYTHONPATH=/x:) is dropped too
+        module_run = bool(_module_argument(list(getattr(sys, "orig_argv", []))))
+        keeps = repo_root == cwd or (module_run and bool(sys.path) and sys.path[0] in ("", cwd))
+        if not keeps:
+            sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]
         os.environ["PYTHONSAFEPATH"] = "1"
-        entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        if keeps and cwd not in entries:
-            os.environ["PYTHONPATH"] = os.pathsep.join([cwd, *entries])
+        entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != cwd]
+        os.environ["PYTHONPATH"] = os.pathsep.join([cwd, *entries] if keeps else entries)
         return
     sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]
     # nor its child Pythons: the decode workers' forkserver (python -c) ran a multiprocessing.py
