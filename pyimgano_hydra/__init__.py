@@ -1,6 +1,28 @@
 __version__ = "0.2.0"
 
 
+def _standard_streams_open() -> None:
+    """A command started with stdout or stderr closed (``>&-``, ``2>&-``; a daemon's missing
+    stdin): the next file opened took descriptor 1 or 2 and prints went into it, and a None
+    ``sys.stdout``/``sys.stderr`` failed the run. Each closed one is pointed at the null device."""
+    import os
+    import sys
+
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False, errors="backslashreplace"))
+
+
+_standard_streams_open()
+
+
 def _module_argument(argv: list) -> str | None:
     """The module of ``python [options] -m <module>`` parsed as CPython does: short options may be
     combined (``-um mod``, ``-Bmmod``); ``-W``/``-X`` take a value, ``-c`` or a script ends them."""
