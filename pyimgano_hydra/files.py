@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -135,6 +135,19 @@ def held_folder(folder: str | Path, follow: bool = True, below: str | Path | Non
         yield _proc_path(fd, os.path.abspath(os.path.join(below, folder) if below is not None else folder))
     finally:
         os.close(fd)
+
+
+@contextmanager
+def held_run_folder(relative: str | Path, below: str | Path, shown_as: Path) -> Iterator[Path]:
+    """:func:`held_folder` of a run dir's part (``relative`` to the held ``below``); a link on the
+    way or a missing folder is one error naming ``shown_as``."""
+    stack = ExitStack()
+    try:
+        held = stack.enter_context(held_folder(relative, below=below))
+    except OSError:
+        raise UserError(f"{shown_as}: not a folder of the run dir (a link, or missing?); refused") from None
+    with stack:
+        yield held or shown_as
 
 
 class KeptFolder:

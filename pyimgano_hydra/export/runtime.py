@@ -358,7 +358,7 @@ def read_export(run_root: Path, category_dir: Path, category: str | None = None,
     ``LoadedRun.category_folder``); else held here, reached from ``run_root`` with no link."""
     from contextlib import ExitStack
 
-    from pyimgano_hydra.files import held_folder
+    from pyimgano_hydra.files import held_run_folder
     from pyimgano_hydra.runs import trust
     from pyimgano_hydra.runs.layout import category_dir_name
     from pyimgano_hydra.schemas.export import MODEL_FILE
@@ -369,11 +369,9 @@ def read_export(run_root: Path, category_dir: Path, category: str | None = None,
         raise UserError(f"{manifest_path}: missing; export the run first: "
                         f"python -m pyimgano_hydra.export run_dir={run_root}")
     with ExitStack() as stack:
-        try:  # every read from this folder, reached with no link on the way
-            artifacts = stack.enter_context(held_folder("artifacts", below=folder) if folder is not None
-                                            else held_folder(relative, below=run_root)) or manifest_path.parent
-        except OSError:
-            raise UserError(f"{manifest_path.parent}: not a folder of the run dir (a link?); refused") from None
+        # every read from this folder, reached with no link on the way
+        artifacts = stack.enter_context(held_run_folder("artifacts", folder, manifest_path.parent) if folder is not None
+                                        else held_run_folder(relative, run_root, manifest_path.parent))
         manifest = ExportManifest.parse(trust.read_json_file(artifacts / "export.json", follow=False),
                                         str(manifest_path))
         if category_dir_name(manifest.category) != category_dir.name or category not in (None, manifest.category):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pyimgano_hydra.errors import UserError, console_line
-from pyimgano_hydra.files import KeptFolder, held_folder
+from pyimgano_hydra.files import KeptFolder, held_run_folder
 from pyimgano_hydra.runs import trust
 from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
 from pyimgano_hydra.runs.status import COMPLETED, current_state, describe
@@ -44,13 +44,8 @@ class LoadedRun:
         """The category's folder, held open for the block and reached from the held run dir with no
         link on the way (a folder swapped for a link mid-read never leads into another run)."""
         folder = self.run_dir.category(category).root
-        stack = ExitStack()
-        try:
-            held = stack.enter_context(held_folder(folder.relative_to(self.run_dir.root), below=self.held.path))
-        except OSError:
-            raise UserError(f"{folder}: not a folder of the run dir (a link, or missing?); refused") from None
-        with stack:
-            yield held or folder
+        with held_run_folder(folder.relative_to(self.run_dir.root), self.held.path, folder) as held:
+            yield held
 
     def inspector(self, category: str, trust_targets: bool = False, device: str | None = "auto",
                   folder: Path | None = None):
