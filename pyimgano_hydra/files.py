@@ -150,6 +150,43 @@ def held_run_folder(relative: str | Path, below: str | Path, shown_as: Path) -> 
         yield held or shown_as
 
 
+@contextmanager
+def folder_lock(folder: str | Path, name: str, timeout: float, follow: bool = False) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder/name`` for the block (TimeoutError after ``timeout`` s).
+    The file is made inside ``folder`` opened once (``follow=False``: not a link), never through a
+    link and never truncated: filelock resolves the folder's path by name first, so a held
+    ``/proc/self/fd`` folder swapped meanwhile got its lock file behind the link."""
+    import fcntl
+    import time
+
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    folder_fd = os.open(folder, flags)
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644,
+                     dir_fd=folder_fd)
+    finally:
+        os.close(folder_fd)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise OSError(f"{os.path.join(folder, name)} is not a lock file of its own (a link?)")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{os.path.join(folder, name)}: held by another process for {timeout}s") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 class KeptFolder:
     """A folder held open while this object lives: ``path`` is its ``/proc/self/fd/<n>`` (the
     folder itself, whatever its name leads to later), or its name where there is no ``/proc``."""

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from pyimgano_hydra.errors import UserError, check
-from pyimgano_hydra.files import held_folder
+from pyimgano_hydra.files import folder_lock, held_folder
 from pyimgano_hydra.runs.trust import read_regular_file
 from pyimgano_hydra.runs.writers import write_bytes_atomic
 
@@ -217,31 +217,21 @@ class FeatureCache:
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:
         """Hold the key stripe's lock; when it cannot be created the cache turns off (``_off``)."""
-        try:
-            lock = self._lock(key)
-            lock.acquire()
-        except OSError as exc:
-            self._off(exc)
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self._lock(key))
+            except OSError as exc:
+                self._off(exc)
             yield
-            return
-        try:
-            yield
-        finally:
-            lock.release()
 
     def _lock(self, key: str):
-        """A lock file per key stripe (4096 at most, so lock files never pile up)."""
-        from filelock import FileLock
-
+        """A lock file per key stripe (4096 at most, so lock files never pile up); OSError when it
+        cannot be made, on entering."""
         folder = self.root / LOCK_DIR
         if not self.own_folder(folder):
             raise OSError(f"{folder} is a symlink")
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{key[:LOCK_STRIPE_CHARS]}.lock"
-        if os.path.lexists(path) and (path.is_symlink() or not path.is_file() or path.stat().st_nlink > 1):
-            # FileLock opens it with O_TRUNC: a linked lock file truncated a completed run's report.json
-            raise OSError(f"{path} is a link or not a regular file")
-        return FileLock(str(path), timeout=self.lock_timeout_s)
+        return folder_lock(folder, f"{key[:LOCK_STRIPE_CHARS]}.lock", self.lock_timeout_s)
 
     # -- single entries
     def get(self, key: str) -> np.ndarray | ArrayDict | None:

@@ -89,7 +89,7 @@ class LeaderboardCallback(Callback):
 
     # ---- writing -----------------------------------------------------------------------
     def write(self, root: Path, final: bool = False) -> dict | None:
-        from filelock import FileLock, Timeout
+        from pyimgano_hydra.files import folder_lock
 
         swapped = sweep_dir_swapped(root)
         if swapped:
@@ -99,12 +99,12 @@ class LeaderboardCallback(Callback):
         now = time.monotonic()
         chart = self.chart and (final or self._charted_at is None or now - self._charted_at >= self.chart_every_s)
         try:
-            with FileLock(str(root / LOCK_FILE), timeout=self.lock_timeout_s):
+            with folder_lock(root, LOCK_FILE, self.lock_timeout_s, follow=True):
                 board = write_leaderboard(root, self.metric, chart=chart)
             if chart:
                 self._charted_at = now
             return board
-        except Timeout:
+        except TimeoutError:
             log.warning("leaderboard lock %s busy for %ss; board not rewritten by this job",
                         root / LOCK_FILE, self.lock_timeout_s)
         except Exception as exc:  # never turn a finished job into a failure because of the board
