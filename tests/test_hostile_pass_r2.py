@@ -12,7 +12,6 @@ import pytest
 from conftest import TINY, _cli_env, small_png, trained_run
 
 
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     return trained_run(tmp_path_factory)
@@ -28,9 +27,8 @@ def _closed(fds):
 def _run_closed(args, fds, module="pyimgano_hydra"):
     """``python -m module args`` with descriptors ``fds`` closed in the child; (rc, stdout, stderr)
     read through the descriptors that stay open (closed ones read as '')."""
-    pipes = {fd: subprocess.PIPE for fd in (1, 2)}
     proc = subprocess.run([sys.executable, "-m", module, *args], env=_cli_env(), text=True, timeout=600,
-                          stdin=subprocess.DEVNULL, stdout=pipes[1], stderr=pipes[2],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           preexec_fn=_closed(fds))
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -51,7 +49,6 @@ def test_training_with_a_closed_stream_completes(tmp_path, fds):
     _assert_completed(run_dir)
     if 1 not in fds:
         assert f"run dir: {run_dir}" in out
-    assert not (run_dir / "categories" / "weave" / "report.json").read_text().startswith("weave")
 
 
 def test_infer_with_stdout_closed_writes_its_predictions(trained, tmp_path):
