@@ -32,7 +32,8 @@ Size = Union[int, Sequence[int], None]  # side of a square, (height, width), or 
 
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 DEFAULT_MAX_IMAGE_MEGABYTES = 256.0  # dataset.max_image_megabytes
-_BYTES_PER_CHANNEL = {"1": 1 / 8, "I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+# what Pillow holds a pixel channel in: a 1-bit image takes a byte a pixel, as 8-bit gray does
+_BYTES_PER_CHANNEL = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 # Pillow parsers raise anything on a corrupt file (struct.error from an EXIF block, TypeError
 # from a TIFF offset, ...): every one is that file's DataError, never the batch's failure.
 _DECODE_ERRORS = (Exception,)
