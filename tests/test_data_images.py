@@ -204,3 +204,13 @@ def test_list_images_filters_extensions_and_hidden_files(tmp_path, rgb_array):
     names = [p.name for p in list_images(tmp_path)]
     assert names == ["a.JPG", "b.png"]
     assert [p.name for p in list_images(tmp_path, [".png"])] == ["b.png"]
+
+
+def test_a_1_bit_image_and_mask_load_as_their_8_bit_gray_copy(tmp_path):
+    bits = np.random.default_rng(0).random((37, 53)) > 0.5
+    Image.fromarray(bits).save(tmp_path / "bits.png")
+    assert Image.open(tmp_path / "bits.png").mode == "1"
+    image = load_image(tmp_path / "bits.png")
+    assert image.shape == (37, 53, 3) and set(np.unique(image)) == {0, 255}
+    assert (image[:, :, 0] == np.where(bits, 255, 0)).all()
+    assert (load_mask(tmp_path / "bits.png") == bits).all()

@@ -184,8 +184,11 @@ def _to_uint8(img: Image.Image, path: str | Path = "image") -> np.ndarray:
         return arr.astype(np.uint8)
     if mode in ("P", "PA"):
         img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
-    elif mode == "1":
-        img = img.convert("L")
+    elif mode == "1":  # 0/255 as convert("L") gives, without that second full-size image
+        arr = np.array(img, dtype=bool).view(np.uint8)  # raw bytes: 1 or 255 for a set pixel
+        np.minimum(arr, 1, out=arr)
+        arr *= 255
+        return arr
     elif mode == "LA":
         img = img.getchannel("L")
     elif mode not in ("L", "RGB", "RGBA"):
@@ -215,16 +218,15 @@ def load_image(path: str | Path, resize: Size = None, input_mode: str = "rgb",
     except _DECODE_ERRORS as exc:  # a mode conversion of a corrupt file
         raise DataError(f"{path}: cannot decode image ({_reason(exc)}); replace or remove the file, "
                         f"or set dataset.on_bad_image=skip") from None
-    if input_mode == "rgb" and arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    elif input_mode == "gray" and arr.ndim == 3:
+    del img  # the decoded file, no longer needed
+    if input_mode == "gray" and arr.ndim == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
-    if target is not None and arr.shape[:2] != target:
+    if target is not None and arr.shape[:2] != target:  # resized before a gray file becomes 3 channels
         shrink = target[0] * target[1] < arr.shape[0] * arr.shape[1]  # area averaging only when shrinking:
         arr = cv2.resize(arr, (target[1], target[0]),      # upscaled, it copies pixels into blocks
                          interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     if arr.ndim == 2:
-        arr = arr[:, :, None]
+        arr = np.repeat(arr[:, :, None], 3, axis=2) if input_mode == "rgb" else arr[:, :, None]
     return np.ascontiguousarray(arr)
 
 
