@@ -177,7 +177,8 @@ def folder_lock(folder: str | Path, name: str, timeout: float, follow: bool = Fa
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise TimeoutError(f"{os.path.join(folder, name)}: held by another run or thread for {timeout}s; try again when it has finished") from None
+                    raise TimeoutError(f"{os.path.join(folder, name)}: held by another run or thread for "
+                                       f"{timeout}s; try again when it has finished") from None
                 time.sleep(0.05)
         try:
             yield
