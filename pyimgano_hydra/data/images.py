@@ -254,6 +254,17 @@ def mask_size(path: str | Path) -> tuple[int, int]:
     return size
 
 
+def _defect_pixels(mask: Image.Image | np.ndarray, path: Path) -> np.ndarray:
+    """bool (H, W): non-zero pixels of one mask file, at its own bit depth (a 16-bit label mask of
+    value 1 scaled to 8 bits read as empty)."""
+    if isinstance(mask, Image.Image) and (mask.mode in ("I", "F") or mask.mode.startswith("I;16")):
+        mask = np.asarray(mask)
+        if mask.dtype.kind == "f" and not np.isfinite(mask).all():
+            raise DataError(f"{path}: refused: float mask holds NaN or inf values; write 0 for normal pixels")
+    arr = mask if isinstance(mask, np.ndarray) else _to_uint8(mask, path)
+    return arr.any(axis=2) if arr.ndim == 3 else arr != 0
+
+
 def load_mask(path: str | Path, size: Size = None) -> np.ndarray:
     """Decode a ground-truth mask into bool (H, W): any non-zero pixel is defect.
 
@@ -264,8 +275,7 @@ def load_mask(path: str | Path, size: Size = None) -> np.ndarray:
     """
     mask = None
     for f in mask_files(path):
-        arr = _load_npy(f) if f.suffix.lower() == ".npy" else _to_uint8(_open(f), f)
-        part = arr.any(axis=2) if arr.ndim == 3 else arr > 0
+        part = _defect_pixels(_load_npy(f) if f.suffix.lower() == ".npy" else _open(f), f)
         if mask is not None and part.shape != mask.shape:
             raise DataError(f"{f}: mask size {part.shape[1]}x{part.shape[0]} differs from the "
                             f"other masks in {path}")
