@@ -106,6 +106,16 @@ class FolderDataset(ImageDataset):
     def collect(self, category: str) -> CategorySplit:
         return self._collect_explicit(category) if self.explicit else self._collect_simple(category)
 
+    def _images(self, folder: Path) -> list[Path]:
+        """The images of ``folder``; with ``masks_beside_images``, ``<stem><mask_suffix><mask_ext>``
+        beside ``<stem>.*`` is that image's mask, never an image of its own."""
+        found = list_images(folder, self.extensions)
+        if not (self.masks_beside_images and self.mask_suffix):
+            return found
+        stems, cut = {p.stem for p in found}, len(self.mask_suffix)
+        return [p for p in found if not (p.stem.endswith(self.mask_suffix) and p.stem[:-cut] in stems
+                                         and (self.mask_ext is None or p.suffix.lower() == self.mask_ext.lower()))]
+
     # ---- explicit dirs -------------------------------------------------------------------
     def _mask_for(self, image: Path, defect: str) -> Path | None:
         candidates = []
@@ -121,11 +131,10 @@ class FolderDataset(ImageDataset):
         return None
 
     def _collect_explicit(self, category: str) -> CategorySplit:
-        normals = list_images(self._dir(self.normal_dir, "normal_dir"), self.extensions)
+        normals = self._images(self._dir(self.normal_dir, "normal_dir"))
         if self.normal_test_dir is not None:
             train_paths = normals
-            test_normals = list_images(self._dir(self.normal_test_dir, "normal_test_dir"),
-                                       self.extensions)
+            test_normals = self._images(self._dir(self.normal_test_dir, "normal_test_dir"))
         else:
             order = np.random.default_rng(self.seed).permutation(len(normals))
             n_test = int(round(self.test_ratio * len(normals)))
@@ -137,7 +146,7 @@ class FolderDataset(ImageDataset):
         if not self.abnormal_dirs:
             raise ConfigError("dataset.abnormal_dirs: give at least one folder of defect images")
         for defect, rel in self.abnormal_dirs.items():
-            for p in list_images(self._dir(rel, f"abnormal_dirs.{defect}"), self.extensions):
+            for p in self._images(self._dir(rel, f"abnormal_dirs.{defect}")):
                 mask = self._mask_for(p, defect)
                 test.append(Sample(str(p), ANOMALOUS, str(mask) if mask else None, category,
                                    defect, "test"))
@@ -147,17 +156,19 @@ class FolderDataset(ImageDataset):
     def _collect_simple(self, category: str) -> CategorySplit:
         base = self._category_root(category)
         train = [Sample(str(p), NORMAL, None, category, "good", "train")
-                 for p in list_images(base / "train" / "normal", self.extensions)]
+                 for p in self._images(base / "train" / "normal")]
         test: list[Sample] = []
         test_dir = base / "test"
         kinds = sorted(d.name for d in test_dir.iterdir() if d.is_dir()) if test_dir.is_dir() else []
         for kind in kinds:
-            for p in list_images(test_dir / kind, self.extensions):
+            for p in self._images(test_dir / kind):
                 if kind == "normal":
                     test.append(Sample(str(p), NORMAL, None, category, "good", "test"))
                     continue
                 gt = base / "ground_truth" / kind
                 mask = find_mask(gt, p.stem, "_mask", ".png") if gt.is_dir() else None
+                if mask is None and self.masks_beside_images:
+                    mask = find_mask(p.parent, p.stem, self.mask_suffix, self.mask_ext, exclude=p)
                 test.append(Sample(str(p), ANOMALOUS, str(mask) if mask else None, category,
                                    kind, "test"))
         return CategorySplit(category, train, test)
@@ -166,12 +177,16 @@ class FolderDataset(ImageDataset):
         if self.explicit:
             return self.mask_dir is not None or self.masks_beside_images
         # simple layout: masks are expected for a type once its ground_truth folder exists
-        return (self._category_root(sample.category) / "ground_truth" / sample.defect_type).is_dir()
+        return self.masks_beside_images or (
+            self._category_root(sample.category) / "ground_truth" / sample.defect_type).is_dir()
 
     def mask_hint(self, sample: Sample) -> str:
         if not self.explicit:
-            return str(self._category_root(sample.category) / "ground_truth" / sample.defect_type
+            hint = str(self._category_root(sample.category) / "ground_truth" / sample.defect_type
                        / f"{Path(sample.path).stem}_mask.png")
+            if self.masks_beside_images:
+                hint += f" or {Path(sample.path).stem}{self.mask_suffix}{self.mask_ext or '.*'} beside the image"
+            return hint
         where = []
         if self.mask_dir is not None:
             where.append(str(self.root_path / self.mask_dir / sample.defect_type))

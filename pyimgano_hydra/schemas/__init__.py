@@ -58,20 +58,27 @@ def validate(cfg: DictConfig) -> None:
             raise
         except (ValueError, TypeError) as exc:
             raise ConfigError(str(exc).splitlines()[0]) from exc
-    _check_finite(OmegaConf.to_container(cfg, resolve=True), "")
+    _check_values(OmegaConf.to_container(cfg, resolve=True), "")
     _check_across_groups(cfg)
 
 
-def _check_finite(node: Any, key: str) -> None:
-    """nan/inf never make sense as a setting (a bound, a weight, a ratio): refuse them all."""
+SEED_KEYS = ("seed", "random_state")  # in any group: numpy and torch take 0 .. 2**32 - 1 alike
+
+
+def _check_values(node: Any, key: str) -> None:
+    """nan/inf never make sense as a setting (a bound, a weight, a ratio): refuse them all; a seed
+    anywhere is an integer numpy and torch both take (a negative one failed deep in the fit)."""
     if isinstance(node, float) and not math.isfinite(node):
         raise ConfigError(f"{key}: must be a finite number, got {node}")
+    if key.rpartition(".")[2] in SEED_KEYS and node is not None and (
+            isinstance(node, bool) or not isinstance(node, int) or not 0 <= node < 2**32):
+        raise ConfigError(f"{key}: must be an integer in 0..{2**32 - 1}, got {node!r}")
     if isinstance(node, dict):
         for name, value in node.items():
-            _check_finite(value, f"{key}.{name}" if key else str(name))
+            _check_values(value, f"{key}.{name}" if key else str(name))
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            _check_finite(value, f"{key}[{i}]")
+            _check_values(value, f"{key}[{i}]")
 
 
 def _check_across_groups(cfg: DictConfig) -> None:

@@ -64,7 +64,7 @@ class FolderDatasetSchema(DatasetSchema):
     normal_test_dir: Optional[str] = None  # null = split normal_dir by seed
     test_ratio: float = 0.2  # share of normal_dir moved to test when normal_test_dir is null
     mask_dir: Optional[str] = None  # searched as mask_dir/<defect>/ then mask_dir/
-    masks_beside_images: bool = False
+    masks_beside_images: bool = False  # <stem><mask_suffix><mask_ext> beside each image is its mask
     mask_suffix: str = "_mask"  # mask name = <stem><mask_suffix><mask_ext>
     mask_ext: Optional[str] = ".png"  # null = any image extension
     extensions: List[str] = field(

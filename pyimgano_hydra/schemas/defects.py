@@ -14,6 +14,7 @@ MASK_FORMATS = ("png", "npy")
 MAX_KSIZE = 255  # defects.open_ksize / close_ksize, map pixels
 # normal_pixel_quantile: explicit → run → quantile of normal pixels; fixed: explicit → run only.
 STRATEGIES = ("normal_pixel_quantile", "fixed")
+MAX_MAP_VALUE = float(np.finfo(np.float32).max)
 
 
 def check_threshold_value(value: Any, key: str = "defects.pixel_threshold") -> float:
@@ -23,6 +24,7 @@ def check_threshold_value(value: Any, key: str = "defects.pixel_threshold") -> f
     check(numeric, key, f"must be a number >= 0, got {value!r}")
     number = float(value)
     check(math.isfinite(number) and number >= 0, key, f"must be a finite number >= 0, got {value!r}")
+    check(number <= MAX_MAP_VALUE, key, f"must be at most {MAX_MAP_VALUE:.3g} (maps are float32), got {value!r}")
     return number
 
 

@@ -188,6 +188,14 @@ def study_sweeper(sampler: Any, direction: Any, storage: Any, study_name: str | 
 
     if not 0.0 <= float(max_failure_rate) <= 1.0:
         raise ConfigError(f"hydra.sweeper.max_failure_rate: {max_failure_rate} is not in [0, 1]")
+    for key, count in (("n_trials", n_trials), ("n_jobs", n_jobs)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"hydra.sweeper.{key}: must be an integer >= 1, got {count!r}")
+    directions = direction if isinstance(direction, (list, tuple)) or hasattr(direction, "_content") else [direction]
+    for each in directions:
+        if str(getattr(each, "name", each)).lower() not in ("minimize", "maximize"):
+            raise ConfigError(f"hydra.sweeper.direction: must be maximize or minimize (or a list of them), "
+                              f"got {each!r}")
 
     class StudySweeperImpl(OptunaSweeperImpl):
         def setup(self, **kwargs: Any) -> None:
