@@ -14,9 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pyimgano_hydra.errors import UserError, console_line
 from pyimgano_hydra.runs.layout import RunDir
 from pyimgano_hydra.runs.status import COMPLETED, RUNNING, current_state, utc_now
-from pyimgano_hydra.runs.writers import read_json, to_json, write_bytes_atomic, write_text_atomic
+from pyimgano_hydra.runs.writers import to_json, write_bytes_atomic, write_text_atomic
 from pyimgano_hydra.sweep.naming import read_sweep_file, split_override
 
 LEADERBOARD_VERSION = 1
@@ -26,31 +27,44 @@ METRICS = IMAGE_METRICS + PIXEL_METRICS
 NOT_STARTED = "not_started"
 
 
-def _read_overrides(job_dir: Path) -> list[str] | None:
-    path = job_dir / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return None
-    from omegaconf import OmegaConf
+def _job_file(path: Path) -> tuple[Any, str | None]:
+    """(a job file's parsed value, None), (None, None) when it does not exist (yet), or (None, why
+    it cannot be read): a FIFO, a device, a link or a huge file in a copied-in job dir is never read."""
+    import yaml
+
+    from pyimgano_hydra.runs.trust import read_json_file, read_regular_file
 
     try:
-        return [str(o) for o in OmegaConf.to_container(OmegaConf.load(path), resolve=False)]  # never resolved
-    except Exception:  # a half-written file from a job still starting
-        return None
+        if path.suffix == ".json":
+            return read_json_file(path, follow=False), None
+        return yaml.safe_load(read_regular_file(path, follow=False).decode("utf-8")), None
+    except UserError as exc:
+        return None, (None if isinstance(exc.__cause__, FileNotFoundError) else str(exc))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        return None, f"{path}: not readable ({type(exc).__name__})"
+
+
+def _read_overrides(job_dir: Path) -> tuple[list[str] | None, str | None]:
+    """(the job's override strings, None), (None, None) while a starting job has not written them,
+    or (None, why the file is not a list of override strings)."""
+    path = job_dir / ".hydra" / "overrides.yaml"
+    value, why = _job_file(path)
+    if value is None or why:
+        return None, why
+    if not isinstance(value, list) or not all(isinstance(o, str) for o in value):
+        return None, f"{path}: not a list of override strings"
+    return value, None
 
 
 def _job_number(job_dir: Path) -> int | None:
     match = re.match(r"^(\d+)(?:_|$)", job_dir.name)
     if match:
         return int(match.group(1))
-    path = job_dir / ".hydra" / "hydra.yaml"
-    if path.is_file():
-        from omegaconf import OmegaConf
-
-        try:
-            return int(OmegaConf.load(path).hydra.job.num)
-        except Exception:
-            return None
-    return None
+    value, _ = _job_file(job_dir / ".hydra" / "hydra.yaml")
+    number = ((value or {}).get("hydra") or {}).get("job", {}).get("num") if isinstance(value, dict) else None
+    return number if type(number) is int else None
 
 
 def _is_job_dir(path: Path) -> bool:
@@ -63,48 +77,56 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def job_row(job_dir: Path, varying: list[str] | None) -> dict:
-    """One job's row: identity, overrides, status (+ error), metrics and timings when completed."""
+    """One job's row: identity, overrides, status (+ error), metrics and timings when completed.
+    A job dir whose files cannot be read or have the wrong shape is a failed row of its own."""
     run = RunDir(job_dir)
-    status_record: dict = {}
-    try:
-        status_record = read_json(run.status)
-    except (OSError, ValueError):
-        pass
-    status = current_state(status_record) or RUNNING
-    overrides = _read_overrides(job_dir)
-    report: dict = {}
+    status_record, unreadable = _job_file(run.status)
+    status = current_state(_mapping(status_record)) or RUNNING
+    overrides, bad_overrides = _read_overrides(job_dir)
+    if status == COMPLETED:  # a finished job's files are final; a starting job may be writing them
+        unreadable = unreadable or bad_overrides
+    report: Any = {}
     if overrides is None or status == COMPLETED:
-        try:
-            report = read_json(run.report)
-        except (OSError, ValueError):
-            report = {}
+        report, why = _job_file(run.report)
+        unreadable = unreadable or (why if status == COMPLETED else None)
+    report = _mapping(report)
     if overrides is None:
-        overrides = list(report.get("overrides") or [])
+        overrides = [str(o) for o in report.get("overrides") or [] if isinstance(report.get("overrides"), list)]
     keep = set(varying) if varying is not None else None
+    error = _mapping(status_record).get("error")
     row: dict[str, Any] = {
         "job": _job_number(job_dir),
         "name": job_dir.name,
         "run_dir": job_dir.name,
         "status": status,
-        "error": status_record.get("error"),
+        "error": console_line(str(error)) if error is not None else None,
         "overrides": overrides,
         "varying": {k: v for k, v in map(split_override, overrides) if keep is None or k in keep},
         "aggregate": {},
         "categories": {},
         "timings": {},
     }
+    if unreadable:
+        row.update(status="failed", error=console_line(unreadable))
+        return row
     if status != COMPLETED:
         return row
-    if report.get("status") != COMPLETED:  # status.json and report.json disagree: not a result
+    categories = report.get("categories")
+    if report.get("status") != COMPLETED or not isinstance(categories, dict) or not all(
+            isinstance(entry, dict) for entry in categories.values()):  # status.json and report.json disagree
         row.update(status="failed", error="status.json says completed but report.json is missing or incomplete")
         return row
     row["aggregate"] = {k: {"mean": _number(v.get("mean")), "std": _number(v.get("std")), "n": v.get("n")}
-                        for k, v in (report.get("aggregate") or {}).items() if isinstance(v, dict)}
-    row["categories"] = {cat: {k: _number(v) for k, v in (entry.get("metrics") or {}).items()
+                        for k, v in _mapping(report.get("aggregate")).items() if isinstance(v, dict)}
+    row["categories"] = {cat: {k: _number(v) for k, v in _mapping(entry.get("metrics")).items()
                                if _number(v) is not None or v is None}
-                         for cat, entry in (report.get("categories") or {}).items()}
-    timings = report.get("timings") or {}
+                         for cat, entry in categories.items()}
+    timings = _mapping(report.get("timings"))
     row["timings"] = {"fit_s": _number(timings.get("fit_s")), "test_s": _number(timings.get("predict_s")),
                       "total_s": _number(timings.get("total_s"))}
     return row
