@@ -24,6 +24,7 @@ from pyimgano_hydra.errors import UserError, console_line
 from pyimgano_hydra.files import held_file, shown
 from pyimgano_hydra.runs import trust
 from pyimgano_hydra.schemas.dataset import MAX_SIDE
+from pyimgano_hydra.schemas.defects import MAX_MAP_VALUE
 
 FORMAT = "pyimgano_hydra.inspector"
 VERSION = 1
@@ -227,6 +228,9 @@ class Inspector:
                 raise UserError(f"{where}: postprocess.normalize: must be a string")
             if pp["low"] > pp["high"]:
                 raise UserError(f"{where}: postprocess.low {pp['low']} is above postprocess.high {pp['high']}")
+            if not float(pp["high"]) - float(pp["low"]) <= MAX_MAP_VALUE:  # maps are float32: NaN maps past it
+                raise UserError(f"{where}: postprocess.low/high {pp['low']:g}..{pp['high']:g} span more than float32 "
+                                f"maps hold ({MAX_MAP_VALUE:.3g}); use the file the training run wrote")
             try:
                 postprocessor = MapPostprocessor().load_state_dict(pp)
             except UserError as exc:
