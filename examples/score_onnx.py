@@ -180,12 +180,29 @@ def session_options(cap: int):
     return options
 
 
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are all different (with two, a check and a use could read different ones)."""
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
+    return dict(pairs)
+
+
+def _typed(value, types: tuple, key: str):
+    """``value`` when it is one of ``types`` and not a bool (JSON true is no number)."""
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise ValueError(f"{key}: expected {' or '.join(t.__name__ for t in types)}, got {value!r}")
+    return value
+
+
 def load(artifacts: Path):
     try:
-        manifest = json.loads(read_regular(artifacts / "export.json", 1 << 20))
-        tiled, threshold = manifest["tiling"] is not None, float(manifest["image_threshold"]["value"])
-        expected, channels, size = manifest["sha256"], int(manifest["channels"]), [int(n) for n in manifest["input_size"]]
-    except Exception as exc:  # missing, not JSON, lacking a key
+        manifest = json.loads(read_regular(artifacts / "export.json", 1 << 20), object_pairs_hook=_unique_keys)
+        tiled = manifest["tiling"] is not None
+        threshold = float(_typed(manifest["image_threshold"]["value"], (int, float), "image_threshold.value"))
+        expected, channels = manifest["sha256"], _typed(manifest["channels"], (int,), "channels")
+        size = [_typed(n, (int,), "input_size") for n in manifest["input_size"]]
+    except Exception as exc:  # missing, not JSON, lacking a key, a duplicate key, a wrong type
         fail(artifacts / "export.json", exc)
     if not math.isfinite(threshold):
         fail(artifacts / "export.json", f"image_threshold.value {threshold} is not a finite number")

@@ -25,6 +25,7 @@ IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1", "image_f1_max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_aupro")
 METRICS = IMAGE_METRICS + PIXEL_METRICS
 NOT_STARTED = "not_started"
+MAX_LABEL = 160
 
 
 def _job_file(path: Path) -> tuple[Any, str | None]:
@@ -184,8 +185,10 @@ def _overrides_text(row: dict) -> str:
 
 
 def job_label(row: dict) -> str:
-    """'#1 model=padim tiling=tile128': the job number and its varying key=value pairs."""
-    return f"#{row['job']} {_overrides_text(row)}".strip()
+    """'#1 model=padim tiling=tile128': the job number and its varying key=value pairs, at most
+    ``MAX_LABEL`` characters (a chart laid out a 1.5 MB override for over a minute)."""
+    label = f"#{row['job']} {_overrides_text(row)}".strip()
+    return label if len(label) <= MAX_LABEL else label[:MAX_LABEL - 1] + "…"
 
 
 def flat_rows(board: dict) -> tuple[list[str], list[dict]]:
