@@ -64,6 +64,8 @@ class FolderDataset(ImageDataset):
         self.mask_dir = mask_dir
         self.masks_beside_images = bool(masks_beside_images)
         self.mask_suffix = mask_suffix or ""
+        if self.masks_beside_images and not self.mask_suffix:  # a.png beside a.jpg: which one is the mask?
+            raise ConfigError("dataset.mask_suffix: must be set (e.g. _mask) with dataset.masks_beside_images=true")
         self.mask_ext = (mask_ext if not mask_ext or mask_ext.startswith(".") else "." + mask_ext)
         self.extensions = _normalise_exts(extensions)
         self.test_ratio = float(test_ratio)

@@ -259,8 +259,8 @@ def _defect_pixels(mask: Image.Image | np.ndarray, path: Path) -> np.ndarray:
     value 1 scaled to 8 bits read as empty)."""
     if isinstance(mask, Image.Image) and (mask.mode in ("I", "F") or mask.mode.startswith("I;16")):
         mask = np.asarray(mask)
-        if mask.dtype.kind == "f" and not np.isfinite(mask).all():
-            raise DataError(f"{path}: refused: float mask holds NaN or inf values; write 0 for normal pixels")
+    if isinstance(mask, np.ndarray) and mask.dtype.kind == "f" and not np.isfinite(mask).all():  # .npy too
+        raise DataError(f"{path}: refused: float mask holds NaN or inf values; write 0 for normal pixels")
     arr = mask if isinstance(mask, np.ndarray) else _to_uint8(mask, path)
     return arr.any(axis=2) if arr.ndim == 3 else arr != 0
 

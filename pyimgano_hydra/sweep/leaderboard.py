@@ -64,7 +64,7 @@ def _job_number(job_dir: Path) -> int | None:
     if match:
         return int(match.group(1))
     value, _ = _job_file(job_dir / ".hydra" / "hydra.yaml")
-    number = ((value or {}).get("hydra") or {}).get("job", {}).get("num") if isinstance(value, dict) else None
+    number = _mapping(_mapping(_mapping(value).get("hydra")).get("job")).get("num")
     return number if type(number) is int else None
 
 
@@ -86,6 +86,11 @@ def job_row(job_dir: Path, varying: list[str] | None) -> dict:
     """One job's row: identity, overrides, status (+ error), metrics and timings when completed.
     A job dir whose files cannot be read or have the wrong shape is a failed row of its own."""
     run = RunDir(job_dir)
+    linked = next((p for p in (job_dir, job_dir / ".hydra") if p.is_symlink()), None)
+    if linked is not None:  # nothing of a run dir is read through a link in it
+        return {"job": None, "name": job_dir.name, "run_dir": job_dir.name, "status": "failed",
+                "error": console_line(f"{linked}: is a link; a job dir's files are read only from inside it"),
+                "overrides": [], "varying": {}, "aggregate": {}, "categories": {}, "timings": {}}
     status_record, unreadable = _job_file(run.status)
     status = current_state(_mapping(status_record)) or RUNNING
     overrides, bad_overrides = _read_overrides(job_dir)
@@ -240,7 +245,7 @@ def to_markdown(board: dict) -> str:
     cats = _categories(board)
     head = ["#", "job", "overrides", "status", f"**{metric}**"]
     head += [m for m in METRICS if m != metric]
-    head += [f"{c} {metric}" for c in cats] if len(cats) > 1 else []
+    head += [f"{_md_cell(c)} {metric}" for c in cats] if len(cats) > 1 else []
     head += ["fit s", "test s", "error"]
     lines = [f"# Sweep leaderboard — `{Path(board['sweep_dir']).name}`", "",
              f"Ranked by mean `{metric}` over categories. "

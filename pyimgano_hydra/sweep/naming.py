@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pyimgano_hydra.errors import UserError
-from pyimgano_hydra.runs.writers import read_json, write_json_atomic
+from pyimgano_hydra.runs.writers import write_json_atomic
 
 SWEEP_FILE = "sweep.json"
 MAX_VALUE_CHARS = 32
@@ -97,11 +97,26 @@ def write_sweep_file(sweep_dir: str | Path, config: DictConfig, extra: dict | No
     return record
 
 
+MAX_PLANNED_JOBS = 100_000  # rows of a board's plan; a longer one is no sweep this app started
+
+
 def read_sweep_file(sweep_dir: str | Path) -> dict | None:
+    """``sweep.json`` with ``varying`` (key strings or None) and ``planned`` (lists of override
+    strings) checked; None when missing, not a regular JSON file or of another shape."""
+    from pyimgano_hydra.runs.trust import read_json_file
+
     try:
-        return read_json(Path(sweep_dir) / SWEEP_FILE)
-    except (OSError, ValueError):
+        record = read_json_file(Path(sweep_dir) / SWEEP_FILE, follow=False)
+    except UserError:
         return None
+    strings = lambda items: isinstance(items, list) and all(isinstance(i, str) for i in items)  # noqa: E731
+    if not isinstance(record, dict) or not (record.get("varying") is None or strings(record["varying"])):
+        return None
+    planned = record.get("planned")
+    if planned is not None and not (isinstance(planned, list) and len(planned) <= MAX_PLANNED_JOBS
+                                    and all(strings(job) for job in planned)):
+        return None
+    return record
 
 
 def job_dir_resolver(num: Any, sweep_dir: Any, overrides: Any) -> str:
