@@ -171,6 +171,31 @@ def test_a_sweep_json_fifo_or_device_never_hangs_the_board(trained, tmp_path, ki
 
 # ---- masks ---------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("alpha", [False, True], ids=["rgb48", "rgba64"])
+def test_a_16_bit_colour_label_mask_never_reads_as_empty(tmp_path, alpha):
+    """Pass T2 made gray 16-bit label masks (values 1..128) count at their own bit depth; a 16-bit
+    colour PNG mask of value 1 (cv2.imwrite of a uint16 HxWx3 label image) still reads as all normal:
+    Pillow keeps the high byte, so pixel metrics are computed against an empty mask, rc 0."""
+    import cv2
+    import numpy as np
+
+    from pyimgano_hydra.data.images import load_mask
+    from pyimgano_hydra.errors import UserError
+
+    arr = np.zeros((16, 16, 4 if alpha else 3), np.uint16)
+    arr[4:8, 4:8, :3] = 1
+    if alpha:
+        arr[..., 3] = 65535
+    path = tmp_path / "m.png"
+    cv2.imwrite(str(path), arr)
+    try:
+        mask = load_mask(path)
+    except UserError as exc:  # refusing such a file, naming it, is fine too
+        assert "m.png" in str(exc)
+        return
+    assert int(mask.sum()) == 16, f"{int(mask.sum())} defect pixels, 16 in the file"
+
+
 def test_a_npy_float_mask_with_nan_is_refused_like_a_tiff_one(tmp_path):
     """A float TIFF mask holding NaN is refused; the same values in a .npy mask count NaN as defect."""
     import numpy as np

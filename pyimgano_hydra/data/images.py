@@ -254,6 +254,27 @@ def mask_size(path: str | Path) -> tuple[int, int]:
     return size
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _open_mask(path: Path) -> Image.Image | np.ndarray:
+    """A mask file decoded; a 16-bit colour PNG (which Pillow reads as its high bytes only, so a
+    label of value 1 read as empty) as its uint16 array."""
+    img = _open(path)
+    if img.mode not in ("RGB", "RGBA"):
+        return img
+    with open_regular(path) as handle:
+        header = handle.read(26)  # signature, IHDR length and type, width, height, bit depth, colour type
+        if not (header[:8] == _PNG_SIGNATURE and header[24] == 16):
+            return img
+        handle.seek(0)
+        data = np.frombuffer(handle.read(), np.uint8)
+    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.ndim != 3:
+        raise DataError(f"{path}: cannot decode 16-bit colour mask; replace or remove the file")
+    return np.ascontiguousarray(arr[:, :, :3])
+
+
 def _defect_pixels(mask: Image.Image | np.ndarray, path: Path) -> np.ndarray:
     """bool (H, W): non-zero pixels of one mask file, at its own bit depth (a 16-bit label mask of
     value 1 scaled to 8 bits read as empty)."""
@@ -275,7 +296,7 @@ def load_mask(path: str | Path, size: Size = None) -> np.ndarray:
     """
     mask = None
     for f in mask_files(path):
-        part = _defect_pixels(_load_npy(f) if f.suffix.lower() == ".npy" else _open(f), f)
+        part = _defect_pixels(_load_npy(f) if f.suffix.lower() == ".npy" else _open_mask(f), f)
         if mask is not None and part.shape != mask.shape:
             raise DataError(f"{f}: mask size {part.shape[1]}x{part.shape[0]} differs from the "
                             f"other masks in {path}")
