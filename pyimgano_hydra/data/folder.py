@@ -64,8 +64,9 @@ class FolderDataset(ImageDataset):
         self.mask_dir = mask_dir
         self.masks_beside_images = bool(masks_beside_images)
         self.mask_suffix = mask_suffix or ""
-        if self.masks_beside_images and not self.mask_suffix:  # a.png beside a.jpg: which one is the mask?
-            raise ConfigError("dataset.mask_suffix: must be set (e.g. _mask) with dataset.masks_beside_images=true")
+        if self.masks_beside_images and not self.mask_suffix and not mask_ext:  # a.png beside a.jpg: which is the mask?
+            raise ConfigError("dataset.mask_suffix: set it (e.g. _mask) or dataset.mask_ext with "
+                              "dataset.masks_beside_images=true")
         self.mask_ext = (mask_ext if not mask_ext or mask_ext.startswith(".") else "." + mask_ext)
         self.extensions = _normalise_exts(extensions)
         self.test_ratio = float(test_ratio)
@@ -110,13 +111,23 @@ class FolderDataset(ImageDataset):
 
     def _images(self, folder: Path) -> list[Path]:
         """The images of ``folder``; with ``masks_beside_images``, ``<stem><mask_suffix><mask_ext>``
-        beside ``<stem>.*`` is that image's mask, never an image of its own."""
+        beside another image ``<stem>.*`` is that image's mask, never an image of its own."""
         found = list_images(folder, self.extensions)
-        if not (self.masks_beside_images and self.mask_suffix):
+        if not self.masks_beside_images:
             return found
-        stems, cut = {p.stem for p in found}, len(self.mask_suffix)
-        return [p for p in found if not (p.stem.endswith(self.mask_suffix) and p.stem[:-cut] in stems
-                                         and (self.mask_ext is None or p.suffix.lower() == self.mask_ext.lower()))]
+        ext, cut = (self.mask_ext or "").lower(), len(self.mask_suffix)
+        others = {}  # stem -> the files listed under it
+        for p in found:
+            others.setdefault(p.stem, []).append(p)
+
+        def is_mask(p: Path) -> bool:
+            if ext and p.suffix.lower() != ext:
+                return False
+            if self.mask_suffix:
+                return p.stem.endswith(self.mask_suffix) and p.stem[:-cut] in others
+            return len(others[p.stem]) > 1  # a.png beside a.jpg, mask_ext .png
+
+        return [p for p in found if not is_mask(p)]
 
     # ---- explicit dirs -------------------------------------------------------------------
     def _mask_for(self, image: Path, defect: str) -> Path | None:
