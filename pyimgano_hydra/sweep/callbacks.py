@@ -9,6 +9,7 @@ node) under a file lock at the sweep root, and once more at multirun end when re
 from __future__ import annotations
 
 import logging
+import os
 import math
 import time
 from pathlib import Path
@@ -89,7 +90,7 @@ class LeaderboardCallback(Callback):
 
     # ---- writing -----------------------------------------------------------------------
     def write(self, root: Path, final: bool = False) -> dict | None:
-        from pyimgano_hydra.files import folder_lock
+        from pyimgano_hydra.files import folder_lock, held_folder
 
         swapped = sweep_dir_swapped(root)
         if swapped:
@@ -99,8 +100,14 @@ class LeaderboardCallback(Callback):
         now = time.monotonic()
         chart = self.chart and (final or self._charted_at is None or now - self._charted_at >= self.chart_every_s)
         try:
-            with folder_lock(root, LOCK_FILE, self.lock_timeout_s, follow=True):
-                board = write_leaderboard(root, self.metric, chart=chart)
+            with held_folder(root, follow=False) as held:  # the board goes into the folder checked, not a link
+                swapped = sweep_dir_swapped(root)          # put in its place since
+                if swapped or (held is not None and not os.path.samestat(os.stat(held), os.stat(root))):
+                    log.warning("leaderboard not written: %s", swapped or f"{root} was replaced while the sweep ran")
+                    return None
+                folder = held if held is not None else root
+                with folder_lock(folder, LOCK_FILE, self.lock_timeout_s, follow=True):
+                    board = write_leaderboard(folder, self.metric, chart=chart, shown_as=root)
             if chart:
                 self._charted_at = now
             return board

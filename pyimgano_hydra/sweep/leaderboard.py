@@ -262,10 +262,14 @@ def to_markdown(board: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboard(sweep_dir: str | Path, metric: str = "image_auroc", chart: bool = True) -> dict:
-    """(Re)write ``leaderboard.{csv,md,json}`` (and ``leaderboard.png``) atomically; return the board."""
+def write_leaderboard(sweep_dir: str | Path, metric: str = "image_auroc", chart: bool = True,
+                      shown_as: str | Path | None = None) -> dict:
+    """(Re)write ``leaderboard.{csv,md,json}`` (and ``leaderboard.png``) atomically; return the board.
+    ``shown_as``: the sweep dir's path in the board when ``sweep_dir`` is a held ``/proc/self/fd`` path."""
     sweep_dir = Path(sweep_dir)
     board = collect(sweep_dir, metric)
+    if shown_as is not None:
+        board["sweep_dir"] = str(shown_as)
     write_text_atomic(sweep_dir / "leaderboard.json", to_json(board) + "\n")
     write_text_atomic(sweep_dir / "leaderboard.csv", to_csv(board))
     write_text_atomic(sweep_dir / "leaderboard.md", to_markdown(board))
