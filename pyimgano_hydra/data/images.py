@@ -10,8 +10,9 @@ float images holding NaN/inf, and negative 32-bit int or float values.
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence, Union
+from typing import BinaryIO, Iterator, Sequence, Union
 
 import cv2
 import numpy as np
@@ -84,34 +85,27 @@ def _multi_scan_jpeg(path: str | Path, img: Image.Image) -> bool:
 
 
 def _check_decode_size(path: str | Path, img: Image.Image, max_megabytes: float | None,
-                       coefficients: float = 0.0) -> None:
-    """``coefficients``: MB of DCT coefficients a multi-scan JPEG holds while decoding."""
+                       held_mb: float = 0.0) -> None:
+    """``held_mb``: MB the decoder holds instead, when more than Pillow's pixels (a multi-scan
+    JPEG's DCT coefficients, OpenCV's array of a 16-bit colour PNG)."""
     if max_megabytes is None:
         return
-    needed = max(decoded_megabytes(img), coefficients)
+    needed = max(decoded_megabytes(img), held_mb)
     if needed > max_megabytes:
         width, height = img.size
-        what = "holds" if coefficients > decoded_megabytes(img) else "decodes to"
+        what = "holds" if held_mb > decoded_megabytes(img) else "decodes to"
         raise DataError(f"{path}: refused: {width}x{height} {img.mode} {what} {needed:.0f} MB, over "
                         f"dataset.max_image_megabytes={max_megabytes:g}; shrink the file or raise the limit")
 
 
-def _open(path: str | Path, draft_to: tuple[int, int] | None = None,
-          max_megabytes: float | None = DEFAULT_MAX_IMAGE_MEGABYTES) -> Image.Image:
-    """Open and fully decode ``path`` with EXIF orientation applied; DataError names the file."""
+@contextmanager
+def _decoding(path: str | Path) -> Iterator[None]:
+    """Around opening and decoding ``path``: any decoder failure is one DataError naming the file."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # Pillow's one line per broken EXIF tag: 3950 lines
-            with open_regular(path) as handle:
-                img = Image.open(handle, formats=PILLOW_FORMATS)
-                if max_megabytes is not None and _multi_scan_jpeg(path, img):  # a 1 KB one took 1 GB at 1/8
-                    _check_decode_size(path, img, max_megabytes, coefficients=decoded_megabytes(img) * 2)
-                if draft_to is not None and img.format == "JPEG":
-                    img.draft(img.mode, (draft_to[1], draft_to[0]))  # decode large JPEGs at 1/2..1/8
-                _check_decode_size(path, img, max_megabytes)
-                img.load()
-                return ImageOps.exif_transpose(img)
+            yield
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except DataError:
@@ -120,6 +114,25 @@ def _open(path: str | Path, draft_to: tuple[int, int] | None = None,
         reason = _reason(exc)
         raise DataError(f"{path}: cannot decode image ({reason}); replace or remove the file, "
                         f"or set dataset.on_bad_image=skip") from None
+
+
+def _pillow_decode(path: str | Path, handle: BinaryIO, draft_to: tuple[int, int] | None,
+                   max_megabytes: float | None) -> Image.Image:
+    img = Image.open(handle, formats=PILLOW_FORMATS)
+    if max_megabytes is not None and _multi_scan_jpeg(path, img):  # a 1 KB one took 1 GB at 1/8
+        _check_decode_size(path, img, max_megabytes, held_mb=decoded_megabytes(img) * 2)
+    if draft_to is not None and img.format == "JPEG":
+        img.draft(img.mode, (draft_to[1], draft_to[0]))  # decode large JPEGs at 1/2..1/8
+    _check_decode_size(path, img, max_megabytes)
+    img.load()
+    return ImageOps.exif_transpose(img)
+
+
+def _open(path: str | Path, draft_to: tuple[int, int] | None = None,
+          max_megabytes: float | None = DEFAULT_MAX_IMAGE_MEGABYTES) -> Image.Image:
+    """Open and fully decode ``path`` with EXIF orientation applied; DataError names the file."""
+    with _decoding(path), open_regular(path) as handle:
+        return _pillow_decode(path, handle, draft_to, max_megabytes)
 
 
 def read_size(path: str | Path, max_megabytes: float | None = None) -> tuple[int, int]:
@@ -255,18 +268,22 @@ def mask_size(path: str | Path) -> tuple[int, int]:
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPES = {2: 3, 4: 4, 6: 4}  # RGB, gray + alpha, RGBA: channels OpenCV decodes them to
 
 
 def _open_mask(path: Path) -> Image.Image | np.ndarray:
-    """A mask file decoded; a 16-bit colour PNG (which Pillow reads as its high bytes only, so a
-    label of value 1 read as empty) as its uint16 array."""
-    img = _open(path)
-    if img.mode not in ("RGB", "RGBA"):
-        return img
-    with open_regular(path) as handle:
+    """A mask file decoded once; a 16-bit colour PNG (which Pillow reads as its high bytes only, so
+    a label of value 1 read as empty) by OpenCV as its uint16 array, after the header's size check."""
+    with _decoding(path), open_regular(path) as handle:
         header = handle.read(26)  # signature, IHDR length and type, width, height, bit depth, colour type
-        if not (header[:8] == _PNG_SIGNATURE and header[24] == 16):
-            return img
+        handle.seek(0)
+        if not (len(header) == 26 and header[:8] == _PNG_SIGNATURE and header[24] == 16
+                and header[25] in _PNG_COLOUR_TYPES):
+            return _pillow_decode(path, handle, None, DEFAULT_MAX_IMAGE_MEGABYTES)
+        img = Image.open(handle, formats=("PNG",))
+        width, height = img.size
+        _check_decode_size(path, img, DEFAULT_MAX_IMAGE_MEGABYTES,  # OpenCV's array: 2 bytes a channel
+                           held_mb=width * height * 2 * _PNG_COLOUR_TYPES[header[25]] / 1e6)
         handle.seek(0)
         data = np.frombuffer(handle.read(), np.uint8)
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)

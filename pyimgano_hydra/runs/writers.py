@@ -68,13 +68,10 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
-    except OSError as exc:  # a full disk or a file-size limit names no file by itself
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if exc.filename is not None or exc.errno is None:
-            raise
-        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from None  # a full disk names no file
         raise
     return path
 
