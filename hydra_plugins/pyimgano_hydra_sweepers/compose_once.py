@@ -60,6 +60,8 @@ class ComposeOnceSweeper(Sweeper):
                     results = self.launcher.launch(batch, initial_job_idx=first)
                 for result in results:
                     _ = result.return_value  # a failed job raises here, after its batch, as in Hydra's
+            except KeyboardInterrupt:  # the exit handler records the stopped jobs, then writes the board
+                raise
             except BaseException:
                 self.hydra_context.callbacks.on_multirun_end(config=self.config)  # Hydra skips it then
                 raise

@@ -65,6 +65,8 @@ class BudgetLauncher:
         try:
             with workers_may_die():
                 returns = list(self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx))
+        except KeyboardInterrupt:  # the exit handler records the stopped jobs, then writes the board
+            raise
         except BaseException:
             self.sweeper.hydra_context.callbacks.on_multirun_end(config=self.sweeper.config)  # the board so far
             raise
