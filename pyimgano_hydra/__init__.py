@@ -176,8 +176,8 @@ def _inside_a_run_dir(path: str) -> bool:
         path = parent
 
 
+_no_imports_from_a_run_dir()  # first: ``import signal`` below read a run dir's signal.py (or enum.py)
 _ctrl_c_while_starting()
-_no_imports_from_a_run_dir()
 
 
 def _guard_hydra_in_a_worker() -> None:
