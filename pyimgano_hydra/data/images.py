@@ -33,6 +33,7 @@ Size = Union[int, Sequence[int], None]  # side of a square, (height, width), or 
 
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 DEFAULT_MAX_IMAGE_MEGABYTES = 256.0  # dataset.max_image_megabytes
+MAX_JPEG_SCANS = 100  # a camera's progressive JPEG has about 10 (djpeg's -maxscans guards the same)
 # what Pillow holds a pixel channel in: a 1-bit image takes a byte a pixel, as 8-bit gray does
 _BYTES_PER_CHANNEL = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 # Pillow parsers raise anything on a corrupt file (struct.error from an EXIF block, TypeError
@@ -70,18 +71,30 @@ def open_regular(path: str | Path):
     return files.open_regular(path, "replace or remove it", DataError)
 
 
-def _multi_scan_jpeg(path: str | Path, img: Image.Image) -> bool:
-    """A progressive JPEG, or one whose components come in separate scans: libjpeg then keeps
-    every DCT coefficient of the full-size image (2 bytes each) whatever the draft scale."""
-    if img.format != "JPEG":
-        return False
-    if img.info.get("progressive"):
-        return True
+def _jpeg_scans(path: str | Path, limit: int) -> int:
+    """Start-of-scan markers in a JPEG file, counted up to ``limit + 1`` (entropy-coded 0xFF
+    bytes are stuffed as FF 00, so FF DA is always a marker)."""
     import mmap
 
     with open_regular(path) as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        first = data.find(b"\xff\xda")  # start of scan; entropy-coded 0xFF bytes are stuffed (FF 00)
-        return first >= 0 and data.find(b"\xff\xda", first + 2) >= 0
+        count, at = 0, data.find(b"\xff\xda")
+        while at >= 0 and count <= limit:
+            count, at = count + 1, data.find(b"\xff\xda", at + 2)
+        return count
+
+
+def _multi_scan_jpeg(path: str | Path, img: Image.Image) -> bool:
+    """A progressive JPEG, or one whose components come in separate scans: libjpeg then keeps
+    every DCT coefficient of the full-size image (2 bytes each) whatever the draft scale."""
+    return img.format == "JPEG" and (bool(img.info.get("progressive")) or _jpeg_scans(path, 1) > 1)
+
+
+def _check_jpeg_scans(path: str | Path, img: Image.Image) -> None:
+    """libjpeg updates every block once a scan: a 370 KB file repeating one scan 10,000 times
+    decoded for minutes, in C, where no signal reaches it."""
+    if img.format in ("JPEG", "MPO") and _jpeg_scans(path, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
+        raise DataError(f"{path}: refused: more than {MAX_JPEG_SCANS} JPEG scans (a camera's file has 1 to "
+                        f"about 12); re-encode it")
 
 
 def _check_decode_size(path: str | Path, img: Image.Image, max_megabytes: float | None,
@@ -119,6 +132,7 @@ def _decoding(path: str | Path) -> Iterator[None]:
 def _pillow_decode(path: str | Path, handle: BinaryIO, draft_to: tuple[int, int] | None,
                    max_megabytes: float | None) -> Image.Image:
     img = Image.open(handle, formats=PILLOW_FORMATS)
+    _check_jpeg_scans(path, img)
     if max_megabytes is not None and _multi_scan_jpeg(path, img):  # a 1 KB one took 1 GB at 1/8
         _check_decode_size(path, img, max_megabytes, held_mb=decoded_megabytes(img) * 2)
     if draft_to is not None and img.format == "JPEG":
