@@ -628,3 +628,19 @@ def test_an_existing_dir_with_a_hard_linked_log_is_refused(tmp_path):
     with pytest.raises(SystemExit) as exc:
         claim(run)
     assert exc.value.code == 2 and not (run / CLAIM_FILE).exists()
+
+
+@pytest.mark.parametrize("kind", ["complex", "sparse"])
+def test_an_inspector_tensor_of_a_kind_training_never_writes_is_refused(tmp_path, kind):
+    """A complex memory bank scored (its imaginary part dropped with a raw ComplexWarning on the
+    console); a sparse one is no file training writes either: refused, naming the file."""
+    import torch
+
+    from pyimgano_hydra.errors import UserError
+    from pyimgano_hydra.runs.trust import load_weights
+
+    bank = torch.ones(4, 3)
+    path = tmp_path / "inspector.pt"
+    torch.save({"memory_bank": bank.to(torch.complex64) if kind == "complex" else bank.to_sparse()}, path)
+    with pytest.raises(UserError, match=r"inspector\.pt: refused: .*dense real tensors"):
+        load_weights(path)
