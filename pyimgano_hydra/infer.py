@@ -136,12 +136,12 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
     out.mkdir(parents=True, exist_ok=True)
     # writes go to this folder even if out is swapped for a link (also while the run dir loads)
     with held_folder(out) as held:
-        loaded = load_run(cfg.run_dir)
-        category = loaded.category(cfg.category)
-        paths = collect_inputs(str(cfg.input))
         started = time.perf_counter()
         here = held or out
-        try:
+        try:  # a run dir or input refused still leaves this dir marked failed
+            loaded = load_run(cfg.run_dir)
+            category = loaded.category(cfg.category)
+            paths = collect_inputs(str(cfg.input))
             with running(here / "status.json", **owner()):  # its heartbeat, until the final state
                 with loaded.category_folder(category) as folder:  # every stored file read from it
                     inspector = loaded.inspector(category, trust_targets=bool(cfg.trust_targets), folder=folder,

@@ -76,8 +76,10 @@ def test_infer_input_matching_nothing(fake_run, tmp_path):
 
 
 def test_infer_missing_run_dir(tmp_path):
-    proc, _ = _infer(tmp_path / "missing", tmp_path, tmp_path)
+    proc, out = _infer(tmp_path / "missing", tmp_path, tmp_path)
     assert proc.returncode != 0 and "no such directory" in proc.stderr
+    status = read_json(out / "status.json")  # the dir infer made is marked, never left unfinished-looking
+    assert status["status"] == "failed" and "missing" in status["error"], status
 
 
 def _copy(run, tmp_path, name):
