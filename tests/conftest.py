@@ -147,6 +147,18 @@ def trained_run(tmp_path_factory, export: bool = False, model: str | None = None
     return root
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One completed TINY run per test module, copied by each test that forges a file in it."""
+    return trained_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One completed TINY run exported to ONNX per test module."""
+    return trained_run(tmp_path_factory, export=True)
+
+
 def copy_run(trained: Path, tmp_path: Path, name: str = "run") -> Path:
     import shutil
 

@@ -6,14 +6,9 @@ import os
 
 import pytest
 
-from conftest import TINY, copy_run, start_cli, trained_run, wait_for
+from conftest import TINY, copy_run, start_cli, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_run(tmp_path_factory)
 
 
 def _snapshot(run_dir):

@@ -10,13 +10,7 @@ import zipfile
 
 import pytest
 
-from conftest import REPO, TINY, copy_run, forge_kept, interrupted_copy, run_cli, small_png, trained_run
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One completed TINY run, copied by each test that forges a file in it."""
-    return trained_run(tmp_path_factory)
+from conftest import REPO, TINY, copy_run, forge_kept, interrupted_copy, run_cli, small_png
 
 
 

@@ -8,13 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, TINY, forge_kept, interrupted_copy, run_cli, trained_run
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One completed TINY run, copied by each test that forges a file in it."""
-    return trained_run(tmp_path_factory)
+from conftest import REPO, TINY, forge_kept, interrupted_copy, run_cli
 
 
 

@@ -7,13 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, forge_kept, interrupted_copy, run_cli, small_png, start_cli, trained_run, wait_for
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One completed TINY run, copied by each test that forges a file in it."""
-    return trained_run(tmp_path_factory)
+from conftest import TINY, forge_kept, interrupted_copy, run_cli, small_png, start_cli, wait_for
 
 
 def _digest(run_dir: Path) -> dict:

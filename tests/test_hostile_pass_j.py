@@ -6,13 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, pickle_that_touches, run_cli, trained_run
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One completed TINY run, copied by each test that forges a file in it."""
-    return trained_run(tmp_path_factory)
+from conftest import REPO, TINY, pickle_that_touches, run_cli
 
 
 def test_matplotlibrc_in_a_received_run_dir_does_not_lose_a_training_run(trained, tmp_path):

@@ -6,21 +6,9 @@ import sys
 
 import pytest
 
-from conftest import copy_run, run_cli, small_png, trained_run
+from conftest import copy_run, run_cli, small_png
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One completed TINY run, copied by each test that forges a file in it."""
-    return trained_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """One completed TINY run exported to ONNX, for the tests that forge its model.onnx."""
-    return trained_run(tmp_path_factory, export=True)
 
 
 def _forge_inspector(path, change):

@@ -10,13 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, interrupted_copy, pickle_that_touches, run_cli, start_cli, trained_run
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One completed TINY run, copied by each test that forges a file in it."""
-    return trained_run(tmp_path_factory)
+from conftest import REPO, TINY, interrupted_copy, pickle_that_touches, run_cli, start_cli
 
 
 def _status(run_dir: Path) -> str:

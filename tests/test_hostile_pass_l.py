@@ -7,15 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, copy_run, run_cli, start_cli, trained_run, wait_for
+from conftest import TINY, copy_run, run_cli, start_cli, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One completed TINY run, copied by each test that forges a file in it."""
-    return trained_run(tmp_path_factory)
 
 
 def _evil_preset(path, victim):

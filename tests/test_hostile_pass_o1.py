@@ -16,11 +16,6 @@ from watch_files import _on_first_close
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_run(tmp_path_factory)
-
-
 def _snapshot(run_dir: Path) -> dict:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 

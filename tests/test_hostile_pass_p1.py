@@ -3,13 +3,8 @@ import sys
 
 import pytest
 
-from conftest import copy_run, small_png, trained_run
+from conftest import copy_run, small_png
 from forged_onnx import max_rss_mb
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_run(tmp_path_factory)
 
 
 def _many_empty_objects(path, size=64 << 20):

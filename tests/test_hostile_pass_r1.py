@@ -4,15 +4,9 @@ import sys
 
 import pytest
 
-from conftest import copy_run, run_cli, small_png, trained_run
+from conftest import copy_run, small_png
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """One completed TINY run exported to ONNX, for the tests that forge its model.onnx."""
-    return trained_run(tmp_path_factory, export=True)
 
 
 def _secret_values(length: int):
@@ -72,12 +66,6 @@ def test_score_onnx_never_reads_external_data_of_a_constants_sparse_value(export
     assert "Traceback" not in proc.stderr, proc.stderr[-800:]
     assert str(float(sum(secret))) not in proc.stdout, proc.stdout
     assert proc.returncode != 0 and "model.onnx" in proc.stderr, (proc.stdout, proc.stderr[-800:])
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One completed TINY run, copied by each test that forges a file in it."""
-    return trained_run(tmp_path_factory)
 
 
 def test_the_api_load_inspector_after_a_notebook_changed_into_a_received_run_dir_imports_nothing_from_it(

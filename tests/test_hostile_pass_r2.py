@@ -9,12 +9,7 @@ import sys
 
 import pytest
 
-from conftest import TINY, _cli_env, small_png, trained_run
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_run(tmp_path_factory)
+from conftest import TINY, _cli_env, small_png
 
 
 def _closed(fds):

@@ -8,17 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, _cli_env, copy_run, small_png, trained_run
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return trained_run(tmp_path_factory, export=True)
+from conftest import REPO, _cli_env, copy_run, small_png
 
 
 def _planted(folder, name, marker):
