@@ -51,3 +51,22 @@ def test_a_16_bit_colour_mask_is_refused_from_its_header_when_its_decoded_array_
     _png16(path, 9000, 9000, 2)
     with pytest.raises(DataError, match=r"big_mask\.png: refused: .*486 MB"):
         load_mask(path)
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA", "RGBA16"])
+def test_a_defect_drawn_only_in_the_alpha_channel_counts(tmp_path, mode):
+    """An annotation tool's transparent layer: colour 0 everywhere, the defect opaque; read as empty before."""
+    import cv2
+    from PIL import Image
+
+    path = tmp_path / "m.png"
+    if mode == "RGBA16":
+        arr = np.zeros((12, 10, 4), np.uint16)
+        arr[3:5, :, 3] = 65535
+        cv2.imwrite(str(path), arr)
+    else:
+        arr = np.zeros((12, 10, len(mode)), np.uint8)
+        arr[3:5, :, -1] = 255
+        Image.fromarray(arr, mode).save(path)
+    mask = load_mask(path)
+    assert int(mask.sum()) == 20 and mask[3:5].all(), f"{int(mask.sum())} defect pixels, 20 drawn"

@@ -23,6 +23,7 @@ from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, list_images
 from pyimgano_hydra.data.sample import ANOMALOUS, NORMAL, CategorySplit, Sample
 from pyimgano_hydra.errors import ConfigError, DataError
 
+NORMAL_TEST_DIRS = ("normal", "good")  # test/good too: MVTec's spelling, never a defect type named "good"
 SIMPLE_LAYOUT = ("<root>/train/normal/*, <root>/test/normal/*, <root>/test/anomaly/*, "
                  "<root>/ground_truth/anomaly/<stem>_mask.png (optional), or the same under "
                  "<root>/<category>/; or set dataset.normal_dir and dataset.abnormal_dirs")
@@ -175,7 +176,7 @@ class FolderDataset(ImageDataset):
         kinds = sorted(d.name for d in test_dir.iterdir() if d.is_dir()) if test_dir.is_dir() else []
         for kind in kinds:
             for p in self._images(test_dir / kind):
-                if kind == "normal":
+                if kind in NORMAL_TEST_DIRS:
                     test.append(Sample(str(p), NORMAL, None, category, "good", "test"))
                     continue
                 gt = base / "ground_truth" / kind

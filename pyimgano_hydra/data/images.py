@@ -303,12 +303,20 @@ def _open_mask(path: Path) -> Image.Image | np.ndarray:
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if arr is None or arr.ndim != 3:
         raise DataError(f"{path}: cannot decode 16-bit colour mask; replace or remove the file")
+    if arr.shape[2] == 4 and arr[:, :, 3].min() != arr[:, :, 3].max():  # as _defect_pixels reads alpha
+        return np.ascontiguousarray(arr[:, :, 3:])
     return np.ascontiguousarray(arr[:, :, :3])
 
 
 def _defect_pixels(mask: Image.Image | np.ndarray, path: Path) -> np.ndarray:
     """bool (H, W): non-zero pixels of one mask file, at its own bit depth (a 16-bit label mask of
-    value 1 scaled to 8 bits read as empty)."""
+    value 1 scaled to 8 bits read as empty); in a mask with transparency that is not uniform, its
+    visible pixels (a defect drawn in the alpha channel alone read as empty)."""
+    if isinstance(mask, Image.Image) and (mask.mode in ("PA", "LA", "RGBA") or "transparency" in mask.info):
+        alpha = np.asarray(mask.convert("RGBA").getchannel("A") if mask.mode not in ("LA", "RGBA")
+                           else mask.getchannel("A"))
+        if alpha.min() != alpha.max():  # drawn on a transparent layer: what is visible is the defect
+            return alpha != 0
     if isinstance(mask, Image.Image) and (mask.mode in ("I", "F") or mask.mode.startswith("I;16")):
         mask = np.asarray(mask)
     if isinstance(mask, np.ndarray) and mask.dtype.kind == "f" and not np.isfinite(mask).all():  # .npy too

@@ -8,6 +8,8 @@ from typing import List, Optional
 from pyimgano_hydra.errors import check
 from pyimgano_hydra.schemas.postprocess import MAX_SIGMA
 
+MAX_GLOBAL_WEIGHT = 100.0  # weight x log(distance): far past any useful fusion, never past float64
+
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")  # model.device, infer's device
 
 
@@ -68,7 +70,8 @@ class PatchCoreSchema(BackboneSchema):
         check(1 <= self.power_mean_p <= 1000, "model.power_mean_p", "must be in [1, 1000]")
         check(0 <= self.smoothing_sigma <= MAX_SIGMA, "model.smoothing_sigma", f"must be in 0..{MAX_SIGMA} (0 = off)")
         check(self.image_norm in IMAGE_NORMS, "model.image_norm", "must be none or standardize")
-        check(self.global_weight >= 0, "model.global_weight", "must be >= 0 (0 = off)")
+        check(0 <= self.global_weight <= MAX_GLOBAL_WEIGHT, "model.global_weight",
+              f"must be in 0..{MAX_GLOBAL_WEIGHT:g} (0 = off)")
 
 
 @dataclass
@@ -91,7 +94,8 @@ class PaDiMSchema(BackboneSchema):
         check(self.d is None or self.d >= 1, "model.d", "must be >= 1 or null (all channels)")
         check(self.image_score in ("max", "topk"), "model.image_score", "must be max or topk")
         check(0 < self.topk_ratio <= 1, "model.topk_ratio", "must be in (0, 1]")
-        check(self.global_weight >= 0, "model.global_weight", "must be >= 0 (0 = off)")
+        check(0 <= self.global_weight <= MAX_GLOBAL_WEIGHT, "model.global_weight",
+              f"must be in 0..{MAX_GLOBAL_WEIGHT:g} (0 = off)")
         check(self.grid_size is None or self.grid_size >= 1, "model.grid_size", "must be >= 1 or null")
         check(self.eps > 0, "model.eps", "must be > 0")
         check(0 <= self.smoothing_sigma <= MAX_SIGMA, "model.smoothing_sigma", f"must be in 0..{MAX_SIGMA} (0 = off)")
