@@ -230,6 +230,7 @@ class ClaimRunDir(Callback):
         _check_log_files(config, Path(str(config.hydra.sweep.dir)) / "0", Path(str(config.hydra.sweep.dir)), sweep=True)
         _check_sweep_files(config)
         _check_launcher_cwd(config)
+        _check_launcher_workers(config)
         claim(Path(str(config.hydra.sweep.dir)), resumable=False, key="hydra.sweep.dir", empty=True)
         pin_sweep_dir(Path(str(config.hydra.sweep.dir)))  # each job's dir name checks it (sweep/naming.py)
 
@@ -261,6 +262,17 @@ def _check_config_sources(config: DictConfig) -> None:
         check_composed_sources(OmegaConf.select(config, "hydra.runtime.config_sources", default=None) or [])
     except UserError as exc:
         refuse(str(exc))
+
+
+def _check_launcher_workers(config: DictConfig) -> None:
+    """joblib's ``n_jobs`` is at most this machine's CPUs (-1: all of them): 64 started 73 processes
+    and 4.5 GB for a sweep of two jobs."""
+    if "joblib" not in str(config.hydra.launcher.get("_target_", "")).lower():
+        return
+    value, cpus = config.hydra.launcher.get("n_jobs"), os.cpu_count() or 1
+    if type(value) is not int or not (value == -1 or 1 <= value <= cpus):
+        refuse(f"hydra.launcher.n_jobs={value}: must be -1 (all {cpus} CPUs) or an int in 1..{cpus}; "
+               "more workers than CPUs only multiply the memory")
 
 
 def _check_launcher_cwd(config: DictConfig) -> None:

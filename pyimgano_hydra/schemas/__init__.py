@@ -87,3 +87,10 @@ def _check_across_groups(cfg: DictConfig) -> None:
     if tiling.get("enabled") and resize is not None and tile is not None and tile > resize:
         raise ConfigError(f"tiling.tile_size: {tile} is larger than the images (dataset.resize={resize}); "
                           "use a smaller tile, or dataset.resize=null to tile the original images")
+    model = cfg.get("model") or {}
+    if not tiling.get("enabled") and model.get("backbone") is not None and resize is not None:
+        from pyimgano_hydra.features.extract import MAX_FEATURE_PIXELS
+
+        if resize * resize > MAX_FEATURE_PIXELS:  # checked at extraction too, after every image was loaded
+            raise ConfigError(f"dataset.resize: {resize}x{resize} images through a backbone take gigabytes each; at "
+                              f"most {MAX_FEATURE_PIXELS:,} pixels (2048x2048): set a smaller dataset.resize, or tiling")

@@ -8,6 +8,7 @@ from typing import List, Optional
 from pyimgano_hydra.errors import check
 from pyimgano_hydra.schemas.postprocess import MAX_SIGMA
 
+MAX_EPS = 1000.0  # covariance regulariser: 1e60 made every score 0, recorded completed
 MAX_GLOBAL_WEIGHT = 100.0  # weight x log(distance): far past any useful fusion, never past float64
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")  # model.device, infer's device
@@ -97,7 +98,7 @@ class PaDiMSchema(BackboneSchema):
         check(0 <= self.global_weight <= MAX_GLOBAL_WEIGHT, "model.global_weight",
               f"must be in 0..{MAX_GLOBAL_WEIGHT:g} (0 = off)")
         check(self.grid_size is None or self.grid_size >= 1, "model.grid_size", "must be >= 1 or null")
-        check(self.eps > 0, "model.eps", "must be > 0")
+        check(0 < self.eps <= MAX_EPS, "model.eps", f"must be in (0, {MAX_EPS:g}]")
         check(0 <= self.smoothing_sigma <= MAX_SIGMA, "model.smoothing_sigma", f"must be in 0..{MAX_SIGMA} (0 = off)")
         check(self.max_memory_gb > 0, "model.max_memory_gb", "must be > 0")
         check(self.image_norm in IMAGE_NORMS, "model.image_norm", "must be none or standardize")

@@ -18,10 +18,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pyimgano_hydra import interrupt
-from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.errors import UserError, refuse
 from pyimgano_hydra.runs.layout import RunDir, sweep_dir_swapped
 from pyimgano_hydra.runs.status import FAILED, write_status
-from pyimgano_hydra.sweep.leaderboard import main_value, write_leaderboard
+from pyimgano_hydra.sweep.leaderboard import RANKABLE, main_value, write_leaderboard
 from pyimgano_hydra.resolvers import register_resolvers
 from pyimgano_hydra.sweep.naming import write_sweep_file
 
@@ -120,6 +120,9 @@ class LeaderboardCallback(Callback):
 
     # ---- Hydra hooks -------------------------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.metric not in RANKABLE and not str(self.metric).startswith("defects_"):
+            refuse(f"hydra.callbacks.leaderboard.metric: {self.metric!r} is no metric a run reports; "
+                   f"use one of {', '.join(RANKABLE)} or defects_*")  # Hydra turns a callback's exception into a warning
         root = sweep_root(config)
         root.mkdir(parents=True, exist_ok=True)
         plan = planned_jobs(config)

@@ -24,6 +24,8 @@ LEADERBOARD_VERSION = 1
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1", "image_f1_max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_aupro")
 METRICS = IMAGE_METRICS + PIXEL_METRICS
+# what a job's report.json aggregates (defects_* with defects enabled): a board may rank by any of them
+RANKABLE = METRICS + ("image_accuracy", "image_fpr", "image_tpr", "image_f1_max_threshold")
 NOT_STARTED = "not_started"
 MAX_LABEL = 160
 
