@@ -75,6 +75,7 @@ STRING = 8  # TensorProto.STRING
 MAX_SIDE = 8192  # pixels per side of an exported model's input (pyimgano_hydra's MAX_SIDE)
 FLOAT_COPIES = 8  # float copies of the input image the memory cap must hold at least
 MAX_JPEG_SCANS = 100  # as infer (pyimgano_hydra's MAX_JPEG_SCANS)
+MAX_RLE_BMP_PIXELS = 16_000_000  # as infer
 MAX_DECODED_BYTES = 256 << 20  # an image's decoded pixels (infer's default dataset.max_image_megabytes)
 MAX_SECONDS = 600  # one image's run; a forged chain of big MatMuls computed for hours
 
@@ -246,6 +247,9 @@ def read_image(path: Path, manifest: dict) -> np.ndarray:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         if image.format in ("JPEG", "MPO") and data.count(b"\xff\xda") > MAX_JPEG_SCANS:  # minutes of decoding
             raise ValueError(f"more than {MAX_JPEG_SCANS} JPEG scans (a camera's file has 1 to about 12)")
+        if image.format == "BMP" and image.info.get("compression") in (1, 2) and \
+                image.size[0] * image.size[1] > MAX_RLE_BMP_PIXELS:  # Pillow decodes RLE in Python
+            raise ValueError(f"a run-length coded BMP of more than {MAX_RLE_BMP_PIXELS:,} pixels")
         depth = 2 if "16" in image.mode else 4 if image.mode in ("I", "F") else 1
         decoded = image.size[0] * image.size[1] * max(len(image.getbands()), 3) * depth
         if decoded > MAX_DECODED_BYTES:  # from the header, as infer's dataset.max_image_megabytes

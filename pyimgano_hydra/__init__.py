@@ -122,7 +122,8 @@ def _no_imports_from_a_run_dir() -> None:
         # workers' forkserver) see the working dir only where this process does: started from a
         # received dataset folder, the console script's workers imported its joblib/
         # ``python -m`` puts the working dir first on purpose; the console script never has it, and
-        # one reached through an empty PYTHONPATH entry (PYTHONPATH=/x:) is dropped too
+        # one reached through an empty PYTHONPATH entry (PYTHONPATH=/x:) is dropped too (after startup:
+        # Python imported its sitecustomize.py before any of this; docs/WORKBENCH.md)
         module_run = bool(_module_argument(list(getattr(sys, "orig_argv", []))))
         keeps = repo_root == cwd or (module_run and bool(sys.path) and sys.path[0] in ("", cwd))
         if not keeps:

@@ -33,6 +33,8 @@ Size = Union[int, Sequence[int], None]  # side of a square, (height, width), or 
 
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 DEFAULT_MAX_IMAGE_MEGABYTES = 256.0  # dataset.max_image_megabytes
+MAX_RLE_BMP_PIXELS = 16_000_000  # about 2 s of Pillow's pure-Python RLE decoding
+_BMP_RLE = (1, 2)  # BI_RLE8, BI_RLE4
 MAX_JPEG_SCANS = 100  # a camera's progressive JPEG has about 10 (djpeg's -maxscans guards the same)
 # what Pillow holds a pixel channel in: a 1-bit image takes a byte a pixel, as 8-bit gray does
 _BYTES_PER_CHANNEL = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
@@ -89,12 +91,16 @@ def _multi_scan_jpeg(path: str | Path, img: Image.Image) -> bool:
     return img.format == "JPEG" and (bool(img.info.get("progressive")) or _jpeg_scans(path, 1) > 1)
 
 
-def _check_jpeg_scans(path: str | Path, img: Image.Image) -> None:
-    """libjpeg updates every block once a scan: a 370 KB file repeating one scan 10,000 times
-    decoded for minutes, in C, where no signal reaches it."""
+def _check_decode_work(path: str | Path, img: Image.Image) -> None:
+    """Files whose decoding takes far longer than their pixels: libjpeg updates every block once a
+    scan (a 370 KB file repeating one scan 10,000 times decoded for minutes, deaf to SIGTERM)."""
     if img.format in ("JPEG", "MPO") and _jpeg_scans(path, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
         raise DataError(f"{path}: refused: more than {MAX_JPEG_SCANS} JPEG scans (a camera's file has 1 to "
                         f"about 12); re-encode it")
+    if img.format == "BMP" and img.info.get("compression") in _BMP_RLE and \
+            img.size[0] * img.size[1] > MAX_RLE_BMP_PIXELS:  # Pillow's RLE decoder: Python, a loop turn a pixel
+        raise DataError(f"{path}: refused: a run-length coded BMP of {img.size[0]}x{img.size[1]} pixels (at most "
+                        f"{MAX_RLE_BMP_PIXELS:,}: a 1 KB one decoded for 20 s); re-encode it as PNG")
 
 
 def _check_decode_size(path: str | Path, img: Image.Image, max_megabytes: float | None,
@@ -132,7 +138,7 @@ def _decoding(path: str | Path) -> Iterator[None]:
 def _pillow_decode(path: str | Path, handle: BinaryIO, draft_to: tuple[int, int] | None,
                    max_megabytes: float | None) -> Image.Image:
     img = Image.open(handle, formats=PILLOW_FORMATS)
-    _check_jpeg_scans(path, img)
+    _check_decode_work(path, img)
     if max_megabytes is not None and _multi_scan_jpeg(path, img):  # a 1 KB one took 1 GB at 1/8
         _check_decode_size(path, img, max_megabytes, held_mb=decoded_megabytes(img) * 2)
     if draft_to is not None and img.format == "JPEG":

@@ -232,6 +232,29 @@ def _stored_entries_only(handle: BinaryIO, where: str) -> None:
     if any(e.compress_type != zipfile.ZIP_STORED for e in entries) or sum(e.file_size for e in entries) > size:
         raise UserError(f"{where}: refused: compressed entries (torch.save never writes them; "
                         "a decompression bomb?)")
+    if not _one_central_directory(handle):
+        raise UserError(f"{where}: refused: its zip directory is not where its end record says (a second "
+                        "directory for torch's reader? torch.save never writes one)")
+
+
+def _one_central_directory(handle: BinaryIO) -> bool:
+    """The central directory zipfile read (just before the end record) is the one the end record
+    (and a ZIP64 locator) points at, as torch's reader follows it: a file with two directories
+    showed zipfile stored entries and torch a deflated bomb."""
+    import struct
+    import zipfile
+
+    end = zipfile._EndRecData(handle)
+    if end is None:
+        return False
+    location, size_cd, offset_cd = end[zipfile._ECD_LOCATION], end[zipfile._ECD_SIZE], end[zipfile._ECD_OFFSET]
+    if end[zipfile._ECD_SIGNATURE] != zipfile.stringEndArchive64:
+        return offset_cd + size_cd == location
+    record = location - zipfile.sizeEndCentDir64Locator - zipfile.sizeEndCentDir64  # where zipfile read it
+    handle.seek(location - zipfile.sizeEndCentDir64Locator)
+    locator = handle.read(zipfile.sizeEndCentDir64Locator)
+    signature, _, located, _ = struct.unpack(zipfile.structEndArchive64Locator, locator)
+    return signature == zipfile.stringEndArchive64Locator and located == record and offset_cd + size_cd == record
 
 
 def torch_file(path: Path, key: str | None = None, follow: bool = True) -> tuple[Any, int]:
