@@ -310,7 +310,7 @@ def bounded_payload(payload: Any, path: str | Path, file_size: int) -> None:
             raise UserError(f"{path}: refused: holds more than {MAX_NODES} values (shared references?); "
                             "not a file training writes")
         if isinstance(value, torch.Tensor):
-            if value.is_complex() or value.is_quantized or value.layout != torch.strided:
+            if value.is_complex() or value.is_quantized or value.is_nested or value.layout != torch.strided:
                 raise UserError(f"{path}: refused: holds a {value.dtype} tensor of layout {value.layout}; "
                                 "training writes dense real tensors only")
             tensor_bytes += value.numel() * value.element_size()
