@@ -30,7 +30,11 @@ def test_a_signal_py_in_a_received_run_dir_is_never_imported_by_python_m_started
     args = [f"run_dir={run_dir}"]
     if module.endswith("infer"):
         args += [f"input={small_png(trained)}", f"hydra.run.dir={tmp_path / 'out'}"]
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=run_dir, env=_cli_env(),
+    env = _cli_env()
+    # as on the line: with PYTHONWARNINGS set (this package sets it in the test process) Python's own
+    # runpy imports warnings -> re -> enum before any of our code (docs/WORKBENCH.md)
+    env.pop("PYTHONWARNINGS", None)
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=run_dir, env=env,
                           capture_output=True, text=True, timeout=300)
     assert not marker.exists(), f"{name}.py of the run dir was imported: {proc.stderr[-600:]}"
     assert proc.returncode == 0, proc.stderr[-1500:]
