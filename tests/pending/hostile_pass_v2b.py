@@ -1,6 +1,7 @@
 """Reproducers of open #16 holes found at the end of stop 36, kept out of collection (not test_*.py)
-until fixed: move to tests/test_hostile_pass_v2b.py with the fix."""
-"""Pass V2 (lab side, second round): hostile dataset folders, masks, sweeps and output dirs of the
+until fixed: move to tests/test_hostile_pass_v2b.py with the fix.
+
+Pass V2 (lab side, second round): hostile dataset folders, masks, sweeps and output dirs of the
 training app; variants not in the earlier passes (tests/test_hostile_pass_v2.py is the first round)."""
 from __future__ import annotations
 
