@@ -73,28 +73,22 @@ def open_regular(path: str | Path):
     return files.open_regular(path, "replace or remove it", DataError)
 
 
-def _jpeg_scans(path: str | Path, limit: int) -> int:
-    """Start-of-scan markers in a JPEG file, counted up to ``limit + 1`` (entropy-coded 0xFF
+def _jpeg_scans(handle: BinaryIO, limit: int) -> int:
+    """Start-of-scan markers in an open JPEG file, counted up to ``limit + 1`` (entropy-coded 0xFF
     bytes are stuffed as FF 00, so FF DA is always a marker)."""
     import mmap
 
-    with open_regular(path) as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+    with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         count, at = 0, data.find(b"\xff\xda")
         while at >= 0 and count <= limit:
             count, at = count + 1, data.find(b"\xff\xda", at + 2)
         return count
 
 
-def _multi_scan_jpeg(path: str | Path, img: Image.Image) -> bool:
-    """A progressive JPEG, or one whose components come in separate scans: libjpeg then keeps
-    every DCT coefficient of the full-size image (2 bytes each) whatever the draft scale."""
-    return img.format == "JPEG" and (bool(img.info.get("progressive")) or _jpeg_scans(path, 1) > 1)
-
-
-def _check_decode_work(path: str | Path, img: Image.Image) -> None:
+def _check_decode_work(path: str | Path, img: Image.Image, scans: int) -> None:
     """Files whose decoding takes far longer than their pixels: libjpeg updates every block once a
     scan (a 370 KB file repeating one scan 10,000 times decoded for minutes, deaf to SIGTERM)."""
-    if img.format in ("JPEG", "MPO") and _jpeg_scans(path, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
+    if scans > MAX_JPEG_SCANS:
         raise DataError(f"{path}: refused: more than {MAX_JPEG_SCANS} JPEG scans (a camera's file has 1 to "
                         f"about 12); re-encode it")
     if img.format == "BMP" and img.info.get("compression") in _BMP_RLE and \
@@ -138,8 +132,12 @@ def _decoding(path: str | Path) -> Iterator[None]:
 def _pillow_decode(path: str | Path, handle: BinaryIO, draft_to: tuple[int, int] | None,
                    max_megabytes: float | None) -> Image.Image:
     img = Image.open(handle, formats=PILLOW_FORMATS)
-    _check_decode_work(path, img)
-    if max_megabytes is not None and _multi_scan_jpeg(path, img):  # a 1 KB one took 1 GB at 1/8
+    scans = _jpeg_scans(handle, MAX_JPEG_SCANS) if img.format in ("JPEG", "MPO") else 0  # one pass over the file
+    _check_decode_work(path, img, scans)
+    # progressive, or components in separate scans: libjpeg keeps every DCT coefficient of the
+    # full-size image (2 bytes each) whatever the draft scale
+    multi_scan = img.format == "JPEG" and (bool(img.info.get("progressive")) or scans > 1)
+    if max_megabytes is not None and multi_scan:  # a 1 KB one took 1 GB at 1/8
         _check_decode_size(path, img, max_megabytes, held_mb=decoded_megabytes(img) * 2)
     if draft_to is not None and img.format == "JPEG":
         img.draft(img.mode, (draft_to[1], draft_to[0]))  # decode large JPEGs at 1/2..1/8
