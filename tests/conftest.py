@@ -61,9 +61,15 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def pythonpath(*first) -> str:
+    """``first`` then the inherited PYTHONPATH, with no empty entry (Python reads one as the working dir)."""
+    entries = [*map(str, first), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    return os.pathsep.join(e for e in entries if e)
+
+
 def _cli_env(env=None) -> dict:
     full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env["PYTHONPATH"] = pythonpath(REPO)
     full_env.pop("HYDRA_FULL_ERROR", None)
     full_env.update(env or {})
     return full_env

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, pythonpath
 
 SCORE_ONNX = REPO / "examples" / "score_onnx.py"
 
@@ -22,7 +22,7 @@ def artifacts(run_dir):
 
 def env():
     out = dict(os.environ)
-    out["PYTHONPATH"] = str(REPO) + os.pathsep + out.get("PYTHONPATH", "")
+    out["PYTHONPATH"] = pythonpath(REPO)
     out.pop("HYDRA_FULL_ERROR", None)
     out.setdefault("OMP_NUM_THREADS", "1")
     return out

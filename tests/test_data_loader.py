@@ -97,15 +97,14 @@ def test_negative_num_workers_in_the_run_config_is_refused():
 
 def test_run_and_infer_with_workers_record_the_unreadable_file(tmp_path):
     """End to end: a run with decode workers, then infer on a folder holding one bad file."""
-    import os
     import shutil
     from pathlib import Path
 
-    from conftest import REPO, run_cli
+    from conftest import REPO, pythonpath, run_cli
     from pyimgano_hydra.runs.writers import read_jsonl
 
     tests = Path(__file__).resolve().parent
-    env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(tests), os.environ.get("PYTHONPATH", "")])}
+    env = {"PYTHONPATH": pythonpath(REPO, tests)}
     rng = np.random.default_rng(0)
     root = tmp_path / "data"
     for split, n in (("train/normal", 6), ("test/normal", 3), ("test/scratch", 3)):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, TINY, forge_kept, interrupted_copy, run_cli
+from conftest import REPO, TINY, forge_kept, interrupted_copy, pythonpath, run_cli
 
 
 
@@ -290,7 +290,7 @@ def test_a_signal_to_a_joblib_sweep_marks_its_running_jobs_interrupted(tmp_path,
     import time
 
     sweep = tmp_path / "sweep"
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=pythonpath(REPO))
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.Popen([sys.executable, "-m", "pyimgano_hydra", "--multirun", "hydra/launcher=joblib",
                              "hydra.launcher.n_jobs=2", *TINY[:3], "cache.enabled=false",
@@ -380,7 +380,7 @@ def test_sigterm_between_report_and_status_never_loses_the_run(tmp_path):
     a run (interrupted)"): the finished run is lost. Expected: either completed (status.json
     "completed") or interrupted and resumable; never both refused."""
     run_dir = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=pythonpath(REPO))
     env.pop("HYDRA_FULL_ERROR", None)
     first = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_REPORT, *TINY, f"hydra.run.dir={run_dir}"],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -465,7 +465,7 @@ def test_sigterm_while_writing_report_html_never_misreports_the_run(tmp_path):
     Expected: the console and exit code agree with status.json (a completed run says so; or the line
     does not claim it was marked interrupted)."""
     run_dir = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=pythonpath(REPO))
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run([sys.executable, "-c", SIGTERM_IN_HTML, *TINY, f"hydra.run.dir={run_dir}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

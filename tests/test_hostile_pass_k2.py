@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, interrupted_copy, pickle_that_touches, run_cli, start_cli
+from conftest import REPO, TINY, interrupted_copy, pythonpath, pickle_that_touches, run_cli, start_cli
 
 
 def _status(run_dir: Path) -> str:
@@ -92,7 +92,7 @@ def test_a_sweep_dir_swapped_for_a_link_between_jobs_never_writes_into_a_complet
     proc = subprocess.Popen([sys.executable, "-m", "pyimgano_hydra", "--multirun", *TINY, "seed=0,1",
                              f"hydra.sweep.dir={sweep}"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+                            env={**os.environ, "PYTHONPATH": pythonpath(REPO)})
     try:
         status = sweep / "0_0" / "status.json"
         deadline = time.monotonic() + 240
@@ -175,7 +175,7 @@ def test_the_api_never_composes_a_search_path_in_a_run_dir(trained, tmp_path):
     code = ("import sys\nfrom pyimgano_hydra.api import run\nfrom pyimgano_hydra.errors import UserError\n"
             "try:\n    run(sys.argv[2:], output_dir=sys.argv[1])\n"
             "except UserError as exc:\n    print('error:', exc, file=sys.stderr); sys.exit(2)\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": pythonpath(REPO)}
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "new"), *TINY,
                            f"hydra.searchpath=[file://{received}]"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -257,7 +257,7 @@ def _run_measured(args, cwd, timeout=300):
                "p = subprocess.run([sys.executable, '-m', 'pyimgano_hydra', *sys.argv[1:]], capture_output=True, text=True)\n"
                "sys.stdout.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
                "sys.stderr.write(p.stderr)\nsys.exit(p.returncode)\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": pythonpath(REPO)}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run([sys.executable, "-c", wrapper, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)

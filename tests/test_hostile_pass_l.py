@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, copy_run, run_cli, start_cli, wait_for
+from conftest import TINY, copy_run, pythonpath, run_cli, start_cli, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -149,7 +149,7 @@ def test_an_infer_output_dir_swapped_for_a_link_never_writes_into_a_completed_ru
 
     from conftest import REPO
 
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=pythonpath(REPO))
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.Popen([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={trained}", f"input={images}",
                              "save_maps=true", "batch_size=2", f"hydra.run.dir={new}"], cwd=REPO, env=env,
@@ -184,7 +184,7 @@ def test_an_export_whose_category_folder_is_swapped_for_a_link_never_writes_into
     run_a = copy_run(trained, tmp_path, "a")
     done = copy_run(trained, tmp_path, "b")
     before = _snapshot(done)
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=pythonpath(REPO))
     env.pop("HYDRA_FULL_ERROR", None)
     started = time.monotonic()  # how long an export takes here: the swap lands at 60% of it
     subprocess.run([sys.executable, "-m", "pyimgano_hydra.export", f"run_dir={copy_run(trained, tmp_path, 'c')}"],

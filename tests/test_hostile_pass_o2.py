@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from conftest import REPO, TINY, run_cli
+from conftest import REPO, TINY, pythonpath, run_cli
 
 
 def _env():
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=pythonpath(REPO))
     env.pop("HYDRA_FULL_ERROR", None)
     return env
 
@@ -41,7 +41,11 @@ def _signal_first_job_worker(proc, sweep, signum):
         while len(glob.glob(f"{sweep}/*/status.json")) < 2 and time.time() < deadline:
             time.sleep(0.1)
         time.sleep(1)
-        first = sorted(glob.glob(f"{sweep}/*/status.json"))[0]
+        # The first job still fitting (under load a job can end before the second worker starts).
+        running = [p for p in sorted(glob.glob(f"{sweep}/*/status.json"))
+                   if json.loads(open(p).read())["status"] == "running"]
+        assert running, "no job running to signal"
+        first = running[0]
         os.kill(json.loads(open(first).read())["pid"], signum)
         _, err = proc.communicate(timeout=90)
     finally:
