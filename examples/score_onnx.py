@@ -76,6 +76,7 @@ MAX_SIDE = 8192  # pixels per side of an exported model's input (pyimgano_hydra'
 FLOAT_COPIES = 8  # float copies of the input image the memory cap must hold at least
 MAX_JPEG_SCANS = 100  # as infer (pyimgano_hydra's MAX_JPEG_SCANS)
 MAX_RLE_BMP_PIXELS = 16_000_000  # as infer
+MAX_TIFF_STRIPS = 200_000  # as infer: Pillow builds one Python tile a strip
 MAX_DECODED_BYTES = 256 << 20  # an image's decoded pixels (infer's default dataset.max_image_megabytes)
 MAX_SECONDS = 600  # one image's run; a forged chain of big MatMuls computed for hours
 
@@ -239,11 +240,31 @@ def load(artifacts: Path):
     return manifest, threshold, session
 
 
+def tiff_strips(data: bytes) -> int:
+    """The most StripOffsets/TileOffsets entries in a TIFF's first directory (0 for other files)."""
+    import struct
+
+    if len(data) < 16 or data[:4] not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+        return 0
+    order, big = ("<" if data[:1] == b"I" else ">"), data[2:4] in (b"+\0", b"\0+")
+    at = struct.unpack_from(order + ("Q" if big else "I"), data, 8 if big else 4)[0]
+    count_fmt, size = ("Q", 20) if big else ("H", 12)
+    if at + struct.calcsize(count_fmt) > len(data):
+        return 0
+    count = min(struct.unpack_from(order + count_fmt, data, at)[0], 65536)
+    first = at + struct.calcsize(count_fmt)
+    return max((struct.unpack_from(order + ("Q" if big else "I"), data, e + 4)[0]
+                for e in range(first, min(first + count * size, len(data) - size + 1), size)
+                if struct.unpack_from(order + "H", data, e)[0] in (273, 324)), default=0)
+
+
 def read_image(path: Path, manifest: dict) -> np.ndarray:
     """uint8 (1, C, H, W) at the model's input size."""
     with warnings.catch_warnings():  # Pillow warns of big images (checked below) and once per broken EXIF tag
         warnings.simplefilter("ignore")
         data = read_regular(path, 512 << 20)  # a FIFO: refused
+        if tiff_strips(data) > MAX_TIFF_STRIPS:  # Pillow's header parsing alone took seconds and GBs
+            raise ValueError(f"a TIFF of more than {MAX_TIFF_STRIPS:,} strips or tiles")
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         if image.format in ("JPEG", "MPO") and data.count(b"\xff\xda") > MAX_JPEG_SCANS:  # minutes of decoding
             raise ValueError(f"more than {MAX_JPEG_SCANS} JPEG scans (a camera's file has 1 to about 12)")

@@ -174,7 +174,7 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
 
                 with loader_setting(num_workers, str(resolve_device(str(cfg.device), key="device"))):
                     records = score_all(inspector, items,
-                                        lambda chunk: inspector.load_images([i["path"] for i in chunk]),
+                                        lambda chunk: inspector.load_images([i["path"] for i in chunk], return_sizes=True),
                                         int(cfg.batch_size),
                                         RecordOutputs(root=here, maps_dir=here / "maps" if cfg.save_maps else None,
                                                       exporter=exporter, unreadable=unreadable))

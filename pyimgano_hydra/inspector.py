@@ -99,12 +99,13 @@ class Inspector:
     def produces_maps(self) -> bool:
         return bool(getattr(self.detector, "produces_maps", False))
 
-    def load_images(self, paths: list) -> np.ndarray:
-        """Decode image files with the preprocessing the detector was fitted with."""
+    def load_images(self, paths: list, return_sizes: bool = False):
+        """Decode image files with the preprocessing the detector was fitted with (``return_sizes``:
+        also each file's own (height, width), as decoded)."""
         from pyimgano_hydra.data.loader import stack_images
 
         prep = self.preprocessing
-        return stack_images(paths, prep.get("resize"), prep.get("input_mode", "rgb"))
+        return stack_images(paths, prep.get("resize"), prep.get("input_mode", "rgb"), return_sizes=return_sizes)
 
     def score_maps(self, images: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """(N,) float64 scores and postprocessed (N, H, W) float32 maps (None without maps)."""
@@ -388,11 +389,15 @@ def record_stem(index: int, path: str) -> str:
     return f"{index:06d}_{safe_name(Path(path).stem)[:100]}"
 
 
-def _decodable(chunk: list[dict], load_images: Callable[[list[dict]], np.ndarray],
-               unreadable: list[dict]) -> list[tuple[list[dict], np.ndarray]]:
-    """The items of ``chunk`` that decode and their images, one group per image size (largest
-    group first: a run that keeps native sizes may meet an odd-sized image); the others go to
-    ``unreadable``."""
+Sizes = list[tuple[int, int]]
+LoadImages = Callable[[list[dict]], tuple[np.ndarray, Sizes]]  # items -> images and each file's (height, width)
+
+
+def _decodable(chunk: list[dict], load_images: LoadImages,
+               unreadable: list[dict]) -> list[tuple[list[dict], tuple[np.ndarray, Sizes]]]:
+    """The items of ``chunk`` that decode and their images and sizes, one group per image size
+    (largest group first: a run that keeps native sizes may meet an odd-sized image); the others
+    go to ``unreadable``."""
     import sys
 
     from pyimgano_hydra.errors import DataError
@@ -404,14 +409,15 @@ def _decodable(chunk: list[dict], load_images: Callable[[list[dict]], np.ndarray
     by_shape: dict[tuple, list] = {}
     for item in chunk:
         try:
-            image = load_images([item])[0]
+            images, sizes = load_images([item])
         except DataError as exc:
             unreadable.append({**item, "error": str(exc)})
             print(f"warning: {console_line(str(exc))}", file=sys.stderr)
             continue
-        by_shape.setdefault(image.shape, []).append((item, image))
+        by_shape.setdefault(images[0].shape, []).append((item, images[0], sizes[0]))
     groups = sorted(by_shape.values(), key=len, reverse=True)  # stable: a tie keeps the first seen
-    return [([item for item, _ in group], np.stack([image for _, image in group])) for group in groups]
+    return [([item for item, _, _ in group], (np.stack([image for _, image, _ in group]), [s for _, _, s in group]))
+            for group in groups]
 
 
 def _odd_size_failed(chunk: list[dict], exc: Exception, unreadable: list[dict]) -> None:
@@ -424,7 +430,7 @@ def _odd_size_failed(chunk: list[dict], exc: Exception, unreadable: list[dict]) 
         print(f"warning: {console_line(error)}", file=sys.stderr)
 
 
-def score_all(inspector: Inspector, items: list[dict], load_images: Callable[[list[dict]], np.ndarray],
+def score_all(inspector: Inspector, items: list[dict], load_images: LoadImages,
               batch_size: int, outputs: RecordOutputs,
               advance: Optional[Callable[[int], None]] = None) -> list[dict]:
     """Score ``items`` (dicts with at least ``index`` and ``path``) batch by batch; return one
@@ -437,7 +443,7 @@ def score_all(inspector: Inspector, items: list[dict], load_images: Callable[[li
             groups = [(whole, load_images(whole))]
         else:
             groups = _decodable(whole, load_images, outputs.unreadable)
-        for rank, (chunk, images) in enumerate(groups):
+        for rank, (chunk, (images, sizes)) in enumerate(groups):
             try:
                 batch = inspector.score_batch(images)
             except UserError as exc:
@@ -445,15 +451,15 @@ def score_all(inspector: Inspector, items: list[dict], load_images: Callable[[li
                     raise
                 _odd_size_failed(chunk, exc, outputs.unreadable)
                 continue
-            records.extend(_records(chunk, batch, outputs))
+            records.extend(_records(chunk, batch, sizes, outputs))
         if advance is not None:
             advance(len(whole))
     return records
 
 
-def _records(chunk: list[dict], batch: Batch, outputs: RecordOutputs) -> list[dict]:
-    """One scored batch's records, its maps and defect masks written."""
-    from pyimgano_hydra.data.images import read_size
+def _records(chunk: list[dict], batch: Batch, sizes: Sizes, outputs: RecordOutputs) -> list[dict]:
+    """One scored batch's records, its maps and defect masks written (``sizes``: each image's own
+    (height, width) as it was decoded)."""
     from pyimgano_hydra.runs.writers import save_npy_atomic
 
     records: list[dict] = []
@@ -470,7 +476,7 @@ def _records(chunk: list[dict], batch: Batch, outputs: RecordOutputs) -> list[di
                                      "shape": list(maps[j].shape), "dtype": str(maps[j].dtype)}
         if maps is not None and outputs.exporter is not None:
             record["defects"] = outputs.exporter(
-                stem, maps[j], read_size(item["path"]), gt_mask=None if masks is None else masks[j],
+                stem, maps[j], sizes[j], gt_mask=None if masks is None else masks[j],
                 label=item.get("label"))
         records.append(record)
     return records

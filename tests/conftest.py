@@ -81,6 +81,19 @@ def run_cli(args, cwd=None, module="pyimgano_hydra", env=None, timeout=600) -> s
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_cli_measured(args, cwd, timeout=300) -> tuple[subprocess.CompletedProcess, int]:
+    """``run_cli`` through a wrapper process; also the app's peak RSS in KiB (the wrapper's
+    RUSAGE_CHILDREN: a small process forks the app, so pytest's own peak is not inherited)."""
+    wrapper = ("import resource, subprocess, sys\n"
+               "p = subprocess.run([sys.executable, '-m', 'pyimgano_hydra', *sys.argv[1:]], capture_output=True,"
+               " text=True)\n"
+               "sys.stdout.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+               "sys.stderr.write(p.stderr)\nsys.exit(p.returncode)\n")
+    proc = subprocess.run([sys.executable, "-c", wrapper, *args], cwd=cwd, env=_cli_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    return proc, int(proc.stdout or 0)
+
+
 def start_cli(args, cwd=None, env=None, module="pyimgano_hydra") -> subprocess.Popen:
     """``run_cli`` started in the background (for signals and swaps while it runs)."""
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=_cli_env(env),

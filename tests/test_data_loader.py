@@ -51,7 +51,9 @@ def test_a_corrupt_file_among_good_ones_is_an_error_for_that_file_only(files, tm
     errors = [i for i, value in enumerate(decoded) if isinstance(value, DataError)]
     assert errors == [3] and "bad.png" in str(decoded[3])
     for path, value in zip(files, decoded[:3] + decoded[4:]):
-        np.testing.assert_array_equal(value, load_image(path, 32))
+        image, size = load_image(path, 32, return_size=True)
+        np.testing.assert_array_equal(value.image, image)
+        assert value.original_size == size == Image.open(path).size[::-1]
     with pytest.raises(DataError, match="bad.png"):
         stack_images(paths, 32, setting=LoaderSetting(num_workers=2))
 
@@ -62,8 +64,10 @@ def test_score_all_records_the_corrupt_file_and_keeps_the_others(files, tmp_path
     items = [{"index": i, "path": str(p)} for i, p in enumerate([files[0], bad, files[1]])]
     unreadable: list = []
     with loader_setting(2):
-        [(kept, images)] = _decodable(items, lambda chunk: stack_images([i["path"] for i in chunk], 32), unreadable)
+        [(kept, (images, sizes))] = _decodable(
+            items, lambda chunk: stack_images([i["path"] for i in chunk], 32, return_sizes=True), unreadable)
     assert [i["index"] for i in kept] == [0, 2] and images.shape == (2, 32, 32, 3)
+    assert sizes == [Image.open(files[0]).size[::-1], Image.open(files[1]).size[::-1]]
     assert len(unreadable) == 1 and "bad.png" in unreadable[0]["error"]
 
 
@@ -139,3 +143,17 @@ def test_workers_start_inside_a_joblib_worker(files):
     executor = get_reusable_executor(max_workers=1)
     got = executor.submit(_decode_in_worker, [str(p) for p in files]).result(timeout=300)
     np.testing.assert_array_equal(got, np.stack([load_image(p, 32) for p in files]))
+
+
+def test_the_original_size_of_a_rotated_jpeg_decoded_small_is_its_full_oriented_size(tmp_path):
+    """A JPEG decoded at 1/8 (draft) and turned by its EXIF orientation: the size recorded for its
+    defects is the full frame as shown, (height, width) = (400, 240) for a 240-tall, 400-wide file
+    turned a quarter."""
+    path = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.full((240, 400, 3), 128, np.uint8)).save(path, exif=exif)
+    image, size = load_image(path, 32, return_size=True)
+    assert image.shape == (32, 32, 3) and size == (400, 240)
+    [decoded] = decode_files([path], 32)
+    assert decoded.original_size == (400, 240)

@@ -365,7 +365,7 @@ def test_an_unreadable_file_with_control_characters_in_its_name_warns_in_one_lin
     bad = tmp_path / "a\nb\x1b[31m.png"
     bad.write_bytes(b"truncated")
     unreadable: list = []
-    assert _decodable([{"index": 0, "path": str(bad)}], lambda c: stack_images([i["path"] for i in c], 32),
+    assert _decodable([{"index": 0, "path": str(bad)}], lambda c: stack_images([i["path"] for i in c], 32, return_sizes=True),
                       unreadable) == []
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\x1b" not in err and r"a\nb\x1b[31m.png" in err

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, interrupted_copy, pythonpath, pickle_that_touches, run_cli, start_cli
+from conftest import (REPO, TINY, interrupted_copy, pickle_that_touches, pythonpath, run_cli, run_cli_measured,
+                      start_cli)
 
 
 def _status(run_dir: Path) -> str:
@@ -251,19 +252,6 @@ def test_a_pkg_search_path_naming_a_run_dir_is_refused_like_a_file_one(trained, 
     assert not marker.exists(), ("the run dir's pickle ran", proc.returncode, proc.stderr[-300:])
 
 
-def _run_measured(args, cwd, timeout=300):
-    """``python -m pyimgano_hydra args`` through a wrapper that reports the child's peak RSS (KiB)."""
-    wrapper = ("import resource, subprocess, sys\n"
-               "p = subprocess.run([sys.executable, '-m', 'pyimgano_hydra', *sys.argv[1:]], capture_output=True, text=True)\n"
-               "sys.stdout.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
-               "sys.stderr.write(p.stderr)\nsys.exit(p.returncode)\n")
-    env = {**os.environ, "PYTHONPATH": pythonpath(REPO)}
-    env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run([sys.executable, "-c", wrapper, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    return proc, int(proc.stdout or 0)
-
-
 @pytest.mark.parametrize("forge", ["sparse_2gb", "long_field", "not_utf8"])
 def test_a_forged_visa_split_csv_is_one_line_naming_it_within_bounded_memory(tmp_path, forge):
     """``dataset=visa dataset.root=<attacker folder>`` whose ``split_csv/1cls.csv`` is a 2 GB sparse file
@@ -284,7 +272,7 @@ def test_a_forged_visa_split_csv_is_one_line_naming_it_within_bounded_memory(tmp
         csv_path.write_text("object,split,label,image,mask\ncandle,train,normal," + "a" * 200000 + ",\n")
     else:
         csv_path.write_bytes(b"\xff\xfe\x00bad")
-    proc, peak_kib = _run_measured(["dataset=visa", f"dataset.root={root}", f"hydra.run.dir={tmp_path / 'run'}"],
+    proc, peak_kib = run_cli_measured(["dataset=visa", f"dataset.root={root}", f"hydra.run.dir={tmp_path / 'run'}"],
                                    cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert peak_kib < 1.5 * 1024 * 1024, (f"peak RSS {peak_kib >> 10} MB", proc.stderr[-300:])

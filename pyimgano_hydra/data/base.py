@@ -7,6 +7,7 @@ else — ``categories()``, ``split()`` with ``limit_train``/``limit_test``, bad-
 """
 from __future__ import annotations
 
+import functools
 import logging
 import zlib
 from pathlib import Path
@@ -177,10 +178,11 @@ class ImageDataset:
         """Where the mask of ``sample`` should be (for error messages)."""
         return "a mask file next to the layout's ground truth"
 
-    def load_images(self, samples: Sequence[Sample]) -> np.ndarray:
+    def load_images(self, samples: Sequence[Sample], return_sizes: bool = False):
         """uint8 (N, H, W, C) at ``resize``×``resize`` in ``input_mode`` (data/loader.py:
-        ``loader.num_workers`` processes decode)."""
-        return stack_images([s.path for s in samples], self.resize, self.input_mode, self.max_image_megabytes)
+        ``loader.num_workers`` processes decode); ``return_sizes``: also each file's own (height, width)."""
+        return stack_images([s.path for s in samples], self.resize, self.input_mode, self.max_image_megabytes,
+                            return_sizes=return_sizes)
 
     def load_masks(self, samples: Sequence[Sample]) -> np.ndarray:
         """bool (N, H, W) matching ``load_images``; all-False where a sample has no mask."""
@@ -211,8 +213,21 @@ def find_mask(folder: Path, stem: str, suffix: str = "_mask", ext: str | None = 
                 return exact
         except OSError:  # a 250-byte image name: its mask's name is too long to exist
             pass
-    return next((p for p in list_images(folder) if p.stem == f"{stem}{suffix}" and p != exclude),
-                None)
+    try:
+        listed = folder.stat().st_mtime_ns  # a file added or removed since the folder was listed
+    except OSError:
+        return None
+    return next((p for p in _images_by_stem(folder, listed).get(f"{stem}{suffix}", ()) if p != exclude), None)
+
+
+@functools.lru_cache(maxsize=16)
+def _images_by_stem(folder: Path, _listed_at: int) -> dict[str, tuple[Path, ...]]:
+    """The images of ``folder`` by stem, listed once per folder state (a dataset of 4,000 images
+    with unmatched mask names re-listed its mask folder for each: 181 s)."""
+    by_stem: dict[str, list[Path]] = {}
+    for path in list_images(folder):
+        by_stem.setdefault(path.stem, []).append(path)
+    return {stem: tuple(paths) for stem, paths in by_stem.items()}
 
 
 def _subset(samples: list[Sample], limit: int | None, rng: np.random.Generator,

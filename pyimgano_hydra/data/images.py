@@ -32,10 +32,18 @@ PILLOW_FORMATS = tuple(f for f in ("PNG", "JPEG", "MPO", "BMP", "DIB", "TIFF", "
 Size = Union[int, Sequence[int], None]  # side of a square, (height, width), or None = native
 
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_ORIENTED = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],  # as exif_transpose
+             5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+             7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}
+MAX_EXIF_BYTES = 1 << 20
 DEFAULT_MAX_IMAGE_MEGABYTES = 256.0  # dataset.max_image_megabytes
 MAX_RLE_BMP_PIXELS = 16_000_000  # about 2 s of Pillow's pure-Python RLE decoding
 _BMP_RLE = (1, 2)  # BI_RLE8, BI_RLE4
 MAX_JPEG_SCANS = 100  # a camera's progressive JPEG has about 10 (djpeg's -maxscans guards the same)
+# Pillow builds one Python tile a TIFF strip or tile: 1,500,000 one-byte strips took 12 s and 530 MB.
+# A 30000-row image of a row a strip, 3 planes apart, has 90,000.
+MAX_TIFF_STRIPS = 200_000
+_TIFF_OFFSET_TAGS = (273, 324)  # StripOffsets, TileOffsets
 # what Pillow holds a pixel channel in: a 1-bit image takes a byte a pixel, as 8-bit gray does
 _BYTES_PER_CHANNEL = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 # Pillow parsers raise anything on a corrupt file (struct.error from an EXIF block, TypeError
@@ -85,6 +93,40 @@ def _jpeg_scans(handle: BinaryIO, limit: int) -> int:
         return count
 
 
+def _tiff_strips(handle: BinaryIO) -> int:
+    """The most StripOffsets/TileOffsets entries in a TIFF's first directory, read from its entry
+    headers alone (0 for any other file); the handle is left at the start."""
+    import struct
+
+    head = handle.read(16)
+    try:
+        if len(head) < 16 or head[:4] not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+            return 0
+        order, big = ("<" if head[:1] == b"I" else ">"), head[2:4] in (b"+\0", b"\0+")
+        count_fmt, entry_size = ("Q", 20) if big else ("H", 12)
+        handle.seek(struct.unpack(order + ("Q" if big else "I"), head[8:16] if big else head[4:8])[0])
+        raw = handle.read(struct.calcsize(count_fmt))
+        if len(raw) < struct.calcsize(count_fmt):
+            return 0  # Pillow names the broken file
+        entries = handle.read(min(struct.unpack(order + count_fmt, raw)[0], 65536) * entry_size)
+        most = 0
+        for at in range(0, len(entries) - entry_size + 1, entry_size):
+            if struct.unpack_from(order + "H", entries, at)[0] in _TIFF_OFFSET_TAGS:
+                most = max(most, struct.unpack_from(order + ("Q" if big else "I"), entries, at + 4)[0])
+        return most
+    finally:
+        handle.seek(0)
+
+
+def _open_pillow(path: str | Path, handle: BinaryIO, formats: Sequence[str] = PILLOW_FORMATS) -> Image.Image:
+    """``Image.open`` of a file whose header Pillow can parse in bounded time."""
+    strips = _tiff_strips(handle)
+    if strips > MAX_TIFF_STRIPS:
+        raise DataError(f"{path}: refused: a TIFF of {strips:,} strips or tiles (at most {MAX_TIFF_STRIPS:,}: "
+                        f"every one costs the decoder a Python object); re-save it with larger strips, or as PNG")
+    return Image.open(handle, formats=formats)
+
+
 def _check_decode_work(path: str | Path, img: Image.Image, scans: int) -> None:
     """Files whose decoding takes far longer than their pixels: libjpeg updates every block once a
     scan (a 370 KB file repeating one scan 10,000 times decoded for minutes, deaf to SIGTERM)."""
@@ -130,8 +172,10 @@ def _decoding(path: str | Path) -> Iterator[None]:
 
 
 def _pillow_decode(path: str | Path, handle: BinaryIO, draft_to: tuple[int, int] | None,
-                   max_megabytes: float | None) -> Image.Image:
-    img = Image.open(handle, formats=PILLOW_FORMATS)
+                   max_megabytes: float | None) -> tuple[Image.Image, tuple[int, int]]:
+    """The decoded image, EXIF orientation applied, and its full (height, width) (a JPEG may be
+    decoded at 1/2..1/8 of it)."""
+    img = _open_pillow(path, handle)
     scans = _jpeg_scans(handle, MAX_JPEG_SCANS) if img.format in ("JPEG", "MPO") else 0  # one pass over the file
     _check_decode_work(path, img, scans)
     # progressive, or components in separate scans: libjpeg keeps every DCT coefficient of the
@@ -139,18 +183,49 @@ def _pillow_decode(path: str | Path, handle: BinaryIO, draft_to: tuple[int, int]
     multi_scan = img.format == "JPEG" and (bool(img.info.get("progressive")) or scans > 1)
     if max_megabytes is not None and multi_scan:  # a 1 KB one took 1 GB at 1/8
         _check_decode_size(path, img, max_megabytes, held_mb=decoded_megabytes(img) * 2)
+    width, height = img.size
     if draft_to is not None and img.format == "JPEG":
         img.draft(img.mode, (draft_to[1], draft_to[0]))  # decode large JPEGs at 1/2..1/8
     _check_decode_size(path, img, max_megabytes)
     img.load()
-    return ImageOps.exif_transpose(img)
+    loaded, img = img.size, ImageOps.exif_transpose(img)
+    if img.size != loaded:  # turned a quarter
+        width, height = height, width
+    return img, (height, width)
 
 
-def _open(path: str | Path, draft_to: tuple[int, int] | None = None,
-          max_megabytes: float | None = DEFAULT_MAX_IMAGE_MEGABYTES) -> Image.Image:
-    """Open and fully decode ``path`` with EXIF orientation applied; DataError names the file."""
-    with _decoding(path), open_regular(path) as handle:
-        return _pillow_decode(path, handle, draft_to, max_megabytes)
+def _png_exif_after_data(handle: BinaryIO) -> bytes | None:
+    """A PNG's eXIf chunk found by walking chunk headers (Pillow decodes every pixel to reach one
+    placed after the image data); the handle is left at the start."""
+    import struct
+
+    try:
+        handle.seek(8)
+        while len(head := handle.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"eXIf":
+                return handle.read(length) if length <= MAX_EXIF_BYTES else None
+            if kind == b"IEND":
+                return None
+            handle.seek(length + 4, 1)  # the data and its CRC
+        return None
+    finally:
+        handle.seek(0)
+
+
+def _orientation(img: Image.Image, handle: BinaryIO) -> int:
+    """The EXIF orientation of an opened, not yet decoded image (1 when absent or unreadable)."""
+    try:
+        if img.format == "PNG" and "exif" not in img.info:
+            raw = _png_exif_after_data(handle)
+            if raw is None:
+                return 1
+            exif = Image.Exif()
+            exif.load(b"Exif\x00\x00" + raw)
+            return int(exif.get(0x0112, 1))
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block must not hide a readable image
+        return 1
 
 
 def read_size(path: str | Path, max_megabytes: float | None = None) -> tuple[int, int]:
@@ -160,13 +235,10 @@ def read_size(path: str | Path, max_megabytes: float | None = None) -> tuple[int
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)
-            with open_regular(path) as handle, Image.open(handle, formats=PILLOW_FORMATS) as img:
+            with open_regular(path) as handle, _open_pillow(path, handle) as img:
                 _check_decode_size(path, img, max_megabytes)
                 width, height = img.size
-                try:
-                    orientation = img.getexif().get(0x0112, 1)
-                except Exception:  # a broken EXIF block must not hide a readable image
-                    orientation = 1
+                orientation = _orientation(img, handle)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except DataError:
@@ -231,17 +303,20 @@ def _to_uint8(img: Image.Image, path: str | Path = "image") -> np.ndarray:
 
 
 def load_image(path: str | Path, resize: Size = None, input_mode: str = "rgb",
-               max_megabytes: float | None = DEFAULT_MAX_IMAGE_MEGABYTES) -> np.ndarray:
+               max_megabytes: float | None = DEFAULT_MAX_IMAGE_MEGABYTES, return_size: bool = False):
     """Decode ``path`` into uint8 (H, W, C): C=3 for ``rgb``, C=1 for ``gray``.
 
     ``resize``: an int (square side), (height, width), or None to keep the native size.
     Gray, RGB, RGBA, palette, 1-bit and 16-bit files and EXIF-rotated JPEGs all load.
     ``max_megabytes``: refuse files whose decoded pixels would take more (None = no limit).
+    ``return_size``: also return the file's own (height, width), oriented, as decoded (not
+    re-read by name: the file may change afterwards).
     """
     if input_mode not in ("rgb", "gray"):
         raise ValueError(f"input_mode must be rgb or gray, got {input_mode!r}")
     target = _hw(resize)
-    img = _open(path, draft_to=target, max_megabytes=max_megabytes)
+    with _decoding(path), open_regular(path) as handle:
+        img, original_size = _pillow_decode(path, handle, target, max_megabytes)
     try:
         arr = _to_uint8(img, path)
     except DataError:
@@ -258,7 +333,8 @@ def load_image(path: str | Path, resize: Size = None, input_mode: str = "rgb",
                          interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2) if input_mode == "rgb" else arr[:, :, None]
-    return np.ascontiguousarray(arr)
+    arr = np.ascontiguousarray(arr)
+    return (arr, original_size) if return_size else arr
 
 
 def mask_files(path: str | Path) -> list[Path]:
@@ -275,7 +351,8 @@ def mask_files(path: str | Path) -> list[Path]:
 def mask_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of a mask file or of every file in a mask folder (which must agree)."""
     files = mask_files(path)
-    size_of = lambda f: _npy_shape(f)[:2] if f.suffix.lower() == ".npy" else read_size(f)  # noqa: E731
+    size_of = lambda f: (_npy_shape(f)[:2] if f.suffix.lower() == ".npy"  # noqa: E731
+                         else read_size(f, DEFAULT_MAX_IMAGE_MEGABYTES))
     size = size_of(files[0])
     for f in files[1:]:
         other = size_of(f)
@@ -297,16 +374,18 @@ def _open_mask(path: Path) -> Image.Image | np.ndarray:
         handle.seek(0)
         if not (len(header) == 26 and header[:8] == _PNG_SIGNATURE and header[24] == 16
                 and header[25] in _PNG_COLOUR_TYPES):
-            return _pillow_decode(path, handle, None, DEFAULT_MAX_IMAGE_MEGABYTES)
-        img = Image.open(handle, formats=("PNG",))
+            return _pillow_decode(path, handle, None, DEFAULT_MAX_IMAGE_MEGABYTES)[0]
+        img = _open_pillow(path, handle, ("PNG",))
         width, height = img.size
         _check_decode_size(path, img, DEFAULT_MAX_IMAGE_MEGABYTES,  # OpenCV's array: 2 bytes a channel
                            held_mb=width * height * 2 * _PNG_COLOUR_TYPES[header[25]] / 1e6)
+        orientation = _orientation(img, handle)
         handle.seek(0)
         data = np.frombuffer(handle.read(), np.uint8)
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # ignores EXIF orientation: turned as Pillow turns an image
     if arr is None or arr.ndim != 3:
         raise DataError(f"{path}: cannot decode 16-bit colour mask; replace or remove the file")
+    arr = _ORIENTED.get(orientation, lambda a: a)(arr)
     if arr.shape[2] == 4 and arr[:, :, 3].min() != arr[:, :, 3].max():  # as _defect_pixels reads alpha
         return np.ascontiguousarray(arr[:, :, 3:])
     return np.ascontiguousarray(arr[:, :, :3])

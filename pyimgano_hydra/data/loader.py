@@ -13,12 +13,19 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Iterator, NamedTuple, Sequence, Union
 
 import numpy as np
 
 from pyimgano_hydra.data.images import DEFAULT_MAX_IMAGE_MEGABYTES, Size, load_image
 from pyimgano_hydra.errors import DataError, check
+
+
+class Decoded(NamedTuple):
+    """One decoded file: its uint8 (H, W, C) array and its own (height, width), oriented."""
+
+    image: np.ndarray
+    original_size: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,8 @@ def loader_setting(num_workers: int | None, device: str = "cpu") -> Iterator[Loa
 
 
 class _DecodeFiles:
-    """Map-style dataset: item ``i`` is ``(i, uint8 array)`` or ``(i, error message)``."""
+    """Map-style dataset: item ``i`` is ``(i, (uint8 array, original (height, width)))`` or
+    ``(i, error message)``."""
 
     def __init__(self, paths: Sequence[Union[str, Path]], resize: Size, input_mode: str,
                  max_megabytes: float | None, as_tensor: bool = False) -> None:
@@ -69,14 +77,15 @@ class _DecodeFiles:
 
     def __getitem__(self, index: int):
         try:
-            arr = load_image(self.paths[index], self.resize, self.input_mode, self.max_megabytes)
+            arr, size = load_image(self.paths[index], self.resize, self.input_mode, self.max_megabytes,
+                                   return_size=True)
         except DataError as exc:
             return index, str(exc)
         if not self.as_tensor:
-            return index, arr
+            return index, (arr, size)
         import torch
 
-        return index, torch.from_numpy(np.require(arr, requirements="W"))  # a tensor, so it can be pinned
+        return index, (torch.from_numpy(np.require(arr, requirements="W")), size)  # a tensor, so it can be pinned
 
 
 def _one_thread_per_worker(_: int) -> None:
@@ -103,8 +112,8 @@ def _as_is(batch):
 
 def decode_files(paths: Sequence[Union[str, Path]], resize: Size = None, input_mode: str = "rgb",
                  max_megabytes: float | None = DEFAULT_MAX_IMAGE_MEGABYTES,
-                 setting: LoaderSetting | None = None) -> list[Union[np.ndarray, DataError]]:
-    """One uint8 (H, W, C) array or one DataError per path, in the order of ``paths``."""
+                 setting: LoaderSetting | None = None) -> list[Union[Decoded, DataError]]:
+    """One :class:`Decoded` or one DataError per path, in the order of ``paths``."""
     setting = setting or active_loader()
     workers = min(setting.num_workers, len(paths))
     files = _DecodeFiles(paths, resize, input_mode, max_megabytes, as_tensor=workers > 1 and setting.pin_memory)
@@ -122,29 +131,36 @@ def decode_files(paths: Sequence[Union[str, Path]], resize: Size = None, input_m
                            multiprocessing_context=multiprocessing.get_context(start))
     out: list = [None] * len(files)
     for index, value in items:
-        out[index] = (DataError(value) if isinstance(value, str)
-                      else value if isinstance(value, np.ndarray) else value.numpy())
+        if isinstance(value, str):
+            out[index] = DataError(value)
+        else:
+            image, size = value
+            out[index] = Decoded(image if isinstance(image, np.ndarray) else image.numpy(),
+                                 (int(size[0]), int(size[1])))
     return out
 
 
 def stack_images(paths: Sequence[Union[str, Path]], resize: Size = None, input_mode: str = "rgb",
                  max_megabytes: float | None = DEFAULT_MAX_IMAGE_MEGABYTES,
-                 setting: LoaderSetting | None = None) -> np.ndarray:
+                 setting: LoaderSetting | None = None, return_sizes: bool = False):
     """uint8 (N, H, W, C) of ``paths``; raises the first file's DataError, or one naming a
-    file whose size differs from the first file's."""
+    file whose size differs from the first file's. ``return_sizes``: also each file's
+    (height, width) as decoded."""
     decoded = decode_files(paths, resize, input_mode, max_megabytes, setting)
     for value in decoded:
         if isinstance(value, DataError):
             raise value
+    sizes = [value.original_size for value in decoded]
     if not decoded:
         channels = 3 if input_mode == "rgb" else 1
         side = resize if isinstance(resize, int) else 0
-        return np.zeros((0, side, side, channels), np.uint8)
-    first = decoded[0]
+        empty = np.zeros((0, side, side, channels), np.uint8)
+        return (empty, sizes) if return_sizes else empty
+    first = decoded[0].image
     out = np.empty((len(decoded),) + first.shape, np.uint8)
-    for i, (path, img) in enumerate(zip(paths, decoded)):
+    for i, (path, img) in enumerate(zip(paths, (value.image for value in decoded))):
         if img.shape != first.shape:
             raise DataError(f"{path}: size {img.shape[1]}x{img.shape[0]} differs from "
                             f"{paths[0]} ({first.shape[1]}x{first.shape[0]}); set dataset.resize to a size")
         out[i] = img
-    return out
+    return (out, sizes) if return_sizes else out

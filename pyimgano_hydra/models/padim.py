@@ -38,6 +38,8 @@ def padim_embedding(feats: dict[str, torch.Tensor], chosen: dict[str, torch.Tens
         size = (grid_size, grid_size)
     parts = []
     for layer, f in feats.items():
+        if not len(chosen[layer]):  # a random subset (model.d) may keep none of a layer's channels
+            continue
         f = f.float().index_select(1, chosen[layer])
         if f.shape[-2:] != size:
             if grid_size and f.shape[-2] >= size[0]:
@@ -127,14 +129,18 @@ class PaDiM(BackboneMixin, BaseDetector):
     def _check_memory(self, positions: int, d: int) -> None:
         need = 2 * positions * d**2 * 4 / 2**30
         if need > self.max_memory_gb:
+            key = "model.grid_size" if self.grid_size else "model.d"
             raise ConfigError(
-                f"model.d: a Gaussian on {positions} positions × {d}² channels needs "
-                f"{need:.1f} GB (> model.max_memory_gb={self.max_memory_gb}); set model.d (a random subset, e.g. 100) or model.grid_size"
+                f"{key}: a Gaussian on {positions} positions × {d}² channels needs {need:.1f} GB "
+                f"(> model.max_memory_gb={self.max_memory_gb}); set model.d (a random subset, e.g. 100) "
+                f"or model.grid_size"
             )
 
     def fit(self, images: np.ndarray) -> "PaDiM":
         self._check_params()
         self.channels_ = self._choose_channels()
+        if self.grid_size:  # known before any feature is extracted (grid_size=1000 took 18.9 GB to get here)
+            self._check_memory(self.grid_size**2, sum(len(c) for c in self.channels_.values()))
         count = 0
         shift = total = outer = None
         pooled = []

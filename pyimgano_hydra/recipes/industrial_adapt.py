@@ -184,7 +184,7 @@ class IndustrialAdapt:
                   "label": int(s.label)} for i, s in enumerate(test)]
         with stage("test", total=len(test)) as bar:
             records = score_all(
-                inspector, items, lambda chunk: ctx.dataset.load_images([test[i["index"]] for i in chunk]),
+                inspector, items, lambda chunk: ctx.dataset.load_images([test[i["index"]] for i in chunk], return_sizes=True),
                 self.predict_batch_size,
                 RecordOutputs(root=ctx.out.root, maps_dir=ctx.out.maps if pp_cfg.get("save_maps") else None,
                               exporter=exporter,

@@ -1,7 +1,4 @@
-"""Reproducers of open #16 holes found at the end of stop 36, kept out of collection (not test_*.py)
-until fixed: move to tests/test_hostile_pass_v2b.py with the fix.
-
-Pass V2 (lab side, second round): hostile dataset folders, masks, sweeps and output dirs of the
+"""Pass V2 (lab side, second round): hostile dataset folders, masks, sweeps and output dirs of the
 training app; variants not in the earlier passes (tests/test_hostile_pass_v2.py is the first round)."""
 from __future__ import annotations
 
@@ -79,11 +76,11 @@ def test_a_dataset_of_many_images_without_their_masks_is_listed_in_linear_time(t
     absent (BTAD, MVTec, the folder layout's masks beside images...). A BTAD product whose
     ``test/ko`` and ``ground_truth/ko`` hold 4,000 empty files each (0 bytes of data) kept the
     app busy 181 s before its one-line error (150 s in ``collect`` alone): the work is
-    quadratic, so 10,000 files take ~20 minutes. 1,500 of each must be listed in seconds."""
+    quadratic, so 10,000 files take ~20 minutes. 1,000 of each must be listed in seconds."""
     root = tmp_path / "btad"
     for sub in ("01/train/ok", "01/test/ko", "01/ground_truth/ko"):
         (root / sub).mkdir(parents=True)
-    for i in range(1500):
+    for i in range(1000):
         (root / "01/test/ko" / f"{i:05d}.png").touch()
         (root / "01/ground_truth/ko" / f"m{i:05d}.png").touch()
     code = textwrap.dedent(f"""
@@ -97,13 +94,13 @@ def test_a_dataset_of_many_images_without_their_masks_is_listed_in_linear_time(t
     start = time.monotonic()
     try:
         proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True,
-                              timeout=20)
+                              timeout=60)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"collect of 1,500 unmasked images still running after {time.monotonic() - start:.0f} s")
+        pytest.fail(f"collect of 1,000 unmasked images still running after {time.monotonic() - start:.0f} s")
     assert proc.returncode == 0, proc.stderr[-1500:]
     n, seconds = proc.stdout.split()
-    assert n == "1500"
-    assert float(seconds) < 5, f"collect took {seconds} s for 1,500 images"
+    assert n == "1000"
+    assert float(seconds) < 3, f"collect took {seconds} s for 1,000 images"
 
 
 def test_a_mask_whose_header_declares_a_huge_image_is_refused_before_it_is_decoded(tmp_path):
@@ -121,15 +118,16 @@ def test_a_mask_whose_header_declares_a_huge_image_is_refused_before_it_is_decod
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data)
                      + _png_chunk(b"IEND", b""))
     code = textwrap.dedent(f"""
-        import resource
         from pyimgano_hydra.data.images import mask_size
         from pyimgano_hydra.errors import DataError
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        def peak_kb():  # VmHWM: ru_maxrss keeps the forking pytest's peak across exec
+            return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1])
+        before = peak_kb()
         try:
             mask_size({str(path)!r})
         except DataError:
             pass
-        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+        print((peak_kb() - before) // 1024)
     """)
     proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-1500:]
