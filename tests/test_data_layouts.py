@@ -290,6 +290,23 @@ def test_visa_missing_csv_is_named(tmp_path):
         VisaDataset(root).categories()
 
 
+@pytest.mark.parametrize("entry", ["/etc/hostname", "../outside/0000.JPG", "candle/../../outside/0000.JPG",
+                                   "C:/data/0000.JPG", "..\\outside\\0000.JPG"])
+@pytest.mark.parametrize("column", ["image", "mask"])
+def test_a_visa_csv_entry_outside_the_root_is_one_line_naming_the_csv(tmp_path, entry, column):
+    """A handed-over VisA CSV whose image or mask column points outside the dataset root (absolute,
+    through ``..``, a drive letter) is refused naming the CSV, before any file is opened."""
+    root = build_visa(tmp_path / "visa")
+    csv_path = root / "split_csv" / "1cls.csv"
+    good = "candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/000.png"
+    forged = ",".join(["candle", "test", "anomaly"] + ([entry, "candle/Data/Masks/Anomaly/000.png"]
+                                                        if column == "image" else
+                                                        ["candle/Data/Images/Anomaly/000.JPG", entry]))
+    csv_path.write_text(csv_path.read_text().replace(good, forged))
+    with pytest.raises(DataError, match=rf"1cls.csv: {column} entry .* is not a path under the dataset root"):
+        VisaDataset(root).split("candle")
+
+
 # ---- BTAD -----------------------------------------------------------------------------
 def build_btad(root: Path) -> Path:
     for product, img_ext, mask_ext in (("01", ".bmp", ".png"), ("02", ".png", ".png"),
@@ -512,3 +529,17 @@ def test_conf_root_defaults_to_env(tmp_path, monkeypatch):
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         cfg = compose(overrides=["+dataset=mtd"])
     assert cfg.dataset.root == os.path.join(str(tmp_path), "mtd")
+
+
+@pytest.mark.parametrize("option", ["mvtec", "mvtec_loco", "folder"])
+def test_a_hidden_folder_under_test_is_no_defect_type(tmp_path, option):
+    """A dataset handed over from a Hydra or Jupyter session holds ``test/.hydra/`` or
+    ``test/.ipynb_checkpoints/`` with images in them: never scored as a defect type."""
+    root = BUILDERS[option](tmp_path / option)
+    test_dirs = [p for p in root.rglob("test") if p.is_dir()]
+    for test_dir in test_dirs:
+        for hidden in (".hydra", ".ipynb_checkpoints"):
+            put_image(test_dir / hidden / "000.png", 30)
+    ds = {"mvtec": MVTecDataset, "mvtec_loco": MVTecLocoDataset, "folder": FolderDataset}[option](root)
+    split = ds.split(ds.categories()[0])
+    assert split.test and not [s for s in split.test if s.defect_type.startswith(".") or "/." in s.path]

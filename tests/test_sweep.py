@@ -90,6 +90,25 @@ def test_failed_job_row_carries_its_error_line(tmp_path):
     assert "model.coreset_ratio: must be in (0, 1]" in md
 
 
+def test_leaderboard_csv_cells_that_a_spreadsheet_would_run_as_formulas_are_text(tmp_path):
+    """A handed-over dataset's category folder named ``=HYPERLINK(...)`` and a failed job's error
+    starting with ``@``: in leaderboard.csv they start with an apostrophe (shown as text, never
+    evaluated); numbers, negative ones included, stay numbers."""
+    job = _fake_job(tmp_path, "0_a", COMPLETED, 0.8)
+    report = json.loads((job / "report.json").read_text())
+    report["categories"] = {'=HYPERLINK("http://x","y")': {"metrics": {"image_auroc": 0.8, "pixel_aupro": -0.0}}}
+    write_json_atomic(job / "report.json", report)
+    _fake_job(tmp_path, "1_b", FAILED, error="@SUM(1+1)*cmd|' /C calc'!A0")
+    write_leaderboard(tmp_path, "image_auroc", chart=False)
+    with open(tmp_path / "leaderboard.csv", newline="") as handle:
+        header, *rows = list(csv.reader(handle))
+    cells = header + [cell for row in rows for cell in row]
+    assert not [c for c in cells if c[:1] in ("=", "+", "@")], cells
+    assert """'=HYPERLINK("http://x","y")/image_auroc""" in header
+    assert "'@SUM(1+1)*cmd|' /C calc'!A0" in [cell for row in rows for cell in row]
+    assert "0.8" in rows[0]
+
+
 def _job_config(tmp_path: Path, job: str, sweeper: str = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"):
     return OmegaConf.create({"hydra": {"mode": "MULTIRUN", "sweep": {"dir": str(tmp_path)}, "sweeper": {"_target_": sweeper},
                                        "runtime": {"output_dir": str(tmp_path / job), "cwd": str(tmp_path)}}})

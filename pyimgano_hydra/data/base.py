@@ -203,6 +203,14 @@ class ImageDataset:
         return f"{type(self).__name__}(root={self.root!r}, category={self.category!r})"
 
 
+def visible_folders(folder: Path) -> list[str]:
+    """Names of the folders directly in ``folder`` (none when absent), sorted; hidden ones skipped
+    (a ``.hydra`` or ``.ipynb_checkpoints`` under test/ is no defect type)."""
+    if not folder.is_dir():
+        return []
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
 def find_mask(folder: Path, stem: str, suffix: str = "_mask", ext: str | None = ".png",
               exclude: Path | None = None) -> Path | None:
     """``folder/<stem><suffix><ext>``; with ``ext=None`` (or when absent) any image extension."""

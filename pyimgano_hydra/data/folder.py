@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pyimgano_hydra.data.base import ImageDataset, find_mask
+from pyimgano_hydra.data.base import ImageDataset, find_mask, visible_folders
 from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, list_images
 from pyimgano_hydra.data.sample import ANOMALOUS, NORMAL, CategorySplit, Sample
 from pyimgano_hydra.errors import ConfigError, DataError
@@ -173,7 +173,7 @@ class FolderDataset(ImageDataset):
                  for p in self._images(base / "train" / "normal")]
         test: list[Sample] = []
         test_dir = base / "test"
-        kinds = sorted(d.name for d in test_dir.iterdir() if d.is_dir()) if test_dir.is_dir() else []
+        kinds = visible_folders(test_dir)
         for kind in kinds:
             for p in self._images(test_dir / kind):
                 if kind in NORMAL_TEST_DIRS:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyimgano_hydra.data.base import ImageDataset, find_mask
+from pyimgano_hydra.data.base import ImageDataset, find_mask, visible_folders
 from pyimgano_hydra.data.images import list_images
 from pyimgano_hydra.data.sample import ANOMALOUS, NORMAL, CategorySplit, Sample
 
@@ -33,7 +33,7 @@ class MVTecDataset(ImageDataset):
                  for p in list_images(base / "train" / "good")]
         test: list[Sample] = []
         test_dir = base / "test"
-        defects = sorted(d.name for d in test_dir.iterdir() if d.is_dir()) if test_dir.is_dir() else []
+        defects = visible_folders(test_dir)
         for defect in defects:
             for p in list_images(test_dir / defect):
                 if defect == "good":

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pyimgano_hydra.data.base import ImageDataset
+from pyimgano_hydra.data.base import ImageDataset, visible_folders
 from pyimgano_hydra.data.images import list_images
 from pyimgano_hydra.data.sample import ANOMALOUS, NORMAL, CategorySplit, Sample
 from pyimgano_hydra.errors import ConfigError
@@ -54,7 +54,7 @@ class MVTecLocoDataset(ImageDataset):
         base = self.root_path / category
         test_dir = base / "test"
         test: list[Sample] = []
-        kinds = sorted(d.name for d in test_dir.iterdir() if d.is_dir()) if test_dir.is_dir() else []
+        kinds = visible_folders(test_dir)
         for kind in kinds:
             for p in list_images(test_dir / kind):
                 if kind == "good":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import PurePosixPath
 from typing import Any
 
 from pyimgano_hydra.data.base import ImageDataset
@@ -72,18 +73,27 @@ class VisaDataset(ImageDataset):
         for r in self.rows():
             if r["object"] != category:
                 continue
-            path = str(self.root_path / r["image"])
+            path = self._under_root(r["image"], "image")
             anomalous = r["label"].lower() in ("anomaly", "1", "abnormal", "bad")
             if r["split"].lower() == "train":
                 if not anomalous:
                     train.append(Sample(path, NORMAL, None, category, "good", "train"))
                 continue
             if anomalous:
-                mask = str(self.root_path / r["mask"]) if r["mask"] else None
+                mask = self._under_root(r["mask"], "mask") if r["mask"] else None
                 test.append(Sample(path, ANOMALOUS, mask, category, "anomaly", "test"))
             else:
                 test.append(Sample(path, NORMAL, None, category, "good", "test"))
         return CategorySplit(category, train, test)
+
+    def _under_root(self, entry: str, column: str) -> str:
+        """A CSV entry as a path under root; an absolute one or one through ``..`` is refused (a
+        handed-over CSV must not point the run at files outside the dataset)."""
+        parts = PurePosixPath(entry.replace("\\", "/")).parts
+        if not parts or parts[0] == "/" or ".." in parts or ":" in parts[0]:
+            raise DataError(f"{self.root_path / self.split_csv}: {column} entry {entry[:200]!r} is not a path "
+                            f"under the dataset root; write it relative to {self.root_path}")
+        return str(self.root_path / entry)
 
     def train_dir_hint(self, category: str) -> str:
         return f"{self.root_path / self.split_csv} (rows of {category} with split=train)"

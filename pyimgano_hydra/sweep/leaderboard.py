@@ -220,13 +220,26 @@ def flat_rows(board: dict) -> tuple[list[str], list[dict]]:
     return columns, rows
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as a formula
+
+
+def _csv_cell(value: Any) -> Any:
+    """A cell as a spreadsheet shows it: text that would start a formula (a category folder named
+    ``=HYPERLINK(...)``) gets a leading apostrophe; numbers are written as they are."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def to_csv(board: dict) -> str:
     columns, rows = flat_rows(board)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([_csv_cell(c) for c in columns])
     for row in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        writer.writerow([_csv_cell(row.get(c)) for c in columns])
     return buffer.getvalue()
 
 
