@@ -77,6 +77,7 @@ FLOAT_COPIES = 8  # float copies of the input image the memory cap must hold at 
 MAX_JPEG_SCANS = 100  # as infer (pyimgano_hydra's MAX_JPEG_SCANS)
 MAX_RLE_BMP_PIXELS = 16_000_000  # as infer
 MAX_TIFF_STRIPS = 200_000  # as infer: Pillow builds one Python tile a strip
+MAX_JPEG_HEADER_SEGMENTS = 1000  # as infer: Pillow keeps each in a Python list
 MAX_DECODED_BYTES = 256 << 20  # an image's decoded pixels (infer's default dataset.max_image_megabytes)
 MAX_SECONDS = 600  # one image's run; a forged chain of big MatMuls computed for hours
 
@@ -258,6 +259,27 @@ def tiff_strips(data: bytes) -> int:
                 if struct.unpack_from(order + "H", data, e)[0] in (273, 324)), default=0)
 
 
+def jpeg_header_segments(data: bytes) -> int:
+    """Marker segments and fill bytes of a JPEG before its first scan, counted up to the limit + 1."""
+    if data[:3] != b"\xff\xd8\xff":
+        return 0
+    count, at = 0, 2
+    while count <= MAX_JPEG_HEADER_SEGMENTS and at + 2 <= len(data) and data[at] == 0xFF:
+        count, marker = count + 1, data[at + 1]
+        if marker == 0xFF:
+            at += 1
+        elif marker in (0xDA, 0xD9):
+            break
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            at += 2
+        else:
+            length = int.from_bytes(data[at + 2:at + 4], "big")
+            if length < 2:
+                break
+            at += 2 + length
+    return count
+
+
 def read_image(path: Path, manifest: dict) -> np.ndarray:
     """uint8 (1, C, H, W) at the model's input size."""
     with warnings.catch_warnings():  # Pillow warns of big images (checked below) and once per broken EXIF tag
@@ -265,6 +287,8 @@ def read_image(path: Path, manifest: dict) -> np.ndarray:
         data = read_regular(path, 512 << 20)  # a FIFO: refused
         if tiff_strips(data) > MAX_TIFF_STRIPS:  # Pillow's header parsing alone took seconds and GBs
             raise ValueError(f"a TIFF of more than {MAX_TIFF_STRIPS:,} strips or tiles")
+        if jpeg_header_segments(data) > MAX_JPEG_HEADER_SEGMENTS:  # 10 MB of them took 381 MB in Pillow
+            raise ValueError(f"a JPEG of more than {MAX_JPEG_HEADER_SEGMENTS:,} header segments")
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         if image.format in ("JPEG", "MPO") and data.count(b"\xff\xda") > MAX_JPEG_SCANS:  # minutes of decoding
             raise ValueError(f"more than {MAX_JPEG_SCANS} JPEG scans (a camera's file has 1 to about 12)")

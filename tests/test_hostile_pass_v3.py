@@ -174,6 +174,61 @@ def test_a_tiff_of_millions_of_raw_strips_is_one_line_in_score_onnx_and_a_tiled_
     assert len(proc.stdout.splitlines()) == 1 and "tiled.tif" in proc.stdout
 
 
+def _jpeg_of_empty_app_markers(path: Path, markers: int) -> Path:
+    """A valid 8x8 JPEG with ``markers`` empty APP0 segments (4 bytes each) after its SOI."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (90, 90, 90)).save(buffer, "JPEG")
+    good = buffer.getvalue()
+    path.write_bytes(good[:2] + b"\xff\xe0\x00\x02" * markers + good[2:])
+    return path
+
+
+def test_a_jpeg_of_millions_of_empty_app_markers_is_refused_before_pillow_lists_them(tmp_path):
+    """10 MB of 4-byte APP0 segments: Pillow's header parser kept one Python entry each (3 s,
+    381 MB, for a file that decodes to 192 bytes). Refused in one line naming it, in bounded time
+    and memory; a JPEG with EXIF, a large ICC profile and progressive scans still loads."""
+    import numpy as np
+    from PIL import Image
+
+    bomb = _jpeg_of_empty_app_markers(tmp_path / "apps.jpg", 2_500_000)
+    code = ("import time\n"
+            "from pyimgano_hydra.data.images import load_image\n"
+            "from pyimgano_hydra.errors import DataError\n"
+            "start = time.process_time()\n"
+            f"try: load_image({str(bomb)!r}, resize=32)\n"
+            "except DataError as exc: print(exc)\n"
+            "print(time.process_time() - start, PEAK_KB)\n").replace("PEAK_KB", PEAK_KB)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_cli_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    *lines, last = proc.stdout.splitlines()
+    cpu_s, peak_kb = last.split()
+    assert lines == [f"{bomb}: refused: a JPEG of more than 1,000 header segments (a camera's file has about 20); "
+                     "re-encode it"], lines
+    assert float(cpu_s) < 1 and int(peak_kb) >> 10 < 300, (cpu_s, peak_kb)
+    camera = tmp_path / "camera.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), np.uint8)).save(
+        camera, exif=exif, icc_profile=bytes(range(256)) * 1000, progressive=True)
+    from pyimgano_hydra.data.images import load_image
+
+    assert load_image(camera, return_size=True)[1] == (80, 60)
+
+
+def test_a_jpeg_of_millions_of_empty_app_markers_is_one_line_in_score_onnx(exported, tmp_path):
+    bomb = _jpeg_of_empty_app_markers(tmp_path / "apps.jpg", 2_500_000)
+    artifacts = exported / "categories" / "weave" / "artifacts"
+    proc = subprocess.run([sys.executable, "-I", str(REPO / "examples" / "score_onnx.py"), str(artifacts),
+                           str(bomb), str(small_png(exported))], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "apps.jpg" in proc.stderr and "header segments" in proc.stderr, proc.stderr
+    assert len(proc.stdout.splitlines()) == 1
+
+
 @pytest.mark.parametrize("next_frame", ["garbage", "other_size"])
 def test_an_image_overwritten_after_it_was_scored_never_fails_the_whole_inference(trained, tmp_path, next_frame):
     """With defects on, each record re-opens its image by name after scoring (``read_size`` for

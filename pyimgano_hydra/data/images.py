@@ -43,6 +43,9 @@ MAX_JPEG_SCANS = 100  # a camera's progressive JPEG has about 10 (djpeg's -maxsc
 # Pillow builds one Python tile a TIFF strip or tile: 1,500,000 one-byte strips took 12 s and 530 MB.
 # A 30000-row image of a row a strip, 3 planes apart, has 90,000.
 MAX_TIFF_STRIPS = 200_000
+# Pillow keeps every JPEG header segment in Python lists: 2.5 million empty APP markers (10 MB) took
+# 3 s and 381 MB before decoding. A camera's file has about 20; an ICC profile adds a few.
+MAX_JPEG_HEADER_SEGMENTS = 1000
 _TIFF_OFFSET_TAGS = (273, 324)  # StripOffsets, TileOffsets
 # what Pillow holds a pixel channel in: a 1-bit image takes a byte a pixel, as 8-bit gray does
 _BYTES_PER_CHANNEL = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
@@ -118,12 +121,39 @@ def _tiff_strips(handle: BinaryIO) -> int:
         handle.seek(0)
 
 
+def _jpeg_header_segments(handle: BinaryIO, limit: int) -> int:
+    """Marker segments (and fill bytes) of a JPEG before its first scan, counted up to
+    ``limit + 1`` by their length fields alone (0 for any other file); the handle is left at the start."""
+    try:
+        if handle.read(3) != b"\xff\xd8\xff":
+            return 0
+        handle.seek(2)
+        count = 0
+        while count <= limit and len(marker := handle.read(2)) == 2 and marker[0] == 0xFF:
+            count += 1
+            if marker[1] == 0xFF:  # a fill byte
+                handle.seek(-1, 1)
+            elif marker[1] in (0xDA, 0xD9):  # the first scan, or the end
+                break
+            elif not (0xD0 <= marker[1] <= 0xD7 or marker[1] == 0x01):  # markers with a length
+                length = int.from_bytes(handle.read(2), "big")
+                if length < 2:
+                    break  # Pillow names the broken file
+                handle.seek(length - 2, 1)
+        return count
+    finally:
+        handle.seek(0)
+
+
 def _open_pillow(path: str | Path, handle: BinaryIO, formats: Sequence[str] = PILLOW_FORMATS) -> Image.Image:
-    """``Image.open`` of a file whose header Pillow can parse in bounded time."""
+    """``Image.open`` of a file whose header Pillow can parse in bounded time and memory."""
     strips = _tiff_strips(handle)
     if strips > MAX_TIFF_STRIPS:
         raise DataError(f"{path}: refused: a TIFF of {strips:,} strips or tiles (at most {MAX_TIFF_STRIPS:,}: "
                         f"every one costs the decoder a Python object); re-save it with larger strips, or as PNG")
+    if _jpeg_header_segments(handle, MAX_JPEG_HEADER_SEGMENTS) > MAX_JPEG_HEADER_SEGMENTS:
+        raise DataError(f"{path}: refused: a JPEG of more than {MAX_JPEG_HEADER_SEGMENTS:,} header segments "
+                        f"(a camera's file has about 20); re-encode it")
     return Image.open(handle, formats=formats)
 
 
