@@ -35,3 +35,15 @@ def test_a_padim_d_below_its_layer_count_scores_with_the_layers_it_kept(tmp_path
     lines = (run / "categories" / "washer" / "per_image.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert len(records) == 2 and all(isinstance(r["score"], float) for r in records)
+
+
+def test_padim_gaussians_too_big_for_the_image_size_are_refused_before_the_features(tmp_path):
+    """``dataset.resize=2048`` (allowed without tiling) and every channel: the Gaussians need ~65 GB.
+    The memory guard refused them only on the first extracted batch, ~2 GB in; the grid follows
+    from the image size and the backbone's finest stride, so the refusal comes before any feature."""
+    proc, peak_kib = run_cli_measured([*_PADIM, "dataset.resize=2048", f"hydra.run.dir={tmp_path / 'run'}"],
+                                      cwd=tmp_path, timeout=180)
+    assert proc.returncode != 0
+    assert "error: model.d: a Gaussian on 262144 positions" in proc.stderr, proc.stderr[-1500:]
+    assert "fit features" not in proc.stderr, proc.stderr[-1500:]
+    assert peak_kib < 1_300_000, f"peak {peak_kib / 1e6:.1f} GB before the refusal"

@@ -206,9 +206,16 @@ class Backbone(nn.Module):
 
     def channels(self) -> dict[str, int]:
         """Channels of each layer's output (probed with a tiny input)."""
+        return {layer: channels for layer, (channels, _) in self._probe().items()}
+
+    def reductions(self) -> dict[str, int]:
+        """Input pixels per side of each layer's output cell (probed with a tiny input)."""
+        return {layer: reduction for layer, (_, reduction) in self._probe().items()}
+
+    def _probe(self) -> dict[str, tuple[int, int]]:
         probe = torch.zeros(1, 3, 64, 64, device=self.device)
         with torch.inference_mode():
-            return {k: v.shape[1] for k, v in self(probe).items()}
+            return {k: (v.shape[1], max(1, 64 // v.shape[-1])) for k, v in self(probe).items()}
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ and Gaussian-smoothed (``smoothing_sigma`` pixels); the image score is the mean 
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -136,11 +137,19 @@ class PaDiM(BackboneMixin, BaseDetector):
                 f"or model.grid_size"
             )
 
+    def _positions(self, images: np.ndarray) -> int:
+        """Grid positions of the Gaussians, known before any feature is extracted (grid_size=1000
+        took 18.9 GB, and resize 2048 about 2 GB, to reach the check on the first batch)."""
+        if self.grid_size:
+            return self.grid_size**2
+        reduction = min(self._backbone().reductions().values())
+        height, width = images.shape[1:3]
+        return math.ceil(height / reduction) * math.ceil(width / reduction)
+
     def fit(self, images: np.ndarray) -> "PaDiM":
         self._check_params()
         self.channels_ = self._choose_channels()
-        if self.grid_size:  # known before any feature is extracted (grid_size=1000 took 18.9 GB to get here)
-            self._check_memory(self.grid_size**2, sum(len(c) for c in self.channels_.values()))
+        self._check_memory(self._positions(images), sum(len(c) for c in self.channels_.values()))
         count = 0
         shift = total = outer = None
         pooled = []
