@@ -41,11 +41,12 @@ def fail(path, problem) -> None:
     sys.exit(2)
 
 
-def read_regular(path: Path, limit: int) -> bytes:
+def read_regular(path: Path, limit: int, follow_links: bool = False) -> bytes:
     """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes: a FIFO is never
-    waited on, a link to /dev/zero never read (the artifacts dir is untrusted input)."""
-    try:  # the file itself, never a link (one to another product's export passed its sha256)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    waited on, a link to /dev/zero never read (the artifacts dir is untrusted input).
+    ``follow_links``: an image the line names through a link ('latest.png') is read where it points."""
+    try:  # an artifacts file itself, never a link (one to another product's export passed its sha256)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW))
     except OSError:
         if os.path.islink(path):
             raise ValueError("a symlink; an artifacts dir's files are read only as plain files") from None
@@ -77,6 +78,7 @@ FLOAT_COPIES = 8  # float copies of the input image the memory cap must hold at 
 MAX_JPEG_SCANS = 100  # as infer (pyimgano_hydra's MAX_JPEG_SCANS)
 MAX_RLE_BMP_PIXELS = 16_000_000  # as infer
 MAX_TIFF_STRIPS = 200_000  # as infer: Pillow builds one Python tile a strip
+MAX_TIFF_TILE_PIXELS = 1 << 20  # as infer: a tile may exceed a small image up to 1024x1024
 MAX_JPEG_HEADER_SEGMENTS = 1000  # as infer: Pillow keeps each in a Python list
 MAX_DECODED_BYTES = 256 << 20  # an image's decoded pixels (infer's default dataset.max_image_megabytes)
 MAX_SECONDS = 600  # one image's run; a forged chain of big MatMuls computed for hours
@@ -241,22 +243,31 @@ def load(artifacts: Path):
     return manifest, threshold, session
 
 
-def tiff_strips(data: bytes) -> int:
-    """The most StripOffsets/TileOffsets entries in a TIFF's first directory (0 for other files)."""
+def tiff_problem(data: bytes):
+    """Why Pillow or libtiff would spend far more on a TIFF than its pixels (None if not a TIFF or
+    fine): millions of strips or tiles, or a tile far larger than the image (as infer checks)."""
     import struct
 
     if len(data) < 16 or data[:4] not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
-        return 0
+        return None
     order, big = ("<" if data[:1] == b"I" else ">"), data[2:4] in (b"+\0", b"\0+")
     at = struct.unpack_from(order + ("Q" if big else "I"), data, 8 if big else 4)[0]
     count_fmt, size = ("Q", 20) if big else ("H", 12)
     if at + struct.calcsize(count_fmt) > len(data):
-        return 0
+        return None
     count = min(struct.unpack_from(order + count_fmt, data, at)[0], 65536)
-    first = at + struct.calcsize(count_fmt)
-    return max((struct.unpack_from(order + ("Q" if big else "I"), data, e + 4)[0]
-                for e in range(first, min(first + count * size, len(data) - size + 1), size)
-                if struct.unpack_from(order + "H", data, e)[0] in (273, 324)), default=0)
+    first, tags = at + struct.calcsize(count_fmt), {}
+    for e in range(first, min(first + count * size, len(data) - size + 1), size):
+        tag, kind = struct.unpack_from(order + "HH", data, e)
+        n = struct.unpack_from(order + ("Q" if big else "I"), data, e + 4)[0]
+        inline = {3: "H", 4: "I", 16: "Q"}.get(kind) if n == 1 and (big or kind != 16) else None
+        tags[tag] = (n, struct.unpack_from(order + inline, data, e + (12 if big else 8))[0] if inline else 0)
+    if max(tags.get(273, (0, 0))[0], tags.get(324, (0, 0))[0]) > MAX_TIFF_STRIPS:
+        return f"a TIFF of more than {MAX_TIFF_STRIPS:,} strips or tiles"
+    tile = tags.get(322, (0, 0))[1] * tags.get(323, (0, 0))[1]
+    if tile > max(tags.get(256, (0, 0))[1] * tags.get(257, (0, 0))[1], MAX_TIFF_TILE_PIXELS):
+        return "a TIFF tile far larger than its image (the decoder fills whole tiles)"
+    return None
 
 
 def jpeg_header_segments(data: bytes) -> int:
@@ -284,9 +295,9 @@ def read_image(path: Path, manifest: dict) -> np.ndarray:
     """uint8 (1, C, H, W) at the model's input size."""
     with warnings.catch_warnings():  # Pillow warns of big images (checked below) and once per broken EXIF tag
         warnings.simplefilter("ignore")
-        data = read_regular(path, 512 << 20)  # a FIFO: refused
-        if tiff_strips(data) > MAX_TIFF_STRIPS:  # Pillow's header parsing alone took seconds and GBs
-            raise ValueError(f"a TIFF of more than {MAX_TIFF_STRIPS:,} strips or tiles")
+        data = read_regular(path, 512 << 20, follow_links=True)  # a FIFO or device behind it: refused
+        if problem := tiff_problem(data):  # Pillow's header parsing alone took seconds and GBs
+            raise ValueError(problem)
         if jpeg_header_segments(data) > MAX_JPEG_HEADER_SEGMENTS:  # 10 MB of them took 381 MB in Pillow
             raise ValueError(f"a JPEG of more than {MAX_JPEG_HEADER_SEGMENTS:,} header segments")
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
@@ -297,6 +308,9 @@ def read_image(path: Path, manifest: dict) -> np.ndarray:
             raise ValueError(f"a run-length coded BMP of more than {MAX_RLE_BMP_PIXELS:,} pixels")
         depth = 2 if "16" in image.mode else 4 if image.mode in ("I", "F") else 1
         decoded = image.size[0] * image.size[1] * max(len(image.getbands()), 3) * depth
+        if image.format in ("JPEG", "MPO") and (image.info.get("progressive") or data.count(b"\xff\xda") > 1):
+            # libjpeg keeps every DCT coefficient of a multi-scan file (2 bytes each), as infer counts
+            decoded = max(decoded, image.size[0] * image.size[1] * len(image.getbands()) * 2)
         if decoded > MAX_DECODED_BYTES:  # from the header, as infer's dataset.max_image_megabytes
             raise ValueError(f"{image.size[0]}x{image.size[1]} {image.mode} decodes to {decoded >> 20} MB, "
                              f"over {MAX_DECODED_BYTES >> 20} MB")

@@ -174,17 +174,17 @@ def test_a_few_mb_tiff_of_millions_of_raw_strips_never_stalls_or_balloons_the_de
     assert len(lines) == 1 and "strips" in lines[0], lines
 
 
-def test_a_tiff_of_millions_of_raw_strips_is_one_line_in_score_onnx_and_a_tiled_one_scores(exported, tmp_path):
+def test_a_tiff_of_millions_of_raw_strips_is_one_line_in_score_onnx_and_an_ordinary_one_scores(exported, tmp_path):
     """examples/score_onnx.py on the line PC refuses the same file in one line naming it; an
-    ordinary tiled TIFF (tiles are counted with strips) still scores."""
+    ordinary TIFF still scores."""
     from PIL import Image
 
     bomb = _raw_tiff_of_one_byte_strips(tmp_path / "strips.tif", 1_500_000)
-    tiled = tmp_path / "tiled.tif"
-    Image.open(small_png(exported)).convert("RGB").save(tiled, tiffinfo={322: 16, 323: 16})
-    proc = _score_onnx(exported, bomb, tiled)
+    ordinary = tmp_path / "ordinary.tif"
+    Image.open(small_png(exported)).convert("RGB").save(ordinary)
+    proc = _score_onnx(exported, bomb, ordinary)
     assert proc.returncode == 2 and "strips.tif" in proc.stderr and "strips or tiles" in proc.stderr, proc.stderr
-    assert len(proc.stdout.splitlines()) == 1 and "tiled.tif" in proc.stdout
+    assert len(proc.stdout.splitlines()) == 1 and "ordinary.tif" in proc.stdout
 
 
 def _jpeg_of_empty_app_markers(path: Path, markers: int) -> Path:

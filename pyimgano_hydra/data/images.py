@@ -46,7 +46,9 @@ MAX_TIFF_STRIPS = 200_000
 # Pillow keeps every JPEG header segment in Python lists: 2.5 million empty APP markers (10 MB) took
 # 3 s and 381 MB before decoding. A camera's file has about 20; an ICC profile adds a few.
 MAX_JPEG_HEADER_SEGMENTS = 1000
-_TIFF_OFFSET_TAGS = (273, 324)  # StripOffsets, TileOffsets
+MAX_TIFF_TILE_PIXELS = 1 << 20  # a tile may exceed a small image up to 1024x1024 (padding)
+_TIFF_LAYOUT_TAGS = (256, 257, 273, 322, 323, 324)  # width, height, StripOffsets, TileWidth/Length, TileOffsets
+_TIFF_INLINE = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8 (BigTIFF): the value in the entry itself
 # what Pillow holds a pixel channel in: a 1-bit image takes a byte a pixel, as 8-bit gray does
 _BYTES_PER_CHANNEL = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 # Pillow parsers raise anything on a corrupt file (struct.error from an EXIF block, TypeError
@@ -96,29 +98,51 @@ def _jpeg_scans(handle: BinaryIO, limit: int) -> int:
         return count
 
 
-def _tiff_strips(handle: BinaryIO) -> int:
-    """The most StripOffsets/TileOffsets entries in a TIFF's first directory, read from its entry
-    headers alone (0 for any other file); the handle is left at the start."""
+def _tiff_tags(handle: BinaryIO) -> dict[int, tuple[int, int]]:
+    """Tag -> (count, value when it is one SHORT/LONG) of the entries of ``_TIFF_LAYOUT_TAGS`` in a
+    TIFF's first directory, read from the entry headers alone ({} for any other file); the handle
+    is left at the start."""
     import struct
 
     head = handle.read(16)
     try:
         if len(head) < 16 or head[:4] not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
-            return 0
+            return {}
         order, big = ("<" if head[:1] == b"I" else ">"), head[2:4] in (b"+\0", b"\0+")
         count_fmt, entry_size = ("Q", 20) if big else ("H", 12)
         handle.seek(struct.unpack(order + ("Q" if big else "I"), head[8:16] if big else head[4:8])[0])
         raw = handle.read(struct.calcsize(count_fmt))
         if len(raw) < struct.calcsize(count_fmt):
-            return 0  # Pillow names the broken file
+            return {}  # Pillow names the broken file
         entries = handle.read(min(struct.unpack(order + count_fmt, raw)[0], 65536) * entry_size)
-        most = 0
+        tags = {}
         for at in range(0, len(entries) - entry_size + 1, entry_size):
-            if struct.unpack_from(order + "H", entries, at)[0] in _TIFF_OFFSET_TAGS:
-                most = max(most, struct.unpack_from(order + ("Q" if big else "I"), entries, at + 4)[0])
-        return most
+            tag, kind = struct.unpack_from(order + "HH", entries, at)
+            if tag in _TIFF_LAYOUT_TAGS:
+                count = struct.unpack_from(order + ("Q" if big else "I"), entries, at + 4)[0]
+                field = at + (12 if big else 8)
+                value = (struct.unpack_from(order + _TIFF_INLINE[kind], entries, field)[0]
+                         if count == 1 and kind in _TIFF_INLINE and (big or kind != 16) else 0)
+                tags[tag] = (count, value)
+        return tags
     finally:
         handle.seek(0)
+
+
+def _check_tiff_layout(path: str | Path, handle: BinaryIO) -> None:
+    """Refuse a TIFF that Pillow or libtiff would spend far more on than its pixels: millions of
+    strips or tiles (a Python object each), or a tile far larger than the image (libtiff fills the
+    whole declared tile: a 158-byte file declaring one 26752² tile took 2.7 GB)."""
+    tags = _tiff_tags(handle)
+    pieces = max(tags.get(273, (0, 0))[0], tags.get(324, (0, 0))[0])
+    if pieces > MAX_TIFF_STRIPS:
+        raise DataError(f"{path}: refused: a TIFF of {pieces:,} strips or tiles (at most {MAX_TIFF_STRIPS:,}: "
+                        f"every one costs the decoder a Python object); re-save it with larger strips, or as PNG")
+    (_, tile_w), (_, tile_h) = tags.get(322, (0, 0)), tags.get(323, (0, 0))
+    (_, width), (_, height) = tags.get(256, (0, 0)), tags.get(257, (0, 0))
+    if tile_w * tile_h > max(width * height, MAX_TIFF_TILE_PIXELS):
+        raise DataError(f"{path}: refused: a TIFF tile of {tile_w}x{tile_h} pixels for a {width}x{height} "
+                        f"image (the decoder fills whole tiles); re-save it with smaller tiles, or as PNG")
 
 
 def _jpeg_header_segments(handle: BinaryIO, limit: int) -> int:
@@ -147,10 +171,7 @@ def _jpeg_header_segments(handle: BinaryIO, limit: int) -> int:
 
 def _open_pillow(path: str | Path, handle: BinaryIO, formats: Sequence[str] = PILLOW_FORMATS) -> Image.Image:
     """``Image.open`` of a file whose header Pillow can parse in bounded time and memory."""
-    strips = _tiff_strips(handle)
-    if strips > MAX_TIFF_STRIPS:
-        raise DataError(f"{path}: refused: a TIFF of {strips:,} strips or tiles (at most {MAX_TIFF_STRIPS:,}: "
-                        f"every one costs the decoder a Python object); re-save it with larger strips, or as PNG")
+    _check_tiff_layout(path, handle)
     if _jpeg_header_segments(handle, MAX_JPEG_HEADER_SEGMENTS) > MAX_JPEG_HEADER_SEGMENTS:
         raise DataError(f"{path}: refused: a JPEG of more than {MAX_JPEG_HEADER_SEGMENTS:,} header segments "
                         f"(a camera's file has about 20); re-encode it")
@@ -210,11 +231,12 @@ def _pillow_decode(path: str | Path, handle: BinaryIO, draft_to: tuple[int, int]
     _check_decode_work(path, img, scans)
     # progressive, or components in separate scans: libjpeg keeps every DCT coefficient of the
     # full-size image (2 bytes each) whatever the draft scale
-    multi_scan = img.format == "JPEG" and (bool(img.info.get("progressive")) or scans > 1)
+    jpeg = img.format in ("JPEG", "MPO")  # an MPO is JPEG with a multi-picture block
+    multi_scan = jpeg and (bool(img.info.get("progressive")) or scans > 1)
     if max_megabytes is not None and multi_scan:  # a 1 KB one took 1 GB at 1/8
         _check_decode_size(path, img, max_megabytes, held_mb=decoded_megabytes(img) * 2)
     width, height = img.size
-    if draft_to is not None and img.format == "JPEG":
+    if draft_to is not None and jpeg:
         img.draft(img.mode, (draft_to[1], draft_to[0]))  # decode large JPEGs at 1/2..1/8
     _check_decode_size(path, img, max_megabytes)
     img.load()

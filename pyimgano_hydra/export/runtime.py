@@ -221,11 +221,19 @@ def _standard_ops() -> frozenset[str]:
     return frozenset(schema.name for schema in defs.get_all_schemas() if schema.domain == "") - set(CONTROL_FLOW)
 
 
+def omp_threads() -> int:
+    """The outer level of ``OMP_NUM_THREADS`` ("4,2": 4 threads, 2 in nested regions) up to the
+    CPUs (100000 took 17 GB), or 0 (the runtime's default) when unset or not a positive number:
+    never the model's fault."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return min(int(first), os.cpu_count() or 1) if first.isdigit() and int(first) > 0 else 0
+
+
 def _capped_options(ort, max_memory_gb: float):
     """Session options whose allocations come from one CPU arena capped at ``max_memory_gb`` (a
     1 KB model's ``ConstantOfShape`` sized by pixel values took 3.8 GB), quiet (one error line)."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    options.intra_op_num_threads = omp_threads()
     options.log_severity_level = 4
     if not _ARENA:
         info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
