@@ -133,3 +133,14 @@ def test_a_progressive_mpo_is_counted_at_its_coefficients_like_a_progressive_jpe
         load_image(tmp_path / "a.jpg", resize=128, max_megabytes=1.5)
     with pytest.raises(DataError, match="holds"):
         load_image(tmp_path / "a.mpo", resize=128, max_megabytes=1.5)
+
+
+@pytest.mark.parametrize("value,expected", [("4,2", 1), ("1", 1), ("abc", 0), ("-1", 0), ("", 0), ("100000", None)])
+def test_onnxruntime_threads_follow_omp_num_threads_outer_level_up_to_the_cpus(monkeypatch, value, expected):
+    """OMP_NUM_THREADS=100000 took infer runtime=onnxruntime to 17 GB: at most the CPUs; a value
+    that is no positive number leaves the runtime's default (0)."""
+    from pyimgano_hydra.export.runtime import omp_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1 if value != "100000" else 2)
+    assert omp_threads() == (2 if expected is None else expected)
