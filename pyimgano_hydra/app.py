@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 def _device_used(model_cfg: DictConfig) -> str | None:
     """The torch device the model's ``device`` resolves to here (None for CPU-only models)."""
-    if "device" not in model_cfg:
+    if not isinstance(model_cfg, DictConfig) or "device" not in model_cfg:  # ~model: validate names it
         return None
     from pyimgano_hydra.features.device import resolve_device
 
@@ -74,7 +74,7 @@ def summary_table(results: list[CategoryResult]) -> str:
     head = ["category", "img_AUROC", "img_AP", "F1@thr", "px_AUROC", "AUPRO", "threshold", "fit_s", "total_s"]
     rows = []
     for r in results:
-        rows.append([r.category] + [_cell(r.metrics.get(k)) for k in SUMMARY_METRICS]
+        rows.append([console_line(r.category)] + [_cell(r.metrics.get(k)) for k in SUMMARY_METRICS]
                     + [f"{r.threshold['value']:.4g}", f"{r.timings['fit_s']:.1f}", f"{r.timings['total_s']:.1f}"])
     if len(results) > 1:
         agg = aggregate(results)
@@ -207,7 +207,8 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
                 still_here()
                 if category in done:
                     results.append(done[category])
-                    log.info("[category %d/%d %s] kept from the interrupted attempt", index, len(categories), category)
+                    log.info("[category %d/%d %s] kept from the interrupted attempt", index, len(categories),
+                             console_line(category))
                     continue
                 out = own.category(category)
                 ctx = RecipeContext(dataset=dataset, category=category,
@@ -220,7 +221,8 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
                 still_here()
                 write_json_atomic(out.report, result.to_dict())
                 results.append(result)
-                log.info("[category %d/%d %s] %s", index, len(categories), category, _metrics_line(result))
+                log.info("[category %d/%d %s] %s", index, len(categories), console_line(category),
+                         _metrics_line(result))
         report.update(
             status=COMPLETED,
             dataset={"target": cfg.dataset._target_, "categories": categories},

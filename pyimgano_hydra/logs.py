@@ -15,11 +15,15 @@ LOG_NAME = "pyimgano_hydra.log"  # hydra.job.name + ".log"
 FILE_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
+# control characters but newline and tab, shown escaped: a folder name's ESC or BEL never reaches the terminal
+_ESCAPED = {c: repr(chr(c))[1:-1] for c in [*range(32), *range(0x7F, 0xA0)] if chr(c) not in "\n\t"}
+
+
 class ConsoleFormatter(logging.Formatter):
-    """Plain messages on the console; warnings and errors say so."""
+    """Plain messages on the console, control characters escaped; warnings and errors say so."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = super().format(record).translate(_ESCAPED)
         return f"{record.levelname.lower()}: {text}" if record.levelno >= logging.WARNING else text
 
 

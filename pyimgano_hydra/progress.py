@@ -13,6 +13,8 @@ from typing import Iterator
 
 from tqdm.auto import tqdm
 
+from pyimgano_hydra.errors import console_line
+
 log = logging.getLogger(__name__)
 _category = contextvars.ContextVar("pyimgano_category", default="")
 _bar = contextvars.ContextVar("pyimgano_bar", default=None)
@@ -21,7 +23,7 @@ _bar = contextvars.ContextVar("pyimgano_bar", default=None)
 @contextmanager
 def category(index: int, total: int, name: str) -> Iterator[None]:
     """Prefix every stage inside with ``[category index/total name]``."""
-    token = _category.set(f"[category {index}/{total} {name}]")
+    token = _category.set(f"[category {index}/{total} {console_line(name)}]")  # a folder's ESC or BEL shown escaped
     try:
         yield
     finally:

@@ -60,7 +60,14 @@ class FolderDataset(ImageDataset):
         if isinstance(abnormal_dirs, Mapping):
             self.abnormal_dirs = {str(k): str(v) for k, v in abnormal_dirs.items()}
         else:
-            self.abnormal_dirs = {Path(str(d)).name: str(d) for d in (abnormal_dirs or [])}
+            named: dict[str, str] = {}
+            for folder in map(str, abnormal_dirs or []):  # a defect type is named by its folder's name
+                if (name := Path(folder).name) in named:
+                    raise ConfigError(f"dataset.abnormal_dirs: {named[name]} and {folder} are both named {name!r}; "
+                                      f"give a mapping of names to folders, e.g. {{{name}_1: {named[name]}, "
+                                      f"{name}_2: {folder}}}")
+                named[name] = folder
+            self.abnormal_dirs = named
         self.normal_test_dir = normal_test_dir
         self.mask_dir = mask_dir
         self.masks_beside_images = bool(masks_beside_images)
@@ -159,8 +166,14 @@ class FolderDataset(ImageDataset):
         test = [Sample(str(p), NORMAL, None, category, "good", "test") for p in test_normals]
         if not self.abnormal_dirs:
             raise ConfigError("dataset.abnormal_dirs: give at least one folder of defect images")
+        listed = {p.resolve(): "dataset.normal_dir" for p in train_paths}
+        listed.update({p.resolve(): "dataset.normal_test_dir" for p in test_normals})
         for defect, rel in self.abnormal_dirs.items():
             for p in self._images(self._dir(rel, f"abnormal_dirs.{defect}")):
+                if (where := listed.setdefault(p.resolve(), f"dataset.abnormal_dirs.{defect}")) != \
+                        f"dataset.abnormal_dirs.{defect}":  # one label per image: never scored both ways
+                    raise ConfigError(f"dataset.abnormal_dirs.{defect}: {p} is listed by {where} too; "
+                                      f"give each image one folder")
                 mask = self._mask_for(p, defect)
                 test.append(Sample(str(p), ANOMALOUS, str(mask) if mask else None, category,
                                    defect, "test"))
@@ -176,7 +189,7 @@ class FolderDataset(ImageDataset):
         kinds = visible_folders(test_dir)
         for kind in kinds:
             for p in self._images(test_dir / kind):
-                if kind in NORMAL_TEST_DIRS:
+                if kind.lower() in NORMAL_TEST_DIRS:  # test/Good: prepared on a case-insensitive disk
                     test.append(Sample(str(p), NORMAL, None, category, "good", "test"))
                     continue
                 gt = base / "ground_truth" / kind

@@ -21,6 +21,9 @@ VISA_CATEGORIES = (
     "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
 )
 CSV_COLUMNS = ("object", "split", "label", "image", "mask")
+# label spellings, lower case; any other label is refused (an unknown one read as normal hid every defect)
+ANOMALOUS_LABELS = ("anomaly", "anomalous", "abnormal", "bad", "defect", "defective", "ng", "ko", "1")
+NORMAL_LABELS = ("normal", "good", "ok", "0")
 MAX_CSV_BYTES = 64 << 20  # VisA's own 1cls.csv is ~1 MB
 
 
@@ -74,7 +77,7 @@ class VisaDataset(ImageDataset):
             if r["object"] != category:
                 continue
             path = self._under_root(r["image"], "image")
-            anomalous = r["label"].lower() in ("anomaly", "1", "abnormal", "bad")
+            anomalous = self._anomalous(r["label"])
             if r["split"].lower() == "train":
                 if not anomalous:
                     train.append(Sample(path, NORMAL, None, category, "good", "train"))
@@ -85,6 +88,15 @@ class VisaDataset(ImageDataset):
             else:
                 test.append(Sample(path, NORMAL, None, category, "good", "test"))
         return CategorySplit(category, train, test)
+
+    def _anomalous(self, label: str) -> bool:
+        if label.lower() in ANOMALOUS_LABELS:
+            return True
+        if label.lower() in NORMAL_LABELS:
+            return False
+        raise DataError(f"{self.root_path / self.split_csv}: label {label[:100]!r} is neither normal "
+                        f"({', '.join(NORMAL_LABELS)}) nor anomalous ({', '.join(ANOMALOUS_LABELS)}); "
+                        f"fix the label column")
 
     def _under_root(self, entry: str, column: str) -> str:
         """A CSV entry as a path under root; an absolute one or one through ``..`` is refused (a

@@ -17,6 +17,7 @@ from pyimgano_hydra.errors import ConfigError
 
 _REGISTERED = False
 GROUPS = ("dataset", "model", "recipe", "tiling", "postprocess", "defects")
+REQUIRED_GROUPS = ("dataset", "model", "recipe")  # a run has nothing to do without one of these
 
 
 def register_configs() -> None:
@@ -48,6 +49,10 @@ def schema_for(cls: type):
 def validate(cfg: DictConfig) -> None:
     """Run each group's range checks (dataclass ``__post_init__``) and refuse any non-finite
     number; raise ConfigError naming the key."""
+    for group in REQUIRED_GROUPS:
+        if not isinstance(cfg.get(group), DictConfig):  # ~model, model=null
+            raise ConfigError(f"{group}: deleted or null; pick an option of the {group} group ({group}=<option>, "
+                              f"listed by --help)")
     for group in (*GROUPS, "gpu", "loader"):  # gpu, loader: top-level nodes with their own range checks
         node = cfg.get(group)
         if node is None or OmegaConf.get_type(node) in (dict, None):

@@ -8,6 +8,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pyimgano_hydra.sweep.leaderboard import job_label
+from pyimgano_hydra.viz.plots import plain_text
 
 
 def zoomed_limits(values: list[float], errors: list[float]) -> tuple[float, float]:
@@ -25,6 +26,7 @@ def zoomed_limits(values: list[float], errors: list[float]) -> tuple[float, floa
 MAX_BARS = 200  # bars in a chart; leaderboard.csv/.md/.json hold every job
 
 
+@plain_text
 def chart_png(board: dict) -> bytes:
     """Horizontal bars in board order (best first); jobs without a result are labelled by status."""
     metric = board["metric"]

@@ -8,6 +8,7 @@ launcher, and each is handed out once; anything else goes to Hydra's own loader.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Sequence
 
 from hydra.core.config_loader import ConfigLoader
@@ -15,8 +16,24 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
+from pyimgano_hydra.errors import ConfigError
+
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 KEEP_AT_MOST = 64  # composed configs held at once (~0.3-0.5 MB each); the rest of a batch composes twice
+# jobs a sweep of the product may list: three range(0,1000) keys in a 150-byte preset were listed as
+# 10**9 jobs before any ran (3.8 GB in 20 s and growing)
+MAX_SWEEP_JOBS = 100_000
+_SAMPLE_INSTEAD = "sweep fewer values, or sample them (hydra/sweeper=optuna_patchcore)"
+
+
+def sweep_size(override) -> int:
+    """How many values a discrete sweep lists, a range counted without listing it."""
+    from hydra.core.override_parser.types import RangeSweep
+
+    value = override.value()
+    if isinstance(value, RangeSweep) and value.step:
+        return max(0, math.ceil((value.stop - value.start) / value.step))
+    return len(list(itertools.islice(override.sweep_string_iterator(), MAX_SWEEP_JOBS + 1)))
 
 
 def job_overrides(arguments: Sequence[str], config_loader: ConfigLoader | None = None) -> list[list[str]]:
@@ -28,10 +45,18 @@ def job_overrides(arguments: Sequence[str], config_loader: ConfigLoader | None =
         if not override.is_sweep_override():
             per_key[key] = [f"{key}={override.get_value_element_as_str()}"]
         elif override.is_discrete_sweep():
+            if (size := sweep_size(override)) > MAX_SWEEP_JOBS:
+                raise ConfigError(f"{key}: a sweep of {size:,} values, over the {MAX_SWEEP_JOBS:,} jobs a sweep "
+                                  f"may run; {_SAMPLE_INSTEAD}")
             per_key[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
         else:
             raise HydraException(f"{key}: a {override.value_type.name} sweep needs a sweeper that samples "
                                  f"(e.g. hydra/sweeper=optuna_patchcore); list the values instead")
+    if (total := math.prod(len(values) for values in per_key.values())) > MAX_SWEEP_JOBS:
+        swept = {key: len(values) for key, values in per_key.items() if len(values) > 1}
+        raise ConfigError(f"{', '.join(swept)}: a sweep of {total:,} jobs "
+                          f"({' x '.join(map(str, swept.values()))} values), over the {MAX_SWEEP_JOBS:,} a sweep may "
+                          f"run; {_SAMPLE_INSTEAD}")
     return [list(job) for job in itertools.product(*per_key.values())]
 
 

@@ -151,9 +151,11 @@ def swept_values(config: DictConfig) -> list[tuple[str | None, str | None]]:
         task = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
         for override in OverridesParser.create().parse_overrides(task):
             if override.is_sweep_override():
+                if override.is_range_sweep() or override.is_interval_sweep():  # numbers only (and a
+                    continue  # sampler may draw from range(1,10**9): never listed)
                 try:
                     values = list(override.sweep_string_iterator())
-                except Exception:  # an interval sweep: numbers only
+                except Exception:  # Hydra refuses it itself
                     continue
                 pairs.extend((override.key_or_group, str(value)) for value in values)
     except Exception:  # Hydra refuses the overrides itself

@@ -216,7 +216,23 @@ def study_sweeper(sampler: Any, direction: Any, storage: Any, study_name: str | 
                 stored_params_in(trial, search_space_distributions, self.storage)
             return super()._configure_trials(trials, search_space_distributions, fixed_params)
 
+        def _check_search_space(self, arguments: list[str]) -> None:
+            """Each swept key's distribution as Optuna will build it; a bad one is a ConfigError
+            naming its key (bounds reversed, a log interval from 0: Optuna's line named none)."""
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+            from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+
+            swept = [*self._parse_sweeper_params_config(), *arguments]
+            for override in OverridesParser.create().parse_overrides(swept):
+                try:
+                    create_optuna_distribution_from_override(override)
+                except (ValueError, TypeError) as exc:
+                    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise ConfigError(f"{override.input_line or override.get_key_element()}: not a search space "
+                                      f"Optuna can sample ({line})") from None
+
         def sweep(self, arguments: list[str]) -> None:
+            self._check_search_space(arguments)
             try:
                 continue_study(self.sampler, self.storage, self.study_name)
                 return super().sweep(arguments)

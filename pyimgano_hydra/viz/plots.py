@@ -1,18 +1,35 @@
 """Matplotlib figures written into run dirs (headless, atomic)."""
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from pyimgano_hydra.errors import console_line
 from pyimgano_hydra.runs.writers import write_bytes_atomic
 
 
 def shown(text: str) -> str:
-    """``text`` printable by a font: an undecodable file-name byte (a lone surrogate) as ``\\xff``."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """``text`` printable by a font: an undecodable file-name byte (a lone surrogate) as ``\\xff``,
+    control characters (ESC, BEL of a folder name) escaped."""
+    return console_line(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+
+
+def plain_text(draw):
+    """``draw`` with mathtext off: a folder or swept value named ``$\\nosuch$`` is a name, not a
+    formula (matplotlib failed the whole run on it, its results lost)."""
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs):
+        _pyplot()  # first: its one-off reset of a working dir's matplotlibrc must outlive the context
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return drawn
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -42,6 +59,7 @@ def _figure(size: tuple[float, float], title: str, ncols: int = 1, left: float =
     return fig, axes
 
 
+@plain_text
 def loss_curve(path: str | Path, epochs: Sequence[int], losses: Sequence[float], title: str) -> Path:
     """Training loss per epoch."""
     fig, ax = _figure((5, 3.2), shown(title))
@@ -77,6 +95,7 @@ def _write(fig, path: Path) -> Path:
         _pyplot().close(fig)
 
 
+@plain_text
 def roc_pr_curves(path: str | Path, labels: np.ndarray, scores: np.ndarray, title: str) -> Path:
     """ROC and precision-recall curves side by side, AUROC / AP in the legends."""
     title = shown(title)
@@ -97,6 +116,7 @@ def roc_pr_curves(path: str | Path, labels: np.ndarray, scores: np.ndarray, titl
     return _write(fig, Path(path))
 
 
+@plain_text
 def score_histogram(path: str | Path, labels: np.ndarray, scores: np.ndarray, threshold: float,
                     title: str) -> Path:
     """Score histograms of normal vs anomalous test images with the image threshold drawn."""
@@ -115,6 +135,7 @@ def score_histogram(path: str | Path, labels: np.ndarray, scores: np.ndarray, th
     return _write(fig, Path(path))
 
 
+@plain_text
 def defect_type_bars(path: str | Path, by_type: dict, title: str) -> Path:
     """Image AUROC of each defect type against the normal test images."""
     title = shown(title)
@@ -134,6 +155,7 @@ def defect_type_bars(path: str | Path, by_type: dict, title: str) -> Path:
     return _write(fig, Path(path))
 
 
+@plain_text
 def category_plots(plot_dir: str | Path, category: str, labels: np.ndarray, scores: np.ndarray,
                    threshold: float, by_type: dict) -> list[Path]:
     """A category's plots/: curves and defect-type bars need both classes in the test split."""
