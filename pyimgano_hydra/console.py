@@ -209,6 +209,9 @@ def one_line_errors() -> Iterator[None]:
             line = fold_error("".join(catcher.held))
             if "Unable to configure" in line:  # logging.config's words: only hydra.job_logging reaches it
                 line = line.replace("error: ", "error: hydra.job_logging: ", 1) + "; fix that logging config"
+            nulled = [arg.split("=")[0] for arg in sys.argv[1:] if arg.endswith("=null") and "." not in arg]
+            if "Config group override must be a string" in line and nulled:  # Hydra's words name no group
+                line = f"error: {nulled[0]}=null: pick an option of the {nulled[0]} group (listed by --help)"
             print(line, file=real)
             _record_unstarted_failure(line[len("error: "):])
         raise

@@ -257,11 +257,13 @@ def test_a_visa_split_csv_label_spelled_anomalous_is_never_read_as_normal(tmp_pa
     assert counts["test_anomalous"] == 4, counts
 
 
-@pytest.mark.parametrize("override,key", [("~model", "model"), ("~recipe", "recipe")])
+@pytest.mark.parametrize("override,key", [("~model", "model"), ("~recipe", "recipe"), ("model=null", "model"),
+                                          ("dataset=null", "dataset")])
 def test_a_deleted_config_group_is_one_line_naming_it(tmp_path, override, key):
     """``~model`` (or a preset deleting its group): the run dir is claimed, then the job fails with
     'TypeError: argument of type 'NoneType' is not iterable' ('~recipe': AttributeError 'NoneType'
-    object has no attribute ...), naming no key; the run dir is left failed."""
+    object has no attribute ...), naming no key; the run dir is left failed. ``model=null``: Hydra's
+    'Config group override must be a string or a list. Got NoneType' named no group."""
     run_dir = tmp_path / "run"
     plain = [a for a in TINY if not a.startswith("model.")]
     proc = run_cli([*plain, override, f"hydra.run.dir={run_dir}"], timeout=120)
