@@ -79,6 +79,7 @@ MAX_JPEG_SCANS = 100  # as infer (pyimgano_hydra's MAX_JPEG_SCANS)
 MAX_RLE_BMP_PIXELS = 16_000_000  # as infer
 MAX_TIFF_STRIPS = 200_000  # as infer: Pillow builds one Python tile a strip
 MAX_TIFF_TILE_PIXELS = 1 << 20  # as infer: a tile may exceed a small image up to 1024x1024
+MAX_TIFF_TAG_VALUES = 196_608  # as infer: a 16-bit ColorMap's length
 MAX_JPEG_HEADER_SEGMENTS = 1000  # as infer: Pillow keeps each in a Python list
 MAX_DECODED_BYTES = 256 << 20  # an image's decoded pixels (infer's default dataset.max_image_megabytes)
 MAX_SECONDS = 600  # one image's run; a forged chain of big MatMuls computed for hours
@@ -245,41 +246,55 @@ def load(artifacts: Path):
 
 def tiff_problem(data: bytes):
     """Why Pillow or libtiff would spend far more on a TIFF than its pixels (None if not a TIFF or
-    fine): millions of strips or tiles, or a tile far larger than the image (as infer checks)."""
+    fine), as infer checks: millions of strips or tiles, a tag of too many values, a tile far larger
+    than the image (a repeated tag counted at its largest, as libtiff may read either)."""
     import struct
 
     if len(data) < 16 or data[:4] not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
         return None
     order, big = ("<" if data[:1] == b"I" else ">"), data[2:4] in (b"+\0", b"\0+")
     at = struct.unpack_from(order + ("Q" if big else "I"), data, 8 if big else 4)[0]
-    count_fmt, size = ("Q", 20) if big else ("H", 12)
+    count_fmt, size, inline = ("Q", 20, 8) if big else ("H", 12, 4)
     if at + struct.calcsize(count_fmt) > len(data):
         return None
     count = min(struct.unpack_from(order + count_fmt, data, at)[0], 65536)
     first, tags = at + struct.calcsize(count_fmt), {}
+    formats = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 16: "Q", 17: "q"}
     for e in range(first, min(first + count * size, len(data) - size + 1), size):
         tag, kind = struct.unpack_from(order + "HH", data, e)
         n = struct.unpack_from(order + ("Q" if big else "I"), data, e + 4)[0]
-        inline = {3: "H", 4: "I", 16: "Q"}.get(kind) if n == 1 and (big or kind != 16) else None
-        tags[tag] = (n, struct.unpack_from(order + inline, data, e + (12 if big else 8))[0] if inline else 0)
+        value, field = 0, e + (12 if big else 8)
+        if kind in formats and n >= 1:
+            where = field if struct.calcsize(formats[kind]) * n <= inline else \
+                struct.unpack_from(order + ("Q" if big else "I"), data, field)[0]
+            if where + struct.calcsize(formats[kind]) <= len(data):
+                value = struct.unpack_from(order + formats[kind], data, where)[0]
+        old = tags.get(tag, (0, 0))
+        tags[tag] = (max(n, old[0]), max(value, old[1]))
     if max(tags.get(273, (0, 0))[0], tags.get(324, (0, 0))[0]) > MAX_TIFF_STRIPS:
         return f"a TIFF of more than {MAX_TIFF_STRIPS:,} strips or tiles"
+    if any(n > MAX_TIFF_TAG_VALUES for tag, (n, _) in tags.items()
+           if tag not in (273, 279, 324, 325, 700, 33723, 34377, 34675, 37724)):
+        return f"a TIFF tag of more than {MAX_TIFF_TAG_VALUES:,} values"
     tile = tags.get(322, (0, 0))[1] * tags.get(323, (0, 0))[1]
     if tile > max(tags.get(256, (0, 0))[1] * tags.get(257, (0, 0))[1], MAX_TIFF_TILE_PIXELS):
         return "a TIFF tile far larger than its image (the decoder fills whole tiles)"
     return None
 
 
-def jpeg_header_segments(data: bytes) -> int:
-    """Marker segments and fill bytes of a JPEG before its first scan, counted up to the limit + 1."""
+def jpeg_header(data: bytes):
+    """(segments and fill bytes of a JPEG before its first scan, counted up to the limit + 1; where
+    its first scan starts, or None)."""
     if data[:3] != b"\xff\xd8\xff":
-        return 0
+        return 0, None
     count, at = 0, 2
     while count <= MAX_JPEG_HEADER_SEGMENTS and at + 2 <= len(data) and data[at] == 0xFF:
         count, marker = count + 1, data[at + 1]
         if marker == 0xFF:
             at += 1
-        elif marker in (0xDA, 0xD9):
+        elif marker == 0xDA:
+            return count, at
+        elif marker == 0xD9:
             break
         elif 0xD0 <= marker <= 0xD7 or marker == 0x01:
             at += 2
@@ -288,7 +303,7 @@ def jpeg_header_segments(data: bytes) -> int:
             if length < 2:
                 break
             at += 2 + length
-    return count
+    return count, None
 
 
 def read_image(path: Path, manifest: dict) -> np.ndarray:
@@ -298,17 +313,19 @@ def read_image(path: Path, manifest: dict) -> np.ndarray:
         data = read_regular(path, 512 << 20, follow_links=True)  # a FIFO or device behind it: refused
         if problem := tiff_problem(data):  # Pillow's header parsing alone took seconds and GBs
             raise ValueError(problem)
-        if jpeg_header_segments(data) > MAX_JPEG_HEADER_SEGMENTS:  # 10 MB of them took 381 MB in Pillow
+        segments, first_scan = jpeg_header(data)
+        scans = data.count(b"\xff\xda", first_scan) if first_scan is not None else 0  # not an EXIF thumbnail's
+        if segments > MAX_JPEG_HEADER_SEGMENTS:  # 10 MB of them took 381 MB in Pillow
             raise ValueError(f"a JPEG of more than {MAX_JPEG_HEADER_SEGMENTS:,} header segments")
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-        if image.format in ("JPEG", "MPO") and data.count(b"\xff\xda") > MAX_JPEG_SCANS:  # minutes of decoding
+        if image.format in ("JPEG", "MPO") and scans > MAX_JPEG_SCANS:  # minutes of decoding
             raise ValueError(f"more than {MAX_JPEG_SCANS} JPEG scans (a camera's file has 1 to about 12)")
         if image.format == "BMP" and image.info.get("compression") in (1, 2) and \
                 image.size[0] * image.size[1] > MAX_RLE_BMP_PIXELS:  # Pillow decodes RLE in Python
             raise ValueError(f"a run-length coded BMP of more than {MAX_RLE_BMP_PIXELS:,} pixels")
         depth = 2 if "16" in image.mode else 4 if image.mode in ("I", "F") else 1
         decoded = image.size[0] * image.size[1] * max(len(image.getbands()), 3) * depth
-        if image.format in ("JPEG", "MPO") and (image.info.get("progressive") or data.count(b"\xff\xda") > 1):
+        if image.format in ("JPEG", "MPO") and (image.info.get("progressive") or scans > 1):
             # libjpeg keeps every DCT coefficient of a multi-scan file (2 bytes each), as infer counts
             decoded = max(decoded, image.size[0] * image.size[1] * len(image.getbands()) * 2)
         if decoded > MAX_DECODED_BYTES:  # from the header, as infer's dataset.max_image_megabytes

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from pyimgano_hydra import files
+from pyimgano_hydra.data import headers
 from pyimgano_hydra.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -35,20 +36,10 @@ _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and h
 _ORIENTED = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],  # as exif_transpose
              5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
              7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}
-MAX_EXIF_BYTES = 1 << 20
 DEFAULT_MAX_IMAGE_MEGABYTES = 256.0  # dataset.max_image_megabytes
 MAX_RLE_BMP_PIXELS = 16_000_000  # about 2 s of Pillow's pure-Python RLE decoding
 _BMP_RLE = (1, 2)  # BI_RLE8, BI_RLE4
 MAX_JPEG_SCANS = 100  # a camera's progressive JPEG has about 10 (djpeg's -maxscans guards the same)
-# Pillow builds one Python tile a TIFF strip or tile: 1,500,000 one-byte strips took 12 s and 530 MB.
-# A 30000-row image of a row a strip, 3 planes apart, has 90,000.
-MAX_TIFF_STRIPS = 200_000
-# Pillow keeps every JPEG header segment in Python lists: 2.5 million empty APP markers (10 MB) took
-# 3 s and 381 MB before decoding. A camera's file has about 20; an ICC profile adds a few.
-MAX_JPEG_HEADER_SEGMENTS = 1000
-MAX_TIFF_TILE_PIXELS = 1 << 20  # a tile may exceed a small image up to 1024x1024 (padding)
-_TIFF_LAYOUT_TAGS = (256, 257, 273, 322, 323, 324)  # width, height, StripOffsets, TileWidth/Length, TileOffsets
-_TIFF_INLINE = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8 (BigTIFF): the value in the entry itself
 # what Pillow holds a pixel channel in: a 1-bit image takes a byte a pixel, as 8-bit gray does
 _BYTES_PER_CHANNEL = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 # Pillow parsers raise anything on a corrupt file (struct.error from an EXIF block, TypeError
@@ -86,96 +77,14 @@ def open_regular(path: str | Path):
     return files.open_regular(path, "replace or remove it", DataError)
 
 
-def _jpeg_scans(handle: BinaryIO, limit: int) -> int:
-    """Start-of-scan markers in an open JPEG file, counted up to ``limit + 1`` (entropy-coded 0xFF
-    bytes are stuffed as FF 00, so FF DA is always a marker)."""
-    import mmap
-
-    with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        count, at = 0, data.find(b"\xff\xda")
-        while at >= 0 and count <= limit:
-            count, at = count + 1, data.find(b"\xff\xda", at + 2)
-        return count
-
-
-def _tiff_tags(handle: BinaryIO) -> dict[int, tuple[int, int]]:
-    """Tag -> (count, value when it is one SHORT/LONG) of the entries of ``_TIFF_LAYOUT_TAGS`` in a
-    TIFF's first directory, read from the entry headers alone ({} for any other file); the handle
-    is left at the start."""
-    import struct
-
-    head = handle.read(16)
-    try:
-        if len(head) < 16 or head[:4] not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
-            return {}
-        order, big = ("<" if head[:1] == b"I" else ">"), head[2:4] in (b"+\0", b"\0+")
-        count_fmt, entry_size = ("Q", 20) if big else ("H", 12)
-        handle.seek(struct.unpack(order + ("Q" if big else "I"), head[8:16] if big else head[4:8])[0])
-        raw = handle.read(struct.calcsize(count_fmt))
-        if len(raw) < struct.calcsize(count_fmt):
-            return {}  # Pillow names the broken file
-        entries = handle.read(min(struct.unpack(order + count_fmt, raw)[0], 65536) * entry_size)
-        tags = {}
-        for at in range(0, len(entries) - entry_size + 1, entry_size):
-            tag, kind = struct.unpack_from(order + "HH", entries, at)
-            if tag in _TIFF_LAYOUT_TAGS:
-                count = struct.unpack_from(order + ("Q" if big else "I"), entries, at + 4)[0]
-                field = at + (12 if big else 8)
-                value = (struct.unpack_from(order + _TIFF_INLINE[kind], entries, field)[0]
-                         if count == 1 and kind in _TIFF_INLINE and (big or kind != 16) else 0)
-                tags[tag] = (count, value)
-        return tags
-    finally:
-        handle.seek(0)
-
-
-def _check_tiff_layout(path: str | Path, handle: BinaryIO) -> None:
-    """Refuse a TIFF that Pillow or libtiff would spend far more on than its pixels: millions of
-    strips or tiles (a Python object each), or a tile far larger than the image (libtiff fills the
-    whole declared tile: a 158-byte file declaring one 26752² tile took 2.7 GB)."""
-    tags = _tiff_tags(handle)
-    pieces = max(tags.get(273, (0, 0))[0], tags.get(324, (0, 0))[0])
-    if pieces > MAX_TIFF_STRIPS:
-        raise DataError(f"{path}: refused: a TIFF of {pieces:,} strips or tiles (at most {MAX_TIFF_STRIPS:,}: "
-                        f"every one costs the decoder a Python object); re-save it with larger strips, or as PNG")
-    (_, tile_w), (_, tile_h) = tags.get(322, (0, 0)), tags.get(323, (0, 0))
-    (_, width), (_, height) = tags.get(256, (0, 0)), tags.get(257, (0, 0))
-    if tile_w * tile_h > max(width * height, MAX_TIFF_TILE_PIXELS):
-        raise DataError(f"{path}: refused: a TIFF tile of {tile_w}x{tile_h} pixels for a {width}x{height} "
-                        f"image (the decoder fills whole tiles); re-save it with smaller tiles, or as PNG")
-
-
-def _jpeg_header_segments(handle: BinaryIO, limit: int) -> int:
-    """Marker segments (and fill bytes) of a JPEG before its first scan, counted up to
-    ``limit + 1`` by their length fields alone (0 for any other file); the handle is left at the start."""
-    try:
-        if handle.read(3) != b"\xff\xd8\xff":
-            return 0
-        handle.seek(2)
-        count = 0
-        while count <= limit and len(marker := handle.read(2)) == 2 and marker[0] == 0xFF:
-            count += 1
-            if marker[1] == 0xFF:  # a fill byte
-                handle.seek(-1, 1)
-            elif marker[1] in (0xDA, 0xD9):  # the first scan, or the end
-                break
-            elif not (0xD0 <= marker[1] <= 0xD7 or marker[1] == 0x01):  # markers with a length
-                length = int.from_bytes(handle.read(2), "big")
-                if length < 2:
-                    break  # Pillow names the broken file
-                handle.seek(length - 2, 1)
-        return count
-    finally:
-        handle.seek(0)
-
-
 def _open_pillow(path: str | Path, handle: BinaryIO, formats: Sequence[str] = PILLOW_FORMATS) -> Image.Image:
     """``Image.open`` of a file whose header Pillow can parse in bounded time and memory."""
-    _check_tiff_layout(path, handle)
-    if _jpeg_header_segments(handle, MAX_JPEG_HEADER_SEGMENTS) > MAX_JPEG_HEADER_SEGMENTS:
-        raise DataError(f"{path}: refused: a JPEG of more than {MAX_JPEG_HEADER_SEGMENTS:,} header segments "
-                        f"(a camera's file has about 20); re-encode it")
-    return Image.open(handle, formats=formats)
+    headers.check_before_open(path, handle)
+    img = Image.open(handle, formats=formats)
+    if len(img.info.get("exif") or b"") > headers.MAX_EXIF_BYTES:  # a PNG or WebP EXIF: 2 million rationals took 5 s
+        raise DataError(f"{path}: refused: an EXIF block of {len(img.info['exif']):,} bytes (at most "
+                        f"{headers.MAX_EXIF_BYTES:,}); re-save it without its EXIF")
+    return img
 
 
 def _check_decode_work(path: str | Path, img: Image.Image, scans: int) -> None:
@@ -227,7 +136,7 @@ def _pillow_decode(path: str | Path, handle: BinaryIO, draft_to: tuple[int, int]
     """The decoded image, EXIF orientation applied, and its full (height, width) (a JPEG may be
     decoded at 1/2..1/8 of it)."""
     img = _open_pillow(path, handle)
-    scans = _jpeg_scans(handle, MAX_JPEG_SCANS) if img.format in ("JPEG", "MPO") else 0  # one pass over the file
+    scans = headers.jpeg_scans(handle, MAX_JPEG_SCANS) if img.format in ("JPEG", "MPO") else 0  # one pass
     _check_decode_work(path, img, scans)
     # progressive, or components in separate scans: libjpeg keeps every DCT coefficient of the
     # full-size image (2 bytes each) whatever the draft scale
@@ -246,30 +155,11 @@ def _pillow_decode(path: str | Path, handle: BinaryIO, draft_to: tuple[int, int]
     return img, (height, width)
 
 
-def _png_exif_after_data(handle: BinaryIO) -> bytes | None:
-    """A PNG's eXIf chunk found by walking chunk headers (Pillow decodes every pixel to reach one
-    placed after the image data); the handle is left at the start."""
-    import struct
-
-    try:
-        handle.seek(8)
-        while len(head := handle.read(8)) == 8:
-            length, kind = struct.unpack(">I4s", head)
-            if kind == b"eXIf":
-                return handle.read(length) if length <= MAX_EXIF_BYTES else None
-            if kind == b"IEND":
-                return None
-            handle.seek(length + 4, 1)  # the data and its CRC
-        return None
-    finally:
-        handle.seek(0)
-
-
 def _orientation(img: Image.Image, handle: BinaryIO) -> int:
     """The EXIF orientation of an opened, not yet decoded image (1 when absent or unreadable)."""
     try:
         if img.format == "PNG" and "exif" not in img.info:
-            raw = _png_exif_after_data(handle)
+            raw = headers.png_chunks(handle)[1]
             if raw is None:
                 return 1
             exif = Image.Exif()
