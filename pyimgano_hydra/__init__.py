@@ -208,3 +208,4 @@ def _quiet_resource_tracker() -> None:
 
 
 _quiet_resource_tracker()
+

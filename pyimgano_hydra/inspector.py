@@ -107,8 +107,25 @@ class Inspector:
         prep = self.preprocessing
         return stack_images(paths, prep.get("resize"), prep.get("input_mode", "rgb"), return_sizes=return_sizes)
 
+    def _check_like_fitted(self, images: np.ndarray) -> None:
+        """Arrays of the size and channels the detector was fitted on (the api's arrays are neither
+        resized nor converted: 64x64 arrays for a 128 fit were scored, good parts called anomalous)."""
+        from pyimgano_hydra.data.images import _hw
+        from pyimgano_hydra.errors import DataError
+
+        shape = tuple(getattr(images, "shape", ()))
+        size = _hw(self.preprocessing.get("resize"))
+        channels = 1 if self.preprocessing.get("input_mode", "rgb") == "gray" else 3
+        if len(shape) == 4 and ((size is not None and shape[1:3] != size) or shape[3] != channels):
+            want = f"{size[0]}x{size[1]}x{channels}" if size is not None else f"HxWx{channels}"
+            raise DataError(f"images of {shape[1]}x{shape[2]}x{shape[3]}: the detector was fitted on {want} "
+                            f"(preprocessing); decode files with inspector.load_images, or resize to that")
+
     def score_maps(self, images: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """(N,) float64 scores and postprocessed (N, H, W) float32 maps (None without maps)."""
+        self._check_like_fitted(images)
+        if len(images) == 0:
+            return np.zeros(0), (np.zeros((0, *images.shape[1:3]), np.float32) if self.produces_maps else None)
         out = self._stored(self.detector.score_maps, images)
         maps = out.maps
         if maps is not None and self.postprocessor is not None:
@@ -116,6 +133,9 @@ class Inspector:
         return np.asarray(out.scores, np.float64).reshape(-1), maps
 
     def decision_function(self, images: np.ndarray) -> np.ndarray:
+        self._check_like_fitted(images)
+        if len(images) == 0:
+            return np.zeros(0)
         return np.asarray(self._stored(self.detector.decision_function, images), np.float64).reshape(-1)
 
     def _stored(self, score: Callable, images: np.ndarray):

@@ -2,7 +2,7 @@
 
 ``${pyimgano_job_dir:num,sweep_dir,overrides}`` and ``${pyimgano_pid:}`` name multirun job
 folders (``hydra.sweep`` in ``conf/config.yaml``); ``${pyimgano_groups:}`` lists conf/'s
-groups in ``--help``.
+groups in ``--help``; ``${pyimgano_cache_root:}`` is where caches and generated data go.
 """
 from __future__ import annotations
 
@@ -11,8 +11,22 @@ import os
 from omegaconf import OmegaConf
 
 
+def cache_root() -> str:
+    """$PYIMGANO_CACHE, else ~/.cache/pyimgano_hydra; an empty variable is unset (``oc.env`` gave "",
+    and the defaults under it became /features and /synthetic at the filesystem root)."""
+    home = os.environ.get("HOME") or "."
+    return os.environ.get("PYIMGANO_CACHE") or f"{home}/.cache/pyimgano_hydra"
+
+
+def register_cache_root() -> None:
+    """``${pyimgano_cache_root:}``, registered by the schemas that default to it (idempotent)."""
+    if not OmegaConf.has_resolver("pyimgano_cache_root"):
+        OmegaConf.register_new_resolver("pyimgano_cache_root", cache_root)
+
+
 def register_resolvers() -> None:
     """Register the app's resolvers (idempotent; entry points call it before composing)."""
+    register_cache_root()
     from pyimgano_hydra.reference import config_groups_text
     from pyimgano_hydra.sweep.naming import job_dir_resolver
 

@@ -406,7 +406,7 @@ def open_cache(enabled: bool = True, dir: str | Path | None = None, max_gb: floa
     check(bool(dir), "cache.dir", "must name a folder (or set cache.enabled=false)")
     # resolved once: a shared cache.dir link re-pointed at a completed run while the run ran wrote into it
     root = Path(os.path.realpath(Path(str(dir)).expanduser()))
-    return FeatureCache(root, max_bytes=int(max_gb * 1024**3) if max_gb else None)
+    return FeatureCache(root, max_bytes=max(1, int(max_gb * 1024**3)) if max_gb else None)  # 1e-10 GB: not "no limit"
 
 
 def active_cache() -> FeatureCache | None:

@@ -5,8 +5,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from pyimgano_hydra.errors import check
+from pyimgano_hydra.resolvers import register_cache_root
 
-CACHE_DIR = "${oc.env:PYIMGANO_CACHE,${oc.env:HOME,.}/.cache/pyimgano_hydra}/features"
+CACHE_DIR = "${pyimgano_cache_root:}/features"
+register_cache_root()  # wherever this schema is composed, its default resolves
 
 
 @dataclass

@@ -27,7 +27,8 @@ class TilingSchema:
 
     def __post_init__(self) -> None:
         check(self.tile_size >= 16, "tiling.tile_size", "must be >= 16 pixels")
-        check(self.stride is None or self.stride >= 1, "tiling.stride", "must be >= 1 or null")
+        check(self.stride is None or 1 <= self.stride <= self.tile_size, "tiling.stride",
+              f"must be in 1..tiling.tile_size ({self.tile_size}: no pixel may fall between tiles) or null")
         check(self.score_reduce in SCORE_REDUCES, "tiling.score_reduce",
               f"must be one of {', '.join(SCORE_REDUCES)}")
         check(self.score_topk >= 1, "tiling.score_topk", "must be >= 1")
