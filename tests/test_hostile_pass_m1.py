@@ -89,7 +89,10 @@ def test_an_export_whose_artifacts_folder_appears_as_a_link_never_writes_into_an
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(0.6 * baseline)  # past the link check, inside torch.onnx.export
-        os.symlink(done / "categories" / "weave", artifacts(run_a))
+        try:
+            os.symlink(done / "categories" / "weave", artifacts(run_a))
+        except FileExistsError:  # a loaded machine: the export made artifacts/ first; B must still be unchanged
+            pass
         _, err = proc.communicate(timeout=180)
     finally:
         proc.kill()
