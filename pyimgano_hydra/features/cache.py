@@ -134,12 +134,14 @@ def read_entry(path: Path) -> ArrayDict | None:
                     read_header = np.lib.format.read_array_header_1_0 if major == 1 else \
                         np.lib.format.read_array_header_2_0
                     shape, _, dtype = read_header(member)
+                # the bytes present, not only the size the zip claims (a zip64 extra said 2**60: 36 TiB allocated)
                 if dtype.hasobject or dtype.kind not in "biuf" or \
-                        int(np.prod(shape, dtype=object)) * dtype.itemsize > info.file_size:
+                        int(np.prod(shape, dtype=object)) * dtype.itemsize > min(info.file_size, len(data)):
                     return None
         with np.load(io.BytesIO(data), allow_pickle=False) as stored:
             return {name: stored[name] for name in stored.files}
-    except (UserError, OSError, ValueError, EOFError, zipfile.BadZipFile, RuntimeError, NotImplementedError):
+    except (UserError, OSError, ValueError, EOFError, zipfile.BadZipFile, RuntimeError, NotImplementedError,
+            MemoryError):
         return None  # RuntimeError: an entry flagged encrypted; NotImplementedError: an unknown zip feature
 
 
@@ -465,6 +467,15 @@ def backbone_key(cache: FeatureCache | None, backbone: Any) -> str:
     return key
 
 
+def _plausible_map(shape: tuple, height: int, width: int) -> bool:
+    """A stored layer map (C, h, w) a backbone can give for (height, width) images: h and w the
+    image's sides over one stride of 1..32 (a shared cache whose every entry held (C, 1, 1) maps, or
+    0x0 ones, was trusted because its rows agreed with each other; the backbone is not built to
+    ask it, so a warm cache stays cheap)."""
+    return len(shape) == 3 and shape[0] >= 1 and any(
+        shape[1:] == (-(-height // stride), -(-width // stride)) for stride in (1, 2, 4, 8, 16, 32))
+
+
 def cached_backbone_features(cache: FeatureCache, backbone: Any, chunk: np.ndarray, batch_size: int | None = None) -> dict:
     """``backbone(backbone.preprocess(chunk))`` through the cache: ``{layer: tensor}`` on the
     backbone's device, one cache entry per image (missing ones computed in passes of
@@ -490,8 +501,9 @@ def cached_backbone_features(cache: FeatureCache, backbone: Any, chunk: np.ndarr
     if active_autocast() != "none":  # half-precision features are other features
         parts = [parts, active_autocast()]
     layers = set(backbone.layers)
+    height, width = chunk.shape[1:3]
     arrays = cache.map_images(chunk, parts, compute, valid=lambda stored: set(stored) == layers and all(
-        v.ndim == 3 and v.dtype == np.float32 for v in stored.values()))
+        v.dtype == np.float32 and _plausible_map(v.shape, height, width) for v in stored.values()))
     return {layer: as_output(arrays[layer]) for layer in backbone.layers}
 
 
