@@ -45,7 +45,12 @@ def _device_used(model_cfg: DictConfig) -> str | None:
 
 
 def config_hash(cfg: DictConfig) -> str:
-    text = OmegaConf.to_yaml(cfg, resolve=True, sort_keys=True)
+    """What makes two runs the same run: the resolved config but ``cache`` (where features are kept
+    changes no result: a run requeued on a node with another $PYIMGANO_CACHE could not resume)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if isinstance(resolved, dict):
+        resolved.pop("cache", None)
+    text = OmegaConf.to_yaml(OmegaConf.create(resolved), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -47,6 +47,23 @@ def report_metrics(report: dict) -> dict[str, float]:
     return {k.replace("@", "_"): v for k, v in out.items() if math.isfinite(v)}
 
 
+def _file_path(uri: str) -> str:
+    """The path of a ``file:`` URI as MLflow opens it: percent-decoded (``%76ictim`` is ``victim``)."""
+    from urllib.parse import unquote, urlparse
+
+    return unquote(urlparse(uri).path)
+
+
+def _odd_store_file(store: Path) -> Path | None:
+    """An experiment record of a file store (``<store>/<id>/meta.yaml``) that is not a regular file."""
+    import stat
+
+    for meta in [*store.glob("*/meta.yaml"), *store.glob(".trash/*/meta.yaml")][:10_000]:
+        if not stat.S_ISREG(meta.lstat().st_mode):
+            return meta
+    return None
+
+
 class MlflowCallback(Callback):
     """One MLflow run per job (``+callbacks=mlflow``, settings in conf/callbacks/mlflow.yaml)."""
 
@@ -68,8 +85,6 @@ class MlflowCallback(Callback):
         return mlflow
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
-        from urllib.parse import urlparse
-
         from pyimgano_hydra.runs.claim import foreign_run, sqlite_path
 
         run_dir = RunDir(Path(config.hydra.runtime.output_dir))
@@ -77,7 +92,7 @@ class MlflowCallback(Callback):
         database = sqlite_path(uri)[1]
         # what MLflow writes: a file store, an sqlite file, and a database store's default artifact
         # root ./mlruns (started inside a completed run, log_artifacts copied the new run into it)
-        store = (urlparse(uri).path if uri.startswith("file:") else database if database is not None
+        store = (_file_path(uri) if uri.startswith("file:") else database if database is not None
                  else uri if "://" not in uri else None)
         places = [Path(store)] if store else []
         if database is not None or uri.startswith(("postgresql", "mysql", "mssql")):
@@ -86,6 +101,11 @@ class MlflowCallback(Callback):
         if outer is not None:
             log.warning("mlflow: not logged: %s lies inside the run dir %s, which a run never writes into; set "
                         "hydra.callbacks.mlflow.tracking_uri (and start from a folder of your own)", *outer)
+            return
+        odd = _odd_store_file(Path(store)) if uri.startswith("file:") and store else None
+        if odd is not None:  # a FIFO as an experiment's meta.yaml: MLflow blocked on it forever
+            log.warning("mlflow: not logged: %s in the store is not a regular file; set "
+                        "hydra.callbacks.mlflow.tracking_uri to a store of your own", odd)
             return
         mlflow = self._mlflow()
         report = read_json(run_dir.report) if run_dir.report.is_file() else {}
@@ -98,6 +118,12 @@ class MlflowCallback(Callback):
             metrics = report_metrics(report)
             if metrics:
                 mlflow.log_metrics(metrics)
-            if self.artifacts:
+            target = _file_path(run.info.artifact_uri) if run.info.artifact_uri.startswith("file:") else None
+            inside = target and (foreign_run(Path(target), run_dir.root) is not None
+                                 or Path(target).resolve().is_relative_to(run_dir.root.resolve()))
+            if self.artifacts and inside:  # an experiment's artifact_location set in a handed-over store
+                log.warning("mlflow: artifacts not logged: the experiment's artifact location %s lies inside a "
+                            "run dir; use an experiment of your own", target)
+            elif self.artifacts:
                 mlflow.log_artifacts(str(run_dir.root))
         log.info("mlflow: run %s in %s (experiment %s)", run.info.run_id, mlflow.get_tracking_uri(), self.experiment)
