@@ -28,7 +28,7 @@ from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
 from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, RUNNING, running, utc_now, write_status
 from pyimgano_hydra.runs.takeover import finished_categories, may_take_over
 from pyimgano_hydra.runs.writers import write_json_atomic
-from pyimgano_hydra.schemas import validate
+from pyimgano_hydra.schemas import require_groups, validate
 from pyimgano_hydra.sweep.cluster import owner
 from pyimgano_hydra.viz.html import write_report_html
 
@@ -192,6 +192,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
                      **owner()), sigterm_as_interrupt(), feature_cache(_cache_settings(cfg, run_dir)), \
                 autocast_setting(OmegaConf.select(cfg, "gpu.autocast", default="none")), \
                 loader_setting(OmegaConf.select(cfg, "loader.num_workers"), _device_used(cfg.model) or "cpu"):
+            require_groups(cfg)
             validate(cfg)  # range checks, before any work; a failure is recorded in status.json
             still_here()
             write_json_atomic(own.config, OmegaConf.to_container(cfg, resolve=True))

@@ -46,13 +46,18 @@ def schema_for(cls: type):
     return None
 
 
+def require_groups(cfg: DictConfig) -> None:
+    """A run's config holds each of ``REQUIRED_GROUPS`` (``~model`` or ``model=null`` failed later on
+    a NoneType, naming no key)."""
+    for group in REQUIRED_GROUPS:
+        if not isinstance(cfg.get(group), DictConfig):
+            raise ConfigError(f"{group}: deleted or null; pick an option of the {group} group ({group}=<option>, "
+                              f"listed by --help)")
+
+
 def validate(cfg: DictConfig) -> None:
     """Run each group's range checks (dataclass ``__post_init__``) and refuse any non-finite
     number; raise ConfigError naming the key."""
-    for group in REQUIRED_GROUPS:
-        if not isinstance(cfg.get(group), DictConfig):  # ~model, model=null
-            raise ConfigError(f"{group}: deleted or null; pick an option of the {group} group ({group}=<option>, "
-                              f"listed by --help)")
     for group in (*GROUPS, "gpu", "loader"):  # gpu, loader: top-level nodes with their own range checks
         node = cfg.get(group)
         if node is None or OmegaConf.get_type(node) in (dict, None):
