@@ -80,6 +80,9 @@ MAX_RLE_BMP_PIXELS = 16_000_000  # as infer
 MAX_TIFF_STRIPS = 200_000  # as infer: Pillow builds one Python tile a strip
 MAX_TIFF_TILE_PIXELS = 1 << 20  # as infer: a tile may exceed a small image up to 1024x1024
 MAX_TIFF_TAG_VALUES = 196_608  # as infer: a 16-bit ColorMap's length
+MAX_PNG_CHUNKS = 100_000  # as infer: Pillow walks each chunk in Python
+MAX_GIF_BLOCKS = 100_000  # as infer: extension sub-blocks before the first image
+MAX_EXIF_BYTES = 1 << 20  # as infer: Pillow makes an object of each EXIF value
 MAX_JPEG_HEADER_SEGMENTS = 1000  # as infer: Pillow keeps each in a Python list
 MAX_DECODED_BYTES = 256 << 20  # an image's decoded pixels (infer's default dataset.max_image_megabytes)
 MAX_SECONDS = 600  # one image's run; a forged chain of big MatMuls computed for hours
@@ -306,18 +309,45 @@ def jpeg_header(data: bytes):
     return count, None
 
 
+def chunk_problem(data: bytes):
+    """Why Pillow would walk a PNG's chunks or a GIF's blocks for far longer than its pixels (None if fine)."""
+    import struct
+
+    count, at = 0, 8
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        while count <= MAX_PNG_CHUNKS and at + 8 <= len(data):
+            length, kind = struct.unpack_from(">I4s", data, at)
+            count, at = count + 1, at + 12 + length
+            if kind == b"eXIf" and length > MAX_EXIF_BYTES:
+                return f"an EXIF block over {MAX_EXIF_BYTES >> 20} MB"
+            if kind == b"IEND":
+                break
+        return f"a PNG of more than {MAX_PNG_CHUNKS:,} chunks" if count > MAX_PNG_CHUNKS else None
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) > 13:
+        at = 13 + (3 * 2 ** ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+        while count <= MAX_GIF_BLOCKS and data[at:at + 1] == b"!":
+            at += 2  # the introducer and the extension's label
+            while count <= MAX_GIF_BLOCKS and at < len(data) and data[at]:
+                count, at = count + 1, at + 1 + data[at]
+            at += 1
+        return f"a GIF of more than {MAX_GIF_BLOCKS:,} blocks before its image" if count > MAX_GIF_BLOCKS else None
+    return None
+
+
 def read_image(path: Path, manifest: dict) -> np.ndarray:
     """uint8 (1, C, H, W) at the model's input size."""
     with warnings.catch_warnings():  # Pillow warns of big images (checked below) and once per broken EXIF tag
         warnings.simplefilter("ignore")
         data = read_regular(path, 512 << 20, follow_links=True)  # a FIFO or device behind it: refused
-        if problem := tiff_problem(data):  # Pillow's header parsing alone took seconds and GBs
+        if problem := tiff_problem(data) or chunk_problem(data):  # Pillow's parsing alone took seconds and GBs
             raise ValueError(problem)
         segments, first_scan = jpeg_header(data)
         scans = data.count(b"\xff\xda", first_scan) if first_scan is not None else 0  # not an EXIF thumbnail's
         if segments > MAX_JPEG_HEADER_SEGMENTS:  # 10 MB of them took 381 MB in Pillow
             raise ValueError(f"a JPEG of more than {MAX_JPEG_HEADER_SEGMENTS:,} header segments")
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        if len(image.info.get("exif") or b"") > MAX_EXIF_BYTES:  # a WebP's EXIF: 2 million rationals took 5 s
+            raise ValueError(f"an EXIF block over {MAX_EXIF_BYTES >> 20} MB")
         if image.format in ("JPEG", "MPO") and scans > MAX_JPEG_SCANS:  # minutes of decoding
             raise ValueError(f"more than {MAX_JPEG_SCANS} JPEG scans (a camera's file has 1 to about 12)")
         if image.format == "BMP" and image.info.get("compression") in (1, 2) and \

@@ -186,6 +186,13 @@ def copy_run(trained: Path, tmp_path: Path, name: str = "run") -> Path:
     return run_dir
 
 
+def run_score_onnx(exported: Path, *images: Path) -> subprocess.CompletedProcess:
+    """examples/score_onnx.py of an exported run's weave category on ``images``, as the line PC runs it."""
+    artifacts = exported / "categories" / "weave" / "artifacts"
+    return subprocess.run([sys.executable, "-I", str(REPO / "examples" / "score_onnx.py"), str(artifacts),
+                           *map(str, images)], capture_output=True, text=True, timeout=120)
+
+
 def small_png(trained: Path) -> Path:
     """A 32x32 grey PNG beside the trained run: any image is fine as infer input."""
     from PIL import Image

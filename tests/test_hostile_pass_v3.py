@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, _cli_env, copy_run, small_png
+from conftest import REPO, _cli_env, copy_run, run_score_onnx, small_png
 
 
 def _bmp_rle8(width: int, height: int, body: bytes) -> bytes:
@@ -138,13 +138,6 @@ def _load_image_measured(path: Path, resize: int) -> tuple[list[str], float, int
     return lines, float(cpu_s), int(peak_kb) >> 10
 
 
-def _score_onnx(exported: Path, *images: Path) -> subprocess.CompletedProcess:
-    """examples/score_onnx.py of the exported run on ``images``, as the line PC runs it."""
-    artifacts = exported / "categories" / "weave" / "artifacts"
-    return subprocess.run([sys.executable, "-I", str(REPO / "examples" / "score_onnx.py"), str(artifacts),
-                           *map(str, images)], capture_output=True, text=True, timeout=120)
-
-
 def _raw_tiff_of_one_byte_strips(path: Path, strips: int) -> Path:
     """An uncompressed 8-bit TIFF, 1 pixel wide and ``strips`` rows, one row a strip, every
     StripOffsets entry (SHORT: 2 bytes) pointing at the same byte; StripByteCounts of count 1."""
@@ -182,7 +175,7 @@ def test_a_tiff_of_millions_of_raw_strips_is_one_line_in_score_onnx_and_an_ordin
     bomb = _raw_tiff_of_one_byte_strips(tmp_path / "strips.tif", 1_500_000)
     ordinary = tmp_path / "ordinary.tif"
     Image.open(small_png(exported)).convert("RGB").save(ordinary)
-    proc = _score_onnx(exported, bomb, ordinary)
+    proc = run_score_onnx(exported, bomb, ordinary)
     assert proc.returncode == 2 and "strips.tif" in proc.stderr and "strips or tiles" in proc.stderr, proc.stderr
     assert len(proc.stdout.splitlines()) == 1 and "ordinary.tif" in proc.stdout
 
@@ -222,9 +215,9 @@ def test_a_jpeg_of_millions_of_empty_app_markers_is_refused_before_pillow_lists_
     assert load_image(camera, return_size=True)[1] == (80, 60)
 
 
-def test_a_jpeg_of_millions_of_empty_app_markers_is_one_line_in_score_onnx(exported, tmp_path):
+def test_a_jpeg_of_millions_of_empty_app_markers_is_one_line_inrun_score_onnx(exported, tmp_path):
     bomb = _jpeg_of_empty_app_markers(tmp_path / "apps.jpg", 2_500_000)
-    proc = _score_onnx(exported, bomb, small_png(exported))
+    proc = run_score_onnx(exported, bomb, small_png(exported))
     assert proc.returncode == 2 and "apps.jpg" in proc.stderr and "header segments" in proc.stderr, proc.stderr
     assert len(proc.stdout.splitlines()) == 1
 

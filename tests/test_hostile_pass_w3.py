@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, _cli_env, run_cli, small_png
+from conftest import REPO, _cli_env, run_cli, run_score_onnx, small_png
 
 
 def _tiled_tiff(tile_side: int, variant: str, width: int = 16, height: int = 16) -> bytes:
@@ -439,3 +439,33 @@ def test_held_infer_onnxruntime_under_pythonwarnings_error_and_optimize_complete
                    env={"PYTHONWARNINGS": "error", "PYTHONOPTIMIZE": "2"}, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "status.json").read_text())["status"] == "completed"
+
+
+def test_score_onnx_refuses_the_png_gif_and_exif_padding_infer_refuses_and_scores_the_rest(exported, tmp_path):
+    """score_onnx.py on the line PC: the 20 MB PNG of empty chunks took 4.5 s there; the GIF of
+    comment blocks and the WebP of a 16 MB EXIF block are the same padding. Each is one line naming
+    it; a plain PNG and GIF score."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(buf, "PNG")
+    data = buf.getvalue()
+    chunks = tmp_path / "chunks.png"
+    chunks.write_bytes(data[:33] + _png_chunk(b"abCd", b"") * 150_000 + data[33:])
+    buf = io.BytesIO()
+    Image.new("P", (16, 16), 1).save(buf, "GIF")
+    gif = buf.getvalue()
+    descriptor = 13 + 3 * 2 ** ((gif[10] & 7) + 1)
+    blocks = tmp_path / "blocks.gif"
+    blocks.write_bytes(gif[:descriptor] + b"!\xfe" + b"\x01a" * 150_000 + b"\x00" + gif[descriptor:])
+    plain_gif = tmp_path / "plain.gif"
+    plain_gif.write_bytes(gif)
+    exif = tmp_path / "exif.webp"
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(exif, "WEBP", exif=b"Exif\x00\x00II*\x00" + b"\x00" * (2 << 20))
+    proc = run_score_onnx(exported, chunks, blocks, exif, small_png(exported), plain_gif)
+    assert proc.returncode == 2, proc.stderr[-1500:]
+    errors = proc.stderr.strip().splitlines()
+    assert [next(name for name in ("chunks.png", "blocks.gif", "exif.webp") if name in line) for line in errors] == \
+        ["chunks.png", "blocks.gif", "exif.webp"], errors
+    assert [json.loads(line)["image"] for line in proc.stdout.splitlines()] == [str(small_png(exported)),
+                                                                                 str(plain_gif)]
