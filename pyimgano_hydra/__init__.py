@@ -208,4 +208,3 @@ def _quiet_resource_tracker() -> None:
 
 
 _quiet_resource_tracker()
-

@@ -56,9 +56,10 @@ def _file_path(uri: str) -> str:
 
 def _odd_store_file(store: Path) -> Path | None:
     """An experiment record of a file store (``<store>/<id>/meta.yaml``) that is not a regular file."""
+    import itertools
     import stat
 
-    for meta in [*store.glob("*/meta.yaml"), *store.glob(".trash/*/meta.yaml")][:10_000]:
+    for meta in itertools.islice(itertools.chain(store.glob("*/meta.yaml"), store.glob(".trash/*/meta.yaml")), 10_000):
         if not stat.S_ISREG(meta.lstat().st_mode):
             return meta
     return None

@@ -47,9 +47,9 @@ def check_before_open(path: str | Path, handle: BinaryIO) -> None:
                         f"re-encode it")
 
 
-def _tiff_tags(handle: BinaryIO) -> dict[int, tuple[int, int, int]]:
-    """Tag -> (type, count, first value; the largest value of a repeated tag) of a TIFF's first
-    directory; the value is read only for integer layout tags; count -1 marks a directory too long."""
+def _tiff_tags(handle: BinaryIO) -> dict[int, tuple[int, int]]:
+    """Tag -> (count, first value) of a TIFF's first directory, a repeated tag at its largest of
+    each; the value is read only for integer layout tags (0 otherwise)."""
     head = handle.read(16)
     try:
         order, big = ("<" if head[:1] == b"I" else ">"), head[2:4] in (b"+\0", b"\0+")
@@ -59,7 +59,7 @@ def _tiff_tags(handle: BinaryIO) -> dict[int, tuple[int, int, int]]:
         if len(raw) < struct.calcsize(count_fmt):
             return {}  # Pillow names the broken file
         entries = handle.read(min(struct.unpack(order + count_fmt, raw)[0], 65536) * entry_size)
-        tags: dict[int, tuple[int, int, int]] = {}
+        tags: dict[int, tuple[int, int]] = {}
         for at in range(0, len(entries) - entry_size + 1, entry_size):
             tag, kind = struct.unpack_from(order + "HH", entries, at)
             count = struct.unpack_from(order + ("Q" if big else "I"), entries, at + 4)[0]
@@ -70,30 +70,28 @@ def _tiff_tags(handle: BinaryIO) -> dict[int, tuple[int, int, int]]:
                 if size * count <= inline:  # the values inside the entry
                     value = struct.unpack_from(order + _TIFF_FORMATS[kind], field)[0]
                 else:  # at the offset the entry holds (LONG8 in a classic TIFF, BitsPerSample of RGB)
-                    where, back = struct.unpack_from(order + ("Q" if big else "I"), field)[0], handle.tell()
-                    handle.seek(where)
+                    handle.seek(struct.unpack_from(order + ("Q" if big else "I"), field)[0])
                     data = handle.read(size)
-                    handle.seek(back)
                     value = struct.unpack(order + _TIFF_FORMATS[kind], data)[0] if len(data) == size else 0
-            old = tags.get(tag)
-            tags[tag] = (kind, max(count, old[1]) if old else count, max(value, old[2]) if old else value)
+            old_count, old_value = tags.get(tag, (0, 0))
+            tags[tag] = (max(count, old_count), max(value, old_value))
         return tags
     finally:
         handle.seek(0)
 
 
-def _check_tiff(path: str | Path, tags: dict[int, tuple[int, int, int]]) -> None:
+def _check_tiff(path: str | Path, tags: dict[int, tuple[int, int]]) -> None:
     def value(tag: int, default: int = 0) -> int:
-        return tags[tag][2] if tag in tags else default
+        return tags[tag][1] if tag in tags else default
 
-    pieces = max((tags[t][1] for t in (273, 324) if t in tags), default=0)
+    pieces = max((tags[t][0] for t in (273, 324) if t in tags), default=0)
     if pieces > MAX_TIFF_STRIPS:
         raise DataError(f"{path}: refused: a TIFF of {pieces:,} strips or tiles (at most {MAX_TIFF_STRIPS:,}: "
                         f"every one costs the decoder a Python object); re-save it with larger strips, or as PNG")
-    long_tag = next((t for t, (_, count, _) in tags.items() if t not in _TIFF_OFFSETS + _TIFF_BLOBS
+    long_tag = next((t for t, (count, _) in tags.items() if t not in _TIFF_OFFSETS + _TIFF_BLOBS
                      and count > MAX_TIFF_TAG_VALUES), None)
     if long_tag is not None:
-        raise DataError(f"{path}: refused: TIFF tag {long_tag} holds {tags[long_tag][1]:,} values (at most "
+        raise DataError(f"{path}: refused: TIFF tag {long_tag} holds {tags[long_tag][0]:,} values (at most "
                         f"{MAX_TIFF_TAG_VALUES:,}); re-save it")
     tile, image = value(322) * value(323), value(256) * value(257)
     if tile > max(image, MAX_TIFF_TILE_PIXELS):
