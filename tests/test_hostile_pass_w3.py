@@ -95,7 +95,6 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-@pytest.mark.xfail(strict=True, reason="#16 open: Pillow reads a complete zlib stream of half the rows without a word; telling needs a second inflate")
 def test_a_png_whose_image_data_ends_after_half_its_rows_is_never_read_as_black(tmp_path):
     """A 256x256 RGB PNG whose (complete, CRC-correct) zlib stream holds only 128 rows, then IEND:
     Pillow loads it without a word and the missing rows are black. load_image returns the image,
@@ -109,7 +108,6 @@ def test_a_png_whose_image_data_ends_after_half_its_rows_is_never_read_as_black(
     _refused_naming(path, lambda loaded: f"rows 128.. are all {loaded[128:].max()}")
 
 
-@pytest.mark.xfail(strict=True, reason="#16 open: Pillow drops libjpeg's premature-end warning")
 def test_a_jpeg_whose_scan_ends_early_before_its_eoi_is_never_read_as_flat_grey(tmp_path):
     """A camera JPEG cut at half its size with the EOI marker (FF D9) appended: libjpeg warns
     'premature end of data segment' (Pillow drops the warning) and fills the rest with flat grey;

@@ -4,12 +4,16 @@ Pillow's parsers keep a Python object for each TIFF strip, tag value, JPEG segme
 GIF block, and libtiff fills whole declared tiles: a few MB of such structure took seconds and
 GBs for a 16x16 image. These walks read only lengths and counts, stop at a fixed limit, and
 leave the handle at the start; :func:`check_before_open` refuses what they find, naming the file.
+Two more tell a PNG or JPEG whose image data ends early, which Pillow decodes without a word.
 """
 from __future__ import annotations
 
 import struct
+import zlib
 from pathlib import Path
 from typing import BinaryIO
+
+import simplejpeg
 
 from pyimgano_hydra.errors import DataError
 
@@ -131,6 +135,30 @@ def jpeg_header(handle: BinaryIO, limit: int = MAX_JPEG_HEADER_SEGMENTS) -> tupl
         handle.seek(0)
 
 
+_SIMPLEJPEG_SPACES = {"Gray": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}  # decoded as is; else RGB
+# libjpeg's warnings after which it fills blocks it never read (not "extraneous bytes before marker")
+_JPEG_DATA_LOST = ("premature end", "instead of rst", "bad huffman code")
+
+
+def jpeg_data_complete(handle: BinaryIO, max_bytes: int) -> bool:
+    """Whether libjpeg decodes every block of a JPEG from its data. Pillow drops libjpeg's warnings
+    ('premature end of data segment': a file cut and closed with EOI) and fills the blocks it
+    never read flat grey; simplejpeg raises them (decoded at 1/8 scale, thrown away). A file over
+    ``max_bytes``, or one simplejpeg refuses for another reason, counts as complete: Pillow decides."""
+    try:
+        data = handle.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            return True
+        try:
+            space = simplejpeg.decode_jpeg_header(data)[2]
+            simplejpeg.decode_jpeg(data, _SIMPLEJPEG_SPACES.get(space, "RGB"), min_factor=8, strict=True)
+        except ValueError as exc:
+            return not any(lost in str(exc).lower() for lost in _JPEG_DATA_LOST)
+        return True
+    finally:
+        handle.seek(0)
+
+
 def jpeg_scans(handle: BinaryIO, limit: int) -> int:
     """Start-of-scan markers from a JPEG's first scan on (an EXIF thumbnail's is not the file's),
     counted up to ``limit + 1`` in blocks read from the open file (entropy-coded 0xFF bytes are
@@ -168,6 +196,51 @@ def png_chunks(handle: BinaryIO) -> tuple[int, bytes | None]:
                 break
             handle.seek(length + 4, 1)  # the data and its CRC
         return count, exif
+    finally:
+        handle.seek(0)
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def png_data_complete(handle: BinaryIO) -> bool:
+    """Whether a PNG's image data inflates to every row its header declares. Pillow decodes a
+    complete zlib stream of half the rows without a word and leaves the rest black. Inflated in
+    1 MB pieces, counted, never kept; a header or stream Pillow cannot read counts as complete
+    (Pillow names that file itself)."""
+    try:
+        handle.seek(8)
+        head = handle.read(8 + 13)
+        if len(head) < 21 or head[4:8] != b"IHDR":
+            return True
+        width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", head[8:21])
+        if colour not in _PNG_CHANNELS:
+            return True
+        bits = _PNG_CHANNELS[colour] * depth
+        passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+        expected = sum(rows * (1 + (cols * bits + 7) // 8) for x0, y0, dx, dy in passes
+                       if (cols := (width - x0 + dx - 1) // dx) and (rows := (height - y0 + dy - 1) // dy))
+        handle.seek(4, 1)  # IHDR's CRC
+        inflater, inflated, seen = zlib.decompressobj(), 0, 0
+        while inflated < expected and seen <= MAX_PNG_CHUNKS and len(chunk := handle.read(8)) == 8:
+            seen += 1
+            length, kind = struct.unpack(">I4s", chunk)
+            if kind != b"IDAT":
+                if inflated or kind == b"IEND":
+                    break  # the image data is one run of IDAT chunks
+                handle.seek(length + 4, 1)
+                continue
+            data = handle.read(length)
+            handle.seek(4, 1)
+            while inflated < expected and not inflater.eof:
+                piece = inflater.decompress(data, 1 << 20)
+                inflated, data = inflated + len(piece), inflater.unconsumed_tail
+                if not piece and not data:
+                    break  # the next chunk holds the rest
+        return inflated >= expected
+    except (zlib.error, struct.error):
+        return True
     finally:
         handle.seek(0)
 

@@ -148,11 +148,26 @@ def _pillow_decode(path: str | Path, handle: BinaryIO, draft_to: tuple[int, int]
     if draft_to is not None and jpeg:
         img.draft(img.mode, (draft_to[1], draft_to[0]))  # decode large JPEGs at 1/2..1/8
     _check_decode_size(path, img, max_megabytes)
+    _check_complete(path, img, handle, (height, width))
     img.load()
     loaded, img = img.size, ImageOps.exif_transpose(img)
     if img.size != loaded:  # turned a quarter
         width, height = height, width
     return img, (height, width)
+
+
+def _check_complete(path: str | Path, img: Image.Image, handle: BinaryIO, size: tuple[int, int]) -> None:
+    """Refuse a PNG or JPEG whose image data ends before its last row (the rest would load black or
+    flat grey); ``size``: its full (height, width), before any draft scale."""
+    if img.format == "PNG":
+        complete = headers.png_data_complete(handle)
+    elif img.format in ("JPEG", "MPO"):
+        complete = headers.jpeg_data_complete(handle, size[0] * size[1] * 8 + (16 << 20))
+    else:
+        return
+    if not complete:
+        raise DataError(f"{path}: refused: its image data ends before its last row (a cut or broken file); "
+                        f"replace or remove it, or set dataset.on_bad_image=skip")
 
 
 def _orientation(img: Image.Image, handle: BinaryIO) -> int:
@@ -322,7 +337,7 @@ def _open_mask(path: Path) -> Image.Image | np.ndarray:
         _check_decode_size(path, img, DEFAULT_MAX_IMAGE_MEGABYTES,  # OpenCV's array: 2 bytes a channel
                            held_mb=width * height * 2 * _PNG_COLOUR_TYPES[header[25]] / 1e6)
         orientation = _orientation(img, handle)
-        handle.seek(0)
+        _check_complete(path, img, handle, (height, width))
         data = np.frombuffer(handle.read(), np.uint8)
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # ignores EXIF orientation: turned as Pillow turns an image
     if arr is None or arr.ndim != 3:
