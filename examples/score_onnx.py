@@ -1,4 +1,4 @@
-"""Score images with an exported pyimgano_hydra model: numpy + onnxruntime + Pillow only.
+"""Score images with an exported pyimgano_hydra model: numpy + onnxruntime + Pillow (+ simplejpeg).
 
     python score_onnx.py <artifacts dir with model.onnx + export.json> <image> [<image> ...]
 
@@ -7,7 +7,8 @@ Images are resized to ``export.json``'s ``preprocessing.resize`` (box filter whe
 bilinear when enlarging: close to, not bit-identical with, the OpenCV resize of training).
 Runs exported with tiling are refused here (``infer runtime=onnxruntime`` tiles them).
 The model allocates from one arena of at most $SCORE_ONNX_MAX_MEMORY_GB (default 1 GB).
-An image that gets no verdict is named in one line on stderr and skipped (exit code 2 at the end).
+An image that gets no verdict is named in one line on stderr and skipped (exit code 2 at the end),
+as is a PNG or JPEG whose image data ends early (JPEGs are checked when simplejpeg is installed).
 """
 import hashlib
 import io
@@ -18,11 +19,17 @@ import stat
 import sys
 import threading
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageOps
+
+try:
+    import simplejpeg  # raises the libjpeg warnings Pillow drops
+except ImportError:
+    simplejpeg = None
 
 # Raster formats only: an EPS named .png would reach Pillow's EPS plugin, which runs Ghostscript.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
@@ -334,6 +341,43 @@ def chunk_problem(data: bytes):
     return None
 
 
+def cut_problem(data: bytes, width: int, height: int):
+    """Why Pillow would load a PNG or JPEG black or flat grey below some row (None if fine): its
+    image data ends early, which Pillow decodes without a word (infer refuses these too)."""
+    import struct
+
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 33:
+        depth, colour, interlace = data[24], data[25], data[28]
+        bits = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 0) * depth
+        passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+                  (0, 1, 1, 2)) if interlace else ((0, 0, 1, 1),)
+        expected = sum(rows * (1 + (cols * bits + 7) // 8) for x0, y0, dx, dy in passes
+                       if (cols := (width - x0 + dx - 1) // dx) and (rows := (height - y0 + dy - 1) // dy))
+        inflater, inflated, at = zlib.decompressobj(), 0, 8
+        try:
+            while inflated < expected and at + 8 <= len(data) and not inflater.eof:
+                length, kind = struct.unpack_from(">I4s", data, at)
+                piece = data[at + 8:at + 8 + length] if kind == b"IDAT" else b""
+                while kind == b"IDAT" and inflated < expected and not inflater.eof:
+                    out = inflater.decompress(piece, 1 << 20)
+                    inflated, piece = inflated + len(out), inflater.unconsumed_tail
+                    if not out and not piece:
+                        break  # the next chunk holds the rest
+                at += 12 + length
+        except zlib.error:
+            return None  # Pillow names a broken stream itself
+        return None if inflated >= expected or not bits else "its image data ends before its last row"
+    if data[:3] == b"\xff\xd8\xff" and simplejpeg is not None:
+        try:
+            space = simplejpeg.decode_jpeg_header(data)[2]
+            simplejpeg.decode_jpeg(data, {"Gray": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}.get(space, "RGB"),
+                                   min_factor=8, strict=True)
+        except ValueError as exc:
+            if any(lost in str(exc).lower() for lost in ("premature end", "instead of rst", "bad huffman code")):
+                return f"its image data ends early ({exc})"
+    return None
+
+
 def read_image(path: Path, manifest: dict) -> np.ndarray:
     """uint8 (1, C, H, W) at the model's input size."""
     with warnings.catch_warnings():  # Pillow warns of big images (checked below) and once per broken EXIF tag
@@ -361,6 +405,8 @@ def read_image(path: Path, manifest: dict) -> np.ndarray:
         if decoded > MAX_DECODED_BYTES:  # from the header, as infer's dataset.max_image_megabytes
             raise ValueError(f"{image.size[0]}x{image.size[1]} {image.mode} decodes to {decoded >> 20} MB, "
                              f"over {MAX_DECODED_BYTES >> 20} MB")
+        if problem := cut_problem(data, *image.size):
+            raise ValueError(problem)
         image = ImageOps.exif_transpose(image)  # as training and infer see it
     if image.mode.startswith("I;16"):  # 16-bit: 0..65535 -> rint(v / 257), as infer maps it
         image = Image.fromarray(((np.asarray(image, dtype=np.uint32) + 128) // 257).astype(np.uint8))

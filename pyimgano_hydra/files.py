@@ -44,11 +44,24 @@ def open_regular(path: str | Path, advice: str, error: type[UserError] = UserErr
     return handle
 
 
+MIN_SPARSE_CHECK_BYTES = 64 << 20
+
+
+def refuse_sparse(handle: BinaryIO, path: str | Path, advice: str, error: type[UserError] = UserError) -> None:
+    """``error`` for a file of 64 MB or more whose blocks on disk hold under half its length: a
+    sparse file, which no writer of ours makes (a 21 MB run dir whose inspector.pt read as 3 GB)."""
+    info = os.fstat(handle.fileno())
+    if info.st_size >= MIN_SPARSE_CHECK_BYTES and info.st_blocks * 512 < info.st_size // 2:
+        raise error(f"{shown(str(path))}: refused: a sparse file ({info.st_size >> 20} MB long, "
+                    f"{info.st_blocks * 512 >> 20} MB on disk); {advice}")
+
+
 def read_regular(path: str | Path, limit: int, advice: str, error: type[UserError] = UserError,
                  follow: bool = True) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes (checked before and while reading: a
     2 GB sparse file is never read); otherwise ``error`` naming it and ending with ``advice``."""
     with open_regular(path, advice, error, follow) as handle:
+        refuse_sparse(handle, path, advice, error)
         if os.fstat(handle.fileno()).st_size > limit:
             raise error(f"{shown(str(path))}: larger than {limit >> 20} MB; {advice}")
         data = handle.read(limit + 1)

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 def collect_inputs(spec: str) -> list[Path]:
     """Image files named by a file, a directory (recursively) or a glob pattern, sorted."""
+    if not spec.strip():  # Path("") is "."; "input=$IMAGES" with the variable unset named no folder
+        raise UserError("input= is empty; pass a file, a folder or a quoted glob")
     path = Path(spec)
     if path.is_file():
         return [path]

@@ -442,9 +442,10 @@ def test_explicit_dirs_with_seeded_split_and_mask_dir(tmp_path):
     assert again.test == split.test
     other = [FolderDataset(root, **kwargs, seed=s).split("custom").test for s in range(1, 6)]
     assert any(o != split.test for o in other)
-    named = FolderDataset(root, normal_dir="ok", abnormal_dirs={"bump": "ng/dent"},
-                          normal_test_dir="ok").split("custom")
-    assert len(named.train) == 10 and counts(named) == {(0, "good"): 10, (1, "bump"): 2}
+    named = FolderDataset(root, normal_dir="ok", abnormal_dirs={"bump": "ng/dent"}).split("custom")
+    assert len(named.train) == 8 and counts(named) == {(0, "good"): 2, (1, "bump"): 2}
+    with pytest.raises(ConfigError, match="dataset.normal_test_dir: .* is listed by dataset.normal_dir too"):
+        FolderDataset(root, normal_dir="ok", abnormal_dirs=["ng/dent"], normal_test_dir="ok").split("custom")
 
 
 def test_explicit_dirs_bad_input(tmp_path):

@@ -111,13 +111,14 @@ def test_one_image_listed_both_normal_and_anomalous_is_named_not_scored_twice(tm
     normal}, with normal_test_dir=normal): each normal image is in the train split, the normal test
     split and the anomalous test split at once. The run completes (test 28 = 12 normal + 16
     anomalous), AUROC computed against contradictory labels, no note. Expected: refused in one line
-    naming dataset.abnormal_dirs (or a note that names the overlap)."""
+    naming dataset.abnormal_dirs (or a note that names the overlap). (normal_test_dir=normal is
+    refused on its own now: pass X2.)"""
     root = tmp_path / "data"
     _png_folder(root / "normal", 12, False, 0)
     _png_folder(root / "lot" / "bad", 4, True, 2)
     run_dir = tmp_path / "run"
     proc = run_cli(["dataset=folder", f"dataset.root={root}", "dataset.normal_dir=normal",
-                    "dataset.normal_test_dir=normal", "dataset.abnormal_dirs={bad: lot/bad, also: normal}",
+                    "dataset.abnormal_dirs={bad: lot/bad, also: normal}",
                     "dataset.resize=64", "model=padim", f"hydra.run.dir={run_dir}"], timeout=300)
     if proc.returncode != 0:
         assert "dataset.abnormal_dirs" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-1500:]

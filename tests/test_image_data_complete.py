@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -86,3 +87,20 @@ def test_a_jpeg_cut_at_a_restart_marker_and_closed_is_refused_but_its_whole_file
     assert load_image(tmp_path / "whole.jpg").shape == (128, 128, 3)
     with pytest.raises(DataError, match="cut.jpg: refused: its image data ends"):
         load_image(tmp_path / "cut.jpg")
+
+
+def test_score_onnx_names_a_cut_png_and_jpeg_and_scores_the_whole_ones(exported, tmp_path: Path):
+    """The line's standalone scorer: a cut file gets no verdict (named on stderr, exit 2), the rest score."""
+    from conftest import run_score_onnx
+
+    arr = _noise((64, 64, 3))
+    jpeg = _saved(arr, "JPEG", quality=90)
+    files = {"whole.png": _interlaced_png(arr), "six_passes.png": _interlaced_png(arr, passes=6),
+             "whole.jpg": jpeg, "cut.jpg": jpeg[:len(jpeg) // 2] + b"\xff\xd9"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    proc = run_score_onnx(exported, *(tmp_path / name for name in files))
+    assert proc.returncode == 2, proc.stderr
+    scored = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [Path(json.loads(line)["image"]).name for line in scored] == ["whole.png", "whole.jpg"]
+    assert "six_passes.png" in proc.stderr and "cut.jpg" in proc.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import zlib
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Sequence
@@ -122,6 +123,7 @@ class ImageDataset:
             raise DataError(f"dataset.category {category!r} not found under {self.root}; "
                             f"available: {', '.join(on_disk) if on_disk else 'none'}")
         full = self.collect(category)
+        self._refuse_repeats(full, category)
         if not full.train:
             raise DataError(f"{self.train_dir_hint(category)}: empty train split (no normal "
                             f"training images); expected the {self.layout} layout: "
@@ -135,6 +137,17 @@ class ImageDataset:
             raise DataError(f"{self.train_dir_hint(category)}: every train image was skipped "
                             f"as unreadable; see dataset.skipped")
         return CategorySplit(category=category, train=train, test=test)
+
+    def _refuse_repeats(self, full: CategorySplit, category: str) -> None:
+        """Each image listed once: one listed for train and test is scored on what the model was
+        fitted on (a handed-over split CSV, a folder linked into another); twice, it counts twice."""
+        seen: dict[str, str] = {}
+        for sample in (*full.train, *full.test):
+            real = os.path.realpath(sample.path)  # no error on a link loop
+            if real in seen:
+                raise DataError(f"{sample.path}: listed twice (as {seen[real]} and as {sample.split}; see "
+                                f"{self.train_dir_hint(category)}); list each image once")
+            seen[real] = sample.split
 
     def train_dir_hint(self, category: str) -> str:
         """Path shown in the empty-train error."""

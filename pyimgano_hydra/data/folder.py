@@ -13,6 +13,7 @@ Two ways to point at images (paths relative to ``root`` unless absolute):
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -166,14 +167,19 @@ class FolderDataset(ImageDataset):
         test = [Sample(str(p), NORMAL, None, category, "good", "test") for p in test_normals]
         if not self.abnormal_dirs:
             raise ConfigError("dataset.abnormal_dirs: give at least one folder of defect images")
-        listed = {p.resolve(): "dataset.normal_dir" for p in train_paths}
-        listed.update({p.resolve(): "dataset.normal_test_dir" for p in test_normals})
+        listed: dict[str, str] = {}  # real path -> the key listing it: one role per image
+
+        def claim(p: Path, key: str) -> None:  # never fitted on and scored, nor scored both ways
+            if (where := listed.setdefault(os.path.realpath(p), key)) != key:  # realpath: no error on a link loop
+                raise ConfigError(f"{key}: {p} is listed by {where} too; give each image one folder")
+
+        for p in train_paths:
+            claim(p, "dataset.normal_dir")
+        for p in test_normals:
+            claim(p, "dataset.normal_test_dir")
         for defect, rel in self.abnormal_dirs.items():
             for p in self._images(self._dir(rel, f"abnormal_dirs.{defect}")):
-                if (where := listed.setdefault(p.resolve(), f"dataset.abnormal_dirs.{defect}")) != \
-                        f"dataset.abnormal_dirs.{defect}":  # one label per image: never scored both ways
-                    raise ConfigError(f"dataset.abnormal_dirs.{defect}: {p} is listed by {where} too; "
-                                      f"give each image one folder")
+                claim(p, f"dataset.abnormal_dirs.{defect}")
                 mask = self._mask_for(p, defect)
                 test.append(Sample(str(p), ANOMALOUS, str(mask) if mask else None, category,
                                    defect, "test"))

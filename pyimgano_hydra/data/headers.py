@@ -8,10 +8,11 @@ Two more tell a PNG or JPEG whose image data ends early, which Pillow decodes wi
 """
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import simplejpeg
 
@@ -22,13 +23,16 @@ MAX_TIFF_TILE_PIXELS = 1 << 20  # a tile may exceed a small image up to 1024x102
 MAX_TIFF_TAG_VALUES = 196_608  # a 16-bit ColorMap's 3 x 65536, the longest tag a baseline TIFF has
 MAX_JPEG_HEADER_SEGMENTS = 1000  # a camera's file has about 20; an ICC profile adds a few
 MAX_PNG_CHUNKS = 100_000  # a 100 MB image in 1 KB IDAT chunks
+MAX_PNG_METADATA_BYTES = 16 << 20  # text and eXIf chunks; a photo editor writes KBs
 MAX_GIF_BLOCKS = 100_000  # extension sub-blocks before the first image
 MAX_EXIF_BYTES = 1 << 20  # a JPEG's APP1 holds at most 64 KB
 
+_PNG_METADATA = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")  # where Pillow finds EXIF and XMP
 _TIFF_OFFSETS = (273, 279, 324, 325)  # StripOffsets/ByteCounts, TileOffsets/ByteCounts: MAX_TIFF_STRIPS
 _TIFF_BLOBS = (700, 33723, 34377, 34675, 37724)  # XMP, IPTC, Photoshop, ICC, ImageSourceData: bytes
 _TIFF_FORMATS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 16: "Q", 17: "q"}  # integer types
-_TIFF_LAYOUT = (256, 257, 258, 262, 284, 322, 323, 339)  # sizes, bits, photometric, planar, tiles, sample format
+_TIFF_LAYOUT = (256, 257, 258, 262, 277, 278, 284, 322, 323, 339)  # sizes, bits, photometric, samples, rows a strip,
+#                                                                   planar, tiles, sample format
 
 
 def check_before_open(path: str | Path, handle: BinaryIO) -> None:
@@ -38,14 +42,16 @@ def check_before_open(path: str | Path, handle: BinaryIO) -> None:
     if head[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
         _check_tiff(path, _tiff_tags(handle))
     elif head[:3] == b"\xff\xd8\xff":
-        if jpeg_header(handle)[0] > MAX_JPEG_HEADER_SEGMENTS:
+        if jpeg_header(handle).segments > MAX_JPEG_HEADER_SEGMENTS:
             raise DataError(f"{path}: refused: a JPEG of more than {MAX_JPEG_HEADER_SEGMENTS:,} header segments "
                             f"(a camera's file has about 20); re-encode it")
     elif head[:8] == b"\x89PNG\r\n\x1a\n":
-        chunks, exif = png_chunks(handle)
-        if chunks > MAX_PNG_CHUNKS or exif is not None and len(exif) > MAX_EXIF_BYTES:
-            raise DataError(f"{path}: refused: a PNG of more than {MAX_PNG_CHUNKS:,} chunks or an EXIF block over "
-                            f"{MAX_EXIF_BYTES >> 20} MB; re-encode it")
+        chunks, exif, metadata, problem = png_chunks(handle)
+        if problem:
+            raise DataError(f"{path}: refused: a PNG of {problem} (part of it would load black); re-encode it")
+        if chunks > MAX_PNG_CHUNKS or exif > MAX_EXIF_BYTES or metadata > MAX_PNG_METADATA_BYTES:
+            raise DataError(f"{path}: refused: a PNG of more than {MAX_PNG_CHUNKS:,} chunks, an EXIF block over "
+                            f"{MAX_EXIF_BYTES >> 20} MB or text over {MAX_PNG_METADATA_BYTES >> 20} MB; re-encode it")
     elif head[:6] in (b"GIF87a", b"GIF89a") and _gif_blocks(handle) > MAX_GIF_BLOCKS:
         raise DataError(f"{path}: refused: a GIF of more than {MAX_GIF_BLOCKS:,} blocks before its image; "
                         f"re-encode it")
@@ -97,6 +103,14 @@ def _check_tiff(path: str | Path, tags: dict[int, tuple[int, int]]) -> None:
     if long_tag is not None:
         raise DataError(f"{path}: refused: TIFF tag {long_tag} holds {tags[long_tag][0]:,} values (at most "
                         f"{MAX_TIFF_TAG_VALUES:,}); re-save it")
+    width, height, planes = value(256), value(257), value(277, 1) if value(284, 1) == 2 else 1
+    if 324 in tags and value(322) and value(323):  # tiled: a piece per tile per plane
+        needed = -(-width // value(322)) * -(-height // value(323)) * planes
+    else:
+        needed = -(-height // (value(278) or height or 1)) * planes if 273 in tags else 0
+    if pieces < needed:  # Pillow decodes the pieces listed and leaves the rest black
+        raise DataError(f"{path}: refused: a TIFF listing {pieces:,} strips or tiles where its size needs {needed:,} "
+                        f"(the rest would load black); re-save it")
     tile, image = value(322) * value(323), value(256) * value(257)
     if tile > max(image, MAX_TIFF_TILE_PIXELS):
         raise DataError(f"{path}: refused: a TIFF tile of {value(322)}x{value(323)} pixels for a "
@@ -111,26 +125,99 @@ def _check_tiff(path: str | Path, tags: dict[int, tuple[int, int]]) -> None:
                         f"interleaved, or as PNG")
 
 
-def jpeg_header(handle: BinaryIO, limit: int = MAX_JPEG_HEADER_SEGMENTS) -> tuple[int, int | None]:
-    """(segments and fill bytes before the first scan, counted up to ``limit + 1``; where the
-    first scan's marker is, or None)."""
+class JpegHeader(NamedTuple):
+    segments: int  # segments, fill and stray bytes before the first scan, counted up to limit + 1
+    first_scan: int | None  # where the first scan's marker is; None when there is none
+    components: tuple[int, ...]  # the frame's component ids (none for a lossless frame)
+    stray: tuple[tuple[int, int], ...]  # (start, end) of bytes between segments that libjpeg skips
+
+
+_JPEG_DCT_FRAMES = {0xC0, 0xC1, 0xC2, 0xC5, 0xC6, 0xC9, 0xCA, 0xCD, 0xCE}  # SOFn with DCT coefficients
+_JPEG_LOSSLESS_FRAMES = {0xC3, 0xC7, 0xCB, 0xCF}
+
+
+def jpeg_header(handle: BinaryIO, limit: int = MAX_JPEG_HEADER_SEGMENTS) -> JpegHeader:
+    """The segments of a JPEG before its first scan, walked as libjpeg does (stray bytes between
+    segments skipped, each run counted as a segment)."""
     try:
         handle.seek(2)
-        count = 0
-        while count <= limit and len(marker := handle.read(2)) == 2 and marker[0] == 0xFF:
+        count, components, stray = 0, (), []
+        while count <= limit and len(marker := handle.read(2)) == 2:
             count += 1
-            if marker[1] == 0xFF:  # a fill byte
+            if marker[0] != 0xFF:  # stray bytes: libjpeg warns and skips to the next 0xFF
+                start = stop = handle.tell() - 2
+                handle.seek(start)
+                while (block := handle.read(1 << 16)) and (found := block.find(b"\xff")) < 0:
+                    stop += len(block)
+                if not block:
+                    break
+                stray.append((start, stop + found))
+                handle.seek(stop + found)
+            elif marker[1] == 0xFF:  # a fill byte
                 handle.seek(-1, 1)
             elif marker[1] == 0xDA:
-                return count, handle.tell() - 2
+                return JpegHeader(count, handle.tell() - 2, components, tuple(stray))
             elif marker[1] == 0xD9:
                 break
             elif not (0xD0 <= marker[1] <= 0xD7 or marker[1] == 0x01):  # markers with a length
                 length = int.from_bytes(handle.read(2), "big")
                 if length < 2:
                     break  # Pillow names the broken file
-                handle.seek(length - 2, 1)
-        return count, None
+                payload = handle.read(length - 2) if marker[1] in _JPEG_DCT_FRAMES else b""
+                if marker[1] in _JPEG_DCT_FRAMES and len(payload) >= 6:
+                    components = tuple(payload[6:6 + 3 * payload[5]:3])
+                elif marker[1] in _JPEG_LOSSLESS_FRAMES:
+                    components = ()
+                handle.seek(length - 2 - len(payload), 1)
+        return JpegHeader(count, None, components, tuple(stray))
+    finally:
+        handle.seek(0)
+
+
+class JpegScans(NamedTuple):
+    count: int  # start-of-scan markers from the first scan to the image's EOI, up to limit + 1
+    end: int | None  # just past that EOI; None when the file ends first
+    uncovered: bool  # a component's DCT coefficient is in no scan (a progressive file cut between scans)
+    header: JpegHeader
+
+
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # in scan data: not a stuffed byte, RSTn or fill
+
+
+def jpeg_scans(handle: BinaryIO, limit: int) -> JpegScans:
+    """The scans of a JPEG's first image, walked segment by segment from its first scan to its EOI
+    (what follows, a phone's video, or an MPO's next image, is not counted). Read in blocks, not
+    mapped: a file cut by the camera while mapped killed the process with SIGBUS."""
+    header = jpeg_header(handle)
+    if header.first_scan is None:
+        return JpegScans(0, None, False, header)
+    try:
+        pos, count, covered = header.first_scan, 0, {c: set() for c in header.components}
+        while count <= limit:
+            handle.seek(pos)
+            block = handle.read(1 << 18)
+            if (found := _JPEG_MARKER.search(block)) is None:
+                if len(block) < 2:
+                    break
+                pos += len(block) - 1
+                continue
+            at, kind = pos + found.start(), block[found.start() + 1]
+            if kind == 0xD9:
+                return JpegScans(count, at + 2, any(len(ks) < 64 for ks in covered.values()), header)
+            if kind in (0x01, 0xD8):  # no length
+                pos = at + 2
+                continue
+            handle.seek(at + 2)
+            length = int.from_bytes(handle.read(2), "big")
+            if kind == 0xDA:
+                count += 1
+                scan = handle.read(max(length - 2, 0))  # Ns, Ns x (component, tables), Ss, Se, Ah/Al
+                if scan and len(scan) >= 3 + 2 * scan[0]:
+                    for component in scan[1:1 + 2 * scan[0]:2]:
+                        if component in covered:
+                            covered[component].update(range(scan[1 + 2 * scan[0]], min(scan[2 + 2 * scan[0]], 63) + 1))
+            pos = at + 2 + max(length, 0)
+        return JpegScans(count, None, False, header)
     finally:
         handle.seek(0)
 
@@ -140,18 +227,24 @@ _SIMPLEJPEG_SPACES = {"Gray": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}  # decoded
 _JPEG_DATA_LOST = ("premature end", "instead of rst", "bad huffman code")
 
 
-def jpeg_data_complete(handle: BinaryIO, max_bytes: int) -> bool:
-    """Whether libjpeg decodes every block of a JPEG from its data. Pillow drops libjpeg's warnings
-    ('premature end of data segment': a file cut and closed with EOI) and fills the blocks it
-    never read flat grey; simplejpeg raises them (decoded at 1/8 scale, thrown away). A file over
-    ``max_bytes``, or one simplejpeg refuses for another reason, counts as complete: Pillow decides."""
+def jpeg_data_complete(handle: BinaryIO, scans: JpegScans) -> bool:
+    """Whether libjpeg decodes every block of a JPEG's first image from its data. Pillow drops
+    libjpeg's warnings ('premature end of data segment': a file cut and closed with EOI) and fills
+    the blocks it never read flat grey; simplejpeg raises them (decoded at 1/8 scale, thrown away;
+    stray bytes between header segments left out, or their warning would come first). A file
+    without an EOI counts as complete: Pillow names it truncated."""
+    if scans.uncovered:
+        return False
+    if scans.end is None:
+        return True
     try:
-        data = handle.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            return True
+        data = handle.read(scans.end)
+        for start, stop in reversed(scans.header.stray):
+            data = data[:start] + data[stop:]
         try:
             space = simplejpeg.decode_jpeg_header(data)[2]
-            simplejpeg.decode_jpeg(data, _SIMPLEJPEG_SPACES.get(space, "RGB"), min_factor=8, strict=True)
+            simplejpeg.decode_jpeg(data, _SIMPLEJPEG_SPACES.get(space, "RGB"), min_height=1, min_width=1,
+                                   min_factor=8, strict=True)
         except ValueError as exc:
             return not any(lost in str(exc).lower() for lost in _JPEG_DATA_LOST)
         return True
@@ -159,43 +252,56 @@ def jpeg_data_complete(handle: BinaryIO, max_bytes: int) -> bool:
         handle.seek(0)
 
 
-def jpeg_scans(handle: BinaryIO, limit: int) -> int:
-    """Start-of-scan markers from a JPEG's first scan on (an EXIF thumbnail's is not the file's),
-    counted up to ``limit + 1`` in blocks read from the open file (entropy-coded 0xFF bytes are
-    stuffed as FF 00, so FF DA is always a marker). Read, not mapped: a file cut by the camera
-    while mapped killed the process with SIGBUS."""
-    _, first = jpeg_header(handle)
-    if first is None:
-        return 0
+def png_chunks(handle: BinaryIO) -> tuple[int, int, int, str | None]:
+    """(chunks walked, up to ``MAX_PNG_CHUNKS + 1``; the largest eXIf chunk's bytes; the bytes of
+    every text and eXIf chunk; why Pillow would decode less than the header's image, or None) by
+    the chunk headers alone."""
     try:
-        handle.seek(first)
-        count, carry = 0, b""
-        while count <= limit and (block := handle.read(1 << 20)):
-            data = carry + block
-            count += data.count(b"\xff\xda")
-            carry = data[-1:]
-        return count
+        handle.seek(8)
+        count, exif, metadata, size, problem, seen_data = 0, 0, 0, None, None, False
+        while count <= MAX_PNG_CHUNKS and len(head := handle.read(8)) == 8:
+            count += 1
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IEND":
+                break
+            exif = max(exif, length) if kind == b"eXIf" else exif
+            metadata += length if kind in _PNG_METADATA else 0
+            seen_data = seen_data or kind == b"IDAT"
+            if kind == b"IHDR":  # Pillow takes the last one, and decodes the first's rows into it
+                problem = "two IHDR chunks" if size is not None else problem
+                size = handle.read(8)
+                handle.seek(length - len(size), 1)
+            elif kind == b"fcTL" and not seen_data:  # the image is then a frame: only its box is decoded
+                frame = handle.read(20)
+                if len(frame) < 20 or frame[4:12] != size or frame[12:20] != bytes(8):
+                    problem = problem or "an animation frame before the image data smaller than the image"
+                handle.seek(length - len(frame), 1)
+            else:
+                handle.seek(length, 1)
+            handle.seek(4, 1)  # the CRC
+        return count, exif, metadata, problem
     finally:
         handle.seek(0)
 
 
-def png_chunks(handle: BinaryIO) -> tuple[int, bytes | None]:
-    """(chunks walked, up to ``MAX_PNG_CHUNKS + 1``; the eXIf chunk's data, or None) by the chunk
-    headers alone (Pillow decodes every pixel to reach an eXIf placed after the image data)."""
+def png_metadata(handle: BinaryIO) -> bytes:
+    """A PNG of the file's IHDR, its text and eXIf chunks in their order wherever they lie, and an
+    empty IDAT: Pillow's ``getexif`` of it is the orientation ``exif_transpose`` applies after
+    decoding (the last eXIf, else an XMP ``tiff:Orientation``), read without decoding a pixel.
+    Call after :func:`check_before_open`, which bounds the chunks and their bytes."""
     try:
         handle.seek(8)
-        count, exif = 0, None
-        while count <= MAX_PNG_CHUNKS and len(head := handle.read(8)) == 8:
-            count += 1
-            length, kind = struct.unpack(">I4s", head)
-            if kind == b"eXIf" and exif is None:
-                exif = handle.read(min(length, MAX_EXIF_BYTES + 1))
-                handle.seek(length - len(exif) + 4, 1)
-                continue
-            if kind == b"IEND":
+        kept = [b"\x89PNG\r\n\x1a\n"]
+        for _ in range(MAX_PNG_CHUNKS):
+            head = handle.read(8)
+            if len(head) < 8 or head[4:8] == b"IEND":
                 break
-            handle.seek(length + 4, 1)  # the data and its CRC
-        return count, exif
+            length = struct.unpack(">I", head[:4])[0]
+            if head[4:8] == b"IHDR" or head[4:8] in _PNG_METADATA:
+                kept.append(head + handle.read(length + 4))
+            else:
+                handle.seek(length + 4, 1)
+        return b"".join(kept) + struct.pack(">I4sI", 0, b"IDAT", zlib.crc32(b"IDAT"))
     finally:
         handle.seek(0)
 

@@ -9,6 +9,7 @@ float images holding NaN/inf, and negative 32-bit int or float values.
 """
 from __future__ import annotations
 
+import io
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,11 +137,12 @@ def _pillow_decode(path: str | Path, handle: BinaryIO, draft_to: tuple[int, int]
     """The decoded image, EXIF orientation applied, and its full (height, width) (a JPEG may be
     decoded at 1/2..1/8 of it)."""
     img = _open_pillow(path, handle)
-    scans = headers.jpeg_scans(handle, MAX_JPEG_SCANS) if img.format in ("JPEG", "MPO") else 0  # one pass
+    jpeg = img.format in ("JPEG", "MPO")  # an MPO is JPEG with a multi-picture block
+    walked = headers.jpeg_scans(handle, MAX_JPEG_SCANS) if jpeg else None
+    scans = walked.count if walked else 0
     _check_decode_work(path, img, scans)
     # progressive, or components in separate scans: libjpeg keeps every DCT coefficient of the
     # full-size image (2 bytes each) whatever the draft scale
-    jpeg = img.format in ("JPEG", "MPO")  # an MPO is JPEG with a multi-picture block
     multi_scan = jpeg and (bool(img.info.get("progressive")) or scans > 1)
     if max_megabytes is not None and multi_scan:  # a 1 KB one took 1 GB at 1/8
         _check_decode_size(path, img, max_megabytes, held_mb=decoded_megabytes(img) * 2)
@@ -148,7 +150,7 @@ def _pillow_decode(path: str | Path, handle: BinaryIO, draft_to: tuple[int, int]
     if draft_to is not None and jpeg:
         img.draft(img.mode, (draft_to[1], draft_to[0]))  # decode large JPEGs at 1/2..1/8
     _check_decode_size(path, img, max_megabytes)
-    _check_complete(path, img, handle, (height, width))
+    _check_complete(path, img, handle, walked)
     img.load()
     loaded, img = img.size, ImageOps.exif_transpose(img)
     if img.size != loaded:  # turned a quarter
@@ -156,13 +158,14 @@ def _pillow_decode(path: str | Path, handle: BinaryIO, draft_to: tuple[int, int]
     return img, (height, width)
 
 
-def _check_complete(path: str | Path, img: Image.Image, handle: BinaryIO, size: tuple[int, int]) -> None:
-    """Refuse a PNG or JPEG whose image data ends before its last row (the rest would load black or
-    flat grey); ``size``: its full (height, width), before any draft scale."""
+def _check_complete(path: str | Path, img: Image.Image, handle: BinaryIO,
+                    walked: headers.JpegScans | None = None) -> None:
+    """Refuse a PNG or JPEG whose image data ends before its last row or coefficient (the rest
+    would load black, flat grey or blurred); ``walked``: a JPEG's scans."""
     if img.format == "PNG":
         complete = headers.png_data_complete(handle)
-    elif img.format in ("JPEG", "MPO"):
-        complete = headers.jpeg_data_complete(handle, size[0] * size[1] * 8 + (16 << 20))
+    elif walked is not None:
+        complete = headers.jpeg_data_complete(handle, walked)
     else:
         return
     if not complete:
@@ -173,13 +176,9 @@ def _check_complete(path: str | Path, img: Image.Image, handle: BinaryIO, size: 
 def _orientation(img: Image.Image, handle: BinaryIO) -> int:
     """The EXIF orientation of an opened, not yet decoded image (1 when absent or unreadable)."""
     try:
-        if img.format == "PNG" and "exif" not in img.info:
-            raw = headers.png_chunks(handle)[1]
-            if raw is None:
-                return 1
-            exif = Image.Exif()
-            exif.load(b"Exif\x00\x00" + raw)
-            return int(exif.get(0x0112, 1))
+        if img.format == "PNG":  # Pillow decodes every pixel to reach chunks after the image data
+            with Image.open(io.BytesIO(headers.png_metadata(handle)), formats=("PNG",)) as metadata:
+                return int(Image.Image.getexif(metadata).get(0x0112, 1))
         return int(img.getexif().get(0x0112, 1))
     except Exception:  # a broken EXIF block must not hide a readable image
         return 1
@@ -337,7 +336,7 @@ def _open_mask(path: Path) -> Image.Image | np.ndarray:
         _check_decode_size(path, img, DEFAULT_MAX_IMAGE_MEGABYTES,  # OpenCV's array: 2 bytes a channel
                            held_mb=width * height * 2 * _PNG_COLOUR_TYPES[header[25]] / 1e6)
         orientation = _orientation(img, handle)
-        _check_complete(path, img, handle, (height, width))
+        _check_complete(path, img, handle)
         data = np.frombuffer(handle.read(), np.uint8)
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # ignores EXIF orientation: turned as Pillow turns an image
     if arr is None or arr.ndim != 3:
@@ -350,9 +349,12 @@ def _open_mask(path: Path) -> Image.Image | np.ndarray:
 
 def _defect_pixels(mask: Image.Image | np.ndarray, path: Path) -> np.ndarray:
     """bool (H, W): non-zero pixels of one mask file, at its own bit depth (a 16-bit label mask of
-    value 1 scaled to 8 bits read as empty); in a mask with transparency that is not uniform, its
-    visible pixels (a defect drawn in the alpha channel alone read as empty)."""
-    if isinstance(mask, Image.Image) and (mask.mode in ("PA", "LA", "RGBA") or "transparency" in mask.info):
+    value 1 scaled to 8 bits read as empty); in a mask with an alpha channel or a palette with
+    transparency that is not uniform, its visible pixels (a defect drawn in the alpha channel alone
+    read as empty). A grey or RGB mask's one transparent colour (tRNS) is ignored: its values are the
+    mask (white made transparent read the background as the defect)."""
+    if isinstance(mask, Image.Image) and (mask.mode in ("PA", "LA", "RGBA")
+                                          or mask.mode == "P" and "transparency" in mask.info):
         alpha = np.asarray(mask.convert("RGBA").getchannel("A") if mask.mode not in ("LA", "RGBA")
                            else mask.getchannel("A"))
         if alpha.min() != alpha.max():  # drawn on a transparent layer: what is visible is the defect
@@ -438,7 +440,10 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
 
 
 def is_image_file(path: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
-    return path.is_file() and path.suffix.lower() in extensions and not path.name.startswith(".")
+    """An image by its name: a file, or a link that leads nowhere (kept, so that loading it names
+    it, never dropped without a word)."""
+    return ((path.is_file() or path.is_symlink() and not path.exists()) and path.suffix.lower() in extensions
+            and not path.name.startswith("."))
 
 
 def list_images(folder: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:

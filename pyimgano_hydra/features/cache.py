@@ -51,6 +51,7 @@ BACKBONE_DIR = "backbones"  # <identity digest>.txt: the feature key of a backbo
 LOCK_STRIPE_CHARS = 3
 CACHE_VERSION = 1
 MAX_ENTRY_BYTES = 1 << 30
+MAX_FEATURE_VALUE = 1e15  # a backbone activation is far smaller; squared and summed it stays in float32
 
 
 # ---- keys ----------------------------------------------------------------------------
@@ -476,6 +477,12 @@ def _plausible_map(shape: tuple, height: int, width: int) -> bool:
         shape[1:] == (-(-height // stride), -(-width // stride)) for stride in (1, 2, 4, 8, 16, 32))
 
 
+def _plausible_values(array: np.ndarray) -> bool:
+    """Finite features of a size a backbone gives (one NaN, or a 3e38 that overflows later, in a
+    shared entry failed the whole run naming nothing)."""
+    return bool(np.isfinite(array).all()) and (array.size == 0 or float(np.abs(array).max()) < MAX_FEATURE_VALUE)
+
+
 def cached_backbone_features(cache: FeatureCache, backbone: Any, chunk: np.ndarray, batch_size: int | None = None) -> dict:
     """``backbone(backbone.preprocess(chunk))`` through the cache: ``{layer: tensor}`` on the
     backbone's device, one cache entry per image (missing ones computed in passes of
@@ -503,7 +510,8 @@ def cached_backbone_features(cache: FeatureCache, backbone: Any, chunk: np.ndarr
     layers = set(backbone.layers)
     height, width = chunk.shape[1:3]
     arrays = cache.map_images(chunk, parts, compute, valid=lambda stored: set(stored) == layers and all(
-        v.dtype == np.float32 and _plausible_map(v.shape, height, width) for v in stored.values()))
+        v.dtype == np.float32 and _plausible_map(v.shape, height, width) and _plausible_values(v)
+        for v in stored.values()))
     return {layer: as_output(arrays[layer]) for layer in backbone.layers}
 
 

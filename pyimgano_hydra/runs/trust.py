@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pyimgano_hydra.errors import UserError
-from pyimgano_hydra.files import open_regular, read_regular, shown
+from pyimgano_hydra.files import open_regular, read_regular, refuse_sparse, shown
 
 MAX_JSON_BYTES = 64 << 20
 MAX_JSON_VALUES = 200_000  # containers and list/object entries: a run's report.json holds a few thousand
@@ -266,6 +266,7 @@ def torch_file(path: Path, key: str | None = None, follow: bool = True) -> tuple
 
     where = f"{key + ': ' if key else ''}{shown(str(path))}"
     with open_regular(path, "not a run-dir file", follow=follow) as handle:
+        refuse_sparse(handle, where, "copy the run dir whole (cp --sparse=never)")
         _stored_entries_only(handle, where)
         handle.seek(0)
         with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing
