@@ -370,8 +370,11 @@ def cut_problem(data: bytes, width: int, height: int):
     if data[:3] == b"\xff\xd8\xff" and simplejpeg is not None:
         try:
             space = simplejpeg.decode_jpeg_header(data)[2]
-            simplejpeg.decode_jpeg(data, {"Gray": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}.get(space, "RGB"),
-                                   min_factor=8, strict=True)
+            first_scan = jpeg_header(data)[1]  # not an EXIF thumbnail's
+            end = data.find(b"\xff\xd9", first_scan) if first_scan is not None else -1  # no video after it
+            simplejpeg.decode_jpeg(data[:end + 2] if end >= 0 else data,
+                                   {"Gray": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}.get(space, "RGB"),
+                                   min_height=1, min_width=1, min_factor=8, strict=True)
         except ValueError as exc:
             if any(lost in str(exc).lower() for lost in ("premature end", "instead of rst", "bad huffman code")):
                 return f"its image data ends early ({exc})"
@@ -386,7 +389,9 @@ def read_image(path: Path, manifest: dict) -> np.ndarray:
         if problem := tiff_problem(data) or chunk_problem(data):  # Pillow's parsing alone took seconds and GBs
             raise ValueError(problem)
         segments, first_scan = jpeg_header(data)
-        scans = data.count(b"\xff\xda", first_scan) if first_scan is not None else 0  # not an EXIF thumbnail's
+        # from the first scan (not an EXIF thumbnail's) to its EOI (not a phone's video after it)
+        end = data.find(b"\xff\xd9", first_scan) if first_scan is not None else -1
+        scans = data.count(b"\xff\xda", first_scan, end if end >= 0 else len(data)) if first_scan is not None else 0
         if segments > MAX_JPEG_HEADER_SEGMENTS:  # 10 MB of them took 381 MB in Pillow
             raise ValueError(f"a JPEG of more than {MAX_JPEG_HEADER_SEGMENTS:,} header segments")
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)

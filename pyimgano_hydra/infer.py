@@ -117,6 +117,9 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
     out = Path(output_dir)
     if (out / "predictions.jsonl").exists() or (out / "status.json").exists():
         raise UserError(f"{out} already holds an inference run; pick a new hydra.run.dir")
+    for key in ("run_dir", "input"):  # run_dir=null, input=[a,b]: a path or a glob, as text
+        if cfg[key] is None or OmegaConf.is_config(cfg[key]):
+            raise ConfigError(f"{key}: give a path{' or a quoted glob' if key == 'input' else ''}, got {cfg[key]!r}")
     if not valid_device(cfg.device):
         raise ConfigError(f"device: {cfg.device!r} is not auto, cpu, cuda or cuda:N")
     runtime = str(cfg.runtime)

@@ -173,6 +173,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
     starting = (signal.default_int_handler, _stop_while_starting)
     ctrl_c = [signal.SIGINT] if signal.getsignal(signal.SIGINT) in starting else []
+    if signal.getsignal(signal.SIGTERM) is not _raise_once:  # a new run, not one inside the entry point's
+        _RAISED.clear()  # block: an earlier run's interrupt (api.run in a notebook) deafened every later one
+        _PENDING.clear()
     with _handling(_caught() + ctrl_c, _raise_once):
         yield
 

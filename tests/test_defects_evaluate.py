@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pyimgano_hydra.defects.evaluate import evaluate_defects
+from pyimgano_hydra.defects.evaluate import FIGURES, DefectsEvaluator, evaluate_defects
 from pyimgano_hydra.errors import DataError
 
 
@@ -36,3 +36,10 @@ def test_shape_and_length_mismatches_are_data_errors():
         evaluate_defects([np.zeros((4, 4), np.uint8)], [np.zeros((4, 5), bool)])
     with pytest.raises(DataError, match="labels"):
         evaluate_defects([np.zeros((4, 4), np.uint8)], [np.zeros((4, 4), bool)], labels=[0, 1])
+
+
+def test_the_figures_a_leaderboard_may_rank_by_are_the_ones_a_report_holds():
+    from pyimgano_hydra.sweep.leaderboard import RANKABLE
+
+    assert set(DefectsEvaluator().result()) - {"counts"} == set(FIGURES)
+    assert {m for m in RANKABLE if m.startswith("defects_")} == {f"defects_{f}" for f in FIGURES}

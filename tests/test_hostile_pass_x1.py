@@ -193,3 +193,14 @@ def test_held_a_category_named_by_a_lone_surrogate_is_refused_in_one_line(traine
                           env=_cli_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
     assert len(proc.stderr.strip().splitlines()[-1]) < 500
+
+
+@pytest.mark.parametrize("args", [["run_dir=null", "input=x.png"], ["run_dir=/nowhere", "input=[a.png,b.png]"]])
+def test_a_run_dir_or_input_that_is_no_path_is_named_in_one_line(tmp_path, args):
+    """Seen in pass X1: ``run_dir=null`` (or a list) gave one line naming a TypeError, not the key."""
+    from conftest import run_cli
+
+    proc = run_cli([*args, f"hydra.run.dir={tmp_path / 'out'}"], module="pyimgano_hydra.infer", timeout=120)
+    key = args[0].split("=")[0] if "null" in args[0] else "input"
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {key}: give a path"), proc.stderr[-500:]

@@ -17,6 +17,9 @@ import numpy as np
 from pyimgano_hydra.defects.morphology import CONNECTIVITY
 from pyimgano_hydra.errors import DataError
 
+# the figures of ``DefectsEvaluator.result`` (a report holds each as defects_<name>)
+FIGURES = ("pixel_precision", "pixel_recall", "pixel_f1", "gt_defects_hit_share", "false_regions_per_normal_image")
+
 
 def _ratio(num: int, den: int) -> Optional[float]:
     return float(num) / float(den) if den else None

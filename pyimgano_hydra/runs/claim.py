@@ -13,8 +13,9 @@ import json
 import os
 import re
 import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -26,7 +27,7 @@ from pyimgano_hydra.files import open_regular
 from pyimgano_hydra.interrupt import CLAIMED
 from pyimgano_hydra.runs.layout import pin_sweep_dir
 from pyimgano_hydra.runs.status import utc_now
-from pyimgano_hydra.sweep.job_dirs import check_subdir, probe_subdir, swept_values
+from pyimgano_hydra.sweep.job_dirs import check_subdir, check_swept_interpolations, probe_subdir, swept_values
 
 CLAIM_FILE = ".claim.json"
 # Written by an earlier run (this version's or an older one's): the dir is taken.
@@ -105,8 +106,9 @@ def claim_dir(run_dir: Path, config_hash: str | None = None, resumable: bool = T
     an unfinished ``resumable`` run of this config nobody is writing (``runs/takeover.py``).
     Raises ``UserError`` naming ``key`` if taken, if it is a file, if it lies inside another run
     dir, or if it cannot be created (a dangling symlink, a read-only disk). ``empty`` (a sweep
-    dir): an existing dir must hold nothing, since Hydra writes each job's ``.hydra/`` before
-    any callback of the job runs (a job dir landing on a run already there rewrote its record)."""
+    dir): Hydra writes each job's ``.hydra/`` before any callback of the job runs (a job dir landing
+    on a run already there rewrote its record). An existing dir must hold nothing (a run replaced a
+    user's own config.json there)."""
     try:
         return _claim(Path(run_dir), config_hash, resumable, empty, key)
     except OSError as exc:
@@ -130,9 +132,14 @@ def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool,
         raise UserError(f"{key}={run_dir}: lies inside the run dir {outer}; runs are never written into "
                         f"another run: pick a new {key}")
     taken = next((name for name in RUN_MARKERS if (run_dir / name).exists()), None)
-    if taken is None and empty and run_dir.is_dir() and any(run_dir.iterdir()):
-        raise UserError(f"{key}={run_dir}: exists and is not empty; a sweep's job dirs could land on runs "
-                        f"already there: pick a new {key}")
+    if taken is None and run_dir.is_dir():
+        with os.scandir(run_dir) as entries:
+            first = next(entries, None)
+        if first is not None:
+            why = ("a sweep's job dirs could land on runs already there" if empty else
+                   "the run's files (config.json, report.html...) would replace files of the same name")
+            raise UserError(f"{key}={console_line(str(run_dir))}: exists and is not empty (it holds "
+                            f"{console_line(first.name)}); {why}: pick a new {key}")
     if taken is None and run_dir.is_dir():
         _nothing_to_write_through(run_dir, key)
     if taken is None:
@@ -205,6 +212,17 @@ def _task_hash(config: DictConfig) -> str | None:
         return None
 
 
+@contextmanager
+def _refused_on_error(key: str) -> Iterator[None]:
+    """Any error while checking and claiming is one line and exit 2: Hydra turns a callback's
+    exception into a warning and goes on, every check after it skipped (an unresolvable swept value
+    skipped the claim of the sweep dir)."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - a refusal, whatever raised it
+        refuse(f"{key}: cannot be checked ({console_line(' '.join(str(exc).split()))[:300]}); fix the command line")
+
+
 class ClaimRunDir(Callback):
     """Hydra callback: claim ``hydra.run.dir`` (``hydra.sweep.dir``) before anything is written;
     ``resumable=false`` (infer): an unfinished run dir is never taken over either."""
@@ -213,16 +231,22 @@ class ClaimRunDir(Callback):
         self.resumable = resumable
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # hydra.run.dir reads ${hydra:runtime.choices...}: set what run_job would set next;
-        # ${now:} is cached in ``config``, so run_job resolves the same directory.
-        HydraConfig.instance().set_config(config)
-        _check_config_sources(config)
-        _check_output_subdir(config)
-        _check_log_files(config, Path(str(config.hydra.run.dir)), Path(str(config.hydra.run.dir)))
-        claim(Path(str(config.hydra.run.dir)), _task_hash(config), self.resumable)
+        with _refused_on_error("hydra.run.dir"):
+            # hydra.run.dir reads ${hydra:runtime.choices...}: set what run_job would set next;
+            # ${now:} is cached in ``config``, so run_job resolves the same directory.
+            HydraConfig.instance().set_config(config)
+            _check_config_sources(config)
+            _check_output_subdir(config)
+            _check_log_files(config, Path(str(config.hydra.run.dir)), Path(str(config.hydra.run.dir)))
+            claim(Path(str(config.hydra.run.dir)), _task_hash(config), self.resumable)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with _refused_on_error("hydra.sweep.dir"):
+            self._claim_sweep(config)
+
+    def _claim_sweep(self, config: DictConfig) -> None:
         HydraConfig.instance().set_config(config)
+        check_swept_interpolations(config)
         _check_config_sources(config)
         _check_output_subdir(config)
         check_subdir(config)
@@ -246,6 +270,10 @@ class NoHydraRecord(Callback):
         _check_output_subdir(config)
         run_dir = OmegaConf.select(config, "run_dir", default=None)
         _check_log_files(config, Path(str(config.hydra.run.dir)), Path(str(run_dir)) if run_dir else None)
+        for key, filename, path in _log_files(config, Path(str(config.hydra.run.dir))):  # no claim checks them
+            if path.is_symlink() or path.is_file() and path.stat().st_nlink > 1:
+                refuse(f"{key}={filename}: is a link (or hard-linked); a log is never appended through one: "
+                       "remove it, or run export from another folder")
         raw = OmegaConf.to_container(config.hydra, resolve=False).get("output_subdir")
         if raw is not None:
             refuse(f"hydra.output_subdir={raw}: export writes no Hydra record (it may run inside a run dir); "

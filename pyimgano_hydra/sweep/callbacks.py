@@ -120,9 +120,9 @@ class LeaderboardCallback(Callback):
 
     # ---- Hydra hooks -------------------------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.metric not in RANKABLE and not str(self.metric).startswith("defects_"):
+        if self.metric not in RANKABLE:
             refuse(f"hydra.callbacks.leaderboard.metric: {self.metric!r} is no metric a run reports; "
-                   f"use one of {', '.join(RANKABLE)} or defects_*")  # Hydra turns a callback's exception into a warning
+                   f"use one of {', '.join(RANKABLE)}")  # Hydra turns a callback's exception into a warning
         root = sweep_root(config)
         root.mkdir(parents=True, exist_ok=True)
         plan = planned_jobs(config)

@@ -13,7 +13,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from pyimgano_hydra.errors import refuse
+from pyimgano_hydra.errors import console_line, refuse
 
 
 def check_subdir(config: DictConfig) -> None:
@@ -139,6 +139,43 @@ class JobDirs:
                         f"{self.seen[outer]}'s; runs are never written into another run")
             for parent in Path(job_dir).parents:
                 self.ancestors.setdefault(str(parent), job_dir)
+
+
+def check_swept_interpolations(config: DictConfig) -> None:
+    """A swept value whose ``${...}`` does not resolve is refused before the sweep dir is made:
+    Hydra resolves it again in each job's dir name, where it failed with a traceback and left the
+    board empty."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import QuotedString
+    from omegaconf import OmegaConf, open_dict
+
+    task = OmegaConf.to_container(config.hydra.overrides, resolve=False).get("task") or []  # as typed
+    try:
+        overrides = OverridesParser.create().parse_overrides(task)
+    except Exception:  # Hydra refuses the overrides itself
+        return
+    probe = None
+    for override in overrides:
+        if not override.is_sweep_override() or override.is_range_sweep() or override.is_interval_sweep():
+            continue
+        try:
+            values = list(override.sweep_iterator())
+        except Exception:  # Hydra refuses it itself
+            continue
+        key = override.key_or_group
+        for value in values:
+            value = value.text if isinstance(value, QuotedString) else value  # quoted text keeps its ${...}
+            if not (isinstance(value, str) and "${" in value):
+                continue
+            probe = probe or OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+            try:
+                with open_dict(probe):
+                    OmegaConf.update(probe, key, value, force_add=True)
+                OmegaConf.select(probe, key, throw_on_resolution_failure=True)
+            except Exception as exc:  # noqa: BLE001 - any resolver's error is this value's
+                reason = " ".join(str(exc).split("\n")[0].split())[:200]
+                refuse(f"{key}={console_line(value)}: does not resolve ({console_line(reason)}); fix the value, "
+                       f"or write it as text: \\${{...}}")
 
 
 def swept_values(config: DictConfig) -> list[tuple[str | None, str | None]]:
