@@ -35,6 +35,17 @@ from pyimgano_hydra.viz.html import write_report_html
 log = logging.getLogger(__name__)
 
 
+
+def _error_line(exc: BaseException) -> str:
+    """An error's first line, a held folder's /proc/self/fd path shown as the user gave it."""
+    return shown(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+
+
+def _category_entries(run_dir: RunDir, results: list) -> dict:
+    """report.json's ``categories``: each completed category's figures and files."""
+    return {r.category: {"metrics": r.metrics, "timings": r.timings, "counts": r.counts, "notes": r.notes,
+                         "inspector": _inspector_path(run_dir, r), **_figures(run_dir, r)} for r in results}
+
 def _device_used(model_cfg: DictConfig) -> str | None:
     """The torch device the model's ``device`` resolves to here (None for CPU-only models)."""
     if not isinstance(model_cfg, DictConfig) or "device" not in model_cfg:  # ~model: validate names it
@@ -187,6 +198,8 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
         "tag": cfg.get("tag", ""),
         "status": RUNNING,
     }
+    results: list[CategoryResult] = []
+    failures: list[Exception] = []  # of a category=all run: the first one ends it, after the others ran
     try:
         with running(own.status, started_utc=report["timestamp_utc"], config_hash=cfg_hash, resumed=resuming,
                      **owner()), sigterm_as_interrupt(), feature_cache(_cache_settings(cfg, run_dir)), \
@@ -205,7 +218,6 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
             run_dir.check_categories(categories)
             preprocessing = {"resize": cfg.dataset.get("resize"),
                              "input_mode": cfg.dataset.get("input_mode", "rgb")}
-            results: list[CategoryResult] = []
             done = finished_categories(run_dir, categories) if resuming else {}
             report["resumed_categories"] = sorted(done)
             log.info("run dir: %s (%d categor%s)", run_dir.root, len(categories), "y" if len(categories) == 1 else "ies")
@@ -222,13 +234,24 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
                                     out=out, preprocessing=preprocessing,
                                     postprocess=_plain(cfg.get("postprocess")),
                                     defects=_plain(cfg.get("defects")), seed=int(cfg.get("seed", 0)))
-                with progress.category(index, len(categories), category):
-                    result = recipe(ctx)
+                try:
+                    with progress.category(index, len(categories), category):
+                        result = recipe(ctx)
+                except Exception as exc:  # noqa: BLE001 - the others still run; the run ends failed
+                    if len(categories) == 1:
+                        raise
+                    failures.append(exc)
+                    report.setdefault("failed_categories", {})[category] = _error_line(exc)
+                    log.error("[category %d/%d %s] failed: %s", index, len(categories), console_line(category),
+                              console_line(_error_line(exc)))
+                    continue
                 still_here()
                 write_json_atomic(out.report, result.to_dict())
                 results.append(result)
                 log.info("[category %d/%d %s] %s", index, len(categories), console_line(category),
                          _metrics_line(result))
+            if failures:
+                raise failures[0]
         report.update(
             status=COMPLETED,
             dataset={"target": cfg.dataset._target_, "categories": categories},
@@ -239,9 +262,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
             defects=_plain(cfg.get("defects")),
             thresholds={r.category: r.threshold for r in results},
             aggregate=aggregate(results),
-            categories={r.category: {"metrics": r.metrics, "timings": r.timings, "counts": r.counts,
-                                     "notes": r.notes, "inspector": _inspector_path(run_dir, r),
-                                     **_figures(run_dir, r)} for r in results},
+            categories=_category_entries(run_dir, results),
             skipped_images=list(getattr(dataset, "skipped", [])),
             timings={"total_s": time.perf_counter() - started,
                      "fit_s": sum(r.timings["fit_s"] for r in results),
@@ -254,9 +275,9 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
         _record_end(run_dir, own, pinned, INTERRUPTED, f"interrupted ({reason})", config_hash=cfg_hash, **owner())
         raise
     except BaseException as exc:
-        line = shown(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        line = _error_line(exc)
         if _record_end(run_dir, own, pinned, FAILED, line):
-            report.update(status=FAILED, error=line)
+            report.update(status=FAILED, error=line, categories=_category_entries(run_dir, results))
             write_json_atomic(own.report, report)
         raise
     with interrupts_deferred():  # both written, or neither: a run is never left half-recorded

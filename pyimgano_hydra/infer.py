@@ -17,7 +17,7 @@ from pyimgano_hydra.console import (one_line_errors, quiet_third_party_logs, ref
 from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, is_image_file
 from pyimgano_hydra.data.loader import checked_workers, loader_setting
 from pyimgano_hydra.defects.export import DefectsExporter, require_maps
-from pyimgano_hydra.files import glob_parts_match, held_folder, walk
+from pyimgano_hydra.files import glob_parts_match, held_folder, shown, walk
 from pyimgano_hydra.defects.pixel_threshold import resolve_pixel_threshold
 from pyimgano_hydra.errors import ConfigError, UserError, console_line
 from pyimgano_hydra.inspector import RecordOutputs, score_all
@@ -201,7 +201,7 @@ def run_inference(cfg: DictConfig, output_dir: str | Path, task_overrides: list[
             write_status(here / "status.json", INTERRUPTED, error=f"interrupted ({str(exc) or 'SIGINT'})")
             raise
         except BaseException as exc:
-            line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            line = shown(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__  # the path, not /proc/self/fd
             write_status(here / "status.json", FAILED, error=line)
             raise
     n_scored = len(records) - len(unreadable)

@@ -420,6 +420,7 @@ def _decodable(chunk: list[dict], load_images: LoadImages,
     go to ``unreadable``."""
     import sys
 
+    from pyimgano_hydra.data.images import without_skip_advice
     from pyimgano_hydra.errors import DataError
 
     try:
@@ -431,8 +432,9 @@ def _decodable(chunk: list[dict], load_images: LoadImages,
         try:
             images, sizes = load_images([item])
         except DataError as exc:
-            unreadable.append({**item, "error": str(exc)})
-            print(f"warning: {console_line(str(exc))}", file=sys.stderr)
+            error = without_skip_advice(str(exc))  # an unreadable image is its record, already
+            unreadable.append({**item, "error": error})
+            print(f"warning: {console_line(error)}", file=sys.stderr)
             continue
         by_shape.setdefault(images[0].shape, []).append((item, images[0], sizes[0]))
     groups = sorted(by_shape.values(), key=len, reverse=True)  # stable: a tie keeps the first seen

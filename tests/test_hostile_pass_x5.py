@@ -207,7 +207,8 @@ def test_an_infer_input_png_with_a_sparse_2_gb_idat_never_takes_gigabytes(traine
     rc, err, procs, rss = _infer_watched(trained, image, tmp_path / "out")
     assert err != "timeout", "infer still running after 60 s"
     assert err != "memory", f"one 64 KB-on-disk PNG took infer past 1.5 GB (peak {rss // 1024} MB)"
-    assert rc == 0 and "Traceback" not in err, err[-500:]
+    assert "Traceback" not in err, err[-500:]
+    assert rc == 0 or "line.png: refused: a sparse file" in err, err[-500:]  # its error record, the only image
 
 
 def test_the_api_loading_a_pyod_run_never_imports_from_the_image_folder_a_script_runs_in(trained_copod, tmp_path):
@@ -306,4 +307,5 @@ def test_an_infer_input_jpeg_with_a_sparse_32_gb_tail_never_hangs_infer(trained,
         fh.truncate(32 << 30)
     rc, err, procs, rss = _infer_watched(trained, image, tmp_path / "out", timeout=30)
     assert err != "timeout", "infer still on one sparse 8 KB-on-disk JPEG after 30 s"
-    assert rc == 0 and "Traceback" not in err, str(err)[-500:]
+    assert "Traceback" not in err, str(err)[-500:]
+    assert rc == 0 or "line.jpg: refused: a sparse file" in err, str(err)[-500:]

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 import numpy as np
 
 from pyimgano_hydra.data.images import (DEFAULT_MAX_IMAGE_MEGABYTES, list_images, load_image, load_mask,
-                                        mask_size, read_size)
+                                        mask_size, read_size, without_skip_advice)
 from pyimgano_hydra.data.loader import stack_images
 from pyimgano_hydra.data.sample import ANOMALOUS, CategorySplit, Sample
 from pyimgano_hydra.errors import ConfigError, DataError
@@ -156,8 +156,9 @@ class ImageDataset:
     def _skip_or_raise(self, sample: Sample, error: DataError, category: str) -> None:
         if self.on_bad_image == "error":
             raise error
-        self.skipped.append({"path": sample.path, "reason": str(error), "category": category})
-        log.warning("skipped %s", error)
+        reason = without_skip_advice(str(error))  # skipping already
+        self.skipped.append({"path": sample.path, "reason": reason, "category": category})
+        log.warning("skipped %s", reason)
 
     def _checked(self, samples: Iterable[Sample], category: str) -> list[Sample]:
         """Cheap header checks always; a full decode when ``on_bad_image=skip``."""

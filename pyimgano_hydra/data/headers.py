@@ -337,13 +337,19 @@ def png_data_complete(handle: BinaryIO) -> bool:
                     break  # the image data is one run of IDAT chunks
                 handle.seek(length + 4, 1)
                 continue
-            data = handle.read(length)
-            handle.seek(4, 1)
-            while inflated < expected and not inflater.eof:
-                piece = inflater.decompress(data, 1 << 20)
-                inflated, data = inflated + len(piece), inflater.unconsumed_tail
-                if not piece and not data:
-                    break  # the next chunk holds the rest
+            end = handle.tell() + length + 4  # past its CRC
+            left = length
+            while left and inflated < expected and not inflater.eof:  # read in 1 MB pieces: a length
+                data = handle.read(min(left, 1 << 20))  # is only what the chunk claims
+                if not data:
+                    break
+                left -= len(data)
+                while data and inflated < expected and not inflater.eof:
+                    piece = inflater.decompress(data, 1 << 20)
+                    inflated, data = inflated + len(piece), inflater.unconsumed_tail
+            while inflated < expected and not inflater.eof and (piece := inflater.decompress(b"", 1 << 20)):
+                inflated += len(piece)  # what zlib still holds
+            handle.seek(end)
         return inflated >= expected
     except (zlib.error, struct.error):
         return True

@@ -37,6 +37,7 @@ _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and h
 _ORIENTED = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],  # as exif_transpose
              5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
              7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}
+SKIP_ADVICE = ", or set dataset.on_bad_image=skip"  # ends a decode error's line, for a training run
 DEFAULT_MAX_IMAGE_MEGABYTES = 256.0  # dataset.max_image_megabytes
 MAX_RLE_BMP_PIXELS = 16_000_000  # about 2 s of Pillow's pure-Python RLE decoding
 _BMP_RLE = (1, 2)  # BI_RLE8, BI_RLE4
@@ -46,6 +47,11 @@ _BYTES_PER_CHANNEL = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N"
 # Pillow parsers raise anything on a corrupt file (struct.error from an EXIF block, TypeError
 # from a TIFF offset, ...): every one is that file's DataError, never the batch's failure.
 _DECODE_ERRORS = (Exception,)
+
+
+def without_skip_advice(message: str) -> str:
+    """A decode error's line for infer, or a run that skips already: no advice to set the key."""
+    return message.replace(SKIP_ADVICE, "")
 
 
 def _hw(size: Size) -> tuple[int, int] | None:
@@ -75,7 +81,13 @@ def _reason(exc: BaseException) -> str:
 def open_regular(path: str | Path):
     """``path`` opened for reading when it is a regular file: a file swapped for a FIFO after the
     input folder was listed is never waited on."""
-    return files.open_regular(path, "replace or remove it", DataError)
+    handle = files.open_regular(path, "replace or remove it", DataError)
+    try:  # a sparse file is read and walked at its full length (a 32x32 JPEG with a 32 GB hole)
+        files.refuse_sparse(handle, path, "replace or remove it", DataError)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
 
 
 def _open_pillow(path: str | Path, handle: BinaryIO, formats: Sequence[str] = PILLOW_FORMATS) -> Image.Image:
@@ -128,8 +140,8 @@ def _decoding(path: str | Path) -> Iterator[None]:
         raise
     except _DECODE_ERRORS as exc:
         reason = _reason(exc)
-        raise DataError(f"{path}: cannot decode image ({reason}); replace or remove the file, "
-                        f"or set dataset.on_bad_image=skip") from None
+        raise DataError(f"{path}: cannot decode image ({reason}); replace or remove the file"
+                        + SKIP_ADVICE) from None
 
 
 def _pillow_decode(path: str | Path, handle: BinaryIO, draft_to: tuple[int, int] | None,
@@ -170,7 +182,7 @@ def _check_complete(path: str | Path, img: Image.Image, handle: BinaryIO,
         return
     if not complete:
         raise DataError(f"{path}: refused: its image data ends before its last row (a cut or broken file); "
-                        f"replace or remove it, or set dataset.on_bad_image=skip")
+                        "replace or remove it" + SKIP_ADVICE)
 
 
 def _orientation(img: Image.Image, handle: BinaryIO) -> int:
@@ -201,8 +213,8 @@ def read_size(path: str | Path, max_megabytes: float | None = None) -> tuple[int
         raise
     except _DECODE_ERRORS as exc:
         reason = _reason(exc)
-        raise DataError(f"{path}: not a readable image ({reason}); replace or remove the file, "
-                        f"or set dataset.on_bad_image=skip") from None
+        raise DataError(f"{path}: not a readable image ({reason}); replace or remove the file"
+                        + SKIP_ADVICE) from None
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
     return height, width
@@ -278,8 +290,8 @@ def load_image(path: str | Path, resize: Size = None, input_mode: str = "rgb",
     except DataError:
         raise
     except _DECODE_ERRORS as exc:  # a mode conversion of a corrupt file
-        raise DataError(f"{path}: cannot decode image ({_reason(exc)}); replace or remove the file, "
-                        f"or set dataset.on_bad_image=skip") from None
+        raise DataError(f"{path}: cannot decode image ({_reason(exc)}); replace or remove the file"
+                        + SKIP_ADVICE) from None
     del img  # the decoded file, no longer needed
     if input_mode == "gray" and arr.ndim == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
@@ -338,7 +350,10 @@ def _open_mask(path: Path) -> Image.Image | np.ndarray:
         orientation = _orientation(img, handle)
         _check_complete(path, img, handle)
         data = np.frombuffer(handle.read(), np.uint8)
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # ignores EXIF orientation: turned as Pillow turns an image
+    try:
+        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # ignores EXIF orientation: turned as Pillow turns an image
+    except cv2.error:
+        arr = None
     if arr is None or arr.ndim != 3:
         raise DataError(f"{path}: cannot decode 16-bit colour mask; replace or remove the file")
     arr = _ORIENTED.get(orientation, lambda a: a)(arr)

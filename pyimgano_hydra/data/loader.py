@@ -19,6 +19,7 @@ import numpy as np
 
 from pyimgano_hydra.data.images import DEFAULT_MAX_IMAGE_MEGABYTES, Size, load_image
 from pyimgano_hydra.errors import DataError, check
+from pyimgano_hydra.workers import without_working_dir
 
 
 class Decoded(NamedTuple):
@@ -130,7 +131,9 @@ def decode_files(paths: Sequence[Union[str, Path]], resize: Size = None, input_m
                            worker_init_fn=_one_thread_per_worker,
                            multiprocessing_context=multiprocessing.get_context(start))
     out: list = [None] * len(files)
-    for index, value in items:
+    with without_working_dir():  # the workers start as the loop begins
+        decoded = list(items)
+    for index, value in decoded:
         if isinstance(value, str):
             out[index] = DataError(value)
         else:

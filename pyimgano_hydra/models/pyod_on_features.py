@@ -37,6 +37,7 @@ import numpy as np
 
 from pyimgano_hydra.errors import ConfigError, UserError
 from pyimgano_hydra.models.base import BackboneMixin, BaseDetector, DetectorOutput
+from pyimgano_hydra.workers import bounded_jobs, without_working_dir
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +219,11 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
         detector = clone(self._prototype())
         if params is not None:
             detector.set_params(**params)
-            return detector
         own = detector.get_params(deep=False)
+        if "n_jobs" in own and bounded_jobs(own["n_jobs"]) != own["n_jobs"]:
+            detector.set_params(n_jobs=bounded_jobs(own["n_jobs"]))
+        if params is not None:
+            return detector
         if "random_state" in own and own["random_state"] is None:
             detector.set_params(random_state=int(self.seed))
         k = own.get("n_neighbors")
@@ -255,7 +259,8 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
         _check_fit_work(self.detector_, *z.shape)
         keep_compiled_code(self.detector_)
         try:
-            self.detector_.fit(z)
+            with without_working_dir():
+                self.detector_.fit(z)
         except ValueError as exc:
             message = " ".join(str(exc).split())
             raise UserError(
@@ -269,8 +274,9 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
         rng = np.random.default_rng(self.seed)
         probe = z[: min(len(z), 3)] + rng.normal(0.0, 0.5, size=(min(len(z), 3), z.shape[1]))
         probe = np.concatenate([probe, probe + 3.0])
-        together = np.asarray(self.detector_.decision_function(probe), dtype=np.float64)
-        single = np.array([self.detector_.decision_function(row[None])[0] for row in probe], dtype=np.float64)
+        with without_working_dir():
+            together = np.asarray(self.detector_.decision_function(probe), dtype=np.float64)
+            single = np.array([self.detector_.decision_function(row[None])[0] for row in probe], dtype=np.float64)
         return bool(np.allclose(together, single, rtol=1e-9, atol=1e-9))
 
     def fit(self, images: np.ndarray) -> "PyODOnFeatures":
@@ -282,9 +288,10 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
         """float64 (N,) PyOD scores of raw embeddings (higher = more anomalous)."""
         self._check_fitted()
         z = self._standardized(np.asarray(emb, dtype=np.float32))
-        if self.scores_each_row_:
-            return np.array([self.detector_.decision_function(row[None])[0] for row in z], dtype=np.float64)
-        return np.asarray(self.detector_.decision_function(z), dtype=np.float64)
+        with without_working_dir():
+            if self.scores_each_row_:
+                return np.array([self.detector_.decision_function(row[None])[0] for row in z], dtype=np.float64)
+            return np.asarray(self.detector_.decision_function(z), dtype=np.float64)
 
     def score_maps(self, images: np.ndarray) -> DetectorOutput:
         self._check_fitted()

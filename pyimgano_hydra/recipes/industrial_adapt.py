@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from pyimgano_hydra.adapt.postprocess import MapPostprocessor
+from pyimgano_hydra.data.images import without_skip_advice
 from pyimgano_hydra.data.sample import Sample
 from pyimgano_hydra.defects.export import DefectsExporter, require_maps
 from pyimgano_hydra.defects.pixel_threshold import PixelThreshold, resolve_pixel_threshold
@@ -176,9 +177,30 @@ class IndustrialAdapt:
                                        float(normal_maps.max()) * 3 - 2 * float(normal_maps.min()),
                                        fpr_limit=self.pro_fpr_limit) if has_masks else None)
 
+        # dataset.on_bad_image=skip: a file gone bad since the listing is skipped too, not the run's end
+        skip = getattr(ctx.dataset, "on_bad_image", "error") == "skip"
+        unreadable: list[dict] | None = [] if skip else None
+        lost_masks: dict[int, str] = {}
+
         def pixel_update(items, maps, masks):
-            known = np.array([item["label"] >= 0 for item in items])
+            known = np.array([item["label"] >= 0 and item["index"] not in lost_masks for item in items])
             pixel.update(masks[known], maps[known])
+
+        def load_masks(chunk):
+            samples = [test[item["index"]] for item in chunk]
+            try:
+                return ctx.dataset.load_masks(samples)
+            except DataError:
+                if not skip:
+                    raise
+            masks = []
+            for item, sample in zip(chunk, samples):
+                try:
+                    masks.append(ctx.dataset.load_masks([sample])[0])
+                except DataError as exc:
+                    lost_masks[item["index"]] = str(exc)
+                    masks.append(ctx.dataset.load_masks([replace(sample, mask_path=None)])[0])  # left out below
+            return np.stack(masks)
 
         items = [{"index": i, "path": s.path, "category": s.category, "defect_type": s.defect_type,
                   "label": int(s.label)} for i, s in enumerate(test)]
@@ -188,10 +210,19 @@ class IndustrialAdapt:
                 self.predict_batch_size,
                 RecordOutputs(root=ctx.out.root, maps_dir=ctx.out.maps if pp_cfg.get("save_maps") else None,
                               exporter=exporter,
-                              load_masks=(lambda chunk: ctx.dataset.load_masks([test[i["index"]] for i in chunk]))
-                              if has_masks else None,
-                              on_batch=pixel_update if pixel is not None else None),
+                              load_masks=load_masks if has_masks else None,
+                              on_batch=pixel_update if pixel is not None else None, unreadable=unreadable),
                 advance=bar.update)
+        lost = {item["index"]: item["error"] for item in unreadable or []} | lost_masks
+        if lost:
+            for index, reason in sorted(lost.items()):
+                ctx.dataset.skipped.append({"path": test[index].path, "reason": without_skip_advice(reason),
+                                            "category": ctx.category})
+            records = sorted((r for r in records if r["index"] not in lost), key=lambda r: r["index"])
+            test = [sample for index, sample in enumerate(test) if index not in lost]
+            labels = np.array([s.label for s in test], dtype=int)
+            notes.append(f"{len(lost)} test image(s) became unreadable during the run: skipped "
+                         "(dataset.on_bad_image=skip), listed under skipped_images")
         scores = np.array([r["score"] for r in records], dtype=np.float64)
         timings["predict_s"] = time.perf_counter() - t
         timings["test_images_per_s"] = len(test) / max(timings["predict_s"], 1e-9)

@@ -264,6 +264,10 @@ class NoHydraRecord(Callback):
     dir): ``hydra.output_subdir`` stays null (``=<run>/.hydra`` rewrote that run's record)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with _refused_on_error("hydra.run.dir"):
+            self._check(config)
+
+    def _check(self, config: DictConfig) -> None:
         from omegaconf import OmegaConf
 
         HydraConfig.instance().set_config(config)
