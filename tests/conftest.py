@@ -212,3 +212,16 @@ def forge_kept(run_dir: Path, change, category: str = "weave") -> Path:
     change(record)
     path.write_text(json.dumps(record))
     return path
+
+
+def refused_naming(path: Path, what_loaded) -> None:
+    """``load_image(path)`` refuses it in a DataError naming it; else the test fails saying ``what_loaded``."""
+    from pyimgano_hydra.data.images import load_image
+    from pyimgano_hydra.errors import DataError
+
+    try:
+        loaded = load_image(path)
+    except DataError as exc:
+        assert path.name in str(exc)
+        return
+    pytest.fail(f"{path.name} loaded: {what_loaded(loaded)}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, _cli_env, run_cli, run_score_onnx, small_png
+from conftest import REPO, _cli_env, refused_naming, run_cli, run_score_onnx, small_png
 
 
 def _tiled_tiff(tile_side: int, variant: str, width: int = 16, height: int = 16) -> bytes:
@@ -105,7 +105,7 @@ def test_a_png_whose_image_data_ends_after_half_its_rows_is_never_read_as_black(
     path = tmp_path / "half.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 256, 256, 8, 2, 0, 0, 0))
                      + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b""))
-    _refused_naming(path, lambda loaded: f"rows 128.. are all {loaded[128:].max()}")
+    refused_naming(path, lambda loaded: f"rows 128.. are all {loaded[128:].max()}")
 
 
 def test_a_jpeg_whose_scan_ends_early_before_its_eoi_is_never_read_as_flat_grey(tmp_path):
@@ -120,20 +120,7 @@ def test_a_jpeg_whose_scan_ends_early_before_its_eoi_is_never_read_as_flat_grey(
     data = buf.getvalue()
     path = tmp_path / "cut.jpg"
     path.write_bytes(data[:len(data) // 2] + b"\xff\xd9")
-    _refused_naming(path, lambda loaded: f"its bottom rows have std {loaded[200:].std():.1f}")
-
-
-def _refused_naming(path: Path, what_loaded) -> None:
-    """``load_image(path)`` refuses it in a DataError naming it; else the test fails saying ``what_loaded``."""
-    from pyimgano_hydra.data.images import load_image
-    from pyimgano_hydra.errors import DataError
-
-    try:
-        loaded = load_image(path)
-    except DataError as exc:
-        assert path.name in str(exc)
-        return
-    pytest.fail(f"{path.name} loaded: {what_loaded(loaded)}")
+    refused_naming(path, lambda loaded: f"its bottom rows have std {loaded[200:].std():.1f}")
 
 
 def _measured_load(path: Path, read_size: bool = False) -> tuple[str, float, float]:

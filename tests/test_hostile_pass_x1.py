@@ -68,13 +68,7 @@ def trained_padim(tmp_path_factory):
 
 def _infer_measured(run_dir: Path, image: Path, out: Path) -> tuple[int, int, str]:
     """(rc, peak RSS in KiB, stderr) of ``python -m pyimgano_hydra.infer`` in a child of a small wrapper."""
-    code = ("import resource, subprocess, sys\n"
-            f"p = subprocess.run([sys.executable, '-m', 'pyimgano_hydra.infer', 'run_dir={run_dir}', "
-            f"'input={image}', 'hydra.run.dir={out}'], capture_output=True, text=True)\n"
-            "sys.stderr.write(p.stderr); print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
-    proc = subprocess.run([sys.executable, "-c", code], env=_cli_env(), capture_output=True, text=True, timeout=120)
-    rc, peak_kb = map(int, proc.stdout.split())
-    return rc, peak_kb, proc.stderr
+    return _infer_measured_args([f"run_dir={run_dir}", f"input={image}", f"hydra.run.dir={out}"])
 
 
 def test_a_sparse_inspector_pt_never_blows_up_memory(trained_padim, tmp_path):

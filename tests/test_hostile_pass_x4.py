@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import refused_naming
+
 
 def _gray_tiff(strips: list[bytes], height: int, rows_per_strip: int, compression: int = 1, width: int = 16) -> bytes:
     """A little-endian 8-bit gray TIFF of ``width`` x ``height`` whose StripOffsets/StripByteCounts
@@ -27,19 +29,6 @@ def _gray_tiff(strips: list[bytes], height: int, rows_per_strip: int, compressio
         ifd += (struct.pack("<HHIHH", tag, kind, count, value, 0) if kind == 3 and count == 1
                 else struct.pack("<HHII", tag, kind, count, value))
     return b"II*\x00" + struct.pack("<I", arrays_at + len(arrays)) + body + arrays + ifd + b"\x00" * 4
-
-
-def _refused_naming(path: Path, what_loaded) -> None:
-    """``load_image(path)`` refuses it in a DataError naming it; else the test fails saying ``what_loaded``."""
-    from pyimgano_hydra.data.images import load_image
-    from pyimgano_hydra.errors import DataError
-
-    try:
-        loaded = load_image(path)
-    except DataError as exc:
-        assert path.name in str(exc)
-        return
-    pytest.fail(f"{path.name} loaded: {what_loaded(loaded)}")
 
 
 def _texture(height: int = 128, width: int = 128) -> np.ndarray:
@@ -61,10 +50,10 @@ def test_an_uncompressed_tiff_listing_fewer_strips_than_its_rows_need_is_never_r
     for listed in (8, 1):
         path = tmp_path / f"strips{listed}.tif"
         path.write_bytes(_gray_tiff(rows[:listed], 16, 1))
-        _refused_naming(path, lambda got: f"{int((got[:, :, 0] == 0).all(1).sum())} of 16 rows black")
+        refused_naming(path, lambda got: f"{int((got[:, :, 0] == 0).all(1).sum())} of 16 rows black")
     path = tmp_path / "rows_per_strip_8.tif"  # RowsPerStrip 8: two strips needed, one listed
     path.write_bytes(_gray_tiff([b"".join(rows[:8])], 16, 8))
-    _refused_naming(path, lambda got: f"{int((got[:, :, 0] == 0).all(1).sum())} of 16 rows black")
+    refused_naming(path, lambda got: f"{int((got[:, :, 0] == 0).all(1).sum())} of 16 rows black")
 
 
 def test_a_planar_rgb_tiff_listing_fewer_planes_than_its_samples_is_never_read_with_a_black_channel(tmp_path):
@@ -82,7 +71,7 @@ def test_a_planar_rgb_tiff_listing_fewer_planes_than_its_samples_is_never_read_w
                 else struct.pack("<HHII", tag, kind, count, value))
     path = tmp_path / "two_planes.tif"
     path.write_bytes(b"II*\x00" + struct.pack("<I", arrays_at + len(arrays)) + body + arrays + ifd + b"\x00" * 4)
-    _refused_naming(path, lambda got: f"pixel {got[0, 0].tolist()}")
+    refused_naming(path, lambda got: f"pixel {got[0, 0].tolist()}")
 
 
 def test_a_progressive_jpeg_cut_after_a_scan_and_closed_with_eoi_is_never_read_blurred(tmp_path):
@@ -103,7 +92,7 @@ def test_a_progressive_jpeg_cut_after_a_scan_and_closed_with_eoi_is_never_read_b
     second_scan = data.index(b"\xff\xda", data.index(b"\xff\xda") + 2)
     path = tmp_path / "cut_after_scan_1.jpg"
     path.write_bytes(data[:second_scan] + b"\xff\xd9")
-    _refused_naming(path, lambda got: f"mean abs error {np.abs(got.astype(int) - arr).mean():.1f} "
+    refused_naming(path, lambda got: f"mean abs error {np.abs(got.astype(int) - arr).mean():.1f} "
                                       f"(the full file: {np.abs(np.asarray(Image.open(io.BytesIO(data))).astype(int) - arr).mean():.1f})")
 
 
@@ -124,7 +113,7 @@ def test_a_png_whose_fctl_declares_half_the_image_is_never_read_with_black_rows(
     path = tmp_path / f"fctl_{frame}.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 0, 0, 0, 0))
                      + _png_chunk(b"fcTL", fctl) + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b""))
-    _refused_naming(path, lambda got: f"{int((got[:, :, 0] == 0).all(1).sum())} of 16 rows black")
+    refused_naming(path, lambda got: f"{int((got[:, :, 0] == 0).all(1).sum())} of 16 rows black")
 
 
 def test_a_cut_jpeg_closed_with_eoi_is_refused_whatever_trails_the_eoi(tmp_path):
@@ -140,7 +129,7 @@ def test_a_cut_jpeg_closed_with_eoi_is_refused_whatever_trails_the_eoi(tmp_path)
     data = buf.getvalue()
     path = tmp_path / "cut_with_trailer.jpg"
     path.write_bytes(data[:len(data) // 2] + b"\xff\xd9" + b"\x00" * (17 << 20))
-    _refused_naming(path, lambda got: f"its bottom rows have std {got[48:].std():.1f}")
+    refused_naming(path, lambda got: f"its bottom rows have std {got[48:].std():.1f}")
 
 
 def _peak_mb_of(code: str, *args: str) -> tuple[str, float]:
@@ -192,7 +181,7 @@ def test_a_png_with_a_second_ihdr_is_never_read_with_black_rows(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 8, 8, 0, 0, 0, 0))
                      + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 0, 0, 0, 0))
                      + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b""))
-    _refused_naming(path, lambda got: f"{got.shape[0]} rows, {int((got[:, :, 0] == 0).all(1).sum())} of them black")
+    refused_naming(path, lambda got: f"{got.shape[0]} rows, {int((got[:, :, 0] == 0).all(1).sum())} of them black")
 
 
 _ADAM7_PASSES = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
@@ -258,7 +247,7 @@ def test_held_cmyk_gray_and_restart_interval_jpegs_load_whole_and_are_refused_cu
             assert load_image(path)[48:].std() > 20
         path = tmp_path / f"cut{n}.jpg"
         path.write_bytes(data[:len(data) * 2 // 3] + b"\xff\xd9")
-        _refused_naming(path, lambda got: f"its bottom rows have std {got[48:].std():.1f}")
+        refused_naming(path, lambda got: f"its bottom rows have std {got[48:].std():.1f}")
 
 
 def test_a_cut_jpeg_with_a_harmless_header_warning_first_is_still_refused(tmp_path):
@@ -278,7 +267,7 @@ def test_a_cut_jpeg_with_a_harmless_header_warning_first_is_still_refused(tmp_pa
     sos = data.index(b"\xff\xda")
     path = tmp_path / "padded_cut.jpg"
     path.write_bytes(data[:sos + (len(data) - sos) // 2] + b"\xff\xd9")
-    _refused_naming(path, lambda got: f"its bottom rows have std {got[48:].std():.1f}")
+    refused_naming(path, lambda got: f"its bottom rows have std {got[48:].std():.1f}")
 
 
 @pytest.mark.xfail(strict=True, reason="#16 open: libtiff's JPEG codec drops libjpeg's premature-end warning too")
@@ -302,7 +291,7 @@ def test_a_jpeg_in_tiff_whose_strip_ends_early_is_never_read_flat_grey(tmp_path)
             struct.pack_into("<I", data, at + 8, value // 2)
     path = tmp_path / "jpeg_strip_half.tif"
     path.write_bytes(bytes(data))
-    _refused_naming(path, lambda got: f"its bottom rows have std {got[48:].std():.1f}")
+    refused_naming(path, lambda got: f"its bottom rows have std {got[48:].std():.1f}")
 
 
 def test_a_motion_photo_jpeg_with_a_video_after_its_eoi_loads(tmp_path):

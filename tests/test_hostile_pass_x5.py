@@ -51,14 +51,13 @@ def _group(pgid: int) -> tuple[int, int]:
     return count, rss
 
 
-def _infer_watched(run_dir, image, out, timeout=60):
-    """infer in its own process group: (rc or None when killed, stderr, peak processes, peak RSS kB);
-    killed past ``timeout`` or LIMIT_KB over the whole group (its joblib workers included)."""
-    proc = subprocess.Popen([sys.executable, "-m", "pyimgano_hydra.infer", f"run_dir={run_dir}", f"input={image}",
-                             f"hydra.run.dir={out}"], env=_cli_env(), stdout=subprocess.PIPE,
+def _watched(module, args, timeout):
+    """``python -m module args`` in its own process group: (rc or None when killed, stderr, peak
+    processes, peak RSS kB); killed past ``timeout`` or LIMIT_KB over the whole group (its joblib
+    workers included)."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], env=_cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    peak = [0, 0]
-    killed = []
+    peak, killed = [0, 0], []
 
     def watch():
         while proc.poll() is None:
@@ -86,6 +85,10 @@ def _infer_watched(run_dir, image, out, timeout=60):
     return (None, "memory", *peak) if killed else (proc.returncode, err, *peak)
 
 
+def _infer_watched(run_dir, image, out, timeout=60):
+    return _watched("pyimgano_hydra.infer", [f"run_dir={run_dir}", f"input={image}", f"hydra.run.dir={out}"], timeout)
+
+
 def test_a_stored_copod_n_jobs_never_forks_hundreds_of_workers_at_load(trained_copod, tmp_path):
     """HOLE. A received COPOD run dir whose inspector stores ``n_jobs=10000`` (in range for
     bounded_ints' -1..10,000; nothing else looks at n_jobs): on load PyOD re-fits COPOD, which runs
@@ -107,31 +110,8 @@ def test_a_stored_copod_n_jobs_never_forks_hundreds_of_workers_at_load(trained_c
 
 
 def _run_watched(args, timeout=90):
-    """The app in its own process group: (rc or None when killed, stderr, peak processes, peak RSS kB)."""
-    proc = subprocess.Popen([sys.executable, "-m", "pyimgano_hydra", *args], env=_cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    peak, killed = [0, 0], []
-
-    def watch():
-        while proc.poll() is None:
-            count, rss = _group(proc.pid)
-            peak[0], peak[1] = max(peak[0], count), max(peak[1], rss)
-            if rss > LIMIT_KB:
-                killed.append("memory")
-                os.killpg(proc.pid, signal.SIGKILL)
-                return
-            time.sleep(0.1)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return None, "timeout", *peak
-    watcher.join(1)
-    return (None, "memory", *peak) if killed else (proc.returncode, err, *peak)
+    """The app, watched as :func:`_watched`."""
+    return _watched("pyimgano_hydra", args, timeout)
 
 
 def _handed_dataset(tmp_path):
