@@ -234,3 +234,19 @@ def test_held_infer_into_an_output_dir_with_unusual_characters_completes(tmp_pat
     assert proc.returncode == 0, proc.stderr[-1500:]
     assert json.loads((out / "status.json").read_text())["status"] == "completed"
     assert os.listdir(tmp_path / "outs") == [name]
+
+
+def test_a_run_whose_every_test_image_is_skipped_says_no_test_image_was_evaluated(tmp_path):
+    """Seen in pass X6: every test image unreadable under skip: the run completed with test=0 and null
+    metrics, its only note "no ground-truth masks in the test split" (the masks exist)."""
+    root = _folder_dataset(tmp_path / "data")
+    for image in (root / "test").rglob("*.png"):
+        image.write_bytes(b"not an image")
+    out = tmp_path / "run"
+    proc = run_cli(["dataset=folder", f"dataset.root={root}", "dataset.resize=32", "model=padim",
+                    "dataset.on_bad_image=skip", f"hydra.run.dir={out}"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    category = json.loads((out / "report.json").read_text())["categories"]["custom"]
+    assert category["counts"]["test"] == 0
+    assert any("no test image was evaluated" in note for note in category["notes"]), category["notes"]
+    assert not any("ground-truth masks" in note for note in category["notes"]), category["notes"]

@@ -237,6 +237,9 @@ class IndustrialAdapt:
         if pixel is not None:
             metrics["pixel_auroc"] = pixel.pixel_auroc()
             metrics["pixel_aupro"] = pixel.aupro()
+        elif not test:
+            notes.append("no test image was evaluated (the test split is empty, or every test image was "
+                         "skipped): metrics are null")
         elif has_maps:
             notes.append("no ground-truth masks in the test split: pixel metrics skipped")
         timings["metrics_s"] = time.perf_counter() - t
