@@ -366,7 +366,8 @@ def _check_sweep_files(config: DictConfig) -> None:
             scheme, value = sqlite_path(value)
             if value is None:
                 continue
-        path = Path(value.split("%", 1)[0])  # submitit's %j (job id) names folders made later
+        # submitit's %j (job id) names folders made later; a study file is opened as written
+        path = Path(value if key.endswith("storage") else value.split("%", 1)[0])
         try:
             refuse_foreign(key, value, own, what)
             if key.endswith("storage") and os.path.lexists(path):
