@@ -198,7 +198,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
         "tag": cfg.get("tag", ""),
         "status": RUNNING,
     }
-    results: list[CategoryResult] = []
+    dataset, results = None, []  # what a failed run's record still holds
     failures: list[Exception] = []  # of a category=all run: the first one ends it, after the others ran
     try:
         with running(own.status, started_utc=report["timestamp_utc"], config_hash=cfg_hash, resumed=resuming,
@@ -277,7 +277,8 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
     except BaseException as exc:
         line = _error_line(exc)
         if _record_end(run_dir, own, pinned, FAILED, line):
-            report.update(status=FAILED, error=line, categories=_category_entries(run_dir, results))
+            report.update(status=FAILED, error=line, categories=_category_entries(run_dir, results),
+                          skipped_images=list(getattr(dataset, "skipped", [])))
             write_json_atomic(own.report, report)
         raise
     with interrupts_deferred():  # both written, or neither: a run is never left half-recorded

@@ -47,11 +47,13 @@ def open_regular(path: str | Path, advice: str, error: type[UserError] = UserErr
 MIN_SPARSE_CHECK_BYTES = 64 << 20
 
 
-def refuse_sparse(handle: BinaryIO, path: str | Path, advice: str, error: type[UserError] = UserError) -> None:
-    """``error`` for a file of 64 MB or more whose blocks on disk hold under half its length: a
-    sparse file, which no writer of ours makes (a 21 MB run dir whose inspector.pt read as 3 GB)."""
+def refuse_sparse(handle: BinaryIO, path: str | Path, advice: str, error: type[UserError] = UserError,
+                  min_bytes: int = MIN_SPARSE_CHECK_BYTES) -> None:
+    """``error`` for a file of ``min_bytes`` or more whose blocks on disk hold under half its
+    length: a sparse file, which no writer of ours makes (a 21 MB run dir whose inspector.pt read
+    as 3 GB)."""
     info = os.fstat(handle.fileno())
-    if info.st_size >= MIN_SPARSE_CHECK_BYTES and info.st_blocks * 512 < info.st_size // 2:
+    if info.st_size >= min_bytes and info.st_blocks * 512 < info.st_size // 2:
         raise error(f"{shown(str(path))}: refused: a sparse file ({info.st_size >> 20} MB long, "
                     f"{info.st_blocks * 512 >> 20} MB on disk); {advice}")
 

@@ -39,6 +39,7 @@ _ORIENTED = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a
              7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}
 SKIP_ADVICE = ", or set dataset.on_bad_image=skip"  # ends a decode error's line, for a training run
 DEFAULT_MAX_IMAGE_MEGABYTES = 256.0  # dataset.max_image_megabytes
+MIN_SPARSE_IMAGE_BYTES = 1 << 30  # a sparse image file this long is refused before any walk
 MAX_RLE_BMP_PIXELS = 16_000_000  # about 2 s of Pillow's pure-Python RLE decoding
 _BMP_RLE = (1, 2)  # BI_RLE8, BI_RLE4
 MAX_JPEG_SCANS = 100  # a camera's progressive JPEG has about 10 (djpeg's -maxscans guards the same)
@@ -82,8 +83,9 @@ def open_regular(path: str | Path):
     """``path`` opened for reading when it is a regular file: a file swapped for a FIFO after the
     input folder was listed is never waited on."""
     handle = files.open_regular(path, "replace or remove it", DataError)
-    try:  # a sparse file is read and walked at its full length (a 32x32 JPEG with a 32 GB hole)
-        files.refuse_sparse(handle, path, "replace or remove it", DataError)
+    try:  # a sparse file is read and walked at its full length (a 32x32 JPEG with a 32 GB hole); a
+        # 65 MB BMP copied with its black runs as holes is a fine image
+        files.refuse_sparse(handle, path, "replace or remove it", DataError, min_bytes=MIN_SPARSE_IMAGE_BYTES)
     except BaseException:
         handle.close()
         raise

@@ -127,6 +127,8 @@ def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool,
 
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{key}={run_dir}: is a file, not a directory; pick a new {key}")
+    if resumable and os.path.islink(run_dir):  # a run pins its dir itself: through a link it failed at once
+        raise UserError(f"{key}={run_dir}: is a link; name the folder it points to ({os.path.realpath(run_dir)})")
     outer = inside_a_run(run_dir)
     if outer is not None:
         raise UserError(f"{key}={run_dir}: lies inside the run dir {outer}; runs are never written into "
@@ -346,6 +348,23 @@ def sqlite_path(url: str) -> tuple[str, str | None]:
     return database.group(0), (value if value not in ("", ":memory:") else None)
 
 
+# the one spelling of a study file whose name the checks read as SQLite, SQLAlchemy and Optuna do
+PLAIN_SQLITE = re.compile(r"sqlite(\+pysqlite)?:///(?!file:)[^?#%{}]+")
+
+
+def _plain_storage(value: object) -> None:
+    """``hydra.sweeper.storage`` is an SQLite file named plainly, or another database's URL without
+    braces: SQLite decodes ``%XX``, drops a ``#...`` and reads ``file://localhost/`` in a ``file:`` URI,
+    Optuna fills ``{SCHEMA_VERSION}``, and a config node builds any storage, so each named another
+    file than the one checked (a handed study's trigger then had a pickled sampler state run)."""
+    if not isinstance(value, str):
+        refuse("hydra.sweeper.storage: give a URL such as sqlite:///<path>/optuna.db, or null; "
+               "not a config node")
+    if "{" in value or "}" in value or value.startswith("sqlite") and not PLAIN_SQLITE.fullmatch(value):
+        refuse(f"hydra.sweeper.storage={console_line(value)[:200]}: name the study file plainly, "
+               "sqlite:///<path>/optuna.db (no file: URI, query, %, # or braces)")
+
+
 def _check_sweep_files(config: DictConfig) -> None:
     """What a launcher or sweeper writes besides the job dirs (submitit's job pickles and logs, Ray's
     session tree, an Optuna sqlite study) lies in no other run dir; a study file that exists is a regular sqlite file
@@ -360,6 +379,8 @@ def _check_sweep_files(config: DictConfig) -> None:
             value = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=True)
         except Exception:  # noqa: BLE001 - Hydra's plugin reports its own config
             continue
+        if key.endswith("storage") and value is not None:
+            _plain_storage(value)
         if not isinstance(value, str):
             continue
         if key.endswith("storage"):
