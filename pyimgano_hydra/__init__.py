@@ -86,6 +86,30 @@ def _ctrl_c_while_starting() -> None:
             signal.signal(signal.SIGINT, _stop_while_starting)
 
 
+def _numba_without_working_dir_config() -> None:
+    """numba reads ``./.numba_config.yaml`` when imported and again at each compile: its cache_dir
+    pointed numba at a run dir's pickled cache index, ``chrome_trace`` overwrote any file it named,
+    ``cache_locator_classes`` imported a module, 500 bytes of YAML anchors took GBs. numba is
+    imported from an empty folder, then reads its config from a path that never exists."""
+    import os
+    import sys
+    import tempfile
+
+    if "NUMBA_CACHE_DIR" not in os.environ:  # child Pythons import numba themselves, from here
+        os.environ["NUMBA_CACHE_DIR"] = os.path.join(os.path.expanduser("~"), ".cache", "pyimgano_hydra", "numba")
+    if "numba.core.config" not in sys.modules:
+        cwd = os.getcwd()
+        with tempfile.TemporaryDirectory() as empty:
+            os.chdir(empty)
+            try:
+                import numba.core.config  # noqa: F401
+            except Exception:  # noqa: BLE001 - no numba (or a broken one): nothing reads the file
+                return
+            finally:
+                os.chdir(cwd)
+    sys.modules["numba.core.config"]._config_fname = os.path.join(os.devnull, ".numba_config.yaml")
+
+
 def _no_imports_from_a_run_dir() -> None:
     """``python -m pyimgano_hydra.infer`` (or ``.export``) started inside an untrusted run dir:
     Python puts the working dir first on ``sys.path``, so a ``hydra_plugins/`` folder or a
@@ -94,10 +118,8 @@ def _no_imports_from_a_run_dir() -> None:
     import os
     import sys
 
-    if os.path.lexists(".numba_config.yaml") and "NUMBA_CACHE_DIR" not in os.environ:
-        # numba reads it from the working dir (env vars win): its cache_dir pointed numba at a run
-        # dir's pickled cache index, which numba unpickles
-        os.environ["NUMBA_CACHE_DIR"] = os.path.join(os.path.expanduser("~"), ".cache", "pyimgano_hydra", "numba")
+    if os.path.lexists(".numba_config.yaml"):
+        _numba_without_working_dir_config()
     parts = _entry_module().split(".")
     inside = _inside_a_run_dir(os.getcwd())
     if inside:
