@@ -13,41 +13,11 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, run_cli
+from test_hostile_pass_x6 import _folder_dataset, _mvtec  # the same tiny layouts
 
 TESTS = Path(__file__).resolve().parent
 ZSCORE = [f"hydra.searchpath=[file://{TESTS / 'conf'}]", "model=zscore"]
 ENV = {"PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
-
-
-def _folder_dataset(root: Path) -> Path:
-    """train/normal (6), test/normal (3), test/scratch (3) 32x32 with masks in ground_truth/scratch."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train/normal", 6), ("test/normal", 3), ("test/scratch", 3)):
-        (root / split).mkdir(parents=True)
-        for i in range(n):
-            image = rng.integers(100, 140, (32, 32, 3), dtype=np.uint8)
-            if "scratch" in split:
-                mask = np.zeros((32, 32), np.uint8)
-                mask[5:15, 5:15] = 255
-                image[mask > 0] = 255
-                (root / "ground_truth" / "scratch").mkdir(parents=True, exist_ok=True)
-                Image.fromarray(mask).save(root / "ground_truth" / "scratch" / f"{i}_mask.png")
-            Image.fromarray(image).save(root / split / f"{i}.png")
-    return root
-
-
-def _mvtec(root: Path, category: str, n_train: int = 4) -> None:
-    rng = np.random.default_rng(len(category))
-    for split, n in (("train/good", n_train), ("test/good", 2), ("test/crack", 2)):
-        (root / category / split).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(rng.integers(100, 140, (32, 32, 3), dtype=np.uint8)).save(
-                root / category / split / f"{i:03d}.png")
-    (root / category / "ground_truth" / "crack").mkdir(parents=True)
-    for i in range(2):
-        mask = np.zeros((32, 32), np.uint8)
-        mask[4:12, 4:12] = 255
-        Image.fromarray(mask).save(root / category / "ground_truth" / "crack" / f"{i:03d}_mask.png")
 
 
 # ---- holes ------------------------------------------------------------------------------------------
