@@ -35,7 +35,6 @@ from pyimgano_hydra.viz.html import write_report_html
 log = logging.getLogger(__name__)
 
 
-
 def _error_line(exc: BaseException) -> str:
     """An error's first line, a held folder's /proc/self/fd path shown as the user gave it."""
     return shown(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
@@ -45,6 +44,7 @@ def _category_entries(run_dir: RunDir, results: list) -> dict:
     """report.json's ``categories``: each completed category's figures and files."""
     return {r.category: {"metrics": r.metrics, "timings": r.timings, "counts": r.counts, "notes": r.notes,
                          "inspector": _inspector_path(run_dir, r), **_figures(run_dir, r)} for r in results}
+
 
 def _device_used(model_cfg: DictConfig) -> str | None:
     """The torch device the model's ``device`` resolves to here (None for CPU-only models)."""
