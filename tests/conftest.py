@@ -81,17 +81,38 @@ def run_cli(args, cwd=None, module="pyimgano_hydra", env=None, timeout=600) -> s
                           capture_output=True, text=True, timeout=timeout)
 
 
-def run_cli_measured(args, cwd, timeout=300) -> tuple[subprocess.CompletedProcess, int]:
-    """``run_cli`` through a wrapper process; also the app's peak RSS in KiB (the wrapper's
-    RUSAGE_CHILDREN: a small process forks the app, so pytest's own peak is not inherited)."""
-    wrapper = ("import resource, subprocess, sys\n"
-               "p = subprocess.run([sys.executable, '-m', 'pyimgano_hydra', *sys.argv[1:]], capture_output=True,"
-               " text=True)\n"
-               "sys.stdout.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
-               "sys.stderr.write(p.stderr)\nsys.exit(p.returncode)\n")
-    proc = subprocess.run([sys.executable, "-c", wrapper, *args], cwd=cwd, env=_cli_env(), capture_output=True,
-                          text=True, timeout=timeout)
-    return proc, int(proc.stdout or 0)
+def run_cli_measured(args, cwd, timeout=300, module="pyimgano_hydra") -> tuple[subprocess.CompletedProcess, int]:
+    """``run_cli``; also the command's peak anonymous memory in KiB, sampled every 20 ms (RssAnon:
+    VmHWM and ru_maxrss count mapped library pages, which vary by 200 MB with the page cache
+    between two identical venvs)."""
+    import threading
+    import time
+
+    command = [sys.executable, "-m", module, *args]
+    proc = subprocess.Popen(command, cwd=cwd, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    peak = [0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/status") as status:
+                    kb = next((int(line.split()[1]) for line in status if line.startswith("RssAnon:")), 0)
+            except (OSError, ValueError):
+                kb = 0
+            peak[0] = max(peak[0], kb)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    sampler.join(1)
+    return subprocess.CompletedProcess(command, proc.returncode, out, err), peak[0]
 
 
 def start_cli(args, cwd=None, env=None, module="pyimgano_hydra") -> subprocess.Popen:

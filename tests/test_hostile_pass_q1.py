@@ -50,7 +50,7 @@ def _group_rss_kb(pgid: int) -> int:
                 continue
             with open(f"/proc/{pid}/status") as fh:
                 for line in fh:
-                    if line.startswith("VmRSS"):
+                    if line.startswith("RssAnon"):
                         total += int(line.split()[1])
         except (OSError, ValueError):
             pass

@@ -87,12 +87,11 @@ def test_a_sparse_inspector_pt_never_blows_up_memory(trained_padim, tmp_path):
 
 
 def _infer_measured_args(args: list[str]) -> tuple[int, int, str]:
-    code = ("import resource, subprocess, sys\n"
-            f"p = subprocess.run([sys.executable, '-m', 'pyimgano_hydra.infer', *{args!r}], capture_output=True, text=True)\n"
-            "sys.stderr.write(p.stderr); print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
-    proc = subprocess.run([sys.executable, "-c", code], env=_cli_env(), capture_output=True, text=True, timeout=120)
-    rc, peak_kb = map(int, proc.stdout.split())
-    return rc, peak_kb, proc.stderr
+    """(rc, peak anonymous memory in KiB, stderr) of ``python -m pyimgano_hydra.infer args``."""
+    from conftest import run_cli_measured
+
+    proc, peak_kb = run_cli_measured(args, None, timeout=120, module="pyimgano_hydra.infer")
+    return proc.returncode, peak_kb, proc.stderr
 
 
 def test_a_sparse_model_onnx_is_not_read_whole(trained_padim, tmp_path):

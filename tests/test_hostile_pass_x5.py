@@ -45,7 +45,7 @@ def _group(pgid: int) -> tuple[int, int]:
                 continue
             count += 1
             with open(f"/proc/{pid}/status") as fh:
-                rss += next((int(line.split()[1]) for line in fh if line.startswith("VmRSS")), 0)
+                rss += next((int(line.split()[1]) for line in fh if line.startswith("RssAnon")), 0)
         except (OSError, ValueError):
             pass
     return count, rss
