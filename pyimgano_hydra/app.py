@@ -199,7 +199,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
         "status": RUNNING,
     }
     dataset, results = None, []  # what a failed run's record still holds
-    failures: list[Exception] = []  # of a category=all run: the first one ends it, after the others ran
+    first_failure: Exception | None = None  # of a category=all run: it ends the run, after the others ran
     try:
         with running(own.status, started_utc=report["timestamp_utc"], config_hash=cfg_hash, resumed=resuming,
                      **owner()), sigterm_as_interrupt(), feature_cache(_cache_settings(cfg, run_dir)), \
@@ -240,7 +240,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
                 except Exception as exc:  # noqa: BLE001 - the others still run; the run ends failed
                     if len(categories) == 1:
                         raise
-                    failures.append(exc)
+                    first_failure = first_failure or exc
                     report.setdefault("failed_categories", {})[category] = _error_line(exc)
                     log.error("[category %d/%d %s] failed: %s", index, len(categories), console_line(category),
                               console_line(_error_line(exc)))
@@ -250,8 +250,8 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
                 results.append(result)
                 log.info("[category %d/%d %s] %s", index, len(categories), console_line(category),
                          _metrics_line(result))
-            if failures:
-                raise failures[0]
+            if first_failure is not None:
+                raise first_failure
         report.update(
             status=COMPLETED,
             dataset={"target": cfg.dataset._target_, "categories": categories},

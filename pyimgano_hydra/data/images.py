@@ -128,6 +128,10 @@ def _check_decode_size(path: str | Path, img: Image.Image, max_megabytes: float 
                         f"dataset.max_image_megabytes={max_megabytes:g}; shrink the file or raise the limit")
 
 
+def _cannot_decode(path: str | Path, exc: BaseException) -> DataError:
+    return DataError(f"{path}: cannot decode image ({_reason(exc)}); replace or remove the file" + SKIP_ADVICE)
+
+
 @contextmanager
 def _decoding(path: str | Path) -> Iterator[None]:
     """Around opening and decoding ``path``: any decoder failure is one DataError naming the file."""
@@ -141,9 +145,7 @@ def _decoding(path: str | Path) -> Iterator[None]:
     except DataError:
         raise
     except _DECODE_ERRORS as exc:
-        reason = _reason(exc)
-        raise DataError(f"{path}: cannot decode image ({reason}); replace or remove the file"
-                        + SKIP_ADVICE) from None
+        raise _cannot_decode(path, exc) from None
 
 
 def _pillow_decode(path: str | Path, handle: BinaryIO, draft_to: tuple[int, int] | None,
@@ -292,8 +294,7 @@ def load_image(path: str | Path, resize: Size = None, input_mode: str = "rgb",
     except DataError:
         raise
     except _DECODE_ERRORS as exc:  # a mode conversion of a corrupt file
-        raise DataError(f"{path}: cannot decode image ({_reason(exc)}); replace or remove the file"
-                        + SKIP_ADVICE) from None
+        raise _cannot_decode(path, exc) from None
     del img  # the decoded file, no longer needed
     if input_mode == "gray" and arr.ndim == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)

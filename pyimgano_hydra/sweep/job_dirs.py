@@ -141,23 +141,30 @@ class JobDirs:
                 self.ancestors.setdefault(str(parent), job_dir)
 
 
+def _listed_sweeps(config: DictConfig) -> list:
+    """The command line's sweeps of listed values, parsed from ``hydra.overrides.task`` as typed (a
+    range or interval sweep holds numbers only, and a sampler may draw from range(1,10**9): never
+    listed); none when Hydra refuses the overrides itself."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    try:
+        task = OmegaConf.to_container(config.hydra.overrides, resolve=False).get("task") or []
+        return [override for override in OverridesParser.create().parse_overrides(task)
+                if override.is_sweep_override() and not (override.is_range_sweep() or override.is_interval_sweep())]
+    except Exception:  # Hydra refuses the overrides itself
+        return []
+
+
 def check_swept_interpolations(config: DictConfig) -> None:
     """A swept value whose ``${...}`` does not resolve is refused before the sweep dir is made:
     Hydra resolves it again in each job's dir name, where it failed with a traceback and left the
     board empty."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import QuotedString
     from omegaconf import OmegaConf, open_dict
 
-    task = OmegaConf.to_container(config.hydra.overrides, resolve=False).get("task") or []  # as typed
-    try:
-        overrides = OverridesParser.create().parse_overrides(task)
-    except Exception:  # Hydra refuses the overrides itself
-        return
     probe = None
-    for override in overrides:
-        if not override.is_sweep_override() or override.is_range_sweep() or override.is_interval_sweep():
-            continue
+    for override in _listed_sweeps(config):
         try:
             values = list(override.sweep_iterator())
         except Exception:  # Hydra refuses it itself
@@ -180,23 +187,13 @@ def check_swept_interpolations(config: DictConfig) -> None:
 
 def swept_values(config: DictConfig) -> list[tuple[str | None, str | None]]:
     """(key, value) of each value the command line sweeps over, and (None, None) for the base."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
     pairs: list[tuple[str | None, str | None]] = [(None, None)]
-    try:
-        task = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
-        for override in OverridesParser.create().parse_overrides(task):
-            if override.is_sweep_override():
-                if override.is_range_sweep() or override.is_interval_sweep():  # numbers only (and a
-                    continue  # sampler may draw from range(1,10**9): never listed)
-                try:
-                    values = list(override.sweep_string_iterator())
-                except Exception:  # Hydra refuses it itself
-                    continue
-                pairs.extend((override.key_or_group, str(value)) for value in values)
-    except Exception:  # Hydra refuses the overrides itself
-        pass
+    for override in _listed_sweeps(config):
+        try:
+            values = list(override.sweep_string_iterator())
+        except Exception:  # Hydra refuses it itself
+            continue
+        pairs.extend((override.key_or_group, str(value)) for value in values)
     return pairs
 
 
