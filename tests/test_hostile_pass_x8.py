@@ -52,7 +52,7 @@ def test_a_valid_large_image_stored_sparse_on_disk_loads(tmp_path):
     assert image.max() > 0
 
 
-@pytest.mark.xfail(strict=True, reason="#16 open: infer takes completed runs only; a failed category=all run's completed categories are recorded but not served")
+
 def test_infer_uses_a_completed_category_of_a_category_all_run_that_failed_in_another(tmp_path):
     """category=all over a, b (broken: empty train split), c: since X6 a and c run and are recorded
     (categories/a/report.json, inspector.pt, report.json's categories lists a and c, failed_categories
@@ -73,6 +73,35 @@ def test_infer_uses_a_completed_category_of_a_category_all_run_that_failed_in_an
     proc = run_cli([f"run_dir={out}", "category=a", f"input={root / 'a' / 'test' / 'good'}", "trust_targets=true",
                     f"hydra.run.dir={tmp_path / 'infer'}"], module="pyimgano_hydra.infer", env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr[-800:]
+    scored = json.loads((tmp_path / "infer" / "summary.json").read_text())
+    assert scored["category"] == "a" and scored["n_images"] == 2, scored
+    proc = run_cli([f"run_dir={out}", "category=b", f"input={root / 'a' / 'test' / 'good'}", "trust_targets=true",
+                    f"hydra.run.dir={tmp_path / 'infer_b'}"], module="pyimgano_hydra.infer", env=ENV, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "category=b: failed in this run's training" in proc.stderr.strip().splitlines()[-1], proc.stderr[-400:]
+
+
+def test_a_run_that_failed_as_a_whole_is_still_refused_by_infer(tmp_path):
+    """Only a category=all run's completed categories are served: a failed run whose report.json has no
+    failed_categories (it failed as a whole), or whose report.json lists a category both as completed and
+    failed, is refused in one line."""
+    from pyimgano_hydra.errors import UserError
+    from pyimgano_hydra.runs.layout import SCHEMA_VERSION
+    from pyimgano_hydra.runs.load import load_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "status.json").write_text(json.dumps({"status": "failed"}))
+    report = {"schema_version": SCHEMA_VERSION, "status": "failed", "categories": {"a": {"inspector": None}}}
+    (run / "report.json").write_text(json.dumps(report))
+    with pytest.raises(UserError, match="the run is failed, not completed"):
+        load_run(run)
+    (run / "report.json").write_text(json.dumps({**report, "failed_categories": {"a": "boom"}}))
+    with pytest.raises(UserError, match="listed as both completed and failed"):
+        load_run(run)
+    (run / "report.json").write_text(json.dumps({**report, "failed_categories": {"b": "boom"}}))
+    loaded = load_run(run)
+    assert list(loaded.inspectors) == ["a"] and loaded.failed == ["b"]
 
 
 @pytest.mark.xfail(strict=True, reason="#16 open: a claim without status.json whose owner died is never taken over (a 0.09 s window)")

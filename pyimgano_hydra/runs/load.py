@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -10,7 +10,7 @@ from pyimgano_hydra.errors import UserError, console_line
 from pyimgano_hydra.files import KeptFolder, held_run_folder
 from pyimgano_hydra.runs import trust
 from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
-from pyimgano_hydra.runs.status import COMPLETED, current_state, describe
+from pyimgano_hydra.runs.status import COMPLETED, FAILED, current_state, describe
 
 
 def _names(names: list[str], shown: int = 20) -> str:
@@ -26,6 +26,7 @@ class LoadedRun:
     report: dict
     inspectors: dict[str, str | None]  # category -> inspector file relative to the run dir
     held: KeptFolder  # the run dir itself, open while this lives: every file is reached from it
+    failed: list[str] = field(default_factory=list)  # categories a failed category=all run did not finish (never served)
 
     def category(self, name: str | None) -> str:
         """The category to use: ``name``, or the run's only one."""
@@ -35,6 +36,9 @@ class LoadedRun:
                 return available[0]
             raise UserError(f"category: this run has {len(available)} categories ({_names(available)}); "
                             "pick one with category=<name>")
+        if name in self.failed:
+            raise UserError(f"category={console_line(name)[:80]}: failed in this run's training (see its "
+                            f"report.json failed_categories); available: {_names(available)}")
         if name not in available:
             raise UserError(f"category={name} is not in this run; available: {_names(available)}")
         return name
@@ -73,7 +77,8 @@ class LoadedRun:
 
 
 def load_run(path: str | Path) -> LoadedRun:
-    """Read a completed run dir's report.json; refuse unfinished runs and other schema versions."""
+    """Read a completed run dir's report.json (or a category=all run's that failed in some categories: its
+    completed ones are served); refuse unfinished runs and other schema versions."""
     run_dir = RunDir(Path(path))
     try:
         held = KeptFolder(run_dir.root)
@@ -86,14 +91,20 @@ def load_run(path: str | Path) -> LoadedRun:
         state = current_state(record)
         if not isinstance(state, str):
             raise UserError(f"{run_dir.status}: status: expected a string such as \"completed\"")
-    if state != COMPLETED:
-        state = describe(record) if isinstance(state, str) else state
-        raise UserError(f"run_dir={path}: the run is {state or 'missing status.json'}, not completed; "
-                        "only completed runs can be used for inference")
+    refused = (f"run_dir={path}: the run is {(describe(record) if state else state) or 'missing status.json'}, "
+               "not completed; only completed runs (or the completed categories of a category=all run that "
+               "failed in another) can be used for inference")
+    if state not in (COMPLETED, FAILED):
+        raise UserError(refused)
     trust.confined(run_dir.root, run_dir.report.name, str(run_dir.report))
+    if state == FAILED and not run_dir.report.exists():
+        raise UserError(refused)
     report = trust.read_json_file(held.path / run_dir.report.name, follow=False)
     if not isinstance(report, dict):
         raise UserError(f"{run_dir.report}: expected a JSON object")
+    failed = report.get("failed_categories") if state == FAILED else {}
+    if not isinstance(failed, dict) or (state == FAILED and (not failed or report.get("status") != FAILED)):
+        raise UserError(refused)  # failed as a whole: nothing in it is a finished category
     version = trust.schema_version(report.get("schema_version"), str(run_dir.report))
     if version > SCHEMA_VERSION:
         raise UserError(f"{run_dir.report}: schema_version {version} is newer than this pyimgano_hydra "
@@ -107,7 +118,11 @@ def load_run(path: str | Path) -> LoadedRun:
     except UserError as exc:
         raise UserError(f"{run_dir.report}: {exc}; not a run training wrote") from None
     inspectors = {}
+    for name in failed:
+        if name in categories:
+            raise UserError(f"{run_dir.report}: category {console_line(str(name))[:80]!r} is listed as both "
+                            "completed and failed; not a run training wrote")
     for name, entry in categories.items():
         where = f"{run_dir.report}: categories.{name}"
         inspectors[name] = trust.require(entry, "inspector", (str, type(None)), where)
-    return LoadedRun(run_dir, report, inspectors, held)
+    return LoadedRun(run_dir, report, inspectors, held, sorted(map(str, failed)))
