@@ -52,7 +52,6 @@ def test_a_valid_large_image_stored_sparse_on_disk_loads(tmp_path):
     assert image.max() > 0
 
 
-
 def test_infer_uses_a_completed_category_of_a_category_all_run_that_failed_in_another(tmp_path):
     """category=all over a, b (broken: empty train split), c: since X6 a and c run and are recorded
     (categories/a/report.json, inspector.pt, report.json's categories lists a and c, failed_categories
@@ -104,7 +103,6 @@ def test_a_run_that_failed_as_a_whole_is_still_refused_by_infer(tmp_path):
     assert list(loaded.inspectors) == ["a"] and loaded.failed == ["b"]
 
 
-@pytest.mark.xfail(strict=True, reason="#16 open: a claim without status.json whose owner died is never taken over (a 0.09 s window)")
 def test_a_run_killed_before_its_status_was_written_can_be_rerun_in_its_dir(tmp_path):
     """A run SIGKILLed (OOM killer, a node lost, a scancel without grace) after the claim and Hydra's
     .hydra/ but before app.run wrote status.json (observed by killing when .hydra/ appears: the dir
@@ -127,6 +125,28 @@ def test_a_run_killed_before_its_status_was_written_can_be_rerun_in_its_dir(tmp_
     proc = run_cli(args, env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr.strip().splitlines()[-1:]
     assert json.loads((out / "status.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("change", ["another config", "a live owner"])
+def test_a_claim_without_status_is_taken_over_only_from_a_dead_owner_of_the_same_config(tmp_path, change):
+    """The claim-only dir of another config, or one whose claimer still runs (it is about to write its
+    status), is refused and left as it was: no status.json is made for it."""
+    from pyimgano_hydra.errors import UserError
+    from pyimgano_hydra.runs.claim import claim_dir
+
+    out = tmp_path / "run"
+    assert claim_dir(out, "hash-a")
+    claim = json.loads((out / ".claim.json").read_text())
+    assert claim["config_hash"] == "hash-a" and claim["pid"] == os.getpid()
+    if change == "another config":
+        claim["pid"] = 2 ** 22 + 12345  # gone
+    (out / ".claim.json").write_text(json.dumps(claim))
+    with pytest.raises(UserError, match="already holds a run or sweep"):
+        claim_dir(out, "hash-b" if change == "another config" else "hash-a")
+    assert not (out / "status.json").exists()
+    if change == "another config":
+        assert not claim_dir(out, "hash-a")  # the same config takes it over
+        assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
 
 
 def test_a_failed_category_all_run_still_records_the_images_its_completed_categories_skipped(tmp_path):

@@ -26,7 +26,7 @@ from pyimgano_hydra.errors import UserError, console_line, refuse
 from pyimgano_hydra.files import open_regular
 from pyimgano_hydra.interrupt import CLAIMED
 from pyimgano_hydra.runs.layout import pin_sweep_dir
-from pyimgano_hydra.runs.status import utc_now
+from pyimgano_hydra.runs.status import process_start, utc_now
 from pyimgano_hydra.sweep.job_dirs import check_subdir, check_swept_interpolations, probe_subdir, swept_values
 
 CLAIM_FILE = ".claim.json"
@@ -152,17 +152,44 @@ def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool,
             taken = CLAIM_FILE
         else:
             with os.fdopen(fd, "w") as handle:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "claimed_utc": utc_now()}, handle)
+                now = utc_now()
+                json.dump({"pid": os.getpid(), "pid_start": process_start(os.getpid()), "host": socket.gethostname(),
+                           "claimed_utc": now, "updated_utc": now, "config_hash": config_hash}, handle)
             CLAIMED.append((run_dir, config_hash))
             return True
     # A hash not known before the job (an interpolation only the job resolves) never takes over:
     # Hydra rewrites .hydra/ before the app could compare it (another config's record was rewritten).
+    if resumable and config_hash is not None and taken == CLAIM_FILE:
+        _record_dead_claim(run_dir, config_hash)
     if resumable and config_hash is not None and may_take_over(RunDir(run_dir), config_hash, key):
         _nothing_to_write_through(run_dir, key, resuming=True)  # its log is appended to, its .hydra rewritten
         _claim_takeover(run_dir, key)
         return False  # may_take_over raises for a run it must not touch
     raise UserError(f"{key}={run_dir}: already holds a run or sweep (it has {taken}); runs are never "
                     f"overwritten: pick a new {key}")
+
+
+def _record_dead_claim(run_dir: Path, config_hash: str) -> None:
+    """A claim of this config whose owner died before its run wrote status.json (killed between the
+    claim and the run's start) gets a status.json ``interrupted``, made from the claim alone (every
+    contender writes the same bytes, never over a status there): the run is then taken over like any
+    interrupted one. A claim of another config, by a live process, or with no status yet but a report
+    is left as it is."""
+    from pyimgano_hydra.runs.status import INTERRUPTED, owner_gone
+    from pyimgano_hydra.runs.trust import read_json_file
+    from pyimgano_hydra.runs.writers import to_json, write_bytes_new
+
+    if any(os.path.lexists(run_dir / name) for name in ("status.json", "report.json")):
+        return
+    try:
+        claim = read_json_file(run_dir / CLAIM_FILE)
+    except UserError:
+        return  # being written this instant, or not ours to read
+    if not isinstance(claim, dict) or claim.get("config_hash") != config_hash or not owner_gone(claim):
+        return
+    record = {"status": INTERRUPTED, "error": "stopped between its claim and its start",
+              **{name: claim.get(name) for name in ("pid", "host", "claimed_utc", "config_hash")}}
+    write_bytes_new(run_dir / "status.json", (to_json(record) + "\n").encode())
 
 
 def _claim_takeover(run_dir: Path, key: str) -> None:
@@ -173,7 +200,7 @@ def _claim_takeover(run_dir: Path, key: str) -> None:
     (the digest of the dead holder's file), which every contender computes alike."""
     import hashlib
 
-    from pyimgano_hydra.runs.status import owner_gone, process_start
+    from pyimgano_hydra.runs.status import owner_gone
     from pyimgano_hydra.runs.trust import read_json_file
 
     seed = json.dumps(read_json_file(run_dir / "status.json"), sort_keys=True, default=str)

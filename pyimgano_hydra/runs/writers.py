@@ -76,6 +76,23 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def write_bytes_new(path: str | Path, data: bytes) -> bool:
+    """``write_bytes_atomic`` unless ``path`` exists (then False, nothing written): a complete file
+    appears under ``path`` or nothing does, and of two writers exactly one wins."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.link(tmp, path)  # never replaces
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """UTF-8; a lone surrogate (an undecodable file name) goes back to its original byte."""
     return write_bytes_atomic(path, text.encode("utf-8", "surrogateescape"))
