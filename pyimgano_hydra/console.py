@@ -6,6 +6,7 @@ import os
 import re
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from pyimgano_hydra.errors import UserError, refuse
@@ -51,17 +52,20 @@ def quiet_third_party_logs() -> None:
 
 def tolerant_console() -> None:
     """File names that are not UTF-8 print as ``\\xff`` escapes instead of crashing the run; a
-    stdout whose reader went away (``| head -1``) drops what follows (one logging error per line)."""
+    stdout or stderr that cannot be written (its reader went away: ``| head -1``; a full disk:
+    ``2>/dev/full``) drops what follows: the console never fails a run nor loses its results."""
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     if not isinstance(sys.stdout, _ReaderMayGo):
         sys.stdout = _ReaderMayGo(sys.stdout)
+    if not isinstance(sys.stderr, _ReaderMayGo):
+        sys.stderr = _ReaderMayGo(sys.stderr)
 
 
 class _ReaderMayGo:
-    """stdout proxy: after a broken pipe every write is dropped, and the descriptor points at
-    /dev/null so that the interpreter's last flush succeeds too."""
+    """Console stream proxy: after a failed write (broken pipe, full disk, I/O error) every write is
+    dropped, and the descriptor points at /dev/null so that the interpreter's last flush succeeds too."""
 
     def __init__(self, stream) -> None:
         self._stream = stream
@@ -71,7 +75,7 @@ class _ReaderMayGo:
         if not self._gone:
             try:
                 return self._stream.write(text)
-            except BrokenPipeError:
+            except OSError:
                 self._drop()
         return len(text)
 
@@ -79,7 +83,7 @@ class _ReaderMayGo:
         if not self._gone:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
+            except OSError:
                 self._drop()
 
     def _drop(self) -> None:
@@ -175,6 +179,18 @@ def user_errors_exit() -> Iterator[None]:
         sys.exit(exc.exit_code)
 
 
+def _record_being_written() -> str:
+    """The ``.hydra/`` file Hydra was writing when it failed: the last of its record files (written in
+    this order) in the run dir this process claimed last."""
+    from pyimgano_hydra.interrupt import CLAIMED
+
+    if not CLAIMED:
+        return ".hydra"
+    record = Path(CLAIMED[-1][0]) / ".hydra"
+    written = [name for name in ("config.yaml", "hydra.yaml", "overrides.yaml") if (record / name).exists()]
+    return shown(str(record / written[-1] if written else record))
+
+
 def _record_unstarted_failure(error: str) -> None:
     """A run (or sweep job) claimed and then failed by Hydra before the app recorded it: status failed."""
     from pyimgano_hydra.interrupt import mark_unstarted_runs
@@ -212,6 +228,8 @@ def one_line_errors() -> Iterator[None]:
             nulled = [arg.split("=")[0] for arg in sys.argv[1:] if arg.endswith("=null") and "." not in arg]
             if "Config group override must be a string" in line and nulled:  # Hydra's words name no group
                 line = f"error: {nulled[0]}=null: pick an option of the {nulled[0]} group (listed by --help)"
+            if "_save_config" in "".join(catcher.held) and re.match(r"error: OSError: \[Errno \d+\]", line):
+                line = line.replace("error: ", f"error: {_record_being_written()}: ", 1)  # Hydra's words name none
             print(line, file=real)
             _record_unstarted_failure(line[len("error: "):])
         raise

@@ -259,7 +259,7 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
         _check_fit_work(self.detector_, *z.shape)
         keep_compiled_code(self.detector_)
         try:
-            with without_working_dir():
+            with without_working_dir(leave_it=True):
                 self.detector_.fit(z)
         except ValueError as exc:
             message = " ".join(str(exc).split())
@@ -274,7 +274,7 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
         rng = np.random.default_rng(self.seed)
         probe = z[: min(len(z), 3)] + rng.normal(0.0, 0.5, size=(min(len(z), 3), z.shape[1]))
         probe = np.concatenate([probe, probe + 3.0])
-        with without_working_dir():
+        with without_working_dir(leave_it=True):
             together = np.asarray(self.detector_.decision_function(probe), dtype=np.float64)
             single = np.array([self.detector_.decision_function(row[None])[0] for row in probe], dtype=np.float64)
         return bool(np.allclose(together, single, rtol=1e-9, atol=1e-9))
@@ -288,7 +288,7 @@ class PyODOnFeatures(BackboneMixin, BaseDetector):
         """float64 (N,) PyOD scores of raw embeddings (higher = more anomalous)."""
         self._check_fitted()
         z = self._standardized(np.asarray(emb, dtype=np.float32))
-        with without_working_dir():
+        with without_working_dir(leave_it=True):
             if self.scores_each_row_:
                 return np.array([self.detector_.decision_function(row[None])[0] for row in z], dtype=np.float64)
             return np.asarray(self.detector_.decision_function(z), dtype=np.float64)

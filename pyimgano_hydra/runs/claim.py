@@ -146,16 +146,17 @@ def _claim(run_dir: Path, config_hash: str | None, resumable: bool, empty: bool,
         _nothing_to_write_through(run_dir, key)
     if taken is None:
         run_dir.mkdir(parents=True, exist_ok=True)
+        now = utc_now()  # made before the claim: a signal right after it finds the run in CLAIMED
+        owner = {"pid": os.getpid(), "pid_start": process_start(os.getpid()), "host": socket.gethostname(),
+                 "claimed_utc": now, "updated_utc": now, "config_hash": config_hash}
         try:
             fd = os.open(run_dir / CLAIM_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             taken = CLAIM_FILE
         else:
-            with os.fdopen(fd, "w") as handle:
-                now = utc_now()
-                json.dump({"pid": os.getpid(), "pid_start": process_start(os.getpid()), "host": socket.gethostname(),
-                           "claimed_utc": now, "updated_utc": now, "config_hash": config_hash}, handle)
             CLAIMED.append((run_dir, config_hash))
+            with os.fdopen(fd, "w") as handle:
+                json.dump(owner, handle)
             return True
     # A hash not known before the job (an interpolation only the job resolves) never takes over:
     # Hydra rewrites .hydra/ before the app could compare it (another config's record was rewritten).
