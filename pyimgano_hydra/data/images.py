@@ -458,9 +458,9 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
 
 
 def is_image_file(path: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
-    """An image by its name: a file, or a link that leads nowhere (kept, so that loading it names
-    it, never dropped without a word)."""
-    return ((path.is_file() or path.is_symlink() and not path.exists()) and path.suffix.lower() in extensions
+    """An image by its name: anything but a folder (a link that leads nowhere, a FIFO or a device is
+    kept, so that loading it names it, never dropped without a word)."""
+    return (not path.is_dir() and path.suffix.lower() in extensions
             and not path.name.startswith("."))
 
 

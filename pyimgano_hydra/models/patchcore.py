@@ -195,6 +195,10 @@ class PatchCore(BackboneMixin, BaseDetector):
         all_scores, all_maps = [], []
         for emb, pooled in self._embed(images, "features"):
             b, h, w, d = emb.shape
+            if (h, w) != tuple(self.feature_shape_):  # another resize or tile size than the fit's
+                raise ValueError(f"{width}x{height} images give a {h}x{w} feature grid; the memory bank was "
+                                 f"fitted on {self.feature_shape_[0]}x{self.feature_shape_[1]} (feature_shape): "
+                                 "score images of the size it was fitted on")
             flat = emb.reshape(-1, d)
             patch, nn_idx = self._patch_scores(flat)
             patch, nn_idx = patch.reshape(b, h * w), nn_idx.reshape(b, h * w)
@@ -229,7 +233,14 @@ class PatchCore(BackboneMixin, BaseDetector):
         bank = self.memory_bank_
         if bank.ndim != 2 or not bank.size or not np.isfinite(bank).all():
             raise ValueError(f"memory_bank must be a non-empty finite (n, d) array, got shape {bank.shape}")
-        self.feature_shape_ = tuple(state["feature_shape"])
+        shape = state["feature_shape"]
+        if not (isinstance(shape, (list, tuple)) and len(shape) == 2
+                and all(type(v) is int and 0 < v <= 1 << 16 for v in shape)):
+            raise ValueError(f"feature_shape must be [height, width] of the fitted feature grid, got {shape!r}")
+        self.feature_shape_ = tuple(shape)
         self.image_gaussian_ = ImageGaussian.from_state(state)
+        if (self.image_gaussian_ is not None) != (self.global_weight > 0):
+            raise ValueError(f"global_weight {self.global_weight:g} with{'out' if self.image_gaussian_ is None else ''} "
+                             "a stored image Gaussian (global_mean, global_precision): the params do not describe it")
         self._build_index()
         return self

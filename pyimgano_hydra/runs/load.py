@@ -1,6 +1,7 @@
 """Loading a finished run directory back: parsing its untrusted files, never running them."""
 from __future__ import annotations
 
+import math
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +74,21 @@ class LoadedRun:
             inspector = Inspector.load(held / stored.name, trust_targets=trust_targets, device=device, shown_as=path)
         if inspector.category != category:
             raise UserError(f"{path}: holds category {inspector.category!r}, not {category!r}")
+        self._check_threshold(inspector, category, path, folder)
         return inspector
+
+    def _check_threshold(self, inspector, category: str, path: Path, folder: Path | None) -> None:
+        """The inspector's image threshold is the one its category's report.json records (an inspector
+        swapped in from another fit served its own threshold: every verdict changed without a word)."""
+        with ExitStack() as stack:
+            held = folder or stack.enter_context(self.category_folder(category))
+            report = self.run_dir.category(category).report
+            recorded = trust.read_json_file(held / report.name, follow=False)
+        value = trust.require(trust.require(recorded, "threshold", dict, str(report)), "value", (int, float),
+                              f"{report}: threshold")
+        if not math.isclose(float(value), inspector.threshold_, rel_tol=1e-9, abs_tol=1e-12):
+            raise UserError(f"{path}: image threshold {inspector.threshold_:g} is not the {float(value):g} its "
+                            f"category's report.json records; an inspector from another fit: use the run's own")
 
 
 def load_run(path: str | Path) -> LoadedRun:
