@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pyimgano_hydra.errors import UserError, refuse
+from pyimgano_hydra.errors import UserError, console_line, refuse
 from pyimgano_hydra.files import shown
 
 _HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
@@ -50,10 +50,33 @@ def quiet_third_party_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _escaped_hydra_records() -> None:
+    """Hydra's own log lines (the launcher's ``#0 : dataset.category=...``) show control characters
+    escaped, as ours do: a swept name from a received preset never drives the terminal."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "escapes", False):
+        return
+
+    def record(*args, **kwargs) -> logging.LogRecord:
+        made = make(*args, **kwargs)
+        if made.name.startswith("hydra"):
+            text = made.getMessage()
+            if _CONTROL.search(text):
+                made.msg, made.args = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text), ()
+        return made
+
+    record.escapes = True
+    logging.setLogRecordFactory(record)
+
+
 def tolerant_console() -> None:
     """File names that are not UTF-8 print as ``\\xff`` escapes instead of crashing the run; a
     stdout or stderr that cannot be written (its reader went away: ``| head -1``; a full disk:
     ``2>/dev/full``) drops what follows: the console never fails a run nor loses its results."""
+    _escaped_hydra_records()
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
@@ -114,8 +137,8 @@ def fold_error(text: str) -> str:
     line = _fold(text)
     ours = re.findall(r"pyimgano_hydra\.errors\.\w+: (.+)", text)
     if ours and "check full logs" in line:  # submitit's job error: the cause is in its trace
-        return "error: " + ours[-1].strip()
-    return re.sub(r"pyimgano_hydra\.errors\.\w+: ", "", line)
+        return console_line("error: " + ours[-1].strip())
+    return console_line(re.sub(r"pyimgano_hydra\.errors\.\w+: ", "", line))  # a typed or received name's escapes
 
 
 def _fold(text: str) -> str:

@@ -7,6 +7,7 @@ import io
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pyimgano_hydra.errors import console_line
 from pyimgano_hydra.sweep.leaderboard import job_label
 from pyimgano_hydra.viz.plots import plain_text
 
@@ -26,6 +27,13 @@ def zoomed_limits(values: list[float], errors: list[float]) -> tuple[float, floa
 MAX_BARS = 200  # bars in a chart; leaderboard.csv/.md/.json hold every job
 
 
+def _error_bar(std: object, mean: object) -> float:
+    """A job's std as an error bar; one no metric can have (negative, past the scale: a forged
+    report.json) is drawn as none, never losing the whole chart."""
+    ok = isinstance(std, (int, float)) and isinstance(mean, (int, float)) and 0 <= std <= abs(mean) + 1
+    return float(std) if ok else 0.0
+
+
 @plain_text
 def chart_png(board: dict) -> bytes:
     """Horizontal bars in board order (best first); jobs without a result are labelled by status."""
@@ -37,7 +45,7 @@ def chart_png(board: dict) -> bytes:
         name = job_label(row) if row.get("name") else f"#{row['job']} (planned)"
         labels.append(name if stat.get("mean") is not None else f"{name} [{row['status']}]")
         values.append(stat.get("mean"))
-        errors.append(stat.get("std") or 0.0)
+        errors.append(_error_bar(stat.get("std"), stat.get("mean")))
     height = max(2.0, 0.35 * len(rows) + 1.2)
     fig = Figure(figsize=(8, height), dpi=100)
     FigureCanvasAgg(fig)
@@ -55,7 +63,7 @@ def chart_png(board: dict) -> bytes:
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xlim(left, right)
     ax.set_xlabel(f"{metric} (mean over categories; axis zoomed from {left:.3g})")
-    ax.set_title(f"{board['sweep_dir'].rstrip('/').split('/')[-1]}: {metric} per job", fontsize=10)
+    ax.set_title(console_line(f"{board['sweep_dir'].rstrip('/').split('/')[-1]}: {metric} per job"), fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

@@ -8,6 +8,7 @@ Jobs planned in ``sweep.json`` that have no run dir yet are ``not_started`` rows
 from __future__ import annotations
 
 import csv
+import html
 import io
 import math
 import re
@@ -196,7 +197,7 @@ def _overrides_text(row: dict) -> str:
 def job_label(row: dict) -> str:
     """'#1 model=padim tiling=tile128': the job number and its varying key=value pairs, at most
     ``MAX_LABEL`` characters (a chart laid out a 1.5 MB override for over a minute)."""
-    label = f"#{row['job']} {_overrides_text(row)}".strip()
+    label = console_line(f"#{row['job']} {_overrides_text(row)}".strip())  # a swept name's escapes, shown
     return label if len(label) <= MAX_LABEL else label[:MAX_LABEL - 1] + "…"
 
 
@@ -230,8 +231,9 @@ def _csv_cell(value: Any) -> Any:
     ``=HYPERLINK(...)``) gets a leading apostrophe; numbers are written as they are."""
     if value is None:
         return ""
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
+    if isinstance(value, str):
+        value = console_line(value)  # ``cat leaderboard.csv`` never runs a name's terminal escapes
+        return "'" + value if value.startswith(_FORMULA_STARTS) else value
     return value
 
 
@@ -254,7 +256,9 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Text as a Markdown table cell: no raw HTML (a category folder named ``<img onerror=...>``), no
+    terminal escapes, no cell break."""
+    return html.escape(console_line(str(text)), quote=False).replace("|", "\\|")
 
 
 def to_markdown(board: dict) -> str:
@@ -264,7 +268,7 @@ def to_markdown(board: dict) -> str:
     head += [m for m in METRICS if m != metric]
     head += [f"{_md_cell(c)} {metric}" for c in cats] if len(cats) > 1 else []
     head += ["fit s", "test s", "error"]
-    lines = [f"# Sweep leaderboard — `{Path(board['sweep_dir']).name}`", "",
+    lines = [f"# Sweep leaderboard — `{_md_cell(Path(board['sweep_dir']).name)}`", "",
              f"Ranked by mean `{metric}` over categories. "
              + ", ".join(f"{n} {s}" for s, n in sorted(board["counts"].items())) + ".", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
