@@ -35,6 +35,51 @@ def guard_hydra(scan: bool = True) -> None:
         if "load_sweep_config" in vars(loader) and not loader.__module__.startswith("pyimgano_hydra") \
                 and not getattr(loader.load_sweep_config, "guarded", False):
             loader.load_sweep_config = _checked_job(loader.load_sweep_config)
+        if "load_configuration" in vars(loader) and not loader.__module__.startswith("pyimgano_hydra") \
+                and not getattr(loader.load_configuration, "guarded", False):
+            loader.load_configuration = _checked_composed(loader.load_configuration)
+
+
+def _checked_composed(load):
+    def load_configuration(self, *args, **kwargs):
+        config = load(self, *args, **kwargs)
+        check_hydra_logging(config)
+        return config
+
+    load_configuration.guarded = True
+    return load_configuration
+
+
+def check_hydra_logging(config: Any) -> None:
+    """``UserError`` unless the composed ``hydra.hydra_logging`` is one of Hydra's own options, as
+    shipped: Hydra opens its handlers right after composing, before any check, and a file of the
+    user's reaches it by more routes than a key (a ``# @package hydra.hydra_logging`` header, a
+    ``group@hydra.hydra_logging`` default or override)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(config, DictConfig) or OmegaConf.select(config, "hydra.hydra_logging", default=None) is None:
+        return
+    if OmegaConf.to_container(config.hydra.hydra_logging, resolve=False) not in _hydra_logging_options():
+        raise UserError("hydra.hydra_logging: is not one of Hydra's own options (default, disabled, none, "
+                        "hydra_debug) as shipped: a config file or override changed it, and Hydra opens its "
+                        "handlers before any check (they could write into a run); set file handlers under "
+                        "hydra.job_logging")
+
+
+def _hydra_logging_options() -> list:
+    """Hydra's own ``hydra/hydra_logging`` option files, parsed (read once)."""
+    if not _HYDRA_LOGGING:
+        from importlib import resources
+
+        import yaml
+
+        folder = resources.files("hydra.conf").joinpath("hydra", "hydra_logging")
+        _HYDRA_LOGGING.extend(yaml.safe_load(entry.read_text(encoding="utf-8")) for entry in folder.iterdir()
+                              if entry.name.endswith(".yaml"))
+    return _HYDRA_LOGGING
+
+
+_HYDRA_LOGGING: list = []
 
 
 def _subclasses(cls: type) -> list[type]:
@@ -60,13 +105,22 @@ _READ_FILE = {"file": _file_source_path, "pkg": _package_source_path}  # where a
 
 
 def _checked_read(load, where):
+    import yaml
+
     from pyimgano_hydra.config_sources import check_config_file
 
     def load_config(self, config_path: str):
         path = where(self, self._normalize_file_name(config_path))
         if path is not None:
             check_config_file(path)
-        result = load(self, config_path)
+        try:
+            result = load(self, config_path)
+        except yaml.YAMLError as exc:  # Hydra parses the text: its error names no file
+            mark = getattr(exc, "problem_mark", None)
+            line = f", line {mark.line + 1}" if mark is not None else ""
+            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())[:200]
+            raise UserError(f"{console_line(path or config_path)}{line}: not valid YAML ({problem}); fix the file "
+                            "(tags such as !!python/... are never read)") from None
         if path is not None and not _installed(self, path) and (
                 config_path.startswith("hydra/hydra_logging") or _has_key(result.config, "hydra_logging")):
             raise UserError(f"{console_line(path)}: sets hydra.hydra_logging, whose handlers Hydra opens before any "

@@ -141,13 +141,19 @@ class ImageDataset:
     def _refuse_repeats(self, full: CategorySplit, category: str) -> None:
         """Each image listed once: one listed for train and test is scored on what the model was
         fitted on (a handed-over split CSV, a folder linked into another); twice, it counts twice."""
-        seen: dict[str, str] = {}
+        seen: dict[object, str] = {}
         for sample in (*full.train, *full.test):
             real = os.path.realpath(sample.path)  # no error on a link loop
-            if real in seen:
-                raise DataError(f"{sample.path}: listed twice (as {seen[real]} and as {sample.split}; see "
-                                f"{self.train_dir_hint(category)}); list each image once")
-            seen[real] = sample.split
+            try:
+                info = os.stat(real)
+                same = (info.st_dev, info.st_ino)  # a hard link is the same file under another name
+            except OSError:  # loading it names it
+                same = real
+            if same in seen:
+                raise DataError(f"{sample.path}: listed twice (as {seen[same]} and as {sample.split}, "
+                                f"the same file by path, link or hard link; see {self.train_dir_hint(category)}); "
+                                "list each image once")
+            seen[same] = sample.split
 
     def train_dir_hint(self, category: str) -> str:
         """Path shown in the empty-train error."""

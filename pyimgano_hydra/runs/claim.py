@@ -32,6 +32,8 @@ from pyimgano_hydra.sweep.job_dirs import check_subdir, check_swept_interpolatio
 CLAIM_FILE = ".claim.json"
 # Written by an earlier run (this version's or an older one's): the dir is taken.
 RUN_MARKERS = (CLAIM_FILE, ".hydra", "status.json", "report.json", "predictions.jsonl", "multirun.yaml")
+# Files a run or an inference writes at the top of its dir: no log file may take one's name.
+OWN_RECORDS = (*RUN_MARKERS, "config.json", "summary.json", "report.html", "leaderboard.json", "leaderboard.csv")
 
 
 def inside_a_run(run_dir: Path) -> Path | None:
@@ -267,6 +269,8 @@ class ClaimRunDir(Callback):
             HydraConfig.instance().set_config(config)
             _check_config_sources(config)
             _check_output_subdir(config)
+            _check_logging(config)
+            _check_env_set(config)
             _check_log_files(config, Path(str(config.hydra.run.dir)), Path(str(config.hydra.run.dir)))
             claim(Path(str(config.hydra.run.dir)), _task_hash(config), self.resumable)
 
@@ -279,6 +283,8 @@ class ClaimRunDir(Callback):
         check_swept_interpolations(config)
         _check_config_sources(config)
         _check_output_subdir(config)
+        _check_logging(config)
+        _check_env_set(config)
         check_subdir(config)
         # never resumable: a sweep root is not a run (an interrupted run dir took a whole sweep in)
         _check_log_files(config, Path(str(config.hydra.sweep.dir)) / "0", Path(str(config.hydra.sweep.dir)), sweep=True)
@@ -302,6 +308,8 @@ class NoHydraRecord(Callback):
 
         HydraConfig.instance().set_config(config)
         _check_output_subdir(config)
+        _check_logging(config)
+        _check_env_set(config)
         run_dir = OmegaConf.select(config, "run_dir", default=None)
         _check_log_files(config, Path(str(config.hydra.run.dir)), Path(str(run_dir)) if run_dir else None)
         for key, filename, path in _log_files(config, Path(str(config.hydra.run.dir))):  # no claim checks them
@@ -497,6 +505,57 @@ def _log_files(config: DictConfig, job_dir: Path) -> list[tuple[str, str, Path]]
     return found
 
 
+_STREAMS = ("ext://sys.stdout", "ext://sys.stderr")
+# env vars that decide what code a child process loads (a preset's env_set reached the decode workers)
+_CODE_ENV = re.compile(r"^(LD_|DYLD_|PYTHON(?!HASHSEED$|UNBUFFERED$|IOENCODING$|FAULTHANDLER$|DONTWRITEBYTECODE$)"
+                       r"|(PATH|BASH_ENV|ENV|NUMBA_CACHE_DIR)$)")
+
+
+def _check_logging(config: DictConfig) -> None:
+    """Hydra's logging dicts name their files by ``filename`` only (checked by ``_check_log_files``):
+    logging.config's ``.`` properties (``baseFilename``), ``()`` factories of handlers and filters and
+    ``cfg://`` / ``ext://`` lookups set a handler's file past that check (a preset appended the log to
+    a completed run)."""
+    from omegaconf import OmegaConf
+
+    for section in ("job_logging", "hydra_logging"):
+        tree = OmegaConf.to_container(config.hydra, resolve=False).get(section)
+        for key, name, value in _leaves(tree, f"hydra.{section}"):
+            if name == "()" and key.startswith(f"hydra.{section}.formatters."):
+                continue  # a formatter class (ours: logs.ConsoleFormatter) opens no file
+            if name in (".", "()"):
+                refuse(f"{key}: logging.config {'properties' if name == '.' else 'factories'} are not taken "
+                       "(they could point a log into a run); name a log file with handlers.<name>.filename")
+            if isinstance(value, str) and value.startswith(("cfg://", "ext://")) and value not in _STREAMS:
+                refuse(f"{key}={value}: only ext://sys.stdout and ext://sys.stderr are taken (a lookup could "
+                       "point a log into a run); write the value itself")
+
+
+def _leaves(tree: Any, key: str) -> Iterator[tuple[str, Any, Any]]:
+    """(dotted key, its last name, value) of every node below ``tree`` (a plain config tree)."""
+    if isinstance(tree, dict):
+        for name, value in tree.items():
+            yield f"{key}.{name}", name, value
+            yield from _leaves(value, f"{key}.{name}")
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            yield f"{key}[{index}]", index, value
+            yield from _leaves(value, f"{key}[{index}]")
+
+
+def _check_env_set(config: DictConfig) -> None:
+    """``hydra.job.env_set`` may not set what decides the code a child process loads (``PYTHONPATH``,
+    ``LD_PRELOAD``...): Hydra sets it inside the job, after every check of the working dir and paths
+    (a preset's PYTHONPATH into a received run dir ran its sitecustomize.py in the decode workers)."""
+    from omegaconf import OmegaConf
+
+    env = OmegaConf.to_container(config.hydra, resolve=False).get("job", {}).get("env_set") or {}
+    for name in env if isinstance(env, dict) else []:
+        if _CODE_ENV.match(str(name)):
+            refuse(f"hydra.job.env_set.{console_line(str(name))[:80]}: decides what code child processes load; "
+                   "set it in the shell that starts the run, not in a config")
+
+
 def _check_log_files(config: DictConfig, job_dir: Path, own: Path | None, sweep: bool = False) -> None:
     """Hydra's log files, as job ``job_dir`` resolves them, lie in no run dir but ``own``:
     =<completed run>/status.json appended log lines to it, and infer then refused that run. In a
@@ -513,6 +572,9 @@ def _check_log_files(config: DictConfig, job_dir: Path, own: Path | None, sweep:
                     probe.resolve() not in real.parents:
                 refuse(f"{key}={filename}: lies in the sweep dir outside the job's own dir, so every job "
                        "would append to it (or to another job's files); keep it under ${hydra.runtime.output_dir}")
+            if real.parent == probe.resolve() and real.name in OWN_RECORDS:
+                refuse(f"{key}={filename}: is the run's own {real.name}; a log never replaces a run's record: "
+                       "name another file (the default is <run dir>/<job name>.log)")
             outer = inside_a_run(path.absolute())
             mine = own is not None and (outer == own.resolve() or sweep and own.resolve() in (outer or own).parents)
             if outer is None or mine:
