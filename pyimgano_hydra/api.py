@@ -28,7 +28,10 @@ def compose_with_choices(overrides: Sequence[str] = (), config_name: str = "conf
     from pyimgano_hydra.config_sources import check_composed_sources
     from pyimgano_hydra.hydra_guard import guard_hydra
 
+    from pyimgano_hydra.config_sources import check_config_arguments
+
     _no_imports_from_a_run_dir()  # again: a notebook may have changed into a run dir since its import
+    check_config_arguments(list(overrides))  # a search path into a run dir, before Hydra imports a pkg:// package
     register_configs()
     guard_hydra()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="api"):
@@ -60,10 +63,8 @@ def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> 
 
     _no_imports_from_a_run_dir()  # before the app's imports (torch...): never from a run dir changed into
     from pyimgano_hydra import app
-    from pyimgano_hydra.config_sources import check_config_arguments
     from pyimgano_hydra.runs.claim import claim_dir
 
-    check_config_arguments(list(overrides))
     cfg, choices = compose_with_choices(overrides)
     out = Path(output_dir) if output_dir else default_run_dir(choices)
     if claim_dir(out, app.config_hash(cfg), key="output_dir"):  # False: this config's unfinished run, resumed

@@ -9,6 +9,7 @@ Installed by every entry point before Hydra starts, and on import in a launcher'
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from pyimgano_hydra.errors import UserError, console_line
@@ -31,6 +32,11 @@ def guard_hydra(scan: bool = True) -> None:
     for source in _subclasses(ConfigSource):
         if source.scheme() in _READ_FILE and not getattr(source.load_config, "guarded", False):
             source.load_config = _checked_read(source.load_config, _READ_FILE[source.scheme()])
+        if source.scheme() == "pkg":
+            for name in ("available", "is_group", "is_config", "list", "load_config"):
+                method = vars(source).get(name)
+                if method is not None and not getattr(method, "package_checked", False):
+                    setattr(source, name, _package_checked(method))
     for loader in _subclasses(ConfigLoader):  # not ours (ComposedOnce): it hands out what Hydra's loader composed
         if "load_sweep_config" in vars(loader) and not loader.__module__.startswith("pyimgano_hydra") \
                 and not getattr(loader.load_sweep_config, "guarded", False):
@@ -82,6 +88,39 @@ def _hydra_logging_options() -> list:
 _HYDRA_LOGGING: list = []
 
 
+def _package_checked(method):
+    def checked(self, *args, **kwargs):
+        check_package_source(self.path)
+        return method(self, *args, **kwargs)
+
+    checked.package_checked = True
+    checked.guarded = getattr(method, "guarded", False)
+    return checked
+
+
+def check_package_source(package: str) -> None:
+    """``UserError`` when a ``pkg://`` config source's package (or a package on its dotted way) lies in
+    a run dir: Hydra imports it to list its configs, running its ``__init__.py`` (a preset's search
+    path into a received run dir ran its code). Found without importing anything."""
+    import sys
+    from importlib.machinery import PathFinder
+
+    from pyimgano_hydra.runs.claim import holds_a_run, inside_a_run
+
+    names = str(package).split(".")
+    if not names[0] or str(package).startswith(_TRUSTED_PACKAGES) or names[0] in sys.modules:
+        return  # installed code's own, or imported already (by the user's own program)
+    spec = PathFinder.find_spec(names[0])
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for part in [None, *names[1:]]:
+        folders = [os.path.join(f, part) for f in folders] if part else folders
+        for folder in folders:
+            outer = folder if holds_a_run(Path(folder)) else inside_a_run(Path(folder))
+            if outer is not None:
+                raise UserError(f"hydra.searchpath: pkg://{console_line(package)[:200]}: its package lies in the "
+                                f"run dir {outer}; configs (and code) never come from a run dir")
+
+
 def _subclasses(cls: type) -> list[type]:
     found, pending = [], list(cls.__subclasses__())
     while pending:
@@ -111,9 +150,10 @@ def _checked_read(load, where):
 
     def load_config(self, config_path: str):
         path = where(self, self._normalize_file_name(config_path))
-        if path is not None:
-            check_config_file(path)
         try:
+            if path is not None:
+                check_config_file(path)
+                _check_yaml_size(path)
             result = load(self, config_path)
         except yaml.YAMLError as exc:  # Hydra parses the text: its error names no file
             mark = getattr(exc, "problem_mark", None)
@@ -129,6 +169,45 @@ def _checked_read(load, where):
 
     load_config.guarded = True
     return load_config
+
+
+MAX_CONFIG_BYTES = 16 << 20
+MAX_CONFIG_NODES = 1_000_000  # values once YAML aliases are expanded (OmegaConf copies each)
+
+
+def _check_yaml_size(path: str) -> None:
+    """``UserError`` for a config file over 16 MB, or whose YAML aliases expand past a million values:
+    480 bytes of nested aliases took GBs in OmegaConf and ignored SIGTERM. Counted on the parsed node
+    graph, where an alias is the node it names (nothing is expanded)."""
+    import yaml
+
+    if not os.path.isfile(path):
+        return  # Hydra reports a missing file itself
+    if os.path.getsize(path) > MAX_CONFIG_BYTES:
+        raise UserError(f"{console_line(path)}: a config file over {MAX_CONFIG_BYTES >> 20} MB; refused")
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        try:
+            root = yaml.compose(handle, Loader=yaml.SafeLoader)
+        except RecursionError:
+            raise UserError(f"{console_line(path)}: nested too deep to read; refused") from None
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        key = id(node)
+        if key not in sizes:
+            sizes[key] = 0  # a node that holds itself (an alias inside its anchor) counts once
+            children = node.value if isinstance(node, yaml.SequenceNode) else \
+                [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+            sizes[key] = min(1 + sum(size(child) for child in children), MAX_CONFIG_NODES + 1)
+        return sizes[key]
+
+    try:
+        total = size(root) if root is not None else 0
+    except RecursionError:
+        raise UserError(f"{console_line(path)}: nested too deep to read; refused") from None
+    if total > MAX_CONFIG_NODES:
+        raise UserError(f"{console_line(path)}: its YAML aliases expand past {MAX_CONFIG_NODES:,} values; "
+                        "refused (write the values out, or use fewer nested aliases)")
 
 
 def _installed(source: Any, path: str) -> bool:

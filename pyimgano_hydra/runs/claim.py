@@ -492,23 +492,32 @@ def _log_files(config: DictConfig, job_dir: Path) -> list[tuple[str, str, Path]]
     except Exception:  # noqa: BLE001 - Hydra reports a broken config itself
         return []
     found = []
+    chdir = OmegaConf.select(probe, "hydra.job.chdir", default=False) is True
     for section in ("job_logging", "hydra_logging"):
         handlers = OmegaConf.select(probe, f"hydra.{section}.handlers", default=None)
         for name in handlers.keys() if isinstance(handlers, DictConfig) else []:
             key = f"hydra.{section}.handlers.{name}.filename"
+            node = handlers[name]
+            text = OmegaConf.to_container(node, resolve=False).get("filename") if isinstance(node, DictConfig) else None
+            if isinstance(text, str) and "${hydra:" in text:  # the job's HydraConfig: this probe's hydra node
+                node.filename = text.replace("${hydra:", "${hydra.")
             try:
                 filename = OmegaConf.select(probe, key, default=None, throw_on_resolution_failure=True)
-            except Exception:  # noqa: BLE001 - an interpolation only the job can resolve
-                continue
+            except Exception as exc:  # noqa: BLE001 - unchecked, it could name any file
+                refuse(f"{key}: cannot be resolved before the job starts ({console_line(str(exc))[:200]}); "
+                       "name the log file with ${hydra.runtime.output_dir} or a plain path")
             if filename is not None:
-                found.append((key, str(filename), Path(str(filename)).expanduser()))
+                path = Path(str(filename)).expanduser()
+                if chdir and not path.is_absolute():  # hydra.job.chdir: the job opens it from its own dir
+                    path = job_dir / path
+                found.append((key, str(filename), path))
     return found
 
 
 _STREAMS = ("ext://sys.stdout", "ext://sys.stderr")
 # env vars that decide what code a child process loads (a preset's env_set reached the decode workers)
 _CODE_ENV = re.compile(r"^(LD_|DYLD_|PYTHON(?!HASHSEED$|UNBUFFERED$|IOENCODING$|FAULTHANDLER$|DONTWRITEBYTECODE$)"
-                       r"|(PATH|BASH_ENV|ENV|NUMBA_CACHE_DIR)$)")
+                       r"|NUMBA_|(PATH|BASH_ENV|ENV)$)")
 
 
 def _check_logging(config: DictConfig) -> None:
@@ -550,10 +559,16 @@ def _check_env_set(config: DictConfig) -> None:
     from omegaconf import OmegaConf
 
     env = OmegaConf.to_container(config.hydra, resolve=False).get("job", {}).get("env_set") or {}
-    for name in env if isinstance(env, dict) else []:
+    for name, value in env.items() if isinstance(env, dict) else []:
+        key = f"hydra.job.env_set.{console_line(str(name))[:80]}"
         if _CODE_ENV.match(str(name)):
-            refuse(f"hydra.job.env_set.{console_line(str(name))[:80]}: decides what code child processes load; "
-                   "set it in the shell that starts the run, not in a config")
+            refuse(f"{key}: decides what code child processes load (numba's: its cache is pickled, its trace "
+                   "overwrites a file); set it in the shell that starts the run, not in a config")
+        for part in str(value).split(os.pathsep) if value is not None else []:
+            outer = inside_a_run(Path(part).expanduser().absolute()) if part else None
+            if outer is not None:
+                refuse(f"{key}={console_line(str(value))[:200]}: names a path inside the run dir {outer}; "
+                       "a library reading it would take files from (or write into) another run")
 
 
 def _check_log_files(config: DictConfig, job_dir: Path, own: Path | None, sweep: bool = False) -> None:
