@@ -355,9 +355,15 @@ def cut_problem(data: bytes, width: int, height: int):
                        if (cols := (width - x0 + dx - 1) // dx) and (rows := (height - y0 + dy - 1) // dy))
         inflater, inflated, at = zlib.decompressobj(), 0, 8
         try:
-            while inflated < expected and at + 8 <= len(data) and not inflater.eof:
+            while at + 8 <= len(data):
                 length, kind = struct.unpack_from(">I4s", data, at)
+                if kind == b"IEND" or inflated and kind != b"IDAT":
+                    break  # the image data is one run of IDAT chunks
                 piece = data[at + 8:at + 8 + length] if kind == b"IDAT" else b""
+                stored = data[at + 8 + length:at + 12 + length]
+                crc = zlib.crc32(piece, zlib.crc32(kind))
+                if kind == b"IDAT" and (len(stored) < 4 or struct.unpack(">I", stored)[0] != crc):
+                    return "its image data fails its checksum (a cut or broken file)"  # Pillow skips that CRC
                 while kind == b"IDAT" and inflated < expected and not inflater.eof:
                     out = inflater.decompress(piece, 1 << 20)
                     inflated, piece = inflated + len(out), inflater.unconsumed_tail
@@ -365,7 +371,7 @@ def cut_problem(data: bytes, width: int, height: int):
                         break  # the next chunk holds the rest
                 at += 12 + length
         except zlib.error:
-            return None  # Pillow names a broken stream itself
+            return "its image data is a broken stream"  # Pillow stops before the error once it has its rows
         return None if inflated >= expected or not bits else "its image data ends before its last row"
     if data[:3] == b"\xff\xd8\xff" and simplejpeg is not None:
         try:

@@ -311,10 +311,10 @@ _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), 
 
 
 def png_data_complete(handle: BinaryIO) -> bool:
-    """Whether a PNG's image data inflates to every row its header declares. Pillow decodes a
-    complete zlib stream of half the rows without a word and leaves the rest black. Inflated in
-    1 MB pieces, counted, never kept; a header or stream Pillow cannot read counts as complete
-    (Pillow names that file itself)."""
+    """Whether a PNG's image data is intact (each IDAT chunk's CRC) and inflates to every row its
+    header declares. Pillow decodes a complete zlib stream of half the rows without a word and leaves
+    the rest black, and skips the CRC of image data. Read and inflated in 1 MB pieces, counted, never
+    kept; a header Pillow cannot read counts as complete (Pillow names that file itself)."""
     try:
         handle.seek(8)
         head = handle.read(8 + 13)
@@ -329,7 +329,7 @@ def png_data_complete(handle: BinaryIO) -> bool:
                        if (cols := (width - x0 + dx - 1) // dx) and (rows := (height - y0 + dy - 1) // dy))
         handle.seek(4, 1)  # IHDR's CRC
         inflater, inflated, seen = zlib.decompressobj(), 0, 0
-        while inflated < expected and seen <= MAX_PNG_CHUNKS and len(chunk := handle.read(8)) == 8:
+        while seen <= MAX_PNG_CHUNKS and len(chunk := handle.read(8)) == 8:
             seen += 1
             length, kind = struct.unpack(">I4s", chunk)
             if kind != b"IDAT":
@@ -337,21 +337,25 @@ def png_data_complete(handle: BinaryIO) -> bool:
                     break  # the image data is one run of IDAT chunks
                 handle.seek(length + 4, 1)
                 continue
-            end = handle.tell() + length + 4  # past its CRC
-            left = length
-            while left and inflated < expected and not inflater.eof:  # read in 1 MB pieces: a length
-                data = handle.read(min(left, 1 << 20))  # is only what the chunk claims
+            crc, left = zlib.crc32(kind), length  # Pillow skips the CRC of image data: a flipped byte
+            while left:  # read in 1 MB pieces: a length is only what the chunk claims
+                data = handle.read(min(left, 1 << 20))
                 if not data:
-                    break
+                    return False  # cut inside its image data
                 left -= len(data)
+                crc = zlib.crc32(data, crc)
                 while data and inflated < expected and not inflater.eof:
                     piece = inflater.decompress(data, 1 << 20)
                     inflated, data = inflated + len(piece), inflater.unconsumed_tail
+            stored = handle.read(4)
+            if len(stored) < 4 or struct.unpack(">I", stored)[0] != crc:
+                return False  # a corrupt byte decoded to another image without a word
             while inflated < expected and not inflater.eof and (piece := inflater.decompress(b"", 1 << 20)):
                 inflated += len(piece)  # what zlib still holds
-            handle.seek(end)
         return inflated >= expected
-    except (zlib.error, struct.error):
+    except zlib.error:
+        return False  # a broken stream: Pillow stopped before the error, once it had its rows
+    except struct.error:
         return True
     finally:
         handle.seek(0)

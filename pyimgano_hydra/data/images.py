@@ -189,7 +189,8 @@ def _check_complete(path: str | Path, img: Image.Image, handle: BinaryIO,
     else:
         return
     if not complete:
-        raise DataError(f"{path}: refused: its image data ends before its last row (a cut or broken file); "
+        raise DataError(f"{path}: refused: its image data ends before its last row or fails its checksum "
+                        "(a cut or broken file); "
                         "replace or remove it" + SKIP_ADVICE)
 
 
@@ -254,6 +255,9 @@ def _to_uint8(img: Image.Image, path: str | Path = "image") -> np.ndarray:
     if mode in ("I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         _refuse_unmappable(path, arr)
+        if mode == "F" and arr.max(initial=0) > 255:  # clipped, it loaded as solid white
+            raise DataError(f"{path}: refused: float image holds values above 255 (max {arr.max():g}); float "
+                            "images hold [0, 1] or [0, 255]: write 8/16-bit values for other ranges")
         if mode == "I" and arr.max(initial=0) > 255:
             arr /= 257.0  # 16-bit data in a 32-bit image: the same fixed scale
         elif mode == "F" and arr.max(initial=0) <= 1.0:

@@ -86,7 +86,8 @@ class LoadedRun:
             recorded = trust.read_json_file(held / report.name, follow=False)
         value = trust.require(trust.require(recorded, "threshold", dict, str(report)), "value", (int, float),
                               f"{report}: threshold")
-        if not math.isclose(float(value), inspector.threshold_, rel_tol=1e-9, abs_tol=1e-12):
+        value = trust.finite(value, f"{report}: threshold.value")
+        if not math.isclose(value, inspector.threshold_, rel_tol=1e-9, abs_tol=1e-12):
             raise UserError(f"{path}: image threshold {inspector.threshold_:g} is not the {float(value):g} its "
                             f"category's report.json records; an inspector from another fit: use the run's own")
 

@@ -22,8 +22,11 @@ def check_threshold_value(value: Any, key: str = "defects.pixel_threshold") -> f
     numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
     numeric = numeric or (isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "iuf")
     check(numeric, key, f"must be a number >= 0, got {value!r}")
-    number = float(value)
-    check(math.isfinite(number) and number >= 0, key, f"must be a finite number >= 0, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float's range (10**400)
+        number = math.inf
+    check(math.isfinite(number) and number >= 0, key, f"must be a finite number >= 0, got {str(value)[:40]}")
     check(number <= MAX_MAP_VALUE, key, f"must be at most {MAX_MAP_VALUE:.3g} (maps are float32), got {value!r}")
     return number
 
