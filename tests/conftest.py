@@ -246,3 +246,15 @@ def refused_naming(path: Path, what_loaded) -> None:
         assert path.name in str(exc)
         return
     pytest.fail(f"{path.name} loaded: {what_loaded(loaded)}")
+
+
+def traced_peak(call):
+    """(what ``call()`` returns, the peak bytes of Python and numpy allocations while it ran)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

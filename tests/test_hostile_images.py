@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, traced_peak
 from pyimgano_hydra.data.images import load_image
 from pyimgano_hydra.errors import DataError
 from pyimgano_hydra.runs.writers import read_json, read_jsonl
@@ -258,19 +258,12 @@ def test_categories_that_would_still_share_a_folder_are_refused():
 def test_decoding_a_deep_image_stays_near_what_the_limit_counts(tmp_path, mode, dtype, value):
     """A third pass: an 11000x11000 16-bit PNG of 235 KB, under max_image_megabytes (242 of 256
     MB), took 3.1 GB through float64 copies; the arrays made now stay under 4x the counted bytes."""
-    import tracemalloc
-
     path = tmp_path / "deep.tif"
     image = Image.fromarray(np.full((1500, 1500), value, dtype))
     assert image.mode == mode
     image.save(path)
     counted = 1500 * 1500 * (2 if mode == "I;16" else 4)
-    tracemalloc.start()
-    try:
-        out = load_image(path, 64)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    out, peak = traced_peak(lambda: load_image(path, 64))
     expected = {"I;16": round(40000 / 257), "F": round(0.25 * 255), "I": round(300 / 257)}[mode]
     assert out.shape == (64, 64, 3) and (out == expected).all()
     assert peak < 4 * counted, f"{peak / 1e6:.0f} MB of arrays for {counted / 1e6:.0f} MB counted"

@@ -1,12 +1,9 @@
 """Attacker pass Y8 (#16's fresh pass): code execution and lost runs only (memory blow-ups from a
 small file, hangs, records changed)."""
-import tracemalloc
-
-import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli_measured, trained_run
+from conftest import run_cli_measured, traced_peak, trained_run
 from pyimgano_hydra.data.images import decoded_megabytes, load_image
 
 
@@ -31,12 +28,7 @@ def test_a_palette_image_decodes_near_what_the_limit_counts(tmp_path, suffix, tr
     with Image.open(path) as opened:
         assert opened.mode == "P"
         counted = decoded_megabytes(opened) * 1e6
-    tracemalloc.start()
-    try:
-        out = load_image(path, 64)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    out, peak = traced_peak(lambda: load_image(path, 64))
     assert out.shape == (64, 64, 3)
     assert peak < 4 * counted, f"{peak / 1e6:.0f} MB of arrays for {counted / 1e6:.0f} MB counted"
 
