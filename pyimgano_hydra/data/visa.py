@@ -25,6 +25,7 @@ CSV_COLUMNS = ("object", "split", "label", "image", "mask")
 ANOMALOUS_LABELS = ("anomaly", "anomalous", "abnormal", "bad", "defect", "defective", "ng", "ko", "1")
 NORMAL_LABELS = ("normal", "good", "ok", "0")
 MAX_CSV_BYTES = 64 << 20  # VisA's own 1cls.csv is ~1 MB
+MAX_CSV_ROWS = 200_000  # and ~10,800 rows
 
 
 class VisaDataset(ImageDataset):
@@ -60,8 +61,14 @@ class VisaDataset(ImageDataset):
                 missing = [c for c in CSV_COLUMNS if c not in header]
                 if missing:
                     raise DataError(f"{path}: missing column(s) {', '.join(missing)}; {advice}")
-                self._rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k}
-                              for row in reader]
+                rows = []
+                for row in reader:  # a row is a dict of strings: 64 MB of tiny rows took 3.2 GB
+                    if len(rows) >= MAX_CSV_ROWS:
+                        raise DataError(f"{path}: more than {MAX_CSV_ROWS:,} rows (VisA's own has about 10,000); "
+                                        f"{advice}")
+                    rows.append({k.strip(): (v or "").strip() for k, v in row.items()
+                                 if k and k.strip() in CSV_COLUMNS})
+                self._rows = rows
             except csv.Error as exc:
                 raise DataError(f"{path}: not a readable CSV (line {reader.line_num}: {exc}); {advice}") from None
         return self._rows

@@ -462,6 +462,12 @@ def _check_study_database(path: Path, where: str) -> None:
         if other:
             raise UserError(f"{where}: holds a {other[0]} ({console_line(str(other[1]))[:80]}); an Optuna "
                             "database holds tables only: name a new file or study")
+        reference = _optuna_schema()
+        for kind, name, table, sql in con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"):
+            if reference.get((kind, name)) != (table, " ".join(str(sql).split()) if sql else None):
+                raise UserError(f"{where}: its {kind} {console_line(str(name))[:80]} is not as this Optuna makes it "
+                                "(a generated column, check or expression index is evaluated on every read; or "
+                                "another Optuna version made it): name a new file or study")
         tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         rows = sum(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                    for table in STUDY_TABLES if table in tables)
@@ -472,6 +478,32 @@ def _check_study_database(path: Path, where: str) -> None:
         raise UserError(f"{where}: not a readable SQLite database ({exc})") from None
     finally:
         con.close()
+
+
+_OPTUNA_SCHEMA: dict = {}
+
+
+def _optuna_schema() -> dict:
+    """{(type, name): (table, its CREATE statement)} of the tables and indexes this Optuna creates in a
+    new SQLite database (made once, in a temporary folder)."""
+    if not _OPTUNA_SCHEMA:
+        import sqlite3
+        import tempfile
+
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        with tempfile.TemporaryDirectory() as folder:
+            storage = optuna.storages.RDBStorage(f"sqlite:///{folder}/reference.db")
+            storage.engine.dispose()
+            con = sqlite3.connect(f"{folder}/reference.db")
+            try:
+                _OPTUNA_SCHEMA.update({(kind, name): (table, " ".join(sql.split()) if sql else None) for
+                                       kind, name, table, sql in con.execute(
+                                           "SELECT type, name, tbl_name, sql FROM sqlite_master")})
+            finally:
+                con.close()
+    return _OPTUNA_SCHEMA
 
 
 def _head(path: Path) -> bytes:
