@@ -269,8 +269,7 @@ class ClaimRunDir(Callback):
             HydraConfig.instance().set_config(config)
             _check_config_sources(config)
             _check_output_subdir(config)
-            _check_logging(config)
-            _check_env_set(config)
+            _check_hydra_settings(config)
             _check_log_files(config, Path(str(config.hydra.run.dir)), Path(str(config.hydra.run.dir)))
             claim(Path(str(config.hydra.run.dir)), _task_hash(config), self.resumable)
 
@@ -283,8 +282,7 @@ class ClaimRunDir(Callback):
         check_swept_interpolations(config)
         _check_config_sources(config)
         _check_output_subdir(config)
-        _check_logging(config)
-        _check_env_set(config)
+        _check_hydra_settings(config)
         check_subdir(config)
         # never resumable: a sweep root is not a run (an interrupted run dir took a whole sweep in)
         _check_log_files(config, Path(str(config.hydra.sweep.dir)) / "0", Path(str(config.hydra.sweep.dir)), sweep=True)
@@ -308,8 +306,7 @@ class NoHydraRecord(Callback):
 
         HydraConfig.instance().set_config(config)
         _check_output_subdir(config)
-        _check_logging(config)
-        _check_env_set(config)
+        _check_hydra_settings(config)
         run_dir = OmegaConf.select(config, "run_dir", default=None)
         _check_log_files(config, Path(str(config.hydra.run.dir)), Path(str(run_dir)) if run_dir else None)
         for key, filename, path in _log_files(config, Path(str(config.hydra.run.dir))):  # no claim checks them
@@ -552,15 +549,22 @@ _CODE_ENV = re.compile(r"^(LD_|DYLD_|PYTHON(?!HASHSEED$|UNBUFFERED$|IOENCODING$|
                        r"|NUMBA_|(PATH|BASH_ENV|ENV)$)")
 
 
-def _check_logging(config: DictConfig) -> None:
+def _check_hydra_settings(config: DictConfig) -> None:
+    """Hydra's logging dicts and ``hydra.job.env_set``, as written (``_check_logging``, ``_check_env_set``)."""
+    from omegaconf import OmegaConf
+
+    hydra = OmegaConf.to_container(config.hydra, resolve=False)
+    _check_logging(hydra)
+    _check_env_set(hydra)
+
+
+def _check_logging(hydra: dict) -> None:
     """Hydra's logging dicts name their files by ``filename`` only (checked by ``_check_log_files``):
     logging.config's ``.`` properties (``baseFilename``), ``()`` factories of handlers and filters and
     ``cfg://`` / ``ext://`` lookups set a handler's file past that check (a preset appended the log to
     a completed run)."""
-    from omegaconf import OmegaConf
-
     for section in ("job_logging", "hydra_logging"):
-        tree = OmegaConf.to_container(config.hydra, resolve=False).get(section)
+        tree = hydra.get(section)
         for key, name, value in _leaves(tree, f"hydra.{section}"):
             if name == "()" and key.startswith(f"hydra.{section}.formatters."):
                 continue  # a formatter class (ours: logs.ConsoleFormatter) opens no file
@@ -584,13 +588,11 @@ def _leaves(tree: Any, key: str) -> Iterator[tuple[str, Any, Any]]:
             yield from _leaves(value, f"{key}[{index}]")
 
 
-def _check_env_set(config: DictConfig) -> None:
+def _check_env_set(hydra: dict) -> None:
     """``hydra.job.env_set`` may not set what decides the code a child process loads (``PYTHONPATH``,
     ``LD_PRELOAD``...): Hydra sets it inside the job, after every check of the working dir and paths
     (a preset's PYTHONPATH into a received run dir ran its sitecustomize.py in the decode workers)."""
-    from omegaconf import OmegaConf
-
-    env = OmegaConf.to_container(config.hydra, resolve=False).get("job", {}).get("env_set") or {}
+    env = (hydra.get("job") or {}).get("env_set") or {}
     for name, value in env.items() if isinstance(env, dict) else []:
         key = f"hydra.job.env_set.{console_line(str(name))[:80]}"
         if _CODE_ENV.match(str(name)):

@@ -72,23 +72,22 @@ class LoadedRun:
         with ExitStack() as stack:
             held = folder or stack.enter_context(self.category_folder(category))
             inspector = Inspector.load(held / stored.name, trust_targets=trust_targets, device=device, shown_as=path)
-        if inspector.category != category:
-            raise UserError(f"{path}: holds category {inspector.category!r}, not {category!r}")
-        self._check_threshold(inspector, category, path, folder)
+            if inspector.category != category:
+                raise UserError(f"{path}: holds category {inspector.category!r}, not {category!r}")
+            self._check_threshold(inspector, category, path, held)
         return inspector
 
-    def _check_threshold(self, inspector, category: str, path: Path, folder: Path | None) -> None:
-        """The inspector's image threshold is the one its category's report.json records (an inspector
-        swapped in from another fit served its own threshold: every verdict changed without a word)."""
-        with ExitStack() as stack:
-            held = folder or stack.enter_context(self.category_folder(category))
-            report = self.run_dir.category(category).report
-            recorded = trust.read_json_file(held / report.name, follow=False)
+    def _check_threshold(self, inspector, category: str, path: Path, held: Path) -> None:
+        """The inspector's image threshold is the one its category's report.json (read from the ``held``
+        category folder) records: an inspector swapped in from another fit served its own threshold,
+        and every verdict changed without a word."""
+        report = self.run_dir.category(category).report
+        recorded = trust.read_json_file(held / report.name, follow=False)
         value = trust.require(trust.require(recorded, "threshold", dict, str(report)), "value", (int, float),
                               f"{report}: threshold")
         value = trust.finite(value, f"{report}: threshold.value")
         if not math.isclose(value, inspector.threshold_, rel_tol=1e-9, abs_tol=1e-12):
-            raise UserError(f"{path}: image threshold {inspector.threshold_:g} is not the {float(value):g} its "
+            raise UserError(f"{path}: image threshold {inspector.threshold_:g} is not the {value:g} its "
                             f"category's report.json records; an inspector from another fit: use the run's own")
 
 
