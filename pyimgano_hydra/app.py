@@ -28,7 +28,7 @@ from pyimgano_hydra.runs.layout import SCHEMA_VERSION, RunDir
 from pyimgano_hydra.runs.status import COMPLETED, FAILED, INTERRUPTED, RUNNING, running, utc_now, write_status
 from pyimgano_hydra.runs.takeover import finished_categories, may_take_over
 from pyimgano_hydra.runs.writers import write_json_atomic
-from pyimgano_hydra.schemas import require_groups, validate
+from pyimgano_hydra.schemas import refuse_unknown_keys, require_groups, validate
 from pyimgano_hydra.sweep.cluster import owner
 from pyimgano_hydra.viz.html import write_report_html
 
@@ -145,6 +145,7 @@ def _cache_settings(cfg: DictConfig, run_dir: RunDir) -> Any:
     import os
 
     settings = cfg.get("cache")
+    refuse_unknown_keys(settings, "cache")  # opened before validate()
     if isinstance(settings, DictConfig) and settings.get("enabled", True) and settings.get("dir"):
         refuse_foreign("cache.dir", settings.dir, run_dir.root, "the feature cache")
         # the folder checked, not the path: a link re-pointed before the cache opened led elsewhere

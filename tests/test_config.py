@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from hydra.errors import ConfigCompositionException
 
 from pyimgano_hydra.api import compose_config
@@ -51,6 +52,9 @@ def test_unknown_key_fails_at_compose():
     ("recipe.calibration=evil", "recipe.calibration"),
     ("recipe.calibration_folds=1", "recipe.calibration_folds"),
     ("model=padim model.d=0", "model.d"),
+    ("+loader.pin_memory=abc", "loader.pin_memory"),  # the run's own nodes hold only their keys
+    ("+gpu.autocasts=bf16", "gpu.autocasts"),
+    ("+cache.max_size=1", "cache.max_size"),
 ])
 def test_out_of_range_fails_before_work_naming_the_key(override, key):
     cfg = compose_config(override.split())
@@ -63,3 +67,10 @@ def test_configs_live_in_the_package_and_the_checkout_links_them():
     assert (conf_dir() / "config.yaml").is_file() and conf_dir().parent.name == "pyimgano_hydra"
     top = Path(__file__).resolve().parents[1] / "conf"
     assert top.is_symlink() and top.resolve() == conf_dir()
+
+
+def test_an_unknown_cache_key_fails_the_run_in_one_line(tmp_path):
+    proc = run_cli(["+cache.max_size=1", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: cache.max_size: unknown key")
+    assert '"failed"' in (tmp_path / "run" / "status.json").read_text()

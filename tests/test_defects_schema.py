@@ -75,3 +75,12 @@ def test_non_numeric_threshold_fails_at_compose_naming_the_key():
 def test_direct_construction_checks_too(kwargs, key):
     with pytest.raises(ConfigError, match=rf"^defects\.{key}: "):
         DefectsSchema(**kwargs)
+
+
+@pytest.mark.parametrize("key", ["enabled", "fill_holes", "save_masks"])
+def test_a_string_for_a_switch_is_refused_naming_the_key(key):
+    from pyimgano_hydra.schemas.defects import defects_settings
+
+    with pytest.raises(ConfigError, match=f"defects.{key}: must be true or false"):
+        defects_settings({key: "false"})  # a stored "false" read as true before
+    assert getattr(defects_settings({key: False}), key) is False

@@ -7,6 +7,7 @@ before any work starts.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -68,8 +69,20 @@ def validate(cfg: DictConfig) -> None:
             raise
         except (ValueError, TypeError) as exc:
             raise ConfigError(str(exc).splitlines()[0]) from exc
+    for own in ("gpu", "loader", "cache"):
+        refuse_unknown_keys(cfg.get(own), own)
     _check_values(OmegaConf.to_container(cfg, resolve=True), "")
     _check_across_groups(cfg)
+
+
+def refuse_unknown_keys(node: Any, key: str) -> None:
+    """The run's own nodes (``cache``, ``gpu``, ``loader``) hold only their schema's keys
+    (``+loader.pin_memory=abc`` was kept and ignored)."""
+    if isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node)):
+        known = {f.name for f in dataclasses.fields(OmegaConf.get_type(node))}
+        unknown = sorted(str(k) for k in node.keys() if k not in known)
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0][:80]}: unknown key; known keys: {', '.join(sorted(known))}")
 
 
 SEED_KEYS = ("seed", "random_state")  # in any group: numpy and torch take 0 .. 2**32 - 1 alike

@@ -55,6 +55,9 @@ class DefectsSchema:
     mask_format: str = "png"  # png (0/255 8-bit gray) | npy (uint8 0/255)
 
     def __post_init__(self) -> None:
+        for key in ("enabled", "fill_holes", "save_masks"):  # a stored "false" is a true string
+            check(isinstance(getattr(self, key), (bool, np.bool_)), f"defects.{key}",
+                  f"must be true or false, got {getattr(self, key)!r}"[:120])
         if self.pixel_threshold is not None:
             check_threshold_value(self.pixel_threshold, "defects.pixel_threshold")
         check(
