@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from pyimgano_hydra.errors import UserError, console_line
+from pyimgano_hydra.errors import ConfigError, UserError, console_line
 from pyimgano_hydra.files import held_file, shown
 from pyimgano_hydra.runs import trust
 from pyimgano_hydra.schemas.dataset import MAX_SIDE
@@ -143,6 +143,11 @@ class Inspector:
         that does not fit its backbone) or a non-finite output is one line naming the file."""
         try:
             out = score(images)
+        except ConfigError as exc:  # a stored setting checked at first use (model.layers vs the backbone)
+            if self.source is None or not str(exc).startswith("model."):
+                raise
+            raise UserError(f"{self.source}: stored detector setting {exc}; use the file the training run "
+                            "wrote") from exc
         except UserError:
             raise
         except _STATE_ERRORS as exc:

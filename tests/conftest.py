@@ -235,6 +235,18 @@ def forge_kept(run_dir: Path, change, category: str = "weave") -> Path:
     return path
 
 
+def forge_inspector(run_dir: Path, change, category: str = "weave") -> Path:
+    """Apply ``change`` to a category's stored inspector state (a dict) and save it as torch.save
+    does; return its path."""
+    import torch
+
+    path = run_dir / "categories" / category / "inspector.pt"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    change(state)
+    torch.save(state, path)
+    return path
+
+
 def refused_naming(path: Path, what_loaded) -> None:
     """``load_image(path)`` refuses it in a DataError naming it; else the test fails saying ``what_loaded``."""
     from pyimgano_hydra.data.images import load_image

@@ -6,18 +6,9 @@ import sys
 
 import pytest
 
-from conftest import copy_run, run_cli, small_png
+from conftest import copy_run, forge_inspector, run_cli, small_png
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _forge_inspector(path, change):
-    """Apply ``change`` to the stored inspector state (a dict) and save it back as torch.save does."""
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    change(state)
-    torch.save(state, path)
 
 
 def test_a_finite_memory_bank_that_overflows_is_never_called_normal(trained, tmp_path):
@@ -32,7 +23,7 @@ def test_a_finite_memory_bank_that_overflows_is_never_called_normal(trained, tmp
         bank = state["detector"]["state"]["memory_bank"]
         state["detector"]["state"]["memory_bank"] = bank.new_full(bank.shape, 3e38)
 
-    _forge_inspector(run_dir / "categories" / "weave" / "inspector.pt", overflow)
+    forge_inspector(run_dir, overflow)
     out = tmp_path / "infer"
     proc = run_cli([f"run_dir={run_dir}", f"input={small_png(trained)}", f"hydra.run.dir={out}"],
                    module="pyimgano_hydra.infer", timeout=300)

@@ -9,22 +9,12 @@ import json
 import numpy as np
 import pytest
 
-from conftest import copy_run, run_cli, small_png, trained_run
+from conftest import copy_run, forge_inspector, run_cli, small_png, trained_run
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     return trained_run(tmp_path_factory, export=True)
-
-
-def _forge_inspector(run_dir, change, category="weave"):
-    import torch
-
-    path = run_dir / "categories" / category / "inspector.pt"
-    state = torch.load(path, weights_only=True)
-    change(state)
-    torch.save(state, path)
-    return path
 
 
 def _postprocess_past_float32(state):
@@ -37,7 +27,7 @@ def _postprocess_past_float32(state):
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 def test_infer_never_saves_nan_maps_from_a_postprocess_range_past_float32(trained, tmp_path, runtime):
     run_dir = copy_run(trained, tmp_path)
-    _forge_inspector(run_dir, _postprocess_past_float32)
+    forge_inspector(run_dir, _postprocess_past_float32)
     out = tmp_path / "out"
     proc = run_cli([f"run_dir={run_dir}", f"input={small_png(trained)}", "save_maps=true", f"runtime={runtime}",
                     f"hydra.run.dir={out}"], module="pyimgano_hydra.infer", timeout=300)
@@ -53,7 +43,7 @@ def test_infer_never_saves_nan_maps_from_a_postprocess_range_past_float32(traine
 
 def test_infer_with_defects_names_the_inspector_for_a_postprocess_range_past_float32(trained, tmp_path):
     run_dir = copy_run(trained, tmp_path)
-    _forge_inspector(run_dir, _postprocess_past_float32)
+    forge_inspector(run_dir, _postprocess_past_float32)
     out = tmp_path / "out"
     proc = run_cli([f"run_dir={run_dir}", f"input={small_png(trained)}", "defects=default",
                     "defects.pixel_threshold=0.6", f"hydra.run.dir={out}"], module="pyimgano_hydra.infer",

@@ -6,19 +6,9 @@ import shutil
 
 import pytest
 
-from conftest import copy_run, run_cli, small_png, trained  # noqa: F401 - trained is a fixture
+from conftest import copy_run, forge_inspector, run_cli, small_png, trained  # noqa: F401 - trained is a fixture
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _forge_inspector(run_dir, change):
-    import torch
-
-    path = run_dir / "categories" / "weave" / "inspector.pt"
-    state = torch.load(path, weights_only=True)
-    change(state)
-    torch.save(state, path)
-    return path
 
 
 def _infer(run_dir, image_input, out):
@@ -54,7 +44,7 @@ def test_resize_that_contradicts_stored_feature_shape_is_refused(trained, tmp_pa
     64-pixel tiles scored against the 128-pixel bank, also 12/12 good images anomalous. Expected: rc != 0,
     one line naming inspector.pt (preprocessing.resize / feature_shape disagree)."""
     run_dir = copy_run(trained, tmp_path)
-    _forge_inspector(run_dir, change)
+    forge_inspector(run_dir, change)
     out = tmp_path / "infer"
     proc = _infer(run_dir, small_png(trained), out)
     _refused_naming_inspector(proc, out)
@@ -68,7 +58,7 @@ def test_global_weight_without_a_stored_gaussian_is_refused(trained, tmp_path):
     at scoring with "TypeError: unsupported operand type(s) for -: 'NoneType' and 'float'".)
     Expected: rc != 0, one line naming inspector.pt (global_weight without its Gaussian)."""
     run_dir = copy_run(trained, tmp_path)
-    _forge_inspector(run_dir, lambda s: s["detector"]["params"].__setitem__("global_weight", 1.0))
+    forge_inspector(run_dir, lambda s: s["detector"]["params"].__setitem__("global_weight", 1.0))
     out = tmp_path / "infer"
     proc = _infer(run_dir, small_png(trained), out)
     _refused_naming_inspector(proc, out)
@@ -83,7 +73,7 @@ def test_inspector_threshold_that_disagrees_with_report_json_is_refused(trained,
     an inspector that disagrees with the run's own record. Expected: rc != 0, one line naming
     inspector.pt or report.json (threshold 20 vs 12.3: from another fit)."""
     run_dir = copy_run(trained, tmp_path)
-    _forge_inspector(run_dir, lambda s: s["image_threshold"].__setitem__("value", 20.0))
+    forge_inspector(run_dir, lambda s: s["image_threshold"].__setitem__("value", 20.0))
     out = tmp_path / "infer"
     proc = _infer(run_dir, small_png(trained), out)
     assert proc.returncode != 0, ("scored anyway: " + proc.stdout[-300:])
@@ -123,8 +113,20 @@ def test_held_proc_file_as_input_is_named(trained, tmp_path):
 def test_held_forged_params_out_of_range_are_refused(trained, tmp_path):
     """HELD. topk_ratio 0 / smoothing_sigma 1e6 / power_mean_p 1e6 stored in inspector.pt: refused naming the key."""
     run_dir = copy_run(trained, tmp_path)
-    _forge_inspector(run_dir, lambda s: s["detector"]["params"].__setitem__("smoothing_sigma", 1e6))
+    forge_inspector(run_dir, lambda s: s["detector"]["params"].__setitem__("smoothing_sigma", 1e6))
     out = tmp_path / "infer"
     proc = _infer(run_dir, small_png(trained), out)
     _refused_naming_inspector(proc, out)
     assert "smoothing_sigma" in proc.stderr
+
+
+def test_a_stored_layer_the_backbone_lacks_is_named_in_the_inspector(trained, tmp_path):
+    """A received inspector.pt whose ``detector.params.layers`` names a layer its backbone lacks failed at
+    the first batch as ``model.layers: ...``, a key of the user's config, not of the file. Expected: one
+    line naming inspector.pt."""
+    run_dir = copy_run(trained, tmp_path)
+    forge_inspector(run_dir, lambda s: s["detector"]["params"].__setitem__("layers", ["blocks.9"]))
+    out = tmp_path / "infer"
+    proc = _infer(run_dir, small_png(trained), out)
+    _refused_naming_inspector(proc, out)
+    assert "model.layers" in proc.stderr.strip().splitlines()[-1]
