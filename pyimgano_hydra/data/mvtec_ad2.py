@@ -56,9 +56,11 @@ class MVTecAD2Dataset(MVTecLocoDataset):
                                    "bad", "test"))
         else:
             private = base / self.test_split
+            # walk's names are no folders: each image name is kept, so that loading it names a bad one
+            # (is_file() raised ENAMETOOLONG past PATH_MAX, failing the category despite on_bad_image=skip)
             files = sorted(p for root, _, names in walk(private) for p in (Path(root) / n for n in names)
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                           and not p.name.startswith(".")) if private.is_dir() else []
+                           if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+                           ) if private.is_dir() else []
             test += [Sample(str(p), UNKNOWN, None, category, "unknown", "test") for p in files]
         return CategorySplit(category, self._train(category), test)
 

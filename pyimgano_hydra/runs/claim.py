@@ -443,6 +443,11 @@ STUDY_TABLES = ("studies", "trials", "trial_params", "trial_values", "trial_inte
 # rows in all tables of a handed-over Optuna database: 10,000 trials of 10 params (~120,000 rows) load in
 # ~6 s on 2 cores; 300,000 failed trials never finished loading
 MAX_STUDY_ROWS = 150_000
+# and the text they hold: Optuna decodes every JSON value and copies it, ~100 bytes of memory per JSON value
+# ('{', '[' or ','); one 30 MB attribute of 10 million empty dicts took 2.3 GB. 10,000 trials of 10 params
+# hold ~15 MB, ~700,000 values
+MAX_STUDY_TEXT = 32 * 2**20
+MAX_STUDY_VALUES = 2_000_000
 
 
 def _check_study_database(path: Path, where: str) -> None:
@@ -471,10 +476,28 @@ def _check_study_database(path: Path, where: str) -> None:
         if rows > MAX_STUDY_ROWS:
             raise UserError(f"{where}: its tables hold {rows:,} rows, more than the {MAX_STUDY_ROWS:,} a sweep "
                             "loads in seconds; name a new file or study")
+        text, values = _study_text(con, [table for table in STUDY_TABLES if table in tables])
+        if text > MAX_STUDY_TEXT or values > MAX_STUDY_VALUES:
+            raise UserError(f"{where}: its tables hold {text / 2**20:.0f} MB of text, {values:,} JSON values (at "
+                            f"most {MAX_STUDY_TEXT // 2**20} MB, {MAX_STUDY_VALUES:,}: Optuna holds each value "
+                            "decoded, twice); name a new file or study")
     except sqlite3.Error as exc:
         raise UserError(f"{where}: not a readable SQLite database ({exc})") from None
     finally:
         con.close()
+
+
+def _study_text(con, tables: list[str]) -> tuple[int, int]:
+    """(characters, JSON values) in every column of ``tables``: a value counted by its ``{``, ``[`` or ``,``."""
+    text = values = 0
+    for table in tables:  # names from STUDY_TABLES, columns from the schema checked as Optuna's own
+        for column in [row[1] for row in con.execute(f"PRAGMA table_info({table})")]:
+            quoted = '"' + column.replace('"', '""') + '"'
+            stripped = f"replace(replace(replace({quoted}, '{{', ''), '[', ''), ',', '')"
+            size, count = con.execute(f"SELECT total(length({quoted})), total(length({quoted}) - length({stripped})) "
+                                      f"FROM {table}").fetchone()
+            text, values = text + int(size), values + int(count)
+    return text, values
 
 
 _OPTUNA_SCHEMA: dict = {}
