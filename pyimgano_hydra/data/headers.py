@@ -361,6 +361,69 @@ def png_data_complete(handle: BinaryIO) -> bool:
         handle.seek(0)
 
 
+_TIFF_DEFLATE = (8, 32946)  # Adobe and old-style deflate
+_TIFF_JPEG = 7
+
+
+def _first(tags, tag: int, default: int) -> int:
+    value = tags.get(tag, default)
+    return int(value[0] if isinstance(value, tuple) and value else value if not isinstance(value, tuple) else default)
+
+
+def tiff_data_complete(handle: BinaryIO, tags) -> bool:
+    """Whether each deflate strip or tile of a TIFF is one whole zlib stream (its checksum included)
+    of every byte its rows need, and each JPEG one ends at its EOI: libtiff only warns on stderr of a broken one and
+    Pillow loads the rows after it flat (``tags``: Pillow's ``tag_v2`` of the first frame). Other
+    compressions count as complete. Read and inflated in 1 MB pieces, never kept."""
+    compression = _first(tags, 259, 1)
+    if compression not in _TIFF_DEFLATE + (_TIFF_JPEG,):
+        return True
+    tiled = 324 in tags
+    offsets, counts = (tags.get(324), tags.get(325)) if tiled else (tags.get(273), tags.get(279))
+    if not offsets or not counts or len(offsets) != len(counts):
+        return True  # Pillow refuses it itself
+    offsets = offsets if isinstance(offsets, tuple) else (offsets,)
+    counts = counts if isinstance(counts, tuple) else (counts,)
+    width, height = _first(tags, 256, 0), _first(tags, 257, 0)
+    samples, bits = _first(tags, 277, 1), _first(tags, 258, 1)
+    if _first(tags, 284, 1) == 2:  # a plane a strip
+        samples = 1
+    try:
+        for index, (offset, count) in enumerate(zip(offsets, counts)):
+            if compression == _TIFF_JPEG:
+                handle.seek(max(offset, offset + count - 64))
+                if not handle.read(min(count, 64)).rstrip(b"\0").endswith(b"\xff\xd9"):
+                    return False  # cut short: libjpeg's 'premature end' never reaches Pillow
+                continue
+            if tiled:
+                needed = _first(tags, 323, 0) * ((_first(tags, 322, 0) * samples * bits + 7) // 8)
+            else:
+                rows_each = _first(tags, 278, height) or height
+                strips = -(-height // rows_each)
+                rows = min(rows_each, height - (index % max(strips, 1)) * rows_each)
+                needed = max(rows, 0) * ((width * samples * bits + 7) // 8)
+            # to the stream's end: zeros after a cut decode as rows of one value; its Adler-32 tells
+            handle.seek(offset)
+            inflater, inflated, left, most = zlib.decompressobj(), 0, count, needed + (1 << 20)
+            while left and inflated <= most and not inflater.eof:
+                data = handle.read(min(left, 1 << 20))
+                if not data:
+                    return False  # the file ends inside the strip
+                left -= len(data)
+                while data and inflated <= most and not inflater.eof:
+                    piece = inflater.decompress(data, 1 << 20)
+                    inflated, data = inflated + len(piece), inflater.unconsumed_tail
+            while inflated <= most and not inflater.eof and (piece := inflater.decompress(b"", 1 << 20)):
+                inflated += len(piece)
+            if not inflater.eof or not needed <= inflated <= most:
+                return False
+        return True
+    except zlib.error:
+        return False
+    finally:
+        handle.seek(0)
+
+
 def _gif_blocks(handle: BinaryIO) -> int:
     """Extension sub-blocks before a GIF's first image, counted up to ``MAX_GIF_BLOCKS + 1``."""
     try:

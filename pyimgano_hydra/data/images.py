@@ -180,12 +180,14 @@ def _pillow_decode(path: str | Path, handle: BinaryIO, draft_to: tuple[int, int]
 
 def _check_complete(path: str | Path, img: Image.Image, handle: BinaryIO,
                     walked: headers.JpegScans | None = None) -> None:
-    """Refuse a PNG or JPEG whose image data ends before its last row or coefficient (the rest
+    """Refuse a PNG, JPEG or TIFF whose image data ends before its last row or coefficient (the rest
     would load black, flat grey or blurred); ``walked``: a JPEG's scans."""
     if img.format == "PNG":
         complete = headers.png_data_complete(handle)
     elif walked is not None:
         complete = headers.jpeg_data_complete(handle, walked)
+    elif img.format == "TIFF":
+        complete = headers.tiff_data_complete(handle, img.tag_v2)
     else:
         return
     if not complete:
