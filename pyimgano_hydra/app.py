@@ -1,6 +1,7 @@
 """One job: categories -> recipe per category -> aggregate -> run directory and summary."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -283,7 +284,12 @@ def _run(cfg: DictConfig, run_dir: RunDir, overrides: Iterable[str], choices: di
             write_json_atomic(own.report, report)
         raise
     with interrupts_deferred():  # both written, or neither: a run is never left half-recorded
-        write_json_atomic(own.report, report)
+        try:
+            write_json_atomic(own.report, report)
+        except BaseException as exc:  # a full disk, report.json made a folder: the run failed, not running
+            with contextlib.suppress(OSError):  # the console line names the first failure
+                _record_end(run_dir, own, pinned, FAILED, _error_line(exc))
+            raise
         write_status(own.status, COMPLETED)  # report.json is the result; the HTML view cannot lose it
         interrupt.COMPLETED.append(run_dir.root)
     try:
