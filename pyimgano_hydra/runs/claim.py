@@ -269,7 +269,7 @@ class ClaimRunDir(Callback):
             HydraConfig.instance().set_config(config)
             _check_config_sources(config)
             _check_output_subdir(config)
-            _check_hydra_settings(config)
+            _check_hydra_settings(config, Path(str(config.hydra.run.dir)))
             _check_log_files(config, Path(str(config.hydra.run.dir)), Path(str(config.hydra.run.dir)))
             claim(Path(str(config.hydra.run.dir)), _task_hash(config), self.resumable)
 
@@ -282,7 +282,7 @@ class ClaimRunDir(Callback):
         check_swept_interpolations(config)
         _check_config_sources(config)
         _check_output_subdir(config)
-        _check_hydra_settings(config)
+        _check_hydra_settings(config, Path(str(config.hydra.sweep.dir)) / "0")
         check_subdir(config)
         # never resumable: a sweep root is not a run (an interrupted run dir took a whole sweep in)
         _check_log_files(config, Path(str(config.hydra.sweep.dir)) / "0", Path(str(config.hydra.sweep.dir)), sweep=True)
@@ -306,7 +306,7 @@ class NoHydraRecord(Callback):
 
         HydraConfig.instance().set_config(config)
         _check_output_subdir(config)
-        _check_hydra_settings(config)
+        _check_hydra_settings(config, Path(str(config.hydra.run.dir)))
         run_dir = OmegaConf.select(config, "run_dir", default=None)
         _check_log_files(config, Path(str(config.hydra.run.dir)), Path(str(run_dir)) if run_dir else None)
         for key, filename, path in _log_files(config, Path(str(config.hydra.run.dir))):  # no claim checks them
@@ -532,16 +532,27 @@ def _head(path: Path) -> bytes:
         return handle.read(16)
 
 
-def _log_files(config: DictConfig, job_dir: Path) -> list[tuple[str, str, Path]]:
-    """(key, filename, path) of Hydra's log files (``hydra.job_logging`` / ``hydra.hydra_logging``
-    handlers' ``filename``) as a job in ``job_dir`` resolves them."""
+def _job_probe(config: DictConfig, job_dir: Path) -> DictConfig | None:
+    """A copy of ``config`` whose ``hydra.runtime.output_dir`` is ``job_dir``, to resolve what a job
+    there resolves (``${hydra:...}`` spelled ``${hydra....}``); None for a config Hydra reports itself."""
     from omegaconf import OmegaConf, open_dict
 
     try:
         probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
         with open_dict(probe):
             probe.hydra.runtime.output_dir = str(job_dir.absolute())
+        return probe
     except Exception:  # noqa: BLE001 - Hydra reports a broken config itself
+        return None
+
+
+def _log_files(config: DictConfig, job_dir: Path) -> list[tuple[str, str, Path]]:
+    """(key, filename, path) of Hydra's log files (``hydra.job_logging`` / ``hydra.hydra_logging``
+    handlers' ``filename``) as a job in ``job_dir`` resolves them."""
+    from omegaconf import OmegaConf
+
+    probe = _job_probe(config, job_dir)
+    if probe is None:
         return []
     found = []
     chdir = OmegaConf.select(probe, "hydra.job.chdir", default=False) is True
@@ -569,16 +580,17 @@ def _log_files(config: DictConfig, job_dir: Path) -> list[tuple[str, str, Path]]
 _STREAMS = ("ext://sys.stdout", "ext://sys.stderr")
 # env vars that decide what code a child process loads (a preset's env_set reached the decode workers)
 _CODE_ENV = re.compile(r"^(LD_|DYLD_|PYTHON(?!HASHSEED$|UNBUFFERED$|IOENCODING$|FAULTHANDLER$|DONTWRITEBYTECODE$)"
-                       r"|NUMBA_|(PATH|BASH_ENV|ENV)$)")
+                       r"|NUMBA_|(PATH|BASH_ENV|ENV|HOME)$)")
 
 
-def _check_hydra_settings(config: DictConfig) -> None:
-    """Hydra's logging dicts and ``hydra.job.env_set``, as written (``_check_logging``, ``_check_env_set``)."""
+def _check_hydra_settings(config: DictConfig, job_dir: Path) -> None:
+    """Hydra's logging dicts as written, and ``hydra.job.env_set`` as a job in ``job_dir`` sets it
+    (``_check_logging``, ``_check_env_set``)."""
     from omegaconf import OmegaConf
 
     hydra = OmegaConf.to_container(config.hydra, resolve=False)
     _check_logging(hydra)
-    _check_env_set(hydra)
+    _check_env_set(hydra, config, job_dir)
 
 
 def _check_logging(hydra: dict) -> None:
@@ -611,21 +623,42 @@ def _leaves(tree: Any, key: str) -> Iterator[tuple[str, Any, Any]]:
             yield from _leaves(value, f"{key}[{index}]")
 
 
-def _check_env_set(hydra: dict) -> None:
+def _check_env_set(hydra: dict, config: DictConfig, job_dir: Path) -> None:
     """``hydra.job.env_set`` may not set what decides the code a child process loads (``PYTHONPATH``,
     ``LD_PRELOAD``...): Hydra sets it inside the job, after every check of the working dir and paths
-    (a preset's PYTHONPATH into a received run dir ran its sitecustomize.py in the decode workers)."""
+    (a preset's PYTHONPATH into a received run dir ran its sitecustomize.py in the decode workers).
+    A value is checked as the job resolves it (an interpolation spelled a path into a run)."""
     env = (hydra.get("job") or {}).get("env_set") or {}
+    chdir = (hydra.get("job") or {}).get("chdir") is True
+    probe = None
     for name, value in env.items() if isinstance(env, dict) else []:
         key = f"hydra.job.env_set.{console_line(str(name))[:80]}"
         if _CODE_ENV.match(str(name)):
             refuse(f"{key}: decides what code child processes load (numba's: its cache is pickled, its trace "
                    "overwrites a file); set it in the shell that starts the run, not in a config")
+        if isinstance(value, str) and "${" in value:
+            probe = probe or _job_probe(config, job_dir)
+            value = _as_the_job_resolves(probe, name, value, key)
         for part in str(value).split(os.pathsep) if value is not None else []:
-            outer = inside_a_run(Path(part).expanduser().absolute()) if part else None
+            path = Path(part).expanduser()
+            path = job_dir / path if chdir and not path.is_absolute() else path  # the job's own folder
+            outer = inside_a_run(path.absolute()) if part else None
             if outer is not None:
                 refuse(f"{key}={console_line(str(value))[:200]}: names a path inside the run dir {outer}; "
                        "a library reading it would take files from (or write into) another run")
+
+
+def _as_the_job_resolves(probe: DictConfig | None, name: str, text: str, key: str) -> str:
+    """``hydra.job.env_set.<name>`` (``text``) resolved as the job does; refused when it cannot be."""
+    try:
+        if probe is None:
+            raise ValueError("the config does not compose")
+        node = probe.hydra.job.env_set
+        node[name] = text.replace("${hydra:", "${hydra.")
+        return str(node[name])
+    except Exception as exc:  # noqa: BLE001 - unchecked, it could name any file
+        refuse(f"{key}: cannot be resolved before the job starts ({console_line(str(exc))[:200]}); "
+               "give a plain value")
 
 
 def _check_log_files(config: DictConfig, job_dir: Path, own: Path | None, sweep: bool = False) -> None:
