@@ -78,13 +78,21 @@ def test_a_file_that_goes_bad_mid_run_is_skipped_under_on_bad_image_skip(tmp_pat
     env, search = _mutating_env(tmp_path, **{target[0]: [target[1]]})
     out = tmp_path / "run"
     proc = run_cli([search, "model=mutating", "dataset=folder", f"dataset.root={root}", "dataset.resize=32",
-                    "dataset.on_bad_image=skip", f"hydra.run.dir={out}"], env=env, timeout=300)
+                    "dataset.on_bad_image=skip", "postprocess.save_maps=true", "defects=default",
+                    f"hydra.run.dir={out}"], env=env, timeout=300)
     assert not target[1].exists() or target[1].read_bytes().startswith(b"not an image")  # it did change
     assert proc.returncode == 0, proc.stderr[-1500:]
     assert json.loads((out / "status.json").read_text())["status"] == "completed"
     report = json.loads((out / "report.json").read_text())
     assert any(str(target[1].name) in s["path"] or target[1].name in s.get("reason", "")
                for s in report["skipped_images"]), report["skipped_images"]
+    # the outputs on disk are those of the recorded images (a map written before its mask went bad stayed)
+    records = [json.loads(line) for path in out.rglob("per_image.jsonl") for line in path.read_text().splitlines()]
+    written = {str(p.relative_to(path.parent)) for path in out.rglob("per_image.jsonl")
+               for p in path.parent.rglob("*") if p.is_file() and p.parent.name in ("maps", "masks")}
+    recorded = {value for r in records for value in ((r.get("anomaly_map") or {}).get("path"),
+                                                     (r.get("defects") or {}).get("mask")) if value}
+    assert written == recorded and any(p.endswith('.npy') for p in recorded), (written, recorded)
 
 
 def _mvtec(root: Path, category: str, n_train: int = 4) -> None:

@@ -218,6 +218,12 @@ class IndustrialAdapt:
             for index, reason in sorted(lost.items()):
                 ctx.dataset.skipped.append({"path": test[index].path, "reason": without_skip_advice(reason),
                                             "category": ctx.category})
+            for record in records:  # a mask that went bad after its image's map and mask were written
+                if record["index"] in lost:
+                    for written in ((record.get("anomaly_map") or {}).get("path"),
+                                    (record.get("defects") or {}).get("mask")):
+                        if written:
+                            (ctx.out.root / written).unlink(missing_ok=True)
             records = sorted((r for r in records if r["index"] not in lost), key=lambda r: r["index"])
             test = [sample for index, sample in enumerate(test) if index not in lost]
             labels = np.array([s.label for s in test], dtype=int)
