@@ -47,10 +47,17 @@ def mark_unstarted_runs(status: str, why: str) -> None:
         if not path.exists():
             what = "before it started" if config_hash is not None else "(the sweep; see leaderboard.json)"
             write_status(path, status, error=f"{why} {what}", config_hash=config_hash)
-        if config_hash is None:  # a sweep: job dirs Hydra made (its record written) before the app ran
-            for folder, dirs, _ in _sweep_folders(run_dir):
-                if folder != run_dir and ".hydra" in dirs and not (folder / "status.json").exists():
-                    write_status(folder / "status.json", status, error=f"{why} before the job started")
+        if config_hash is None:
+            mark_unstarted_jobs(run_dir, status, why)
+
+
+def mark_unstarted_jobs(sweep_dir: Path, status: str, why: str) -> None:
+    """The job dirs of ``sweep_dir`` Hydra made (its record written) before the app ran: recorded ``status``."""
+    from pyimgano_hydra.runs.status import write_status
+
+    for folder, dirs, _ in _sweep_folders(sweep_dir):
+        if folder != sweep_dir and ".hydra" in dirs and not (folder / "status.json").exists():
+            write_status(folder / "status.json", status, error=f"{why} before the job started")
 
 
 def _sweep_folders(sweep_dir: Path, limit: int = 10000) -> Iterator[tuple[Path, list[str], list[str]]]:
@@ -127,8 +134,13 @@ def workers_may_die() -> Iterator[None]:
         from pyimgano_hydra.errors import UserError
         from pyimgano_hydra.runs.status import FAILED
 
+        from pyimgano_hydra.runs.layout import sweep_dir_swapped
+
         line = " ".join(str(exc).split())[:200]
         mark_abandoned_jobs(FAILED, f"failed: its worker process ended ({line})")
+        for sweep_dir, config_hash in CLAIMED:  # a job its worker never started: before the leaderboard reads it
+            if config_hash is None and not sweep_dir_swapped(sweep_dir):
+                mark_unstarted_jobs(sweep_dir, FAILED, f"failed: its worker process ended ({line})")
         raise UserError(f"hydra.launcher: a worker process ended under the sweep ({line}); the jobs it left "
                         "running are recorded failed") from exc
 

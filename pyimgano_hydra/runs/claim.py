@@ -476,7 +476,7 @@ def _check_study_database(path: Path, where: str) -> None:
         if rows > MAX_STUDY_ROWS:
             raise UserError(f"{where}: its tables hold {rows:,} rows, more than the {MAX_STUDY_ROWS:,} a sweep "
                             "loads in seconds; name a new file or study")
-        text, values = _study_text(con, [table for table in STUDY_TABLES if table in tables])
+        text, values = _study_text(con, [table for table in STUDY_TABLES if table in tables], where)
         if text > MAX_STUDY_TEXT or values > MAX_STUDY_VALUES:
             raise UserError(f"{where}: its tables hold {text / 2**20:.0f} MB of text, {values:,} JSON values (at "
                             f"most {MAX_STUDY_TEXT // 2**20} MB, {MAX_STUDY_VALUES:,}: Optuna holds each value "
@@ -487,15 +487,25 @@ def _check_study_database(path: Path, where: str) -> None:
         con.close()
 
 
-def _study_text(con, tables: list[str]) -> tuple[int, int]:
-    """(characters, JSON values) in every column of ``tables``: a value counted by its ``{``, ``[`` or ``,``."""
+_STORED_AS = {"INTEGER": "'integer'", "FLOAT": "'real', 'integer'"}  # by declared type; any other: text
+
+
+def _study_text(con, tables: list[str], where: str) -> tuple[int, int]:
+    """(characters, JSON values) in every column of ``tables``: a value counted by its ``{``, ``[`` or ``,``.
+    A value of another type than its column's is refused (SQLite keeps one: a trial value 'abc' was the
+    study's best)."""
     text = values = 0
     for table in tables:  # names from STUDY_TABLES, columns from the schema checked as Optuna's own
-        for column in [row[1] for row in con.execute(f"PRAGMA table_info({table})")]:
+        for column, declared in [row[1:3] for row in con.execute(f"PRAGMA table_info({table})")]:
             quoted = '"' + column.replace('"', '""') + '"'
             stripped = f"replace(replace(replace({quoted}, '{{', ''), '[', ''), ',', '')"
-            size, count = con.execute(f"SELECT total(length({quoted})), total(length({quoted}) - length({stripped})) "
-                                      f"FROM {table}").fetchone()
+            size, count, odd = con.execute(
+                f"SELECT total(length({quoted})), total(length({quoted}) - length({stripped})), "
+                f"total(typeof({quoted}) NOT IN ('null', {_STORED_AS.get(declared, repr('text'))})) FROM {table}"
+            ).fetchone()
+            if odd:
+                raise UserError(f"{where}: {table}.{column} holds {int(odd):,} value(s) that are not "
+                                f"{declared} (as Optuna writes them); name a new file or study")
             text, values = text + int(size), values + int(count)
     return text, values
 
