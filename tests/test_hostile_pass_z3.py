@@ -122,8 +122,9 @@ def test_held_a_study_whose_sidecar_file_adds_a_trigger_is_refused(tmp_path, sid
 
 
 @pytest.mark.parametrize("setting, named", [
-    ("+hydra.job.env_set.HOME=/tmp", "decides what code child processes load"),  # a user site's .pth files
-    ("+hydra.job.env_set.GIT_TRACE=${hydra:no_such_key}", "cannot be resolved before the job starts"),
+    ("+hydra.job.env_set.HOME=/tmp", "may decide what code child processes load"),  # a user site's .pth files
+    ("+hydra.job.env_set.OPENSSL_CONF=/tmp/x.cnf", "may decide what code child processes load"),  # a provider .so
+    ("+hydra.job.env_set.PYIMGANO_CACHE=${hydra:no_such_key}", "cannot be resolved before the job starts"),
 ])
 def test_an_env_set_that_could_load_code_or_resolve_elsewhere_is_refused_before_any_work(tmp_path, setting, named):
     proc = run_cli([setting, f"hydra.run.dir={tmp_path / 'run'}"])

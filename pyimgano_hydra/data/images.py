@@ -67,12 +67,16 @@ def _hw(size: Size) -> tuple[int, int] | None:
 _CONVERTED_BYTES = {"P": 4, "PA": 4}  # a palette image is used as RGB(A): Pillow holds 4 bytes a pixel
 
 
+_ROW_BYTES = 16  # Pillow holds a pointer a row, for the decoded image and for its converted copy
+
+
 def decoded_megabytes(img: Image.Image) -> float:
     """Memory the decoded pixels of an opened (not yet loaded) image take, in MB (a palette image as
-    the RGB(A) it is converted to: counted at 1 byte a pixel, a 47 KB PNG took 2.5 GB)."""
+    the RGB(A) it is converted to: counted at 1 byte a pixel, a 47 KB PNG took 2.5 GB; and the rows:
+    a 1-pixel-wide PNG of 170 million rows took 3.9 GB)."""
     width, height = img.size
     per_pixel = _CONVERTED_BYTES.get(img.mode) or len(img.getbands()) * _BYTES_PER_CHANNEL.get(img.mode, 1)
-    return width * height * per_pixel / 1e6
+    return (width * height * per_pixel + height * _ROW_BYTES) / 1e6
 
 
 def _reason(exc: BaseException) -> str:

@@ -588,9 +588,13 @@ def _log_files(config: DictConfig, job_dir: Path) -> list[tuple[str, str, Path]]
 
 
 _STREAMS = ("ext://sys.stdout", "ext://sys.stderr")
-# env vars that decide what code a child process loads (a preset's env_set reached the decode workers)
-_CODE_ENV = re.compile(r"^(LD_|DYLD_|PYTHON(?!HASHSEED$|UNBUFFERED$|IOENCODING$|FAULTHANDLER$|DONTWRITEBYTECODE$)"
-                       r"|NUMBA_|(PATH|BASH_ENV|ENV|HOME)$)")
+# what hydra.job.env_set may set: thread counts, device choice, locale, our cache root. Any other variable may
+# decide what code a child process loads (PYTHONPATH, LD_PRELOAD, OPENSSL_CONF's provider module in the decode
+# workers, NUMBA_CACHE_DIR's pickles, HOME's user site): a list of those was always one short
+_SETTABLE_ENV = re.compile(r"(OMP|MKL|OPENBLAS|NUMEXPR|VECLIB_MAXIMUM|BLIS)_NUM_THREADS|CUDA_VISIBLE_DEVICES|"
+                           r"CUDA_DEVICE_ORDER|CUBLAS_WORKSPACE_CONFIG|PYTORCH_CUDA_ALLOC_CONF|TOKENIZERS_PARALLELISM|"
+                           r"PYTHON(HASHSEED|UNBUFFERED|IOENCODING|FAULTHANDLER|DONTWRITEBYTECODE)|LANG|LC_[A-Z]+|TZ|"
+                           r"PYIMGANO_CACHE")
 
 
 def _check_hydra_settings(config: DictConfig, job_dir: Path) -> None:
@@ -634,8 +638,8 @@ def _leaves(tree: Any, key: str) -> Iterator[tuple[str, Any, Any]]:
 
 
 def _check_env_set(hydra: dict, config: DictConfig, job_dir: Path) -> None:
-    """``hydra.job.env_set`` may not set what decides the code a child process loads (``PYTHONPATH``,
-    ``LD_PRELOAD``...): Hydra sets it inside the job, after every check of the working dir and paths
+    """``hydra.job.env_set`` sets only ``_SETTABLE_ENV`` (``PYTHONPATH``, ``LD_PRELOAD``, ``OPENSSL_CONF`` decide
+    the code a child process loads): Hydra sets it inside the job, after every check of the working dir and paths
     (a preset's PYTHONPATH into a received run dir ran its sitecustomize.py in the decode workers).
     A value is checked as the job resolves it (an interpolation spelled a path into a run)."""
     env = (hydra.get("job") or {}).get("env_set") or {}
@@ -643,9 +647,10 @@ def _check_env_set(hydra: dict, config: DictConfig, job_dir: Path) -> None:
     probe = None
     for name, value in env.items() if isinstance(env, dict) else []:
         key = f"hydra.job.env_set.{console_line(str(name))[:80]}"
-        if _CODE_ENV.match(str(name)):
-            refuse(f"{key}: decides what code child processes load (numba's: its cache is pickled, its trace "
-                   "overwrites a file); set it in the shell that starts the run, not in a config")
+        if not _SETTABLE_ENV.fullmatch(str(name)):
+            refuse(f"{key}: may decide what code child processes load (PYTHONPATH, LD_*, OPENSSL_CONF, NUMBA_*...); "
+                   "a config sets only thread counts, CUDA device settings, locale and PYIMGANO_CACHE: set others "
+                   "in the shell that starts the run")
         if isinstance(value, str) and "${" in value:
             probe = probe or _job_probe(config, job_dir)
             value = _as_the_job_resolves(probe, name, value, key)

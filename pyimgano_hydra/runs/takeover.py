@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from pyimgano_hydra.errors import UserError, console_line
 from pyimgano_hydra.files import walk
+from pyimgano_hydra.metrics import METRIC_RANGES
 from pyimgano_hydra.recipes.context import CategoryResult
 from pyimgano_hydra.runs.layout import RunDir
 from pyimgano_hydra.runs.status import INTERRUPTED, RUNNING, current_state, describe
@@ -162,6 +163,15 @@ def category_result(record: dict, path, category: str) -> CategoryResult:
         for name, value in kwargs[section].items():
             if not fits(value):
                 raise bad(f"{section}.{console_line(name)}", what)
+    for name, value in kwargs["metrics"].items():  # a forged AUROC of 5.0 was averaged into the aggregate
+        if name not in METRIC_RANGES:
+            raise bad(f"metrics.{console_line(name)[:80]}", "is no metric a run records")
+        low, high = METRIC_RANGES[name]
+        if value is not None and not ((low is None or value >= low) and (high is None or value <= high)):
+            raise bad(f"metrics.{name}", f"must lie in {low if low is not None else '-inf'}.."
+                                         f"{high if high is not None else 'inf'}, got {value!r}")
+        if name.startswith("n_") and value is not None and not _count(value):
+            raise bad(f"metrics.{name}", "must be a whole number >= 0")
     kwargs["metrics"] = {k: math.nan if v is None else v for k, v in kwargs["metrics"].items()}
     provenance = kwargs["threshold"].get("provenance", {})
     if set(kwargs["threshold"]) - {"value", "provenance"} or not isinstance(provenance, dict) or not all(
@@ -180,8 +190,11 @@ def category_result(record: dict, path, category: str) -> CategoryResult:
     return CategoryResult(**kwargs, extra=extra)
 
 
+MAX_COUNT = 10**9  # images, fits, calibration models of one category
+
+
 def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
 
 
 def _inside(name: object) -> bool:

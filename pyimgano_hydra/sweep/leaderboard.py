@@ -18,7 +18,7 @@ from typing import Any
 from pyimgano_hydra.errors import UserError, console_line
 from pyimgano_hydra.runs.layout import RunDir
 from pyimgano_hydra.runs.status import COMPLETED, RUNNING, current_state, utc_now
-from pyimgano_hydra.defects.evaluate import FIGURES as DEFECT_FIGURES
+from pyimgano_hydra.metrics import METRIC_RANGES
 from pyimgano_hydra.runs.writers import to_json, write_bytes_atomic, write_text_atomic
 from pyimgano_hydra.sweep.naming import read_sweep_file, split_override
 
@@ -27,8 +27,7 @@ IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1", "image_f1_max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_aupro")
 METRICS = IMAGE_METRICS + PIXEL_METRICS
 # what a job's report.json aggregates (defects_* with defects enabled): a board may rank by any of them
-RANKABLE = METRICS + ("image_accuracy", "image_fpr", "image_tpr", "image_f1_max_threshold",
-                      *(f"defects_{name}" for name in DEFECT_FIGURES))
+RANKABLE = METRICS + tuple(name for name in METRIC_RANGES if name not in METRICS and not name.startswith("n_"))
 NOT_STARTED = "not_started"
 MAX_LABEL = 160
 
