@@ -47,7 +47,8 @@ ArrayDict = dict[str, np.ndarray]
 SINGLE = "__array__"
 SUFFIX = ".npz"
 LOCK_DIR = ".locks"
-BACKBONE_DIR = "backbones"  # <identity digest>.txt: the feature key of a backbone built from it
+BACKBONE_DIR = "backbones"  # <identity digest>.txt: the feature key of a backbone built from it;
+#                             <features key>.channels.json: each layer's channels, as first computed
 LOCK_STRIPE_CHARS = 3
 CACHE_VERSION = 1
 MAX_ENTRY_BYTES = 1 << 30
@@ -509,10 +510,54 @@ def cached_backbone_features(cache: FeatureCache, backbone: Any, chunk: np.ndarr
         parts = [parts, active_autocast()]
     layers = set(backbone.layers)
     height, width = chunk.shape[1:3]
-    arrays = cache.map_images(chunk, parts, compute, valid=lambda stored: set(stored) == layers and all(
+    channels = _layer_channels(cache, parts)
+
+    def compute_and_record(images: np.ndarray) -> ArrayDict:
+        computed = compute(images)
+        _record_layer_channels(cache, parts, channels, {name: int(v.shape[1]) for name, v in computed.items()})
+        return computed
+
+    arrays = cache.map_images(chunk, parts, compute_and_record, valid=lambda stored: set(stored) == layers and all(
         v.dtype == np.float32 and _plausible_map(v.shape, height, width) and _plausible_values(v)
-        for v in stored.values()))
+        and channels.get(name, v.shape[0]) == v.shape[0] for name, v in stored.items()))
     return {layer: as_output(arrays[layer]) for layer in backbone.layers}
+
+
+_CHANNELS: dict[tuple[str, str], dict[str, int]] = {}  # (cache dir, features key) -> {layer: channels}
+
+
+def _channels_record(cache: FeatureCache, parts: Any) -> Path:
+    return cache.root / BACKBONE_DIR / f"{make_key(parts)}.channels.json"
+
+
+def _layer_channels(cache: FeatureCache, parts: Any) -> dict[str, int]:
+    """The channels of each layer the first computed batch of these features gave, as recorded in the
+    cache (entries of one channel at the right map size, every image a hit, scored AUROC 0.5); {} when
+    none is recorded. Memoised per process; a broken record counts as none."""
+    memo = (str(cache.root), make_key(parts))
+    if memo not in _CHANNELS:
+        try:
+            record = json.loads(read_regular_file(_channels_record(cache, parts), 4096))
+        except (UserError, OSError, ValueError):
+            record = None
+        valid = isinstance(record, dict) and all(
+            isinstance(k, str) and type(v) is int and v >= 1 for k, v in record.items())
+        _CHANNELS[memo] = dict(record) if valid else {}
+    return _CHANNELS[memo]
+
+
+def _record_layer_channels(cache: FeatureCache, parts: Any, known: dict[str, int], found: dict[str, int]) -> None:
+    """Keep ``found`` (what the backbone just gave) as these features' channels, in ``known`` and on disk."""
+    if known == found:
+        return
+    known.clear()
+    known.update(found)
+    record = _channels_record(cache, parts)
+    if cache.enabled and cache.own_folder(record.parent):
+        try:
+            write_bytes_atomic(record, json.dumps(found, sort_keys=True).encode())
+        except OSError as exc:  # a full or read-only cache disk
+            cache._off(exc)
 
 
 @contextmanager
