@@ -642,6 +642,8 @@ def _check_env_set(hydra: dict, config: DictConfig, job_dir: Path) -> None:
     the code a child process loads): Hydra sets it inside the job, after every check of the working dir and paths
     (a preset's PYTHONPATH into a received run dir ran its sitecustomize.py in the decode workers).
     A value is checked as the job resolves it (an interpolation spelled a path into a run)."""
+    from omegaconf import OmegaConf
+
     env = (hydra.get("job") or {}).get("env_set") or {}
     chdir = (hydra.get("job") or {}).get("chdir") is True
     probe = None
@@ -651,13 +653,13 @@ def _check_env_set(hydra: dict, config: DictConfig, job_dir: Path) -> None:
             refuse(f"{key}: may decide what code child processes load (PYTHONPATH, LD_*, OPENSSL_CONF, NUMBA_*...); "
                    "a config sets only thread counts, CUDA device settings, locale and PYIMGANO_CACHE: set others "
                    "in the shell that starts the run")
-        if isinstance(value, str) and "${" in value:
-            probe = probe or _job_probe(config, job_dir)
+        if isinstance(value, str) and "${" in value:  # Hydra resolves it within its own section, as a string
+            probe = probe or _job_probe(OmegaConf.create({"hydra": hydra}), job_dir)
             value = _as_the_job_resolves(probe, name, value, key)
         for part in str(value).split(os.pathsep) if value is not None else []:
             path = Path(part).expanduser()
             path = job_dir / path if chdir and not path.is_absolute() else path  # the job's own folder
-            outer = inside_a_run(path.absolute()) if part else None
+            outer = foreign_run(path.absolute(), job_dir) if part else None  # a run dir itself too (LC_ALL=<run>)
             if outer is not None:
                 refuse(f"{key}={console_line(str(value))[:200]}: names a path inside the run dir {outer}; "
                        "a library reading it would take files from (or write into) another run")
@@ -670,7 +672,10 @@ def _as_the_job_resolves(probe: DictConfig | None, name: str, text: str, key: st
             raise ValueError("the config does not compose")
         node = probe.hydra.job.env_set
         node[name] = text.replace("${hydra:", "${hydra.")
-        return str(node[name])
+        value = node[name]
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(f"it resolves to {type(value).__name__}, not a string")
+        return str(value)
     except Exception as exc:  # noqa: BLE001 - unchecked, it could name any file
         refuse(f"{key}: cannot be resolved before the job starts ({console_line(str(exc))[:200]}); "
                "give a plain value")
