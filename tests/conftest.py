@@ -199,6 +199,53 @@ def exported(tmp_path_factory):
     return trained_run(tmp_path_factory, export=True)
 
 
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    """(a feature cache dir filled by one TINY run, that run's dir), per test module."""
+    root = tmp_path_factory.mktemp("warm")
+    proc = run_cli([*TINY, f"cache.dir={root / 'cache'}", f"hydra.run.dir={root / 'run'}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root / "cache", root / "run"
+
+
+def cache_entries(cache: Path) -> list[Path]:
+    """The feature cache's entry files (at least one)."""
+    paths = sorted(cache.glob("[0-9a-f][0-9a-f]/*.npz"))
+    assert paths
+    return paths
+
+
+def scores_as_fresh_after_rewriting(warm: tuple, cache: Path, tmp_path: Path, shape_of) -> None:
+    """Rewrite every entry of ``cache`` (a copy of ``warm``'s) as zeros of ``shape_of(stored shape)``,
+    rerun ``warm``'s run on it: it scores as the fresh run did, or fails naming a cache file."""
+    import json
+    import os
+
+    import numpy as np
+
+    for entry in cache_entries(cache):
+        with np.load(entry) as stored:
+            arrays = {name: np.zeros(shape_of(stored[name].shape), np.float32) for name in stored.files}
+        np.savez(entry, **arrays)
+    proc = run_cli([*TINY, f"cache.dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"], timeout=300)
+    if proc.returncode != 0:
+        # the job line quotes cache.dir itself: the error must name an entry (or the cache's own folder)
+        assert str(cache) + os.sep in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-800:]
+        return
+    fresh = json.loads((warm[1] / "report.json").read_text())["categories"]["weave"]["metrics"]
+    got = json.loads((tmp_path / "run" / "report.json").read_text())["categories"]["weave"]["metrics"]
+    assert got["image_auroc"] == pytest.approx(fresh["image_auroc"]), (got, fresh)
+
+
+def told_study(db: Path, name: str = "patchcore") -> Path:
+    """``db``: an Optuna study database made by this Optuna (maximize), one trial told 0.5."""
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{db}", direction="maximize")
+    study.tell(study.ask(), 0.5)
+    return db
+
+
 def copy_run(trained: Path, tmp_path: Path, name: str = "run") -> Path:
     import shutil
 

@@ -13,25 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import TINY, cache_entries, run_cli, scores_as_fresh_after_rewriting
 
 
 # ---- the feature cache ------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def warm(tmp_path_factory):
-    """(cache dir filled by one TINY run, that run's dir)."""
-    root = tmp_path_factory.mktemp("warm")
-    proc = run_cli([*TINY, f"cache.dir={root / 'cache'}", f"hydra.run.dir={root / 'run'}"])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return root / "cache", root / "run"
-
-
-def _entries(cache: Path) -> list[Path]:
-    paths = sorted(cache.glob("[0-9a-f][0-9a-f]/*.npz"))
-    assert paths
-    return paths
-
-
 def _npy(shape) -> bytes:
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
@@ -67,7 +52,7 @@ def test_a_cache_entry_whose_zip64_size_lies_is_a_miss(warm, tmp_path):
     the entry. Expected (docs/WORKBENCH.md: an entry that is not a plain npz is recomputed): a miss."""
     cache = tmp_path / "cache"
     shutil.copytree(warm[0], cache)
-    entry = _entries(cache)[0]
+    entry = cache_entries(cache)[0]
     entry.unlink()
     _zip64_lying(entry, [("blocks.2.npy", _npy((10**7, 10**6))), ("blocks.4.npy", _npy((112, 8, 8)))])
     proc = _run_with_cache(cache, tmp_path)
@@ -87,18 +72,7 @@ def test_cache_entries_of_one_wrong_shape_for_every_image_are_not_trusted(warm, 
     run, or a refusal naming the cache."""
     cache = tmp_path / "cache"
     shutil.copytree(warm[0], cache)
-    for entry in _entries(cache):
-        with np.load(entry) as stored:
-            arrays = {name: np.zeros((stored[name].shape[0], spatial, spatial), np.float32) for name in stored.files}
-        np.savez(entry, **arrays)
-    proc = _run_with_cache(cache, tmp_path)
-    if proc.returncode != 0:
-        # the job line quotes cache.dir itself: the error must name an entry (or the cache's own folder)
-        assert str(cache) + os.sep in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-800:]
-        return
-    fresh = json.loads((warm[1] / "report.json").read_text())["categories"]["weave"]["metrics"]
-    got = json.loads((tmp_path / "run" / "report.json").read_text())["categories"]["weave"]["metrics"]
-    assert got["image_auroc"] == pytest.approx(fresh["image_auroc"]), (got, fresh)
+    scores_as_fresh_after_rewriting(warm, cache, tmp_path, lambda shape: (shape[0], spatial, spatial))
 
 
 # ---- MLflow: a handed-over store ---------------------------------------------------------------

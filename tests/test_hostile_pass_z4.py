@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import TINY, _cli_env, run_cli
+from conftest import TINY, _cli_env, run_cli, told_study
 
 # ---- holes ------------------------------------------------------------------------------------------
 
@@ -59,11 +59,7 @@ def test_held_an_optuna_study_with_a_corrupt_index_page_is_refused_before_the_sw
     """HELD. A study made by this Optuna (one told trial) whose ``trial_values`` unique index page has
     an invalid page type: only an indexed read or insert meets it (the sweep would fail at its first
     ``tell``, after the job). The check's row count reads it: one line naming hydra.sweeper.storage."""
-    optuna = pytest.importorskip("optuna")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    db = tmp_path / "d.db"
-    study = optuna.create_study(study_name="patchcore", storage=f"sqlite:///{db}", direction="maximize")
-    study.tell(study.ask(), 0.5)
+    db = told_study(tmp_path / "d.db")
     con = sqlite3.connect(db)
     page_size = con.execute("PRAGMA page_size").fetchone()[0]
     root = dict(con.execute("SELECT name, rootpage FROM sqlite_master WHERE type = 'index'"))[

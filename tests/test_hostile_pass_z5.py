@@ -7,9 +7,7 @@ import os
 import subprocess
 import sys
 
-import pytest
-
-from conftest import TINY, _cli_env, run_cli
+from conftest import TINY, _cli_env, run_cli, told_study
 
 # A loky worker SIGKILLs itself (an OOM kill) at its job's first status.json write, when the job's dir
 # ends with Z5_KILL_AT: Hydra made the job dir (.hydra/) but the app never recorded it.
@@ -60,6 +58,12 @@ def test_a_joblib_job_whose_worker_dies_before_it_starts_is_on_the_leaderboard_w
     assert "worker" in (rows[1]["error"] or ""), rows[1]
 
 
+def _sweep_continuing(db, tmp_path):
+    return run_cli(["--multirun", "hydra/sweeper=optuna_patchcore", "hydra.sweeper.n_trials=1",
+                    f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={tmp_path / 'sw'}",
+                    "dataset=synthetic", "dataset.resize=32", *TINY], cwd=tmp_path, timeout=120)
+
+
 def test_an_optuna_study_whose_trial_value_is_text_is_refused_not_reported_as_the_best(tmp_path):
     """HOLE (wrong-result). A study made by this Optuna (one told trial, value 0.5) whose
     ``trial_values.value`` was then set to the TEXT ``'abc'`` (SQLite keeps any type in a REAL
@@ -68,20 +72,14 @@ def test_an_optuna_study_whose_trial_value_is_text_is_refused_not_reported_as_th
     ``best_params: {}`` and ``best_value: abc`` -- the study's result is the planted row, not a
     trial of this sweep (a BLOB value gives ``Best value: b'\\x00\\xff'`` alike). Expected: refused
     before the sweep, one line naming hydra.sweeper.storage, no sweep dir."""
-    optuna = pytest.importorskip("optuna")
     import sqlite3
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    db = tmp_path / "d.db"
-    study = optuna.create_study(study_name="patchcore", storage=f"sqlite:///{db}", direction="maximize")
-    study.tell(study.ask(), 0.5)
+    db = told_study(tmp_path / "d.db")
     con = sqlite3.connect(db)
     con.execute("UPDATE trial_values SET value = 'abc'")
     con.commit()
     con.close()
-    proc = run_cli(["--multirun", "hydra/sweeper=optuna_patchcore", "hydra.sweeper.n_trials=1",
-                    f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={tmp_path / 'sw'}",
-                    "dataset=synthetic", "dataset.resize=32", *TINY], cwd=tmp_path, timeout=120)
+    proc = _sweep_continuing(db, tmp_path)
     results = tmp_path / "sw" / "optimization_results.yaml"
     assert "best_value: abc" not in (results.read_text() if results.exists() else ""), results.read_text()
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-500:]
@@ -136,13 +134,9 @@ def test_held_infer_over_a_folder_whose_file_turns_into_a_fifo_mid_run_keeps_the
 def test_held_an_optuna_study_with_planted_sqlite_stat1_rows_is_refused(tmp_path):
     """HELD. A study DB with ANALYZE rows rewritten (huge row counts, ``unordered noskipscan``, a
     garbage row): refused before the sweep, one line naming hydra.sweeper.storage and sqlite_stat1."""
-    optuna = pytest.importorskip("optuna")
     import sqlite3
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    db = tmp_path / "d.db"
-    study = optuna.create_study(study_name="patchcore", storage=f"sqlite:///{db}", direction="maximize")
-    study.tell(study.ask(), 0.5)
+    db = told_study(tmp_path / "d.db")
     con = sqlite3.connect(db)
     con.execute("ANALYZE")
     con.execute("DELETE FROM sqlite_stat1")
@@ -152,9 +146,7 @@ def test_held_an_optuna_study_with_planted_sqlite_stat1_rows_is_refused(tmp_path
     con.execute("INSERT INTO sqlite_stat1 VALUES ('trials', NULL, 'garbage x y')")
     con.commit()
     con.close()
-    proc = run_cli(["--multirun", "hydra/sweeper=optuna_patchcore", "hydra.sweeper.n_trials=1",
-                    f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={tmp_path / 'sw'}",
-                    "dataset=synthetic", "dataset.resize=32", *TINY], cwd=tmp_path, timeout=120)
+    proc = _sweep_continuing(db, tmp_path)
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-500:]
     assert "hydra.sweeper.storage" in proc.stderr and "sqlite_stat1" in proc.stderr
     assert not (tmp_path / "sw").exists()
