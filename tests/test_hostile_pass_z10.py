@@ -1,7 +1,6 @@
 """Attacker pass Z10: code execution and writes outside the run dir through hydra.job.env_copy, joblib
 launcher settings, pkg:// search paths and files planted in the folder the console scripts start in.
 No hole found this pass; the attacks below held."""
-import os
 import subprocess
 import sys
 from pathlib import Path
