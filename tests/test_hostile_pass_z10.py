@@ -40,13 +40,15 @@ def test_held_env_copy_of_a_variable_outside_the_allowlist_is_refused_before_any
 
 def test_held_joblib_temp_folder_in_a_received_run_never_writes_there(trained, tmp_path):
     """HELD. A joblib sweep with ``hydra.launcher.temp_folder=<completed run>/categories/weave`` and
-    ``max_nbytes=1`` (memmap everything): the jobs' arguments hold no arrays, nothing lands in the run."""
+    ``max_nbytes=1`` (memmap everything): the jobs' arguments held no arrays, so nothing landed in the
+    run; since this pass the folder is refused before any job, like submitit's and Ray's."""
     before = _tree(trained)
     proc = run_cli(["-m", *TINY, "model.coreset_ratio=0.2,0.3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                     f"hydra.launcher.temp_folder={trained / 'categories' / 'weave'}", "hydra.launcher.max_nbytes=1",
                     f"hydra.sweep.dir={tmp_path / 'sweep'}"], timeout=300)
-    assert proc.returncode == 0, proc.stderr[-800:]
-    assert _tree(trained) == before
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith(
+        "error: hydra.launcher.temp_folder="), proc.stderr[-800:]
+    assert _tree(trained) == before and not (tmp_path / "sweep").exists()
 
 
 def test_held_joblib_threading_backend_keeps_each_jobs_record_and_log_in_its_own_dir(tmp_path):

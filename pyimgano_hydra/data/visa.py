@@ -109,10 +109,14 @@ class VisaDataset(ImageDataset):
         """A CSV entry as a path under root; an absolute one or one through ``..`` is refused (a
         handed-over CSV must not point the run at files outside the dataset)."""
         parts = PurePosixPath(entry.replace("\\", "/")).parts
-        if not parts or parts[0] == "/" or ".." in parts or ":" in parts[0]:
+        if not parts or parts[0] == "/" or ".." in parts or ":" in parts[0] or "\x00" in entry:
             raise DataError(f"{self.root_path / self.split_csv}: {column} entry {entry[:200]!r} is not a path "
                             f"under the dataset root; write it relative to {self.root_path}")
-        return str(self.root_path / entry)
+        path = self.root_path / entry
+        if column == "mask" and path.is_dir():  # a folder is a LOCO mask (every file in it): 100% defect here
+            raise DataError(f"{self.root_path / self.split_csv}: mask entry {entry[:200]!r} is a folder; a VisA "
+                            "mask is one image file")
+        return str(path)
 
     def train_dir_hint(self, category: str) -> str:
         return f"{self.root_path / self.split_csv} (rows of {category} with split=train)"

@@ -407,6 +407,7 @@ def _check_sweep_files(config: DictConfig) -> None:
     own = Path(str(config.hydra.sweep.dir))
     for key, what in (("hydra.launcher.submitit_folder", "a launcher's job files"),
                       ("hydra.launcher.ray.init._temp_dir", "Ray's session files"),
+                      ("hydra.launcher.temp_folder", "joblib's temp folder"),
                       ("hydra.sweeper.storage", "an Optuna study")):
         try:
             value = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=True)
