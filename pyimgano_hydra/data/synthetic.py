@@ -245,7 +245,7 @@ def ensure_generated(root: str | Path, image_size: int = 256, n_train: int = 40,
     def complete() -> bool:
         try:  # the cache may be shared: a FIFO stamp hung the run
             return json.loads(read_text(final / STAMP_FILE, 1 << 16, "regenerated")) == params
-        except (OSError, ValueError, UserError):
+        except (OSError, ValueError, RecursionError, UserError):  # RecursionError: '[' nested 4,000 deep
             return False
 
     if complete():

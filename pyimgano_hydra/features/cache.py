@@ -538,7 +538,7 @@ def _layer_channels(cache: FeatureCache, parts: Any) -> dict[str, int]:
     if memo not in _CHANNELS:
         try:
             record = json.loads(read_regular_file(_channels_record(cache, parts), 4096))
-        except (UserError, OSError, ValueError):
+        except (UserError, OSError, ValueError, RecursionError):  # RecursionError: '[' nested 4,000 deep
             record = None
         valid = isinstance(record, dict) and all(
             isinstance(k, str) and type(v) is int and v >= 1 for k, v in record.items())
