@@ -57,14 +57,15 @@ RUN_OR_INFER_DIR = (".claim.json", "status.json", ".hydra")  # a folder of resul
 
 
 def _walk(folder: Path) -> list[Path]:
-    """Every file below ``folder`` (symlinked folders not followed); a folder that cannot be listed
+    """Every file below ``folder`` (symlinked and hidden folders not entered); a folder that cannot be listed
     (a path past PATH_MAX, no permission) is named in one warning, the rest are scored."""
     unreadable: list[OSError] = []
     files, skipped = [], []
     for root, dirs, names in walk(folder, onerror=unreadable.append):  # no recursion: any depth
         runs = [d for d in dirs if any(os.path.lexists(os.path.join(root, d, n)) for n in RUN_OR_INFER_DIR)]
         skipped += runs  # an earlier infer's outputs (its masks) under the image folder are no line images
-        dirs[:] = [d for d in dirs if d not in runs]
+        # hidden folders (.ipynb_checkpoints' copies) are no line images either, as with a ** glob
+        dirs[:] = [d for d in dirs if d not in runs and not d.startswith(".")]
         files += [Path(root) / name for name in names]
     if skipped:
         log.info("input=%s: %d run or infer folder(s) inside it not scored, e.g. %s", console_line(str(folder)),

@@ -56,11 +56,14 @@ class MVTecAD2Dataset(MVTecLocoDataset):
                                    "bad", "test"))
         else:
             private = base / self.test_split
-            # walk's names are no folders: each image name is kept, so that loading it names a bad one
-            # (is_file() raised ENAMETOOLONG past PATH_MAX, failing the category despite on_bad_image=skip)
-            files = sorted(p for root, _, names in walk(private) for p in (Path(root) / n for n in names)
-                           if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-                           ) if private.is_dir() else []
+            files = []
+            for root, dirs, names in walk(private) if private.is_dir() else []:
+                dirs[:] = [d for d in dirs if not d.startswith(".")]  # .ipynb_checkpoints' copies are no images
+                # walk's names are no folders: each image name is kept, so that loading it names a bad one
+                # (is_file() raised ENAMETOOLONG past PATH_MAX, failing the category despite on_bad_image=skip)
+                files += [Path(root) / n for n in names
+                          if Path(n).suffix.lower() in IMAGE_EXTENSIONS and not n.startswith(".")]
+            files.sort()
             test += [Sample(str(p), UNKNOWN, None, category, "unknown", "test") for p in files]
         return CategorySplit(category, self._train(category), test)
 
