@@ -393,6 +393,10 @@ def _plain_storage(value: object) -> None:
     if not isinstance(value, str):
         refuse("hydra.sweeper.storage: give a URL such as sqlite:///<path>/optuna.db, or null; "
                "not a config node")
+    if value.strip().lower().startswith("redis"):  # Optuna's RedisStorage unpickles every value it reads
+        refuse(f"hydra.sweeper.storage={console_line(value)[:200]}: a Redis study store holds pickles, which Optuna "
+               "loads (whoever can write the server runs code in the sweep): use an SQL database URL, e.g. "
+               "sqlite:///<path>/optuna.db")
     if "{" in value or "}" in value or value.startswith("sqlite") and not PLAIN_SQLITE.fullmatch(value):
         refuse(f"hydra.sweeper.storage={console_line(value)[:200]}: name the study file plainly, "
                "sqlite:///<path>/optuna.db (no file: URI, query, %, # or braces)")
