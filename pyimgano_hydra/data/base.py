@@ -239,7 +239,7 @@ def find_mask(folder: Path, stem: str, suffix: str = "_mask", ext: str | None = 
         try:
             if exact.is_file() and exact != exclude:
                 return exact
-        except OSError:  # a 250-byte image name: its mask's name is too long to exist
+        except (OSError, ValueError):  # a 250-byte image name: its mask's name is too long to exist; a NUL
             pass
     try:
         listed = folder.stat().st_mtime_ns  # a file added or removed since the folder was listed

@@ -69,6 +69,10 @@ class FolderDataset(ImageDataset):
                                       f"{name}_2: {folder}}}")
                 named[name] = folder
             self.abnormal_dirs = named
+        for defect, folder in self.abnormal_dirs.items():  # no file name holds a NUL: the mask lookup raised
+            if "\x00" in defect or "\x00" in folder:
+                raise ConfigError(f"dataset.abnormal_dirs: {defect[:80]!r}: {folder[:200]!r} holds a NUL byte; "
+                                  "name the defect and its folder without one")
         self.normal_test_dir = normal_test_dir
         self.mask_dir = mask_dir
         self.masks_beside_images = bool(masks_beside_images)
