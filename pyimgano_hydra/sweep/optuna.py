@@ -107,15 +107,18 @@ def stored_trials(storage: Any, study_name: str | None) -> int:
 
 
 def continue_study(sampler: Any, storage: Any, study_name: str | None) -> int:
-    """Reseed ``sampler`` when the study already has trials; return how many it has. A stored
-    CMA-ES state is refused: Optuna's CMA-ES sampler unpickles it (a handed-over database ran code)."""
-    pickled = _pickled_sampler_state(storage, study_name) if "CmaEs" in type(sampler).__name__ else None
-    if pickled:
+    """Reseed ``sampler`` when the study already has trials; return how many it has. CMA-ES with a
+    storage is refused: Optuna's CMA-ES sampler unpickles the state stored with the study's newest trial
+    at every trial it picks (a handed-over database, or a colleague writing the shared study mid-sweep,
+    ran code)."""
+    if storage and "CmaEs" in type(sampler).__name__:
         from pyimgano_hydra.errors import UserError
 
-        raise UserError(f"hydra.sweeper.storage={storage}: study {study_name!r} stores a pickled CMA-ES state "
-                        f"({pickled}), which Optuna would unpickle (run code from the database); continue it "
-                        "with hydra/sweeper/sampler=tpe, or start a new study")
+        pickled = _pickled_sampler_state(storage, study_name)
+        held = f"study {study_name!r} stores a pickled CMA-ES state ({pickled}); " if pickled else ""
+        raise UserError(f"hydra.sweeper.storage={storage}: {held}the CMA-ES sampler keeps its state in the study as "
+                        "pickles, which Optuna unpickles at every trial (whoever writes the study runs code): use "
+                        "hydra/sweeper/sampler=tpe with a storage, or CMA-ES without one (storage=null)")
     existing = stored_trials(storage, study_name)
     if existing and hasattr(sampler, "reseed_rng"):
         sampler.reseed_rng()
