@@ -402,6 +402,31 @@ def _plain_storage(value: object) -> None:
                "sqlite:///<path>/optuna.db (no file: URI, query, %, # or braces)")
 
 
+def _no_pickling_sampler(config: DictConfig, storage: object) -> None:
+    """No CMA-ES sampler (anywhere in ``hydra.sweeper.sampler``) with a storage, whatever the sweeper
+    (Hydra's own ``hydra/sweeper=optuna`` too): Optuna unpickles the CMA-ES state of the study's newest
+    trial at every trial, so whoever else writes the study runs code."""
+    from omegaconf import OmegaConf
+
+    sampler = OmegaConf.select(config, "hydra.sweeper.sampler", default=None)
+    node = OmegaConf.to_container(sampler, resolve=False) if isinstance(sampler, DictConfig) else sampler
+
+    def targets(value: object) -> Iterator[str]:
+        if isinstance(value, dict):
+            for name, item in value.items():
+                if name == "_target_" and isinstance(item, str):
+                    yield item
+                yield from targets(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from targets(item)
+
+    if any("cmaes" in target.lower() for target in targets(node)):
+        refuse(f"hydra.sweeper.storage={console_line(str(storage))[:200]}: the CMA-ES sampler keeps its state in "
+               "the study as pickles, which Optuna unpickles at every trial (whoever writes the study runs code): "
+               "use hydra/sweeper/sampler=tpe with a storage, or CMA-ES without one (storage=null)")
+
+
 def _check_sweep_files(config: DictConfig) -> None:
     """What a launcher or sweeper writes besides the job dirs (submitit's job pickles and logs, Ray's
     session tree, an Optuna sqlite study) lies in no other run dir; a study file that exists is a regular sqlite file
@@ -409,6 +434,7 @@ def _check_sweep_files(config: DictConfig) -> None:
     from omegaconf import OmegaConf
 
     own = Path(str(config.hydra.sweep.dir))
+    storage = None
     for key, what in (("hydra.launcher.submitit_folder", "a launcher's job files"),
                       ("hydra.launcher.ray.init._temp_dir", "Ray's session files"),
                       ("hydra.launcher.temp_folder", "joblib's temp folder"),
@@ -419,6 +445,7 @@ def _check_sweep_files(config: DictConfig) -> None:
             continue
         if key.endswith("storage") and value is not None:
             _plain_storage(value)
+            storage = value
         if not isinstance(value, str):
             continue
         if key.endswith("storage"):
@@ -440,6 +467,8 @@ def _check_sweep_files(config: DictConfig) -> None:
             refuse(str(exc) if str(exc).startswith(key) else f"{key}={value}: {exc}")
         except OSError as exc:
             refuse(f"{key}={value}: cannot be read ({exc.strerror or type(exc).__name__})")
+    if storage is not None:  # after the study file's own checks, which name what it holds
+        _no_pickling_sampler(config, storage)
 
 
 STUDY_TABLES = ("studies", "trials", "trial_params", "trial_values", "trial_intermediate_values",
