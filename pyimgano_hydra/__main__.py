@@ -10,7 +10,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pyimgano_hydra.console import one_line_errors, refuse_unsafe_arguments
-from pyimgano_hydra.errors import UserError
+from pyimgano_hydra.errors import UserError, print_error
 from pyimgano_hydra.interrupt import exit_on_interrupt
 from pyimgano_hydra.paths import CONFIG_PATH
 from pyimgano_hydra.schemas import register_configs
@@ -38,7 +38,7 @@ def _job(cfg: DictConfig) -> dict:
     except UserError as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or hc.mode == RunMode.MULTIRUN:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         sys.exit(exc.exit_code)
     finally:
         if hc.mode == RunMode.MULTIRUN and dict(os.environ) != env:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pyimgano_hydra.errors import UserError, console_line, refuse
+from pyimgano_hydra.errors import UserError, console_line, print_error, refuse
 from pyimgano_hydra.files import shown
 
 _HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
@@ -198,7 +198,7 @@ def user_errors_exit() -> Iterator[None]:
     except UserError as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         sys.exit(exc.exit_code)
 
 
@@ -253,6 +253,7 @@ def one_line_errors() -> Iterator[None]:
                 line = f"error: {nulled[0]}=null: pick an option of the {nulled[0]} group (listed by --help)"
             if "_save_config" in "".join(catcher.held) and re.match(r"error: OSError: \[Errno \d+\]", line):
                 line = line.replace("error: ", f"error: {_record_being_written()}: ", 1)  # Hydra's words name none
+            line = console_line(line)
             print(line, file=real)
             _record_unstarted_failure(line[len("error: "):])
         raise

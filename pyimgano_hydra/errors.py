@@ -31,8 +31,13 @@ def console_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def print_error(message: str) -> None:
+    """``error: <message>`` on stderr as one console line (a preset's dataset.root may hold ESC)."""
+    print(f"error: {console_line(message)}", file=sys.stderr)
+
+
 def refuse(message: str) -> NoReturn:
     """``error: <message>`` on stderr and exit 2: for Hydra callbacks, which turn an exception
     into a warning and go on."""
-    print(f"error: {message}", file=sys.stderr)
+    print_error(message)
     sys.exit(2)

@@ -174,12 +174,7 @@ class ImageDataset:
                 if s.label == ANOMALOUS and s.mask_path is None and self.mask_required(s):
                     raise DataError(f"{s.path}: anomalous image has no ground-truth mask; "
                                     f"expected {self.mask_hint(s)}")
-                size = read_size(s.path, self.max_image_megabytes)
-                if s.mask_path is not None:
-                    m_size = mask_size(s.mask_path)
-                    if m_size != size:
-                        raise DataError(f"{s.mask_path}: mask is {m_size[1]}x{m_size[0]} "
-                                        f"but its image {s.path} is {size[1]}x{size[0]}")
+                _mask_fits(s, self.max_image_megabytes)
                 if self.on_bad_image == "skip":
                     load_image(s.path, 64, self.input_mode, self.max_image_megabytes)
                     if s.mask_path is not None:
@@ -216,11 +211,23 @@ class ImageDataset:
                 raise DataError(f"{s.path}: image sizes differ within the split; "
                                 f"set dataset.resize to a size")
             if s.mask_path is not None:
+                _mask_fits(s, self.max_image_megabytes, "; the image changed since the dataset was listed")
                 out[i] = load_mask(s.mask_path, sizes[i])
         return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={self.root!r}, category={self.category!r})"
+
+
+def _mask_fits(sample: Sample, max_megabytes: float | None, since: str = "") -> None:
+    """The image's size (from its header) is its mask's: a DataError naming both otherwise (an image
+    replaced mid-run by one of another size was scored against the old mask)."""
+    size = read_size(sample.path, max_megabytes)
+    if sample.mask_path is not None:
+        m_size = mask_size(sample.mask_path)
+        if m_size != size:
+            raise DataError(f"{sample.mask_path}: mask is {m_size[1]}x{m_size[0]} "
+                            f"but its image {sample.path} is {size[1]}x{size[0]}{since}")
 
 
 def visible_folders(folder: Path) -> list[str]:

@@ -267,6 +267,7 @@ class ClaimRunDir(Callback):
             # hydra.run.dir reads ${hydra:runtime.choices...}: set what run_job would set next;
             # ${now:} is cached in ``config``, so run_job resolves the same directory.
             HydraConfig.instance().set_config(config)
+            _check_job_name(config)
             _check_config_sources(config)
             _check_output_subdir(config)
             _check_hydra_settings(config, Path(str(config.hydra.run.dir)))
@@ -279,6 +280,7 @@ class ClaimRunDir(Callback):
 
     def _claim_sweep(self, config: DictConfig) -> None:
         HydraConfig.instance().set_config(config)
+        _check_job_name(config)
         check_swept_interpolations(config)
         _check_config_sources(config)
         _check_output_subdir(config)
@@ -305,6 +307,7 @@ class NoHydraRecord(Callback):
         from omegaconf import OmegaConf
 
         HydraConfig.instance().set_config(config)
+        _check_job_name(config)
         _check_output_subdir(config)
         _check_hydra_settings(config, Path(str(config.hydra.run.dir)))
         run_dir = OmegaConf.select(config, "run_dir", default=None)
@@ -629,6 +632,23 @@ _SETTABLE_ENV = re.compile(r"(OMP|MKL|OPENBLAS|NUMEXPR|VECLIB_MAXIMUM|BLIS)_NUM_
                            r"CUDA_DEVICE_ORDER|CUBLAS_WORKSPACE_CONFIG|PYTORCH_CUDA_ALLOC_CONF|TOKENIZERS_PARALLELISM|"
                            r"PYTHON(HASHSEED|UNBUFFERED|IOENCODING|FAULTHANDLER|DONTWRITEBYTECODE)|LANG|LC_[A-Z]+|TZ|"
                            r"PYIMGANO_CACHE")
+
+
+MAX_JOB_NAME_BYTES = 250  # + ".log", Hydra's log file in the run dir: a file name holds 255 bytes
+
+
+def _check_job_name(config: DictConfig) -> None:
+    """``hydra.job.name`` names the job's log file: no NUL, short enough for a file name (a 300-character
+    one failed as 'Unable to configure handler', a NUL as 'hydra.run.dir: cannot be checked')."""
+    from omegaconf import OmegaConf
+
+    try:
+        name = OmegaConf.select(config, "hydra.job.name", default=None)
+    except Exception:  # noqa: BLE001 - Hydra reports its own config
+        return
+    if isinstance(name, str) and ("\x00" in name or "/" in name or len(os.fsencode(name)) > MAX_JOB_NAME_BYTES):
+        refuse(f"hydra.job.name={console_line(name)[:80]}: names the job's log file (<name>.log): at most "
+               f"{MAX_JOB_NAME_BYTES} bytes, no NUL or '/'")
 
 
 def _check_hydra_settings(config: DictConfig, job_dir: Path) -> None:
