@@ -430,6 +430,23 @@ def _no_pickling_sampler(config: DictConfig, storage: object) -> None:
                "use hydra/sweeper/sampler=tpe with a storage, or CMA-ES without one (storage=null)")
 
 
+STUDY_SWEEPER = "hydra_plugins.pyimgano_hydra_sweepers.optuna_study.OptunaStudySweeper"
+
+
+def _study_sweeper_only(config: DictConfig, storage: object) -> None:
+    """A storage only under pyimgano_hydra's study sweeper (``hydra/sweeper=optuna_patchcore``): Hydra's own
+    turns every param of a stored trial into a job override, unchecked (a trial another writer of the study
+    added, param ``+model.x={_target_: joblib.load, ...}``, loaded a pickle in the job)."""
+    from omegaconf import OmegaConf
+
+    target = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
+    if target != STUDY_SWEEPER:
+        refuse(f"hydra.sweeper.storage={console_line(str(storage))[:200]}: a stored study's trials become job "
+               f"overrides, checked against hydra.sweeper.params only by pyimgano_hydra's study sweeper (this is "
+               f"{console_line(str(target))[:100]}): use hydra/sweeper=optuna_patchcore (or a preset built on it) "
+               "with a storage")
+
+
 def _check_sweep_files(config: DictConfig) -> None:
     """What a launcher or sweeper writes besides the job dirs (submitit's job pickles and logs, Ray's
     session tree, an Optuna sqlite study) lies in no other run dir; a study file that exists is a regular sqlite file
@@ -472,6 +489,7 @@ def _check_sweep_files(config: DictConfig) -> None:
             refuse(f"{key}={value}: cannot be read ({exc.strerror or type(exc).__name__})")
     if storage is not None:  # after the study file's own checks, which name what it holds
         _no_pickling_sampler(config, storage)
+        _study_sweeper_only(config, storage)
 
 
 STUDY_TABLES = ("studies", "trials", "trial_params", "trial_values", "trial_intermediate_values",
