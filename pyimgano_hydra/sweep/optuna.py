@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
@@ -215,9 +216,26 @@ def study_sweeper(sampler: Any, direction: Any, storage: Any, study_name: str | 
             # (TPE learns from them, the best one is the sweep's result) and the ones asked now
             stored = trials[0].study.get_trials(deepcopy=False) if trials and not self.checked_study else []
             self.checked_study = True
+            self.search_space = search_space_distributions
             for trial in [*stored, *trials]:
                 stored_params_in(trial, search_space_distributions, self.storage)
             return super()._configure_trials(trials, search_space_distributions, fixed_params)
+
+        def _check_stored_after(self) -> None:
+            """The study as the sweep ends: a trial another writer of a shared study added meanwhile (never
+            asked, so never checked) was written as the sweep's best; its results file is taken back."""
+            search_space = getattr(self, "search_space", None)
+            if not self.storage or search_space is None:
+                return
+            import optuna
+
+            try:
+                for trial in optuna.load_study(study_name=self.study_name, storage=self.storage).get_trials(
+                        deepcopy=False):
+                    stored_params_in(trial, search_space, self.storage)
+            except UserError:
+                Path(str(self.config.hydra.sweep.dir), "optimization_results.yaml").unlink(missing_ok=True)
+                raise
 
         def _check_search_space(self, arguments: list[str]) -> None:
             """Each swept key's distribution as Optuna will build it; a bad one is a ConfigError
@@ -238,7 +256,9 @@ def study_sweeper(sampler: Any, direction: Any, storage: Any, study_name: str | 
             self._check_search_space(arguments)
             try:
                 continue_study(self.sampler, self.storage, self.study_name)
-                return super().sweep(arguments)
+                result = super().sweep(arguments)
+                self._check_stored_after()
+                return result
             except Exception as exc:  # noqa: BLE001 - only Optuna's and its database's are named here
                 fail_running(self.asked)
                 if not self.storage or isinstance(exc, UserError) or not _raised_by_storage(exc):
