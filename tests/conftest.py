@@ -237,6 +237,21 @@ def scores_as_fresh_after_rewriting(warm: tuple, cache: Path, tmp_path: Path, sh
     assert got["image_auroc"] == pytest.approx(fresh["image_auroc"]), (got, fresh)
 
 
+def global_preset(tmp_path: Path, name: str, body: str) -> list[str]:
+    """The overrides that apply ``body`` (YAML) as a received ``# @package _global_`` preset ``name``."""
+    group = tmp_path / "presets" / "x"
+    group.mkdir(parents=True, exist_ok=True)
+    (group / f"{name}.yaml").write_text("# @package _global_\n" + body)
+    return [f"hydra.searchpath=[file://{tmp_path / 'presets'}]", f"+x@_global_={name}"]
+
+
+def run_status(run: Path) -> dict:
+    """A run dir's status.json."""
+    import json
+
+    return json.loads((run / "status.json").read_text())
+
+
 def told_study(db: Path, name: str = "patchcore") -> Path:
     """``db``: an Optuna study database made by this Optuna (maximize), one trial told 0.5."""
     optuna = pytest.importorskip("optuna")

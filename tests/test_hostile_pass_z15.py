@@ -1,12 +1,11 @@
 """Attacker pass Z15 (#16): lost / misrecorded runs from odd dataset settings: the folder dataset's
 ``abnormal_dirs`` mapping (NUL / control characters in a defect name), BTAD categories that fail,
 ``recipe.calibration=crossfit`` on 2 images, ``dataset.limit_*`` extremes."""
-import json
 from pathlib import Path
 
 import numpy as np
 
-from conftest import run_cli
+from conftest import global_preset, run_cli, run_status
 
 
 def _png(path: Path, defect: bool = False, side: int = 16) -> None:
@@ -44,17 +43,6 @@ def _btad_root(tmp_path: Path, products=("01",)) -> Path:
     return root
 
 
-def _preset(tmp_path: Path, name: str, body: str) -> list[str]:
-    group = tmp_path / "presets" / "x"
-    group.mkdir(parents=True, exist_ok=True)
-    (group / f"{name}.yaml").write_text("# @package _global_\n" + body)
-    return [f"hydra.searchpath=[file://{tmp_path / 'presets'}]", f"+x@_global_={name}"]
-
-
-def _status(run: Path) -> dict:
-    return json.loads((run / "status.json").read_text())
-
-
 # ---- holes ------------------------------------------------------------------------------------------
 
 def test_a_defect_name_holding_a_nul_byte_is_one_line_naming_the_key(tmp_path):
@@ -71,12 +59,12 @@ def test_a_defect_name_holding_a_nul_byte_is_one_line_naming_the_key(tmp_path):
     body = ('dataset:\n  normal_dir: train/normal\n  abnormal_dirs: {"a\\0b": test/bad}\n'
             '  mask_dir: masks\n')
     proc = run_cli(["dataset=folder", f"dataset.root={root}", "dataset.resize=32", "model=padim",
-                    f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={run}", *_preset(tmp_path, "nul", body)],
+                    f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={run}", *global_preset(tmp_path, "nul", body)],
                    timeout=120)
     last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
     assert proc.returncode != 0
     assert "abnormal_dirs" in last and "ValueError" not in last, proc.stderr[-800:]
-    assert _status(run)["status"] == "failed"
+    assert run_status(run)["status"] == "failed"
 
 
 # ---- attacks that held ----------------------------------------------------------------------------
@@ -90,10 +78,10 @@ def test_held_crossfit_on_two_train_images_completes_and_one_is_refused_by_name(
     ok = run_cli([*base, "dataset.limit_train=2", "recipe.calibration_folds=99999999999999999999",
                   f"hydra.run.dir={tmp_path / 'a'}"], timeout=120)
     assert ok.returncode == 0, ok.stderr[-800:]
-    assert _status(tmp_path / "a")["status"] == "completed"
+    assert run_status(tmp_path / "a")["status"] == "completed"
     one = run_cli([*base, "dataset.limit_train=1", f"hydra.run.dir={tmp_path / 'b'}"], timeout=120)
     assert one.returncode != 0 and "Traceback" not in one.stderr
-    assert _status(tmp_path / "b")["status"] == "failed"
+    assert run_status(tmp_path / "b")["status"] == "failed"
 
 
 def test_held_infer_on_a_category_that_failed_in_training_is_named(tmp_path):
@@ -121,7 +109,7 @@ def test_held_a_category_name_of_dots_or_an_absolute_path_stays_in_the_run_dir(t
         body = f'dataset:\n  normal_dir: train/normal\n  abnormal_dirs: {{bad: test/bad}}\n  name: "{name}"\n'
         proc = run_cli(["dataset=folder", f"dataset.root={root}", "dataset.resize=32", "model=padim",
                         f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={run}",
-                        *_preset(tmp_path, f"n{i}", body)], timeout=120)
+                        *global_preset(tmp_path, f"n{i}", body)], timeout=120)
         assert proc.returncode == 0, proc.stderr[-800:]
         assert len(list((run / "categories").iterdir())) == 1
     assert not (tmp_path / "esc").exists() and not (tmp_path / "absname").exists()

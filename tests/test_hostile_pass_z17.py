@@ -2,7 +2,6 @@
 the test, control characters / NUL / long values in config keys that become paths or names
 (``dataset.root``, ``hydra.job.name``, export's ``category=``), MTD odd mask names, a run's parent
 swapped for a link, export while infer reads the run."""
-import json
 import os
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import REPO, _cli_env, run_cli
+from conftest import REPO, _cli_env, global_preset, run_cli, run_status
 
 
 def _png(path: Path, defect: bool = False, size=(32, 32), mask: bool = False) -> None:
@@ -52,17 +51,6 @@ def _mtd_root(tmp_path: Path) -> Path:
     return root
 
 
-def _preset(tmp_path: Path, name: str, body: str) -> list[str]:
-    group = tmp_path / "presets" / "x"
-    group.mkdir(parents=True, exist_ok=True)
-    (group / f"{name}.yaml").write_text("# @package _global_\n" + body)
-    return [f"hydra.searchpath=[file://{tmp_path / 'presets'}]", f"+x@_global_={name}"]
-
-
-def _status(run: Path) -> dict:
-    return json.loads((run / "status.json").read_text())
-
-
 def _last(proc) -> str:
     return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
 
@@ -101,8 +89,8 @@ def test_a_test_image_replaced_by_another_size_after_the_listing_is_not_scored_a
     assert swapped, "".join(lines[-20:])
     last = lines[-1].strip() if lines else ""
     assert proc.returncode != 0 and ("000.png" in last or "000_mask.png" in last), \
-        f"rc={proc.returncode} status={_status(run)['status']}: {''.join(lines[-4:])}"
-    assert _status(run)["status"] == "failed"
+        f"rc={proc.returncode} status={run_status(run)['status']}: {''.join(lines[-4:])}"
+    assert run_status(run)["status"] == "failed"
 
 
 def test_a_dataset_root_with_a_terminal_escape_from_a_preset_is_shown_escaped(tmp_path):
@@ -115,7 +103,7 @@ def test_a_dataset_root_with_a_terminal_escape_from_a_preset_is_shown_escaped(tm
     run = tmp_path / "run"
     bad = f"{tmp_path}/m\\x1b]0;pwn\\x07td"
     proc = run_cli(["dataset=mtd", "dataset.resize=32", "model=padim", f"cache.dir={tmp_path / 'cache'}",
-                    f"hydra.run.dir={run}", *_preset(tmp_path, "esc", f'dataset: {{root: "{bad}"}}\n')],
+                    f"hydra.run.dir={run}", *global_preset(tmp_path, "esc", f'dataset: {{root: "{bad}"}}\n')],
                    timeout=120)
     assert proc.returncode != 0
     assert "dataset.root" in _last(proc)
@@ -132,7 +120,7 @@ def test_export_category_with_a_terminal_escape_from_a_preset_is_shown_escaped(t
     proc = run_cli(["dataset=mvtec", f"dataset.root={_mvtec_root(tmp_path)}", "dataset.resize=32", "model=padim",
                     f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"], timeout=120)
     assert proc.returncode == 0, proc.stderr[-600:]
-    proc = run_cli([f"run_dir={run}", *_preset(tmp_path, "esc", 'category: "wea\\x1b[2Jve"\n')],
+    proc = run_cli([f"run_dir={run}", *global_preset(tmp_path, "esc", 'category: "wea\\x1b[2Jve"\n')],
                    module="pyimgano_hydra.export", timeout=120)
     assert proc.returncode != 0
     assert "category" in _last(proc)
@@ -149,7 +137,7 @@ def test_a_job_name_too_long_for_a_file_name_is_one_line_naming_hydra_job_name(t
     run = tmp_path / "run"
     proc = run_cli(["dataset=mtd", f"dataset.root={_mtd_root(tmp_path)}", "dataset.resize=32", "model=padim",
                     f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={run}",
-                    *_preset(tmp_path, "long", "hydra: {job: {name: " + "j" * 300 + "}}\n")], timeout=120)
+                    *global_preset(tmp_path, "long", "hydra: {job: {name: " + "j" * 300 + "}}\n")], timeout=120)
     assert proc.returncode != 0
     assert "hydra.job.name" in _last(proc), _last(proc)[:300]
 
@@ -160,7 +148,7 @@ def test_a_job_name_holding_a_nul_byte_is_refused_naming_hydra_job_name(tmp_path
     run = tmp_path / "run"
     proc = run_cli(["dataset=mtd", f"dataset.root={_mtd_root(tmp_path)}", "dataset.resize=32", "model=padim",
                     f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={run}",
-                    *_preset(tmp_path, "nul", 'hydra: {job: {name: "a\\0b"}}\n')], timeout=120)
+                    *global_preset(tmp_path, "nul", 'hydra: {job: {name: "a\\0b"}}\n')], timeout=120)
     assert proc.returncode != 0
     assert "hydra.job.name" in _last(proc), _last(proc)[:300]
 
@@ -178,7 +166,7 @@ def test_held_an_mtd_mask_that_is_a_folder_or_a_device_link_is_refused_naming_it
     proc = run_cli(["dataset=mtd", f"dataset.root={root}", "dataset.resize=32", "model=padim",
                     f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"], timeout=120)
     assert proc.returncode != 0 and "Crack0.png" in _last(proc), proc.stderr[-600:]
-    assert _status(run)["status"] == "failed"
+    assert run_status(run)["status"] == "failed"
 
 
 def test_held_a_dataset_name_holding_a_nul_byte_gives_a_usable_run(tmp_path):
@@ -188,10 +176,10 @@ def test_held_a_dataset_name_holding_a_nul_byte_gives_a_usable_run(tmp_path):
     root = _mtd_root(tmp_path)
     proc = run_cli(["dataset=mtd", f"dataset.root={root}", "dataset.resize=32", "model=padim",
                     f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={run}",
-                    *_preset(tmp_path, "nul", 'dataset: {name: "m\\0td"}\n')], timeout=120)
+                    *global_preset(tmp_path, "nul", 'dataset: {name: "m\\0td"}\n')], timeout=120)
     assert proc.returncode == 0, proc.stderr[-600:]
     assert all("\0" not in p.name for p in (run / "categories").iterdir())
     proc = run_cli([f"run_dir={run}", f"input={root / 'MT_Free' / 'Imgs' / 'f0.jpg'}",
                     f"hydra.run.dir={tmp_path / 'inf'}"], module="pyimgano_hydra.infer", timeout=120)
     assert proc.returncode == 0, proc.stderr[-600:]
-    assert _status(tmp_path / "inf")["status"] == "completed"
+    assert run_status(tmp_path / "inf")["status"] == "completed"
