@@ -65,14 +65,15 @@ def _ad2_with_a_long_private_path(root: Path) -> Path:
     deep = base / "test_private"
     os.chdir(deep)
     try:
-        while len(str(deep)) < 4000:
+        while len(str(deep)) + 201 < 4090:  # the folder stays listable by its full path, whatever tmp_path is
             os.mkdir("d" * 200)
             os.chdir("d" * 200)
             deep = deep / ("d" * 200)
-        Path("y" * 150 + ".png").write_bytes(data)  # relative: the full path is past PATH_MAX
+        name = "y" * (4100 - len(str(deep))) + ".png"  # relative: the full path is past PATH_MAX
+        Path(name).write_bytes(data)
     finally:
         os.chdir(here)
-    return deep / ("y" * 150 + ".png")
+    return deep / name
 
 
 def test_an_ad2_private_image_past_path_max_is_skipped_with_on_bad_image_skip(tmp_path):
@@ -123,3 +124,28 @@ def test_held_a_multi_page_tiff_loads_its_first_page(tmp_path):
                                                   append_images=[Image.new("RGB", (16, 16), (0, 255, 0))])
     arr = load_image(path)
     assert arr.reshape(-1, 3).mean(0).tolist() == [255.0, 0.0, 0.0]
+
+
+def test_an_ad2_private_folder_past_path_max_is_named_in_skipped_images(tmp_path):
+    """A private-split folder whose own full path passes PATH_MAX cannot be listed: its images were
+    dropped without a word. With on_bad_image=skip it is listed under skipped_images; the run completes."""
+    import json
+
+    root = tmp_path / "ad2"
+    _ad2_with_a_long_private_path(root)
+    deep = root / "vial" / "test_private"
+    here = os.getcwd()
+    os.chdir(deep)
+    try:
+        while len(str(deep)) < 4200:  # past PATH_MAX by its folder's own name
+            os.mkdir("e" * 200)
+            os.chdir("e" * 200)
+            deep = deep / ("e" * 200)
+    finally:
+        os.chdir(here)
+    proc = run_cli(["dataset=mvtec_ad2", f"dataset.root={root}", "dataset.category=vial",
+                    "dataset.test_split=test_private", "dataset.resize=32", "dataset.on_bad_image=skip",
+                    "model=padim", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, timeout=120)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert proc.returncode == 0, proc.stderr[-300:]
+    assert any("cannot be listed" in s["reason"] for s in report["skipped_images"]), report["skipped_images"]

@@ -11,7 +11,7 @@ from pyimgano_hydra.data.base import find_mask
 from pyimgano_hydra.data.images import IMAGE_EXTENSIONS, list_images
 from pyimgano_hydra.data.mvtec_loco import MVTecLocoDataset
 from pyimgano_hydra.data.sample import ANOMALOUS, NORMAL, UNKNOWN, CategorySplit, Sample
-from pyimgano_hydra.errors import ConfigError
+from pyimgano_hydra.errors import ConfigError, DataError
 from pyimgano_hydra.files import walk
 
 AD2_CATEGORIES = ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs",
@@ -56,14 +56,19 @@ class MVTecAD2Dataset(MVTecLocoDataset):
                                    "bad", "test"))
         else:
             private = base / self.test_split
-            files = []
-            for root, dirs, names in walk(private) if private.is_dir() else []:
+            files, unlisted = [], []
+            for root, dirs, names in walk(private, onerror=unlisted.append) if private.is_dir() else []:
                 dirs[:] = [d for d in dirs if not d.startswith(".")]  # .ipynb_checkpoints' copies are no images
                 # walk's names are no folders: each image name is kept, so that loading it names a bad one
                 # (is_file() raised ENAMETOOLONG past PATH_MAX, failing the category despite on_bad_image=skip)
                 files += [Path(root) / n for n in names
                           if Path(n).suffix.lower() in IMAGE_EXTENSIONS and not n.startswith(".")]
             files.sort()
+            for exc in unlisted:  # a folder past PATH_MAX: named (or skipped and listed), never dropped silently
+                folder = str(exc.filename)
+                self._skip_or_raise(Sample(folder, UNKNOWN, None, category, "unknown", "test"),
+                                    DataError(f"{folder}: its images cannot be listed ({exc.strerror or exc}); "
+                                              "move them to a shorter path"), category)
             test += [Sample(str(p), UNKNOWN, None, category, "unknown", "test") for p in files]
         return CategorySplit(category, self._train(category), test)
 
