@@ -405,6 +405,11 @@ def _plain_storage(value: object) -> None:
                "sqlite:///<path>/optuna.db (no file: URI, query, %, # or braces)")
 
 
+CMAES_WITH_STORAGE = ("the CMA-ES sampler keeps its state in the study as pickles, which Optuna unpickles at every "
+                      "trial (whoever writes the study runs code): use hydra/sweeper/sampler=tpe with a storage, or "
+                      "CMA-ES without one (storage=null)")
+
+
 def _no_pickling_sampler(config: DictConfig, storage: object) -> None:
     """No CMA-ES sampler (anywhere in ``hydra.sweeper.sampler``) with a storage, whatever the sweeper
     (Hydra's own ``hydra/sweeper=optuna`` too): Optuna unpickles the CMA-ES state of the study's newest
@@ -425,9 +430,7 @@ def _no_pickling_sampler(config: DictConfig, storage: object) -> None:
                 yield from targets(item)
 
     if any("cmaes" in target.lower() for target in targets(node)):
-        refuse(f"hydra.sweeper.storage={console_line(str(storage))[:200]}: the CMA-ES sampler keeps its state in "
-               "the study as pickles, which Optuna unpickles at every trial (whoever writes the study runs code): "
-               "use hydra/sweeper/sampler=tpe with a storage, or CMA-ES without one (storage=null)")
+        refuse(f"hydra.sweeper.storage={console_line(str(storage))[:200]}: {CMAES_WITH_STORAGE}")
 
 
 STUDY_SWEEPER = "hydra_plugins.pyimgano_hydra_sweepers.optuna_study.OptunaStudySweeper"

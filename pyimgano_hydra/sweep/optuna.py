@@ -114,12 +114,11 @@ def continue_study(sampler: Any, storage: Any, study_name: str | None) -> int:
     ran code)."""
     if storage and "CmaEs" in type(sampler).__name__:
         from pyimgano_hydra.errors import UserError
+        from pyimgano_hydra.runs.claim import CMAES_WITH_STORAGE  # the pre-flight twin, for a sweep without it
 
         pickled = _pickled_sampler_state(storage, study_name)
         held = f"study {study_name!r} stores a pickled CMA-ES state ({pickled}); " if pickled else ""
-        raise UserError(f"hydra.sweeper.storage={storage}: {held}the CMA-ES sampler keeps its state in the study as "
-                        "pickles, which Optuna unpickles at every trial (whoever writes the study runs code): use "
-                        "hydra/sweeper/sampler=tpe with a storage, or CMA-ES without one (storage=null)")
+        raise UserError(f"hydra.sweeper.storage={storage}: {held}{CMAES_WITH_STORAGE}")
     existing = stored_trials(storage, study_name)
     if existing and hasattr(sampler, "reseed_rng"):
         sampler.reseed_rng()
